@@ -1,0 +1,3 @@
+"""clarus-pipelines: Clarus WMS <-> Shopify <-> NetSuite, watched."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,213 @@
+"""The exception catalogue: the one vocabulary every flow, the dashboard and the runbook share.
+
+Each entry says who owns the problem, how bad it is, what it means to the business and
+how to resolve it. `docs/runbook.md` is generated from this module (`clarus-pipelines
+runbook`), and a test fails when the two differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Owner = Literal["ops", "finance", "cx", "merchandising", "integration"]
+Severity = Literal["low", "medium", "high", "critical"]
+SEVERITY_RANK: dict[str, int] = {"low": 1, "medium": 2, "high": 3, "critical": 4}
+
+
+@dataclass(frozen=True)
+class ExceptionType:
+    code: str
+    owner: Owner
+    severity: Severity
+    title: str
+    meaning: str
+    resolution: str
+    escalation: str
+    sla_minutes: int  # how long it may stay open before it counts as an SLA breach
+    entity: str  # what the entity id names: order, sku, shipment, refund, webhook, connector...
+
+
+_TYPES = [
+    ExceptionType(
+        "ORDER_INCOMPLETE", "ops", "medium", "Order held: incomplete data",
+        "A paid order lacks data the warehouse needs to ship it (shipping address, name, "
+        "first address line, city, a valid postcode or an ISO country code, or a positive "
+        "quantity). It is held, not sent, so Clarus never rejects it.",
+        "Fix the order in Shopify (edit the shipping address) or contact the customer. The "
+        "hold is re-checked against Shopify on a schedule and released automatically once "
+        "complete.",
+        "Escalate to CX when still held after the hold SLA: the customer may need contacting.",
+        240, "order"),
+    ExceptionType(
+        "SHIP_METHOD_UNMAPPED", "ops", "medium", "Order held: shipping method not mapped",
+        "The order's shipping line (title or code) matches no row of the ship-method table, "
+        "so Clarus cannot be told which carrier and service to use.",
+        "Add the shipping line's code or title to `ship_methods` in the policies file and "
+        "run `clarus-pipelines check-config`. Held orders release on the next re-check.",
+        "Escalate to the integration engineer if the mapping exists but still fails.",
+        120, "order"),
+    ExceptionType(
+        "SKU_UNKNOWN", "merchandising", "high", "Order held: SKU not in Clarus",
+        "An order line's SKU does not map to a Clarus product, so the order cannot be "
+        "picked. Usually a product created in Shopify without an item master record.",
+        "Create the item in NetSuite (the item master); the item master sync creates the "
+        "Clarus product and the held order is released on its next re-check.",
+        "Escalate to ops if the order is near its dispatch cut-off.",
+        120, "order"),
+    ExceptionType(
+        "SKU_NOT_IN_MASTER", "merchandising", "medium", "Shopify variant SKU not in the item master",
+        "A sellable Shopify variant has a SKU that NetSuite's item master does not know. "
+        "Orders for it will be held and its stock never syncs.",
+        "Correct the variant's SKU in Shopify or create the item in NetSuite.",
+        "Escalate to ops if the variant is selling.",
+        1440, "sku"),
+    ExceptionType(
+        "SKU_LEADING_ZEROS_LOST", "merchandising", "high", "SKU lost its leading zeros",
+        "A SKU matches the item master only once its leading zeros are restored (for "
+        "example '123' vs '000123'): a spreadsheet or import turned it into a number.",
+        "Re-enter the SKU as text with its zeros in the system named in the details; never "
+        "round-trip SKUs through a spreadsheet without a text column format.",
+        "Escalate to the integration engineer if the source is an automated feed.",
+        480, "sku"),
+    ExceptionType(
+        "BARCODE_INVALID", "merchandising", "medium", "Barcode check digit wrong",
+        "An item's barcode fails its GTIN-8/12/13/14 check digit, so warehouse scanners "
+        "will reject it or match the wrong item.",
+        "Correct the barcode on the NetSuite item; the next item master sync updates Clarus.",
+        "Escalate to ops if goods for the item are arriving.",
+        1440, "sku"),
+    ExceptionType(
+        "WMS_REJECTED", "integration", "high", "Clarus rejected a request",
+        "Clarus answered 422 to a create or update: the details hold Clarus's error code "
+        "and message. The order or product did not reach the warehouse.",
+        "Read Clarus's message, fix the data or the mapping, then replay the event "
+        "(`clarus-pipelines replay`).",
+        "Escalate to ops when an order is affected and the dispatch cut-off is near.",
+        60, "order"),
+    ExceptionType(
+        "ORDER_NOT_ACKNOWLEDGED", "integration", "high", "Order sent but not acknowledged",
+        "An order was sent to Clarus but no Clarus goods out id came back within the "
+        "acknowledgement time. It may or may not be in the warehouse.",
+        "Check Clarus for the reference; the next reconciliation binds it if it exists, "
+        "otherwise replay the order. Never re-key it by hand (that makes a duplicate).",
+        "Escalate to ops if the cut-off is near.",
+        30, "order"),
+    ExceptionType(
+        "NOT_DISPATCHED_BY_CUTOFF", "ops", "high", "Not dispatched by the cut-off",
+        "Clarus accepted the order but it was not dispatched by the day's cut-off: it "
+        "failed to manifest and will miss its promised delivery.",
+        "Ask the warehouse why (stock, pick exception, carrier manifest); expedite or tell CX.",
+        "Escalate to CX to warn the customer.",
+        60, "order"),
+    ExceptionType(
+        "DISPATCH_AWAITING_ERP", "finance", "medium", "Dispatch waiting for NetSuite",
+        "Clarus dispatched the order but NetSuite has not confirmed the sales order, so "
+        "the item fulfilment and the customer's shipping notice are held back on purpose.",
+        "Check the sales order in NetSuite (missing, pending approval, or failed); once it "
+        "is committed the dispatch continues by itself.",
+        "Escalate to the integration engineer if NetSuite has the order committed.",
+        60, "order"),
+    ExceptionType(
+        "TRACKING_MISSING", "cx", "medium", "Dispatched without tracking",
+        "The warehouse dispatched a shipment with no tracking number: the customer will get "
+        "no tracking link.",
+        "Get the tracking number from the warehouse or carrier and add it in Clarus.",
+        "Escalate to ops if it repeats for one carrier.",
+        120, "shipment"),
+    ExceptionType(
+        "TRACKING_INVALID", "cx", "medium", "Tracking number malformed or reused",
+        "The tracking number does not fit its carrier's format, or the same number is on "
+        "two different orders: the customer's link will not work or shows someone else's parcel.",
+        "Correct the tracking number in Clarus; check the label printed for the parcel.",
+        "Escalate to ops if a carrier integration is printing bad numbers.",
+        120, "shipment"),
+    ExceptionType(
+        "TRACKING_NOT_POSTED", "cx", "high", "Tracking not posted to Shopify",
+        "The shipment is dispatched and fulfilled in NetSuite but Shopify has not confirmed "
+        "the fulfilment with tracking: the customer sees the order as unshipped.",
+        "Check the Shopify fulfilment order for holds or errors; the step retries by itself.",
+        "Escalate to the integration engineer when Shopify keeps refusing the fulfilment.",
+        60, "shipment"),
+    ExceptionType(
+        "ORDER_EDIT_NEEDS_REVIEW", "ops", "high", "Order edited after the warehouse accepted it",
+        "The customer's order changed in Shopify after Clarus started work on it, so it "
+        "cannot be amended automatically. The details show the difference.",
+        "Decide with the warehouse: amend by hand, cancel and re-create, or ship as is and "
+        "refund the difference.",
+        "Escalate to CX to tell the customer what will arrive.",
+        60, "order"),
+    ExceptionType(
+        "CANCEL_AFTER_DISPATCH", "cx", "high", "Cancelled after dispatch",
+        "The order was cancelled in Shopify after Clarus dispatched it: goods are on their "
+        "way to a customer who has cancelled (and may have been refunded).",
+        "CX contacts the customer to return the goods; finance checks the refund.",
+        "Escalate to finance for the refund decision.",
+        120, "order"),
+    ExceptionType(
+        "ORPHAN_ORDER", "ops", "high", "Order in one system but not the other",
+        "An order is in Shopify but not in Clarus after the expected time, or a Clarus goods "
+        "out has no Shopify order: it will never ship, or ship without being sold.",
+        "Find why it was not sent (check its journey); replay it, or cancel the stray goods out.",
+        "Escalate to the integration engineer when several orphans appear at once.",
+        120, "order"),
+    ExceptionType(
+        "STOCK_MISMATCH", "merchandising", "medium", "Channel stock differs from the warehouse",
+        "Shopify shows a quantity different from what we last set, or from Clarus's available "
+        "stock beyond the tolerance: the shop may oversell or hide sellable stock.",
+        "Check for manual stock edits in Shopify; the next stock push corrects it.",
+        "Escalate to the integration engineer when it repeats after pushes.",
+        240, "sku"),
+    ExceptionType(
+        "STRANDED_STOCK", "merchandising", "medium", "Stock in the warehouse that cannot be sold",
+        "Clarus holds stock of a SKU that no Shopify variant maps to: it is physically there "
+        "but nobody can buy it.",
+        "Map the SKU to a Shopify variant (create or correct the variant's SKU).",
+        "Escalate to finance when the stranded value is material.",
+        2880, "sku"),
+    ExceptionType(
+        "RETURN_NOT_RECEIVED", "finance", "medium", "Return not received",
+        "A refund was classified as a return but no goods-in receipt arrived in Clarus "
+        "within the expected days: money went back but goods did not.",
+        "Chase the customer or carrier; decide whether to keep the refund as goodwill.",
+        "Escalate to CX to contact the customer.",
+        1440, "refund"),
+    ExceptionType(
+        "REFUND_UNCLASSIFIED", "finance", "medium", "Refund could not be classified",
+        "A Shopify refund fits none, or more than one, of return, cancellation, goodwill and "
+        "shipping-only, so neither stock nor finance postings were made.",
+        "Read what was seen (details), post it by hand, and add a reason or tag mapping.",
+        "Escalate to the integration engineer if a common refund shape is not recognised.",
+        1440, "refund"),
+    ExceptionType(
+        "RECONCILIATION_MISMATCH", "finance", "medium", "Shipped value does not reconcile",
+        "The value shipped (quantities x prices, shipping, discounts) differs from the order "
+        "total, or refunds differ from returns received.",
+        "Open the day's reconciliation report and correct the NetSuite records.",
+        "Escalate to the integration engineer when the mismatch is systematic.",
+        1440, "order"),
+    ExceptionType(
+        "WEBHOOK_REJECTED", "integration", "high", "Webhooks rejected at the door",
+        "Webhooks keep arriving with a bad signature or token: either a secret was rotated "
+        "on one side only or someone is probing the endpoint. Real events may be missed.",
+        "Compare the webhook secret/token in the sending system with ours; rotate if leaked. "
+        "The reconciliation read lands what the webhooks missed.",
+        "Escalate to security if the source is unknown.",
+        30, "webhook"),
+    ExceptionType(
+        "CONNECTOR_FAILING", "integration", "critical", "A connection is failing",
+        "Calls to one of Clarus, Shopify, NetSuite or an alert channel keep failing after "
+        "retries: work for that system is queued, not lost, but nothing reaches it.",
+        "Check the system's status and our credentials; work resumes by itself once calls succeed.",
+        "Escalate to the vendor's support when their status page shows no incident.",
+        15, "connector"),
+]
+
+CATALOGUE: dict[str, ExceptionType] = {t.code: t for t in _TYPES}
+
+
+def get(code: str) -> ExceptionType:
+    try:
+        return CATALOGUE[code]
+    except KeyError:
+        raise KeyError(f"unknown exception code {code!r}; add it to clarus_pipelines/catalogue.py") from None

@@ -1,0 +1,77 @@
+"""`clarus-pipelines` console script.
+
+Each subcommand lives in its own module exposing `add_arguments(parser)` and
+`run(args) -> int`; modules are imported only for the command being run, so
+`clarus-pipelines receiver` does not pay for importing Dagster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": (
+        "clarus_pipelines.demo",
+        "Run the whole stack on embedded defaults: sandbox, webhook receiver, Dagster webserver and daemon, dashboard, generated traffic.",
+    ),
+    "sandbox": (
+        "clarus_pipelines.sandbox.cli",
+        "Serve local Clarus, Shopify and NetSuite look-alikes (with traffic generator and fault injection).",
+    ),
+    "receiver": (
+        "clarus_pipelines.receiver.cli",
+        "Serve the webhook receiver: verify, store durably, acknowledge.",
+    ),
+    "replay": (
+        "clarus_pipelines.receiver.replay",
+        "Re-submit landed or quarantined webhooks through the receiver path (idempotent).",
+    ),
+    "check-config": (
+        "clarus_pipelines.config_cli",
+        "Validate the environment settings and the policies YAML; name the offending key on error.",
+    ),
+    "runbook": (
+        "clarus_pipelines.runbook",
+        "Write (or --check) docs/runbook.md from the exception catalogue.",
+    ),
+    "explain-order": (
+        "clarus_pipelines.domain.explain",
+        "Print as JSON what the pipeline would do with a Shopify order now (ready/held, reasons, goods out).",
+    ),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clarus-pipelines",
+        description="Clarus WMS <-> Shopify <-> NetSuite integration, watched.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n" + "\n".join(f"  {name:<14} {text}" for name, (_, text) in COMMANDS.items())
+        + "\n\nRun 'clarus-pipelines COMMAND --help' for a command's options.",
+    )
+    parser.add_argument("command", choices=list(COMMANDS), metavar="COMMAND")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        _top_parser().parse_args(argv or ["--help"])
+        return 2
+    name, rest = argv[0], argv[1:]
+    module_name, text = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"clarus-pipelines {name}", description=text)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    from clarus_pipelines.logs import configure_logging
+
+    configure_logging()
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Shared HTTP plumbing for the connectors: timeouts, retries with backoff and jitter.
+
+Retried: connection errors, timeouts, 5xx and 429. A 429 (or 503) with `Retry-After`
+waits what the server asked for. Everything else (4xx) is returned to the caller, which
+knows what a 404 or a 422 means for its system.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = {429, 500, 502, 503, 504}
+
+
+class RetryableStatus(Exception):
+    def __init__(self, response: httpx.Response):
+        super().__init__(f"{response.request.method} {response.request.url.path} -> {response.status_code}")
+        self.response = response
+
+
+class ConnectorError(RuntimeError):
+    """A call failed for good (after retries, or with a non-retryable answer)."""
+
+    def __init__(self, system: str, message: str, status: int | None = None, body: Any = None):
+        super().__init__(f"{system}: {message}")
+        self.system = system
+        self.status = status
+        self.body = body
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 6
+    max_elapsed_s: float = 60.0
+    initial_s: float = 0.2
+    max_backoff_s: float = 8.0
+    jitter_s: float = 0.3
+    max_retry_after_s: float = 30.0
+
+
+def _retry_after_seconds(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value)
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, (RetryableStatus, httpx.TransportError))
+
+
+class _Wait:
+    def __init__(self, policy: RetryPolicy):
+        self.policy = policy
+        self.backoff = wait_exponential_jitter(
+            initial=policy.initial_s, max=policy.max_backoff_s, jitter=policy.jitter_s
+        )
+
+    def __call__(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RetryableStatus):
+            asked = _retry_after_seconds(exc.response)
+            if asked is not None:
+                return min(asked, self.policy.max_retry_after_s)
+        return self.backoff(state)
+
+
+def send_with_retries(
+    client: httpx.Client,
+    method: str,
+    url: str,
+    *,
+    system: str,
+    policy: RetryPolicy = RetryPolicy(),
+    **kwargs: Any,
+) -> httpx.Response:
+    """Send a request, retrying transient failures; returns the final non-retryable response."""
+    retrying = Retrying(
+        retry=retry_if_exception(_is_retryable),
+        wait=_Wait(policy),
+        stop=stop_after_attempt(policy.attempts) | stop_after_delay(policy.max_elapsed_s),
+        reraise=True,
+        before_sleep=lambda s: log.warning(
+            "%s %s %s failed (%s); retry %d", system, method, url, s.outcome.exception(), s.attempt_number
+        ),
+    )
+    try:
+        for attempt in retrying:
+            with attempt:
+                response = client.request(method, url, **kwargs)
+                if response.status_code in RETRYABLE_STATUS:
+                    response.read()
+                    raise RetryableStatus(response)
+                return response
+    except RetryableStatus as exc:
+        raise ConnectorError(system, str(exc), exc.response.status_code, exc.response.text) from exc
+    except httpx.TransportError as exc:
+        raise ConnectorError(system, f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+    raise AssertionError("unreachable")

@@ -1,0 +1,43 @@
+"""The Dagster code location: every domain's assets, checks, jobs, sensors and schedules,
+plus the resources they share. Secrets reach the resources through `dg.EnvVar`."""
+
+import dagster as dg
+
+from clarus_pipelines.connectors.clarus import ClarusResource
+from clarus_pipelines.connectors.netsuite import NetSuiteResource
+from clarus_pipelines.connectors.shopify import ShopifyResource
+from clarus_pipelines.resources import LandingZoneResource, PoliciesResource, StateStoreResource
+from clarus_pipelines.settings import Settings
+
+DOMAINS: list[dg.Definitions] = []
+
+
+def build_resources(settings: Settings | None = None) -> dict[str, dg.ConfigurableResource]:
+    settings = settings or Settings()
+    return {
+        "state": StateStoreResource(path=str(settings.state_db_path.resolve())),
+        "policies": PoliciesResource(path=str(settings.policies_file.resolve())),
+        "landing": LandingZoneResource(path=str(settings.landing_path.resolve())),
+        "clarus": ClarusResource(
+            base_url=settings.clarus_base_url,
+            subdomain=settings.clarus_subdomain,
+            client_id=dg.EnvVar("CLARUS_CLIENT_ID"),
+            client_secret=dg.EnvVar("CLARUS_CLIENT_SECRET"),
+        ),
+        "shopify": ShopifyResource(
+            base_url=settings.shopify_base_url,
+            api_version=settings.shopify_api_version,
+            access_token=dg.EnvVar("SHOPIFY_ACCESS_TOKEN"),
+        ),
+        "netsuite": NetSuiteResource(
+            base_url=settings.netsuite_base_url,
+            account_id=settings.netsuite_account_id,
+            consumer_key=dg.EnvVar("NETSUITE_CONSUMER_KEY"),
+            consumer_secret=dg.EnvVar("NETSUITE_CONSUMER_SECRET"),
+            token_id=dg.EnvVar("NETSUITE_TOKEN_ID"),
+            token_secret=dg.EnvVar("NETSUITE_TOKEN_SECRET"),
+        ),
+    }
+
+
+defs = dg.Definitions.merge(*DOMAINS, dg.Definitions(resources=build_resources()))

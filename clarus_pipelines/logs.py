@@ -1,0 +1,65 @@
+"""Logging set-up with personal data masked.
+
+Names, emails, phone numbers and addresses never reach a log line: `mask_pii` redacts
+them in payloads before they are logged, and `PiiFilter` catches emails and phone
+numbers that slip into a message anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any
+
+PII_KEYS = frozenset(
+    {
+        "name", "first_name", "last_name", "firstname", "lastname", "email", "contact_email",
+        "phone", "address1", "address2", "street", "street1", "street2", "city", "zip", "postcode",
+        "post_code", "postal_code", "company", "latitude", "longitude", "customer_name",
+        "addressee", "addr1", "addr2", "attention", "browser_ip",
+    }
+)
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
+_PHONE = re.compile(r"(?<![\w.])\+?\d[\d ()-]{8,}\d(?![\w.])")
+
+
+def mask_value(value: Any) -> Any:
+    if value is None or value == "":
+        return value
+    text = str(value)
+    return text[:1] + "***" if len(text) > 1 else "***"
+
+
+def mask_pii(obj: Any) -> Any:
+    """A copy of a JSON-like structure with personal fields redacted."""
+    if isinstance(obj, dict):
+        return {k: (mask_value(v) if k.lower() in PII_KEYS and not isinstance(v, (dict, list)) else mask_pii(v)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [mask_pii(v) for v in obj]
+    if isinstance(obj, str):
+        return mask_text(obj)
+    return obj
+
+
+def mask_text(text: str) -> str:
+    return _PHONE.sub("<phone>", _EMAIL.sub("<email>", text))
+
+
+class PiiFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.args = tuple(mask_pii(a) if isinstance(a, (dict, list, str)) else a for a in (record.args if isinstance(record.args, tuple) else (record.args,)))
+        if isinstance(record.msg, str):
+            record.msg = mask_text(record.msg)
+        return True
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Log to stderr (stdout is kept for machine-readable output)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(PiiFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

@@ -1,0 +1,42 @@
+"""Dagster resources shared by every domain: where state lives and which policies apply.
+
+Connector resources (Clarus, Shopify, NetSuite) live in `clarus_pipelines.connectors`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+
+from clarus_pipelines.settings import Policies, load_policies
+from clarus_pipelines.state import StateStore
+
+
+class StateStoreResource(dg.ConfigurableResource):
+    """The integration state DuckDB file (one writer at a time, see `StateStore`)."""
+
+    path: str
+    lock_timeout_s: float = 300.0
+
+    def store(self) -> StateStore:
+        return StateStore(self.path, lock_timeout_s=self.lock_timeout_s)
+
+
+class PoliciesResource(dg.ConfigurableResource):
+    """The policies YAML: ship methods, SKU cleaning, buffers, timings, owners."""
+
+    path: str
+
+    def load(self) -> Policies:
+        return load_policies(self.path)
+
+
+class LandingZoneResource(dg.ConfigurableResource):
+    """Folder where the webhook receiver lands each accepted webhook as one JSON file."""
+
+    path: str
+
+    @property
+    def root(self) -> Path:
+        return Path(self.path)

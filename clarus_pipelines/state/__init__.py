@@ -1,0 +1,3 @@
+from clarus_pipelines.state.store import LockTimeout, StateStore, migrate
+
+__all__ = ["LockTimeout", "StateStore", "migrate"]

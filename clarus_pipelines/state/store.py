@@ -1,0 +1,158 @@
+"""The integration state: one DuckDB file, many processes, one writer at a time.
+
+DuckDB lets a single process open a file read-write, and while it has it open no other
+process may open it at all. Dagster runs, sensors, the CLI and the dashboard all need the
+file, so nobody keeps it open: each unit of work takes an advisory lock file next to the
+database (`fcntl.flock`, exclusive for writers, shared for readers), opens the file, does
+its work in one transaction, closes it and releases the lock. Waiting for the lock is
+normal and bounded; it never surfaces as DuckDB's "could not set lock" error.
+
+The dashboard goes one step further so that it never holds writers up for the length of
+its queries: `snapshot()` copies the closed file under a shared lock (milliseconds) and
+queries the copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+
+import duckdb
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_PACKAGE = "clarus_pipelines.state.migrations"
+
+
+class LockTimeout(TimeoutError):
+    """The state file stayed locked by another process for longer than allowed."""
+
+
+class StateStore:
+    """Handle on the state DuckDB file. Cheap to create; holds no open connection."""
+
+    def __init__(self, path: Path | str, lock_timeout_s: float = 120.0):
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.lock_timeout_s = lock_timeout_s
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._migrated = False
+
+    # ------------------------------------------------------------------ locking
+    @contextlib.contextmanager
+    def _locked(self, mode: int) -> Iterator[None]:
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + self.lock_timeout_s
+            delay = 0.002
+            while True:
+                try:
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise LockTimeout(
+                            f"{self.path} stayed locked for {self.lock_timeout_s:.0f}s by another process"
+                        ) from None
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the flock
+
+    # ------------------------------------------------------------- connections
+    @contextlib.contextmanager
+    def write(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Exclusive, transactional access: commits on success, rolls back on error."""
+        with self._locked(fcntl.LOCK_EX):
+            con = duckdb.connect(str(self.path))
+            try:
+                if not self._migrated:
+                    migrate(con)
+                    self._migrated = True
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    yield con
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+                con.execute("COMMIT")
+            finally:
+                con.close()
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Shared read-only access; several readers at once, never during a write."""
+        self.ensure_schema()
+        with self._locked(fcntl.LOCK_SH):
+            con = duckdb.connect(str(self.path), read_only=True)
+            try:
+                yield con
+            finally:
+                con.close()
+
+    def ensure_schema(self) -> None:
+        if self._migrated:
+            return
+        with self.write():
+            pass
+
+    def snapshot(self, target: Path | str | None = None) -> Path:
+        """Copy the database under a shared lock and return the copy's path.
+
+        Used by the dashboard: queries on the copy cannot block or break writers.
+        """
+        self.ensure_schema()
+        if target is None:
+            fd, name = tempfile.mkstemp(prefix="state-snapshot-", suffix=".duckdb")
+            os.close(fd)
+            target = Path(name)
+        target = Path(target)
+        tmp = target.with_name(target.name + ".partial")
+        with self._locked(fcntl.LOCK_SH):
+            shutil.copyfile(self.path, tmp)
+        os.replace(tmp, target)
+        return target
+
+
+def _migration_files() -> list[tuple[int, str, str]]:
+    found = []
+    for entry in resources.files(MIGRATIONS_PACKAGE).iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            found.append((version, entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Apply every migration not yet applied, each in its own transaction. Returns names applied."""
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
+    )
+    applied = {row[0] for row in con.execute("SELECT version FROM schema_migrations").fetchall()}
+    done = []
+    for version, name, sql in _migration_files():
+        if version in applied:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(sql)
+            con.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, now()::TIMESTAMP)", [version, name]
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        log.info("applied state migration %s", name)
+        done.append(name)
+    return done

@@ -1,0 +1,91 @@
+"""Settings from the environment, policies from YAML, and `check-config` naming the bad key."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clarus_pipelines.settings import SANDBOX_POLICIES, ConfigError, Settings, load_policies
+
+CLI = [str(Path(sys.executable).parent / "clarus-pipelines")]
+
+
+def test_shipped_sandbox_config_is_valid():
+    policies = load_policies(SANDBOX_POLICIES)
+    assert policies.ship_methods and policies.tenant.account_id == 1
+    assert policies.stock.buffers == {"000123": 0}  # SKU keys stay strings with their zeros
+
+
+def _write(tmp_path, mutate) -> Path:
+    data = yaml.safe_load(SANDBOX_POLICIES.read_text())
+    mutate(data)
+    path = tmp_path / "policies.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    "mutate, key, why",
+    [
+        (lambda d: d["ship_methods"].append({"carrier": "DPD", "service": "X"}), "ship_methods[6]", "needs a 'code' or a 'title'"),
+        (lambda d: d["stock"].update(default_buffer=-1), "stock.default_buffer", "greater than or equal to 0"),
+        (lambda d: d["timings"].update(held_alert_minutes="soon"), "timings.held_alert_minutes", "valid integer"),
+        (lambda d: d["sku_cleaning"].update(remove_pattern="[a-"), "sku_cleaning.remove_pattern", "not a valid regular expression"),
+        (lambda d: d.update(exception_overrides={"NOPE": {"owner": "ops"}}), "exception_overrides", "unknown exception code"),
+        (lambda d: d["tenant"].pop("account_id"), "tenant.account_id", "Field required"),
+        (lambda d: d.update(typo_section={}), "typo_section", "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_policies_name_the_key_and_why(tmp_path, mutate, key, why):
+    path = _write(tmp_path, mutate)
+    with pytest.raises(ConfigError) as err:
+        load_policies(path)
+    assert key in str(err.value) and why in str(err.value)
+    result = subprocess.run(CLI + ["check-config", "--config", str(path)], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert key in result.stderr and why in result.stderr
+
+
+def test_check_config_ok_prints_summary():
+    result = subprocess.run(CLI + ["check-config"], capture_output=True, text=True, check=True)
+    summary = json.loads(result.stdout)
+    assert summary["ok"] is True and summary["ship_methods"] == 6
+
+
+def test_check_config_require_secrets_names_missing(monkeypatch):
+    env = {"PATH": "/usr/bin:/bin", "SHOPIFY_WEBHOOK_SECRET": "s"}
+    result = subprocess.run(CLI + ["check-config", "--require-secrets"], capture_output=True, text=True, env=env)
+    assert result.returncode == 1
+    assert "CLARUS_CLIENT_SECRET: not set" in result.stderr
+    assert "SHOPIFY_WEBHOOK_SECRET: not set" not in result.stderr
+
+
+def test_secrets_are_not_in_settings_repr(monkeypatch):
+    monkeypatch.setenv("SHOPIFY_WEBHOOK_SECRET", "very-secret-value")
+    settings = Settings()
+    assert settings.shopify_webhook_secret.get_secret_value() == "very-secret-value"
+    assert "very-secret-value" not in repr(settings)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_policies(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tenant: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_policies(bad)
+
+
+def test_every_subcommand_has_help():
+    from clarus_pipelines.cli import COMMANDS
+
+    top = subprocess.run(CLI + ["--help"], capture_output=True, text=True)
+    assert top.returncode == 0
+    for name in COMMANDS:
+        assert name in top.stdout
+        sub = subprocess.run(CLI + [name, "--help"], capture_output=True, text=True)
+        assert sub.returncode == 0, f"{name} --help failed: {sub.stderr[-500:]}"
+        assert "usage: clarus-pipelines " + name in sub.stdout
