@@ -130,6 +130,14 @@ _TYPES = [
         "Escalate to the integration engineer when Shopify keeps refusing the fulfilment.",
         60, "shipment"),
     ExceptionType(
+        "OVER_DISPATCHED", "ops", "high", "Dispatched more than ordered",
+        "The warehouse dispatched more units of a SKU than the order has: the customer got "
+        "goods nobody paid for, stock is short, and NetSuite refuses to fulfil the extra units.",
+        "Check the pick with the warehouse; recover the extra units or invoice them, then correct "
+        "the goods out in Clarus. The details list each SKU shipped against ordered.",
+        "Escalate to finance when the extra goods are not coming back.",
+        240, "order"),
+    ExceptionType(
         "ORDER_EDIT_NEEDS_REVIEW", "ops", "high", "Order edited after the warehouse accepted it",
         "The customer's order changed in Shopify after Clarus started work on it, so it "
         "cannot be amended automatically. The details show the difference.",

@@ -41,6 +41,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "clarus_pipelines.domain.explain",
         "Print as JSON what the pipeline would do with a Shopify order now (ready/held, reasons, goods out).",
     ),
+    "explain-refund": (
+        "clarus_pipelines.domain.refunds_explain",
+        "Print as JSON how a Shopify refund is classified (return, cancellation, goodwill...), why, and what follows.",
+    ),
+    "simulate": (
+        "clarus_pipelines.simulate",
+        "Rehearse a sale day: run the whole integration against the sandbox with faults and print what happened as JSON.",
+    ),
 }
 
 

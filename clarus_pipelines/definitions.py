@@ -9,7 +9,19 @@ from clarus_pipelines.connectors.shopify import ShopifyResource
 from clarus_pipelines.resources import LandingZoneResource, PoliciesResource, StateStoreResource
 from clarus_pipelines.settings import Settings
 
-DOMAINS: list[dg.Definitions] = []
+from assets import dispatch, ingest, item_master, orders, reconciliation, refunds, stock
+from sensors import maintenance, stuck_states, webhooks
+from sensors import orders as order_sensors
+from sensors import stock as stock_sensors
+
+# Each domain module exports its own `defs`; add a module here to add a domain.
+DOMAINS: list[dg.Definitions] = [
+    ingest.defs, webhooks.defs, reconciliation.defs, maintenance.defs,
+    item_master.defs, orders.defs, order_sensors.defs,
+    dispatch.defs, stuck_states.defs,
+    stock.defs, stock_sensors.defs,
+    refunds.defs,
+]
 
 
 def build_resources(settings: Settings | None = None) -> dict[str, dg.ConfigurableResource]:

@@ -144,7 +144,8 @@ def build_services(args: argparse.Namespace, home: Path) -> list[Service]:
             [
                 sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "dashboards" / "app.py"),
                 "--server.headless", "true", "--server.address", host, "--server.port", str(args.dashboard_port),
-                "--browser.gatherUsageStats", "false",
+                "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
+                "--client.showErrorDetails", "false",
             ],
             f"http://{host}:{args.dashboard_port}/_stcore/health", f"http://{host}:{args.dashboard_port}",
         ),

@@ -17,11 +17,16 @@ PII_KEYS = frozenset(
         "name", "first_name", "last_name", "firstname", "lastname", "email", "contact_email",
         "phone", "address1", "address2", "street", "street1", "street2", "city", "zip", "postcode",
         "post_code", "postal_code", "company", "latitude", "longitude", "customer_name",
-        "addressee", "addr1", "addr2", "attention", "browser_ip",
+        "addressee", "addr1", "addr2", "attention", "browser_ip", "address_1", "address_2", "address_3",
+        "address_4", "address_5", "email_address", "phone_number", "mobile", "contact_name", "full_name",
+        "province", "customer_email",
     }
 )
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
-_PHONE = re.compile(r"(?<![\w.])\+?\d[\d ()-]{8,}\d(?![\w.])")
+# Phone numbers as people write them: international (+44 ...) or with separators
+# ("020 7946 0958", "(0161) 496-0000"). Bare digit runs are left alone: those are
+# barcodes, tracking numbers and Shopify ids, which logs need.
+_PHONE = re.compile(r"(?<![\w.])(?:\+\d[\d ()-]{7,}\d|\(?0\d{2,4}\)?[ -]\d{3,4}[ -]?\d{3,4})(?![\w.])")
 
 
 def mask_value(value: Any) -> Any:

@@ -54,6 +54,14 @@ class Settings(BaseSettings):
     netsuite_token_secret: SecretStr | None = Field(default=None, validation_alias="NETSUITE_TOKEN_SECRET")
     netsuite_webhook_secret: SecretStr | None = Field(default=None, validation_alias="NETSUITE_WEBHOOK_SECRET")
 
+    # Alert e-mail (owners' "email" channels); without a host, e-mail alerts fail and say why.
+    alert_smtp_host: str | None = Field(default=None, validation_alias="ALERT_SMTP_HOST")
+    alert_smtp_port: int = Field(default=25, validation_alias="ALERT_SMTP_PORT")
+    alert_smtp_from: str | None = Field(default=None, validation_alias="ALERT_SMTP_FROM")
+    alert_smtp_starttls: bool = Field(default=False, validation_alias="ALERT_SMTP_STARTTLS")
+    alert_smtp_username: str | None = Field(default=None, validation_alias="ALERT_SMTP_USERNAME")
+    alert_smtp_password: SecretStr | None = Field(default=None, validation_alias="ALERT_SMTP_PASSWORD")
+
     @property
     def state_db_path(self) -> Path:
         return self.state_db or self.home / "state.duckdb"
@@ -161,8 +169,12 @@ class ExceptionOverride(_Strict):
     sla_minutes: int | None = Field(default=None, gt=0)
 
 
+from clarus_pipelines.domain.refunds import RefundRules  # noqa: E402  (the refund rules live with the classifier)
+
+
 class Policies(_Strict):
     tenant: TenantPolicy
+    refund_rules: RefundRules = RefundRules()
     sku_cleaning: SkuCleaning = SkuCleaning()
     ship_methods: list[ShipMethodRule] = Field(default_factory=list)
     stock: StockPolicy = StockPolicy()

@@ -1,0 +1,308 @@
+"""Dispatch back to the channel: Clarus shipments -> NetSuite item fulfilments -> Shopify.
+
+- `dispatch_reconciliation`: reads Clarus shipments changed since the last sweep (GraphQL)
+  and records any dispatch no webhook brought; the safety net behind webhooks.
+- `shipments`: takes in new landed goods out events (webhooks), then advances every due
+  shipment one step at a time, ERP-gated (see `clarus_pipelines.domain.dispatch`).
+- checks on `shipments` (non-blocking; each syncs its exceptions so they auto-clear):
+  tracking present (TRACKING_MISSING), tracking fits its carrier (TRACKING_INVALID),
+  no tracking number on two orders (TRACKING_INVALID), no SKU dispatched above the
+  quantity ordered (OVER_DISPATCHED).
+- `dispatch_work` sensor: starts a `dispatch` run when goods out events landed or a
+  shipment is due for its next step (waiting for the ERP, or retrying after a failure),
+  unless one is already running. The `dispatch_sweep` schedule runs the sweep.
+"""
+
+
+import json
+from datetime import timedelta
+
+import dagster as dg
+from pydantic import Field
+
+from clarus_pipelines.connectors.clarus import ClarusResource
+from clarus_pipelines.connectors.netsuite import NetSuiteResource
+from clarus_pipelines.connectors.shopify import ShopifyResource
+from clarus_pipelines.domain.dispatch import (
+    CHECK_WINDOW,
+    CONSUMER,
+    DISPATCH_TOPICS,
+    FINAL,
+    DispatchConfig,
+    advance_all,
+    over_dispatch_findings,
+    record_sweep,
+    shipment_state_counts,
+    sweep_window_start,
+    take_in_landings,
+    tracking_findings,
+)
+from clarus_pipelines.domain.tracking import TrackingRules
+from clarus_pipelines.exception_queue import Finding, sync_exceptions, utcnow
+from clarus_pipelines.resources import PoliciesResource, StateStoreResource
+
+GROUP = "dispatch"
+SAMPLE = 10  # findings listed in a check's metadata
+
+
+class SweepConfig(dg.Config):
+    lookback_hours: float = Field(default=48.0, description="How far back the first sweep (or one after a long gap) reads.")
+    overlap_minutes: float = Field(default=15.0, description="Each sweep re-reads this much before the previous one.")
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"duckdb"},
+    description="Clarus shipments read back through GraphQL since the last sweep; records dispatches no webhook brought.",
+)
+def dispatch_reconciliation(
+    context: dg.AssetExecutionContext, config: SweepConfig, state: StateStoreResource, policies: PoliciesResource,
+    clarus: ClarusResource,
+) -> dg.MaterializeResult:
+    store = state.store()
+    policy = policies.load()
+    now = utcnow()
+    with store.read() as con:
+        window_start = sweep_window_start(
+            con, now, lookback=timedelta(hours=config.lookback_hours), overlap=timedelta(minutes=config.overlap_minutes)
+        )
+    shipments = list(clarus.iter_shipments(updated_since=window_start))
+    result = record_sweep(
+        store, shipments, TrackingRules.from_policies(policy), policy.sku_cleaning, window_start=window_start,
+        now=now, run_id=context.run_id,
+    )
+    if result.new_shipments:
+        context.log.warning("sweep found %d shipment(s) no webhook brought: %s", len(result.new_shipments), result.new_shipments[:10])
+    return dg.MaterializeResult(
+        metadata={
+            "window_start": window_start.isoformat(),
+            "shipments_read": result.checked,
+            "shipments_new": len(result.new_shipments),
+            "outcomes": dict(result.outcomes),
+        }
+    )
+
+
+class DispatchRunConfig(dg.Config):
+    erp_recheck_s: float = Field(default=60.0, description="First re-check of a dispatch held for NetSuite (doubles each time).")
+    erp_recheck_max_s: float = Field(default=600.0, description="Longest wait between NetSuite re-checks.")
+    retry_base_s: float = Field(default=30.0, description="Wait after a failed call (doubles each attempt).")
+    retry_max_s: float = Field(default=1800.0, description="Longest wait between retries.")
+    workers: int = Field(default=4, description="Orders advanced in parallel.")
+
+    def dispatch_config(self) -> DispatchConfig:
+        return DispatchConfig(
+            erp_recheck_s=self.erp_recheck_s, erp_recheck_max_s=self.erp_recheck_max_s, retry_base_s=self.retry_base_s,
+            retry_max_s=self.retry_max_s, workers=self.workers,
+        )
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=["landed_events", dispatch_reconciliation],
+    kinds={"duckdb"},
+    description="Each Clarus shipment's progress: DISPATCHED_IN_WMS -> ERP_ORDER_CONFIRMED -> ITEM_FULFILMENT_POSTED "
+    "-> CHANNEL_FULFILLED -> CHANNEL_CONFIRMED. The Shopify fulfilment waits for the NetSuite item fulfilment.",
+)
+def shipments(
+    context: dg.AssetExecutionContext, config: DispatchRunConfig, state: StateStoreResource, policies: PoliciesResource,
+    netsuite: NetSuiteResource, shopify: ShopifyResource,
+) -> dg.MaterializeResult:
+    store = state.store()
+    policy = policies.load()
+    taken = take_in_landings(store, TrackingRules.from_policies(policy), policy.sku_cleaning)
+    advanced = advance_all(store, netsuite, shopify, config=config.dispatch_config())
+    with store.read() as con:
+        by_state = shipment_state_counts(con)
+        unmatched = con.execute("SELECT count(*) FROM dispatch_unmatched").fetchone()[0]
+    context.log.info("took in %s; advanced %s; shipments by state %s", dict(taken), dict(advanced), by_state)
+    return dg.MaterializeResult(
+        metadata={
+            "events": dict(taken),
+            "steps": dict(advanced),
+            "by_state": by_state,
+            "in_flight": sum(n for s, n in by_state.items() if s != FINAL.value),
+            "unmatched_goods_outs": int(unmatched),
+        }
+    )
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _sample(findings: list[Finding]) -> str:
+    return "\n".join(f"{f.entity_id}: {f.message}" for f in findings[:SAMPLE])
+
+
+def _sync_tracking(state: StateStoreResource, policies: PoliciesResource):
+    """Recompute every tracking finding and sync TRACKING_MISSING and TRACKING_INVALID."""
+    policy = policies.load()
+    now = utcnow()
+    with state.store().write() as con:
+        found = tracking_findings(con, TrackingRules.from_policies(policy), now)
+        missing = sync_exceptions(con, "TRACKING_MISSING", found.missing, scope=found.scope, policies=policy, now=now)
+        invalid = sync_exceptions(con, "TRACKING_INVALID", found.invalid(), scope=found.scope, policies=policy, now=now)
+    return found, missing, invalid
+
+
+def _outcome_counts(outcome: dict[str, str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for action in outcome.values():
+        counts[action] = counts.get(action, 0) + 1
+    return counts
+
+
+@dg.asset_check(
+    asset=shipments,
+    description="Every shipment dispatched in the last 30 days has a tracking number (TRACKING_MISSING).",
+)
+def tracking_present(state: StateStoreResource, policies: PoliciesResource) -> dg.AssetCheckResult:
+    found, missing, _ = _sync_tracking(state, policies)
+    return dg.AssetCheckResult(
+        passed=not found.missing,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"{len(found.missing)} of {len(found.scope)} shipment(s) without tracking" if found.missing else None,
+        metadata={
+            "shipments_checked": len(found.scope), "without_tracking": len(found.missing),
+            "sample": _sample(found.missing), "exceptions": _outcome_counts(missing),
+        },
+    )
+
+
+@dg.asset_check(
+    asset=shipments,
+    description="Every tracking number fits its carrier's format and check digit (TRACKING_INVALID).",
+)
+def tracking_format(state: StateStoreResource, policies: PoliciesResource) -> dg.AssetCheckResult:
+    found, _, invalid = _sync_tracking(state, policies)
+    return dg.AssetCheckResult(
+        passed=not found.malformed,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"{len(found.malformed)} malformed tracking number(s)" if found.malformed else None,
+        metadata={
+            "shipments_checked": len(found.scope), "malformed": len(found.malformed),
+            "sample": _sample(found.malformed), "exceptions": _outcome_counts(invalid),
+        },
+    )
+
+
+@dg.asset_check(
+    asset=shipments,
+    description="No tracking number is on two different orders (TRACKING_INVALID).",
+)
+def tracking_unique(state: StateStoreResource, policies: PoliciesResource) -> dg.AssetCheckResult:
+    found, _, invalid = _sync_tracking(state, policies)
+    numbers = sorted({f.details["tracking_number"] for f in found.reused})
+    return dg.AssetCheckResult(
+        passed=not found.reused,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"{len(numbers)} tracking number(s) on more than one order" if numbers else None,
+        metadata={
+            "shipments_checked": len(found.scope), "shared_numbers": len(numbers), "shipments_affected": len(found.reused),
+            "sample": _sample(found.reused), "exceptions": _outcome_counts(invalid),
+        },
+    )
+
+
+@dg.asset_check(
+    asset=shipments,
+    description="No SKU of an order is dispatched in a larger quantity than ordered (OVER_DISPATCHED).",
+)
+def dispatched_within_ordered(state: StateStoreResource, policies: PoliciesResource) -> dg.AssetCheckResult:
+    policy = policies.load()
+    now = utcnow()
+    with state.store().write() as con:
+        scope, findings = over_dispatch_findings(con, now, CHECK_WINDOW)
+        outcome = sync_exceptions(con, "OVER_DISPATCHED", findings, scope=scope, policies=policy, now=now)
+    return dg.AssetCheckResult(
+        passed=not findings,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=f"{len(findings)} order(s) dispatched above the ordered quantity" if findings else None,
+        metadata={
+            "orders_checked": len(scope), "over_dispatched": len(findings), "sample": _sample(findings),
+            "exceptions": _outcome_counts(outcome),
+        },
+    )
+
+
+DISPATCH_CHECKS = [tracking_present, tracking_format, tracking_unique, dispatched_within_ordered]
+
+dispatch_job = dg.define_asset_job(
+    "dispatch",
+    selection=dg.AssetSelection.assets(shipments),
+    description="Take in landed dispatches and move every due shipment on (ERP-gated), then run the tracking checks.",
+    tags={"flow": "dispatch"},
+)
+dispatch_sweep_job = dg.define_asset_job(
+    "dispatch_sweep",
+    selection=dg.AssetSelection.assets(dispatch_reconciliation, shipments),
+    description="Read Clarus shipments back (safety net for lost webhooks), then advance the dispatches.",
+    tags={"flow": "dispatch"},
+)
+
+dispatch_sweep_schedule = dg.ScheduleDefinition(
+    name="dispatch_sweep",
+    job=dispatch_sweep_job,
+    cron_schedule="*/15 * * * *",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Every 15 minutes: read Clarus shipments since the last sweep and record any dispatch no webhook brought.",
+)
+
+_ACTIVE = [
+    dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
+]
+
+
+def pending_dispatch_work(state: StateStoreResource) -> dict[str, int]:
+    """New goods out events not yet taken in, shipments due a step, parked goods outs."""
+    now = utcnow()
+    with state.store().read() as con:
+        row = con.execute("SELECT last_seq FROM event_consumers WHERE consumer = ?", [CONSUMER]).fetchone()
+        events = con.execute(
+            "SELECT count(*), coalesce(max(seq), 0) FROM landed_events WHERE seq > ? AND source = 'clarus'"
+            " AND topic IN (SELECT unnest(?))",
+            [row[0] if row else 0, list(DISPATCH_TOPICS)],
+        ).fetchone()
+        due = con.execute(
+            "SELECT count(*) FROM shipments WHERE state <> ? AND (next_attempt_at IS NULL OR next_attempt_at <= ?)",
+            [FINAL.value, now],
+        ).fetchone()[0]
+        unmatched = con.execute("SELECT count(*) FROM dispatch_unmatched").fetchone()[0]
+    return {"new_events": int(events[0]), "newest_seq": int(events[1]), "due_shipments": int(due), "unmatched": int(unmatched)}
+
+
+@dg.sensor(
+    name="dispatch_work",
+    job=dispatch_job,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Starts a dispatch run when Clarus dispatches landed or shipments are due their next step.",
+)
+def dispatch_work_sensor(context: dg.SensorEvaluationContext, state: StateStoreResource) -> dg.SensorResult | dg.SkipReason:
+    work = pending_dispatch_work(state)
+    if not (work["new_events"] or work["due_shipments"]):
+        return dg.SkipReason(
+            "No dispatch work: no new Clarus goods out events and no shipment due its next step"
+            + (f" ({work['unmatched']} goods out(s) still waiting for their order)" if work["unmatched"] else "")
+        )
+    if context.instance.get_runs(filters=dg.RunsFilter(job_name=dispatch_job.name, statuses=_ACTIVE), limit=1):
+        return dg.SkipReason(f"A dispatch run is in progress; pending: {work}")
+    now = utcnow()
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(
+                run_key=f"dispatch:{work['newest_seq']}:{work['due_shipments']}:{now:%Y%m%dT%H%M%S}",
+                tags={"dispatch/new_events": str(work["new_events"]), "dispatch/due": str(work["due_shipments"])},
+            )
+        ],
+        cursor=json.dumps({"requested_at": now.isoformat(), **work}, sort_keys=True),
+    )
+
+
+defs = dg.Definitions(
+    assets=[dispatch_reconciliation, shipments],
+    asset_checks=DISPATCH_CHECKS,
+    jobs=[dispatch_job, dispatch_sweep_job],
+    schedules=[dispatch_sweep_schedule],
+    sensors=[dispatch_work_sensor],
+)

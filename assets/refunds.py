@@ -1,0 +1,178 @@
+"""Refunds and returns: every Shopify refund classified and routed to Clarus and NetSuite.
+
+- `refunds` (`clarus_pipelines.domain.refund_flow`): takes in new landed refunds/create
+  webhooks, refunds carried in landed order bodies (orders/* webhooks and the
+  reconciliation read, so a lost refund webhook is still caught) and Clarus goods-in
+  events; classifies each new refund (RETURN, CANCELLATION, GOODWILL, SHIPPING_ONLY,
+  EXCHANGE or UNCLASSIFIED) and explains why in the order's history; runs the follow-ups
+  (expected goods-in receipt + return authorisation, goods out cancel/reduce + closed
+  sales order lines, credit memos), idempotently; asks Clarus about returns still
+  expected.
+- checks on `refunds`, each syncing its exception so it clears itself:
+  `refunds_classified` (REFUND_UNCLASSIFIED) and `returns_received_in_time`
+  (RETURN_NOT_RECEIVED after `timings.return_receipt_days`).
+- `refund_work` sensor: a run when refund or goods-in events landed or follow-ups wait;
+  the `refunds_sweep` schedule runs it regularly anyway (due dates pass without events).
+"""
+
+import json
+import os
+
+import dagster as dg
+from pydantic import Field
+
+from clarus_pipelines.connectors.clarus import ClarusResource
+from clarus_pipelines.connectors.netsuite import NetSuiteResource
+from clarus_pipelines.domain import refund_flow as flow
+from clarus_pipelines.exception_queue import Finding, utcnow
+from clarus_pipelines.resources import PoliciesResource, StateStoreResource
+
+GROUP = "refunds"
+SAMPLE = 10
+DEFAULT_NETSUITE_CUSTOMER_ID = "110"
+
+
+class RefundsConfig(dg.Config):
+    netsuite_customer_id: str = Field(
+        default_factory=lambda: os.environ.get("NETSUITE_WEB_CUSTOMER_ID", DEFAULT_NETSUITE_CUSTOMER_ID),
+        description="NetSuite customer record web orders (and so their credits) are booked to (env NETSUITE_WEB_CUSTOMER_ID).",
+    )
+    sweep_receipts: bool = Field(default=True, description="Ask Clarus about every return still expected.")
+    max_refunds: int = Field(default=500, description="Refunds whose follow-ups are run per materialisation.")
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=["landed_events"],
+    kinds={"duckdb"},
+    description="Each Shopify refund classified (return, cancellation, goodwill, shipping-only, exchange) with the "
+    "reasons, and its follow-ups in Clarus and NetSuite: expected returns, cancelled lines, credit memos.",
+)
+def refunds(
+    context: dg.AssetExecutionContext, config: RefundsConfig, state: StateStoreResource, policies: PoliciesResource,
+    clarus: ClarusResource, netsuite: NetSuiteResource,
+) -> dg.MaterializeResult:
+    store = state.store()
+    policy = policies.load()
+    intake = flow.take_in_refunds(store, policy)
+    steps = flow.run_refund_steps(store, policy, clarus=clarus, netsuite=netsuite,
+                                  customer_id=config.netsuite_customer_id, limit=config.max_refunds)
+    received = flow.sweep_return_receipts(store, clarus) if config.sweep_receipts else 0
+    with store.read() as con:
+        summary = flow.refund_summary(con)
+    context.log.info("refund intake %s; steps %s; receipts found by the sweep %d; %s", intake, steps, received, summary)
+    return dg.MaterializeResult(metadata={
+        **intake.as_metadata(),
+        **{f"steps_{k}": v for k, v in steps.as_metadata().items()},
+        "receipts_swept": received,
+        "by_kind": summary["by_kind"],
+        "by_state": summary["by_state"],
+    })
+
+
+def _sample(findings: list[Finding]) -> str:
+    return "\n".join(f"{f.entity_id}: {f.message}" for f in findings[:SAMPLE])
+
+
+def _counts(outcome: dict[str, str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for action in outcome.values():
+        counts[action] = counts.get(action, 0) + 1
+    return counts
+
+
+@dg.asset_check(
+    asset=refunds,
+    description="Every refund fits exactly one of return, cancellation, goodwill, shipping-only, exchange (REFUND_UNCLASSIFIED).",
+)
+def refunds_classified(state: StateStoreResource, policies: PoliciesResource) -> dg.AssetCheckResult:
+    store = state.store()
+    outcome = flow.sync_refund_exceptions(store, policies.load(), codes=("REFUND_UNCLASSIFIED",))["REFUND_UNCLASSIFIED"]
+    with store.read() as con:
+        findings = flow.unclassified_findings(con)
+    return dg.AssetCheckResult(
+        passed=not findings,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"{len(findings)} refund(s) for finance to post by hand" if findings else None,
+        metadata={"unclassified": len(findings), "sample": _sample(findings), "exceptions": _counts(outcome)},
+    )
+
+
+@dg.asset_check(
+    asset=refunds,
+    description="Every return is received in Clarus within timings.return_receipt_days (RETURN_NOT_RECEIVED).",
+)
+def returns_received_in_time(state: StateStoreResource, policies: PoliciesResource) -> dg.AssetCheckResult:
+    store = state.store()
+    now = utcnow()
+    outcome = flow.sync_refund_exceptions(store, policies.load(), now=now, codes=("RETURN_NOT_RECEIVED",))["RETURN_NOT_RECEIVED"]
+    with store.read() as con:
+        findings = flow.return_not_received_findings(con, now)
+        awaiting = con.execute(
+            "SELECT count(*) FROM refunds WHERE kind IN ('RETURN', 'EXCHANGE') AND return_received_at IS NULL").fetchone()[0]
+    return dg.AssetCheckResult(
+        passed=not findings,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"{len(findings)} return(s) overdue" if findings else None,
+        metadata={"awaiting": int(awaiting), "overdue": len(findings), "sample": _sample(findings), "exceptions": _counts(outcome)},
+    )
+
+
+refunds_job = dg.define_asset_job(
+    "refunds_job",
+    selection=dg.AssetSelection.assets(refunds),
+    description="Classify new Shopify refunds, run their follow-ups in Clarus and NetSuite, check returns came back.",
+    tags={"flow": "refunds"},
+)
+
+refunds_schedule = dg.ScheduleDefinition(
+    name="refunds_sweep",
+    job=refunds_job,
+    cron_schedule="*/15 * * * *",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Every 15 minutes: retry waiting follow-ups, ask Clarus about expected returns, raise overdue ones.",
+)
+
+_ACTIVE = [
+    dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
+]
+
+
+def pending_refund_work(state: StateStoreResource) -> dict[str, int]:
+    """New refund / goods-in events not yet taken in."""
+    with state.store().read() as con:
+        row = con.execute("SELECT last_seq FROM event_consumers WHERE consumer = ?", [flow.CONSUMER]).fetchone()
+        count, newest = con.execute(
+            "SELECT count(*), coalesce(max(seq), 0) FROM landed_events WHERE seq > ? AND ("
+            " (source = 'shopify' AND topic = ?) OR (source = 'clarus' AND topic IN (SELECT unnest(?::VARCHAR[]))))",
+            [row[0] if row else 0, flow.REFUND_TOPIC, list(flow.RECEIPT_TOPICS)],
+        ).fetchone()
+    return {"new_events": int(count), "newest_seq": int(newest)}
+
+
+@dg.sensor(
+    name="refund_work",
+    job=refunds_job,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Starts a refunds run when Shopify refunds or Clarus goods-in receipts landed.",
+)
+def refund_work_sensor(context: dg.SensorEvaluationContext, state: StateStoreResource) -> dg.SensorResult | dg.SkipReason:
+    work = pending_refund_work(state)
+    if not work["new_events"]:
+        return dg.SkipReason("No new refund or goods-in events")
+    if context.instance.get_runs(filters=dg.RunsFilter(job_name=refunds_job.name, statuses=_ACTIVE), limit=1):
+        return dg.SkipReason(f"A refunds run is in progress; pending: {work}")
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(run_key=f"refunds:{work['newest_seq']}", tags={"refunds/new_events": str(work["new_events"])})],
+        cursor=json.dumps(work, sort_keys=True),
+    )
+
+
+defs = dg.Definitions(
+    assets=[refunds],
+    asset_checks=[refunds_classified, returns_received_in_time],
+    jobs=[refunds_job],
+    schedules=[refunds_schedule],
+    sensors=[refund_work_sensor],
+)

@@ -1,0 +1,226 @@
+"""Benchmark the webhook receiver against a bare endpoint of the same server stack.
+
+Starts two real servers on loopback, each in its own process:
+- ours: `clarus-pipelines receiver` (verify HMAC, parse, dedupe, write + fsync + rename +
+  fsync the folder, then 200), landing into a temporary folder;
+- ceiling: the same Starlette + uvicorn settings and the same bounded body read, with a
+  handler that stores nothing and answers 200 at once.
+
+Each is driven for a bounded time by `--concurrency` keep-alive connections posting
+signed Shopify orders (a real fixture payload, a new webhook id per post). Prints
+sustained accepted webhooks per second and p50/p99 latency for both, checks that every
+accepted webhook is a file in the landing zone, and ends with `ratio: X` (ours / ceiling).
+
+    .venv/bin/python bench/receiver.py [--duration 5] [--concurrency 32] [--workers 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from clarus_pipelines.receiver import auth  # noqa: E402
+
+SECRET = "bench-shopify-webhook-secret"
+FIXTURE = REPO.parent / "shared" / "fixtures" / "shopify" / "shopify_python_api" / "order.json"
+
+
+# ---------------------------------------------------------------------------- the bare endpoint
+
+
+def serve_bare(host: str, port: int) -> None:
+    """The ceiling: same framework, server settings and body read; no verification, no storage."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from clarus_pipelines.receiver.app import DEFAULT_MAX_BODY_BYTES, read_body
+    from clarus_pipelines.receiver.cli import uvicorn_options
+
+    async def bare(request):
+        await read_body(request, DEFAULT_MAX_BODY_BYTES)
+        return JSONResponse({"status": "ok"})
+
+    async def healthz(request):
+        return JSONResponse({"status": "ok"})
+
+    app = Starlette(routes=[Route("/webhooks/shopify", bare, methods=["POST"]), Route("/healthz", healthz)])
+    uvicorn.run(app, **uvicorn_options(host, port, "warning"))
+
+
+# ---------------------------------------------------------------------------- load
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server on port {port} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+                if sock.recv(64).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise SystemExit(f"server on port {port} did not become healthy")
+
+
+@dataclass
+class Result:
+    latencies: list[float] = field(default_factory=list)
+    accepted: int = 0
+    errors: int = 0
+    elapsed: float = 0.0
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else float("nan")
+
+
+class Poster:
+    """Builds signed posts: the fixture order with a fresh id and webhook id each time."""
+
+    def __init__(self, order: dict, prefix: str):
+        self.order = order
+        self.prefix = prefix
+        self.n = 0
+
+    def next_request(self) -> bytes:
+        self.n += 1
+        body = json.dumps({**self.order, "id": 9_000_000_000 + self.n, "name": f"#B{self.n}"}).encode()
+        headers = auth.shopify_headers(body, SECRET, topic="orders/create", webhook_id=f"{self.prefix}-{self.n}")
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        return (f"POST /webhooks/shopify HTTP/1.1\r\nHost: bench\r\n{head}Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+async def read_response(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    if length:
+        await reader.readexactly(length)
+    return status
+
+
+async def drive(port: int, poster: Poster, *, concurrency: int, warmup: float, duration: float) -> Result:
+    result = Result()
+    start = time.perf_counter()
+    measure_from = start + warmup
+    stop_at = measure_from + duration
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while True:
+                request = poster.next_request()
+                sent = time.perf_counter()
+                if sent >= stop_at:
+                    return
+                writer.write(request)
+                status = await read_response(reader)
+                done = time.perf_counter()
+                if sent >= measure_from:
+                    result.latencies.append(done - sent)
+                    if 200 <= status < 300:
+                        result.accepted += 1
+                    else:
+                        result.errors += 1
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(connection() for _ in range(concurrency)))
+    result.elapsed = duration
+    return result
+
+
+def run_load(port: int, prefix: str, args: argparse.Namespace) -> Result:
+    order = json.loads(FIXTURE.read_text())["order"]
+    return asyncio.run(drive(port, Poster(order, prefix), concurrency=args.concurrency, warmup=args.warmup,
+                             duration=args.duration))
+
+
+def report(name: str, result: Result) -> float:
+    rate = result.accepted / result.elapsed if result.elapsed else 0.0
+    print(f"{name:<34} {rate:9.1f} accepted/s   p50 {result.percentile(0.50):6.2f} ms   "
+          f"p99 {result.percentile(0.99):6.2f} ms   (accepted {result.accepted}, errors {result.errors})", flush=True)
+    return rate
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per server (default 5)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first (default 1)")
+    parser.add_argument("--concurrency", type=int, default=32, help="keep-alive connections (default 32)")
+    parser.add_argument("--workers", type=int, default=1, help="receiver worker processes (default 1)")
+    parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_bare:
+        serve_bare("127.0.0.1", args.port)
+        return 0
+    if not FIXTURE.exists():
+        raise SystemExit(f"fixture not found: {FIXTURE}")
+
+    with tempfile.TemporaryDirectory(prefix="bench-receiver-") as tmp:
+        landing = Path(tmp) / "landing"
+        env = {**os.environ, "SHOPIFY_WEBHOOK_SECRET": SECRET, "CLARUS_PIPELINES_HOME": tmp, "PYTHONUNBUFFERED": "1"}
+        print(f"loopback, {args.concurrency} connections, {args.warmup:g}s warm-up + {args.duration:g}s measured each; "
+              f"body {len(Poster(json.loads(FIXTURE.read_text())['order'], 'x').next_request())} bytes; "
+              f"{os.cpu_count()} CPUs", flush=True)
+        results = {}
+        for name in ("receiver", "ceiling"):
+            port = free_port()
+            if name == "receiver":
+                argv = [sys.executable, "-m", "clarus_pipelines.cli", "receiver", "--host", "127.0.0.1", "--port",
+                        str(port), "--landing-dir", str(landing), "--workers", str(args.workers), "--log-level", "warning"]
+            else:
+                argv = [sys.executable, str(Path(__file__).resolve()), "--serve-bare", "--port", str(port)]
+            proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            try:
+                wait_healthy(port, proc)
+                results[name] = run_load(port, name, args)
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        ours = report(f"receiver (verify+fsync, {args.workers} worker)", results["receiver"])
+        ceiling = report("ceiling (bare endpoint, stores none)", results["ceiling"])
+        stored = sum(1 for _ in (landing / "shopify").rglob("*.json"))
+        # warm-up posts were stored too, so the zone holds at least every measured acceptance
+        print(f"landed files: {stored} (>= {results['receiver'].accepted} accepted in the measured window: "
+              f"{'ok' if stored >= results['receiver'].accepted else 'MISSING'})", flush=True)
+    print(f"ratio: {ours / ceiling if ceiling else 0.0:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

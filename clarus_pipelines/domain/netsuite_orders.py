@@ -1,0 +1,97 @@
+"""The NetSuite sales order for a Shopify order (REST record API `salesOrder` body).
+
+Shaped like NetSuite's published POST examples: `entity` (the customer record the web
+orders are booked to), `tranDate`, `otherrefnum` (the Shopify order name), `memo`,
+`orderStatus` ("B", pending fulfilment: approved, so Clarus's dispatch can be fulfilled
+against it), `externalId` (the Shopify order id: NetSuite refuses a second record with
+the same external id, which makes the create idempotent), the shipping address and one
+item line per shippable Shopify line with the NetSuite item's internal id.
+Built for a whole batch at once, like the goods out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import polars as pl
+
+from clarus_pipelines.domain.goods_out import prune_nulls
+from clarus_pipelines.domain.orders import OrderVerdicts
+
+ITEMS_SCHEMA = {"sku": pl.Utf8, "netsuite_item_id": pl.Utf8}
+PENDING_FULFILMENT = "B"
+
+
+def items_frame(items: pl.DataFrame | Mapping[str, str | None]) -> pl.DataFrame:
+    """Cleaned SKU -> NetSuite internal item id."""
+    if isinstance(items, pl.DataFrame):
+        frame = items.select(pl.col("sku").cast(pl.Utf8), pl.col("netsuite_item_id").cast(pl.Utf8))
+    else:
+        frame = pl.DataFrame({"sku": list(items), "netsuite_item_id": list(items.values())}, schema=ITEMS_SCHEMA)
+    return frame.drop_nulls().unique("sku", keep="first", maintain_order=True)
+
+
+def build_sales_orders(
+    verdicts: OrderVerdicts,
+    *,
+    items: pl.DataFrame | Mapping[str, str | None],
+    customer_id: str,
+    order_status: str = PENDING_FULFILMENT,
+) -> pl.DataFrame:
+    """Sales order bodies for the ready orders: `order_id`, `external_id`, `body` (struct).
+
+    Raises ValueError when a shippable line's SKU has no NetSuite item id (the item
+    master and the order validation disagree: a bug, not a data problem to hold on).
+    """
+    ready = verdicts.orders.filter(pl.col("status") == "ready")
+    lines = (
+        verdicts.lines.filter(pl.col("ships"))
+        .join(ready.select("order_id"), on="order_id", how="semi")
+        .join(items_frame(items), on="sku", how="left", maintain_order="left")
+    )
+    missing = lines.filter(pl.col("netsuite_item_id").is_null())
+    if missing.height:
+        skus = sorted(set(missing["sku"].drop_nulls().to_list()))
+        raise ValueError(f"no NetSuite item id for SKU(s) {skus}: run the item master sync first")
+    item_line = pl.struct(
+        pl.struct(pl.col("netsuite_item_id").alias("id")).alias("item"),
+        pl.col("quantity"),
+        pl.col("price").cast(pl.Float64, strict=False).alias("rate"),
+        pl.col("title").alias("description"),
+    )
+    grouped = (
+        lines.sort("order_id", "line_index")
+        .group_by("order_id", maintain_order=True)
+        .agg(item_line.alias("items"))
+    )
+    body = pl.struct(
+        pl.col("order_id").alias("externalId"),
+        pl.struct(pl.lit(customer_id).alias("id")).alias("entity"),
+        pl.col("created_at").str.slice(0, 10).alias("tranDate"),
+        pl.col("order_name").alias("otherrefnum"),
+        pl.format("Shopify order {}", pl.col("order_name")).alias("memo"),
+        pl.lit(order_status).alias("orderStatus"),
+        pl.struct(
+            pl.col("ship_name").alias("addressee"),
+            pl.col("ship_company").alias("attention"),
+            pl.col("ship_address1").alias("addr1"),
+            pl.col("ship_address2").alias("addr2"),
+            pl.col("ship_city").alias("city"),
+            pl.col("ship_province").alias("state"),
+            pl.col("ship_zip").alias("zip"),
+            pl.struct(pl.col("ship_country_code").alias("id")).alias("country"),
+        ).alias("shippingAddress"),
+        pl.struct(pl.col("items")).alias("item"),
+    )
+    return ready.join(grouped, on="order_id", how="inner", maintain_order="left").select(
+        "order_id", pl.col("order_id").alias("external_id"), body.alias("body")
+    )
+
+
+def sales_order_dicts(sales_orders: pl.DataFrame) -> dict[str, dict[str, Any]]:
+    """order_id -> sales order body as a plain dict (nulls removed)."""
+    return {
+        order_id: prune_nulls(body)
+        for order_id, body in zip(sales_orders["order_id"].to_list(), sales_orders["body"].to_list())
+    }

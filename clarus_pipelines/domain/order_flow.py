@@ -1,0 +1,595 @@
+"""Each order's journey in the state database: the state machine and its DuckDB writes.
+
+Statuses (`orders.status`):
+
+    RECEIVED -> HELD <-> READY -> SENT_TO_ERP -> SENT_TO_WMS -> ACKNOWLEDGED -> (dispatch flow)
+                  \\        \\          \\              \\
+                   +--------+----------+--------------+--> CANCELLED
+    SENT_TO_WMS -> WMS_REJECTED (Clarus answered 422; re-validated and re-sent on the next landing)
+
+Edits and cancellations of an order Clarus already has are not applied at intake: they
+set `change_pending` ('edit' or 'cancel') and the order-changes step applies them.
+Every transition is an `order_events` row with time and cause. Functions here take an
+open connection inside `StateStore.write()` and never call other systems.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from clarus_pipelines.domain.orders import HOLD_CODES, OrderVerdicts, ParsedOrders
+from clarus_pipelines.exception_queue import Finding, clear_exception, raise_exception, sync_exceptions, utcnow
+from clarus_pipelines.settings import Policies
+
+
+class OrderStatus(StrEnum):
+    RECEIVED = "RECEIVED"
+    HELD = "HELD"
+    READY = "READY"
+    SENT_TO_ERP = "SENT_TO_ERP"
+    SENT_TO_WMS = "SENT_TO_WMS"
+    ACKNOWLEDGED = "ACKNOWLEDGED"
+    WMS_REJECTED = "WMS_REJECTED"
+    CANCELLED = "CANCELLED"
+
+
+# Not yet in the warehouse: intake may re-validate these and replace their lines.
+PRE_WMS = (OrderStatus.RECEIVED, OrderStatus.HELD, OrderStatus.READY, OrderStatus.SENT_TO_ERP, OrderStatus.WMS_REJECTED)
+# Waiting for the send step.
+SENDABLE = (OrderStatus.READY, OrderStatus.SENT_TO_ERP, OrderStatus.SENT_TO_WMS)
+
+ORDER_TOPICS = ("orders/create", "orders/updated", "orders/edited", "orders/paid", "orders/cancelled")
+CANCEL_TOPIC = "orders/cancelled"
+_TOPIC_RANK = {"orders/create": 0, "orders/paid": 1, "orders/updated": 2, "orders/edited": 3, "orders/cancelled": 4}
+
+
+def payload_hash(payload: str | Mapping[str, Any]) -> str:
+    text = payload if isinstance(payload, str) else json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def frame(con: duckdb.DuckDBPyConnection, query: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
+    """A query's result as a polars frame.
+
+    DuckDB refuses a new query while an earlier `execute()` result is half-fetched (a
+    caller's `fetchone()`), so that result is run to its end first.
+    """
+    con.complete()
+    return con.sql(query, params=list(params) if params is not None else None).pl()
+
+
+# ------------------------------------------------------------------------------ events
+
+
+def record_event(
+    con: duckdb.DuckDBPyConnection,
+    order_id: str,
+    state: str,
+    cause: str,
+    *,
+    system: str = "pipeline",
+    details: Mapping[str, Any] | None = None,
+    now: datetime | None = None,
+) -> None:
+    con.execute(
+        "INSERT INTO order_events (order_id, occurred_at, system, state, cause, details) VALUES (?, ?, ?, ?, ?, ?)",
+        [order_id, now or utcnow(), system, state, cause, json.dumps(details, default=str) if details else None],
+    )
+
+
+def record_events(con: duckdb.DuckDBPyConnection, events: pl.DataFrame, *, now: datetime, system: str = "pipeline") -> int:
+    """Insert many events: `events` has `order_id`, `state`, `cause` (and optional `details` JSON text)."""
+    if events.is_empty():
+        return 0
+    if "details" not in events.columns:
+        events = events.with_columns(pl.lit(None, dtype=pl.Utf8).alias("details"))
+    batch = events.select("order_id", "state", "cause", "details")
+    con.register("_order_events_batch", batch)
+    try:
+        con.execute(
+            "INSERT INTO order_events (order_id, occurred_at, system, state, cause, details)"
+            " SELECT order_id, ?, ?, state, cause, details::JSON FROM _order_events_batch",
+            [now, system],
+        )
+    finally:
+        con.unregister("_order_events_batch")
+    return batch.height
+
+
+def set_status(
+    con: duckdb.DuckDBPyConnection,
+    order_id: str,
+    status: OrderStatus,
+    cause: str,
+    *,
+    system: str = "pipeline",
+    details: Mapping[str, Any] | None = None,
+    event_state: str | None = None,
+    now: datetime | None = None,
+) -> None:
+    """Move one order to `status` and record the transition."""
+    now = now or utcnow()
+    con.execute(
+        "UPDATE orders SET status = ?, updated_at = ?,"
+        " held_since = CASE WHEN ? = 'HELD' THEN coalesce(held_since, ?) ELSE NULL END WHERE order_id = ?",
+        [status.value, now, status.value, now, order_id],
+    )
+    if status is not OrderStatus.HELD:
+        con.execute("DELETE FROM order_holds WHERE order_id = ?", [order_id])
+    record_event(con, order_id, event_state or status.value, cause, system=system, details=details, now=now)
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def order_states(con: duckdb.DuckDBPyConnection, order_ids: Iterable[str]) -> pl.DataFrame:
+    """Current status, Shopify timestamp, payload hash and bindings of the given orders."""
+    return frame(
+        con,
+        "SELECT o.order_id, o.status AS prev_status, o.shopify_updated_at AS prev_updated_at,"
+        " o.payload_hash AS prev_hash, o.hold_reasons AS prev_hold_codes, o.change_pending AS prev_change,"
+        " b.netsuite_id, b.clarus_id"
+        " FROM orders o LEFT JOIN bindings b ON b.entity_type = 'order' AND b.our_id = o.order_id"
+        " WHERE o.order_id IN (SELECT unnest(?::VARCHAR[]))",
+        [list(order_ids)],
+    )
+
+
+def products_table(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """Cleaned SKU -> Clarus product id (null until the product exists in Clarus)."""
+    return frame(con, "SELECT sku, clarus_product_id FROM items")
+
+
+def netsuite_items_table(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    return frame(con, "SELECT sku, netsuite_item_id FROM items WHERE netsuite_item_id IS NOT NULL")
+
+
+def carriers_table(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    return frame(
+        con,
+        "SELECT carrier, service, carrier_id::BIGINT AS carrier_id, carrier_service_id::BIGINT AS carrier_service_id"
+        " FROM clarus_carriers",
+    )
+
+
+# ----------------------------------------------------------------------------- intake
+
+
+@dataclass(frozen=True)
+class IntakePlan:
+    """What intake will write, decided from a batch of landings and the stored state."""
+
+    landings: pl.DataFrame  # landing_id, order_id, topic, outcome
+    validate_ids: list[str]  # orders to (re)validate: new or not yet in the warehouse
+    cancel_now: list[str]  # cancelled before anything reached another system
+    cancel_pending: list[str]  # cancelled after reaching NetSuite or Clarus
+    edit_pending: list[str]  # changed after reaching Clarus
+    latest: ParsedOrders  # one payload per order (the newest)
+    payloads: pl.DataFrame  # order_id, topic, payload, payload_hash of `latest`
+
+
+def plan_intake(landed: pl.DataFrame, parsed: ParsedOrders, states: pl.DataFrame) -> IntakePlan:
+    """Decide, for a batch of landed order payloads, what happens to each order.
+
+    `landed` (`landing_id`, `topic`, `received_at`, `payload`) is row-aligned with
+    `parsed` (payload_index = row). `states` is `order_states` for the batch's orders.
+    """
+    rows = (
+        landed.with_row_index("payload_index")
+        .with_columns(pl.col("payload_index").cast(pl.Int64))
+        .join(
+            parsed.orders.select("payload_index", "order_id", "updated_at", "cancelled_at"),
+            on="payload_index", how="left", maintain_order="left",
+        )
+        .with_columns(
+            pl.col("updated_at").str.to_datetime(time_zone="UTC", strict=False).alias("_updated"),
+            pl.col("topic").replace_strict(_TOPIC_RANK, default=-1, return_dtype=pl.Int64).alias("_topic_rank"),
+            pl.col("payload").map_batches(lambda s: s.map_elements(payload_hash, return_dtype=pl.Utf8)).alias("payload_hash"),
+        )
+    )
+    unparseable = rows.filter(pl.col("order_id").is_null())
+    rows = rows.filter(pl.col("order_id").is_not_null())
+    newest = (
+        rows.sort(["order_id", "_updated", "received_at", "_topic_rank"], nulls_last=False)
+        .group_by("order_id", maintain_order=True)
+        .last()
+        .join(states, on="order_id", how="left", maintain_order="left")
+        .with_columns(pl.col("prev_updated_at").str.to_datetime(time_zone="UTC", strict=False).alias("_prev_updated"))
+    )
+    is_stale = pl.col("_prev_updated").is_not_null() & pl.col("_updated").is_not_null() & (pl.col("_updated") < pl.col("_prev_updated"))
+    is_duplicate = pl.col("prev_hash").is_not_null() & (pl.col("prev_hash") == pl.col("payload_hash"))
+    is_cancel = (pl.col("topic") == CANCEL_TOPIC) | pl.col("cancelled_at").is_not_null()
+    pre_wms = pl.col("prev_status").is_null() | pl.col("prev_status").is_in([s.value for s in PRE_WMS])
+    reached_other_system = pl.col("netsuite_id").is_not_null() | pl.col("clarus_id").is_not_null()
+    newest = newest.with_columns(
+        pl.when(is_stale).then(pl.lit("stale"))
+        .when(pl.col("prev_status") == OrderStatus.CANCELLED.value).then(pl.lit("ignored"))
+        .when(is_duplicate & (pl.col("prev_status") != OrderStatus.WMS_REJECTED.value)).then(pl.lit("duplicate"))
+        .when(is_cancel & pre_wms & reached_other_system.not_()).then(pl.lit("cancel_now"))
+        .when(is_cancel).then(pl.lit("cancel_pending"))
+        .when(pre_wms).then(pl.lit("validate"))
+        .when(pl.col("prev_change") == "cancel").then(pl.lit("ignored"))
+        .otherwise(pl.lit("edit_pending"))
+        .alias("decision")
+    )
+    winners = newest.filter(pl.col("decision").is_in(["cancel_now", "cancel_pending", "validate", "edit_pending"]))
+    winner_index = set(winners["payload_index"].to_list())
+    # Every other landing of an order is stale (an older version) or a duplicate (the same one).
+    reference = newest.select(
+        "order_id", pl.col("decision").alias("_decision"), pl.col("_updated").alias("_newest"),
+        pl.col("_prev_updated"),
+    )
+    outcome = (
+        pl.when(pl.col("payload_index").is_in(list(winner_index))).then(pl.lit("applied"))
+        .when(pl.col("_decision") == "stale").then(pl.lit("stale"))
+        .when(pl.col("_updated") < pl.max_horizontal(pl.col("_newest"), pl.col("_prev_updated"))).then(pl.lit("stale"))
+        .when(pl.col("_decision") == "ignored").then(pl.lit("ignored"))
+        .otherwise(pl.lit("duplicate"))
+    )
+    rows = rows.join(reference, on="order_id", how="left", maintain_order="left")
+    # orders/edited carries the `order_edit`, not the order: the orders/updated Shopify sends
+    # with it (or the reconciliation read) brings the edited order itself.
+    landings = pl.concat(
+        [
+            rows.select("landing_id", "order_id", "topic", outcome.alias("outcome")),
+            unparseable.select(
+                "landing_id", "order_id", "topic",
+                pl.when(pl.col("topic") == "orders/edited").then(pl.lit("edit_notice")).otherwise(pl.lit("unparseable")).alias("outcome"),
+            ),
+        ]
+    )
+
+    def ids(decision: str) -> list[str]:
+        return winners.filter(pl.col("decision") == decision)["order_id"].to_list()
+
+    return IntakePlan(
+        landings=landings,
+        validate_ids=ids("validate"),
+        cancel_now=ids("cancel_now"),
+        cancel_pending=ids("cancel_pending"),
+        edit_pending=ids("edit_pending"),
+        latest=parsed.take(winner_index),
+        payloads=winners.select("order_id", "topic", "payload", "payload_hash"),
+    )
+
+
+def store_payloads(con: duckdb.DuckDBPyConnection, latest: ParsedOrders, payloads: pl.DataFrame, *, now: datetime) -> None:
+    """Insert new orders / refresh the stored Shopify body of existing ones (status untouched)."""
+    if payloads.is_empty():
+        return
+    batch = latest.orders.select(
+        "order_id", "order_name", "financial_status", "currency", "total_price", "ship_country_code",
+        pl.coalesce("shipping_code", "shipping_title").alias("shipping_method"),
+        "created_at", "updated_at", "cancelled_at",
+    ).join(payloads.select("order_id", "payload", "payload_hash"), on="order_id", how="inner")
+    con.register("_orders_batch", batch)
+    try:
+        con.execute(
+            "INSERT INTO orders (order_id, order_name, status, financial_status, currency, total_price, shipping_country,"
+            " shipping_method, payload, payload_hash, created_at, received_at, updated_at, shopify_updated_at,"
+            " shopify_cancelled_at)"
+            " SELECT order_id, coalesce(order_name, order_id), 'RECEIVED', financial_status, currency,"
+            " TRY_CAST(total_price AS DECIMAL(18, 2)), ship_country_code, shipping_method, payload::JSON, payload_hash,"
+            " TRY_CAST(created_at AS TIMESTAMPTZ) AT TIME ZONE 'UTC', ?, ?, updated_at, cancelled_at FROM _orders_batch"
+            " ON CONFLICT (order_id) DO UPDATE SET order_name = excluded.order_name,"
+            " financial_status = excluded.financial_status, currency = excluded.currency,"
+            " total_price = excluded.total_price, shipping_country = excluded.shipping_country,"
+            " shipping_method = excluded.shipping_method, payload = excluded.payload,"
+            " payload_hash = excluded.payload_hash, updated_at = excluded.updated_at,"
+            " shopify_updated_at = excluded.shopify_updated_at, shopify_cancelled_at = excluded.shopify_cancelled_at",
+            [now, now],
+        )
+        new_ids = frame(
+            con,
+            "SELECT b.order_id FROM _orders_batch b WHERE NOT EXISTS"
+            " (SELECT 1 FROM order_events e WHERE e.order_id = b.order_id AND e.state = 'RECEIVED')",
+        )
+    finally:
+        con.unregister("_orders_batch")
+    record_events(
+        con,
+        new_ids.join(payloads.select("order_id", "topic"), on="order_id", how="left").select(
+            "order_id", pl.lit("RECEIVED").alias("state"), pl.format("first seen in {}", pl.col("topic")).alias("cause")
+        ),
+        now=now,
+        system="shopify",
+    )
+
+
+def replace_lines(con: duckdb.DuckDBPyConnection, verdicts: OrderVerdicts, order_ids: Sequence[str]) -> None:
+    """Replace the stored lines of orders not yet in the warehouse with their current lines."""
+    if not order_ids:
+        return
+    con.execute("DELETE FROM order_lines WHERE order_id IN (SELECT unnest(?::VARCHAR[]))", [list(order_ids)])
+    lines = verdicts.lines.filter(pl.col("order_id").is_in(list(order_ids)) & pl.col("line_id").is_not_null()).select(
+        "order_id", "line_id", "sku", "sku_raw", pl.col("quantity").fill_null(pl.col("ordered_quantity")).fill_null(0),
+        "price", "title", "ships", "clarus_product_id",
+    ).unique(["order_id", "line_id"], keep="first", maintain_order=True)
+    if lines.is_empty():
+        return
+    con.register("_lines_batch", lines)
+    try:
+        con.execute(
+            "INSERT INTO order_lines (order_id, line_id, sku, sku_raw, quantity, price, title, ships, clarus_product_id)"
+            " SELECT order_id, line_id, sku, sku_raw, quantity::INTEGER, TRY_CAST(price AS DECIMAL(18, 2)), title, ships,"
+            " clarus_product_id FROM _lines_batch"
+        )
+    finally:
+        con.unregister("_lines_batch")
+
+
+def apply_verdicts(
+    con: duckdb.DuckDBPyConnection, verdicts: OrderVerdicts, *, now: datetime, cause: str | Mapping[str, str] = "validated"
+) -> pl.DataFrame:
+    """Hold or release each validated order; record the holds and the transitions.
+
+    Only orders not yet in the warehouse are touched. `cause` (text, or order_id -> text)
+    says what triggered the check (a webhook topic, the held-orders re-check...).
+    Returns `order_id`, `prev_status`, `status`, `hold_codes` of the orders that changed.
+    """
+    if verdicts.orders.is_empty():
+        return pl.DataFrame(schema={"order_id": pl.Utf8, "prev_status": pl.Utf8, "status": pl.Utf8, "hold_codes": pl.List(pl.Utf8)})
+    ids = verdicts.orders["order_id"].to_list()
+    prev = frame(
+        con,
+        "SELECT o.order_id, o.status AS prev_status, o.hold_reasons AS prev_codes, b.netsuite_id FROM orders o"
+        " LEFT JOIN bindings b ON b.entity_type = 'order' AND b.our_id = o.order_id"
+        " WHERE o.order_id IN (SELECT unnest(?::VARCHAR[]))",
+        [ids],
+    )
+    causes = cause if isinstance(cause, Mapping) else {}
+    default_cause = cause if isinstance(cause, str) else "validated"
+    decided = (
+        verdicts.orders.select("order_id", "status", "hold_codes")
+        .join(prev, on="order_id", how="inner")
+        .filter(pl.col("prev_status").is_in([s.value for s in PRE_WMS]))
+        .with_columns(
+            # Complete orders whose NetSuite sales order exists go straight back to SENT_TO_ERP.
+            pl.when(pl.col("status") == "held").then(pl.lit(OrderStatus.HELD.value))
+            .when(pl.col("netsuite_id").is_not_null()).then(pl.lit(OrderStatus.SENT_TO_ERP.value))
+            .otherwise(pl.lit(OrderStatus.READY.value))
+            .alias("new_status"),
+            pl.col("order_id").replace_strict(causes, default=default_cause, return_dtype=pl.Utf8).alias("cause"),
+        )
+    )
+    if decided.is_empty():
+        return pl.DataFrame(schema={"order_id": pl.Utf8, "prev_status": pl.Utf8, "status": pl.Utf8, "hold_codes": pl.List(pl.Utf8)})
+    con.register("_verdicts_batch", decided.select("order_id", "new_status", "hold_codes"))
+    touched = decided["order_id"].to_list()
+    try:
+        con.execute(
+            "UPDATE orders SET status = v.new_status,"
+            " hold_reasons = CASE WHEN v.new_status = 'HELD' THEN v.hold_codes ELSE NULL END,"
+            " held_since = CASE WHEN v.new_status = 'HELD' THEN coalesce(orders.held_since, ?) ELSE NULL END,"
+            " last_checked_at = ?, updated_at = ?"
+            " FROM _verdicts_batch v WHERE orders.order_id = v.order_id",
+            [now, now, now],
+        )
+    finally:
+        con.unregister("_verdicts_batch")
+    # Holds: every reason of every held order, keeping when each was first seen.
+    held_reasons = verdicts.reasons.join(
+        decided.filter(pl.col("new_status") == OrderStatus.HELD.value).select("order_id"), on="order_id", how="semi"
+    )
+    con.register("_holds_batch", held_reasons)
+    try:
+        con.execute(
+            "DELETE FROM order_holds WHERE order_id IN (SELECT unnest(?::VARCHAR[]))"
+            " AND (order_id, code, message) NOT IN (SELECT (order_id, code, message) FROM _holds_batch)",
+            [touched],
+        )
+        con.execute(
+            "INSERT INTO order_holds (order_id, code, message, held_since) SELECT order_id, code, message, ?"
+            " FROM _holds_batch ON CONFLICT DO NOTHING",
+            [now],
+        )
+    finally:
+        con.unregister("_holds_batch")
+
+    reasons_json = held_reasons.group_by("order_id").agg(
+        pl.struct("code", "message").alias("reasons")
+    ).select("order_id", pl.struct("reasons").struct.json_encode().alias("details"))
+    changed = decided.filter(
+        (pl.col("prev_status") != pl.col("new_status"))
+        | (
+            (pl.col("new_status") == OrderStatus.HELD.value)
+            & (pl.col("hold_codes").list.join(",") != pl.col("prev_codes").list.join(",").fill_null(""))
+        )
+    ).join(reasons_json, on="order_id", how="left", maintain_order="left")
+    events = changed.select(
+        "order_id",
+        pl.when(pl.col("new_status") == OrderStatus.HELD.value).then(pl.lit("HELD"))
+        .when(pl.col("prev_status") == OrderStatus.HELD.value).then(pl.lit("RELEASED"))
+        .otherwise(pl.lit("READY")).alias("state"),
+        pl.when(pl.col("new_status") == OrderStatus.HELD.value)
+        .then(pl.format("{}: held for {}", pl.col("cause"), pl.col("hold_codes").list.join(", ")))
+        .when(pl.col("prev_status") == OrderStatus.HELD.value)
+        .then(pl.format("{}: complete now, released to the warehouse flow", pl.col("cause")))
+        .otherwise(pl.format("{}: complete", pl.col("cause")))
+        .alias("cause"),
+        "details",
+    )
+    # A stale acceptance rejection no longer applies once the order is re-validated.
+    for order_id in decided.filter(pl.col("prev_status") == OrderStatus.WMS_REJECTED.value)["order_id"].to_list():
+        clear_exception(con, "WMS_REJECTED", order_id, now=now)
+    record_events(con, events, now=now)
+    return changed.select("order_id", "prev_status", pl.col("new_status").alias("status"), "hold_codes")
+
+
+def mark_change_pending(
+    con: duckdb.DuckDBPyConnection, order_ids: Sequence[str], change: str, *, causes: Mapping[str, str], now: datetime
+) -> None:
+    """Flag orders that reached another system for the order-changes step ('edit' or 'cancel')."""
+    if not order_ids:
+        return
+    con.executemany(
+        "UPDATE orders SET change_pending = ?, change_cause = ?, updated_at = ? WHERE order_id = ?",
+        [[change, causes.get(o, change), now, o] for o in order_ids],
+    )
+    state = "CANCEL_REQUESTED" if change == "cancel" else "EDIT_RECEIVED"
+    record_events(
+        con,
+        pl.DataFrame({"order_id": list(order_ids)}, schema={"order_id": pl.Utf8}).with_columns(
+            pl.lit(state).alias("state"),
+            pl.col("order_id").replace_strict(dict(causes), default=change, return_dtype=pl.Utf8).alias("cause"),
+        ),
+        now=now,
+        system="shopify",
+    )
+
+
+def mark_landings(con: duckdb.DuckDBPyConnection, landings: pl.DataFrame, *, now: datetime) -> None:
+    if landings.is_empty():
+        return
+    con.register("_landings_batch", landings.select("landing_id", "order_id", "topic", "outcome"))
+    try:
+        con.execute(
+            "INSERT INTO order_landings (landing_id, order_id, topic, outcome, processed_at)"
+            " SELECT landing_id, order_id, topic, outcome, ? FROM _landings_batch ON CONFLICT DO NOTHING",
+            [now],
+        )
+    finally:
+        con.unregister("_landings_batch")
+
+
+def cancel_before_warehouse(con: duckdb.DuckDBPyConnection, order_ids: Sequence[str], *, now: datetime) -> None:
+    """Orders cancelled in Shopify before reaching NetSuite or Clarus: nothing to undo."""
+    for order_id in order_ids:
+        set_status(
+            con, order_id, OrderStatus.CANCELLED, "cancelled in Shopify before reaching the warehouse",
+            system="shopify", now=now,
+        )
+        for code in HOLD_CODES:
+            clear_exception(con, code, order_id, now=now)
+
+
+# ---------------------------------------------------------------------- bindings etc.
+
+
+def binding(con: duckdb.DuckDBPyConnection, entity_type: str, our_id: str) -> dict[str, Any] | None:
+    rows = con.execute(
+        "SELECT clarus_id, netsuite_id, shopify_id FROM bindings WHERE entity_type = ? AND our_id = ?",
+        [entity_type, our_id],
+    ).fetchall()
+    return None if not rows else {"clarus_id": rows[0][0], "netsuite_id": rows[0][1], "shopify_id": rows[0][2]}
+
+
+def bind(
+    con: duckdb.DuckDBPyConnection,
+    entity_type: str,
+    our_id: str,
+    *,
+    clarus_id: str | None = None,
+    netsuite_id: str | None = None,
+    shopify_id: str | None = None,
+    now: datetime | None = None,
+    replace_clarus: bool = False,
+) -> None:
+    """Record remote ids for one of our entities; ids already known are kept unless replaced."""
+    now = now or utcnow()
+    con.execute(
+        "INSERT INTO bindings (entity_type, our_id, clarus_id, netsuite_id, shopify_id, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (entity_type, our_id) DO UPDATE SET"
+        " clarus_id = CASE WHEN ? THEN excluded.clarus_id ELSE coalesce(excluded.clarus_id, bindings.clarus_id) END,"
+        " netsuite_id = coalesce(excluded.netsuite_id, bindings.netsuite_id),"
+        " shopify_id = coalesce(excluded.shopify_id, bindings.shopify_id), updated_at = excluded.updated_at",
+        [entity_type, our_id, clarus_id, netsuite_id, shopify_id, now, now, replace_clarus],
+    )
+
+
+def outbound_key(system: str, operation: str, our_id: str) -> str:
+    return f"{system}:{operation}:{our_id}"
+
+
+def begin_outbound(con: duckdb.DuckDBPyConnection, keys: Mapping[str, tuple[str, str]], *, now: datetime) -> None:
+    """Mark outbound writes as pending (key -> (system, operation)) before calling out."""
+    if not keys:
+        return
+    con.executemany(
+        "INSERT INTO outbound_writes (idempotency_key, system, operation, status, attempts, created_at, updated_at)"
+        " VALUES (?, ?, ?, 'pending', 1, ?, ?) ON CONFLICT (idempotency_key) DO UPDATE SET"
+        " status = CASE WHEN outbound_writes.status = 'done' THEN 'done' ELSE 'pending' END,"
+        " attempts = outbound_writes.attempts + 1, updated_at = excluded.updated_at",
+        [[key, system, operation, now, now] for key, (system, operation) in keys.items()],
+    )
+
+
+def finish_outbound(
+    con: duckdb.DuckDBPyConnection, key: str, *, status: str, remote_id: str | None = None,
+    error: str | None = None, now: datetime | None = None,
+) -> None:
+    con.execute(
+        "UPDATE outbound_writes SET status = ?, remote_id = coalesce(?, remote_id), last_error = ?, updated_at = ?"
+        " WHERE idempotency_key = ?",
+        [status, remote_id, error, now or utcnow(), key],
+    )
+
+
+def done_outbound(con: duckdb.DuckDBPyConnection, keys: Iterable[str]) -> dict[str, str | None]:
+    """Keys already completed -> remote id (a retry reuses the stored result)."""
+    rows = con.execute(
+        "SELECT idempotency_key, remote_id FROM outbound_writes WHERE status = 'done'"
+        " AND idempotency_key IN (SELECT unnest(?::VARCHAR[]))",
+        [list(keys)],
+    ).fetchall()
+    return dict(rows)
+
+
+# ------------------------------------------------------------------------ exceptions
+
+
+def sync_hold_exceptions(con: duckdb.DuckDBPyConnection, policies: Policies, *, now: datetime) -> dict[str, dict[str, str]]:
+    """Raise a hold's exception to its owner once the order is held past `held_alert_minutes`;
+    clear it once the order is released or cancelled. Covers every order (full sync)."""
+    threshold = now - timedelta(minutes=policies.timings.held_alert_minutes)
+    held = frame(
+        con,
+        "SELECT h.order_id, o.order_name, h.code, list(h.message ORDER BY h.message) AS messages,"
+        " min(o.held_since) AS held_since"
+        " FROM order_holds h JOIN orders o USING (order_id)"
+        " WHERE o.status = 'HELD' AND o.held_since <= ? GROUP BY h.order_id, o.order_name, h.code",
+        [threshold],
+    )
+    outcome: dict[str, dict[str, str]] = {}
+    for code in HOLD_CODES:
+        rows = held.filter(pl.col("code") == code)
+        findings = [
+            Finding(
+                r["order_id"],
+                f"order {r['order_name']} held since {r['held_since']:%Y-%m-%d %H:%M} UTC: " + "; ".join(r["messages"]),
+                {"order_name": r["order_name"], "reasons": r["messages"], "held_since": r["held_since"]},
+            )
+            for r in rows.iter_rows(named=True)
+        ]
+        outcome[code] = sync_exceptions(con, code, findings, policies=policies, now=now)
+    return outcome
+
+
+def raise_wms_rejected(
+    con: duckdb.DuckDBPyConnection, order_id: str, order_name: str, clarus_code: Any, clarus_message: str,
+    details: Any = None, *, policies: Policies | None = None, now: datetime | None = None,
+) -> None:
+    raise_exception(
+        con, "WMS_REJECTED", order_id,
+        f"Clarus rejected goods out {order_name}: {clarus_code} {clarus_message}",
+        {"order_name": order_name, "clarus_code": clarus_code, "clarus_message": clarus_message, "clarus_details": details},
+        policies=policies, now=now,
+    )
+
+
+def order_journey(con: duckdb.DuckDBPyConnection, order_id: str) -> list[dict[str, Any]]:
+    """The order's events in time order (for the dashboard and explain)."""
+    return frame(
+        con,
+        "SELECT occurred_at, system, state, cause, details FROM order_events WHERE order_id = ? ORDER BY event_id",
+        [order_id],
+    ).to_dicts()

@@ -1,0 +1,318 @@
+"""The webhook receiver: verify, store durably, then acknowledge.
+
+`Intake.accept` is the one path every delivery takes, whether it came over HTTP or from
+`clarus-pipelines replay`: check the size, verify the signature or token on the raw
+bytes, parse, work out the topic and dedupe key, and land the event (fsynced) before
+answering. `create_app` wraps it in a Starlette app:
+
+    POST /webhooks/shopify          X-Shopify-Hmac-Sha256 over the raw body
+    POST /webhooks/clarus/{token}   secret URL token + X-ClarusWMS-* tenant headers
+    POST /webhooks/netsuite         X-NetSuite-Signature (see docs/webhooks.md)
+    GET  /healthz
+
+Answers: 200 landed or duplicate (the body says which), 400 malformed JSON (kept in
+quarantine), 401 bad signature/token (only counted), 413 too large, 503 not configured
+or the landing zone failed (the sender retries). The receiver never opens the DuckDB
+state: refusals go to the rejection log, which an ingest asset turns into exceptions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections import Counter
+from collections.abc import Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from clarus_pipelines.receiver import auth, topics
+from clarus_pipelines.receiver.landing import Envelope, LandingZone
+from clarus_pipelines.settings import Settings, TenantPolicy, get_policies
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024
+MAX_BODY_ENV = "CLARUS_PIPELINES_RECEIVER_MAX_BODY_BYTES"
+
+
+@dataclass(frozen=True)
+class WebhookSecrets:
+    """Per-source secrets; a source without one answers 503 rather than accept unverified posts."""
+
+    shopify: str | None = None
+    clarus_token: str | None = None
+    netsuite: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "WebhookSecrets":
+        def value(secret) -> str | None:
+            return secret.get_secret_value() if secret is not None and secret.get_secret_value() else None
+
+        return cls(value(settings.shopify_webhook_secret), value(settings.clarus_webhook_token),
+                   value(settings.netsuite_webhook_secret))
+
+    def configured(self, source: str) -> bool:
+        return bool({"shopify": self.shopify, "clarus": self.clarus_token, "netsuite": self.netsuite}[source])
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a delivery was answered; `result` is the counter name."""
+
+    status_code: int
+    result: str  # landed | duplicate | recovered | rejected | malformed | too_large | unconfigured | error
+    source: str
+    topic: str | None = None
+    landing_id: str | None = None
+    reason: str | None = None
+    known_topic: bool = True
+
+    @property
+    def accepted(self) -> bool:
+        return self.status_code < 300
+
+    def body(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"status": self.result}
+        if self.landing_id:
+            doc["landing_id"] = self.landing_id
+        if self.topic:
+            doc["topic"] = self.topic
+        if not self.known_topic:
+            doc["flag"] = "unknown_topic"
+        if self.reason:
+            doc["reason"] = self.reason
+        return doc
+
+
+class Intake:
+    """Verification plus landing; shared by the HTTP handlers and replay. Thread-safe."""
+
+    def __init__(
+        self,
+        zone: LandingZone,
+        secrets: WebhookSecrets,
+        tenant: TenantPolicy | None,
+        *,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        netsuite_tolerance_s: float = auth.NETSUITE_TOLERANCE_S,
+    ):
+        self.zone = zone
+        self.secrets = secrets
+        self.tenant = tenant
+        self.max_body_bytes = max_body_bytes
+        self.netsuite_tolerance_s = netsuite_tolerance_s
+        self._counts: Counter[str] = Counter()
+        self._counts_lock = threading.Lock()
+
+    def count(self, source: str, result: str) -> None:
+        with self._counts_lock:
+            self._counts[f"{source}.{result}"] += 1
+
+    def counters(self) -> dict[str, int]:
+        with self._counts_lock:
+            return dict(sorted(self._counts.items()))
+
+    # ------------------------------------------------------------------ verification
+    def _verify(self, source: str, body: bytes, headers: Mapping[str, str], token: str | None,
+                check_freshness: bool) -> auth.AuthResult:
+        if source == "shopify":
+            return auth.verify_shopify(body, headers, self.secrets.shopify or "")
+        if source == "clarus":
+            if self.tenant is None:
+                return auth.AuthResult(False, "no_tenant_policy")
+            return auth.verify_clarus(token or "", headers, self.secrets.clarus_token or "", self.tenant)
+        if source == "netsuite":
+            return auth.verify_netsuite(body, headers, self.secrets.netsuite or "",
+                                        tolerance_s=self.netsuite_tolerance_s if check_freshness else None)
+        raise ValueError(f"unknown source {source!r}")
+
+    def _finish(self, outcome: Outcome) -> Outcome:
+        self.count(outcome.source, outcome.result)
+        if outcome.result in ("rejected", "malformed", "error", "unconfigured", "too_large"):
+            log.warning("%s webhook %s (%d): %s", outcome.source, outcome.result, outcome.status_code, outcome.reason)
+        elif not outcome.known_topic:
+            log.warning("%s webhook with unknown topic %r landed as %s", outcome.source, outcome.topic, outcome.landing_id)
+        else:
+            log.debug("%s %s %s as %s", outcome.source, outcome.topic, outcome.result, outcome.landing_id)
+        return outcome
+
+    # ------------------------------------------------------------------ the path
+    def accept(
+        self,
+        source: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        token: str | None = None,
+        via: str = "webhook",
+        replay_of: str | None = None,
+        replay_tag: str = "1",
+        check_freshness: bool = True,
+        quarantine_malformed: bool = True,
+    ) -> Outcome:
+        """Verify and land one delivery; returns how to answer it.
+
+        Replay passes `via='replay'` and, for an event that had landed, `replay_of` (its
+        landing id): the replay lands once per (landing, `replay_tag`), so running the
+        same replay twice stores nothing new. `check_freshness=False` skips NetSuite's
+        timestamp age check (the signature is still verified).
+        """
+        if len(body) > self.max_body_bytes:
+            return self._finish(Outcome(413, "too_large", source, reason=f"body over {self.max_body_bytes} bytes"))
+        if not self.secrets.configured(source):
+            return self._finish(Outcome(503, "unconfigured", source, reason=f"no {source} webhook secret configured"))
+        verdict = self._verify(source, body, headers, token, check_freshness)
+        if not verdict:
+            try:
+                self.zone.record_rejection(source, verdict.reason)
+            except OSError as exc:
+                log.error("could not log a %s rejection: %s", source, exc)
+            return self._finish(Outcome(401, "rejected", source, reason=verdict.reason))
+
+        topic = topics.header_topic(source, headers)
+        kept = topics.kept_headers(source, headers)
+        try:
+            payload = json.loads(body)
+            if not isinstance(payload, dict):
+                raise ValueError(f"JSON body must be an object, got {type(payload).__name__}")
+        except (ValueError, UnicodeDecodeError) as exc:
+            reason = f"malformed JSON: {exc}"[:300]
+            topic = topic or topics.UNKNOWN_TOPIC
+            if not quarantine_malformed:
+                return self._finish(Outcome(400, "malformed", source, topic, reason=reason))
+            envelope = Envelope(source=source, topic=topic, body=body, dedupe_key="", headers=kept, via=via,
+                                replay_of=replay_of, quarantine_reason=reason)
+            try:
+                ref = self.zone.quarantine(envelope)
+            except OSError as exc:
+                return self._finish(Outcome(503, "error", source, topic, reason=f"landing zone: {exc.strerror}"))
+            return self._finish(Outcome(400, "malformed", source, topic, ref.landing_id, reason=reason))
+
+        if source == "clarus":
+            topic = topics.clarus_topic(payload)
+        topic = topic or topics.UNKNOWN_TOPIC
+        known = topic in topics.KNOWN_TOPICS[source]
+        dedupe_key, webhook_id = topics.dedupe_identity(source, topic, headers, payload, body)
+        if via == "replay" and replay_of:
+            dedupe_key = f"replay:{replay_tag}:{replay_of}"
+        envelope = Envelope(source=source, topic=topic, body=body, dedupe_key=dedupe_key, headers=kept, via=via,
+                            webhook_id=webhook_id, known_topic=known, replay_of=replay_of)
+        try:
+            result = self.zone.land(envelope)
+        except OSError as exc:
+            log.error("%s webhook not stored: %s", source, exc)
+            return self._finish(Outcome(503, "error", source, topic, reason=f"landing zone: {exc.strerror}"))
+        return self._finish(Outcome(200, result.status, source, topic, result.landing_id, known_topic=known))
+
+
+# ---------------------------------------------------------------------------- HTTP
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than `limit` bytes whatever Content-Length claims."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return JSONResponse({"status": "too_large", "reason": f"body over {limit} bytes"}, status_code=413)
+
+
+def create_app(
+    landing_dir: Path | str,
+    *,
+    secrets: WebhookSecrets | None = None,
+    tenant: TenantPolicy | None = None,
+    settings: Settings | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    fsync: bool = True,
+) -> Starlette:
+    """The receiver app. Secrets and the Clarus tenant default to the environment's settings."""
+    settings = settings or Settings()
+    secrets = secrets or WebhookSecrets.from_settings(settings)
+    if tenant is None:
+        tenant = get_policies(settings).tenant
+    zone = LandingZone(landing_dir, fsync=fsync)
+    intake = Intake(zone, secrets, tenant, max_body_bytes=max_body_bytes)
+
+    async def handle(request: Request, source: str, token: str | None = None) -> Response:
+        try:
+            body = await read_body(request, intake.max_body_bytes)
+        except BodyTooLarge:
+            intake.count(source, "too_large")
+            log.warning("%s webhook refused: body over %d bytes", source, intake.max_body_bytes)
+            return _too_large(intake.max_body_bytes)
+        except ClientDisconnect:
+            intake.count(source, "disconnected")
+            return Response(status_code=400)
+        outcome = await run_in_threadpool(intake.accept, source, body, request.headers, token=token)
+        return JSONResponse(outcome.body(), status_code=outcome.status_code)
+
+    async def shopify(request: Request) -> Response:
+        return await handle(request, "shopify")
+
+    async def clarus(request: Request) -> Response:
+        return await handle(request, "clarus", request.path_params["token"])
+
+    async def netsuite(request: Request) -> Response:
+        return await handle(request, "netsuite")
+
+    async def healthz(request: Request) -> Response:
+        writable = os.access(zone.root, os.W_OK) and os.access(zone.tmp_dir, os.W_OK)
+        doc = {
+            "status": "ok" if writable else "landing zone not writable",
+            "sources": {s: secrets.configured(s) for s in ("shopify", "clarus", "netsuite")},
+            "counters": intake.counters(),
+        }
+        return JSONResponse(doc, status_code=200 if writable else 503)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette):
+        finished = await run_in_threadpool(zone.finish_interrupted)
+        if finished:
+            log.warning("finished %d landing(s) interrupted by an earlier stop", finished)
+        log.info("receiver landing webhooks in %s", zone.root)
+        yield
+
+    app = Starlette(
+        routes=[
+            Route("/webhooks/shopify", shopify, methods=["POST"]),
+            Route("/webhooks/clarus/{token}", clarus, methods=["POST"]),
+            Route("/webhooks/netsuite", netsuite, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.intake = intake
+    app.state.zone = zone
+    return app
+
+
+def create_app_from_env() -> Starlette:
+    """App factory for `uvicorn --factory` and multi-worker serving: everything from the environment."""
+    settings = Settings()
+    max_body = int(os.environ.get(MAX_BODY_ENV, DEFAULT_MAX_BODY_BYTES))
+    return create_app(settings.landing_path, settings=settings, max_body_bytes=max_body)

@@ -1,0 +1,349 @@
+"""Landed webhooks into the state store: `landed_events`, rejection counts, reconciliation records.
+
+Plain functions over a DuckDB connection (inside `StateStore.write()`), used by the
+ingest and reconciliation assets. Reading landing files happens before the write
+transaction (`load_landings`), so the single-writer lock is held only for the inserts.
+
+Downstream flows read new events with `new_events(con, consumer, topics=...)` and record
+how far they got with `advance_consumer`, or anti-join `landed_events` on their own
+processed-landings table; both are cheap because `seq` only grows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from clarus_pipelines.exception_queue import Finding, sync_exceptions, utcnow
+from clarus_pipelines.receiver.landing import SOURCES, LandingZone, Rejection, landing_id_at
+from clarus_pipelines.receiver.topics import entity_of, parse_timestamp
+from clarus_pipelines.settings import Policies
+
+log = logging.getLogger(__name__)
+
+REJECTION_WINDOW = timedelta(minutes=15)
+REJECTION_THRESHOLD = 3  # refusals of one source within the window that raise WEBHOOK_REJECTED
+
+_EVENT_COLUMNS = (
+    "landing_id", "source", "topic", "known_topic", "entity_type", "entity_id", "parent_id", "entity_updated_at",
+    "received_at", "webhook_id", "dedupe_key", "payload", "via", "replay_of",
+)
+_SCHEMA = pa.schema([
+    ("landing_id", pa.string()), ("source", pa.string()), ("topic", pa.string()), ("known_topic", pa.bool_()),
+    ("entity_type", pa.string()), ("entity_id", pa.string()), ("parent_id", pa.string()),
+    ("entity_updated_at", pa.timestamp("us")), ("received_at", pa.timestamp("us")), ("webhook_id", pa.string()),
+    ("dedupe_key", pa.string()), ("payload", pa.string()), ("via", pa.string()), ("replay_of", pa.string()),
+])
+
+
+@dataclass
+class LoadedLandings:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # pruned or never there
+    unreadable: list[str] = field(default_factory=list)
+
+
+@dataclass
+class IngestReport:
+    ingested: int = 0
+    already_processed: int = 0
+    duplicate_events: int = 0  # a second landing of an event already ingested (same dedupe key)
+    missing: int = 0
+    unreadable: int = 0
+    unknown_topics: int = 0
+    by_topic: Counter = field(default_factory=Counter)
+
+    def as_metadata(self) -> dict[str, Any]:
+        doc = {k: v for k, v in self.__dict__.items() if k != "by_topic"}
+        doc["by_topic"] = dict(sorted(self.by_topic.items()))
+        return doc
+
+
+def event_row(landing_id: str, envelope) -> dict[str, Any]:
+    """The `landed_events` row of one landing (its envelope read from the zone)."""
+    payload = envelope.payload()
+    entity = entity_of(envelope.source, envelope.topic, payload)
+    try:
+        payload_text = envelope.body.decode("utf-8")
+    except UnicodeDecodeError:  # JSON in UTF-16/32: store it re-encoded
+        payload_text = json.dumps(payload, ensure_ascii=False)
+    return {
+        "landing_id": landing_id,
+        "source": envelope.source,
+        "topic": envelope.topic,
+        "known_topic": envelope.known_topic,
+        "entity_type": entity.entity_type,
+        "entity_id": entity.entity_id,
+        "parent_id": entity.parent_id,
+        "entity_updated_at": entity.updated_at,
+        "received_at": parse_timestamp(envelope.received_at),
+        "webhook_id": envelope.webhook_id,
+        "dedupe_key": envelope.dedupe_key,
+        "payload": payload_text,
+        "via": envelope.via,
+        "replay_of": envelope.replay_of,
+    }
+
+
+def load_landings(zone: LandingZone, relpaths: Iterable[str]) -> LoadedLandings:
+    """Read and parse landing files (outside any state transaction)."""
+    loaded = LoadedLandings()
+    for relpath in relpaths:
+        try:
+            path = zone.resolve(relpath)
+            envelope = zone.read(relpath)
+            loaded.rows.append(event_row(path.stem, envelope))
+        except FileNotFoundError:
+            loaded.missing.append(relpath)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("landing %s unreadable: %s", relpath, type(exc).__name__)
+            loaded.unreadable.append(relpath)
+    return loaded
+
+
+def store_events(
+    con: duckdb.DuckDBPyConnection, loaded: LoadedLandings, *, run_id: str | None = None, now: datetime | None = None
+) -> IngestReport:
+    """Insert new events and mark every landing processed; a landing or an event never lands twice."""
+    now = now or utcnow()
+    report = IngestReport(missing=len(loaded.missing), unreadable=len(loaded.unreadable))
+    if not loaded.rows:
+        return report
+    table = pa.Table.from_pylist([{c: r[c] for c in _EVENT_COLUMNS} for r in loaded.rows], schema=_SCHEMA)
+    con.register("_staged_landings", table)
+    try:
+        report.already_processed = con.execute(
+            "SELECT count(*) FROM _staged_landings s JOIN processed_landings p USING (landing_id)"
+        ).fetchone()[0]
+        inserted = con.execute(
+            f"""
+            INSERT INTO landed_events ({", ".join(_EVENT_COLUMNS)}, ingested_at)
+            SELECT {", ".join("s." + c if c != "payload" else "s.payload::JSON" for c in _EVENT_COLUMNS)}, ?
+            FROM (
+                SELECT *, row_number() OVER (PARTITION BY source, dedupe_key ORDER BY landing_id) AS nth
+                FROM _staged_landings
+            ) s
+            WHERE s.nth = 1
+              AND NOT EXISTS (SELECT 1 FROM processed_landings p WHERE p.landing_id = s.landing_id)
+              AND NOT EXISTS (SELECT 1 FROM landed_events e WHERE e.landing_id = s.landing_id)
+              AND NOT EXISTS (SELECT 1 FROM landed_events e WHERE e.source = s.source AND e.dedupe_key = s.dedupe_key)
+            ORDER BY s.landing_id
+            RETURNING topic, known_topic
+            """,
+            [now],
+        ).fetchall()
+        con.execute(
+            "INSERT INTO processed_landings (landing_id, source, topic, processed_at, run_id)"
+            " SELECT landing_id, source, topic, ?, ? FROM _staged_landings ON CONFLICT DO NOTHING",
+            [now, run_id],
+        )
+    finally:
+        con.unregister("_staged_landings")
+    report.ingested = len(inserted)
+    report.duplicate_events = len(loaded.rows) - report.already_processed - report.ingested
+    report.by_topic.update(topic for topic, _ in inserted)
+    report.unknown_topics = sum(1 for _, known in inserted if not known)
+    return report
+
+
+def unprocessed_landings(zone: LandingZone, store, since: datetime, until: datetime | None = None,
+                         *, limit: int | None = None) -> list[str]:
+    """Paths of landings received in [since, until) that no ingest has processed yet."""
+    refs = zone.list_landings(after=landing_id_at(since), until=landing_id_at(until) if until else None)
+    with store.read() as con:
+        done = processed_ids(con, [r.landing_id for r in refs])
+    pending = [r.relpath for r in refs if r.landing_id not in done]
+    return pending[:limit] if limit else pending
+
+
+def processed_ids(con: duckdb.DuckDBPyConnection, landing_ids: Sequence[str]) -> set[str]:
+    if not landing_ids:
+        return set()
+    rows = con.execute(
+        "SELECT landing_id FROM processed_landings WHERE landing_id IN (SELECT unnest(?))", [list(landing_ids)]
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+# ---------------------------------------------------------------------------- consumers
+
+
+def new_events(
+    con: duckdb.DuckDBPyConnection,
+    consumer: str,
+    *,
+    source: str | None = None,
+    topics: Sequence[str] | None = None,
+    limit: int = 1000,
+) -> list[dict[str, Any]]:
+    """Events after the consumer's last read, oldest first (payload as text)."""
+    row = con.execute("SELECT last_seq FROM event_consumers WHERE consumer = ?", [consumer]).fetchone()
+    query = (
+        "SELECT seq, landing_id, source, topic, known_topic, entity_type, entity_id, parent_id, entity_updated_at,"
+        " received_at, webhook_id, payload::VARCHAR AS payload, via, replay_of FROM landed_events WHERE seq > ?"
+    )
+    params: list[Any] = [row[0] if row else 0]
+    if source:
+        query += " AND source = ?"
+        params.append(source)
+    if topics:
+        query += " AND topic IN (SELECT unnest(?))"
+        params.append(list(topics))
+    query += " ORDER BY seq LIMIT ?"
+    params.append(limit)
+    cur = con.execute(query, params)
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def advance_consumer(con: duckdb.DuckDBPyConnection, consumer: str, last_seq: int, now: datetime | None = None) -> None:
+    con.execute(
+        "INSERT INTO event_consumers (consumer, last_seq, updated_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (consumer) DO UPDATE SET last_seq = greatest(event_consumers.last_seq, excluded.last_seq),"
+        " updated_at = excluded.updated_at",
+        [consumer, last_seq, now or utcnow()],
+    )
+
+
+# ---------------------------------------------------------------------------- rejections
+
+
+@dataclass
+class RejectionReport:
+    new_rejections: int
+    repeating_sources: dict[str, int]
+    outcome: dict[str, str]
+
+
+def _minute(at: str) -> datetime:
+    moment = parse_timestamp(at) or utcnow()
+    return moment.replace(second=0, microsecond=0)
+
+
+def count_rejections(con: duckdb.DuckDBPyConnection, rejections: Sequence[Rejection]) -> None:
+    counts = Counter((_minute(r.at), r.source, r.reason) for r in rejections)
+    if counts:
+        con.executemany(
+            "INSERT INTO webhook_rejections (minute, source, reason, count) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (minute, source, reason) DO UPDATE SET count = webhook_rejections.count + excluded.count",
+            [(m, s, r, n) for (m, s, r), n in counts.items()],
+        )
+
+
+def ingest_rejections(
+    con: duckdb.DuckDBPyConnection,
+    zone: LandingZone,
+    *,
+    policies: Policies | None = None,
+    now: datetime | None = None,
+    window: timedelta = REJECTION_WINDOW,
+    threshold: int = REJECTION_THRESHOLD,
+) -> RejectionReport:
+    """Count new lines of the rejection logs, then raise or clear WEBHOOK_REJECTED per source.
+
+    Runs inside one write transaction, so two runs never count the same line twice.
+    """
+    now = now or utcnow()
+    offsets = dict(con.execute("SELECT log_file, bytes_read FROM webhook_rejection_offsets").fetchall())
+    rejections, new_offsets = zone.read_rejections(offsets)
+    count_rejections(con, rejections)
+    changed = [(name, size) for name, size in new_offsets.items() if offsets.get(name) != size]
+    if changed:
+        con.executemany(
+            "INSERT INTO webhook_rejection_offsets (log_file, bytes_read) VALUES (?, ?)"
+            " ON CONFLICT (log_file) DO UPDATE SET bytes_read = excluded.bytes_read",
+            changed,
+        )
+    recent = con.execute(
+        "SELECT source, reason, sum(count)::INTEGER FROM webhook_rejections WHERE minute >= ? GROUP BY ALL",
+        [(now - window).replace(second=0, microsecond=0)],
+    ).fetchall()
+    by_source: dict[str, dict[str, int]] = {}
+    for source, reason, n in recent:
+        by_source.setdefault(source, {})[reason] = n
+    findings = []
+    repeating = {}
+    for source, reasons in sorted(by_source.items()):
+        total = sum(reasons.values())
+        if total >= threshold:
+            repeating[source] = total
+            findings.append(Finding(
+                source,
+                f"{total} {source} webhooks refused in the last {int(window.total_seconds() // 60)} minutes",
+                {"reasons": reasons, "window_minutes": int(window.total_seconds() // 60)},
+            ))
+    outcome = sync_exceptions(con, "WEBHOOK_REJECTED", findings, scope=list(SOURCES), policies=policies, now=now)
+    return RejectionReport(len(rejections), repeating, outcome)
+
+
+# ---------------------------------------------------------------------------- reconciliation
+
+
+def entity_versions(
+    con: duckdb.DuckDBPyConnection, source: str, entity_type: str, entity_ids: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Per entity and topic: the newest `entity_updated_at` landed (rows for `reconcile.merge_known`)."""
+    if not entity_ids:
+        return []
+    cur = con.execute(
+        "SELECT source, entity_type, entity_id, topic, max(entity_updated_at) AS entity_updated_at FROM landed_events"
+        " WHERE source = ? AND entity_type = ? AND entity_id IN (SELECT unnest(?)) GROUP BY ALL",
+        [source, entity_type, list(entity_ids)],
+    )
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def record_reconciliation(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    source: str,
+    entity_type: str,
+    window_start: datetime,
+    checked: int,
+    findings: Sequence[Mapping[str, Any]],
+    run_id: str | None = None,
+    now: datetime | None = None,
+) -> int:
+    """Record one reconciliation read and what it found; returns how many findings were new."""
+    now = now or utcnow()
+    before = con.execute("SELECT count(*) FROM reconciliation_findings").fetchone()[0]
+    if findings:
+        con.executemany(
+            "INSERT INTO reconciliation_findings (source, entity_type, entity_id, version, topic, found_at, landing_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            [(source, entity_type, f["entity_id"], f["version"], f["topic"], now, f.get("landing_id")) for f in findings],
+        )
+    new = con.execute("SELECT count(*) FROM reconciliation_findings").fetchone()[0] - before
+    con.execute(
+        "INSERT INTO reconciliation_runs (run_at, source, entity_type, window_start, checked, missed, run_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        [now, source, entity_type, window_start, checked, new, run_id],
+    )
+    return new
+
+
+# ---------------------------------------------------------------------------- retention
+
+
+def prune_state(con: duckdb.DuckDBPyConnection, older_than: datetime) -> dict[str, int]:
+    """Delete intake rows older than the landing retention (naive UTC cutoff)."""
+    cutoff_id = landing_id_at(older_than)
+    removed = {}
+    for table, where, param in (
+        ("landed_events", "received_at < ?", older_than),
+        ("processed_landings", "landing_id < ?", cutoff_id),
+        ("webhook_rejections", "minute < ?", older_than),
+        ("reconciliation_runs", "run_at < ?", older_than),
+        ("reconciliation_findings", "found_at < ?", older_than),
+    ):
+        removed[table] = len(con.execute(f"DELETE FROM {table} WHERE {where} RETURNING 1", [param]).fetchall())
+    return removed

@@ -1,0 +1,535 @@
+"""`clarus-pipelines simulate`: rehearse a sale day against the sandbox, with faults.
+
+Runs the whole integration in one process, through the parts production uses:
+
+- the three sandbox systems (`sandbox.server.start_sandbox`) with the chosen fault level
+  (HTTP errors, latency, timeouts, 429 bursts, duplicated, reordered and lost webhooks);
+- the webhook receiver (`receiver.app.create_app`), landing into a fresh landing zone;
+- the code location's real Definitions (`clarus_pipelines.definitions`: every domain's
+  assets, checks, jobs, sensors and schedules, with `build_resources()`): sensors are
+  evaluated tick by tick and the runs they request are executed in process; schedules
+  are ticked on a compressed clock (every `schedule_every_s`), so the reconciliation reads
+  land what lost webhooks missed;
+- the traffic generator placing `--orders` seeded orders (clean ones and the seed's
+  failure cases) and playing their follow-ups (edits, cancellations, refunds, fixes).
+
+Time is compressed: the warehouse moves an order on every second, NetSuite commits a
+second after creation (slow orders a few seconds later), and the dispatch flow re-checks
+and retries within seconds (run config of the `shipments` step; production paces them in
+minutes). The run ends when nothing has changed for `quiet_s` after a last
+reconciliation round, or at `--timeout`.
+
+Prints one JSON object on stdout, counted from the sandbox systems' own records: orders
+generated; goods outs in Clarus; sales orders and item fulfilments in NetSuite;
+fulfilments in Shopify; held by reason and exceptions by code (from our queue); `lost`
+(an order missing from a system it should have reached, with no hold, cancellation or
+open exception explaining why), `duplicates` (a second record for one order or shipment
+in any system) and `ordering_violations` (a Shopify fulfilment created before the
+NetSuite item fulfilment of its shipment was posted). Logs go to stderr. Exit code 0
+when lost, duplicates and ordering violations are all 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SECRET_NAMES = (
+    "CLARUS_CLIENT_ID", "CLARUS_CLIENT_SECRET", "CLARUS_WEBHOOK_TOKEN", "SHOPIFY_ACCESS_TOKEN",
+    "SHOPIFY_WEBHOOK_SECRET", "NETSUITE_CONSUMER_KEY", "NETSUITE_CONSUMER_SECRET", "NETSUITE_TOKEN_ID",
+    "NETSUITE_TOKEN_SECRET", "NETSUITE_WEBHOOK_SECRET",
+)
+HOLD_CODES = ("ORDER_INCOMPLETE", "SKU_UNKNOWN", "SHIP_METHOD_UNMAPPED")
+
+# Compressed time: the dispatch flow re-checks the ERP and retries within seconds.
+DISPATCH_STEP_CONFIG = {"erp_recheck_s": 1.0, "erp_recheck_max_s": 4.0, "retry_base_s": 1.0, "retry_max_s": 8.0}
+# Reconciliation reads leave changes younger than a grace period to their webhook; with a
+# clock compressed to seconds, nothing would ever be old enough.
+OP_CONFIG: dict[str, dict[str, Any]] = {
+    "shipments": DISPATCH_STEP_CONFIG,
+    "shopify_reconciliation": {"grace_minutes": 0},
+    "clarus_reconciliation": {"grace_minutes": 0},
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--orders", type=int, default=200, help="orders the traffic generator places (default 200)")
+    parser.add_argument("--seed", type=int, default=7, help="seed of the traffic and the faults (default 7)")
+    parser.add_argument("--faults", choices=["none", "light", "heavy"], default="light",
+                        help="sandbox fault injection level (default light)")
+    parser.add_argument("--timeout", type=float, default=1800.0,
+                        help="stop waiting for the integration to go quiet after this many seconds (default 1800)")
+    parser.add_argument("--home", type=Path, default=None,
+                        help="keep the state, landings and Dagster storage here (default: a temporary folder, removed)")
+
+
+def run(args: argparse.Namespace) -> int:
+    report = simulate(orders=args.orders, seed=args.seed, faults=args.faults, timeout_s=args.timeout, home=args.home)
+    print(json.dumps(report, indent=2, sort_keys=False, default=str))
+    return 0 if not (report["lost"] or report["duplicates"] or report["ordering_violations"]) else 1
+
+
+# ------------------------------------------------------------------------ environment
+
+
+@contextlib.contextmanager
+def _environment(updates: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the run and restore them after (the CLI may run in tests)."""
+    saved = {key: os.environ.get(key) for key in updates}
+    os.environ.update(updates)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _sandbox_secrets() -> dict[str, str]:
+    """The operator's credentials if set, else random ones for this run (never printed)."""
+    return {name: os.environ.get(name) or secrets.token_urlsafe(24) for name in SECRET_NAMES}
+
+
+# ------------------------------------------------------------------------ driving Dagster
+
+
+@dataclass
+class Orchestrator:
+    """Evaluates the code location's sensors and schedules and executes what they request."""
+
+    defs: Any
+    resources: dict[str, Any]
+    instance: Any
+    cursors: dict[str, str | None] = field(default_factory=dict)
+    run_keys: set[str] = field(default_factory=set)
+    runs: Counter = field(default_factory=Counter)
+    failed: Counter = field(default_factory=Counter)
+    skipped: Counter = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self.repo = self.defs.get_repository_def()
+
+    def _run_config(self, job, requested: Mapping[str, Any] | None) -> dict[str, Any]:
+        config = json.loads(json.dumps(dict(requested or {}), default=str))
+        nodes = set(job.graph.node_dict)
+        ops = config.setdefault("ops", {})
+        for op, values in OP_CONFIG.items():
+            if op in nodes:
+                ops.setdefault(op, {}).setdefault("config", {}).update(values)
+        if not ops:
+            config.pop("ops")
+        return config
+
+    def execute(self, request, default_job: str | None, origin: str, *, once_per_key: bool = True) -> bool:
+        if once_per_key and request.run_key:
+            key = f"{origin}:{request.run_key}"
+            if key in self.run_keys:
+                return False  # the daemon launches a run key once
+            self.run_keys.add(key)
+        job_name = request.job_name or default_job
+        if job_name is None:
+            if not request.asset_selection:
+                self.skipped[origin] += 1  # e.g. check-only freshness runs: not part of the flows
+                return False
+            job_name = "__ASSET_JOB"
+        job = self.repo.get_job(job_name)
+        started = time.monotonic()
+        try:
+            result = job.execute_in_process(
+                run_config=self._run_config(job, request.run_config), instance=self.instance,
+                partition_key=request.partition_key, tags=dict(request.tags or {}), raise_on_error=False,
+                asset_selection=list(request.asset_selection) if request.asset_selection and job_name == "__ASSET_JOB" else None,
+            )
+            ok = result.success
+        except Exception:  # a run that cannot even start is a failed run; the next tick tries again
+            log.exception("run of %s (from %s) could not start", job_name, origin)
+            ok = False
+        self.runs[job_name] += 1
+        if not ok:
+            self.failed[job_name] += 1
+            log.warning("run of %s (from %s) failed", job_name, origin)
+        log.debug("%s run took %.2fs", job_name, time.monotonic() - started)
+        return True
+
+    def tick_sensors(self) -> int:
+        import dagster as dg
+
+        launched = 0
+        for sensor in self.repo.sensor_defs:
+            with dg.build_sensor_context(
+                instance=self.instance, cursor=self.cursors.get(sensor.name), definitions=self.defs, resources=self.resources
+            ) as context:
+                try:
+                    data = sensor.evaluate_tick(context)
+                except Exception:
+                    log.exception("sensor %s failed", sensor.name)
+                    self.failed[f"sensor:{sensor.name}"] += 1
+                    continue
+            if data.cursor is not None:
+                self.cursors[sensor.name] = data.cursor
+            default_job = sensor.job_name if sensor.has_jobs and len(sensor.jobs) == 1 else None
+            for request in data.run_requests or []:
+                launched += self.execute(request, default_job, f"sensor:{sensor.name}")
+        return launched
+
+    def tick_schedules(self) -> int:
+        import dagster as dg
+        from datetime import datetime, timezone
+
+        launched = 0
+        for schedule in self.repo.schedule_defs:
+            with dg.build_schedule_context(
+                instance=self.instance, repository_def=self.repo, resources=self.resources,
+                scheduled_execution_time=datetime.now(timezone.utc),
+            ) as context:
+                try:
+                    data = schedule.evaluate_tick(context)
+                except Exception:
+                    log.exception("schedule %s failed", schedule.name)
+                    self.failed[f"schedule:{schedule.name}"] += 1
+                    continue
+            for request in data.run_requests or []:  # every compressed tick is a new scheduled run
+                launched += self.execute(request, schedule.job_name, f"schedule:{schedule.name}", once_per_key=False)
+        return launched
+
+
+# ------------------------------------------------------------------------ the run
+
+
+def simulate(
+    *,
+    orders: int,
+    seed: int = 7,
+    faults: str = "light",
+    timeout_s: float = 1800.0,
+    home: Path | None = None,
+    quiet_s: float = 6.0,
+    schedule_every_s: float = 10.0,
+    batch: int | None = None,
+) -> dict[str, Any]:
+    """Run the rehearsal and return the report (see the module docstring)."""
+    if orders < 1:
+        raise ValueError("--orders must be at least 1")
+    own_home = home is None
+    home = Path(tempfile.mkdtemp(prefix="clarus-simulate-")) if own_home else Path(home)
+    home.mkdir(parents=True, exist_ok=True)
+    creds = _sandbox_secrets()
+    try:
+        with _environment({**creds, "CLARUS_PIPELINES_HOME": str(home)}):
+            return _simulate(home, orders=orders, seed=seed, faults=faults, timeout_s=timeout_s, quiet_s=quiet_s,
+                             schedule_every_s=schedule_every_s, batch=batch or max(10, orders // 10))
+    finally:
+        if own_home:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def _simulate(home: Path, *, orders: int, seed: int, faults: str, timeout_s: float, quiet_s: float,
+              schedule_every_s: float, batch: int) -> dict[str, Any]:
+    import dagster as dg
+
+    from clarus_pipelines import definitions as code_location
+    from clarus_pipelines.receiver.app import WebhookSecrets, create_app
+    from clarus_pipelines.sandbox.server import SandboxSecrets, start_sandbox
+    from clarus_pipelines.sandbox.serving import serve_in_thread
+    from clarus_pipelines.sandbox.shopify import LeakyBucket
+    from clarus_pipelines.sandbox.traffic import TrafficGenerator, TrafficProfile
+    from clarus_pipelines.settings import Settings, get_policies
+
+    started = time.monotonic()
+    settings = Settings()
+    policies = get_policies(settings)
+    landing_dir = settings.landing_path
+    landing_dir.mkdir(parents=True, exist_ok=True)
+    receiver = serve_in_thread(
+        create_app(landing_dir, secrets=WebhookSecrets.from_settings(settings), tenant=policies.tenant, settings=settings),
+        name="receiver",
+    )
+    profile = TrafficProfile(fix_after_s=(1.0, 4.0), followup_after_s=(0.0, 2.0), slow_commit_s=8.0)
+    sandbox = start_sandbox(
+        seed=seed, faults=faults, receiver_url=receiver.url, secrets=SandboxSecrets.from_env(), profile=profile,
+        netsuite_commit_delay_s=1.0, clarus_dispatch_after_s=1.0, tick_interval_s=0.25,
+    )
+    try:
+        sandbox.clarus.missing_tracking_rate = profile.missing_tracking  # a warehouse fault, as in production traffic
+        sandbox.shopify.bucket = LeakyBucket(size=400, leak_rate=20.0)  # a sale-day store is on Shopify Plus limits
+        traffic = TrafficGenerator(sandbox.shopify, sandbox.netsuite, sandbox.clarus, profile, seed, policies=policies)
+        with _environment({"CLARUS_BASE_URL": sandbox.clarus_url, "SHOPIFY_BASE_URL": sandbox.shopify_url,
+                           "NETSUITE_BASE_URL": sandbox.netsuite_url}):
+            resources = code_location.build_resources(Settings())
+            defs = dg.Definitions.merge(*code_location.DOMAINS, dg.Definitions(resources=resources))
+            orchestrator = Orchestrator(defs, resources, dg.DagsterInstance.ephemeral())
+            log.info("simulate: %d orders, seed %d, faults %s; sandbox %s; receiver %s", orders, seed, faults,
+                     sandbox.urls(), receiver.url)
+            orchestrator.tick_schedules()  # the hourly and daily jobs have run before the sale starts (item master...)
+            timed_out = _drive(orchestrator, sandbox, traffic, orders=orders, batch=batch, timeout_s=timeout_s,
+                               quiet_s=quiet_s, schedule_every_s=schedule_every_s, started=started)
+            report = build_report(sandbox, traffic, Settings().state_db_path)
+        report["run"] = {
+            "seed": seed, "faults": faults, "seconds": round(time.monotonic() - started, 1), "timed_out": timed_out,
+            "runs": dict(sorted(orchestrator.runs.items())), "failed_runs": dict(sorted(orchestrator.failed.items())),
+            "webhooks_lost_by_sandbox": {s: len(getattr(getattr(sandbox, s), "webhook_sender", None).lost)
+                                         for s in ("clarus", "shopify", "netsuite")
+                                         if getattr(getattr(sandbox, s), "webhook_sender", None) is not None},
+        }
+        return report
+    finally:
+        sandbox.stop()
+        receiver.stop()
+
+
+def _senders_idle(sandbox) -> bool:
+    for system in (sandbox.clarus, sandbox.shopify, sandbox.netsuite):
+        sender = getattr(system, "webhook_sender", None)
+        if sender is not None and not sender.flush(0.01):
+            return False
+    return True
+
+
+def _fingerprint(sandbox, traffic, state_path: Path) -> tuple:
+    """What would change if anything were still moving (progress counters, not retry counters)."""
+    from clarus_pipelines.state import StateStore
+
+    goods_outs = Counter((g.get("goods_out_status") or {}).get("code") for g in sandbox.clarus.goods_outs())
+    shipments = len(sandbox.clarus.shipments())
+    sales_orders = Counter(str(so.get("orderStatus")) for so in sandbox.netsuite.sales_orders())
+    fulfilments = len(sandbox.shopify.fulfillments())
+    item_fulfilments = len(sandbox.netsuite.item_fulfillments())
+    shop_orders = Counter((o.get("financial_status"), o.get("fulfillment_status"), bool(o.get("cancelled_at")))
+                          for o in sandbox.shopify.orders())
+    with StateStore(state_path).read() as con:
+        ours = (
+            tuple(con.execute("SELECT status, count(*) FROM orders GROUP BY ALL ORDER BY 1").fetchall()),
+            tuple(con.execute("SELECT state, count(*) FROM shipments GROUP BY ALL ORDER BY 1").fetchall()),
+            con.execute("SELECT count(*) FROM landed_events").fetchone()[0],
+            tuple(con.execute("SELECT code, status, count(*) FROM exceptions GROUP BY ALL ORDER BY 1, 2").fetchall()),
+        )
+    followups = sum(1 for o in traffic.orders for f in o.followups if not f.pending)
+    return (sorted(goods_outs.items(), key=str), shipments, sorted(sales_orders.items()), fulfilments, item_fulfilments,
+            sorted(shop_orders.items(), key=str), ours, followups)
+
+
+def _drive(orchestrator: Orchestrator, sandbox, traffic, *, orders: int, batch: int, timeout_s: float, quiet_s: float,
+           schedule_every_s: float, started: float) -> bool:
+    """Place the orders, then tick until the integration is quiet; True if it timed out."""
+    from clarus_pipelines.settings import Settings
+
+    state_path = Settings().state_db_path
+    placed = 0
+    last_schedules = time.monotonic()
+    last_change = time.monotonic()
+    last_print = 0.0
+    previous = None
+    final_round_done = False
+    while True:
+        now = time.monotonic()
+        if now - started > timeout_s:
+            log.warning("simulate: not quiet after %.0fs; reporting what happened so far", timeout_s)
+            return True
+        if placed < orders:
+            placed += len(traffic.generate_orders(min(batch, orders - placed)))
+        traffic.apply_followups()
+        launched = orchestrator.tick_sensors()
+        if now - last_schedules >= schedule_every_s:
+            launched += orchestrator.tick_schedules()
+            last_schedules = time.monotonic()
+        fingerprint = _fingerprint(sandbox, traffic, state_path)
+        if launched or fingerprint != previous or placed < orders or not _senders_idle(sandbox):
+            last_change = time.monotonic()
+            previous = fingerprint
+            final_round_done = False
+        elif time.monotonic() - last_change >= quiet_s:
+            if final_round_done:
+                return False
+            # quiet: one more reconciliation round lands whatever lost webhooks never brought
+            orchestrator.tick_schedules()
+            last_schedules = time.monotonic()
+            final_round_done = True
+            last_change = time.monotonic()
+        if time.monotonic() - last_print > 15:
+            last_print = time.monotonic()
+            log.info("simulate: %d/%d orders placed, %.0fs elapsed, runs %s", placed, orders,
+                     time.monotonic() - started, dict(orchestrator.runs))
+        if not launched:
+            time.sleep(0.25)
+
+
+# ------------------------------------------------------------------------ the report
+
+
+def _shipment_lines_key(lines) -> frozenset:
+    return frozenset((str(line.get("external_system_reference1")), int(float(line.get("quantity") or 0))) for line in lines or [])
+
+
+def _norm(number: Any) -> str | None:
+    from clarus_pipelines.domain.tracking import normalise_tracking_number
+
+    return normalise_tracking_number(number) if number not in (None, "") else None
+
+
+def build_report(sandbox, traffic, state_path: Path) -> dict[str, Any]:
+    """Count what happened from the sandbox systems' own records (and our exception queue)."""
+    from clarus_pipelines.state import StateStore
+
+    generated = {str(o.order_id): o for o in traffic.orders}
+    shop_orders = {str(o["id"]): o for o in sandbox.shopify.orders()}
+    goods_outs = sandbox.clarus.goods_outs()
+    sales_orders = sandbox.netsuite.sales_orders()
+    item_fulfilments = sandbox.netsuite.item_fulfillments()
+    fulfilments = sandbox.shopify.fulfillments()
+
+    with StateStore(state_path).read() as con:
+        held = dict(con.execute(
+            "SELECT code, count(DISTINCT order_id) FROM order_holds JOIN orders USING (order_id)"
+            " WHERE orders.status = 'HELD' GROUP BY code ORDER BY code").fetchall())
+        statuses = dict(con.execute("SELECT order_id, status FROM orders").fetchall())
+        awaiting_erp = con.execute(
+            "SELECT count(DISTINCT order_id) FROM shipments WHERE state = 'DISPATCHED_IN_WMS'").fetchone()[0]
+        open_exceptions = con.execute(
+            "SELECT code, entity_id, details::VARCHAR FROM exceptions WHERE status <> 'resolved'").fetchall()
+        raised = dict(con.execute("SELECT code, count(*) FROM exceptions GROUP BY code ORDER BY code").fetchall())
+        shipment_orders = dict(con.execute("SELECT shipment_id, order_id FROM shipments").fetchall())
+    if awaiting_erp:
+        held["DISPATCH_AWAITING_ERP"] = awaiting_erp
+
+    # which orders an open exception speaks for (order-level, or through a shipment of the order)
+    explained: set[str] = set()
+    for code, entity_id, details in open_exceptions:
+        explained.add(entity_id)
+        if entity_id in shipment_orders:
+            explained.add(shipment_orders[entity_id])
+        with contextlib.suppress(ValueError, TypeError):
+            doc = json.loads(details or "{}")
+            if isinstance(doc, dict) and doc.get("order_id"):
+                explained.add(str(doc["order_id"]))
+
+    def excused(order_id: str) -> str | None:
+        shop = shop_orders.get(order_id) or {}
+        if shop.get("cancelled_at"):
+            return "cancelled"
+        if statuses.get(order_id) in ("HELD", "CANCELLED", "WMS_REJECTED"):
+            return statuses[order_id].lower()
+        if order_id in explained:
+            return "exception"
+        return None
+
+    # --- records per order in each system
+    live_goods_outs: dict[str, list[dict]] = defaultdict(list)
+    for go in goods_outs:
+        order_id = str(go.get("external_system_reference1") or "")
+        if (go.get("goods_out_status") or {}).get("code") != "CANCELLED":
+            live_goods_outs[order_id].append(go)
+    any_goods_out = {str(go.get("external_system_reference1") or "") for go in goods_outs}
+    so_by_order: dict[str, list[dict]] = defaultdict(list)
+    for so in sales_orders:
+        so_by_order[str(so.get("externalId") or "")].append(so)
+    so_order = {str(so["id"]): str(so.get("externalId") or "") for so in sales_orders}
+    ifs_by_shipment: dict[str, list[dict]] = defaultdict(list)
+    for record in item_fulfilments:
+        ifs_by_shipment[str(record.get("externalId") or "")].append(record)
+    fulfilments_by_order: dict[str, list[dict]] = defaultdict(list)
+    for f in fulfilments:
+        fulfilments_by_order[str(f["order_id"])].append(f)
+    shipments_by_order: dict[str, list[dict]] = defaultdict(list)
+    for go in goods_outs:
+        for shipment in go.get("shipments") or []:
+            shipments_by_order[str(go.get("external_system_reference1") or "")].append(shipment)
+
+    # when each item fulfilment was posted, from NetSuite's own request log
+    posted_at: dict[str, float] = {}
+    for request in sandbox.netsuite.requests():
+        body = request.get("body")
+        if (request["method"] == "POST" and "!transform/itemFulfillment" in request["path"] and request.get("status") == 204
+                and isinstance(body, dict) and body.get("externalId")):
+            posted_at.setdefault(str(body["externalId"]), request["time"] + request.get("duration_ms", 0) / 1000)
+
+    lost: dict[str, list[str]] = {}
+    duplicates: list[dict[str, Any]] = []
+    violations: list[dict[str, Any]] = []
+    for order_id, order in generated.items():
+        name = order.name
+        missing: list[str] = []
+        if not so_by_order.get(order_id):
+            missing.append("netsuite sales order")
+        if order_id not in any_goods_out:
+            missing.append("clarus goods out")
+        if len(so_by_order.get(order_id, [])) > 1:
+            duplicates.append({"order": name, "system": "netsuite", "record": "sales order", "count": len(so_by_order[order_id])})
+        if len(live_goods_outs.get(order_id, [])) > 1:
+            duplicates.append({"order": name, "system": "clarus", "record": "goods out", "count": len(live_goods_outs[order_id])})
+
+        # every dispatched Clarus shipment: one item fulfilment, one Shopify fulfilment, in that order
+        remaining = list(fulfilments_by_order.get(order_id, []))
+        for shipment in shipments_by_order.get(order_id, []):
+            shipment_id = str(shipment["id"])
+            records = ifs_by_shipment.get(shipment_id, [])
+            if not records:
+                missing.append(f"netsuite item fulfilment for shipment {shipment_id}")
+            elif len(records) > 1:
+                duplicates.append({"order": name, "system": "netsuite", "record": f"item fulfilment of {shipment_id}", "count": len(records)})
+            number = _norm(shipment.get("tracking_number"))
+            lines = _shipment_lines_key(shipment.get("lines"))
+            matches = [f for f in remaining if (_norm(f.get("tracking_number")) == number if number else
+                                                 not f.get("tracking_number") and _shipment_lines_key(
+                                                     [{"external_system_reference1": li["id"], "quantity": li["quantity"]}
+                                                      for li in f.get("line_items") or []]) == lines)]
+            if not matches:
+                missing.append(f"shopify fulfilment for shipment {shipment_id}")
+                continue
+            fulfilment = matches[0]
+            remaining.remove(fulfilment)
+            if len(matches) > 1 and number:
+                duplicates.append({"order": name, "system": "shopify", "record": f"fulfilment of {shipment_id}", "count": len(matches)})
+                for extra in matches[1:]:
+                    remaining.remove(extra)
+            posted = posted_at.get(shipment_id)
+            if posted is None or fulfilment["recorded_at"] < posted:
+                violations.append({"order": name, "shipment": shipment_id, "shopify_fulfilment": fulfilment["id"],
+                                   "item_fulfilment_posted": posted is not None})
+        for extra in remaining:  # a Shopify fulfilment no Clarus shipment accounts for
+            duplicates.append({"order": name, "system": "shopify", "record": f"fulfilment {extra['id']} without a shipment", "count": 1})
+        if missing and not excused(order_id):
+            lost[name] = missing
+
+    stray_ifs = [r for r in item_fulfilments if str(r.get("externalId") or "") not in
+                 {str(s["id"]) for ss in shipments_by_order.values() for s in ss}]
+    for record in stray_ifs:
+        duplicates.append({"order": so_order.get(str((record.get("createdFrom") or {}).get("id")), "?"), "system": "netsuite",
+                           "record": f"item fulfilment {record['id']} without a shipment", "count": 1})
+
+    open_by_code = Counter(code for code, _, _ in open_exceptions)
+    return {
+        "orders_generated": len(generated),
+        "cases": dict(sorted(Counter(o.case for o in traffic.orders).items())),
+        "shopify": {"orders": len(shop_orders), "fulfilments": len(fulfilments),
+                    "orders_fulfilled": sum(1 for o in shop_orders.values() if o.get("fulfillment_status") == "fulfilled"),
+                    "orders_cancelled": sum(1 for o in shop_orders.values() if o.get("cancelled_at"))},
+        "clarus": {"goods_outs": len(goods_outs), "orders_with_goods_out": len(any_goods_out - {""}),
+                   "by_status": dict(sorted(Counter((g.get("goods_out_status") or {}).get("code") for g in goods_outs).items())),
+                   "shipments": sum(len(v) for v in shipments_by_order.values())},
+        "netsuite": {"sales_orders": len(sales_orders), "item_fulfilments": len(item_fulfilments)},
+        "held_by_reason": dict(sorted(held.items())),
+        "exceptions": dict(sorted(open_by_code.items())),
+        "exceptions_raised": raised,
+        "lost": len(lost),
+        "duplicates": sum(d["count"] - 1 if d["count"] > 1 else 1 for d in duplicates),
+        "ordering_violations": len(violations),
+        "lost_orders": dict(list(sorted(lost.items()))[:25]),
+        "duplicate_records": duplicates[:25],
+        "ordering_violation_records": violations[:25],
+    }

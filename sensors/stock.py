@@ -1,0 +1,106 @@
+"""Stock runs: an hourly snapshot schedule, and out-of-schedule refreshes from Clarus stock webhooks.
+
+- `stock_hourly_schedule`: at minute 5 of every hour, `stock_sync` for that hour's
+  partition (full snapshot, available to sell, push, read-back). The run key is the
+  partition, so a restarted daemon never takes an hour twice.
+- `stock_webhook_sensor`: Clarus stock webhooks (balance updates after adjustments,
+  receipts and picks; stock record updates such as holds), once ingested into
+  `landed_events`, trigger `stock_refresh` for the current hour: only the affected
+  products are re-read, then available to sell and the push (with the last variant
+  read). Cursor: `{"seq": <last landed_events.seq seen>}`; the run key names the seq
+  range, so a restarted daemon re-derives the same request and Dagster skips it.
+- `stock_freshness_sensor`: evaluates the snapshot freshness check when it can be overdue.
+"""
+
+import json
+import warnings
+from datetime import datetime, timezone
+
+import dagster as dg
+
+from assets.stock import STOCK_PARTITIONS, snapshot_freshness_checks, stock_refresh_job, stock_sync_job
+from clarus_pipelines.resources import StateStoreResource
+
+STOCK_TOPICS = ("stock_balance/updated", "stock/updated")
+MAX_EVENTS_PER_TICK = 5000
+MAX_CODES_PER_REFRESH = 500  # beyond this a full read is cheaper than a long product filter
+
+AFFECTED_PRODUCTS_SQL = """
+    SELECT e.seq,
+           coalesce(json_extract_string(e.payload, '$.data.product.code'), json_extract_string(e.payload, '$.product.code'),
+                    (SELECT any_value(c.sku) FROM stock_balances_current c
+                     WHERE c.clarus_product_id = coalesce(json_extract_string(e.payload, '$.data.product.id'),
+                                                          json_extract_string(e.payload, '$.data.product_id')))) AS code
+    FROM landed_events e
+    WHERE e.source = 'clarus' AND e.topic IN (SELECT unnest(?)) AND e.seq > ?
+    ORDER BY e.seq
+    LIMIT ?
+"""
+
+
+@dg.schedule(
+    job=stock_sync_job,
+    cron_schedule="5 * * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Hourly Clarus stock snapshot, then available to sell and the deltas to Shopify.",
+)
+def stock_hourly_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    key = STOCK_PARTITIONS.get_partition_key_for_timestamp(context.scheduled_execution_time.timestamp())
+    return dg.RunRequest(run_key=f"stock-hourly:{key}", partition_key=key, tags={"stock/trigger": "schedule"})
+
+
+def _cursor_seq(raw: str | None) -> int:
+    if not raw:
+        return 0
+    try:
+        return int(json.loads(raw).get("seq", 0))
+    except (ValueError, AttributeError, TypeError):
+        return 0
+
+
+@dg.sensor(
+    job=stock_refresh_job,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Clarus stock webhooks (adjustments, holds) -> refresh the affected products' stock "
+    "and push what changed, without waiting for the hourly snapshot.",
+)
+def stock_webhook_sensor(context: dg.SensorEvaluationContext, state: StateStoreResource) -> dg.SensorResult | dg.SkipReason:
+    after = _cursor_seq(context.cursor)
+    with state.store().read() as con:
+        rows = con.execute(AFFECTED_PRODUCTS_SQL, [list(STOCK_TOPICS), after, MAX_EVENTS_PER_TICK]).fetchall()
+    if not rows:
+        return dg.SkipReason(f"no Clarus stock webhook after seq {after}")
+    first, last = rows[0][0], rows[-1][0]
+    codes = sorted({code for _, code in rows if code})
+    unknown = sum(1 for _, code in rows if not code)
+    # a webhook naming no product we can identify: refresh everything rather than miss it
+    product_codes = [] if unknown or len(codes) > MAX_CODES_PER_REFRESH else codes
+    now = datetime.now(timezone.utc)
+    key = STOCK_PARTITIONS.get_partition_key_for_timestamp(now.timestamp())
+    request = dg.RunRequest(
+        run_key=f"stock-webhooks:{first}-{last}",
+        partition_key=key,
+        run_config={"ops": {"stock_snapshots": {"config": {"product_codes": product_codes}}}},
+        tags={"stock/trigger": "webhook", "stock/events": str(len(rows))},
+    )
+    context.log.info(
+        "%d stock webhook(s) (seq %d-%d): refreshing %s", len(rows), first, last,
+        f"{len(product_codes)} product(s)" if product_codes else "every product",
+    )
+    return dg.SensorResult(run_requests=[request], cursor=json.dumps({"seq": last}))
+
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", category=FutureWarning)  # superseded, see assets.stock
+    stock_freshness_sensor = dg.build_sensor_for_freshness_checks(
+        freshness_checks=snapshot_freshness_checks,
+        name="stock_freshness_checks_sensor",
+        default_status=dg.DefaultSensorStatus.RUNNING,
+    )
+
+defs = dg.Definitions(
+    schedules=[stock_hourly_schedule],
+    sensors=[stock_webhook_sensor, stock_freshness_sensor],
+)

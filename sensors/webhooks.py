@@ -1,0 +1,123 @@
+"""One sensor per webhook source turning new landings into ingest runs, and one for refusals.
+
+Cursor: `{"after": "<newest landing id already requested>"}`. Landing ids are receive
+times assigned in the order files become visible, and `LandingZone.list_landings`
+re-lists up to the newest id it saw, so a plain watermark never skips a landing, even
+one that was being written while the sensor listed.
+
+Each run request carries one batch of landing paths and a `run_key` hashed from the
+batch's landing ids: a daemon that restarts before saving its cursor re-derives the same
+batches and Dagster skips the keys it has already launched. Ingest is idempotent anyway.
+"""
+
+import hashlib
+import json
+import os
+from datetime import datetime, timezone
+
+import dagster as dg
+
+from assets.ingest import ingest_landings_job, webhook_rejections_job
+from clarus_pipelines.receiver.events import REJECTION_WINDOW
+from clarus_pipelines.receiver.landing import SOURCES, LandingRef, LandingZone
+from clarus_pipelines.resources import LandingZoneResource
+
+BATCH_SIZE = int(os.environ.get("CLARUS_PIPELINES_INGEST_BATCH_SIZE", "500"))
+MAX_RUNS_PER_TICK = int(os.environ.get("CLARUS_PIPELINES_INGEST_MAX_RUNS_PER_TICK", "10"))
+LABELS = {"shopify": "Shopify", "clarus": "Clarus", "netsuite": "NetSuite"}
+
+
+def batch_run_key(source: str, refs: list[LandingRef]) -> str:
+    digest = hashlib.sha256("\n".join(r.landing_id for r in refs).encode("ascii")).hexdigest()[:24]
+    return f"{source}:{refs[0].landing_id}:{len(refs)}:{digest}"
+
+
+def _load_cursor(raw: str | None) -> dict:
+    if not raw:
+        return {}
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def plan_batches(zone: LandingZone, source: str, after: str | None, *, batch_size: int, max_runs: int) -> list[list[LandingRef]]:
+    refs = zone.list_landings(source, after=after, limit=batch_size * max_runs)
+    return [refs[i:i + batch_size] for i in range(0, len(refs), batch_size)]
+
+
+def build_landing_sensor(
+    source: str, *, batch_size: int = BATCH_SIZE, max_runs_per_tick: int = MAX_RUNS_PER_TICK, interval_s: int = 10
+) -> dg.SensorDefinition:
+    """The sensor that turns new `source` landings into `ingest_landings` runs."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}")
+    label = LABELS[source]
+
+    @dg.sensor(
+        name=f"{source}_landings",
+        job=ingest_landings_job,
+        minimum_interval_seconds=interval_s,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"New {label} webhook landings -> ingest runs of up to {batch_size} landings each.",
+    )
+    def _sensor(context: dg.SensorEvaluationContext, landing: LandingZoneResource) -> dg.SensorResult | dg.SkipReason:
+        cursor = _load_cursor(context.cursor)
+        after = cursor.get("after")
+        batches = plan_batches(LandingZone(landing.root), source, after, batch_size=batch_size, max_runs=max_runs_per_tick)
+        if not batches:
+            return dg.SkipReason(f"no new {label} landings since {after or 'the landing zone was created'}")
+        requests = [
+            dg.RunRequest(
+                run_key=batch_run_key(source, batch),
+                run_config={"ops": {"landed_events": {"config": {"landings": [r.relpath for r in batch]}}}},
+                tags={"intake/source": source, "intake/first": batch[0].landing_id, "intake/last": batch[-1].landing_id,
+                      "intake/count": str(len(batch))},
+            )
+            for batch in batches
+        ]
+        newest = batches[-1][-1].landing_id
+        context.log.info("%d %s landing(s) in %d run(s), up to %s", sum(map(len, batches)), label, len(requests), newest)
+        return dg.SensorResult(run_requests=requests, cursor=json.dumps({"after": newest}))
+
+    return _sensor
+
+
+landing_sensors = [build_landing_sensor(source) for source in SOURCES]
+
+
+@dg.sensor(
+    name="webhook_rejection_log",
+    job=webhook_rejections_job,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Counts refused webhooks when the rejection log grows, and once more after it goes "
+    "quiet so WEBHOOK_REJECTED can clear.",
+)
+def webhook_rejections_sensor(
+    context: dg.SensorEvaluationContext, landing: LandingZoneResource
+) -> dg.SensorResult | dg.SkipReason:
+    cursor = _load_cursor(context.cursor)
+    sizes = LandingZone(landing.root).rejection_log_sizes()
+    now = datetime.now(timezone.utc)
+    fingerprint = hashlib.sha256(json.dumps(sizes, sort_keys=True).encode()).hexdigest()[:24]
+    seen = cursor.get("sizes", {})
+    if any(size > seen.get(name, 0) for name, size in sizes.items()):
+        return dg.SensorResult(
+            run_requests=[dg.RunRequest(run_key=f"rejections:{fingerprint}", tags={"intake/rejections": "new"})],
+            cursor=json.dumps({"sizes": sizes, "changed_at": now.isoformat(), "settled": False}),
+        )
+    if sizes != seen:  # only old logs pruned: nothing new to count
+        return dg.SensorResult(cursor=json.dumps({**cursor, "sizes": sizes}), skip_reason="rejection logs pruned")
+    changed_at = cursor.get("changed_at")
+    if changed_at and not cursor.get("settled") and now - datetime.fromisoformat(changed_at) > REJECTION_WINDOW:
+        return dg.SensorResult(
+            run_requests=[dg.RunRequest(run_key=f"rejections-settled:{fingerprint}:{changed_at}",
+                                        tags={"intake/rejections": "settled"})],
+            cursor=json.dumps({**cursor, "settled": True}),
+        )
+    return dg.SkipReason(f"no new webhook rejections since {changed_at or 'the receiver started'}")
+
+
+defs = dg.Definitions(sensors=[*landing_sensors, webhook_rejections_sensor])

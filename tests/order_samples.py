@@ -1,0 +1,86 @@
+"""Shopify orders for the order tests: the real published payloads, and generated ones
+built from the real 2025-07 order (so they keep every field Shopify sends)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+SHOPIFY = FIXTURES / "shopify"
+
+REAL_ORDERS = {
+    "rest_2025_07": "shopify-api-ruby_rest_2025-07/order_GET_450789469.json",
+    "python_api": "shopify_python_api/order.json",
+    "node_api": "Shopify-api-node/order_get.json",
+    "custom_line_no_sku": "shopify-api-ruby_rest_2025-07/order_POST_custom_line_no_sku_response.json",
+    "three_custom_lines": "shopify-api-ruby_rest_2025-07/order_POST_three_custom_lines_response.json",
+    "partially_paid": "shopify-api-ruby_rest_2025-07/order_POST_partially_paid_response.json",
+    "cancelled": "shopify-api-ruby_rest_2025-07/order_cancel_with_refund_response.json",
+}
+# SKUs the published orders use, as a Clarus product table.
+FIXTURE_PRODUCTS = {"IPOD2008GREEN": "101", "IPOD2008RED": "102", "IPOD2008BLACK": "103", "IPOD2009BLACK": "104"}
+
+
+@lru_cache(maxsize=None)
+def _raw(name: str) -> str:
+    return (SHOPIFY / REAL_ORDERS[name]).read_text(encoding="utf-8")
+
+
+def real_order(name: str, *, unwrap: bool = True) -> dict[str, Any]:
+    """A published Shopify order payload (unwrapped from {"order": ...} by default)."""
+    doc = json.loads(_raw(name))
+    return doc["order"] if unwrap and "order" in doc else doc
+
+
+def make_order(
+    number: int = 1001,
+    *,
+    lines: list[tuple[str | None, int]] | None = None,
+    address: dict[str, Any] | None | str = "default",
+    shipping: tuple[str | None, str | None] | None = ("standard", "Standard Shipping"),
+    order_id: int | None = None,
+    updated_at: str = "2025-03-03T10:00:00+00:00",
+    **changes: Any,
+) -> dict[str, Any]:
+    """A realistic GB order derived from Shopify's own 2025-07 example order.
+
+    `lines` are (sku, quantity); `address=None` drops the shipping address; `shipping`
+    is (code, title) or None for no shipping line.
+    """
+    order = copy.deepcopy(real_order("rest_2025_07"))
+    order_id = order_id or 5_000_000_000_000 + number
+    template_line = order["line_items"][1]
+    lines = lines if lines is not None else [("SKU-A", 1), ("000123", 2)]
+    order["line_items"] = []
+    for index, (sku, quantity) in enumerate(lines):
+        line = copy.deepcopy(template_line)
+        line.update(
+            id=13_000_000_000 + number * 10 + index, sku=sku, quantity=quantity, current_quantity=quantity,
+            fulfillable_quantity=quantity, title=f"Product {sku or 'custom'}", name=f"Product {sku or 'custom'}",
+            variant_id=40_000_000_000 + index,
+        )
+        order["line_items"].append(line)
+    if address == "default":
+        order["shipping_address"] = {
+            "first_name": "Ada", "last_name": "Lovelace", "name": "Ada Lovelace", "company": None,
+            "address1": "12 St James's Square", "address2": "", "city": "London", "province": "England",
+            "province_code": "ENG", "zip": "SW1Y 4LB", "country": "United Kingdom", "country_code": "GB",
+            "phone": "+44 20 7946 0000", "latitude": None, "longitude": None,
+        }
+    else:
+        order["shipping_address"] = address
+    if shipping is None:
+        order["shipping_lines"] = []
+    else:
+        order["shipping_lines"] = [dict(order["shipping_lines"][0], code=shipping[0], title=shipping[1])]
+    order.update(
+        id=order_id, admin_graphql_api_id=f"gid://shopify/Order/{order_id}", name=f"#{number}", order_number=number,
+        email="ada@example.com", updated_at=updated_at, created_at="2025-03-03T09:00:00+00:00",
+        financial_status="paid", refunds=[], fulfillments=[], cancelled_at=None, cancel_reason=None,
+    )
+    order.update(changes)
+    return order

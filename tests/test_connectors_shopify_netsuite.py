@@ -1,0 +1,309 @@
+"""The Shopify and NetSuite connectors against their sandboxes over loopback HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from clarus_pipelines.connectors.http import ConnectorError
+from clarus_pipelines.connectors.netsuite import NetSuiteError, NetSuiteResource
+from clarus_pipelines.connectors.shopify import ShopifyError, ShopifyResource
+from clarus_pipelines.sandbox.faults import FaultConfig
+from clarus_pipelines.sandbox.netsuite import NetSuiteSandbox
+from clarus_pipelines.sandbox.serving import serve_in_thread
+from clarus_pipelines.sandbox.shopify import ShopifySandbox
+from sandbox_helpers import wait_until
+
+TOKEN = "shpat_connector_test"
+ACCOUNT = "7654321"
+CREDS = {"consumer_key": "ck-connector-1", "consumer_secret": "cs-connector", "token_id": "tk-connector-1", "token_secret": "ts-connector"}
+ADDRESS = {"first_name": "Ada", "last_name": "Lovelace", "address1": "12 Station Road", "city": "Leeds", "zip": "LS1 4AP",
+           "country": "United Kingdom", "country_code": "GB"}
+
+
+class StepClock:
+    """A monotonic clock that moves `step` seconds each time it is read: the bucket leaks
+    by the same amount between any two calls, however fast or slow the machine is."""
+
+    def __init__(self, step: float):
+        self.step, self.now = step, 0.0
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+class LoseResponses:
+    """Lets the next `count` matching requests reach the app, then drops its answer: a 502,
+    or (with `delay_s`) a response later than the client's timeout. The write happened."""
+
+    def __init__(self, app: ASGIApp, *, method: str, path_contains: str, count: int, delay_s: float = 0.0):
+        self.app, self.method, self.path_contains = app, method, path_contains
+        self.remaining, self.delay_s = count, delay_s
+        self.lost = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hit = (scope["type"] == "http" and scope["method"] == self.method and self.path_contains in scope["path"]
+               and self.remaining > 0)
+        if not hit:
+            await self.app(scope, receive, send)
+            return
+        self.remaining -= 1
+        status: list[int] = []
+
+        async def swallow(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+
+        await self.app(scope, receive, swallow)
+        self.lost += 1
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        await JSONResponse({"errors": "bad gateway"}, status_code=502)(scope, receive, send)
+
+
+@contextmanager
+def serve(app: ASGIApp) -> Iterator[str]:
+    served = serve_in_thread(app)
+    try:
+        yield served.url
+    finally:
+        served.stop()
+
+
+def place(shop: ShopifySandbox, quantities=(2, 1)) -> dict:
+    variants = shop.catalog.clean_variants()
+    lines = [{"variant_id": variants[i].variant_id, "quantity": q} for i, q in enumerate(quantities)]
+    return shop.create_order(line_items=lines, shipping_address=ADDRESS,
+                             shipping_lines=[{"code": "standard", "title": "Standard Shipping", "price": "3.95"}])
+
+
+def netsuite_sandbox(**kwargs) -> NetSuiteSandbox:
+    return NetSuiteSandbox(account_id=ACCOUNT, **{**CREDS, **kwargs})
+
+
+def netsuite_resource(url: str, **overrides) -> NetSuiteResource:
+    return NetSuiteResource(base_url=url, account_id=ACCOUNT, **{**CREDS, **overrides})
+
+
+def so_body(ns: NetSuiteSandbox, quantities=(2, 1)) -> dict:
+    items = ns.catalog.master
+    return {"entity": {"id": "110"}, "orderStatus": "B", "otherrefnum": "#1001",
+            "item": {"items": [{"item": {"id": items[i].internal_id}, "quantity": q, "rate": 20.0} for i, q in enumerate(quantities)]}}
+
+
+# ---------------------------------------------------------------------------- Shopify
+
+
+def test_shopify_connector_pages_orders_with_the_link_header():
+    shop = ShopifySandbox(access_token=TOKEN, webhook_secret="s")
+    ids = [place(shop)["id"] for _ in range(5)]
+    with serve(shop.app) as url:
+        resource = ShopifyResource(base_url=url, access_token=TOKEN, page_size=2)
+        assert [o["id"] for o in resource.iter_orders()] == ids
+        assert [r["query"].startswith("status=any") or "page_info=" in r["query"] for r in shop.requests()] == [True] * 3
+        assert resource.get_order(ids[0])["name"] == "#1001"
+        assert resource.get_order(1) is None
+        assert len(list(resource.iter_variants())) == len(shop.catalog.variants)
+        with pytest.raises(ShopifyError) as refused:
+            list(ShopifyResource(base_url=url, access_token="wrong").iter_orders())
+        assert refused.value.status == 401
+        resource.close()
+
+
+def test_shopify_connector_waits_the_retry_after_shopify_asks_for():
+    shop = ShopifySandbox(access_token=TOKEN, webhook_secret="s", bucket_size=1, leak_rate_per_s=5.0, monotonic=StepClock(0.1))
+    for _ in range(4):
+        place(shop)
+    with serve(shop.app) as url:
+        resource = ShopifyResource(base_url=url, access_token=TOKEN, page_size=1)
+        assert len(list(resource.iter_orders())) == 4
+    log = [r for r in shop.requests() if r["path"].endswith("/orders.json")]
+    assert [r["status"] for r in log] == [200, 429, 200, 429, 200, 429, 200]
+    for throttled, retried in zip(log[1::2], log[2::2]):
+        assert retried["time"] - throttled["time"] >= 0.1 - 0.01  # Retry-After: 0.1
+
+
+def test_create_fulfillment_is_idempotent_even_when_the_response_is_lost():
+    shop = ShopifySandbox(access_token=TOKEN, webhook_secret="s")
+    order = place(shop, quantities=(2, 1))
+    first_line, second_line = (li["id"] for li in order["line_items"])
+    lossy = LoseResponses(shop.app, method="POST", path_contains="/fulfillments.json", count=1)
+    with serve(lossy) as url:
+        resource = ShopifyResource(base_url=url, access_token=TOKEN, max_attempts=4)
+        result = resource.create_fulfillment(order["id"], {first_line: 1}, "AB123456789GB", "Royal Mail")
+        assert lossy.lost == 1 and result.created
+        assert result.fulfillment["tracking_number"] == "AB123456789GB"
+        again = resource.create_fulfillment(order["id"], {first_line: 1}, "AB123456789GB", "Royal Mail")
+        assert not again.created and again.fulfillment["id"] == result.fulfillment["id"]
+        assert len(shop.fulfillments(order["id"])) == 1
+
+        rest = resource.create_fulfillment(order["id"], {first_line: 1, second_line: 1}, "AB987654321GB", "Royal Mail")
+        assert rest.created and shop.order(order["id"])["fulfillment_status"] == "fulfilled"
+        with pytest.raises(ShopifyError):  # nothing left to ship on a new tracking number
+            resource.create_fulfillment(order["id"], {first_line: 1}, "AB000000000GB", "Royal Mail")
+        fetched = resource.get_fulfillment(order["id"], rest.fulfillment["id"])
+        assert fetched["line_items"][0]["quantity"] == 1
+        updated = resource.update_tracking(rest.fulfillment["id"], "AB111111111GB", "Royal Mail")
+        assert updated["tracking_number"] == "AB111111111GB"
+        assert len(shop.fulfillments(order["id"])) == 2
+
+
+def test_create_fulfillment_recovers_from_a_timeout_without_a_second_fulfilment():
+    shop = ShopifySandbox(access_token=TOKEN, webhook_secret="s")
+    order = place(shop, quantities=(3,))
+    line = order["line_items"][0]["id"]
+    slow = LoseResponses(shop.app, method="POST", path_contains="/fulfillments.json", count=1, delay_s=1.0)
+    with serve(slow) as url:
+        resource = ShopifyResource(base_url=url, access_token=TOKEN, timeout_s=0.3)
+        result = resource.create_fulfillment(order["id"], {line: 1}, None)  # no tracking: a partial, matched in-call
+        assert result.created and result.fulfillment["tracking_number"] is None
+    assert len(shop.fulfillments(order["id"])) == 1
+    assert shop.order(order["id"])["line_items"][0]["fulfillable_quantity"] == 2
+
+
+def test_inventory_levels_are_set_absolutely_and_read_back():
+    shop = ShopifySandbox(access_token=TOKEN, webhook_secret="s")
+    variants = shop.catalog.clean_variants()[:3]
+    with serve(shop.app) as url:
+        resource = ShopifyResource(base_url=url, access_token=TOKEN, page_size=10)
+        wanted = [{"inventory_item_id": v.inventory_item_id, "location_id": shop.location_id, "available": n}
+                  for v, n in zip(variants, (0, 7, 120))]
+        assert [lv["available"] for lv in resource.set_inventory_levels(wanted)] == [0, 7, 120]
+        resource.set_inventory_levels(wanted)  # repeating changes nothing
+        levels = {lv["inventory_item_id"]: lv["available"] for lv in resource.iter_inventory_levels([shop.location_id])}
+        assert len(levels) == len(shop.catalog.variants)
+        assert [levels[v.inventory_item_id] for v in variants] == [0, 7, 120]
+        adjusted = resource.adjust_inventory_level(variants[1].inventory_item_id, shop.location_id, -2)
+        assert adjusted["available"] == 5
+
+
+# ---------------------------------------------------------------------------- NetSuite
+
+
+def test_ensure_sales_order_makes_exactly_one_order_under_faults():
+    ns = netsuite_sandbox(faults=FaultConfig(error_rate=0.3, burst_429_rate=0.1, burst_429_length=2, retry_after_s=0.01))
+    lossy = LoseResponses(ns.app, method="POST", path_contains="/salesOrder", count=2)
+    with serve(lossy) as url:
+        resource = netsuite_resource(url, max_attempts=10)
+        so_id, created = resource.ensure_sales_order("5900000000001", so_body(ns))
+        assert created and lossy.lost >= 1
+        again, created_again = resource.ensure_sales_order("5900000000001", so_body(ns))
+        assert (again, created_again) == (so_id, False)
+        other, _ = resource.ensure_sales_order("5900000000002", so_body(ns))
+        assert other != so_id
+    orders = ns.sales_orders()
+    assert sorted(o["externalId"] for o in orders) == ["5900000000001", "5900000000002"]
+    statuses = [r["status"] for r in ns.requests()]
+    assert any(s >= 500 for s in statuses), "the faults were not exercised"
+
+
+def test_ensure_sales_order_rechecks_after_a_timeout():
+    ns = netsuite_sandbox()
+    slow = LoseResponses(ns.app, method="POST", path_contains="/salesOrder", count=1, delay_s=1.0)
+    with serve(slow) as url:
+        resource = netsuite_resource(url, timeout_s=0.3)
+        so_id, created = resource.ensure_sales_order("EXT-1", so_body(ns))
+        assert created
+    assert [o["id"] for o in ns.sales_orders()] == [so_id]
+    posts = [r for r in ns.requests() if r["method"] == "POST"]
+    assert len(posts) == 1  # the lookup found the order: no second create was sent
+
+
+def test_item_fulfilment_waits_for_commit_and_is_idempotent_per_shipment():
+    ns = netsuite_sandbox(commit_delay_s=120)
+    lossy = LoseResponses(ns.app, method="POST", path_contains="/!transform/itemFulfillment", count=1)
+    with serve(lossy) as url:
+        resource = netsuite_resource(url)
+        so_id, _ = resource.ensure_sales_order("EXT-2", so_body(ns, quantities=(2, 1)))
+        assert not resource.is_committed(so_id)
+        with pytest.raises(NetSuiteError) as refused:
+            resource.transform_to_item_fulfilment(so_id, [{"order_line": 1, "quantity": 1}], shipment_id="SHP-1")
+        assert refused.value.code == "INVALID_INITIALIZE_REF" and refused.value.status == 400
+        assert ns.tick(now=time.time() + 121) == [so_id]
+        assert resource.is_committed(so_id)
+
+        if_id, created = resource.transform_to_item_fulfilment(so_id, [{"order_line": 1, "quantity": 1}],
+                                                               shipment_id="SHP-1", tracking_numbers=["AB1"])
+        assert created and lossy.lost == 1
+        assert resource.transform_to_item_fulfilment(so_id, [{"order_line": 1, "quantity": 1}], shipment_id="SHP-1") == (if_id, False)
+        fulfilment = resource.get_item_fulfilment(if_id)
+        # only the line asked for: the connector names every other line with itemreceive false
+        assert [(ln["orderLine"], ln["quantity"]) for ln in fulfilment["item"]["items"]] == [(1, 1.0)]
+        assert fulfilment["externalId"] == "SHP-1"
+        with pytest.raises(NetSuiteError) as over:
+            resource.transform_to_item_fulfilment(so_id, [{"order_line": 1, "quantity": 5}], shipment_id="SHP-2")
+        assert over.value.code == "USER_ERROR"
+        item_id = ns.catalog.master[1].internal_id
+        resource.transform_to_item_fulfilment(so_id, [{"item_id": item_id, "quantity": 1}], shipment_id="SHP-3")
+        resource.close_sales_order_lines(so_id, [1])
+        assert resource.order_status(so_id) == "F"
+    assert len(ns.item_fulfillments()) == 2
+
+
+def test_bad_token_secret_raises_netsuite_error_with_its_code():
+    ns = netsuite_sandbox()
+    with serve(ns.app) as url:
+        with pytest.raises(NetSuiteError) as refused:
+            netsuite_resource(url, token_secret="not-the-secret").get_sales_order("10001")
+        assert refused.value.status == 401 and refused.value.code == "INVALID_LOGIN"
+        assert "Login Audit Trail" in refused.value.detail
+
+
+def test_connector_backs_off_while_the_account_is_at_its_concurrency_limit():
+    ns = netsuite_sandbox(concurrency_limit=1)
+    with serve(ns.app) as url:
+        ns.pause()
+        blocker = threading.Thread(target=lambda: netsuite_resource(url).get_sales_order("10001"))
+        blocker.start()
+        wait_until(lambda: ns.in_flight == 1, message="a call holding the only slot")
+        result: list = []
+        caller = threading.Thread(target=lambda: result.append(list(netsuite_resource(url).iter_record_ids("customer"))))
+        caller.start()
+        wait_until(lambda: ns.rejected_for_concurrency >= 1, message="a 429 for the second call")
+        ns.resume()
+        caller.join(30)
+        blocker.join(10)
+    assert result == [["110"]]
+    statuses = [r["status"] for r in ns.requests() if r["path"].endswith("/customer")]
+    assert statuses[0] == 429 and statuses[-1] == 200
+
+
+def test_item_master_keeps_skus_exact_and_returns_credits_are_idempotent():
+    ns = netsuite_sandbox(commit_delay_s=0)
+    with serve(ns.app) as url:
+        resource = netsuite_resource(url)
+        items = list(resource.iter_inventory_items(page_size=7))
+        assert [i["itemId"] for i in items] == [i.sku for i in ns.catalog.master]
+        assert {"000123", " BELT-BLK-90", "SCARF&SILK-RST"} <= {i["itemId"] for i in items}
+        assert all(isinstance(i["id"], str) for i in items)
+
+        so_id, _ = resource.ensure_sales_order("EXT-3", so_body(ns, quantities=(2,)))
+        ns.tick()
+        resource.transform_to_item_fulfilment(so_id, [{"order_line": 1, "quantity": 2}], shipment_id="SHP-9")
+        ra = resource.create_return_authorisation("REFUND-1", {"item": {"items": [{"orderLine": 1, "quantity": 1}]}},
+                                                  from_sales_order=so_id)
+        assert ra[1] and resource.create_return_authorisation("REFUND-1", {}, from_sales_order=so_id) == (ra[0], False)
+        memo = {"entity": {"id": "110"}, "item": {"items": [{"item": {"id": "900"}, "quantity": 1, "rate": 5.0}]}}
+        cm = resource.create_credit_memo("REFUND-2", memo)
+        assert resource.create_credit_memo("REFUND-2", memo) == (cm[0], False)
+        assert resource.get_record("creditMemo", cm[0])["total"] == 5.0
+        with pytest.raises(NetSuiteError) as invalid:
+            resource.create_credit_memo("REFUND-3", {"entity": {"id": "110"}, "item": {"items": [{"item": {"id": "1"}}]}})
+        assert invalid.value.code == "INVALID_CONTENT" and invalid.value.path == "item.items[0].item"
+    assert len(ns.return_authorisations()) == 1 and len(ns.credit_memos()) == 1
+
+
+def test_connector_errors_are_connector_errors():
+    assert issubclass(NetSuiteError, ConnectorError) and issubclass(ShopifyError, ConnectorError)
+    with pytest.raises(ConnectorError):
+        NetSuiteResource(base_url="http://127.0.0.1:9", account_id=ACCOUNT, max_attempts=1, **CREDS).get_sales_order("1")
+    assert httpx  # the connectors speak httpx; keep the import honest

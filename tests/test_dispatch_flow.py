@@ -1,0 +1,447 @@
+"""Dispatch back to the channel against the three sandboxes on loopback.
+
+Each test places an order the way the orders flow leaves it (a Shopify order, a NetSuite
+sales order, a Clarus goods out, and the state rows binding them), lets the Clarus
+warehouse dispatch it (its webhooks go through the real receiver into `landed_events`),
+then runs the dispatch flow and checks what each system received, and in which order,
+from the systems' own request logs and records.
+"""
+
+import json
+import os
+import time
+from collections import Counter
+from datetime import timedelta
+
+import dagster as dg
+import pytest
+
+import clarus_pipelines.domain.dispatch as dispatch
+from clarus_pipelines.connectors.clarus import ClarusResource
+from clarus_pipelines.connectors.clarus_model import build_goods_out_body
+from clarus_pipelines.connectors.netsuite import NetSuiteResource
+from clarus_pipelines.connectors.shopify import ShopifyResource
+from clarus_pipelines.domain.dispatch import DispatchConfig, DispatchState
+from clarus_pipelines.domain.skus import clean_sku
+from clarus_pipelines.domain.tracking import TrackingRules
+from clarus_pipelines.exception_queue import utcnow
+from clarus_pipelines.receiver.app import WebhookSecrets, create_app
+from clarus_pipelines.receiver.events import load_landings, store_events
+from clarus_pipelines.receiver.landing import LandingZone
+from clarus_pipelines.resources import PoliciesResource, StateStoreResource
+from clarus_pipelines.sandbox.catalog_data import NETSUITE_WEB_CUSTOMER_ID, build_catalog
+from clarus_pipelines.sandbox.clarus import ClarusSandbox
+from clarus_pipelines.sandbox.netsuite import NetSuiteSandbox
+from clarus_pipelines.sandbox.serving import serve_in_thread
+from clarus_pipelines.sandbox.shopify import ShopifySandbox
+from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
+from clarus_pipelines.state import StateStore
+
+pytestmark = pytest.mark.timeout(120)
+
+POLICIES = load_policies(SANDBOX_POLICIES)
+RULES = TrackingRules.from_policies(POLICIES)
+FAST = DispatchConfig(erp_recheck_s=0.0, retry_base_s=0.0, workers=2)  # re-check at once: the tests move time themselves
+ADDRESS = {"first_name": "Ada", "last_name": "Byron", "name": "Ada Byron", "address1": "1 Test Street", "city": "Leeds",
+           "zip": "LS1 4AP", "country": "United Kingdom", "country_code": "GB"}
+
+
+class World:
+    """The three sandboxes, the receiver and the state database of one test."""
+
+    def __init__(self, tmp_path, *, clarus_kwargs=None):
+        env = os.environ
+        self.catalog = build_catalog(0)
+        self.ns_now = [time.time()]
+        self.clarus_sb = ClarusSandbox(
+            client_id=env["CLARUS_CLIENT_ID"], client_secret=env["CLARUS_CLIENT_SECRET"], **(clarus_kwargs or {})
+        )
+        self.shopify_sb = ShopifySandbox(access_token=env["SHOPIFY_ACCESS_TOKEN"], webhook_secret=env["SHOPIFY_WEBHOOK_SECRET"],
+                                         catalog=self.catalog)
+        self.netsuite_sb = NetSuiteSandbox(
+            consumer_key=env["NETSUITE_CONSUMER_KEY"], consumer_secret=env["NETSUITE_CONSUMER_SECRET"],
+            token_id=env["NETSUITE_TOKEN_ID"], token_secret=env["NETSUITE_TOKEN_SECRET"], commit_delay_s=3600,
+            catalog=self.catalog, clock=lambda: self.ns_now[0],
+        )
+        self.landing_dir = tmp_path / "landing"
+        receiver = create_app(self.landing_dir, secrets=WebhookSecrets(clarus_token=env["CLARUS_WEBHOOK_TOKEN"]),
+                              tenant=POLICIES.tenant, fsync=False)
+        self.served = [serve_in_thread(app) for app in (self.clarus_sb.app, self.shopify_sb.app, self.netsuite_sb.app, receiver)]
+        clarus_url, shopify_url, netsuite_url, receiver_url = (s.url for s in self.served)
+        self.clarus_sb.webhook_url = f"{receiver_url}/webhooks/clarus/{env['CLARUS_WEBHOOK_TOKEN']}"
+        self.clarus = ClarusResource(base_url=clarus_url, subdomain="sandbox", client_id=env["CLARUS_CLIENT_ID"],
+                                     client_secret=env["CLARUS_CLIENT_SECRET"], min_interval_s=0.0)
+        self.shopify = ShopifyResource(base_url=shopify_url, access_token=env["SHOPIFY_ACCESS_TOKEN"])
+        self.netsuite = NetSuiteResource(base_url=netsuite_url, account_id="SANDBOX", consumer_key=env["NETSUITE_CONSUMER_KEY"],
+                                         consumer_secret=env["NETSUITE_CONSUMER_SECRET"], token_id=env["NETSUITE_TOKEN_ID"],
+                                         token_secret=env["NETSUITE_TOKEN_SECRET"])
+        self.state_path = tmp_path / "state.duckdb"
+        self.store = StateStore(self.state_path)
+        self.products: dict[str, str] = {}
+
+    def close(self):
+        for client in (self.clarus, self.shopify, self.netsuite):
+            client.close()
+        self.clarus_sb.close()
+        for served in self.served:
+            served.stop()
+
+    # -------------------------------------------------------------- an order, as the orders flow leaves it
+
+    def items(self, n):
+        return [i for i in self.catalog.clean_variants() if i.quirk is None][:n]
+
+    def place_order(self, lines, *, stock=None, commit=False):
+        """lines: [(catalog item, quantity)]; stock: SKU -> Clarus available (default plenty)."""
+        order = self.shopify_sb.create_order(
+            line_items=[{"variant_id": item.variant_id, "quantity": qty} for item, qty in lines],
+            shipping_address=ADDRESS, shipping_lines=[{"code": "standard", "title": "Standard Shipping", "price": "3.95"}],
+            email="ada@example.com",
+        )
+        order_id, name = str(order["id"]), order["name"]
+        so_id, _ = self.netsuite.ensure_sales_order(order_id, {
+            "entity": {"id": NETSUITE_WEB_CUSTOMER_ID}, "otherrefnum": name, "orderStatus": "B",
+            "item": {"items": [{"item": {"id": item.internal_id}, "quantity": qty, "rate": float(item.price)} for item, qty in lines]},
+        })
+        if commit:
+            self.commit_erp()
+        order_lines = []
+        for (item, qty), line in zip(lines, order["line_items"]):
+            sku = clean_sku(item.sku, POLICIES.sku_cleaning)
+            if sku not in self.products:
+                available = (stock or {}).get(sku, 100)
+                self.products[sku] = str(self.clarus_sb.seed_product(sku, item.display_name, available=available)["id"])
+            elif stock and sku in stock:
+                self.clarus_sb.set_stock(sku, available=stock[sku])
+            order_lines.append((str(line["id"]), sku, item, qty))
+        carrier_id, service_id = self.clarus_sb.carrier_ids()[("ROYAL_MAIL", "TRACKED_48")]
+        body = build_goods_out_body(
+            reference=name, account_id=1, warehouse_id=1, expected_date_of_dispatch=utcnow(), external_system_reference1=order_id,
+            carrier_id=carrier_id, carrier_service_id=service_id,
+            lines=[{"product_id": self.products[sku], "quantity": qty, "external_system_reference1": line_id}
+                   for line_id, sku, _, qty in order_lines],
+            address={"name": "Ada Byron", "address_1": "1 Test Street", "postcode": "LS1 4AP", "country_code": "GB"},
+        )
+        goods_out_id, _ = self.clarus.ensure_goods_out(body)
+        now = utcnow()
+        with self.store.write() as con:
+            con.execute("INSERT INTO orders (order_id, order_name, status, received_at, updated_at) VALUES (?, ?, 'ACKNOWLEDGED', ?, ?)",
+                        [order_id, name, now, now])
+            con.executemany("INSERT INTO order_lines (order_id, line_id, sku, quantity) VALUES (?, ?, ?, ?)",
+                            [(order_id, line_id, sku, qty) for line_id, sku, _, qty in order_lines])
+            con.execute("INSERT INTO bindings (entity_type, our_id, clarus_id, netsuite_id, created_at, updated_at)"
+                        " VALUES ('order', ?, ?, ?, ?, ?)", [order_id, goods_out_id, so_id, now, now])
+            for _, sku, item, _ in order_lines:
+                con.execute("INSERT INTO items (sku, sku_raw, netsuite_item_id, clarus_product_id, updated_at) VALUES (?, ?, ?, ?, ?)"
+                            " ON CONFLICT DO NOTHING", [sku, item.sku, item.internal_id, self.products[sku], now])
+        return {"order_id": order_id, "name": name, "so_id": so_id, "goods_out_id": goods_out_id, "lines": order_lines}
+
+    def commit_erp(self):
+        self.ns_now[0] += 7200
+        self.netsuite_sb.tick()
+
+    # -------------------------------------------------------------- warehouse, intake, dispatch
+
+    def warehouse(self, goods_out_id, until=("COMPLETED",), max_steps=40):
+        for _ in range(max_steps):
+            self.clarus_sb.advance(300)
+            if self.clarus_sb.goods_out(goods_out_id)["goods_out_status"]["code"] in until:
+                break
+        assert self.clarus_sb.webhook_sender.flush(20)
+        return self.clarus_sb.goods_out(goods_out_id)
+
+    def ingest(self):
+        zone = LandingZone(self.landing_dir)
+        loaded = load_landings(zone, [r.relpath for r in zone.list_landings("clarus")])
+        with self.store.write() as con:
+            return store_events(con, loaded)
+
+    def run_dispatch(self):
+        taken = dispatch.take_in_landings(self.store, RULES, POLICIES.sku_cleaning)
+        advanced = dispatch.advance_all(self.store, self.netsuite, self.shopify, config=FAST)
+        return taken, advanced
+
+    def shipments(self, order_id):
+        with self.store.read() as con:
+            return con.execute("SELECT shipment_id, state, netsuite_fulfilment_id, shopify_fulfilment_id, tracking_number"
+                               " FROM shipments WHERE order_id = ? ORDER BY shipment_id", [order_id]).fetchall()
+
+    def events(self, order_id):
+        with self.store.read() as con:
+            return [r[0] for r in con.execute("SELECT state FROM order_events WHERE order_id = ? ORDER BY event_id", [order_id]).fetchall()]
+
+    def transform_posts(self):
+        return [r for r in self.netsuite_sb.requests() if r["method"] == "POST" and "!transform/itemFulfillment" in r["path"]]
+
+    def fulfilment_posts(self):
+        return [r for r in self.shopify_sb.requests() if r["method"] == "POST" and r["path"].endswith("/fulfillments.json")]
+
+
+@pytest.fixture
+def world(tmp_path):
+    w = World(tmp_path)
+    yield w
+    w.close()
+
+
+def _ifs_of(world, so_id):
+    return [r for r in world.netsuite_sb.item_fulfillments() if r["createdFrom"]["id"] == so_id]
+
+
+def test_dispatch_before_the_erp_commits_waits_then_completes_in_order(world, fixtures_dir):
+    item_a, item_b = world.items(2)
+    order = world.place_order([(item_a, 2), (item_b, 1)])  # the sales order exists, not yet committed
+    world.warehouse(order["goods_out_id"])
+    world.ingest()
+
+    world.run_dispatch()
+    [(shipment_id, state, ns_if, shop_f, tracking)] = world.shipments(order["order_id"])
+    assert state == DispatchState.DISPATCHED_IN_WMS and ns_if is None and shop_f is None
+    assert world.transform_posts() == [] and world.fulfilment_posts() == []  # nothing went out early
+    assert RULES.check("ROYAL_MAIL", tracking).status == "ok"
+    with world.store.read() as con:
+        assert con.execute("SELECT erp_wait_reason FROM shipments").fetchone()[0] == "sales order not committed yet"
+
+    world.run_dispatch()  # still not committed: still held, and no noise in the journey
+    assert world.shipments(order["order_id"])[0][1] == DispatchState.DISPATCHED_IN_WMS
+    assert world.events(order["order_id"]).count("DISPATCH_AWAITING_ERP") == 1
+
+    world.commit_erp()
+    world.run_dispatch()
+    [(_, state, ns_if, shop_f, _)] = world.shipments(order["order_id"])
+    assert state == DispatchState.CHANNEL_CONFIRMED
+    assert world.events(order["order_id"]) == [
+        "DISPATCHED_IN_WMS", "DISPATCH_AWAITING_ERP", "ERP_ORDER_CONFIRMED", "ITEM_FULFILMENT_POSTED",
+        "CHANNEL_FULFILLED", "CHANNEL_CONFIRMED",
+    ]
+
+    # the order of calls as the sandboxes received them: NetSuite status, transform, then Shopify
+    [transform] = world.transform_posts()
+    [fulfil] = world.fulfilment_posts()
+    assert transform["status"] == 204 and fulfil["status"] == 201
+    assert transform["time"] < fulfil["time"]
+    shopify_reads_after = [r for r in world.shopify_sb.requests() if r["path"].endswith(f"/fulfillments/{shop_f}.json")]
+    assert shopify_reads_after and shopify_reads_after[0]["time"] > fulfil["time"]  # read back to confirm
+
+    # NetSuite fulfilled exactly the shipment, from the sales order
+    [record] = _ifs_of(world, order["so_id"])
+    assert record["id"] == ns_if and record["externalId"] == shipment_id
+    assert sorted(line["quantity"] for line in record["item"]["items"]) == [1.0, 2.0]
+    so_fixture = json.loads((fixtures_dir / "netsuite/oracle-devrel_netsuite.devo.build/salesOrder_transform_itemFulfillment_request.json").read_text())
+    fixture_line_keys = {k.lower() for line in so_fixture["item"]["items"] for k in line}
+    assert {k.lower() for line in transform["body"]["item"]["items"] for k in line} <= fixture_line_keys | {"itemreceive"}
+
+    # Shopify got a fulfilment request in the shape of its published createV2 example
+    create_v2 = json.loads((fixtures_dir / "shopify/Shopify-api-node/fulfillment_createV2_request.json").read_text())["fulfillment"]
+    sent = fulfil["body"]["fulfillment"]
+    assert set(sent) <= set(create_v2)
+    assert set(sent["tracking_info"]) <= set(create_v2["tracking_info"])
+    assert sent["tracking_info"]["company"] == "Royal Mail" and sent["tracking_info"]["number"] == world.shipments(order["order_id"])[0][4]
+    for group in sent["line_items_by_fulfillment_order"]:
+        assert set(group) == set(create_v2["line_items_by_fulfillment_order"][0])
+        for item in group["fulfillment_order_line_items"]:
+            assert set(item) == set(create_v2["line_items_by_fulfillment_order"][0]["fulfillment_order_line_items"][0])
+    [fulfilment] = world.shopify_sb.fulfillments(int(order["order_id"]))
+    assert sorted(li["quantity"] for li in fulfilment["line_items"]) == [1, 2]
+    assert fulfilment["tracking_url"].startswith("https://www.royalmail.com/")
+
+
+def test_partial_and_split_shipments_make_matching_partial_fulfilments(world):
+    item_a, item_b = world.items(2)
+    sku_a = clean_sku(item_a.sku, POLICIES.sku_cleaning)
+    order = world.place_order([(item_a, 3), (item_b, 1)], stock={sku_a: 1}, commit=True)
+    first = world.warehouse(order["goods_out_id"], until=("PART",))
+    assert first["goods_out_status"]["code"] == "PART"
+    world.ingest()
+    world.run_dispatch()
+    [(s1, state, *_)] = world.shipments(order["order_id"])
+    assert state == DispatchState.CHANNEL_CONFIRMED
+
+    world.clarus_sb.set_stock(sku_a, available=10)  # the rest arrives and ships separately
+    assert world.warehouse(order["goods_out_id"])["goods_out_status"]["code"] == "COMPLETED"
+    world.ingest()
+    world.run_dispatch()
+    shipments = world.shipments(order["order_id"])
+    assert len(shipments) == 2 and {s[1] for s in shipments} == {DispatchState.CHANNEL_CONFIRMED}
+
+    with world.store.read() as con:
+        shipped = dict(con.execute("SELECT sku, sum(quantity)::INT FROM shipment_lines GROUP BY sku").fetchall())
+    assert shipped == {sku_a: 3, clean_sku(item_b.sku, POLICIES.sku_cleaning): 1}
+    # NetSuite: one partial item fulfilment per shipment, together exactly the order
+    ifs = _ifs_of(world, order["so_id"])
+    assert sorted(r["externalId"] for r in ifs) == sorted(s[0] for s in shipments)
+    per_item = Counter()
+    for record in ifs:
+        for line in record["item"]["items"]:
+            per_item[line["item"]["id"]] += line["quantity"]
+    assert per_item == {item_a.internal_id: 3.0, item_b.internal_id: 1.0}
+    # Shopify: two fulfilments, one per shipment, each with its own tracking number
+    fulfilments = world.shopify_sb.fulfillments(int(order["order_id"]))
+    assert len(fulfilments) == 2
+    assert sorted(f["tracking_number"] for f in fulfilments) == sorted(s[4] for s in shipments)
+    assert sum(li["quantity"] for f in fulfilments for li in f["line_items"]) == 4
+    assert world.shopify_sb.order(int(order["order_id"]))["fulfillment_status"] == "fulfilled"
+
+
+def test_duplicate_dispatch_webhooks_change_nothing(world):
+    [item] = world.items(1)
+    order = world.place_order([(item, 1)], commit=True)
+    completed = world.warehouse(order["goods_out_id"])
+    world.ingest()
+    world.run_dispatch()
+    before = (world.shipments(order["order_id"]), world.events(order["order_id"]), len(world.transform_posts()), len(world.fulfilment_posts()))
+    with world.store.read() as con:
+        updated_at = con.execute("SELECT updated_at FROM shipments").fetchone()[0]
+
+    # the same webhook delivered again (deduplicated at the door) and a later event carrying
+    # the same shipment (a different body, so it lands as a new event)
+    import httpx
+    headers = {"X-ClarusWMS-Domain": "sandbox.clarus-wms.test", "X-ClarusWMS-API-Domain": "127.0.0.1",
+               "X-ClarusWMS-Subdomain": "sandbox", "X-ClarusWMS-Automation-ID": "101", "X-ClarusWMS-Integration-ID": "7"}
+    same = {"resource_name": "goods_out", "event": "completed", "data": completed}
+    later = {"resource_name": "goods_out", "event": "updated", "data": {**completed, "updated_at": "2099-01-01T00:00:00Z"}}
+    for body in (same, same, later, later):
+        assert httpx.post(world.clarus_sb.webhook_url, json=body, headers=headers).status_code == 200
+    report = world.ingest()
+    assert report.ingested == 1  # only the later event is new
+    taken, _ = world.run_dispatch()
+    assert taken["duplicate"] == 1 and taken["shipments_new"] == 0
+    after = (world.shipments(order["order_id"]), world.events(order["order_id"]), len(world.transform_posts()), len(world.fulfilment_posts()))
+    assert after == before
+    with world.store.read() as con:
+        assert con.execute("SELECT updated_at FROM shipments").fetchone()[0] == updated_at
+    assert len(_ifs_of(world, order["so_id"])) == 1 and len(world.shopify_sb.fulfillments(int(order["order_id"]))) == 1
+
+
+class Crash(BaseException):
+    """A process dying mid-step (not an error the flow handles)."""
+
+
+@pytest.mark.parametrize("crash_after", [DispatchState.ITEM_FULFILMENT_POSTED, DispatchState.CHANNEL_FULFILLED])
+def test_a_crash_after_a_remote_write_resumes_without_repeating_it(world, monkeypatch, crash_after):
+    [item] = world.items(1)
+    order = world.place_order([(item, 2)], commit=True)
+    world.warehouse(order["goods_out_id"])
+    world.ingest()
+    dispatch.take_in_landings(world.store, RULES, POLICIES.sku_cleaning)
+
+    real = dispatch._record_step_result
+
+    def crash_before_recording(store, shipment, key, remote_id, to, *args, **kwargs):
+        if to == crash_after:
+            raise Crash(f"killed after the remote write, before recording {to}")
+        return real(store, shipment, key, remote_id, to, *args, **kwargs)
+
+    monkeypatch.setattr(dispatch, "_record_step_result", crash_before_recording)
+    with pytest.raises(Crash):
+        dispatch.advance_all(world.store, world.netsuite, world.shopify, config=DispatchConfig(workers=1))
+    with world.store.read() as con:
+        key = (dispatch.item_fulfilment_key if crash_after == DispatchState.ITEM_FULFILMENT_POSTED else dispatch.shopify_fulfilment_key)(
+            con.execute("SELECT shipment_id FROM shipments").fetchone()[0])
+        assert con.execute("SELECT status FROM outbound_writes WHERE idempotency_key = ?", [key]).fetchone()[0] == "pending"
+    posts_before = (len(world.transform_posts()), len(world.fulfilment_posts()))
+
+    monkeypatch.setattr(dispatch, "_record_step_result", real)
+    world.run_dispatch()
+    [(_, state, ns_if, shop_f, _)] = world.shipments(order["order_id"])
+    assert state == DispatchState.CHANNEL_CONFIRMED
+    assert len(_ifs_of(world, order["so_id"])) == 1
+    assert len(world.shopify_sb.fulfillments(int(order["order_id"]))) == 1
+    # the write that had succeeded was not sent again
+    if crash_after == DispatchState.ITEM_FULFILMENT_POSTED:
+        assert len(world.transform_posts()) == posts_before[0] == 1
+    else:
+        assert len(world.fulfilment_posts()) == posts_before[1] == 1
+        assert len(world.transform_posts()) == 1
+    assert world.events(order["order_id"]).count(crash_after.value) == 1
+
+
+def test_a_crash_between_steps_resumes_at_the_next_step(world, monkeypatch):
+    [item] = world.items(1)
+    order = world.place_order([(item, 1)], commit=True)
+    world.warehouse(order["goods_out_id"])
+    world.ingest()
+    monkeypatch.setattr(dispatch, "_create_channel_fulfilment", lambda *a, **k: (_ for _ in ()).throw(Crash("killed")))
+    with pytest.raises(Crash):
+        world.run_dispatch()
+    assert world.shipments(order["order_id"])[0][1] == DispatchState.ITEM_FULFILMENT_POSTED
+    monkeypatch.undo()
+    world.run_dispatch()
+    assert world.shipments(order["order_id"])[0][1] == DispatchState.CHANNEL_CONFIRMED
+    assert len(world.transform_posts()) == 1 and len(world.fulfilment_posts()) == 1
+
+
+def test_failures_are_retried_with_backoff_and_recorded(world):
+    [item] = world.items(1)
+    order = world.place_order([(item, 1)], commit=True)
+    world.warehouse(order["goods_out_id"])
+    world.ingest()
+    slow = DispatchConfig(erp_recheck_s=0.0, retry_base_s=300.0, workers=1)
+    with world.store.write() as con:  # the item master lost the NetSuite id: the transform cannot be built
+        con.execute("UPDATE items SET netsuite_item_id = NULL")
+    dispatch.take_in_landings(world.store, RULES, POLICIES.sku_cleaning)
+    assert Counter(dispatch.advance_all(world.store, world.netsuite, world.shopify, config=slow)) == {"failed": 1}
+    with world.store.read() as con:
+        state, attempts, error, next_at = con.execute("SELECT state, attempts, last_error, next_attempt_at FROM shipments").fetchone()
+    assert state == DispatchState.ERP_ORDER_CONFIRMED and attempts == 1 and "no NetSuite item id" in error
+    assert next_at > utcnow() + timedelta(seconds=200)
+    assert dispatch.advance_all(world.store, world.netsuite, world.shopify, config=slow) == Counter()  # not due yet
+    with world.store.write() as con:
+        con.execute("UPDATE items SET netsuite_item_id = ?", [item.internal_id])
+        con.execute("UPDATE shipments SET next_attempt_at = NULL")
+    world.run_dispatch()
+    assert world.shipments(order["order_id"])[0][1] == DispatchState.CHANNEL_CONFIRMED
+
+
+def test_dagster_assets_checks_and_stuck_sensor_over_the_sandbox(tmp_path):
+    """The production wiring: the dispatch job (asset + checks) and the stuck-state sensor."""
+    from assets.dispatch import defs as dispatch_defs
+    from sensors.stuck_states import stuck_states_sensor
+
+    w = World(tmp_path, clarus_kwargs={"missing_tracking_rate": 1.0})
+    try:
+        [item] = w.items(1)
+        order = w.place_order([(item, 1)])  # not committed: the dispatch is held
+        w.warehouse(order["goods_out_id"])
+        w.ingest()
+        resources = {
+            "state": StateStoreResource(path=str(w.state_path)), "policies": PoliciesResource(path=str(SANDBOX_POLICIES)),
+            "clarus": w.clarus, "shopify": w.shopify, "netsuite": w.netsuite,
+        }
+        defs = dg.Definitions.merge(dispatch_defs, dg.Definitions(resources=resources))
+        instance = dg.DagsterInstance.ephemeral()
+        run_config = {"ops": {"shipments": {"config": {"erp_recheck_s": 0.0, "retry_base_s": 0.0}}}}
+
+        result = defs.resolve_job_def("dispatch").execute_in_process(instance=instance, run_config=run_config)
+        assert result.success
+        checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        assert not checks["tracking_present"].passed and checks["tracking_present"].severity == dg.AssetCheckSeverity.WARN
+        assert checks["tracking_format"].passed and checks["tracking_unique"].passed and checks["dispatched_within_ordered"].passed
+        [(shipment_id, state, *_)] = w.shipments(order["order_id"])
+        assert state == DispatchState.DISPATCHED_IN_WMS
+
+        def open_codes():
+            with w.store.read() as con:
+                return sorted(con.execute("SELECT code, entity_id FROM exceptions WHERE status <> 'resolved'").fetchall())
+
+        assert open_codes() == [("TRACKING_MISSING", shipment_id)]
+        # an hour and a half later the dispatch is still held: the sensor raises it
+        with w.store.write() as con:
+            con.execute("UPDATE shipments SET first_seen_at = first_seen_at - INTERVAL 90 MINUTE")
+        with dg.build_sensor_context(resources=resources) as context:
+            stuck_states_sensor(context)
+        assert open_codes() == [("DISPATCH_AWAITING_ERP", order["order_id"]), ("TRACKING_MISSING", shipment_id)]
+
+        w.commit_erp()
+        w.clarus.update_shipment(shipment_id, {"tracking_number": "AA473124829GB"})  # the warehouse adds the number
+        sweep = defs.resolve_job_def("dispatch_sweep").execute_in_process(
+            instance=instance, run_config={**run_config, "ops": {**run_config["ops"], "dispatch_reconciliation": {"config": {}}}})
+        assert sweep.success
+        with dg.build_sensor_context(resources=resources) as context:
+            stuck_states_sensor(context)
+        assert w.shipments(order["order_id"])[0][1] == DispatchState.CHANNEL_CONFIRMED
+        assert open_codes() == []  # both cleared themselves
+        [fulfilment] = w.shopify_sb.fulfillments(int(order["order_id"]))
+        assert fulfilment["tracking_number"] == "AA473124829GB"
+    finally:
+        w.close()

@@ -1,0 +1,578 @@
+"""Item master and orders into the warehouse, against the three sandboxes over loopback HTTP.
+
+One sandbox trio (no faults) serves the module; the item master is synced into a base
+state file once and each test starts from a copy of it, with its own orders. The
+idempotency test starts its own trio with faults on. Assertions read the sandboxes' own
+records (how many goods outs and sales orders exist) as well as our state.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from assets import item_master as item_master_module
+from assets.item_master import sync_item_master
+from assets.orders import intake_landed_orders, refresh_carriers, send_ready_orders
+from clarus_pipelines.connectors.clarus import ClarusResource
+from clarus_pipelines.connectors.netsuite import NetSuiteResource
+from clarus_pipelines.connectors.shopify import ShopifyResource
+from clarus_pipelines.domain.order_flow import order_journey
+from clarus_pipelines.domain.skus import clean_sku
+from clarus_pipelines.exception_queue import open_exceptions, utcnow
+from clarus_pipelines.receiver.events import load_landings, store_events
+from clarus_pipelines.receiver.landing import Envelope, LandingZone
+from clarus_pipelines.resources import PoliciesResource, StateStoreResource
+from clarus_pipelines.sandbox.faults import FaultConfig, FaultMiddleware
+from clarus_pipelines.sandbox.server import SandboxSecrets, start_sandbox
+from clarus_pipelines.settings import SANDBOX_POLICIES, ShipMethodRule, load_policies
+from clarus_pipelines.state import StateStore
+from sensors.orders import apply_order_changes, recheck_held_orders
+
+POLICIES = load_policies(SANDBOX_POLICIES)
+CUSTOMER = "110"  # the sandbox's web customer (NetSuite's published examples)
+ADDRESS = {
+    "first_name": "Ada", "last_name": "Lovelace", "name": "Ada Lovelace", "address1": "12 St James's Square",
+    "address2": "", "city": "London", "province": "England", "zip": "SW1Y 4LB", "country": "United Kingdom",
+    "country_code": "GB", "phone": "+44 20 7946 0000",
+}
+STANDARD = [{"code": "standard", "title": "Standard Shipping", "price": "3.95"}]
+
+
+@dataclass
+class World:
+    handle: Any
+    clarus: ClarusResource
+    netsuite: NetSuiteResource
+    shopify: ShopifyResource
+    base_state: Path
+
+
+def connectors(handle) -> tuple[ClarusResource, NetSuiteResource, ShopifyResource]:
+    s = SandboxSecrets.from_env()
+    clarus = ClarusResource(base_url=handle.clarus_url, subdomain="sandbox", client_id=s.clarus_client_id,
+                            client_secret=s.clarus_client_secret, min_interval_s=0.0, max_elapsed_s=30.0)
+    netsuite = NetSuiteResource(base_url=handle.netsuite_url, account_id="SANDBOX", consumer_key=s.netsuite_consumer_key,
+                                consumer_secret=s.netsuite_consumer_secret, token_id=s.netsuite_token_id,
+                                token_secret=s.netsuite_token_secret, max_elapsed_s=30.0)
+    shopify = ShopifyResource(base_url=handle.shopify_url, access_token=s.shopify_access_token, max_elapsed_s=30.0)
+    return clarus, netsuite, shopify
+
+
+def set_faults(handle, faults: FaultConfig) -> None:
+    """Switch HTTP fault injection on every sandbox (the Clarus one has a method for it)."""
+    handle.clarus.set_faults(faults)
+    for sandbox in (handle.shopify, handle.netsuite):
+        layer = sandbox.app
+        while layer is not None:
+            if isinstance(layer, FaultMiddleware):
+                layer.config = faults
+            layer = getattr(layer, "app", None)
+
+
+def open_world(tmp_dir: Path, seed: int = 0) -> World:
+    handle = start_sandbox(secrets=SandboxSecrets.from_env(), seed=seed,
+                           clarus_dispatch_after_s=3600, netsuite_commit_delay_s=0)
+    handle.clarus.stop_ticker()  # the tests move the warehouse clock themselves
+    handle.clarus.out_of_stock_rate = 0.0  # plenty of stock: allocation never depends on test order
+    handle.clarus.initial_stock = (10_000, 10_000)
+    clarus, netsuite, shopify = connectors(handle)
+    base = tmp_dir / "state.duckdb"
+    sync_item_master(StateStore(base), POLICIES, netsuite=netsuite, clarus=clarus, shopify=shopify)
+    refresh_carriers(StateStore(base), clarus)
+    return World(handle, clarus, netsuite, shopify, base)
+
+
+def close_world(world: World) -> None:
+    for client in (world.clarus, world.netsuite, world.shopify):
+        client.close()
+    world.handle.stop()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    w = open_world(tmp_path_factory.mktemp("orders-world"))
+    yield w
+    close_world(w)
+
+
+class Harness:
+    """One test's view: its own state file (a copy of the synced base) and landing zone."""
+
+    def __init__(self, world: World, tmp_path: Path, policies=POLICIES):
+        self.world = world
+        self.policies = policies
+        self.state_path = tmp_path / "state.duckdb"
+        shutil.copyfile(world.base_state, self.state_path)
+        self.store = StateStore(self.state_path)
+        self.zone = LandingZone(tmp_path / "landing", fsync=False)
+        self.sh = world.handle.shopify
+        self.cl = world.handle.clarus
+        self.ns = world.handle.netsuite
+
+    def skus(self, n: int) -> list[str]:
+        return [i.shopify_sku for i in self.sh.catalog.clean_variants() if i.quirk is None][:n]
+
+    def place(self, lines, *, address=ADDRESS, shipping=STANDARD) -> dict:
+        return self.sh.create_order(line_items=[{"sku": s, "quantity": q} for s, q in lines], shipping_address=address,
+                                    shipping_lines=shipping, email="ada@example.com")
+
+    def land(self, topic: str, payload: dict, *, key: str | None = None, via: str = "webhook") -> None:
+        self.land_many([(topic, payload, key, via)])
+
+    def land_many(self, deliveries: list[tuple[str, dict, str | None, str]]) -> None:
+        """Land webhooks through the real landing zone and ingest, in one state write."""
+        relpaths = []
+        for topic, payload, key, via in deliveries:
+            envelope = Envelope(source="shopify", topic=topic, body=json.dumps(payload).encode(), via=via,
+                                dedupe_key=key or f"shopify:webhook:{uuid.uuid4()}", headers={"x-shopify-topic": topic})
+            relpaths.append(self.zone.land(envelope).relpath)
+        with self.store.write() as con:
+            store_events(con, load_landings(self.zone, relpaths))
+
+    def intake(self, policies=None, **kw):
+        return intake_landed_orders(self.store, policies or self.policies, **kw)
+
+    def send(self, policies=None, **kw):
+        w = self.world
+        return send_ready_orders(self.store, policies or self.policies, netsuite=w.netsuite, clarus=w.clarus, customer_id=CUSTOMER, **kw)
+
+    def changes(self, policies=None, **kw):
+        return apply_order_changes(self.store, policies or self.policies, clarus=self.world.clarus, netsuite=self.world.netsuite, **kw)
+
+    def order(self, order: dict) -> dict:
+        with self.store.read() as con:
+            cur = con.execute("SELECT * FROM orders WHERE order_id = ?", [str(order["id"])])
+            names = [d[0] for d in cur.description]
+            rows = cur.fetchall()
+        return dict(zip(names, rows[0])) if rows else {}
+
+    def journey(self, order: dict) -> list[str]:
+        with self.store.read() as con:
+            return [e["state"] for e in order_journey(con, str(order["id"]))]
+
+    def exceptions(self, code: str | None = None) -> list[dict]:
+        with self.store.read() as con:
+            return [e for e in open_exceptions(con) if code is None or e["code"] == code]
+
+    def goods_outs(self, order: dict) -> list[dict]:
+        return [g for g in self.cl.goods_outs() if g["external_system_reference1"] == str(order["id"])]
+
+    def sales_orders(self, order: dict) -> list[dict]:
+        return [s for s in self.ns.sales_orders() if s.get("externalId") == str(order["id"])]
+
+
+@pytest.fixture
+def h(world, tmp_path) -> Harness:
+    return Harness(world, tmp_path)
+
+
+def through(h: Harness, *orders: dict, topic: str = "orders/create") -> None:
+    h.land_many([(topic, order, None, "webhook") for order in orders])
+    h.intake()
+    h.send()
+
+
+# ----------------------------------------------------------------------- item master
+
+
+def test_item_master_sync_checks_and_exceptions(world, tmp_path):
+    """Dagster job: NetSuite items -> item master -> Clarus products, and the four checks."""
+    state = tmp_path / "im.duckdb"
+    resources = {
+        "state": StateStoreResource(path=str(state)), "policies": PoliciesResource(path=str(SANDBOX_POLICIES)),
+        "netsuite": world.netsuite, "clarus": world.clarus, "shopify": world.shopify,
+    }
+    defs = dg.Definitions.merge(item_master_module.defs, dg.Definitions(resources=resources))
+    result = defs.resolve_job_def("item_master_sync").execute_in_process(instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    checks = {e.asset_check_key.name: e for e in result.get_asset_check_evaluations()}
+    assert checks["item_master_skus_unique"].passed
+    assert not checks["item_master_barcodes_valid"].passed
+    assert not checks["variants_in_item_master"].passed
+    assert not checks["variant_skus_keep_leading_zeros"].passed
+
+    store = StateStore(state)
+    catalog = world.handle.netsuite.catalog
+    with store.read() as con:
+        items = dict(con.execute("SELECT sku, clarus_product_id FROM items").fetchall())
+        exceptions = open_exceptions(con)
+    # SKUs cleaned once, exactly as orders clean them; leading zeros intact.
+    assert "000123" in items and "TEEOLV-M" in items and "BELT-BLK-90" in items
+    assert all(items.values())
+    clarus_codes = {p["code"]: p["id"] for p in world.handle.clarus.products()}
+    assert {sku: clarus_codes[sku] for sku in items} == items
+
+    by_code: dict[str, set[str]] = {}
+    for e in exceptions:
+        by_code.setdefault(e["code"], set()).add(e["entity_id"])
+    bad_barcodes = {clean_sku(i.sku, POLICIES.sku_cleaning) for i in catalog.master if i.upc and not _valid(i.upc)}
+    assert bad_barcodes and by_code["BARCODE_INVALID"] == bad_barcodes
+    assert by_code["SKU_LEADING_ZEROS_LOST"] == {"456", "1789"}
+    lost = next(e for e in exceptions if e["entity_id"] == "456")
+    assert "'456'" in lost["message"] and "'000456'" in lost["message"]
+    assert {"TEE-NAV-XXL", "SAMPLE-SWATCH-SET", "BUNDLE-XMAS-01"} <= by_code["SKU_NOT_IN_MASTER"]
+    assert not {"456", "1789"} & by_code["SKU_NOT_IN_MASTER"]  # explained by lost zeros, not double-reported
+
+    # Re-run: nothing changed, nothing sent; a fixed barcode clears its exception.
+    writes_before = len(world.handle.clarus.requests(path_prefix="/api/products"))
+    fixed = next(i for i in catalog.master if i.upc and not _valid(i.upc))
+    record = world.handle.netsuite._records["inventoryItem"][fixed.internal_id]
+    record["upcCode"] = record["upcCode"][:-1] + str(_check_digit(record["upcCode"][:-1]))
+    result = defs.resolve_job_def("item_master_sync").execute_in_process(instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    product_writes = world.handle.clarus.requests(path_prefix="/api/products")[writes_before:]
+    assert [r["method"] for r in product_writes] == ["PATCH"]  # only the item whose barcode changed
+    with store.read() as con:
+        still = {e["entity_id"] for e in open_exceptions(con) if e["code"] == "BARCODE_INVALID"}
+    assert still == bad_barcodes - {clean_sku(fixed.sku, POLICIES.sku_cleaning)}
+
+
+def test_duplicate_skus_after_cleaning_are_flagged(tmp_path):
+    from assets.item_master import build_item_master, duplicate_skus, netsuite_items_frame, store_netsuite_items
+
+    store = StateStore(tmp_path / "dupes.duckdb")
+    items = netsuite_items_frame(
+        [{"id": "1", "itemId": "tee-1"}, {"id": "2", "itemId": " TEE-1 "}, {"id": "3", "itemId": "TEE#1"},
+         {"id": "4", "itemId": "000123"}, {"id": "5", "itemId": "123"}],
+        POLICIES,
+    )
+    store_netsuite_items(store, items, now=utcnow())
+    build_item_master(store)
+    with store.read() as con:
+        dupes = duplicate_skus(con).to_dicts()
+        kept = con.execute("SELECT netsuite_item_id FROM items WHERE sku = 'TEE-1'").fetchall()
+    assert dupes == [{"sku": "TEE-1", "raw_skus": ["tee-1", " TEE-1 "], "netsuite_item_ids": ["1", "2"]}]
+    assert kept == [("1",)]  # lowest internal id wins, deterministically; "000123" and "123" stay distinct
+
+
+def _check_digit(body: str) -> int:
+    from clarus_pipelines.domain.barcodes import gtin_check_digit
+
+    return gtin_check_digit(body)
+
+
+def _valid(code: str) -> bool:
+    from clarus_pipelines.domain.barcodes import gtin_problem
+
+    return gtin_problem(code) is None
+
+
+# ---------------------------------------------------------------------------- orders in
+
+
+def test_orders_flow_holds_releases_and_records_the_journey(h: Harness):
+    a, b = h.skus(2)
+    ready = h.place([(a, 2), (b, 1)])
+    no_postcode = h.place([(a, 1)], address={**ADDRESS, "zip": ""})
+    unknown_sku = h.place([(a, 1)])
+    unknown_sku["line_items"][0]["sku"] = "NOT-A-SKU"  # a line typed by staff
+    unmapped = h.place([(b, 1)], shipping=[{"code": "pigeon", "title": "Carrier Pigeon", "price": "1.00"}])
+    lost_zeros = h.place([("456", 1)])  # the Shopify variant lost its zeros
+    through(h, ready, no_postcode, unknown_sku, unmapped, lost_zeros)
+
+    assert h.order(ready)["status"] == "ACKNOWLEDGED"
+    assert h.journey(ready) == ["RECEIVED", "READY", "SENT_TO_ERP", "SENT_TO_WMS", "ACKNOWLEDGED"]
+    [goods_out] = h.goods_outs(ready)
+    assert goods_out["reference"] == ready["name"]
+    assert sorted((l["product"]["code"], l["order_quantity"]) for l in goods_out["lines"]) == sorted([(a, 2.0), (b, 1.0)])
+    assert goods_out["carrier"]["code"] == "ROYAL_MAIL"
+    assert len(h.sales_orders(ready)) == 1
+
+    expected = {
+        str(no_postcode["id"]): ["ORDER_INCOMPLETE"],
+        str(unknown_sku["id"]): ["SKU_UNKNOWN"],
+        str(unmapped["id"]): ["SHIP_METHOD_UNMAPPED"],
+        str(lost_zeros["id"]): ["SKU_UNKNOWN"],
+    }
+    for order in (no_postcode, unknown_sku, unmapped, lost_zeros):
+        row = h.order(order)
+        assert (row["status"], row["hold_reasons"]) == ("HELD", expected[str(order["id"])])
+        assert h.journey(order) == ["RECEIVED", "HELD"]
+        assert h.goods_outs(order) == [] and h.sales_orders(order) == []
+    with h.store.read() as con:
+        holds = dict(con.execute("SELECT order_id, message FROM order_holds").fetchall())
+    assert "'000456' once leading zeros are restored" in holds[str(lost_zeros["id"])]
+    # Held, not yet raised: the owner hears after held_alert_minutes.
+    assert h.exceptions("ORDER_INCOMPLETE") == []
+
+
+def test_release_after_the_source_is_fixed_and_alert_when_held_too_long(h: Harness):
+    a = h.skus(1)[0]
+    order = h.place([(a, 1)], address={**ADDRESS, "zip": ""})
+    unmapped = h.place([(a, 1)], shipping=[{"code": "pigeon", "title": "Carrier Pigeon"}])
+    through(h, order, unmapped)
+    assert h.order(order)["status"] == "HELD"
+
+    later = utcnow() + timedelta(minutes=POLICIES.timings.held_alert_minutes + 1)
+    report = recheck_held_orders(h.store, POLICIES, shopify=h.world.shopify, now=later)
+    assert (report.held, report.released, report.raised) == (2, 0, 2)
+    [raised] = h.exceptions("ORDER_INCOMPLETE")
+    assert raised["entity_id"] == str(order["id"]) and "no postcode" in raised["message"]
+
+    # CX completes the address in Shopify: no webhook reaches us, the re-check finds it.
+    h.sh.update_shipping_address(order["id"], ADDRESS)
+    # The ship-method table gains the missing row.
+    fixed_policies = POLICIES.model_copy(update={"ship_methods": [*POLICIES.ship_methods, ShipMethodRule(title="carrier pigeon", carrier="DPD", service="NEXT_DAY")]})
+    report = recheck_held_orders(h.store, fixed_policies, shopify=h.world.shopify, now=later + timedelta(minutes=15))
+    assert (report.released, report.still_held) == (2, 0)
+    assert h.exceptions("ORDER_INCOMPLETE") == [] and h.exceptions("SHIP_METHOD_UNMAPPED") == []
+    h.send(fixed_policies)
+    assert h.journey(order) == ["RECEIVED", "HELD", "RELEASED", "SENT_TO_ERP", "SENT_TO_WMS", "ACKNOWLEDGED"]
+    assert [g["carrier"]["code"] for g in h.goods_outs(unmapped)] == ["DPD"]
+
+
+def test_newer_webhook_releases_and_older_one_is_stale(h: Harness):
+    a = h.skus(1)[0]
+    order = h.place([(a, 1)], address=None)
+    h.land("orders/create", order)
+    h.intake()
+    fixed = h.sh.update_shipping_address(order["id"], ADDRESS)
+    h.land("orders/updated", fixed)
+    h.land("orders/create", order)  # a late duplicate of the older version
+    report = h.intake()
+    assert (report.applied, report.stale, report.released) == (1, 1, 1)
+    assert h.order(order)["status"] == "READY"
+
+
+def test_wms_rejection_becomes_an_exception_with_clarus_code(h: Harness):
+    a = h.skus(1)[0]
+    order = h.place([(a, 1)])
+    with h.store.write() as con:  # the item master points at a product Clarus does not have
+        con.execute("UPDATE items SET clarus_product_id = '999999' WHERE sku = ?", [a])
+    through(h, order)
+    row = h.order(order)
+    assert row["status"] == "WMS_REJECTED"
+    [exc] = h.exceptions("WMS_REJECTED")
+    details = json.loads(exc["details"])
+    assert details["clarus_code"] == 1002 and "999999" in details["clarus_message"]
+    assert h.goods_outs(order) == [] and len(h.sales_orders(order)) == 1
+
+    # Fixed and replayed: accepted, the exception clears, still one sales order.
+    with h.store.write() as con:
+        con.execute("UPDATE items SET clarus_product_id = ? WHERE sku = ?", [next(p["id"] for p in h.cl.products() if p["code"] == a), a])
+    h.land("orders/create", order, via="replay")
+    h.intake()
+    h.send()
+    assert h.order(order)["status"] == "ACKNOWLEDGED"
+    assert h.exceptions("WMS_REJECTED") == []
+    assert len(h.goods_outs(order)) == 1 and len(h.sales_orders(order)) == 1
+
+
+def test_dagster_assets_run_the_flow(world, h: Harness):
+    from assets.orders import defs as orders_defs
+
+    a = h.skus(1)[0]
+    order = h.place([(a, 3)])
+    h.land("orders/create", order)
+    resources = {
+        "state": StateStoreResource(path=str(h.state_path)), "policies": PoliciesResource(path=str(SANDBOX_POLICIES)),
+        "netsuite": world.netsuite, "clarus": world.clarus,
+    }
+    defs = dg.Definitions.merge(orders_defs, dg.Definitions(resources=resources))
+    result = defs.resolve_job_def("orders_into_warehouse").execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(),
+        run_config={"ops": {"orders_to_erp_and_wms": {"config": {"netsuite_customer_id": CUSTOMER}}}},
+    )
+    assert result.success
+    assert h.order(order)["status"] == "ACKNOWLEDGED"
+    assert len(h.goods_outs(order)) == 1
+
+
+# -------------------------------------------------------------------------- idempotency
+
+
+def test_idempotent_under_faults_retries_and_reruns(tmp_path):
+    world = open_world(tmp_path / "faulty", seed=11)
+    try:
+        h = Harness(world, tmp_path)
+        set_faults(world.handle, FaultConfig(error_rate=0.2, latency_ms=(0, 5), burst_429_rate=0.05,
+                                             burst_429_length=2, retry_after_s=0.05))
+        skus = h.skus(3)
+        orders = [h.place([(skus[i % 3], 1 + i % 2), (skus[(i + 1) % 3], 1)]) for i in range(6)]
+        deliveries = [(topic, order, None, via) for order in orders
+                      for topic, via in (("orders/create", "webhook"), ("orders/paid", "reconciliation"))]
+        deliveries += [("orders/create", orders[0], "shopify:webhook:dup", "webhook")] * 2  # a duplicate delivery
+        h.land_many(deliveries)
+        # Goods out creates that land in Clarus but whose answers are lost.
+        h.cl.lose_next_responses(2, status=502, path_prefix="/api/goods_outs")
+        for _ in range(2):  # a re-run, as after a crash or a sensor firing twice
+            h.intake()
+            h.send()
+        for order in orders:
+            assert h.order(order)["status"] == "ACKNOWLEDGED", h.journey(order)
+            assert len(h.goods_outs(order)) == 1
+            assert len(h.sales_orders(order)) == 1
+        references = [g["reference"] for g in h.cl.goods_outs()]
+        assert len(references) == len(set(references)) == len(orders)
+        faulted = [r for r in h.cl.requests(path_prefix="/api/goods_outs") if r["status"] >= 500]
+        assert faulted, "the run should have met faults"
+        with h.store.read() as con:
+            writes = con.execute("SELECT system, status, count(*) FROM outbound_writes GROUP BY ALL ORDER BY ALL").fetchall()
+        assert writes == [("clarus", "done", 6), ("netsuite", "done", 6)]
+    finally:
+        close_world(world)
+
+
+def test_goods_out_created_by_a_lost_run_is_bound_not_duplicated(h: Harness):
+    from clarus_pipelines.domain.goods_out import body_dicts, build_goods_outs
+    from clarus_pipelines.domain.order_flow import carriers_table, products_table
+    from clarus_pipelines.domain.orders import parse_orders, validate_orders
+
+    a = h.skus(1)[0]
+    order = h.place([(a, 1)])
+    with h.store.read() as con:
+        verdicts = validate_orders(parse_orders([order], POLICIES.sku_cleaning), products=products_table(con), policies=POLICIES)
+        body = body_dicts(build_goods_outs(verdicts, policies=POLICIES, now=utcnow(), carriers=carriers_table(con)))[str(order["id"])]
+    h.world.clarus.ensure_goods_out(body)  # it reached Clarus; our record of it did not survive
+    through(h, order)
+    assert len(h.goods_outs(order)) == 1
+    assert "already existed" in [e for e in _causes(h, order) if "Clarus goods out" in e][0]
+
+
+def _causes(h: Harness, order: dict) -> list[str]:
+    with h.store.read() as con:
+        return [e["cause"] for e in order_journey(con, str(order["id"]))]
+
+
+# ------------------------------------------------------------------------ edits
+
+
+def test_edit_before_allocation_amends_lines(h: Harness):
+    a, b, c = h.skus(3)
+    order = h.place([(a, 1), (b, 2)])
+    through(h, order)
+    [before] = h.goods_outs(order)
+    assert before["goods_out_status"]["code"] == "DRAFT"
+    line_a = next(l for l in order["line_items"] if l["sku"] == a)
+    line_b = next(l for l in order["line_items"] if l["sku"] == b)
+    edited = h.sh.edit_order(order["id"], quantities={line_a["id"]: 3, line_b["id"]: 0}, add=[{"sku": c, "quantity": 1}])
+    h.land("orders/updated", edited)
+    report = h.intake()
+    assert report.edits_pending == 1
+    changes = h.changes()
+    assert changes.amended == 1
+    [after] = h.goods_outs(order)
+    assert after["id"] == before["id"] and after["reference"] == order["name"]
+    assert sorted((l["product"]["code"], l["order_quantity"]) for l in after["lines"]) == sorted([(a, 3.0), (c, 1.0)])
+    assert h.journey(order)[-2:] == ["EDIT_RECEIVED", "AMENDED"]
+    assert h.order(order)["change_pending"] is None
+
+
+def test_edit_before_allocation_cancel_and_recreate(h: Harness):
+    policies = POLICIES.model_copy(update={"order_edit_policy": "cancel_and_recreate"})
+    h.policies = policies
+    a, b = h.skus(2)
+    order = h.place([(a, 1)])
+    through(h, order)
+    line = order["line_items"][0]
+    edited = h.sh.edit_order(order["id"], quantities={line["id"]: 2}, add=[{"sku": b, "quantity": 1}])
+    h.land("orders/updated", edited)
+    h.intake()
+    assert h.changes().replaced == 1
+    h.send()
+    goods_outs = {g["reference"]: g for g in h.goods_outs(order)}
+    assert set(goods_outs) == {order["name"], f"{order['name']}-R1"}
+    assert goods_outs[order["name"]]["goods_out_status"]["code"] == "CANCELLED"
+    replacement = goods_outs[f"{order['name']}-R1"]
+    assert sorted((l["product"]["code"], l["order_quantity"]) for l in replacement["lines"]) == sorted([(a, 2.0), (b, 1.0)])
+    row = h.order(order)
+    assert (row["status"], row["clarus_reference"], row["replacement_count"]) == ("ACKNOWLEDGED", f"{order['name']}-R1", 1)
+    assert len(h.sales_orders(order)) == 1
+    # A re-run changes nothing.
+    h.intake()
+    h.changes()
+    h.send()
+    assert len(h.goods_outs(order)) == 2
+
+
+def test_edit_after_allocation_needs_review(h: Harness):
+    a, b = h.skus(2)
+    order = h.place([(a, 1), (b, 1)])
+    through(h, order)
+    h.cl.advance(3600 / 4 * 2 + 1)  # DRAFT -> PENDING -> ALLOCATED
+    [goods_out] = h.goods_outs(order)
+    assert goods_out["goods_out_status"]["code"] == "ALLOCATED"
+    line = order["line_items"][0]
+    h.land("orders/updated", h.sh.edit_order(order["id"], quantities={line["id"]: 4}))
+    h.intake()
+    assert h.changes().needs_review == 1
+    [review] = h.exceptions("ORDER_EDIT_NEEDS_REVIEW")
+    details = json.loads(review["details"])
+    assert details["clarus_status"] == "ALLOCATED"
+    assert details["difference"]["lines"] == [{"change": "UPDATE", "line_id": str(line["id"]), "sku": line["sku"], "was": 1, "now": 4}]
+    [unchanged] = h.goods_outs(order)
+    assert [l["order_quantity"] for l in unchanged["lines"]] == [1.0, 1.0]
+
+
+def test_update_without_warehouse_change_is_ignored(h: Harness):
+    a = h.skus(1)[0]
+    order = h.place([(a, 1)])
+    through(h, order)
+    tagged = dict(order, tags="vip", updated_at="2099-01-01T00:00:00+00:00")
+    h.land("orders/updated", tagged)
+    h.intake()
+    report = h.changes()
+    assert report.no_change == 1 and h.exceptions() == []
+    assert h.journey(order)[-1] == "EDIT_IGNORED"
+
+
+# ------------------------------------------------------------------------ cancellations
+
+
+def test_cancel_before_dispatch_cancels_goods_out_and_closes_erp_lines(h: Harness):
+    a, b = h.skus(2)
+    order = h.place([(a, 1), (b, 2)])
+    through(h, order)
+    cancelled = h.sh.cancel_order(order["id"])
+    h.land("orders/cancelled", cancelled)
+    assert h.intake().cancels_pending == 1
+    assert h.changes().cancelled == 1
+    [goods_out] = h.goods_outs(order)
+    assert goods_out["goods_out_status"]["code"] == "CANCELLED"
+    [sales_order] = h.sales_orders(order)
+    assert all(line["isClosed"] for line in sales_order["item"])
+    assert h.order(order)["status"] == "CANCELLED"
+    assert h.journey(order)[-2:] == ["CANCEL_REQUESTED", "CANCELLED"]
+    # The orders/updated that follows a cancellation changes nothing.
+    h.land("orders/updated", cancelled)
+    h.intake()
+    assert h.changes().pending == 0
+
+
+def test_cancel_after_dispatch_is_an_exception_for_cx(h: Harness):
+    a = h.skus(1)[0]
+    order = h.place([(a, 1)])
+    through(h, order)
+    h.cl.advance(3600 + 10)  # all the way to COMPLETED
+    assert h.goods_outs(order)[0]["goods_out_status"]["code"] == "COMPLETED"
+    h.land("orders/cancelled", h.sh.cancel_order(order["id"]))
+    h.intake()
+    assert h.changes().cancel_after_dispatch == 1
+    [exc] = h.exceptions("CANCEL_AFTER_DISPATCH")
+    assert exc["owner"] == "cx" and exc["entity_id"] == str(order["id"])
+    assert h.goods_outs(order)[0]["goods_out_status"]["code"] == "COMPLETED"
+    assert not any(line["isClosed"] for line in h.sales_orders(order)[0]["item"])
+
+
+def test_cancel_of_a_held_order_needs_no_remote_call(h: Harness):
+    a = h.skus(1)[0]
+    order = h.place([(a, 1)], address=None)
+    through(h, order)
+    later = utcnow() + timedelta(minutes=POLICIES.timings.held_alert_minutes + 1)
+    recheck_held_orders(h.store, POLICIES, shopify=h.world.shopify, now=later)
+    assert len(h.exceptions("ORDER_INCOMPLETE")) == 1
+    h.land("orders/cancelled", h.sh.cancel_order(order["id"]))
+    h.intake()
+    assert h.order(order)["status"] == "CANCELLED"
+    assert h.exceptions("ORDER_INCOMPLETE") == []
+    assert h.goods_outs(order) == [] and h.sales_orders(order) == []

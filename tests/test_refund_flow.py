@@ -1,0 +1,516 @@
+"""Refunds end to end against the three sandboxes on loopback.
+
+Each test places an order the way the orders (and, for dispatched ones, the dispatch)
+flow leaves it: a Shopify order, a NetSuite sales order, a Clarus goods out and the state
+rows binding them. The refund is made in the Shopify sandbox, whose signed refunds/create
+and orders/updated webhooks go through the real receiver into `landed_events`; then the
+refund flow runs, and the test checks what Clarus and NetSuite received (their own
+request logs and records), the refund's state and the order's history.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import dagster as dg
+import httpx
+import pytest
+import yaml
+
+from clarus_pipelines.connectors.clarus import ClarusResource
+from clarus_pipelines.connectors.clarus_model import build_goods_out_body
+from clarus_pipelines.connectors.netsuite import NetSuiteResource
+from clarus_pipelines.connectors.shopify import ShopifyResource
+from clarus_pipelines.domain import refund_flow as flow
+from clarus_pipelines.domain.skus import clean_sku
+from clarus_pipelines.exception_queue import utcnow
+from clarus_pipelines.receiver.app import WebhookSecrets, create_app
+from clarus_pipelines.receiver.auth import shopify_signature
+from clarus_pipelines.receiver.events import load_landings, store_events
+from clarus_pipelines.receiver.landing import LandingZone
+from clarus_pipelines.sandbox.catalog_data import NETSUITE_WEB_CUSTOMER_ID, build_catalog
+from clarus_pipelines.sandbox.clarus import ClarusSandbox
+from clarus_pipelines.sandbox.netsuite import NetSuiteSandbox
+from clarus_pipelines.sandbox.serving import serve_in_thread
+from clarus_pipelines.sandbox.shopify import ShopifySandbox
+from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
+from clarus_pipelines.state import StateStore
+
+pytestmark = pytest.mark.timeout(120)
+
+POLICIES = load_policies(SANDBOX_POLICIES)
+ADDRESS = {"first_name": "Ada", "last_name": "Byron", "name": "Ada Byron", "address1": "1 Test Street", "city": "Leeds",
+           "zip": "LS1 4AP", "country": "United Kingdom", "country_code": "GB"}
+
+
+class World:
+    """The three sandboxes, the receiver and the state database of one test."""
+
+    def __init__(self, tmp_path):
+        env = os.environ
+        self.catalog = build_catalog(0)
+        self.ns_now = [time.time()]
+        self.clarus_sb = ClarusSandbox(client_id=env["CLARUS_CLIENT_ID"], client_secret=env["CLARUS_CLIENT_SECRET"])
+        self.netsuite_sb = NetSuiteSandbox(
+            consumer_key=env["NETSUITE_CONSUMER_KEY"], consumer_secret=env["NETSUITE_CONSUMER_SECRET"],
+            token_id=env["NETSUITE_TOKEN_ID"], token_secret=env["NETSUITE_TOKEN_SECRET"], commit_delay_s=3600,
+            catalog=self.catalog, clock=lambda: self.ns_now[0],
+        )
+        self.landing_dir = tmp_path / "landing"
+        receiver = create_app(self.landing_dir, secrets=WebhookSecrets(
+            shopify=env["SHOPIFY_WEBHOOK_SECRET"], clarus_token=env["CLARUS_WEBHOOK_TOKEN"]), tenant=POLICIES.tenant, fsync=False)
+        self.receiver = serve_in_thread(receiver)
+        self.shopify_sb = ShopifySandbox(access_token=env["SHOPIFY_ACCESS_TOKEN"], webhook_secret=env["SHOPIFY_WEBHOOK_SECRET"],
+                                         webhook_url=f"{self.receiver.url}/webhooks/shopify", catalog=self.catalog)
+        self.served = [serve_in_thread(app) for app in (self.clarus_sb.app, self.shopify_sb.app, self.netsuite_sb.app)]
+        clarus_url, shopify_url, netsuite_url = (s.url for s in self.served)
+        self.clarus_sb.webhook_url = f"{self.receiver.url}/webhooks/clarus/{env['CLARUS_WEBHOOK_TOKEN']}"
+        self.clarus = ClarusResource(base_url=clarus_url, subdomain="sandbox", client_id=env["CLARUS_CLIENT_ID"],
+                                     client_secret=env["CLARUS_CLIENT_SECRET"], min_interval_s=0.0)
+        self.shopify = ShopifyResource(base_url=shopify_url, access_token=env["SHOPIFY_ACCESS_TOKEN"])
+        self.netsuite = NetSuiteResource(base_url=netsuite_url, account_id="SANDBOX", consumer_key=env["NETSUITE_CONSUMER_KEY"],
+                                         consumer_secret=env["NETSUITE_CONSUMER_SECRET"], token_id=env["NETSUITE_TOKEN_ID"],
+                                         token_secret=env["NETSUITE_TOKEN_SECRET"])
+        self.urls = {"clarus": clarus_url, "shopify": shopify_url, "netsuite": netsuite_url}
+        self.store = StateStore(tmp_path / "state.duckdb")
+        self.products: dict[str, str] = {}
+        self.policies = POLICIES
+
+    def close(self):
+        for client in (self.clarus, self.shopify, self.netsuite):
+            client.close()
+        for sender in (self.shopify_sb.webhook_sender,):
+            if sender is not None:
+                sender.flush(10)
+        self.clarus_sb.close()
+        self.shopify_sb.close()
+        for served in [*self.served, self.receiver]:
+            served.stop()
+
+    # ------------------------------------------------------------------ an order, as the other flows leave it
+
+    def items(self, n):
+        return [i for i in self.catalog.clean_variants() if i.quirk is None][:n]
+
+    def place_order(self, lines, *, dispatched=False):
+        """lines: [(catalog item, quantity)]. Dispatched: Clarus COMPLETED, NetSuite fulfilled, Shopify fulfilled."""
+        order = self.shopify_sb.create_order(
+            line_items=[{"variant_id": item.variant_id, "quantity": qty} for item, qty in lines],
+            shipping_address=ADDRESS, shipping_lines=[{"code": "standard", "title": "Standard Shipping", "price": "3.95"}],
+            email="ada@example.com",
+        )
+        order_id, name = str(order["id"]), order["name"]
+        so_id, _ = self.netsuite.ensure_sales_order(order_id, {
+            "entity": {"id": NETSUITE_WEB_CUSTOMER_ID}, "otherrefnum": name, "orderStatus": "B",
+            "item": {"items": [{"item": {"id": item.internal_id}, "quantity": qty, "rate": float(item.price)} for item, qty in lines]},
+        })
+        order_lines = []
+        for (item, qty), line in zip(lines, order["line_items"]):
+            sku = clean_sku(item.sku, POLICIES.sku_cleaning)
+            if sku not in self.products:
+                self.products[sku] = str(self.clarus_sb.seed_product(sku, item.display_name, available=100)["id"])
+            order_lines.append((str(line["id"]), sku, item, qty))
+        carrier_id, service_id = self.clarus_sb.carrier_ids()[("ROYAL_MAIL", "TRACKED_48")]
+        body = build_goods_out_body(
+            reference=name, account_id=1, warehouse_id=1, expected_date_of_dispatch=utcnow(), external_system_reference1=order_id,
+            carrier_id=carrier_id, carrier_service_id=service_id,
+            lines=[{"product_id": self.products[sku], "quantity": qty, "external_system_reference1": line_id}
+                   for line_id, sku, _, qty in order_lines],
+            address={"name": "Ada Byron", "address_1": "1 Test Street", "postcode": "LS1 4AP", "country_code": "GB"},
+        )
+        goods_out_id, _ = self.clarus.ensure_goods_out(body)
+        status = self.clarus_sb.goods_out(goods_out_id)["goods_out_status"]["id"]
+        if dispatched:
+            for _ in range(40):
+                self.clarus_sb.advance(300)
+                if self.clarus_sb.goods_out(goods_out_id)["goods_out_status"]["code"] == "COMPLETED":
+                    break
+            status = 6
+            self.ns_now[0] += 7200
+            self.netsuite_sb.tick()
+            self.netsuite.transform_to_item_fulfilment(
+                so_id, [{"item_id": item.internal_id, "quantity": qty} for _, _, item, qty in order_lines], shipment_id=f"S-{order_id}")
+            self.shopify.create_fulfillment(order_id, {int(line_id): qty for line_id, _, _, qty in order_lines},
+                                            tracking_number="AB123456789GB", company="Royal Mail")
+        now = utcnow()
+        with self.store.write() as con:
+            con.execute(
+                "INSERT INTO orders (order_id, order_name, status, clarus_status, payload, received_at, updated_at)"
+                " VALUES (?, ?, 'ACKNOWLEDGED', ?, ?, ?, ?)",
+                [order_id, name, int(status), json.dumps(self.shopify_sb.order(int(order_id))), now, now])
+            con.executemany("INSERT INTO order_lines (order_id, line_id, sku, quantity) VALUES (?, ?, ?, ?)",
+                            [(order_id, line_id, sku, qty) for line_id, sku, _, qty in order_lines])
+            con.execute("INSERT INTO bindings (entity_type, our_id, clarus_id, netsuite_id, created_at, updated_at)"
+                        " VALUES ('order', ?, ?, ?, ?, ?)", [order_id, goods_out_id, so_id, now, now])
+            for _, sku, item, _ in order_lines:
+                con.execute("INSERT INTO items (sku, sku_raw, netsuite_item_id, clarus_product_id, updated_at) VALUES (?, ?, ?, ?, ?)"
+                            " ON CONFLICT DO NOTHING", [sku, item.sku, item.internal_id, self.products[sku], now])
+        return {"order_id": order_id, "name": name, "so_id": so_id, "goods_out_id": goods_out_id,
+                "lines": order_lines, "line_ids": [int(lid) for lid, _, _, _ in order_lines]}
+
+    # ------------------------------------------------------------------ webhooks in, flow run
+
+    def ingest(self):
+        if self.shopify_sb.webhook_sender is not None:
+            assert self.shopify_sb.webhook_sender.flush(20)
+        if self.clarus_sb.webhook_sender is not None:
+            assert self.clarus_sb.webhook_sender.flush(20)
+        zone = LandingZone(self.landing_dir)
+        loaded = load_landings(zone, [r.relpath for s in ("shopify", "clarus") for r in zone.list_landings(s)])
+        with self.store.write() as con:
+            return store_events(con, loaded)
+
+    def run(self, *, now=None, policies=None):
+        policies = policies or self.policies
+        self.ingest()
+        intake = flow.take_in_refunds(self.store, policies, now=now)
+        steps = flow.run_refund_steps(self.store, policies, clarus=self.clarus, netsuite=self.netsuite,
+                                      customer_id=NETSUITE_WEB_CUSTOMER_ID, now=now)
+        exceptions = flow.sync_refund_exceptions(self.store, policies, now=now)
+        return intake, steps, exceptions
+
+    def post_shopify(self, topic, body, webhook_id=None):
+        raw = json.dumps(body).encode()
+        response = httpx.post(f"{self.receiver.url}/webhooks/shopify", content=raw, headers={
+            "Content-Type": "application/json", "X-Shopify-Topic": topic,
+            "X-Shopify-Hmac-Sha256": shopify_signature(raw, os.environ["SHOPIFY_WEBHOOK_SECRET"]),
+            "X-Shopify-Webhook-Id": webhook_id or str(uuid.uuid4()), "X-Shopify-Shop-Domain": "sandbox.myshopify.com",
+        })
+        assert response.status_code == 200, response.text
+
+    # ------------------------------------------------------------------ what the systems received
+
+    def clarus_writes(self, since=0):
+        return [r for r in self.clarus_sb.requests(since) if r["method"] in ("POST", "PATCH") and r["path"].startswith("/api/")]
+
+    def netsuite_writes(self, since=0):
+        return [r for r in self.netsuite_sb.requests(since) if r["method"] in ("POST", "PATCH")]
+
+    def refund(self, refund_id):
+        with self.store.read() as con:
+            cur = con.execute("SELECT * FROM refunds WHERE refund_id = ?", [str(refund_id)])
+            names = [d[0] for d in cur.description]
+            row = cur.fetchone()
+            return dict(zip(names, row)) if row else None
+
+    def steps(self, refund_id):
+        with self.store.read() as con:
+            return {a: (s, d) for a, s, d in con.execute(
+                "SELECT action, status, detail FROM refund_steps WHERE refund_id = ? ORDER BY seq", [str(refund_id)]).fetchall()}
+
+    def history(self, order_id):
+        with self.store.read() as con:
+            return con.execute("SELECT system, state, cause, details::VARCHAR FROM order_events WHERE order_id = ?"
+                               " ORDER BY event_id", [order_id]).fetchall()
+
+    def exception(self, code, entity_id):
+        with self.store.read() as con:
+            return con.execute("SELECT status, resolved_by, message FROM exceptions WHERE code = ? AND entity_id = ?",
+                               [code, str(entity_id)]).fetchone()
+
+
+@pytest.fixture
+def world(tmp_path):
+    w = World(tmp_path)
+    yield w
+    w.close()
+
+
+def _path_count(requests, fragment):
+    return sum(1 for r in requests if fragment in r["path"])
+
+
+# ---------------------------------------------------------------------------- returns
+
+
+def test_return_expects_goods_in_clarus_authorises_in_netsuite_and_is_explained(world):
+    (a, b) = world.items(2)
+    order = world.place_order([(a, 2), (b, 1)], dispatched=True)
+    clarus_before, netsuite_before = len(world.clarus_sb.requests()), len(world.netsuite_sb.requests())
+    refund = world.shopify_sb.refund_order(int(order["order_id"]), note="too small", line_items=[
+        {"line_item_id": order["line_ids"][0], "quantity": 1, "restock_type": "return"}])
+    intake, steps, _ = world.run()
+    assert intake.new == {"RETURN": 1}
+
+    # Clarus: one expected goods-in receipt for exactly the returned SKU and quantity
+    receipts = [r for r in world.clarus_writes(clarus_before) if r["path"] == "/api/goods_in_receipts"]
+    assert len(receipts) == 1
+    attrs = receipts[0]["body"]["data"]["attributes"]
+    assert attrs["reference"] == f"RET-{refund['id']}" and attrs["external_system_reference1"] == str(refund["id"])
+    assert [(c["attributes"]["product_id"], c["attributes"]["expected_quantity"]) for c in attrs["lines_changes"]] == [
+        (int(world.products[order["lines"][0][1]]), 1)]
+    # NetSuite: a return authorisation transformed from the sales order, for that line and quantity
+    ra_posts = [r for r in world.netsuite_writes(netsuite_before) if "returnAuthorization" in r["path"]]
+    assert len(ra_posts) == 1 and f"salesOrder/{order['so_id']}/!transform/returnAuthorization" in ra_posts[0]["path"]
+    assert ra_posts[0]["body"]["item"]["items"] == [{"orderLine": 1, "quantity": 1.0}]
+    assert ra_posts[0]["body"]["externalId"] == f"shopify-refund-{refund['id']}"
+    # nothing else was touched: no goods out change, no credit memo
+    assert not [r for r in world.clarus_writes(clarus_before) if "goods_outs" in r["path"]]
+    assert not [r for r in world.netsuite_writes(netsuite_before) if "creditMemo" in r["path"]]
+
+    row = world.refund(refund["id"])
+    assert row["kind"] == "RETURN" and row["state"] == "AWAITING_RETURN" and row["clarus_receipt_id"]
+    # finance sees why, in the order's history
+    history = world.history(order["order_id"])
+    classified = [h for h in history if h[1] == "REFUND_CLASSIFIED"]
+    assert len(classified) == 1 and "classified RETURN" in classified[0][2]
+    details = json.loads(classified[0][3])
+    assert any("restocked as a return" in r for r in details["reasons"])
+    assert details["actions"] == ["CLARUS_EXPECT_GOODS_IN", "NETSUITE_RETURN_AUTHORISATION", "WATCH_RETURN_RECEIPT"]
+    assert [h[1] for h in history if h[0] in ("clarus", "netsuite")] == ["RETURN_EXPECTED", "RETURN_AUTHORISED"]
+
+
+def test_return_received_late_raises_then_clears_return_not_received(world):
+    (a,) = world.items(1)
+    order = world.place_order([(a, 1)], dispatched=True)
+    refund = world.shopify_sb.refund_order(int(order["order_id"]), line_items=[
+        {"line_item_id": order["line_ids"][0], "quantity": 1, "restock_type": "return"}])
+    world.run()
+    row = world.refund(refund["id"])
+    due = row["return_due_at"]
+    assert due - row["processed_at"] == timedelta(days=POLICIES.timings.return_receipt_days)
+
+    # before the due date nothing is raised; after it, RETURN_NOT_RECEIVED for finance
+    world.run(now=due - timedelta(hours=1))
+    assert world.exception("RETURN_NOT_RECEIVED", refund["id"]) is None
+    world.run(now=due + timedelta(days=2))
+    status, _, message = world.exception("RETURN_NOT_RECEIVED", refund["id"])
+    assert status == "open" and "0 of 1 item(s) received" in message
+
+    # the goods arrive in the warehouse three days late: Clarus's goods_in/completed webhook clears it
+    world.clarus_sb.advance((due + timedelta(days=3) - utcnow()).total_seconds())
+    world.clarus_sb.receive_goods_in_receipt(row["clarus_receipt_id"])
+    intake, _, exceptions = world.run(now=due + timedelta(days=3))
+    assert intake.receipts == 1
+    assert exceptions["RETURN_NOT_RECEIVED"] == {str(refund["id"]): "auto_resolved"}
+    assert world.exception("RETURN_NOT_RECEIVED", refund["id"])[:2] == ("resolved", "auto")
+    assert world.refund(refund["id"])["state"] == "RETURN_RECEIVED"
+    received = [h for h in world.history(order["order_id"]) if h[1] == "RETURN_RECEIVED"]
+    assert len(received) == 1 and "after it was due" in received[0][2]
+
+
+def test_receipt_found_by_the_sweep_when_no_webhook_comes(world):
+    (a,) = world.items(1)
+    order = world.place_order([(a, 3)], dispatched=True)
+    refund = world.shopify_sb.refund_order(int(order["order_id"]), line_items=[
+        {"line_item_id": order["line_ids"][0], "quantity": 2, "restock_type": "return"}])
+    world.run()
+    world.clarus_sb.webhook_url = None  # the goods-in webhook is lost
+    receipt_id = world.refund(refund["id"])["clarus_receipt_id"]
+    world.clarus_sb.receive_goods_in_receipt(receipt_id, {order["lines"][0][1]: 1})
+    assert flow.sweep_return_receipts(world.store, world.clarus) == 1
+    assert world.refund(refund["id"])["state"] == "AWAITING_RETURN"  # 1 of 2 back
+    assert any(h[1] == "RETURN_PART_RECEIVED" for h in world.history(order["order_id"]))
+    world.clarus_sb.receive_goods_in_receipt(receipt_id)
+    assert flow.sweep_return_receipts(world.store, world.clarus) == 1
+    assert flow.sweep_return_receipts(world.store, world.clarus) == 0  # nothing left to ask about
+    assert world.refund(refund["id"])["state"] == "RETURN_RECEIVED"
+
+
+# ------------------------------------------------------------------------- duplicates
+
+
+def test_duplicate_refund_webhooks_change_nothing(world):
+    (a,) = world.items(1)
+    order = world.place_order([(a, 2)], dispatched=True)
+    refund = world.shopify_sb.refund_order(int(order["order_id"]), line_items=[
+        {"line_item_id": order["line_ids"][0], "quantity": 1, "restock_type": "return"}])
+    world.run()
+    clarus_count, netsuite_count = len(world.clarus_writes()), len(world.netsuite_writes())
+    history = world.history(order["order_id"])
+
+    # Shopify delivers the refund again under a new webhook id, and it also comes back inside
+    # the order body (an orders/updated webhook and the reconciliation read carry refunds)
+    world.post_shopify("refunds/create", refund)
+    world.post_shopify("orders/updated", world.shopify_sb.order(int(order["order_id"])))
+    intake, steps, _ = world.run()
+    assert intake.duplicates >= 2 and intake.new == {}
+    assert steps.calls == {}
+    assert len(world.clarus_writes()) == clarus_count and len(world.netsuite_writes()) == netsuite_count
+    assert world.history(order["order_id"]) == history
+    with world.store.read() as con:
+        assert con.execute("SELECT count(*) FROM refunds").fetchone()[0] == 1
+
+
+def test_a_crash_after_the_remote_write_does_not_post_twice(world, monkeypatch):
+    (a,) = world.items(1)
+    order = world.place_order([(a, 1)], dispatched=True)
+    refund = world.shopify_sb.refund_order(int(order["order_id"]), amount="7.50", note="sorry for the wait")
+    world.ingest()
+    flow.take_in_refunds(world.store, POLICIES)
+
+    real = flow._record_outcome
+    calls = {"n": 0}
+
+    def crash_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt("killed between the NetSuite answer and the state write")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(flow, "_record_outcome", crash_once)
+    with pytest.raises(KeyboardInterrupt):
+        flow.run_refund_steps(world.store, POLICIES, clarus=world.clarus, netsuite=world.netsuite,
+                              customer_id=NETSUITE_WEB_CUSTOMER_ID)
+    flow.run_refund_steps(world.store, POLICIES, clarus=world.clarus, netsuite=world.netsuite,
+                          customer_id=NETSUITE_WEB_CUSTOMER_ID)
+    memos = world.netsuite_sb.credit_memos()
+    assert len(memos) == 1 and memos[0]["externalId"] == f"shopify-refund-{refund['id']}"
+    assert world.refund(refund["id"])["state"] == "DONE"
+
+
+# ---------------------------------------------------------------------- cancellations
+
+
+def test_cancelling_part_of_a_line_before_dispatch_reduces_clarus_and_netsuite(world):
+    (a, b) = world.items(2)
+    order = world.place_order([(a, 3), (b, 1)])
+    clarus_before, netsuite_before = len(world.clarus_sb.requests()), len(world.netsuite_sb.requests())
+    refund = world.shopify_sb.refund_order(int(order["order_id"]), line_items=[
+        {"line_item_id": order["line_ids"][0], "quantity": 2, "restock_type": "cancel"}])
+    intake, steps, _ = world.run()
+    assert intake.new == {"CANCELLATION": 1}
+    patches = [r for r in world.clarus_writes(clarus_before) if r["method"] == "PATCH"]
+    assert len(patches) == 1
+    changes = patches[0]["body"]["data"]["attributes"]["lines_changes"]
+    assert [(c["type"], c["attributes"]["order_quantity"]) for c in changes] == [("UPDATE", 1)]
+    goods_out = world.clarus_sb.goods_out(order["goods_out_id"])
+    assert sorted(int(float(ln["order_quantity"])) for ln in goods_out["lines"]) == [1, 1]
+    so_patch = [r for r in world.netsuite_writes(netsuite_before) if r["method"] == "PATCH"]
+    assert len(so_patch) == 1 and so_patch[0]["body"]["item"]["items"] == [{"line": 1, "quantity": 1}]
+    assert world.refund(refund["id"])["state"] == "DONE"
+    states = [h[1] for h in world.history(order["order_id"])]
+    assert states[-3:] == ["REFUND_CLASSIFIED", "GOODS_OUT_REDUCED", "SALES_ORDER_LINES_CLOSED"]
+
+    # running again (or the order-changes flow having done the same) changes nothing
+    clarus_count, netsuite_count = len(world.clarus_writes()), len(world.netsuite_writes())
+    flow.run_refund_steps(world.store, POLICIES, clarus=world.clarus, netsuite=world.netsuite, customer_id=NETSUITE_WEB_CUSTOMER_ID)
+    assert (len(world.clarus_writes()), len(world.netsuite_writes())) == (clarus_count, netsuite_count)
+
+
+def test_order_cancelled_in_shopify_cancels_the_goods_out_and_closes_the_lines(world):
+    (a, b) = world.items(2)
+    order = world.place_order([(a, 1), (b, 2)])
+    world.shopify_sb.cancel_order(int(order["order_id"]))
+    intake, _, _ = world.run()
+    assert intake.new == {"CANCELLATION": 1}
+    assert world.clarus_sb.goods_out(order["goods_out_id"])["goods_out_status"]["code"] == "CANCELLED"
+    assert _path_count(world.clarus_writes(), f"/api/goods_outs/{order['goods_out_id']}/cancel") == 1
+    so = next(r for r in world.netsuite_sb.sales_orders() if r["id"] == order["so_id"])
+    assert all(line["isClosed"] for line in so["item"]["items"])
+
+
+def test_cancel_after_clarus_dispatched_raises_cancel_after_dispatch(world):
+    """Clarus has dispatched; Shopify has not heard yet (we tell it after NetSuite)."""
+    (a,) = world.items(1)
+    order = world.place_order([(a, 1)])
+    with world.store.write() as con:
+        con.execute("UPDATE orders SET clarus_status = 6 WHERE order_id = ?", [order["order_id"]])
+    clarus_before, netsuite_before = len(world.clarus_sb.requests()), len(world.netsuite_sb.requests())
+    world.shopify_sb.refund_order(int(order["order_id"]), line_items=[
+        {"line_item_id": order["line_ids"][0], "quantity": 1, "restock_type": "cancel"}])
+    world.run()
+    status, _, message = world.exception("CANCEL_AFTER_DISPATCH", order["order_id"])
+    assert status == "open" and "already dispatched" in message
+    assert not world.clarus_writes(clarus_before) and not world.netsuite_writes(netsuite_before)
+
+
+# ----------------------------------------------------------------------- money only
+
+
+def test_goodwill_and_shipping_refunds_post_credit_memos_only(world):
+    (a,) = world.items(1)
+    order = world.place_order([(a, 1)], dispatched=True)
+    clarus_before = len(world.clarus_sb.requests())
+    goodwill = world.shopify_sb.refund_order(int(order["order_id"]), amount="5.00", note="courier was late")
+    shipping = world.shopify_sb.refund_order(int(order["order_id"]), shipping_full=True)
+    intake, _, _ = world.run()
+    assert intake.new == {"GOODWILL": 1, "SHIPPING_ONLY": 1}
+    memos = {m["externalId"]: m for m in world.netsuite_sb.credit_memos()}
+    gw, sh = memos[f"shopify-refund-{goodwill['id']}"], memos[f"shopify-refund-{shipping['id']}"]
+    assert [(ln["item"]["id"], ln["amount"]) for ln in gw["item"]["items"]] == [("900", 5.0)]
+    assert [(ln["item"]["id"], ln["amount"]) for ln in sh["item"]["items"]] == [("901", 3.95)]
+    assert not world.clarus_writes(clarus_before)  # no stock movement
+    assert not world.netsuite_sb.return_authorisations()
+
+
+@pytest.mark.parametrize("fixture", [
+    "shopify-api-ruby_rest_2025-07/refund_POST_shipping_only_response.json",
+    "shopify_python_api/refund.json",
+])
+def test_real_refund_payloads_through_the_receiver(world, fixtures_dir, fixture):
+    """Real published payloads (new and legacy shape) for an order we never saw."""
+    body = json.loads((fixtures_dir / "shopify" / fixture).read_text())["refund"]
+    world.post_shopify("refunds/create", body)
+    intake, steps, _ = world.run()
+    row = world.refund(body["id"])
+    if fixture.endswith("shipping_only_response.json"):
+        assert row["kind"] == "SHIPPING_ONLY" and row["state"] == "DONE"
+        (memo,) = world.netsuite_sb.credit_memos()
+        assert memo["item"]["items"][0]["amount"] == 5.0
+    else:  # legacy restock of unfulfilled lines: a cancellation; the order never reached us
+        assert row["kind"] == "CANCELLATION" and row["state"] == "IN_PROGRESS"
+        assert world.steps(body["id"])["CLARUS_REDUCE_GOODS_OUT"][0] == "blocked"
+        assert steps.calls == {}
+
+
+# ---------------------------------------------------------------------- unclassified
+
+
+def test_unclassified_refund_is_raised_for_finance_and_a_rule_settles_it(world, tmp_path):
+    (a, b) = world.items(2)
+    order = world.place_order([(a, 1), (b, 1)], dispatched=True)
+    clarus_before, netsuite_before = len(world.clarus_sb.requests()), len(world.netsuite_sb.requests())
+    refund = world.shopify_sb.refund_order(int(order["order_id"]), note="parcel damaged", line_items=[
+        {"line_item_id": order["line_ids"][0], "quantity": 1, "restock_type": "return"},
+        {"line_item_id": order["line_ids"][1], "quantity": 1, "restock_type": "no_restock"}])
+    world.run()
+    assert world.refund(refund["id"])["kind"] == "UNCLASSIFIED"
+    status, _, message = world.exception("REFUND_UNCLASSIFIED", refund["id"])
+    assert status == "open" and "fits GOODWILL and RETURN" in message
+    assert not world.clarus_writes(clarus_before) and not world.netsuite_writes(netsuite_before)
+    assert [h[1] for h in world.history(order["order_id"])][-1] == "REFUND_UNCLASSIFIED"
+
+    data = yaml.safe_load(Path(SANDBOX_POLICIES).read_text())
+    data["refund_rules"] = {"rules": [{"on": "note", "pattern": "damaged", "kind": "RETURN", "decides": True}]}
+    path = tmp_path / "policies.yaml"
+    path.write_text(yaml.safe_dump(data))
+    intake, _, _ = world.run(policies=load_policies(path))
+    assert intake.reclassified == 1
+    assert world.exception("REFUND_UNCLASSIFIED", refund["id"])[:2] == ("resolved", "auto")
+    assert world.refund(refund["id"])["kind"] == "RETURN"
+    receipts = [r for r in world.clarus_writes(clarus_before) if r["path"] == "/api/goods_in_receipts"]
+    assert len(receipts) == 1 and len(receipts[0]["body"]["data"]["attributes"]["lines_changes"]) == 2
+    assert "REFUND_RECLASSIFIED" in [h[1] for h in world.history(order["order_id"])]
+
+
+# --------------------------------------------------------------------------- Dagster
+
+
+def test_refunds_asset_and_checks_in_dagster(world):
+    from assets.refunds import RefundsConfig, defs
+    from clarus_pipelines.resources import PoliciesResource, StateStoreResource
+
+    (a,) = world.items(1)
+    order = world.place_order([(a, 1)], dispatched=True)
+    world.shopify_sb.refund_order(int(order["order_id"]), line_items=[
+        {"line_item_id": order["line_ids"][0], "quantity": 1, "restock_type": "return"}])
+    world.ingest()
+    resources = {
+        "state": StateStoreResource(path=str(world.store.path)),
+        "policies": PoliciesResource(path=str(SANDBOX_POLICIES)),
+        "clarus": world.clarus, "netsuite": world.netsuite,
+    }
+    job = dg.Definitions.merge(defs, dg.Definitions(resources=resources)).resolve_job_def("refunds_job")
+    result = job.execute_in_process(run_config=dg.RunConfig({"refunds": RefundsConfig(netsuite_customer_id=NETSUITE_WEB_CUSTOMER_ID)}))
+    assert result.success
+    materialization = result.asset_materializations_for_node("refunds")[0]
+    assert materialization.metadata["new_return"].value == 1
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"refunds_classified": True, "returns_received_in_time": True}
+    assert len(world.clarus_sb.goods_in_receipts()) == 1
