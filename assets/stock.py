@@ -617,14 +617,12 @@ def mismatch_findings(mismatches: pl.DataFrame) -> list[Finding]:
     for sku, group in mismatches.group_by("sku", maintain_order=True):
         items = group.drop("sku").to_dicts()
         first = items[0]
-        against = "what we last set" if first["reason"] == "differs_from_last_set" else "Clarus"
-        expected = first["last_set"] if first["reason"] == "differs_from_last_set" else first["expected"]
+        if first["reason"] == "differs_from_last_set":
+            why = f"we last set {first['last_set']}"
+        else:
+            why = f"Clarus says it should show {first['expected']}"
         findings.append(
-            Finding(
-                str(sku[0]),
-                f"Shopify shows {first['shopify']} at location {first['location_id']}, {against} says {expected}",
-                {"items": items},
-            )
+            Finding(str(sku[0]), f"Shopify shows {first['shopify']} at location {first['location_id']}; {why}", {"items": items})
         )
     return findings
 

@@ -121,6 +121,7 @@ class Orchestrator:
     runs: Counter = field(default_factory=Counter)
     failed: Counter = field(default_factory=Counter)
     skipped: Counter = field(default_factory=Counter)
+    seconds: Counter = field(default_factory=Counter)  # time spent per job
 
     def __post_init__(self) -> None:
         self.repo = self.defs.get_repository_def()
@@ -164,7 +165,7 @@ class Orchestrator:
         if not ok:
             self.failed[job_name] += 1
             log.warning("run of %s (from %s) failed", job_name, origin)
-        log.debug("%s run took %.2fs", job_name, time.monotonic() - started)
+        self.seconds[job_name] += time.monotonic() - started
         return True
 
     def tick_sensors(self) -> int:
@@ -172,6 +173,7 @@ class Orchestrator:
 
         launched = 0
         for sensor in self.repo.sensor_defs:
+            began = time.monotonic()
             with dg.build_sensor_context(
                 instance=self.instance, cursor=self.cursors.get(sensor.name), definitions=self.defs, resources=self.resources
             ) as context:
@@ -181,6 +183,7 @@ class Orchestrator:
                     log.exception("sensor %s failed", sensor.name)
                     self.failed[f"sensor:{sensor.name}"] += 1
                     continue
+            self.seconds[f"sensor:{sensor.name}"] += time.monotonic() - began
             if data.cursor is not None:
                 self.cursors[sensor.name] = data.cursor
             default_job = sensor.job_name if sensor.has_jobs and len(sensor.jobs) == 1 else None
@@ -283,6 +286,7 @@ def _simulate(home: Path, *, orders: int, seed: int, faults: str, timeout_s: flo
         report["run"] = {
             "seed": seed, "faults": faults, "seconds": round(time.monotonic() - started, 1), "timed_out": timed_out,
             "runs": dict(sorted(orchestrator.runs.items())), "failed_runs": dict(sorted(orchestrator.failed.items())),
+            "run_seconds": {k: round(v, 1) for k, v in sorted(orchestrator.seconds.items())},
             "webhooks_lost_by_sandbox": {s: len(getattr(getattr(sandbox, s), "webhook_sender", None).lost)
                                          for s in ("clarus", "shopify", "netsuite")
                                          if getattr(getattr(sandbox, s), "webhook_sender", None) is not None},

@@ -8,7 +8,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import httpx
 import pytest
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -302,8 +301,8 @@ def test_item_master_keeps_skus_exact_and_returns_credits_are_idempotent():
     assert len(ns.return_authorisations()) == 1 and len(ns.credit_memos()) == 1
 
 
-def test_connector_errors_are_connector_errors():
+def test_an_unreachable_netsuite_is_a_connector_error_after_the_retries():
     assert issubclass(NetSuiteError, ConnectorError) and issubclass(ShopifyError, ConnectorError)
-    with pytest.raises(ConnectorError):
-        NetSuiteResource(base_url="http://127.0.0.1:9", account_id=ACCOUNT, max_attempts=1, **CREDS).get_sales_order("1")
-    assert httpx  # the connectors speak httpx; keep the import honest
+    with pytest.raises(ConnectorError) as failed:
+        NetSuiteResource(base_url="http://127.0.0.1:9", account_id=ACCOUNT, max_attempts=2, **CREDS).get_sales_order("1")
+    assert failed.value.system == "netsuite" and "ConnectError" in str(failed.value)

@@ -1,5 +1,6 @@
 """Sensors turn landings into ingest runs; ingest fills `landed_events` once; refusals raise exceptions."""
 
+import functools
 import json
 from datetime import datetime, timedelta, timezone
 
@@ -65,14 +66,28 @@ def clarus(intake: Intake, goods_out_id: str, event: str = "completed"):
     return outcome
 
 
-def tick(sensor, resources, cursor=None):
-    with dg.build_sensor_context(cursor=cursor, instance=dg.DagsterInstance.ephemeral(),
-                                 resources={"landing": resources["landing"]}) as context:
-        return sensor(context)
+@functools.cache
+def shared_instance() -> dg.DagsterInstance:
+    """One ephemeral instance for the module's runs and ticks (creating one per run is slow)."""
+    return dg.DagsterInstance.ephemeral()
+
+
+@pytest.fixture
+def instance() -> dg.DagsterInstance:
+    return shared_instance()
+
+
+@pytest.fixture
+def tick(instance, resources):
+    def evaluate(sensor, _resources=None, cursor=None):
+        with dg.build_sensor_context(cursor=cursor, instance=instance, resources={"landing": resources["landing"]}) as context:
+            return sensor(context)
+
+    return evaluate
 
 
 def ingest(resources, landings: list[str]) -> dg.ExecuteInProcessResult:
-    return dg.materialize([landed_events], resources=resources,
+    return dg.materialize([landed_events], resources=resources, instance=shared_instance(),
                           run_config={"ops": {"landed_events": {"config": {"landings": landings}}}})
 
 
@@ -84,7 +99,7 @@ def rows(resources, query: str, params=None):
 # ---------------------------------------------------------------------------- sensors
 
 
-def test_sensor_batches_landings_and_advances_its_cursor(intake, fixtures, resources):
+def test_sensor_batches_landings_and_advances_its_cursor(tick, intake, fixtures, resources):
     ids = [shopify(intake, fixtures["order"], f"w{i}").landing_id for i in range(5)]
     clarus(intake, "9001")
     sensor = build_landing_sensor("shopify", batch_size=2)
@@ -113,7 +128,7 @@ def test_sensor_batches_landings_and_advances_its_cursor(intake, fixtures, resou
     assert json.loads(later.cursor) == {"after": newer}
 
 
-def test_sensor_limits_runs_per_tick_and_continues_next_tick(intake, fixtures, resources):
+def test_sensor_limits_runs_per_tick_and_continues_next_tick(tick, intake, fixtures, resources):
     ids = [shopify(intake, fixtures["order"], f"w{i}").landing_id for i in range(7)]
     sensor = build_landing_sensor("shopify", batch_size=2, max_runs_per_tick=2)
     first = tick(sensor, resources)
@@ -122,7 +137,7 @@ def test_sensor_limits_runs_per_tick_and_continues_next_tick(intake, fixtures, r
     assert len(second.run_requests) == 2 and json.loads(second.cursor) == {"after": ids[6]}
 
 
-def test_a_landing_committed_late_is_not_skipped(intake, fixtures, resources, zone):
+def test_a_landing_committed_late_is_not_skipped(tick, intake, fixtures, resources, zone):
     """A webhook received before the cursor moved but committed after (its writer was
     killed mid-commit and the landing finished later) still reaches ingest."""
     received_early = Envelope(source="shopify", topic="orders/create", body=fixtures["order"],
@@ -141,7 +156,7 @@ def test_a_landing_committed_late_is_not_skipped(intake, fixtures, resources, zo
     assert zone.read(relpath).webhook_id == "slow"
 
 
-def test_each_source_has_its_own_sensor(intake, fixtures, resources):
+def test_each_source_has_its_own_sensor(tick, intake, fixtures, resources):
     shopify(intake, fixtures["order"], "s1")
     clarus(intake, "1")
     clarus(intake, "2")
@@ -233,13 +248,13 @@ def test_stalled_landing_fails_the_check_until_ingested(intake, fixtures, resour
     (folder / f"{old_id}.json").write_bytes(stale.to_json())
     shopify(intake, fixtures["order"], "fresh")  # too new to count as stalled
 
-    check = dg.materialize([landed_events, landings_not_stalled], resources=resources,
+    check = dg.materialize([landed_events, landings_not_stalled], resources=resources, instance=shared_instance(),
                            selection=dg.AssetSelection.checks(landings_not_stalled))
     [evaluation] = check.get_asset_check_evaluations()
     assert not evaluation.passed and evaluation.metadata["stalled"].value == 1
 
     ingest(resources, [])
-    check = dg.materialize([landed_events, landings_not_stalled], resources=resources,
+    check = dg.materialize([landed_events, landings_not_stalled], resources=resources, instance=shared_instance(),
                            selection=dg.AssetSelection.checks(landings_not_stalled))
     assert check.get_asset_check_evaluations()[0].passed
 
@@ -254,7 +269,7 @@ def test_repeated_rejections_raise_webhook_rejected_and_clear(intake, fixtures, 
         assert intake.accept("shopify", body, bad).status_code == 401
     intake.accept("clarus", b"{}", auth.clarus_headers(TENANT), token="guess")
 
-    result = dg.materialize([webhook_rejections], resources=resources)
+    result = dg.materialize([webhook_rejections], resources=resources, instance=shared_instance())
     meta = result.asset_materializations_for_node("webhook_rejections")[0].metadata
     assert meta["new_rejections"].value == 4
     with resources["state"].store().read() as con:
@@ -263,7 +278,7 @@ def test_repeated_rejections_raise_webhook_rejected_and_clear(intake, fixtures, 
     assert json.loads(open_[0]["details"])["reasons"] == {"bad_signature": 3}
 
     # counted once: a second run adds nothing
-    meta = dg.materialize([webhook_rejections], resources=resources).asset_materializations_for_node(
+    meta = dg.materialize([webhook_rejections], resources=resources, instance=shared_instance()).asset_materializations_for_node(
         "webhook_rejections")[0].metadata
     assert meta["new_rejections"].value == 0
     assert rows(resources, "SELECT sum(count) FROM webhook_rejections")[0][0] == 4
@@ -275,7 +290,7 @@ def test_repeated_rejections_raise_webhook_rejected_and_clear(intake, fixtures, 
         assert open_exceptions(con) == []
 
 
-def test_rejection_sensor_runs_on_growth_and_once_after_quiet(intake, fixtures, resources, zone):
+def test_rejection_sensor_runs_on_growth_and_once_after_quiet(tick, intake, fixtures, resources, zone):
     assert isinstance(tick(webhook_rejections_sensor, resources), dg.SkipReason)
     zone.record_rejection("shopify", "bad_signature")
     first = tick(webhook_rejections_sensor, resources)
@@ -320,7 +335,7 @@ def test_retention_job_prunes_files_and_rows(intake, fixtures, resources, zone):
 
 def reconcile(asset, resources, **extra) -> dg.ExecuteInProcessResult:
     # grace -5: the sandboxes' clocks may run ahead of ours, so count every change as settled
-    return dg.materialize([asset], resources={**resources, **extra},
+    return dg.materialize([asset], resources={**resources, **extra}, instance=shared_instance(),
                           run_config={"ops": {asset.key.path[-1]: {"config": {"grace_minutes": -5}}}})
 
 

@@ -75,8 +75,16 @@ def _load_order(source: str, settings: Settings) -> dict[str, Any]:
         raise FileNotFoundError(f"{source}: no such file, and not a Shopify order id")
     from clarus_pipelines.connectors.shopify import ShopifyResource
 
-    shopify = ShopifyResource.from_settings(settings)
-    order = shopify.get_order(source.strip())
+    if settings.shopify_access_token is None:
+        raise LookupError("SHOPIFY_ACCESS_TOKEN is not set: cannot read the order from Shopify")
+    shopify = ShopifyResource(
+        base_url=settings.shopify_base_url, api_version=settings.shopify_api_version,
+        access_token=settings.shopify_access_token.get_secret_value(),
+    )
+    try:
+        order = shopify.get_order(source.strip())
+    finally:
+        shopify.close()
     if order is None:
         raise LookupError(f"Shopify has no order {source}")
     return order

@@ -196,6 +196,10 @@ def sent_lines_frame(rows: list[Mapping[str, Any]] | pl.DataFrame) -> pl.DataFra
     return pl.DataFrame([{k: r.get(k) for k in SENT_LINES_SCHEMA} for r in rows], schema=SENT_LINES_SCHEMA)
 
 
+# Clarus applies changes in order: remove before adding, so a replaced line never doubles up.
+_CHANGE_ORDER = {"DESTROY": 0, "UPDATE": 1, "ADD": 2}
+
+
 def diff_lines(sent: pl.DataFrame, current: pl.DataFrame) -> pl.DataFrame:
     """What changed between the lines Clarus has and the order's lines now.
 
@@ -232,7 +236,9 @@ def diff_lines(sent: pl.DataFrame, current: pl.DataFrame) -> pl.DataFrame:
             replaced.with_columns(pl.lit("DESTROY").alias("change")),
             replaced.with_columns(pl.lit("ADD").alias("change"), pl.lit(None, dtype=pl.Utf8).alias("clarus_line_id")),
         ]
-    ).select("change", "line_id", "sku", "clarus_line_id", "old_product_id", "new_product_id", "old_quantity", "new_quantity")
+    ).select(
+        "change", "line_id", "sku", "clarus_line_id", "old_product_id", "new_product_id", "old_quantity", "new_quantity"
+    ).sort(pl.col("change").replace_strict(_CHANGE_ORDER, return_dtype=pl.Int8), "line_id")
 
 
 def lines_changes_for(diff: pl.DataFrame) -> list[dict]:
@@ -253,9 +259,7 @@ def lines_changes_for(diff: pl.DataFrame) -> list[dict]:
             changes.append(goods_out_line_update(row["clarus_line_id"], order_quantity=row["new_quantity"]))
         else:
             changes.append(goods_out_line_destroy(row["clarus_line_id"]))
-    # Clarus applies changes in order: remove before adding so a replaced line never doubles up.
-    order = {"DESTROY": 0, "UPDATE": 1, "ADD": 2}
-    return sorted(changes, key=lambda c: order[c["type"]])
+    return changes
 
 
 def describe_diff(diff: pl.DataFrame, old_body: Mapping[str, Any] | None, new_body: Mapping[str, Any] | None) -> dict:

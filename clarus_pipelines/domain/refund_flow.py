@@ -178,10 +178,6 @@ def _take_in_event(con, event: Mapping[str, Any], policies: Policies, now: datet
             report.new[outcome] = report.new.get(outcome, 0) + 1
 
 
-def _id(value: Any) -> str | None:
-    return R._id(value)
-
-
 def state_context(con, order_id: str | None, embedded_order: Mapping[str, Any] | None = None
                   ) -> tuple[R.OrderContext | None, Mapping[str, Any] | None, str | None]:
     """(context, Shopify order body, order name) from what the state knows of the order.
@@ -224,7 +220,7 @@ def state_context(con, order_id: str | None, embedded_order: Mapping[str, Any] |
 
 
 def _classify(con, refund: Mapping[str, Any], policies: Policies, embedded_order=None):
-    order_id = _id(refund.get("order_id")) or _id((embedded_order or {}).get("id"))
+    order_id = R.shopify_id(refund.get("order_id")) or R.shopify_id((embedded_order or {}).get("id"))
     ctx, order, order_name = state_context(con, order_id, embedded_order)
     result = R.classify_refund(
         refund, order=order, context=ctx, rules=policies.refund_rules,
@@ -240,8 +236,8 @@ def record_refund(con, refund: Mapping[str, Any], *, policies: Policies, order: 
     now = now or utcnow()
     if isinstance(refund.get("refund"), Mapping):
         refund = refund["refund"]
-    refund_id = _id(refund.get("id"))
-    if refund_id is None or _id(refund.get("order_id") or (order or {}).get("id")) is None:
+    refund_id = R.shopify_id(refund.get("id"))
+    if refund_id is None or R.shopify_id(refund.get("order_id") or (order or {}).get("id")) is None:
         return "unparseable"
     if con.execute("SELECT 1 FROM refunds WHERE refund_id = ?", [refund_id]).fetchone():
         return "duplicate"
@@ -255,8 +251,10 @@ def reclassify_unclassified(con, policies: Policies, *, now: datetime | None = N
     """Classify again the refunds left UNCLASSIFIED (rules or order data may have changed)."""
     now = now or utcnow()
     changed = 0
-    rows = con.execute(
-        "SELECT refund_id, payload::VARCHAR, via, landing_id FROM refunds WHERE kind = 'UNCLASSIFIED'"
+    rows = con.execute(  # a refund finance resolved by hand was posted by hand: never post it again
+        "SELECT r.refund_id, r.payload::VARCHAR, r.via, r.landing_id FROM refunds r WHERE r.kind = 'UNCLASSIFIED'"
+        " AND NOT EXISTS (SELECT 1 FROM exceptions e WHERE e.code = 'REFUND_UNCLASSIFIED' AND e.entity_id = r.refund_id"
+        "   AND e.status = 'resolved' AND e.resolved_by <> 'auto')"
     ).fetchall()
     for refund_id, payload, via, landing_id in rows:
         refund = json.loads(payload)
@@ -274,7 +272,7 @@ def _ordered_quantities(refund: Mapping[str, Any], result: R.RefundClassificatio
     out: dict[str, int] = {}
     for rli in refund.get("refund_line_items") or []:
         li = rli.get("line_item") if isinstance(rli, Mapping) else None
-        line_id = _id(rli.get("line_item_id")) or _id((li or {}).get("id"))
+        line_id = R.shopify_id(rli.get("line_item_id")) or R.shopify_id((li or {}).get("id"))
         if line_id and li and li.get("quantity") is not None:
             out[line_id] = int(li["quantity"])
     for line in result.lines:
@@ -318,7 +316,7 @@ def _store_classification(con, refund: Mapping[str, Any], result: R.RefundClassi
         )
 
     label = order_name or order_id
-    money = f"{R._money_text(result.refunded_amount)} {result.currency or ''}".strip()
+    money = f"{R.money_text(result.refunded_amount)} {result.currency or ''}".strip()
     steps = []
     for seq, action in enumerate(result.actions, start=1):
         code = action["action"]
@@ -360,7 +358,7 @@ def _store_classification(con, refund: Mapping[str, Any], result: R.RefundClassi
         system="pipeline",
         details={"refund_id": refund_id, "kind": result.kind.value, "candidates": list(result.candidates),
                  "reasons": list(result.reasons), "actions": [a["action"] for a in result.actions],
-                 "amount": R._money_text(result.refunded_amount), "currency": result.currency, "via": via},
+                 "amount": R.money_text(result.refunded_amount), "currency": result.currency, "via": via},
         now=now,
     )
     refresh_state(con, refund_id, now=now)
@@ -409,9 +407,9 @@ def apply_receipt(con, record: Any, *, now: datetime | None = None, via: str = "
         return False
     now = now or utcnow()
     attrs = record.get("attributes") if isinstance(record.get("attributes"), Mapping) else record
-    receipt_id = _id(record.get("id"))
+    receipt_id = R.shopify_id(record.get("id"))
     reference = attrs.get("reference")
-    ext = _id(attrs.get("external_system_reference1"))
+    ext = R.shopify_id(attrs.get("external_system_reference1"))
     row = con.execute(
         "SELECT refund_id, order_id, order_name, return_due_at, return_received_at, return_reference FROM refunds"
         " WHERE kind IN ('RETURN', 'EXCHANGE') AND (clarus_receipt_id = ? OR return_reference = ? OR refund_id = ?)"
@@ -500,6 +498,7 @@ class StepsReport:
     blocked: int = 0
     rejected: int = 0
     exceptions: int = 0
+    manual: int = 0
     calls: dict[str, int] = field(default_factory=dict)
 
     def count(self, status: str) -> None:
@@ -512,7 +511,7 @@ class StepsReport:
 
 @dataclass
 class Outcome:
-    status: str                        # done, skipped, pending, blocked, rejected, exception
+    status: str                        # done, skipped, manual, pending, blocked, rejected, exception
     detail: str
     remote_id: str | None = None
     event: tuple[str, str, str] | None = None          # (state, system, cause) for the order's history
@@ -655,7 +654,7 @@ def _record_outcome(store, policies, item: Work, step, key: str, outcome: Outcom
             " WHERE refund_id = ? AND action = ?",
             [outcome.status, outcome.detail, outcome.remote_id, now, refund_id, step["action"]],
         )
-        if outcome.status in ("done", "skipped", "exception"):
+        if outcome.status in ("done", "skipped", "manual", "exception"):
             finish_outbound(con, key, status="done", remote_id=outcome.remote_id, now=now)
         elif outcome.status == "rejected":
             finish_outbound(con, key, status="failed", error=outcome.detail, now=now)
@@ -841,8 +840,6 @@ def _dispatched_exception(item: Work, why: str) -> Outcome:
 
 
 def _cancel_or_reduce(item: Work, *, clarus, **_) -> Outcome:
-    from clarus_pipelines.connectors.clarus import ClarusRejected
-
     goods_out = clarus.get_goods_out(item.goods_out_id)
     if goods_out is None:
         return Outcome("blocked", f"Clarus goods out {item.goods_out_id} not found")
@@ -859,7 +856,9 @@ def _cancel_or_reduce(item: Work, *, clarus, **_) -> Outcome:
     if whole:
         try:
             clarus.cancel_goods_out(item.goods_out_id)
-        except ClarusRejected:
+        except ConnectorError as exc:
+            if exc.status != 422:  # 422: Clarus refused, most likely because it dispatched meanwhile
+                raise
             again = clarus.get_goods_out(item.goods_out_id)
             if again and again["goods_out_status"]["code"] == GoodsOutStatus.COMPLETED.name:
                 return _dispatched_exception(item, f"dispatched goods out {goods_out['reference']} meanwhile")
@@ -948,10 +947,13 @@ def _close_lines(item: Work, *, netsuite, **_) -> Outcome:
 
 
 def _replacement_precheck(item: Work, step) -> Outcome | None:
+    """Exchange items are added to the original order by Shopify; sending them as a second
+    goods out here could ship them twice next to the order-changes flow, so ops decide."""
     action = item.action(R.REPLACEMENT_ORDER)
     goods = ", ".join(f"{g.get('sku') or g.get('variant_id')} x{g['quantity']}" for g in action.get("lines") or [])
-    return Outcome("blocked", f"exchange items {goods}: Shopify adds them to order {item.label}; they reach Clarus "
-                              "through the order-changes flow or by hand")
+    detail = (f"exchange items {goods} for order {item.label}: Shopify adds them to the order; "
+              "ops check they reach Clarus (order-changes flow or a new goods out)")
+    return Outcome("manual", detail, event=("EXCHANGE_REPLACEMENT_NEEDED", "pipeline", detail))
 
 
 _RUNNERS: dict[str, _Runner] = {
@@ -1006,7 +1008,7 @@ def unclassified_findings(con) -> list[Finding]:
         Finding(
             r["refund_id"],
             _unclassified_message(r["refund_id"], r["order_name"] or r["order_id"],
-                                  f"{R._money_text(r['amount'])} {r['currency'] or ''}".strip(), r["candidates"] or []),
+                                  f"{R.money_text(r['amount'])} {r['currency'] or ''}".strip(), r["candidates"] or []),
             {"order_id": r["order_id"], "order_name": r["order_name"], "candidates": r["candidates"], "reasons": r["reasons"]},
         )
         for r in rows

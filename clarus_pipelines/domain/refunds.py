@@ -175,7 +175,8 @@ class OrderContext:
     source: str = "Shopify order"
 
 
-def _id(value: Any) -> str | None:
+def shopify_id(value: Any) -> str | None:
+    """A Shopify id as a string: ids arrive as JSON numbers (exact in Python) or strings."""
     if value is None or value == "":
         return None
     if isinstance(value, float) and value.is_integer():
@@ -195,8 +196,8 @@ def order_context_from_shopify(order: Mapping[str, Any], *, wms_status: int | No
                                source: str = "Shopify order") -> OrderContext:
     """Build the context from a Shopify order body (REST shape)."""
     lines = [li for li in order.get("line_items") or [] if isinstance(li, Mapping)]
-    ordered = {_id(li.get("id")): int(li.get("quantity") or 0) for li in lines if _id(li.get("id"))}
-    skus = {_id(li.get("id")): li["sku"] for li in lines if _id(li.get("id")) and isinstance(li.get("sku"), str)}
+    ordered = {shopify_id(li.get("id")): int(li.get("quantity") or 0) for li in lines if shopify_id(li.get("id"))}
+    skus = {shopify_id(li.get("id")): li["sku"] for li in lines if shopify_id(li.get("id")) and isinstance(li.get("sku"), str)}
     dispatched: dict[str, int] | None
     fulfilments = order.get("fulfillments")
     if isinstance(fulfilments, list) and fulfilments:
@@ -205,7 +206,7 @@ def order_context_from_shopify(order: Mapping[str, Any], *, wms_status: int | No
             if not isinstance(fulfilment, Mapping) or fulfilment.get("status") != "success":
                 continue  # pending/open are not dispatched; cancelled/error/failure never were
             for li in fulfilment.get("line_items") or []:
-                line_id = _id(li.get("id"))
+                line_id = shopify_id(li.get("id"))
                 if line_id:
                     dispatched[line_id] = dispatched.get(line_id, 0) + int(li.get("quantity") or 0)
     elif lines and all("fulfillment_status" in li for li in lines):
@@ -213,14 +214,14 @@ def order_context_from_shopify(order: Mapping[str, Any], *, wms_status: int | No
         for li in lines:
             status = li.get("fulfillment_status")
             if status == "fulfilled":
-                dispatched[_id(li.get("id"))] = int(li.get("quantity") or 0)
+                dispatched[shopify_id(li.get("id"))] = int(li.get("quantity") or 0)
             elif status == "partial":
                 dispatched = None  # quantities unknown from the line alone
                 break
     else:
         dispatched = None
     return OrderContext(
-        order_id=_id(order.get("id")),
+        order_id=shopify_id(order.get("id")),
         order_name=order.get("name"),
         cancelled=bool(order.get("cancelled_at")),
         cancel_reason=order.get("cancel_reason"),
@@ -255,7 +256,7 @@ class RefundLine:
             "line_id": self.line_id, "sku": self.sku, "quantity": self.quantity,
             "restock_type": self.restock_type, "dispatch": self.dispatch,
             "kind": self.kind.value if self.kind else None,
-            "amount": _money_text(self.amount),
+            "amount": money_text(self.amount),
         }
 
 
@@ -282,7 +283,7 @@ class RefundClassification:
             "actions": [dict(a) for a in self.actions],
             "refund_id": self.refund_id,
             "order_id": self.order_id,
-            "amount": _money_text(self.refunded_amount),
+            "amount": money_text(self.refunded_amount),
             "currency": self.currency,
         }
 
@@ -314,7 +315,7 @@ def _money(value: Any) -> Decimal | None:
         return None
 
 
-def _money_text(value: Decimal | None) -> str | None:
+def money_text(value: Decimal | None) -> str | None:
     return None if value is None else f"{value.quantize(_CENT)}"
 
 
@@ -452,7 +453,7 @@ def _exchange_lines(refund: Mapping[str, Any], sku_rule: SkuCleaning | None) -> 
         sku = _clean(li.get("sku"), sku_rule)
         quantity = int(item.get("quantity") or li.get("quantity") or 0)
         if quantity > 0:
-            found.append({"sku": sku, "quantity": quantity, "variant_id": _id(li.get("variant_id"))})
+            found.append({"sku": sku, "quantity": quantity, "variant_id": shopify_id(li.get("variant_id"))})
     return found
 
 
@@ -487,8 +488,8 @@ def classify_refund(
         refund = refund["refund"]
     rule_list = tuple(rules.rules if isinstance(rules, RefundRules) else rules if rules is not None else DEFAULT_REFUND_RULES)
     ctx = context or (order_context_from_shopify(order) if order is not None else None)
-    refund_id = _id(refund.get("id"))
-    order_id = _id(refund.get("order_id")) or (ctx.order_id if ctx else None)
+    refund_id = shopify_id(refund.get("id"))
+    order_id = shopify_id(refund.get("order_id")) or (ctx.order_id if ctx else None)
     currency = _currency(refund) or (order or {}).get("currency")
     reasons: list[str] = []
     cancelled = bool(ctx and ctx.cancelled)
@@ -517,7 +518,7 @@ def classify_refund(
         elif kind == "suggested_refund":
             suggested += amount
         elif kind == "refund":
-            reasons.append(f"refund transaction {_id(tx.get('id'))} {status}: {amount} not counted")
+            reasons.append(f"refund transaction {shopify_id(tx.get('id'))} {status}: {amount} not counted")
     if refunded == 0 and suggested > 0:
         reasons.append(f"payload is a refund calculation: {suggested} suggested, no money moved yet")
         refunded = suggested
@@ -565,7 +566,7 @@ def classify_refund(
             continue
         quantity = int(rli.get("quantity") or 0)
         li = rli.get("line_item") if isinstance(rli.get("line_item"), Mapping) else None
-        line_id = _id(rli.get("line_item_id")) or (_id(li.get("id")) if li else None)
+        line_id = shopify_id(rli.get("line_item_id")) or (shopify_id(li.get("id")) if li else None)
         raw_sku = (li or {}).get("sku")
         if raw_sku is None and ctx is not None and line_id is not None:
             raw_sku = ctx.line_skus.get(line_id)
@@ -715,7 +716,7 @@ def _plan(kind: RefundKind, lines: Sequence[RefundLine], *, refunded: Decimal, s
         {"line_id": ln.line_id, "sku": ln.sku, "quantity": ln.quantity}
         for ln in lines if ln.physical and ln.quantity > 0
     ]
-    money = _money_text(refunded)
+    money = money_text(refunded)
     actions: list[dict[str, Any]] = []
     if kind in (RefundKind.RETURN, RefundKind.EXCHANGE):
         actions += [
@@ -755,7 +756,7 @@ def _plan(kind: RefundKind, lines: Sequence[RefundLine], *, refunded: Decimal, s
         actions.append({"action": NETSUITE_CREDIT_MEMO, "system": "netsuite", "amount": money, "currency": currency,
                         "memo": "goodwill", "description": "post a credit memo for the money only; no stock moves"})
     elif kind == RefundKind.SHIPPING_ONLY:
-        amount = money if shipping_unknown or refunded > 0 else _money_text(shipping)
+        amount = money if shipping_unknown or refunded > 0 else money_text(shipping)
         actions.append({"action": NETSUITE_CREDIT_MEMO, "system": "netsuite", "amount": amount, "currency": currency,
                         "memo": "shipping refund", "description": "post a credit for the shipping refund only; no stock moves"})
     else:

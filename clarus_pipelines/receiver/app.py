@@ -169,6 +169,7 @@ class Intake:
         """
         if len(body) > self.max_body_bytes:
             return self._finish(Outcome(413, "too_large", source, reason=f"body over {self.max_body_bytes} bytes"))
+        headers = {k.lower(): v for k, v in headers.items()}
         if not self.secrets.configured(source):
             return self._finish(Outcome(503, "unconfigured", source, reason=f"no {source} webhook secret configured"))
         verdict = self._verify(source, body, headers, token, check_freshness)

@@ -557,6 +557,8 @@ class NetSuiteSandbox:
                 if quantity < line["quantityFulfilled"]:
                     raise NetSuiteRecordError(400, "USER_ERROR", f"Line {line['line']}: the quantity cannot be less than the {line['quantityFulfilled']:g} already fulfilled.", f"{path}.quantity")
                 line["quantity"] = quantity
+                if record["orderStatus"] in COMMITTED_STATUSES and not line["isClosed"]:
+                    line["quantityCommitted"] = quantity - line["quantityFulfilled"]
                 if line["rate"] is not None:
                     line["amount"] = round(line["rate"] * quantity, 2)
             if "isClosed" in raw:
