@@ -68,3 +68,5 @@ def configure_logging(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # one line per HTTP call drowns the signal; connectors log their own retries and failures
+    logging.getLogger("httpx").setLevel(logging.WARNING)

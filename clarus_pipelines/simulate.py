@@ -8,8 +8,8 @@ Runs the whole integration in one process, through the parts production uses:
 - the code location's real Definitions (`clarus_pipelines.definitions`: every domain's
   assets, checks, jobs, sensors and schedules, with `build_resources()`): sensors are
   evaluated tick by tick and the runs they request are executed in process; schedules
-  are ticked on a compressed clock (every `schedule_every_s`), so the reconciliation reads
-  land what lost webhooks missed;
+  are ticked on a compressed clock (a production minute is a second: the 15-minute
+  reconciliation reads run every 15 s), so they land what lost webhooks missed;
 - the traffic generator placing `--orders` seeded orders (clean ones and the seed's
   failure cases) and playing their follow-ups (edits, cancellations, refunds, fixes).
 
@@ -55,7 +55,9 @@ SECRET_NAMES = (
 )
 HOLD_CODES = ("ORDER_INCOMPLETE", "SKU_UNKNOWN", "SHIP_METHOD_UNMAPPED")
 
-# Compressed time: the dispatch flow re-checks the ERP and retries within seconds.
+# Compressed time: a production minute is a second here, for schedules (a 15-minute
+# reconciliation read runs every 15 s); the dispatch flow re-checks the ERP and retries within seconds.
+TIME_COMPRESSION = 60.0
 DISPATCH_STEP_CONFIG = {"erp_recheck_s": 1.0, "erp_recheck_max_s": 4.0, "retry_base_s": 1.0, "retry_max_s": 8.0}
 # Reconciliation reads leave changes younger than a grace period to their webhook; with a
 # clock compressed to seconds, nothing would ever be old enough.
@@ -109,6 +111,21 @@ def _sandbox_secrets() -> dict[str, str]:
 # ------------------------------------------------------------------------ driving Dagster
 
 
+def period_minutes(cron: str | list[str]) -> float:
+    """How often a cron schedule fires, in minutes (the shapes our schedules use)."""
+    expression = cron[0] if isinstance(cron, list) else cron
+    minute, hour, *_ = expression.split()
+    if minute.startswith("*/"):
+        return float(minute[2:])
+    if minute == "*":
+        return 1.0
+    if hour == "*":
+        return 60.0
+    if hour.startswith("*/"):
+        return 60.0 * float(hour[2:])
+    return 1440.0
+
+
 @dataclass
 class Orchestrator:
     """Evaluates the code location's sensors and schedules and executes what they request."""
@@ -122,6 +139,7 @@ class Orchestrator:
     failed: Counter = field(default_factory=Counter)
     skipped: Counter = field(default_factory=Counter)
     seconds: Counter = field(default_factory=Counter)  # time spent per job
+    last_tick: dict[str, float] = field(default_factory=dict)  # schedule -> monotonic time of its last tick
 
     def __post_init__(self) -> None:
         self.repo = self.defs.get_repository_def()
@@ -191,12 +209,18 @@ class Orchestrator:
                 launched += self.execute(request, default_job, f"sensor:{sensor.name}")
         return launched
 
-    def tick_schedules(self) -> int:
+    def tick_schedules(self, *, all_now: bool = False) -> int:
+        """Tick the schedules that are due on the compressed clock (all of them with `all_now`)."""
         import dagster as dg
         from datetime import datetime, timezone
 
         launched = 0
         for schedule in self.repo.schedule_defs:
+            now = time.monotonic()
+            period = period_minutes(schedule.cron_schedule) * 60 / TIME_COMPRESSION
+            if not all_now and now - self.last_tick.get(schedule.name, float("-inf")) < period:
+                continue
+            self.last_tick[schedule.name] = now
             with dg.build_schedule_context(
                 instance=self.instance, repository_def=self.repo, resources=self.resources,
                 scheduled_execution_time=datetime.now(timezone.utc),
@@ -223,7 +247,6 @@ def simulate(
     timeout_s: float = 1800.0,
     home: Path | None = None,
     quiet_s: float = 6.0,
-    schedule_every_s: float = 10.0,
     batch: int | None = None,
 ) -> dict[str, Any]:
     """Run the rehearsal and return the report (see the module docstring)."""
@@ -236,14 +259,14 @@ def simulate(
     try:
         with _environment({**creds, "CLARUS_PIPELINES_HOME": str(home)}):
             return _simulate(home, orders=orders, seed=seed, faults=faults, timeout_s=timeout_s, quiet_s=quiet_s,
-                             schedule_every_s=schedule_every_s, batch=batch or max(10, orders // 10))
+                             batch=batch or max(10, orders // 10))
     finally:
         if own_home:
             shutil.rmtree(home, ignore_errors=True)
 
 
 def _simulate(home: Path, *, orders: int, seed: int, faults: str, timeout_s: float, quiet_s: float,
-              schedule_every_s: float, batch: int) -> dict[str, Any]:
+              batch: int) -> dict[str, Any]:
     import dagster as dg
 
     from clarus_pipelines import definitions as code_location
@@ -279,9 +302,9 @@ def _simulate(home: Path, *, orders: int, seed: int, faults: str, timeout_s: flo
             orchestrator = Orchestrator(defs, resources, dg.DagsterInstance.ephemeral())
             log.info("simulate: %d orders, seed %d, faults %s; sandbox %s; receiver %s", orders, seed, faults,
                      sandbox.urls(), receiver.url)
-            orchestrator.tick_schedules()  # the hourly and daily jobs have run before the sale starts (item master...)
+            orchestrator.tick_schedules(all_now=True)  # hourly and daily jobs have run before the sale starts (item master...)
             timed_out = _drive(orchestrator, sandbox, traffic, orders=orders, batch=batch, timeout_s=timeout_s,
-                               quiet_s=quiet_s, schedule_every_s=schedule_every_s, started=started)
+                               quiet_s=quiet_s, started=started)
             report = build_report(sandbox, traffic, Settings().state_db_path)
         report["run"] = {
             "seed": seed, "faults": faults, "seconds": round(time.monotonic() - started, 1), "timed_out": timed_out,
@@ -329,13 +352,12 @@ def _fingerprint(sandbox, traffic, state_path: Path) -> tuple:
 
 
 def _drive(orchestrator: Orchestrator, sandbox, traffic, *, orders: int, batch: int, timeout_s: float, quiet_s: float,
-           schedule_every_s: float, started: float) -> bool:
+           started: float) -> bool:
     """Place the orders, then tick until the integration is quiet; True if it timed out."""
     from clarus_pipelines.settings import Settings
 
     state_path = Settings().state_db_path
     placed = 0
-    last_schedules = time.monotonic()
     last_change = time.monotonic()
     last_print = 0.0
     previous = None
@@ -349,9 +371,7 @@ def _drive(orchestrator: Orchestrator, sandbox, traffic, *, orders: int, batch: 
             placed += len(traffic.generate_orders(min(batch, orders - placed)))
         traffic.apply_followups()
         launched = orchestrator.tick_sensors()
-        if now - last_schedules >= schedule_every_s:
-            launched += orchestrator.tick_schedules()
-            last_schedules = time.monotonic()
+        launched += orchestrator.tick_schedules()
         fingerprint = _fingerprint(sandbox, traffic, state_path)
         if launched or fingerprint != previous or placed < orders or not _senders_idle(sandbox):
             last_change = time.monotonic()
@@ -360,9 +380,8 @@ def _drive(orchestrator: Orchestrator, sandbox, traffic, *, orders: int, batch: 
         elif time.monotonic() - last_change >= quiet_s:
             if final_round_done:
                 return False
-            # quiet: one more reconciliation round lands whatever lost webhooks never brought
-            orchestrator.tick_schedules()
-            last_schedules = time.monotonic()
+            # quiet: one more round of every schedule lands whatever lost webhooks never brought
+            orchestrator.tick_schedules(all_now=True)
             final_round_done = True
             last_change = time.monotonic()
         if time.monotonic() - last_print > 15:

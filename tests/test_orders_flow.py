@@ -321,6 +321,12 @@ def test_release_after_the_source_is_fixed_and_alert_when_held_too_long(h: Harne
     through(h, order, unmapped)
     assert h.order(order)["status"] == "HELD"
 
+    from sensors.orders import held_orders_recheck_sensor, orders_sensor
+
+    state = StateStoreResource(path=str(h.state_path))
+    assert isinstance(held_orders_recheck_sensor(dg.build_sensor_context(resources={"state": state})), dg.RunRequest)
+    assert isinstance(orders_sensor(dg.build_sensor_context(resources={"state": state})), dg.SkipReason)
+
     later = utcnow() + timedelta(minutes=POLICIES.timings.held_alert_minutes + 1)
     report = recheck_held_orders(h.store, POLICIES, shopify=h.world.shopify, now=later)
     assert (report.held, report.released, report.raised) == (2, 0, 2)
@@ -535,20 +541,34 @@ def test_update_without_warehouse_change_is_ignored(h: Harness):
 # ------------------------------------------------------------------------ cancellations
 
 
-def test_cancel_before_dispatch_cancels_goods_out_and_closes_erp_lines(h: Harness):
+def test_cancel_before_dispatch_cancels_goods_out_and_closes_erp_lines(world, h: Harness):
+    """Through Dagster: the order-changes sensor asks for a run, the job applies the cancellation."""
+    from sensors.orders import order_changes_job, order_changes_sensor
+
     a, b = h.skus(2)
     order = h.place([(a, 1), (b, 2)])
     through(h, order)
     cancelled = h.sh.cancel_order(order["id"])
     h.land("orders/cancelled", cancelled)
     assert h.intake().cancels_pending == 1
-    assert h.changes().cancelled == 1
+
+    state = StateStoreResource(path=str(h.state_path))
+    request = order_changes_sensor(dg.build_sensor_context(resources={"state": state}))
+    assert isinstance(request, dg.RunRequest)
+    result = order_changes_job.execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(),
+        resources={"state": state, "policies": PoliciesResource(path=str(SANDBOX_POLICIES)),
+                   "clarus": world.clarus, "netsuite": world.netsuite},
+        run_config={"ops": {"send_ready_orders_op": {"config": {"netsuite_customer_id": CUSTOMER}}}},
+    )
+    assert result.success
     [goods_out] = h.goods_outs(order)
     assert goods_out["goods_out_status"]["code"] == "CANCELLED"
     [sales_order] = h.sales_orders(order)
     assert all(line["isClosed"] for line in sales_order["item"]["items"])
     assert h.order(order)["status"] == "CANCELLED"
     assert h.journey(order)[-2:] == ["CANCEL_REQUESTED", "CANCELLED"]
+    assert isinstance(order_changes_sensor(dg.build_sensor_context(resources={"state": state})), dg.SkipReason)
     # The orders/updated that follows a cancellation changes nothing.
     h.land("orders/updated", cancelled)
     h.intake()

@@ -405,12 +405,18 @@ def test_order_cancelled_in_shopify_cancels_the_goods_out_and_closes_the_lines(w
     assert all(line["isClosed"] for line in so["item"]["items"])
 
 
-def test_cancel_after_clarus_dispatched_raises_cancel_after_dispatch(world):
+@pytest.mark.parametrize("evidence", ["goods_out_status", "shipment"])
+def test_cancel_after_clarus_dispatched_raises_cancel_after_dispatch(world, evidence):
     """Clarus has dispatched; Shopify has not heard yet (we tell it after NetSuite)."""
     (a,) = world.items(1)
     order = world.place_order([(a, 1)])
     with world.store.write() as con:
-        con.execute("UPDATE orders SET clarus_status = 6 WHERE order_id = ?", [order["order_id"]])
+        if evidence == "goods_out_status":
+            con.execute("UPDATE orders SET clarus_status = 6 WHERE order_id = ?", [order["order_id"]])
+        else:  # the dispatch flow recorded the shipment; the order row still says PENDING
+            con.execute("INSERT INTO shipments (shipment_id, order_id, state, updated_at) VALUES ('77', ?, 'DISPATCHED_IN_WMS', ?)",
+                        [order["order_id"], utcnow()])
+            con.execute("INSERT INTO shipment_lines (shipment_id, sku, quantity) VALUES ('77', ?, 1)", [order["lines"][0][1]])
     clarus_before, netsuite_before = len(world.clarus_sb.requests()), len(world.netsuite_sb.requests())
     world.shopify_sb.refund_order(int(order["order_id"]), line_items=[
         {"line_item_id": order["line_ids"][0], "quantity": 1, "restock_type": "cancel"}])

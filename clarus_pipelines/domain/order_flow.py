@@ -53,8 +53,16 @@ _TOPIC_RANK = {"orders/create": 0, "orders/paid": 1, "orders/updated": 2, "order
 
 
 def payload_hash(payload: str | Mapping[str, Any]) -> str:
+    """SHA-256 of a payload's text (a dict is serialised canonically first)."""
     text = payload if isinstance(payload, str) else json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def payload_hashes(payloads: pl.Series) -> pl.Series:
+    """`payload_hash` of every text in a column, computed by DuckDB in one vectorised pass."""
+    texts = payloads.cast(pl.Utf8).alias("payload").to_frame()
+    with duckdb.connect() as con:
+        return con.sql("SELECT sha256(payload) AS payload_hash FROM texts").pl()["payload_hash"]
 
 
 def frame(con: duckdb.DuckDBPyConnection, query: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
@@ -193,8 +201,8 @@ def plan_intake(landed: pl.DataFrame, parsed: ParsedOrders, states: pl.DataFrame
         .with_columns(
             pl.col("updated_at").str.to_datetime(time_zone="UTC", strict=False).alias("_updated"),
             pl.col("topic").replace_strict(_TOPIC_RANK, default=-1, return_dtype=pl.Int64).alias("_topic_rank"),
-            pl.col("payload").map_batches(lambda s: s.map_elements(payload_hash, return_dtype=pl.Utf8)).alias("payload_hash"),
         )
+        .with_columns(payload_hashes(landed["payload"]).alias("payload_hash"))
     )
     unparseable = rows.filter(pl.col("order_id").is_null())
     rows = rows.filter(pl.col("order_id").is_not_null())

@@ -200,22 +200,22 @@ def state_context(con, order_id: str | None, embedded_order: Mapping[str, Any] |
         return None, None, order_name
     source = "Shopify order as received" if order is not None else "state"
     ctx = R.order_context_from_shopify(order or {"id": order_id}, wms_status=wms_status, source=source)
-    if ctx.wms_status is None or ctx.wms_status == GoodsOutStatus.PART:
-        shipped = dict(con.execute(
-            "SELECT sl.sku, sum(sl.quantity)::INTEGER FROM shipments s JOIN shipment_lines sl USING (shipment_id)"
-            " WHERE s.order_id = ? GROUP BY sl.sku", [order_id],
-        ).fetchall())
-        if shipped:
-            dispatched: dict[str, int] = {}
-            for line_id, sku, quantity in con.execute(
-                "SELECT line_id, sku, quantity FROM order_lines WHERE order_id = ? ORDER BY line_id", [order_id]
-            ).fetchall():
-                ordered = ctx.ordered.get(line_id, quantity or 0)
-                take = min(ordered, shipped.get(sku, 0))
-                if take > 0:
-                    dispatched[line_id] = take
-                    shipped[sku] -= take
-            ctx = replace(ctx, dispatched=dispatched, source="Clarus shipments")
+    # Shipments come from Clarus's dispatch events: newer than a goods out status recorded at send time.
+    shipped = dict(con.execute(
+        "SELECT sl.sku, sum(sl.quantity)::INTEGER FROM shipments s JOIN shipment_lines sl USING (shipment_id)"
+        " WHERE s.order_id = ? GROUP BY sl.sku", [order_id],
+    ).fetchall())
+    if shipped and ctx.wms_status != GoodsOutStatus.COMPLETED:
+        dispatched: dict[str, int] = {}
+        for line_id, sku, quantity in con.execute(
+            "SELECT line_id, sku, quantity FROM order_lines WHERE order_id = ? ORDER BY line_id", [order_id]
+        ).fetchall():
+            ordered = ctx.ordered.get(line_id, quantity or 0)
+            take = min(ordered, shipped.get(sku, 0))
+            if take > 0:
+                dispatched[line_id] = take
+                shipped[sku] -= take
+        ctx = replace(ctx, wms_status=None, dispatched=dispatched, source="Clarus shipments")
     return ctx, order, order_name
 
 
