@@ -7,11 +7,12 @@ Starts two real servers on loopback, each in its own process:
   handler that stores nothing and answers 200 at once.
 
 Each is driven for a bounded time by `--concurrency` keep-alive connections posting
-signed Shopify orders (a real fixture payload, a new webhook id per post). Prints
+signed Shopify orders (a real fixture payload, a new webhook id per post), in alternating
+rounds so that other load on the machine affects both alike. Prints
 sustained accepted webhooks per second and p50/p99 latency for both, checks that every
 accepted webhook is a file in the landing zone, and ends with `ratio: X` (ours / ceiling).
 
-    .venv/bin/python bench/receiver.py [--duration 5] [--concurrency 32] [--workers 1]
+    .venv/bin/python bench/receiver.py [--duration 3] [--rounds 2] [--concurrency 32] [--workers 1]
 """
 
 from __future__ import annotations
@@ -175,7 +176,8 @@ def report(name: str, result: Result) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per server (default 5)")
+    parser.add_argument("--duration", type=float, default=3.0, help="measured seconds per server and round (default 3)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per server (default 2)")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first (default 1)")
     parser.add_argument("--concurrency", type=int, default=32, help="keep-alive connections (default 32)")
     parser.add_argument("--workers", type=int, default=1, help="receiver worker processes (default 1)")
@@ -191,23 +193,35 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-receiver-") as tmp:
         landing = Path(tmp) / "landing"
         env = {**os.environ, "SHOPIFY_WEBHOOK_SECRET": SECRET, "CLARUS_PIPELINES_HOME": tmp, "PYTHONUNBUFFERED": "1"}
-        print(f"loopback, {args.concurrency} connections, {args.warmup:g}s warm-up + {args.duration:g}s measured each; "
-              f"body {len(Poster(json.loads(FIXTURE.read_text())['order'], 'x').next_request())} bytes; "
-              f"{os.cpu_count()} CPUs", flush=True)
-        results = {}
-        for name in ("receiver", "ceiling"):
-            port = free_port()
-            if name == "receiver":
-                argv = [sys.executable, "-m", "clarus_pipelines.cli", "receiver", "--host", "127.0.0.1", "--port",
-                        str(port), "--landing-dir", str(landing), "--workers", str(args.workers), "--log-level", "warning"]
-            else:
-                argv = [sys.executable, str(Path(__file__).resolve()), "--serve-bare", "--port", str(port)]
-            proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            try:
-                wait_healthy(port, proc)
-                results[name] = run_load(port, name, args)
-            finally:
+        body_size = len(Poster(json.loads(FIXTURE.read_text())["order"], "x").next_request())
+        print(f"loopback, {args.concurrency} connections, {args.rounds} alternating round(s) of {args.warmup:g}s warm-up + "
+              f"{args.duration:g}s measured per server; request {body_size} bytes; {os.cpu_count()} CPUs", flush=True)
+        ports = {"receiver": free_port(), "ceiling": free_port()}
+        argv = {
+            "receiver": [sys.executable, "-m", "clarus_pipelines.cli", "receiver", "--host", "127.0.0.1", "--port",
+                         str(ports["receiver"]), "--landing-dir", str(landing), "--workers", str(args.workers),
+                         "--log-level", "warning"],
+            "ceiling": [sys.executable, str(Path(__file__).resolve()), "--serve-bare", "--port", str(ports["ceiling"])],
+        }
+        procs = {name: subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for name, cmd in argv.items()}
+        results = {name: Result() for name in procs}
+        try:
+            for name, proc in procs.items():
+                wait_healthy(ports[name], proc)
+            # alternate the two so that load from elsewhere on the machine hits both alike
+            for round_no in range(args.rounds):
+                for name in ("receiver", "ceiling"):
+                    part = run_load(ports[name], f"{name}-{round_no}", args)
+                    total = results[name]
+                    total.latencies += part.latencies
+                    total.accepted += part.accepted
+                    total.errors += part.errors
+                    total.elapsed += part.elapsed
+        finally:
+            for proc in procs.values():
                 proc.terminate()
+            for proc in procs.values():
                 try:
                     proc.wait(15)
                 except subprocess.TimeoutExpired:
@@ -216,7 +230,7 @@ def main() -> int:
         ceiling = report("ceiling (bare endpoint, stores none)", results["ceiling"])
         stored = sum(1 for _ in (landing / "shopify").rglob("*.json"))
         # warm-up posts were stored too, so the zone holds at least every measured acceptance
-        print(f"landed files: {stored} (>= {results['receiver'].accepted} accepted in the measured window: "
+        print(f"landed files: {stored} (>= {results['receiver'].accepted} accepted while measured: "
               f"{'ok' if stored >= results['receiver'].accepted else 'MISSING'})", flush=True)
     print(f"ratio: {ours / ceiling if ceiling else 0.0:.3f}")
     return 0

@@ -580,6 +580,11 @@ class DispatchReport:
         }
 
 
+def _executemany(con: duckdb.DuckDBPyConnection, query: str, rows: list) -> None:
+    if rows:  # DuckDB refuses an empty parameter list (a probe carries no alerts)
+        con.executemany(query, rows)
+
+
 def record_results(
     con: duckdb.DuckDBPyConnection,
     results: Sequence[tuple[Batch, Delivery | None, datetime, datetime]],
@@ -597,7 +602,7 @@ def record_results(
     for batch, delivery, started, finished in results:
         keys = batch.keys
         if delivery is None:  # skipped: the channel already failed this round
-            con.executemany(
+            _executemany(con, 
                 "UPDATE alert_deliveries SET status = 'pending', claimed_at = NULL, message_id = NULL, updated_at = ?"
                 " WHERE channel = ? AND code = ? AND entity_id = ? AND reason = ? AND episode_started_at = ?",
                 [(now, batch.channel.id, *key) for key in keys],
@@ -611,7 +616,7 @@ def record_results(
              "sent" if delivery.ok else "failed", delivery.tries, delivery.error, started, finished],
         )
         if delivery.ok:
-            con.executemany(
+            _executemany(con, 
                 "UPDATE alert_deliveries SET status = 'sent', sent_at = ?, attempts = attempts + 1, last_error = NULL,"
                 " claimed_at = NULL, updated_at = ? WHERE channel = ? AND code = ? AND entity_id = ? AND reason = ?"
                 " AND episode_started_at = ?",
@@ -619,7 +624,7 @@ def record_results(
             )
             findings.pop(batch.channel.entity_id, None)
         else:
-            con.executemany(
+            _executemany(con, 
                 "UPDATE alert_deliveries SET status = 'pending', attempts = attempts + 1, last_error = ?, claimed_at = NULL,"
                 " message_id = NULL, updated_at = ? WHERE channel = ? AND code = ? AND entity_id = ? AND reason = ?"
                 " AND episode_started_at = ?",

@@ -311,7 +311,8 @@ def _in_suite_order(suite: Suite, results: list[Any]) -> list[Any]:
 def run_suites(
     con: duckdb.DuckDBPyConnection, suites: Sequence[Suite], policies: Policies, *, sample_size: int = 10
 ) -> list[SuiteResult]:
-    """Read and validate in one go (the caller holds `con` open for the whole run)."""
+    """Read and validate in one go. The caller holds `con` for the whole validation: prefer
+    `read_tables` under the lock, then `validate` after releasing it (as the Dagster check does)."""
     return validate(suites, read_tables(con, suites), suite_parameters(policies), sample_size=sample_size)
 
 

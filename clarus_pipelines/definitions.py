@@ -52,4 +52,8 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
     }
 
 
-defs = dg.Definitions.merge(*DOMAINS, dg.Definitions(resources=build_resources()))
+# Steps run in the run's own process: every step serialises on the state file's single
+# writer anyway, and a child process per step costs seconds of start-up on a small box.
+defs = dg.Definitions.merge(
+    *DOMAINS, dg.Definitions(resources=build_resources(), executor=dg.in_process_executor)
+)

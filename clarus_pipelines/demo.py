@@ -50,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--duration", type=float, default=0.0,
-        help="stop after this many seconds and exit 0 only if data moved end to end (for smoke tests); 0 runs until Ctrl-C",
+        help="smoke-test mode: exit 0 as soon as data has moved end to end (webhooks landed, orders in the state DB), "
+        "or 1 when it has not within this many seconds; 0 (default) runs until Ctrl-C",
     )
 
 
@@ -249,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr, flush=True,
         )
         started = time.monotonic()
-        last_report = 0.0
+        last_report = last_check = 0.0
         while not stopping:
             dead = [s.name for s in services if s.process.poll() is not None]
             if dead:
@@ -259,11 +260,15 @@ def run(args: argparse.Namespace) -> int:
             if now - last_report >= 15:
                 last_report = now
                 log.info("progress: %s", _progress(home))
-            if args.duration and now - started >= args.duration:
-                progress = _progress(home)
-                moved = progress["webhooks_landed"] > 0 and progress["orders_in_state"] > 0
-                print(json.dumps({"status": "done", "data_moved": moved, **progress}), flush=True)
-                return 0 if moved else 1
+            if args.duration:
+                progress = _progress(home) if now - last_check >= 5 else None
+                if progress is not None:
+                    last_check = now
+                    moved = progress["webhooks_landed"] > 0 and progress["orders_in_state"] > 0
+                    if moved or now - started >= args.duration:
+                        seconds = round(now - started, 1)
+                        print(json.dumps({"status": "done", "data_moved": moved, "seconds": seconds, **progress}), flush=True)
+                        return 0 if moved else 1
             time.sleep(0.5)
         return 0
     finally:

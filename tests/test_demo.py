@@ -26,13 +26,13 @@ def _free_ports(n: int) -> list[int]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(480)
 def test_demo_brings_up_the_stack_and_moves_data(tmp_path):
     receiver, clarus, shopify, netsuite, dagster, dashboard = _free_ports(6)
     argv = [
         CLI, "demo", "--home", str(tmp_path / "demo"), "--receiver-port", str(receiver), "--clarus-port", str(clarus),
         "--shopify-port", str(shopify), "--netsuite-port", str(netsuite), "--dagster-port", str(dagster),
-        "--dashboard-port", str(dashboard), "--orders-per-minute", "60", "--duration", "100",
+        "--dashboard-port", str(dashboard), "--orders-per-minute", "60", "--duration", "240",
     ]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -103,6 +103,32 @@ def _age(minutes: float) -> str:
     return f"{hours} h" if hours < 48 else f"{hours // 24} days"
 
 
+def unbound_candidates(con: duckdb.DuckDBPyConnection, policies: Policies, *, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Orders past `orphan_after_minutes` with no Clarus goods out bound: the ones worth a
+    targeted Clarus lookup when the window read did not bring their goods out."""
+    now = now or utcnow()
+    cur = con.execute(
+        "WITH released AS (SELECT order_id, max(occurred_at) AS at FROM order_events"
+        "   WHERE state IN ('RELEASED', 'READY') GROUP BY order_id)"
+        " SELECT o.order_id, o.order_name, o.clarus_reference FROM orders o LEFT JOIN released r USING (order_id)"
+        " LEFT JOIN bindings b ON b.entity_type = 'order' AND b.our_id = o.order_id"
+        " WHERE o.status NOT IN (SELECT unnest(?::VARCHAR[])) AND o.shopify_cancelled_at IS NULL AND b.clarus_id IS NULL"
+        "   AND greatest(coalesce(o.created_at, o.received_at), coalesce(r.at, o.received_at), o.received_at) <= ?"
+        " ORDER BY o.order_id",
+        [list(NOT_ORPHANABLE), now - timedelta(minutes=policies.timings.orphan_after_minutes)],
+    )
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+def matched_in(frame: pl.DataFrame, candidate: Mapping[str, Any]) -> bool:
+    """Whether the goods outs read include one for this order (by Shopify id or reference)."""
+    references = [r for r in (candidate.get("order_name"), candidate.get("clarus_reference")) if r]
+    return not frame.filter(
+        (pl.col("external_ref") == candidate["order_id"]) | pl.col("reference").is_in(references)
+    ).is_empty()
+
+
 def _register(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> None:
     con.register(name, frame.to_arrow())
 

@@ -34,6 +34,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import mmap
 import os
 import re
 import shutil
@@ -58,6 +59,7 @@ _ID_RE = re.compile(r"^\d{8}T\d{6}\.\d{6}Z$")
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _TOPIC_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 UNKNOWN_TOPIC = "unknown"
+_LAST_ID = struct.Struct("<q")
 
 
 # ---------------------------------------------------------------------------- ids and paths
@@ -219,6 +221,20 @@ class LandingPathError(ValueError):
 # ---------------------------------------------------------------------------- the zone
 
 
+@dataclass
+class _Commit:
+    """One landing waiting for the commit lock, and what became of it."""
+
+    source: str
+    topic: str
+    dedupe_key: str
+    tmp: str
+    result: LandResult | None = None
+    stale_tmp: str | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
 class _SharedDirSync:
     """fsync of one folder shared by concurrent callers (group commit).
 
@@ -274,9 +290,13 @@ class LandingZone:
         self._dedupe = str(self.dedupe_dir)
         self._thread_lock = threading.Lock()
         self._lock_fd: int | None = None
+        self._lock_map: mmap.mmap | None = None
         self._last_micros = 0
         self._known_dirs: set[str] = set()
         self._dir_syncs: dict[str, _SharedDirSync] = {}
+        self._commit_cond = threading.Condition()
+        self._commit_queue: list[_Commit] = []
+        self._committing = False
 
     # ------------------------------------------------------------------ low level
     def _fsync_dir(self, path: str | Path) -> None:
@@ -329,23 +349,34 @@ class LandingZone:
         return tmp
 
     @contextlib.contextmanager
-    def _commit_lock(self) -> Iterator[int]:
-        """Serialises commits in this process (thread lock) and across processes (flock)."""
+    def _commit_lock(self) -> Iterator[mmap.mmap]:
+        """Serialises commits in this process (thread lock) and across processes (flock).
+
+        Yields the lock file mapped in memory: its 8 bytes hold the last landing id
+        assigned (microseconds), read and written without a system call while held.
+        """
         with self._thread_lock:
             if self._lock_fd is None:
-                self._lock_fd = os.open(f"{self._root}/.commit.lock", os.O_RDWR | os.O_CREAT, 0o640)
+                fd = os.open(f"{self._root}/.commit.lock", os.O_RDWR | os.O_CREAT, 0o640)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    if os.fstat(fd).st_size < 8:
+                        os.ftruncate(fd, 8)
+                    self._lock_map = mmap.mmap(fd, 8)
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                self._lock_fd = fd
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
-                yield self._lock_fd
+                yield self._lock_map
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
-    def _next_id(self, lock_fd: int) -> str:
+    def _next_id(self, state: mmap.mmap) -> str:
         """A landing id later than every id any process has assigned in this zone."""
-        raw = os.pread(lock_fd, 8, 0)
-        last = struct.unpack("<q", raw)[0] if len(raw) == 8 else 0
+        last = _LAST_ID.unpack_from(state, 0)[0]
         micros = max(time.time_ns() // 1000, last + 1, self._last_micros + 1)
-        os.pwrite(lock_fd, struct.pack("<q", micros), 0)
+        _LAST_ID.pack_into(state, 0, micros)
         self._last_micros = micros
         return format_landing_id(micros)
 
@@ -392,38 +423,80 @@ class LandingZone:
                 os.unlink(tmp)  # gone after the rename; a duplicate's copy is dropped
 
     def _commit(self, source: str, topic: str, dedupe_key: str, tmp: str) -> LandResult:
-        marker = self._marker_path(source, dedupe_key)
-        self._ensure_dir(os.path.dirname(marker))
-        tmp_name = os.path.basename(tmp)
-        stale_tmp: str | None = None
-        with self._commit_lock() as lock_fd:
-            landing_id = self._next_id(lock_fd)
-            relpath = self._relpath(source, topic, landing_id)
-            final = f"{self._root}/{relpath}"
-            folder = os.path.dirname(final)
-            self._ensure_dir(folder)
-            try:
-                os.symlink(f"{relpath}|{tmp_name}", marker)
-                status: Literal["landed", "recovered"] = "landed"
-            except FileExistsError:
-                existing = self._read_marker(marker)
-                if existing and self._landing_exists(existing[0]):
-                    return LandResult("duplicate", os.path.basename(existing[0])[:-5], existing[0])
-                # The first writer of this event died before its landing became visible
-                # (or the landing was removed): this delivery takes the event over.
-                os.symlink(f"{relpath}|{tmp_name}", marker + ".new")
-                os.replace(marker + ".new", marker)
-                status = "recovered"
-                if existing and existing[1] and existing[1] != tmp_name:
-                    stale_tmp = f"{self._tmp}/{os.path.basename(existing[1])}"
-            os.rename(tmp, final)
-        self._sync_landed(folder)
-        if stale_tmp is not None:
+        """Claim the event and rename `tmp` into place; then make it durable."""
+        job = _Commit(source, topic, dedupe_key, tmp)
+        self._ensure_dir(os.path.dirname(self._marker_path(source, dedupe_key)))
+        self._run_commits(job)
+        if job.error is not None:
+            raise job.error
+        result = job.result
+        assert result is not None
+        if result.stored:
+            self._sync_landed(os.path.dirname(f"{self._root}/{result.relpath}"))
+        if job.stale_tmp is not None:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(stale_tmp)
-        if status == "recovered":
-            log.warning("landing %s took over %s event whose first write was interrupted", landing_id, source)
-        return LandResult(status, landing_id, relpath)
+                os.unlink(job.stale_tmp)
+        if result.status == "recovered":
+            log.warning("landing %s took over %s event whose first write was interrupted", result.landing_id, source)
+        return result
+
+    def _run_commits(self, job: "_Commit") -> None:
+        """Group commit: the thread that finds no commit running takes every queued one
+        through a single hold of the lock; the others wait for their result. Under load
+        this turns many short lock hand-overs between threads into one."""
+        with self._commit_cond:
+            self._commit_queue.append(job)
+            while not job.done:
+                if self._committing:
+                    self._commit_cond.wait()
+                    continue
+                self._committing = True
+                batch, self._commit_queue = self._commit_queue, []
+                self._commit_cond.release()
+                try:
+                    with self._commit_lock() as state:
+                        for item in batch:
+                            try:
+                                self._commit_one(item, state)
+                            except Exception as exc:  # handed to the thread that asked
+                                item.error = exc
+                except BaseException as exc:
+                    for item in batch:
+                        if item.result is None and item.error is None:
+                            item.error = exc
+                    raise
+                finally:
+                    self._commit_cond.acquire()
+                    self._committing = False
+                    for item in batch:
+                        item.done = True
+                    self._commit_cond.notify_all()
+
+    def _commit_one(self, job: "_Commit", state: mmap.mmap) -> None:
+        """Under the commit lock: assign the id, claim the dedupe marker, rename into place."""
+        marker = self._marker_path(job.source, job.dedupe_key)
+        tmp_name = os.path.basename(job.tmp)
+        landing_id = self._next_id(state)
+        relpath = self._relpath(job.source, job.topic, landing_id)
+        final = f"{self._root}/{relpath}"
+        self._ensure_dir(os.path.dirname(final))
+        try:
+            os.symlink(f"{relpath}|{tmp_name}", marker)
+            status: Literal["landed", "recovered"] = "landed"
+        except FileExistsError:
+            existing = self._read_marker(marker)
+            if existing and self._landing_exists(existing[0]):
+                job.result = LandResult("duplicate", os.path.basename(existing[0])[:-5], existing[0])
+                return
+            # The first writer of this event died before its landing became visible
+            # (or the landing was removed): this delivery takes the event over.
+            os.symlink(f"{relpath}|{tmp_name}", marker + ".new")
+            os.replace(marker + ".new", marker)
+            status = "recovered"
+            if existing and existing[1] and existing[1] != tmp_name:
+                job.stale_tmp = f"{self._tmp}/{os.path.basename(existing[1])}"
+        os.rename(job.tmp, final)
+        job.result = LandResult(status, landing_id, relpath)
 
     def quarantine(self, envelope: Envelope) -> LandingRef:
         """Keep a body that could not be accepted (e.g. not JSON), with the reason, durably."""
@@ -437,8 +510,8 @@ class LandingZone:
                 os.unlink(tmp)
 
     def _commit_quarantine(self, source: str, tmp: str) -> LandingRef:
-        with self._commit_lock() as lock_fd:
-            qid = self._next_id(lock_fd)
+        with self._commit_lock() as state:
+            qid = self._next_id(state)
             day = f"{qid[0:4]}-{qid[4:6]}-{qid[6:8]}"
             relpath = f"_quarantine/{source}/{day}/{qid}.json"
             final = f"{self._root}/{relpath}"

@@ -1,0 +1,333 @@
+"""Alerts against real local receivers: an HTTP server (Slack / webhook) and an SMTP server.
+
+Exceptions are raised through the real exception queue in a DuckDB file under tmp_path;
+times are passed explicitly so SLA and digest windows are deterministic.
+"""
+
+from __future__ import annotations
+
+import email
+import json
+import logging
+import socket
+import threading
+from datetime import datetime, timedelta
+from email import policy as email_policy
+
+import dagster as dg
+import pytest
+import yaml
+from aiosmtpd.controller import Controller
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+
+from clarus_pipelines import exception_queue
+from clarus_pipelines.alerts import AlertSender, SmtpConfig, dispatch_alerts, owner_channels
+from clarus_pipelines.connectors.http import RetryPolicy
+from clarus_pipelines.resources import PoliciesResource, StateStoreResource
+from clarus_pipelines.sandbox.serving import serve_in_thread
+from clarus_pipelines.settings import SANDBOX_POLICIES, Policies, load_policies
+from clarus_pipelines.state import StateStore
+
+T0 = datetime(2026, 3, 2, 10, 5)
+FAST = RetryPolicy(attempts=3, max_elapsed_s=5.0, initial_s=0.01, max_backoff_s=0.02, jitter_s=0.0, max_retry_after_s=0.05)
+PII = "customer jane.doe@example.com rang from +44 7700 900123"
+
+
+# --------------------------------------------------------------------------- receivers
+
+
+class HttpReceiver:
+    """Records every POST per path; a path can be told to answer an error status."""
+
+    def __init__(self) -> None:
+        self.posts: list[dict] = []
+        self.failing: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self.app = Starlette(routes=[Route("/{path:path}", self._post, methods=["POST"])])
+
+    async def _post(self, request: Request):
+        body = json.loads(await request.body())
+        path = request.url.path
+        with self._lock:
+            self.posts.append({"path": path, "body": body})
+            status = self.failing.get(path)
+        if status:
+            return PlainTextResponse("unavailable", status_code=status)
+        return JSONResponse({"ok": True}) if not path.startswith("/slack") else PlainTextResponse("ok")
+
+    def to(self, path: str) -> list[dict]:
+        with self._lock:
+            return [p["body"] for p in self.posts if p["path"] == path]
+
+
+class SmtpRecorder:
+    def __init__(self) -> None:
+        self.messages: list[email.message.EmailMessage] = []
+        self.envelopes: list[tuple[str, list[str]]] = []
+        self.answer = "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.answer.startswith("250"):
+            self.messages.append(email.message_from_bytes(envelope.content, policy=email_policy.default))
+            self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+        return self.answer
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def http():
+    receiver = HttpReceiver()
+    served = serve_in_thread(receiver.app)
+    receiver.url = served.url
+    try:
+        yield receiver
+    finally:
+        served.stop()
+
+
+@pytest.fixture
+def smtp():
+    recorder = SmtpRecorder()
+    controller = Controller(recorder, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    recorder.port = controller.port
+    try:
+        yield recorder
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def store(tmp_path) -> StateStore:
+    return StateStore(tmp_path / "state.duckdb")
+
+
+def policies_with(owners: dict, **extra) -> Policies:
+    base = load_policies(SANDBOX_POLICIES).model_dump(mode="python")
+    return Policies.model_validate({**base, "owners": owners, **extra})
+
+
+def sender(smtp: SmtpRecorder | None = None) -> AlertSender:
+    config = SmtpConfig(host="127.0.0.1", port=smtp.port, sender="alerts@clarus.test", timeout_s=5.0) if smtp else None
+    return AlertSender(config, retry=FAST, timeout_s=5.0)
+
+
+def raise_(store: StateStore, code: str, entity: str, message: str, policies: Policies, at: datetime) -> None:
+    with store.write() as con:
+        exception_queue.raise_exception(con, code, entity, message, policies=policies, now=at)
+
+
+def open_connector_failures(store: StateStore) -> dict[str, str]:
+    with store.read() as con:
+        return dict(con.execute(
+            "SELECT entity_id, message FROM exceptions WHERE code = 'CONNECTOR_FAILING' AND status <> 'resolved'"
+        ).fetchall())
+
+
+# ------------------------------------------------------------------------------- tests
+
+
+def test_new_exceptions_reach_every_channel_once_and_masked(store, http, smtp, caplog):
+    policies = policies_with({
+        "ops": {"channels": [{"kind": "slack", "target": f"{http.url}/slack/ops"},
+                             {"kind": "webhook", "target": f"{http.url}/hook/ops"}]},
+        "finance": {"channels": [{"kind": "email", "target": "finance@brand.test"}]},
+        "cx": {"channels": [{"kind": "log"}]},
+        "integration": {"channels": [{"kind": "log"}]},
+    })
+    raise_(store, "ORPHAN_ORDER", "5870000038037", f"order #1001 is in Shopify, not in Clarus; {PII}", policies, T0)
+    raise_(store, "RECONCILIATION_MISMATCH", "5870000038185", f"order #1002 shipped 24.00 against 60.00; {PII}", policies, T0)
+    raise_(store, "TRACKING_MISSING", "SHP-1", "shipment SHP-1 dispatched without tracking", policies, T0)
+
+    with caplog.at_level(logging.WARNING, logger="clarus_pipelines.alerts"):
+        report = dispatch_alerts(store, policies, sender(smtp), now=T0 + timedelta(minutes=1))
+    assert report.created["new"] == 3 and report.messages_sent == 4 and not report.failing_channels
+
+    [slack] = http.to("/slack/ops")
+    assert set(slack) == {"text"}
+    assert "ORPHAN_ORDER" in slack["text"] and "5870000038037" in slack["text"] and "#1001" in slack["text"]
+    assert "jane.doe@example.com" not in slack["text"] and "7700 900123" not in slack["text"]
+    [hook] = http.to("/hook/ops")
+    assert hook["kind"] == "alert" and hook["owner"] == "ops"
+    assert [(a["code"], a["entity_id"], a["reason"], a["severity"]) for a in hook["alerts"]] == [
+        ("ORPHAN_ORDER", "5870000038037", "new", "high")]
+    assert "jane.doe" not in json.dumps(hook)
+
+    [(mail_from, rcpt)] = smtp.envelopes
+    assert mail_from == "alerts@clarus.test" and rcpt == ["finance@brand.test"]
+    [message] = smtp.messages
+    assert "RECONCILIATION_MISMATCH" in message["Subject"] and "5870000038185" in message["Subject"]
+    body = message.get_content()
+    assert "shipped 24.00 against 60.00" in body and "jane.doe" not in body and "What to do:" in body
+    assert any("TRACKING_MISSING" in r.getMessage() for r in caplog.records)
+
+    again = dispatch_alerts(store, policies, sender(smtp), now=T0 + timedelta(minutes=2))
+    assert not again.created and again.messages_sent == 0
+    assert len(http.posts) == 2 and len(smtp.messages) == 1
+    assert again.summary() == "No new or SLA-breaching exceptions; nothing to send."
+
+
+def test_sla_breach_alerts_once_per_episode_and_reopen_is_news(store, http):
+    policies = policies_with(
+        {"ops": {"channels": [{"kind": "webhook", "target": f"{http.url}/hook/ops"}]}},
+        exception_overrides={"ORDER_INCOMPLETE": {"sla_minutes": 30}},
+    )
+    raise_(store, "ORDER_INCOMPLETE", "1001", "order #1001 held: no postcode", policies, T0)
+    raise_(store, "SHIP_METHOD_UNMAPPED", "1002", "order #1002 held: shipping line 'Drone' not mapped", policies, T0)
+    send = sender()
+    dispatch_alerts(store, policies, send, now=T0 + timedelta(minutes=1))
+    assert [a["reason"] for m in http.to("/hook/ops") for a in m["alerts"]] == ["new", "new"]
+
+    # ORDER_INCOMPLETE is past its overridden 30 min; SHIP_METHOD_UNMAPPED (120 min) is not, and is acknowledged
+    with store.write() as con:
+        exception_queue.acknowledge(con, "SHIP_METHOD_UNMAPPED", "1002", "Sam", now=T0 + timedelta(minutes=5))
+    report = dispatch_alerts(store, policies, send, now=T0 + timedelta(minutes=31))
+    assert report.created == {"sla_breach": 1}
+    last = http.to("/hook/ops")[-1]["alerts"]
+    assert [(a["code"], a["reason"], a["sla_minutes"]) for a in last] == [("ORDER_INCOMPLETE", "sla_breach", 30)]
+    assert "past its 30 min SLA" in last[0]["text"]
+    assert not dispatch_alerts(store, policies, send, now=T0 + timedelta(hours=5)).created  # acknowledged: no SLA alert
+
+    # resolved, then the problem comes back: a new episode is news again
+    with store.write() as con:
+        exception_queue.sync_exceptions(con, "ORDER_INCOMPLETE", [], policies=policies, now=T0 + timedelta(hours=6))
+    raise_(store, "ORDER_INCOMPLETE", "1001", "order #1001 held again: no postcode", policies, T0 + timedelta(hours=7))
+    report = dispatch_alerts(store, policies, send, now=T0 + timedelta(hours=7, minutes=1))
+    assert report.created == {"new": 1}
+    assert "held again" in http.to("/hook/ops")[-1]["alerts"][0]["text"]
+
+
+def test_exception_first_seen_past_its_sla_gets_one_alert(store, http):
+    policies = policies_with({"cx": {"channels": [{"kind": "slack", "target": f"{http.url}/slack/cx"}]}})
+    raise_(store, "TRACKING_NOT_POSTED", "SHP-9", "shipment SHP-9: Shopify fulfilment not created", policies, T0)
+    report = dispatch_alerts(store, policies, sender(), now=T0 + timedelta(hours=3))
+    assert report.created == {"sla_breach": 1} and report.messages_sent == 1
+    assert "past its 60 min SLA" in http.to("/slack/cx")[0]["text"]
+    assert dispatch_alerts(store, policies, sender(), now=T0 + timedelta(hours=4)).messages_sent == 0
+
+
+def test_digest_batches_an_owners_alerts_into_one_message_per_window(store, smtp):
+    policies = policies_with({"finance": {"channels": [{"kind": "email", "target": "finance@brand.test"}], "digest_minutes": 60}})
+    send = sender(smtp)
+    raise_(store, "REFUND_UNCLASSIFIED", "R1", "refund R1 fits no kind", policies, T0)
+    dispatch_alerts(store, policies, send, now=T0 + timedelta(minutes=1))
+    raise_(store, "RETURN_NOT_RECEIVED", "R2", "return R2 not received", policies, T0 + timedelta(minutes=20))
+    raise_(store, "RECONCILIATION_MISMATCH", "1003", "order #1003 does not reconcile", policies, T0 + timedelta(minutes=30))
+    report = dispatch_alerts(store, policies, send, now=T0 + timedelta(minutes=40))
+    assert report.created == {"new": 2} and report.messages_sent == 0 and report.waiting == 3  # window 10:00-11:00 open
+    assert smtp.messages == []
+
+    report = dispatch_alerts(store, policies, send, now=datetime(2026, 3, 2, 11, 0, 30))
+    assert report.messages_sent == 1 and report.alerts_delivered == 3
+    [digest] = smtp.messages
+    assert "3 alerts for finance" in digest["Subject"]
+    body = digest.get_content()
+    assert all(code in body for code in ("REFUND_UNCLASSIFIED", "RETURN_NOT_RECEIVED", "RECONCILIATION_MISMATCH"))
+    assert dispatch_alerts(store, policies, send, now=datetime(2026, 3, 2, 12, 1)).messages_sent == 0
+
+
+def test_failing_webhook_is_retried_raises_connector_failing_then_clears(store, http):
+    policies = policies_with({
+        "ops": {"channels": [{"kind": "slack", "target": f"{http.url}/slack/ops"}]},
+        "integration": {"channels": [{"kind": "webhook", "target": f"{http.url}/hook/integration"}]},
+    })
+    http.failing["/slack/ops"] = 503
+    raise_(store, "NOT_DISPATCHED_BY_CUTOFF", "1004", "order #1004 not dispatched by 15:00", policies, T0)
+
+    report = dispatch_alerts(store, policies, sender(), now=T0 + timedelta(minutes=1))
+    assert report.failing_channels.keys() == {"slack:ops"}
+    assert len(http.to("/slack/ops")) == FAST.attempts  # retried with backoff, then given up for this round
+    failures = open_connector_failures(store)
+    assert list(failures) == ["alerts:slack:ops"] and "HTTP 503" in failures["alerts:slack:ops"]
+
+    # the failure is itself alerted to the integration owner, while ops' alert waits
+    report = dispatch_alerts(store, policies, sender(), now=T0 + timedelta(minutes=2))
+    assert [a["code"] for m in http.to("/hook/integration") for a in m["alerts"]] == ["CONNECTOR_FAILING"]
+    assert report.waiting == 1
+
+    http.failing.clear()
+    report = dispatch_alerts(store, policies, sender(), now=T0 + timedelta(minutes=3))
+    assert report.alerts_delivered == 1 and report.recovered_channels == ["slack:ops"]
+    assert "NOT_DISPATCHED_BY_CUTOFF" in http.to("/slack/ops")[-1]["text"]
+    assert open_connector_failures(store) == {}
+    with store.read() as con:
+        assert con.execute("SELECT resolved_by FROM exceptions WHERE entity_id = 'alerts:slack:ops'").fetchone() == ("auto",)
+
+
+def test_smtp_outage_then_recovery_probe_clears_a_channel_with_nothing_left(store, smtp):
+    policies = policies_with({"finance": {"channels": [{"kind": "email", "target": "finance@brand.test"}]}})
+    smtp.answer = "451 4.3.0 try again later"  # transient: retried, then CONNECTOR_FAILING
+    raise_(store, "REFUND_UNCLASSIFIED", "R7", "refund R7 fits no kind", policies, T0)
+    report = dispatch_alerts(store, policies, sender(smtp), now=T0 + timedelta(minutes=1))
+    assert "SMTP 451 after 3 tries" in report.failing_channels["email:finance"]
+    assert list(open_connector_failures(store)) == ["alerts:email:finance"]
+
+    # the refund gets classified meanwhile: its alert is dropped, not sent late
+    with store.write() as con:
+        exception_queue.clear_exception(con, "REFUND_UNCLASSIFIED", "R7", now=T0 + timedelta(minutes=5))
+    smtp.answer = "250 OK"
+    report = dispatch_alerts(store, policies, sender(smtp), now=T0 + timedelta(minutes=6))
+    assert report.dropped == 1 and report.recovered_channels == ["email:finance"]
+    [probe] = smtp.messages  # only the "works again" notice
+    assert "working again" in probe["Subject"] and "REFUND_UNCLASSIFIED" not in probe.get_content()
+    assert open_connector_failures(store) == {}
+
+
+def test_email_without_smtp_settings_fails_and_says_why(store):
+    policies = policies_with({"finance": {"channels": [{"kind": "email", "target": "finance@brand.test"}]}})
+    raise_(store, "REFUND_UNCLASSIFIED", "R8", "refund R8 fits no kind", policies, T0)
+    report = dispatch_alerts(store, policies, AlertSender(SmtpConfig(host=None), retry=FAST), now=T0)
+    assert "ALERT_SMTP_HOST" in report.failing_channels["email:finance"]
+
+
+def test_target_from_environment_and_channel_ids(store, http, monkeypatch):
+    monkeypatch.setenv("OPS_SLACK_WEBHOOK_URL", f"{http.url}/slack/secret-path")
+    policies = policies_with({"ops": {"channels": [{"kind": "slack", "target": "env:OPS_SLACK_WEBHOOK_URL"},
+                                                    {"kind": "slack", "target": f"{http.url}/slack/second"}]}})
+    channels = {c.id: c for c in owner_channels(policies)}
+    assert {"slack:ops", "slack:ops:2", "log:finance", "log:cx"} <= set(channels)
+    raise_(store, "ORDER_EDIT_NEEDS_REVIEW", "1005", "order #1005 edited after pick started", policies, T0)
+    dispatch_alerts(store, policies, sender(), now=T0)
+    assert len(http.to("/slack/secret-path")) == 1 and len(http.to("/slack/second")) == 1
+
+
+def test_burst_of_alerts_goes_out_as_one_message(store, http):
+    policies = policies_with({"merchandising": {"channels": [{"kind": "webhook", "target": f"{http.url}/hook/merch"}]}})
+    for n in range(7):
+        raise_(store, "BARCODE_INVALID", f"SKU-{n}", f"barcode of SKU-{n} has a wrong check digit", policies, T0)
+    report = dispatch_alerts(store, policies, sender(), now=T0, burst_limit=5)
+    assert report.messages_sent == 1 and report.alerts_delivered == 7
+    [message] = http.to("/hook/merch")
+    assert message["kind"] == "digest" and len(message["alerts"]) == 7
+
+
+def test_alerts_sensor_reports_in_words_and_keeps_a_json_cursor(store, http, tmp_path):
+    from sensors.alerts import alerts_sensor
+
+    config = tmp_path / "policies.yaml"
+    base = load_policies(SANDBOX_POLICIES).model_dump(mode="json")
+    base["owners"] = {"ops": {"channels": [{"kind": "webhook", "target": f"{http.url}/hook/ops"}]}}
+    config.write_text(yaml.safe_dump(base))
+    policies = load_policies(config)
+    raise_(store, "ORPHAN_ORDER", "1006", "order #1006 is in Shopify, not in Clarus", policies, exception_queue.utcnow())
+    resources = {"state": StateStoreResource(path=str(store.path)), "policies": PoliciesResource(path=str(config))}
+
+    with dg.build_sensor_context(resources=resources) as context:
+        result = alerts_sensor(context)
+    assert result.skip_reason.skip_message.startswith("New alerts: 1 new; sent 1 alert(s) in 1 message(s)")
+    cursor = json.loads(result.cursor)
+    assert cursor["waiting"] == 0 and cursor["failing_channels"] == [] and cursor["last_sent_at"]
+
+    with dg.build_sensor_context(resources=resources, cursor=result.cursor) as context:
+        again = alerts_sensor(context)
+    assert again.skip_reason.skip_message == "No new or SLA-breaching exceptions; nothing to send."
+    assert json.loads(again.cursor)["last_sent_at"] == cursor["last_sent_at"]
+    assert len(http.to("/hook/ops")) == 1
