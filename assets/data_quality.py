@@ -77,7 +77,7 @@ def data_quality_suites(
     # validated after the read lock is released: writers never wait for GX
     results = validate(suites, frames, suite_parameters(policies.load()), sample_size=SAMPLE_ROWS)
     with store.write() as con:
-        record_results(con, results, run_at=run_at, run_id=context.run_id)
+        record_results(con, results, run_at=run_at, run_id=context.run.run_id)
     for result in results:
         (context.log.info if result.success else context.log.warning)(result.summary())
         yield check_result(result)

@@ -20,7 +20,6 @@ The state file is never held across a network call: read, close, call, then writ
 import json
 import logging
 import os
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any

@@ -52,8 +52,13 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
     }
 
 
-# Steps run in the run's own process: every step serialises on the state file's single
-# writer anyway, and a child process per step costs seconds of start-up on a small box.
-defs = dg.Definitions.merge(
-    *DOMAINS, dg.Definitions(resources=build_resources(), executor=dg.in_process_executor)
-)
+def build_defs(settings: Settings | None = None) -> dg.Definitions:
+    """The code location for these settings (tests build one per temporary home)."""
+    # Steps run in the run's own process: every step serialises on the state file's single
+    # writer anyway, and a child process per step costs seconds of start-up on a small box.
+    return dg.Definitions.merge(
+        *DOMAINS, dg.Definitions(resources=build_resources(settings), executor=dg.in_process_executor)
+    )
+
+
+defs = build_defs()

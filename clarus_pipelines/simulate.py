@@ -58,7 +58,8 @@ HOLD_CODES = ("ORDER_INCOMPLETE", "SKU_UNKNOWN", "SHIP_METHOD_UNMAPPED")
 # Compressed time: a production minute is a second here, for schedules (a 15-minute
 # reconciliation read runs every 15 s); the dispatch flow re-checks the ERP and retries within seconds.
 TIME_COMPRESSION = 60.0
-DISPATCH_STEP_CONFIG = {"erp_recheck_s": 1.0, "erp_recheck_max_s": 4.0, "retry_base_s": 1.0, "retry_max_s": 8.0}
+FINAL_ROUND_MINUTES = 15.0  # schedules at least this frequent run once more before the run ends
+DISPATCH_STEP_CONFIG = {"erp_recheck_s": 1.0, "erp_recheck_max_s": 3.0, "retry_base_s": 1.0, "retry_max_s": 5.0}
 # Reconciliation reads leave changes younger than a grace period to their webhook; with a
 # clock compressed to seconds, nothing would ever be old enough.
 OP_CONFIG: dict[str, dict[str, Any]] = {
@@ -209,8 +210,9 @@ class Orchestrator:
                 launched += self.execute(request, default_job, f"sensor:{sensor.name}")
         return launched
 
-    def tick_schedules(self, *, all_now: bool = False) -> int:
-        """Tick the schedules that are due on the compressed clock (all of them with `all_now`)."""
+    def tick_schedules(self, *, all_now: bool = False, within_minutes: float | None = None) -> int:
+        """Tick the schedules due on the compressed clock; with `all_now`, every schedule that
+        fires at least every `within_minutes` production minutes (all of them without a bound)."""
         import dagster as dg
         from datetime import datetime, timezone
 
@@ -218,7 +220,10 @@ class Orchestrator:
         for schedule in self.repo.schedule_defs:
             now = time.monotonic()
             period = period_minutes(schedule.cron_schedule) * 60 / TIME_COMPRESSION
-            if not all_now and now - self.last_tick.get(schedule.name, float("-inf")) < period:
+            if all_now:
+                if within_minutes is not None and period_minutes(schedule.cron_schedule) > within_minutes:
+                    continue
+            elif now - self.last_tick.get(schedule.name, float("-inf")) < period:
                 continue
             self.last_tick[schedule.name] = now
             with dg.build_schedule_context(
@@ -246,7 +251,7 @@ def simulate(
     faults: str = "light",
     timeout_s: float = 1800.0,
     home: Path | None = None,
-    quiet_s: float = 12.0,
+    quiet_s: float = 8.0,
     batch: int | None = None,
 ) -> dict[str, Any]:
     """Run the rehearsal and return the report (see the module docstring)."""
@@ -381,8 +386,9 @@ def _drive(orchestrator: Orchestrator, sandbox, traffic, *, orders: int, batch: 
         elif time.monotonic() - last_change >= quiet_s:
             if final_round_done:
                 return False
-            # quiet: one more round of every schedule lands whatever lost webhooks never brought
-            orchestrator.tick_schedules(all_now=True)
+            # quiet: one more round of the frequent schedules (the reconciliation reads and
+            # sweeps) lands whatever lost webhooks never brought
+            orchestrator.tick_schedules(all_now=True, within_minutes=FINAL_ROUND_MINUTES)
             final_round_done = True
             last_change = time.monotonic()
         if time.monotonic() - last_print > 15:

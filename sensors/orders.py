@@ -118,7 +118,7 @@ def recheck_held_orders(store: StateStore, policies: Policies, *, shopify: Shopi
         states = flow.frame(con, "SELECT status, count(*) AS n FROM orders WHERE order_id IN (SELECT unnest(?::VARCHAR[])) GROUP BY status", [held])
     counts = dict(zip(states["status"].to_list(), states["n"].to_list()))
     report.still_held = counts.get(OrderStatus.HELD.value, 0)
-    report.released = report.held - report.still_held
+    report.released = counts.get(OrderStatus.READY.value, 0) + counts.get(OrderStatus.SENT_TO_ERP.value, 0)
     report.raised = sum(1 for per_code in outcome.values() for v in per_code.values() if v in ("raised", "reopened"))
     return report
 
@@ -202,6 +202,13 @@ def _edit(row: dict, verdicts, new_body: dict | None, policies: Policies, clarus
         return {**result, "outcome": "resend" if new_body else "review", "reasons": reasons}
     lines = verdicts.lines.filter(pl.col("order_id") == order_id)
     diff = diff_lines(_sent_lines(goods_out), lines)
+    if status is GoodsOutStatus.COMPLETED:
+        # After dispatch, fewer units means a refund or a return (the refunds flow's business);
+        # only more goods than were shipped is an edit someone must look at.
+        diff = diff.filter(
+            (pl.col("change") == "ADD")
+            | ((pl.col("change") == "UPDATE") & (pl.col("new_quantity") > pl.col("old_quantity")))
+        )
     difference = describe_diff(diff, sent_body, new_body)
     result["difference"] = difference
     if new_body is None:
@@ -310,7 +317,9 @@ def _record_change(con, row, result, verdicts, new_body, policies: Policies, now
             clear_exception(con, code, order_id, now=now)
         report.cancelled += 1
     elif outcome == "no_change":
-        flow.record_event(con, order_id, "EDIT_IGNORED", f"{cause}: nothing the warehouse needs changed", now=now)
+        why = ("only refunds or returns after dispatch (the refunds flow handles them)"
+               if status is GoodsOutStatus.COMPLETED else "nothing the warehouse needs changed")
+        flow.record_event(con, order_id, "EDIT_IGNORED", f"{cause}: {why}", now=now)
         report.no_change += 1
     elif outcome == "amended":
         body = json.loads(row["sent_body"]) if row["sent_body"] else new_body
@@ -411,7 +420,10 @@ def held_orders_recheck_sensor(context: dg.SensorEvaluationContext, state: State
         held, oldest = con.execute("SELECT count(*), min(held_since) FROM orders WHERE status = 'HELD'").fetchall()[0]
     if not held:
         return dg.SkipReason("no held orders")
-    return dg.RunRequest(run_key=f"recheck:{utcnow():%Y%m%dT%H%M}", tags={"orders/held": str(held)})
+    return dg.RunRequest(
+        run_key=f"recheck:{utcnow():%Y%m%dT%H%M}",
+        tags={"orders/held": str(held), "orders/oldest_hold": f"{oldest:%Y-%m-%dT%H:%M}"},
+    )
 
 
 @dg.sensor(job=order_changes_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import polars as pl
 import pytest
 
 from assets import item_master as item_master_module
@@ -602,3 +601,19 @@ def test_cancel_of_a_held_order_needs_no_remote_call(h: Harness):
     assert h.order(order)["status"] == "CANCELLED"
     assert h.exceptions("ORDER_INCOMPLETE") == []
     assert h.goods_outs(order) == [] and h.sales_orders(order) == []
+
+
+def test_refund_after_dispatch_is_not_an_edit(h: Harness):
+    a = h.skus(1)[0]
+    order = h.place([(a, 2)])
+    through(h, order)
+    h.cl.advance(3600 + 10)  # dispatched
+    line = order["line_items"][0]
+    h.sh.refund_order(order["id"], line_items=[{"line_item_id": line["id"], "quantity": 1, "restock_type": "no_restock"}])
+    refunded = h.sh.order(order["id"])
+    assert refunded["line_items"][0]["current_quantity"] == 1
+    h.land("orders/updated", refunded)
+    h.intake()
+    report = h.changes()
+    assert report.no_change == 1 and h.exceptions("ORDER_EDIT_NEEDS_REVIEW") == []
+    assert "refunds flow" in _causes(h, order)[-1]

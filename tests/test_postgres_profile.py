@@ -54,9 +54,9 @@ def test_job_and_sensor_tick_on_postgres_instance(tmp_path, monkeypatch, pg_data
         Envelope(source="shopify", topic="orders/create", body=json.dumps(order).encode(), dedupe_key="wh-pg-1", webhook_id="wh-pg-1")
     )
 
-    from clarus_pipelines.definitions import build_resources, defs
+    from clarus_pipelines.definitions import build_defs, build_resources
 
-    repo = defs.get_repository_def()
+    repo = build_defs().get_repository_def()
     sensor = repo.get_sensor_def("shopify_landings")
     resources = build_resources()
 

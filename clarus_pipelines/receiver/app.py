@@ -174,10 +174,11 @@ class Intake:
             return self._finish(Outcome(503, "unconfigured", source, reason=f"no {source} webhook secret configured"))
         verdict = self._verify(source, body, headers, token, check_freshness)
         if not verdict:
-            try:
-                self.zone.record_rejection(source, verdict.reason)
-            except OSError as exc:
-                log.error("could not log a %s rejection: %s", source, exc)
+            if via == "webhook":  # only posts at the door count towards WEBHOOK_REJECTED
+                try:
+                    self.zone.record_rejection(source, verdict.reason)
+                except OSError as exc:
+                    log.error("could not log a %s rejection: %s", source, exc)
             return self._finish(Outcome(401, "rejected", source, reason=verdict.reason))
 
         topic = topics.header_topic(source, headers)

@@ -20,6 +20,10 @@ one lands; the marker names its landing, so a later duplicate is answered withou
 writing anything. A marker whose landing never became visible (the writer was killed
 between the two steps) is taken over by the next delivery of the same event.
 
+Throughput: the fsyncs run in parallel threads; a folder fsync is shared by every landing
+renamed before it started, and the commit step is taken by one thread for all landings
+waiting at that moment (group commit), so the lock changes hands once per batch.
+
 Ordering: landing ids are UTC receive times with microseconds (`20250101T120000.123456Z`),
 assigned under the same lock that renames the file into place and kept strictly
 increasing across processes, so files become visible in id order. `list_landings` relies
@@ -416,11 +420,14 @@ class LandingZone:
         if known:
             return known
         tmp = self._write_tmp(envelope.to_json())
+        result: LandResult | None = None
         try:
-            return self._commit(envelope.source, envelope.topic, envelope.dedupe_key, tmp)
+            result = self._commit(envelope.source, envelope.topic, envelope.dedupe_key, tmp)
+            return result
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)  # gone after the rename; a duplicate's copy is dropped
+            if result is None or not result.stored:  # a duplicate's copy, or a failed commit
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
 
     def _commit(self, source: str, topic: str, dedupe_key: str, tmp: str) -> LandResult:
         """Claim the event and rename `tmp` into place; then make it durable."""
