@@ -633,7 +633,7 @@ def record_results(
             waiting = con.execute(
                 "SELECT count(*) FROM alert_deliveries WHERE channel = ? AND status IN ('pending', 'sending')",
                 [batch.channel.id],
-            ).fetchone()[0]
+            ).fetchall()[0][0]
             findings[batch.channel.entity_id] = Finding(
                 batch.channel.entity_id,
                 f"alert channel {batch.channel.id} ({batch.channel.kind}) keeps failing: {delivery.error};"
@@ -713,7 +713,7 @@ def dispatch_alerts(
         outcome = record_results(con, results, channels, policies, now)
         report.waiting = con.execute(
             "SELECT count(*) FROM alert_deliveries WHERE status IN ('pending', 'sending')"
-        ).fetchone()[0]
+        ).fetchall()[0][0]
     report.recovered_channels = [e.removeprefix("alerts:") for e, action in outcome.items() if action == "auto_resolved"]
     return report
 

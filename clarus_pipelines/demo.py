@@ -169,7 +169,11 @@ def _wait_healthy(service: Service, deadline: float) -> bool:
 def _progress(home: Path) -> dict[str, int]:
     """What moved so far: landed webhooks on disk and orders/exceptions in the state DB."""
     landing = home / "landing"
-    landed = sum(1 for p in landing.rglob("*.json") if not p.name.startswith(".")) if landing.exists() else 0
+    landed = 0
+    if landing.exists():  # accepted webhooks only: not _quarantine/, _tmp/, _rejections/ or markers
+        for source in landing.iterdir():
+            if source.is_dir() and not source.name.startswith(("_", ".")):
+                landed += sum(1 for p in source.rglob("*.json") if not p.name.startswith((".", "_")))
     counts = {"webhooks_landed": landed, "orders_in_state": 0, "open_exceptions": 0}
     state = home / "state.duckdb"
     if state.exists():

@@ -264,7 +264,7 @@ def simulate(
     try:
         with _environment({**creds, "CLARUS_PIPELINES_HOME": str(home)}):
             return _simulate(home, orders=orders, seed=seed, faults=faults, timeout_s=timeout_s, quiet_s=quiet_s,
-                             batch=batch or max(10, orders // 10))
+                             batch=batch or max(50, orders // 4))
     finally:
         if own_home:
             shutil.rmtree(home, ignore_errors=True)
@@ -276,6 +276,7 @@ def _simulate(home: Path, *, orders: int, seed: int, faults: str, timeout_s: flo
 
     from clarus_pipelines import definitions as code_location
     from clarus_pipelines.receiver.app import WebhookSecrets, create_app
+    from clarus_pipelines.sandbox.faults import FaultConfig
     from clarus_pipelines.sandbox.server import SandboxSecrets, start_sandbox
     from clarus_pipelines.sandbox.serving import serve_in_thread
     from clarus_pipelines.sandbox.shopify import LeakyBucket
@@ -292,8 +293,9 @@ def _simulate(home: Path, *, orders: int, seed: int, faults: str, timeout_s: flo
         name="receiver",
     )
     profile = TrafficProfile(fix_after_s=(1.0, 4.0), followup_after_s=(0.0, 2.0), slow_commit_s=8.0)
+    # the sale starts with the catalogue synced: faults are switched on after the first round
     sandbox = start_sandbox(
-        seed=seed, faults=faults, receiver_url=receiver.url, secrets=SandboxSecrets.from_env(), profile=profile,
+        seed=seed, faults="none", receiver_url=receiver.url, secrets=SandboxSecrets.from_env(), profile=profile,
         netsuite_commit_delay_s=1.0, clarus_dispatch_after_s=1.0, tick_interval_s=0.25,
     )
     try:
@@ -308,6 +310,7 @@ def _simulate(home: Path, *, orders: int, seed: int, faults: str, timeout_s: flo
             log.info("simulate: %d orders, seed %d, faults %s; sandbox %s; receiver %s", orders, seed, faults,
                      sandbox.urls(), receiver.url)
             orchestrator.tick_schedules(all_now=True)  # hourly and daily jobs have run before the sale starts (item master...)
+            set_faults(sandbox, FaultConfig.preset(faults))
             timed_out = _drive(orchestrator, sandbox, traffic, orders=orders, batch=batch, timeout_s=timeout_s,
                                quiet_s=quiet_s, started=started)
             report = build_report(sandbox, traffic, Settings().state_db_path)
@@ -323,6 +326,25 @@ def _simulate(home: Path, *, orders: int, seed: int, faults: str, timeout_s: flo
     finally:
         sandbox.stop()
         receiver.stop()
+
+
+def set_faults(sandbox, config) -> None:
+    """Switch fault injection of all three systems (API middleware and webhook senders)."""
+    from clarus_pipelines.sandbox.faults import FaultMiddleware
+
+    for system in (sandbox.clarus, sandbox.shopify, sandbox.netsuite):
+        if hasattr(system, "set_faults"):
+            system.set_faults(config)
+            continue
+        app, seen = system.app, 0
+        while app is not None and not isinstance(app, FaultMiddleware) and seen < 10:
+            app, seen = getattr(app, "app", None), seen + 1
+        if not isinstance(app, FaultMiddleware):
+            raise RuntimeError(f"{type(system).__name__} has no fault middleware to configure")
+        app.config = config
+        system.faults = config
+        if getattr(system, "webhook_sender", None) is not None:
+            system.webhook_sender.config = config
 
 
 def _senders_idle(sandbox) -> bool:
@@ -372,7 +394,7 @@ def _drive(orchestrator: Orchestrator, sandbox, traffic, *, orders: int, batch: 
         if now - started > timeout_s:
             log.warning("simulate: not quiet after %.0fs; reporting what happened so far", timeout_s)
             return True
-        if placed < orders:
+        if placed < orders:  # a sale-day rush: orders arrive in a few large waves
             placed += len(traffic.generate_orders(min(batch, orders - placed)))
         traffic.apply_followups()
         launched = orchestrator.tick_sensors()

@@ -303,12 +303,12 @@ def flow_health(
             writes = _writes(con, where[0], where[1], since)
         last_success = writes.get("last_success")
         if flow.name in _LAST_SUCCESS:
-            last_success = con.execute(_LAST_SUCCESS[flow.name]).fetchone()[0]
+            last_success = con.execute(_LAST_SUCCESS[flow.name]).fetchall()[0][0]
         attempts = int(writes.get("attempts") or 0)
         failures = int(writes.get("failures") or 0)
         error_rate = failures / attempts if attempts else None
         queue = pending.get(flow.name, {})
-        work = con.execute(_WORK_WAITING[flow.name]).fetchone()[0] if flow.name in _WORK_WAITING else None
+        work = con.execute(_WORK_WAITING[flow.name]).fetchall()[0][0] if flow.name in _WORK_WAITING else None
         lag = lags.get(flow.name, {})
         status, reasons = _status(
             last_success=last_success, attempts=attempts, error_rate=error_rate,
@@ -391,13 +391,13 @@ def connection_health(
         )
         rejected = con.execute(
             "SELECT coalesce(sum(count), 0) FROM webhook_rejections WHERE source = ? AND minute >= ?", [system, since]
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         missed = con.execute(
             "SELECT count(*) FROM reconciliation_findings WHERE source = ? AND found_at >= ?", [system, since]
-        ).fetchone()[0]
-        reads = [con.execute("SELECT max(run_at) FROM reconciliation_runs WHERE source = ?", [system]).fetchone()[0]]
+        ).fetchall()[0][0]
+        reads = [con.execute("SELECT max(run_at) FROM reconciliation_runs WHERE source = ?", [system]).fetchall()[0][0]]
         if system == "clarus":
-            reads.append(con.execute("SELECT max(run_at) FROM dispatch_sweeps").fetchone()[0])
+            reads.append(con.execute("SELECT max(run_at) FROM dispatch_sweeps").fetchall()[0][0])
         last_read = max((r for r in reads if r is not None), default=None)
         attempts = int(writes.get("attempts") or 0)
         failures = int(writes.get("failures") or 0)

@@ -169,13 +169,13 @@ def orphan_orders(
         ).fetchall()
         checked = con.execute(
             "SELECT count(*) FROM orders WHERE status NOT IN (SELECT unnest(?::VARCHAR[]))", [list(NOT_ORPHANABLE)]
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         clarus_side = []
         if goods_outs is not None:
             clarus_side = con.execute(
                 "SELECT g.goods_out_id, g.reference, g.external_ref, g.status, g.created_at FROM _orphan_goods_outs g"
                 " WHERE coalesce(g.status, '') <> ? AND coalesce(g.created_at, g.updated_at) <= ?"
-                "   AND (g.goods_out_type IS NULL OR g.goods_out_type = ?)"
+                "   AND (g.goods_out_type IS NULL OR upper(g.goods_out_type) = upper(?))"
                 "   AND (g.account_id IS NULL OR g.account_id = ?)"
                 "   AND NOT EXISTS (SELECT 1 FROM bindings b WHERE b.entity_type = 'order' AND b.clarus_id = g.goods_out_id)"
                 "   AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.order_id = g.external_ref"
