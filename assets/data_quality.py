@@ -15,11 +15,21 @@ Checks tab.
 
 import dagster as dg
 
-from clarus_pipelines.data_quality import SuiteResult, load_suites, read_tables, record_results, suite_parameters, validate
+from clarus_pipelines.data_quality import (
+    SUITES_DIR,
+    SuiteResult,
+    load_suites,
+    read_tables,
+    record_results,
+    suite_parameters,
+    validate,
+)
 from clarus_pipelines.exception_queue import utcnow
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 
 SUITES = load_suites()
+if not SUITES:  # an install without the repo's quality/ folder: say so instead of silently checking nothing
+    raise RuntimeError(f"no data-quality suites found in {SUITES_DIR}")
 SAMPLE_ROWS = 10
 
 

@@ -56,7 +56,7 @@ import httpx
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential_jitter
 
 from clarus_pipelines import catalogue
-from clarus_pipelines.connectors.http import ConnectorError, RetryPolicy, send_with_retries
+from clarus_pipelines.connectors.http import RETRYABLE_STATUS, RetryAfterWait, RetryableStatus, RetryPolicy
 from clarus_pipelines.exception_queue import Finding, sync_exceptions, utcnow
 from clarus_pipelines.logs import mask_pii
 from clarus_pipelines.settings import Policies, Settings
@@ -68,6 +68,7 @@ NEW = "new"
 SLA_BREACH = "sla_breach"
 CONNECTOR_CODE = "CONNECTOR_FAILING"
 LEASE = timedelta(minutes=10)  # a claimed delivery not recorded within this is sent again
+RETENTION = timedelta(days=90)  # alert history kept this long (alerts of open exceptions are always kept)
 SOURCE = "clarus-pipelines"
 
 
@@ -144,12 +145,19 @@ class Alert:
 # Open exceptions with the start of their current episode (latest raise or reopen).
 _OPEN_EPISODES = (
     "WITH episodes AS (SELECT code, entity_id, max(occurred_at) AS started FROM exception_events"
-    "   WHERE action IN ('raised', 'reopened') GROUP BY code, entity_id)"
-    " SELECT e.code, e.entity_id, e.entity_type, e.owner, e.severity, e.status, e.message, e.first_seen,"
-    "   e.occurrences, greatest(coalesce(p.started, e.first_seen), e.first_seen) AS episode_started_at"
-    " FROM exceptions e LEFT JOIN episodes p USING (code, entity_id)"
-    " WHERE e.status <> 'resolved'"
+    "   WHERE action IN ('raised', 'reopened') GROUP BY code, entity_id),"
+    " open AS (SELECT e.code, e.entity_id, e.entity_type, e.owner, e.severity, e.status, e.message,"
+    "   e.details::VARCHAR AS details, e.first_seen, e.occurrences,"
+    "   greatest(coalesce(p.started, e.first_seen), e.first_seen) AS episode_started_at"
+    "   FROM exceptions e LEFT JOIN episodes p USING (code, entity_id) WHERE e.status <> 'resolved')"
 )
+_ALERTED = (
+    " EXISTS (SELECT 1 FROM alerts a WHERE a.code = o.code AND a.entity_id = o.entity_id"
+    "   AND a.episode_started_at = o.episode_started_at AND a.reason = ?)"
+)
+# detail fields whose values are ids: kept verbatim in alert text (see `mask_keeping`)
+ID_FIELDS = ("order_id", "order_name", "shipment_id", "goods_out_id", "refund_id", "reference", "tracking_number",
+             "clarus_goods_out_id", "sku")
 
 
 def _rows(con: duckdb.DuckDBPyConnection, query: str, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
@@ -185,7 +193,12 @@ def alert_text(row: dict[str, Any], reason: str, sla: int, now: datetime) -> tup
     """(title, text) of one alert; the exception message is masked."""
     kind = catalogue.get(row["code"])
     age_min = (now - row["episode_started_at"]).total_seconds() / 60
-    message = mask_keeping(str(row["message"]), [row["entity_id"]])
+    try:
+        details = json.loads(row.get("details") or "{}")
+    except ValueError:
+        details = {}
+    ids = [str(details[k]) for k in ID_FIELDS if isinstance(details, dict) and details.get(k) not in (None, "")]
+    message = mask_keeping(str(row["message"]), [row["entity_id"], *ids])
     head = f"[{row['severity'].upper()}] {row['code']}: {kind.title}"
     if reason == SLA_BREACH:
         head += f" - open {_age(age_min)}, past its {sla} min SLA"
@@ -203,21 +216,23 @@ def plan_alerts(con: duckdb.DuckDBPyConnection, policies: Policies, channels: Se
 
     Returns the alerts recorded by this call (none on a re-run).
     """
-    sent = {
-        (r[0], r[1], r[2], r[3])
-        for r in con.execute("SELECT code, entity_id, reason, episode_started_at FROM alerts").fetchall()
-    }
     due: list[Alert] = []
     silent: list[tuple] = []  # 'new' alerts superseded by an SLA alert: recorded, not sent
-    for row in _rows(con, _OPEN_EPISODES + " ORDER BY e.first_seen, e.code, e.entity_id"):
+    rows = _rows(
+        con,
+        _OPEN_EPISODES + f" SELECT o.*, {_ALERTED} AS new_sent, {_ALERTED} AS sla_sent FROM open o"
+        " ORDER BY o.first_seen, o.code, o.entity_id",
+        [NEW, SLA_BREACH],
+    )
+    for row in rows:
         if row["code"] not in catalogue.CATALOGUE:
             continue
         episode = row["episode_started_at"]
         sla = sla_minutes(row["code"], policies)
         breached = row["status"] == "open" and now - episode >= timedelta(minutes=sla)
         key = (row["code"], row["entity_id"])
-        wants_new = (*key, NEW, episode) not in sent and row["status"] == "open"
-        wants_sla = breached and (*key, SLA_BREACH, episode) not in sent
+        wants_new = not row["new_sent"] and row["status"] == "open"
+        wants_sla = breached and not row["sla_sent"]
         if wants_sla:
             title, text = alert_text(row, SLA_BREACH, sla, now)
             due.append(Alert(*key, SLA_BREACH, episode, row["owner"], row["severity"], title, text, sla, now))
@@ -253,6 +268,21 @@ def plan_alerts(con: duckdb.DuckDBPyConnection, policies: Policies, channels: Se
     return due
 
 
+def prune(con: duckdb.DuckDBPyConnection, now: datetime, keep: timedelta = RETENTION) -> None:
+    """Forget alert history older than `keep`, except what dedupes a still-open exception."""
+    cutoff = now - keep
+    con.execute("DELETE FROM alert_messages WHERE finished_at < ?", [cutoff])
+    con.execute("DELETE FROM alert_deliveries WHERE status IN ('sent', 'dropped') AND updated_at < ?", [cutoff])
+    con.execute(
+        "DELETE FROM alerts a WHERE a.due_at < ?"
+        " AND NOT EXISTS (SELECT 1 FROM alert_deliveries d WHERE d.code = a.code AND d.entity_id = a.entity_id"
+        "   AND d.reason = a.reason AND d.episode_started_at = a.episode_started_at)"
+        " AND NOT EXISTS (SELECT 1 FROM exceptions e WHERE e.code = a.code AND e.entity_id = a.entity_id"
+        "   AND e.status <> 'resolved')",
+        [cutoff],
+    )
+
+
 # ------------------------------------------------------------------------------- batches
 
 
@@ -279,7 +309,8 @@ def _window_end(moment: datetime, minutes: int) -> datetime:
 def drop_stale(con: duckdb.DuckDBPyConnection, channels: Sequence[Channel], now: datetime) -> int:
     """Drop undelivered alerts that are no longer true or have no channel any more."""
     current = {
-        (r["code"], r["entity_id"], r["episode_started_at"]): r["status"] for r in _rows(con, _OPEN_EPISODES)
+        (r["code"], r["entity_id"], r["episode_started_at"]): r["status"]
+        for r in _rows(con, _OPEN_EPISODES + " SELECT code, entity_id, episode_started_at, status FROM open")
     }
     pending = _rows(
         con,
@@ -422,7 +453,13 @@ def render(batch: Batch) -> Message:
 
 
 class DeliveryError(RuntimeError):
-    """A channel could not take the message (after retries)."""
+    """A channel's configuration cannot be used (e.g. its target's variable is not set)."""
+
+
+def _describe(exc: BaseException | None) -> str:
+    if isinstance(exc, RetryableStatus):
+        return f"HTTP {exc.response.status_code}"  # never the URL: a Slack webhook URL is a credential
+    return type(exc).__name__ if exc is not None else "failed"
 
 
 @dataclass(frozen=True)
@@ -473,40 +510,62 @@ class AlertSender:
         return cls(SmtpConfig.from_settings(settings or Settings()), **kwargs)
 
     def deliver(self, channel: Channel, message: Message) -> Delivery:
+        """Send one message; never raises for a delivery problem (the Delivery says what failed)."""
+        if channel.kind == "log":
+            log.warning("alert for %s via %s:\n%s", channel.owner, channel.id, message.text)
+            return Delivery(True, 1)
+        try:
+            target = channel.resolved_target()
+        except DeliveryError as exc:
+            return Delivery(False, 0, str(exc))
+        if not target:
+            return Delivery(False, 0, f"no target configured for {channel.id}")
+        if channel.kind == "email":
+            return self._email(channel, target, message)
+        return self._post(channel, target, {"text": message.text} if channel.kind == "slack" else message.payload)
+
+    def _post(self, channel: Channel, url: str, body: dict[str, Any]) -> Delivery:
+        """POST JSON with retries on transport errors, 429 and 5xx (Retry-After honoured).
+
+        The URL is never logged or reported: a Slack webhook URL is a credential.
+        """
         tries = 0
 
-        def count(_request: httpx.Request) -> None:
+        def post_once(client: httpx.Client) -> httpx.Response:
             nonlocal tries
             tries += 1
+            response = client.post(url, json=body, headers={"User-Agent": f"{SOURCE}/alerts"})
+            if response.status_code in RETRYABLE_STATUS:
+                raise RetryableStatus(response)
+            return response
 
+        retrying = Retrying(
+            retry=retry_if_exception(lambda e: isinstance(e, (RetryableStatus, httpx.TransportError))),
+            wait=RetryAfterWait(self.retry),
+            stop=stop_after_attempt(self.retry.attempts) | stop_after_delay(self.retry.max_elapsed_s),
+            reraise=True,
+            before_sleep=lambda state: log.warning(
+                "alert channel %s: %s; retry %d", channel.id, _describe(state.outcome.exception()), state.attempt_number
+            ),
+        )
         try:
-            if channel.kind == "log":
-                log.warning("alert for %s via %s:\n%s", channel.owner, channel.id, message.text)
-                return Delivery(True, 1)
-            if channel.kind == "email":
-                return self._email(channel, message)
-            body = {"text": message.text} if channel.kind == "slack" else message.payload
-            with httpx.Client(timeout=self.timeout_s, event_hooks={"request": [count]}) as client:
-                response = send_with_retries(
-                    client, "POST", channel.resolved_target(), system=channel.entity_id, policy=self.retry, json=body,
-                    headers={"User-Agent": f"{SOURCE}/alerts"},
-                )
-            if response.status_code >= 300:
-                return Delivery(False, tries, f"HTTP {response.status_code}: {response.text[:200]}")
-            return Delivery(True, tries)
-        except ConnectorError as exc:
-            status = f"HTTP {exc.status}" if exc.status else type(exc.__cause__).__name__
-            return Delivery(False, tries, f"{status} after {tries} tries")
-        except (DeliveryError, httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError) as exc:
-            return Delivery(False, tries, str(exc)[:300])
+            with httpx.Client(timeout=self.timeout_s) as client:
+                response = retrying(post_once, client)
+        except (RetryableStatus, httpx.TransportError) as exc:
+            return Delivery(False, tries, f"{_describe(exc)} after {tries} tries")
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+            return Delivery(False, tries, f"target of {channel.id} is not a usable URL ({type(exc).__name__})")
+        if response.status_code >= 300:
+            return Delivery(False, tries, f"HTTP {response.status_code}: {mask_pii(response.text[:200])}")
+        return Delivery(True, tries)
 
-    def _email(self, channel: Channel, message: Message) -> Delivery:
+    def _email(self, channel: Channel, to: str, message: Message) -> Delivery:
         if not self.smtp.host or not self.smtp.sender:
             return Delivery(False, 0, "e-mail alerts need ALERT_SMTP_HOST and ALERT_SMTP_FROM in the environment")
         email = EmailMessage()
         email["Subject"] = message.subject
         email["From"] = self.smtp.sender
-        email["To"] = channel.resolved_target()
+        email["To"] = to
         email["X-Clarus-Pipelines-Alert"] = message.payload.get("kind", "alert")
         email.set_content(message.text)
         tries = 0
@@ -671,6 +730,7 @@ def dispatch_alerts(
     channels = owner_channels(policies)
     report = DispatchReport()
     with store.write() as con:
+        prune(con, now)
         created = plan_alerts(con, policies, channels, now)
         report.created.update(a.reason for a in created)
         report.dropped = drop_stale(con, channels, now)

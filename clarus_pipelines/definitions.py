@@ -9,7 +9,8 @@ from clarus_pipelines.connectors.shopify import ShopifyResource
 from clarus_pipelines.resources import LandingZoneResource, PoliciesResource, StateStoreResource
 from clarus_pipelines.settings import Settings
 
-from assets import dispatch, ingest, item_master, orders, reconciliation, refunds, stock
+from assets import data_quality, dispatch, ingest, item_master, monitoring, orders, reconciliation, refunds, stock
+from sensors import alerts as alert_sensors
 from sensors import maintenance, stuck_states, webhooks
 from sensors import orders as order_sensors
 from sensors import stock as stock_sensors
@@ -21,6 +22,7 @@ DOMAINS: list[dg.Definitions] = [
     dispatch.defs, stuck_states.defs,
     stock.defs, stock_sensors.defs,
     refunds.defs,
+    monitoring.defs, data_quality.defs, alert_sensors.defs,
 ]
 
 

@@ -18,6 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from clarus_pipelines.domain.refunds import RefundRules  # the refund rules live with the classifier
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SANDBOX_POLICIES = REPO_ROOT / "config" / "sandbox.yaml"
 
@@ -167,9 +169,6 @@ class ExceptionOverride(_Strict):
     owner: Owner | None = None
     severity: Severity | None = None
     sla_minutes: int | None = Field(default=None, gt=0)
-
-
-from clarus_pipelines.domain.refunds import RefundRules  # noqa: E402  (the refund rules live with the classifier)
 
 
 class Policies(_Strict):

@@ -55,17 +55,15 @@ SECRET_NAMES = (
 )
 HOLD_CODES = ("ORDER_INCOMPLETE", "SKU_UNKNOWN", "SHIP_METHOD_UNMAPPED")
 
-# Compressed time: a production minute is a second here, for schedules (a 15-minute
-# reconciliation read runs every 15 s); the dispatch flow re-checks the ERP and retries within seconds.
-TIME_COMPRESSION = 60.0
+# Compressed time. Schedules: a production minute is two seconds here (the 15-minute
+# reconciliation reads run every 30 s). Op config, applied to any op that has the field:
+# the dispatch flow re-checks the ERP and retries within seconds, and the reconciliation
+# reads land changes at once (their grace period would outlast the whole rehearsal).
+TIME_COMPRESSION = 30.0
 FINAL_ROUND_MINUTES = 15.0  # schedules at least this frequent run once more before the run ends
-DISPATCH_STEP_CONFIG = {"erp_recheck_s": 1.0, "erp_recheck_max_s": 3.0, "retry_base_s": 1.0, "retry_max_s": 5.0}
-# Reconciliation reads leave changes younger than a grace period to their webhook; with a
-# clock compressed to seconds, nothing would ever be old enough.
-OP_CONFIG: dict[str, dict[str, Any]] = {
-    "shipments": DISPATCH_STEP_CONFIG,
-    "shopify_reconciliation": {"grace_minutes": 0},
-    "clarus_reconciliation": {"grace_minutes": 0},
+COMPRESSED_OP_CONFIG: dict[str, Any] = {
+    "erp_recheck_s": 1.0, "erp_recheck_max_s": 3.0, "retry_base_s": 1.0, "retry_max_s": 5.0,
+    "grace_minutes": 0,
 }
 
 
@@ -112,6 +110,15 @@ def _sandbox_secrets() -> dict[str, str]:
 # ------------------------------------------------------------------------ driving Dagster
 
 
+def _config_fields(definition) -> set[str]:
+    """Names of an op's config fields (empty when it takes no structured config)."""
+    schema = getattr(definition, "config_schema", None)
+    try:
+        return set(schema.as_field().config_type.fields) if schema is not None else set()
+    except AttributeError:
+        return set()
+
+
 def period_minutes(cron: str | list[str]) -> float:
     """How often a cron schedule fires, in minutes (the shapes our schedules use)."""
     expression = cron[0] if isinstance(cron, list) else cron
@@ -147,11 +154,12 @@ class Orchestrator:
 
     def _run_config(self, job, requested: Mapping[str, Any] | None) -> dict[str, Any]:
         config = json.loads(json.dumps(dict(requested or {}), default=str))
-        nodes = set(job.graph.node_dict)
         ops = config.setdefault("ops", {})
-        for op, values in OP_CONFIG.items():
-            if op in nodes:
-                ops.setdefault(op, {}).setdefault("config", {}).update(values)
+        for name, node in job.graph.node_dict.items():
+            fields = _config_fields(node.definition)
+            values = {k: v for k, v in COMPRESSED_OP_CONFIG.items() if k in fields}
+            if values:
+                ops.setdefault(name, {}).setdefault("config", {}).update(values)
         if not ops:
             config.pop("ops")
         return config

@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from clarus_pipelines import exception_queue
-from clarus_pipelines.alerts import AlertSender, SmtpConfig, dispatch_alerts, owner_channels
+from clarus_pipelines.alerts import AlertSender, SmtpConfig, claim_batches, dispatch_alerts, owner_channels, plan_alerts
 from clarus_pipelines.connectors.http import RetryPolicy
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 from clarus_pipelines.sandbox.serving import serve_in_thread
@@ -45,6 +45,7 @@ class HttpReceiver:
     def __init__(self) -> None:
         self.posts: list[dict] = []
         self.failing: dict[str, int] = {}
+        self.fail_next: dict[str, list[int]] = {}  # statuses answered once each, then normal service
         self._lock = threading.Lock()
         self.app = Starlette(routes=[Route("/{path:path}", self._post, methods=["POST"])])
 
@@ -53,9 +54,10 @@ class HttpReceiver:
         path = request.url.path
         with self._lock:
             self.posts.append({"path": path, "body": body})
-            status = self.failing.get(path)
+            queued = self.fail_next.get(path)
+            status = queued.pop(0) if queued else self.failing.get(path)
         if status:
-            return PlainTextResponse("unavailable", status_code=status)
+            return PlainTextResponse("slow down", status_code=status, headers={"Retry-After": "0"})
         return JSONResponse({"ok": True}) if not path.startswith("/slack") else PlainTextResponse("ok")
 
     def to(self, path: str) -> list[dict]:
@@ -143,7 +145,7 @@ def test_new_exceptions_reach_every_channel_once_and_masked(store, http, smtp, c
         "cx": {"channels": [{"kind": "log"}]},
         "integration": {"channels": [{"kind": "log"}]},
     })
-    raise_(store, "ORPHAN_ORDER", "5870000038037", f"order #1001 is in Shopify, not in Clarus; {PII}", policies, T0)
+    raise_(store, "ORPHAN_ORDER", "5870000038037", f"Shopify order 5870000038037 (#1001) not in Clarus; {PII}", policies, T0)
     raise_(store, "RECONCILIATION_MISMATCH", "5870000038185", f"order #1002 shipped 24.00 against 60.00; {PII}", policies, T0)
     raise_(store, "TRACKING_MISSING", "SHP-1", "shipment SHP-1 dispatched without tracking", policies, T0)
 
@@ -153,7 +155,7 @@ def test_new_exceptions_reach_every_channel_once_and_masked(store, http, smtp, c
 
     [slack] = http.to("/slack/ops")
     assert set(slack) == {"text"}
-    assert "ORPHAN_ORDER" in slack["text"] and "5870000038037" in slack["text"] and "#1001" in slack["text"]
+    assert "ORPHAN_ORDER" in slack["text"] and "Shopify order 5870000038037 (#1001)" in slack["text"]  # ids kept
     assert "jane.doe@example.com" not in slack["text"] and "7700 900123" not in slack["text"]
     [hook] = http.to("/hook/ops")
     assert hook["kind"] == "alert" and hook["owner"] == "ops"
@@ -331,3 +333,26 @@ def test_alerts_sensor_reports_in_words_and_keeps_a_json_cursor(store, http, tmp
     assert again.skip_reason.skip_message == "No new or SLA-breaching exceptions; nothing to send."
     assert json.loads(again.cursor)["last_sent_at"] == cursor["last_sent_at"]
     assert len(http.to("/hook/ops")) == 1
+
+
+def test_a_claimed_delivery_is_not_sent_twice_until_its_lease_expires(store, http):
+    policies = policies_with({"ops": {"channels": [{"kind": "webhook", "target": f"{http.url}/hook/ops"}]}})
+    raise_(store, "ORPHAN_ORDER", "1007", "order #1007 not in Clarus", policies, T0)
+    channels = owner_channels(policies)
+    with store.write() as con:  # another dispatcher planned and claimed it, then died before sending
+        plan_alerts(con, policies, channels, T0)
+        assert len(claim_batches(con, channels, T0)) == 1
+    assert dispatch_alerts(store, policies, sender(), now=T0 + timedelta(minutes=5)).messages_sent == 0
+    report = dispatch_alerts(store, policies, sender(), now=T0 + timedelta(minutes=11))
+    assert report.messages_sent == 1 and len(http.to("/hook/ops")) == 1
+
+
+def test_a_429_is_retried_after_the_wait_asked_for_without_raising_anything(store, http):
+    policies = policies_with({"ops": {"channels": [{"kind": "slack", "target": f"{http.url}/slack/ops"}]}})
+    http.fail_next["/slack/ops"] = [429, 502]
+    raise_(store, "ORPHAN_ORDER", "1008", "order #1008 not in Clarus", policies, T0)
+    report = dispatch_alerts(store, policies, sender(), now=T0)
+    assert report.messages_sent == 1 and not report.failing_channels
+    assert len(http.to("/slack/ops")) == 3 and open_connector_failures(store) == {}
+    with store.read() as con:
+        assert con.execute("SELECT status, tries FROM alert_messages").fetchall() == [("sent", 3)]

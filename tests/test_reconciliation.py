@@ -170,3 +170,36 @@ def test_dagster_asset_writes_the_partition_report_under_home(store, tmp_path):
     [check] = result.get_asset_check_evaluations()
     # run at the real clock, long after the day: the partial dispatch #2004 has settled short as well
     assert check.check_name == "day_reconciles" and not check.passed and check.metadata["mismatches"].value == 5
+
+
+def test_real_shopify_order_with_discount_and_tax_added_reconciles_when_shipped_in_full(tmp_path, fixtures_dir):
+    order = json.loads((fixtures_dir / "shopify" / "shopify-api-ruby_rest_2025-07" / "order_GET_450789469.json").read_text())
+    order = order.get("order", order)
+    store = StateStore(tmp_path / "state.duckdb")
+    with store.write() as con:
+        con.execute(
+            "INSERT INTO orders (order_id, order_name, status, currency, total_price, payload, received_at, updated_at)"
+            " VALUES (?, ?, 'ACKNOWLEDGED', ?, ?, ?, ?, ?)",
+            [str(order["id"]), order["name"], order["currency"], order["total_price"], json.dumps(order), NOON, NOON],
+        )
+        for line in order["line_items"]:
+            con.execute("INSERT INTO order_lines (order_id, line_id, sku, quantity, price, ships) VALUES (?, ?, ?, ?, ?, true)",
+                        [str(order["id"]), str(line["id"]), line["sku"], line["quantity"], line["price"]])
+        con.execute("INSERT INTO shipments (shipment_id, order_id, state, dispatched_at, updated_at)"
+                    " VALUES ('S-REAL', ?, 'CHANNEL_CONFIRMED', ?, ?)", [str(order["id"]), NOON, NOON])
+        for line in order["line_items"][:2]:
+            con.execute("INSERT INTO shipment_lines (shipment_id, sku, quantity, line_id) VALUES ('S-REAL', ?, ?, ?)",
+                        [line["sku"], line["quantity"], str(line["id"])])
+    with store.read() as con:
+        partly = reconcile(con, [str(order["id"])], now=NOW).rows.to_dicts()[0]
+    assert (partly["status"], partly["tax_added"], partly["other_charges"]) == ("partial", "11.94", "0.00")
+    assert (partly["goods_ordered"], partly["goods_discounts"], partly["expected_goods"]) == ("597.00", "10.00", "587.00")
+
+    with store.write() as con:
+        last = order["line_items"][2]
+        con.execute("INSERT INTO shipment_lines (shipment_id, sku, quantity, line_id) VALUES ('S-REAL', ?, ?, ?)",
+                    [last["sku"], last["quantity"], str(last["id"])])
+    with store.read() as con:
+        result = reconcile(con, [str(order["id"])], now=NOW)
+    row = result.rows.to_dicts()[0]
+    assert (row["status"], row["shipped_goods"], row["difference"]) == ("ok", "587.00", "0.00") and result.findings == []

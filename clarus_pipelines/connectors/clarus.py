@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
-import dagster as dg
 import httpx
 from pydantic import Field, PrivateAttr
 
@@ -34,7 +32,7 @@ from clarus_pipelines.connectors.clarus_model import (
     build_product_body,
     clarus_datetime,
 )
-from clarus_pipelines.connectors.http import ConnectorError, RetryPolicy, send_with_retries
+from clarus_pipelines.connectors.http import ConnectorError, HttpConnector, RetryPolicy, send_with_retries
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +150,7 @@ def _retry_after(exc: ConnectorError) -> float | None:
         return None
 
 
-class ClarusResource(dg.ConfigurableResource):
+class ClarusResource(HttpConnector):
     """Clarus WMS API client for one tenant (subdomain)."""
 
     base_url: str = Field(description="Clarus API root, e.g. https://clarus-api.com (no trailing /api).")
@@ -164,33 +162,10 @@ class ClarusResource(dg.ConfigurableResource):
     max_attempts: int = Field(default=6, description="Attempts per call for transient failures.")
     max_elapsed_s: float = Field(default=120.0, description="Give up retrying a call after this long.")
 
-    _client: httpx.Client | None = PrivateAttr(default=None)
     _token: str | None = PrivateAttr(default=None)
     _token_expires_at: float = PrivateAttr(default=0.0)
-    _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
     _last_call_at: float = PrivateAttr(default=0.0)
     _carrier_services: dict[tuple[str, str], tuple[str, str]] | None = PrivateAttr(default=None)
-
-    # ------------------------------------------------------------------ lifecycle
-
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        self.close()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
-
-    def _http(self) -> httpx.Client:
-        with self._lock:
-            if self._client is None:
-                self._client = httpx.Client(
-                    base_url=self.base_url.rstrip("/"),
-                    timeout=httpx.Timeout(self.timeout_s),
-                    headers={"Accept": "application/json", "User-Agent": "clarus-pipelines/0.1"},
-                )
-            return self._client
 
     def _policy(self) -> RetryPolicy:
         return RetryPolicy(attempts=self.max_attempts, max_elapsed_s=self.max_elapsed_s)

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import dagster as dg
 import httpx
+from pydantic import PrivateAttr
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -54,7 +57,7 @@ class RetryPolicy:
     max_retry_after_s: float = 30.0
 
 
-def _retry_after_seconds(response: httpx.Response) -> float | None:
+def retry_after_seconds(response: httpx.Response) -> float | None:
     value = response.headers.get("Retry-After")
     if not value:
         return None
@@ -69,7 +72,9 @@ def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, (RetryableStatus, httpx.TransportError))
 
 
-class _Wait:
+class RetryAfterWait:
+    """Tenacity wait: what a 429/503 asked for in Retry-After (capped), else backoff with jitter."""
+
     def __init__(self, policy: RetryPolicy):
         self.policy = policy
         self.backoff = wait_exponential_jitter(
@@ -79,7 +84,7 @@ class _Wait:
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, RetryableStatus):
-            asked = _retry_after_seconds(exc.response)
+            asked = retry_after_seconds(exc.response)
             if asked is not None:
                 return min(asked, self.policy.max_retry_after_s)
         return self.backoff(state)
@@ -97,7 +102,7 @@ def send_with_retries(
     """Send a request, retrying transient failures; returns the final non-retryable response."""
     retrying = Retrying(
         retry=retry_if_exception(_is_retryable),
-        wait=_Wait(policy),
+        wait=RetryAfterWait(policy),
         stop=stop_after_attempt(policy.attempts) | stop_after_delay(policy.max_elapsed_s),
         reraise=True,
         before_sleep=lambda s: log.warning(
@@ -117,3 +122,37 @@ def send_with_retries(
     except httpx.TransportError as exc:
         raise ConnectorError(system, f"{method} {url}: {type(exc).__name__}: {exc}") from exc
     raise AssertionError("unreachable")
+
+
+class HttpConnector(dg.ConfigurableResource):
+    """Base of the connector resources: one pooled httpx client per resource instance,
+    closed when a Dagster step finishes. Subclasses add auth and headers in `_client_options`."""
+
+    base_url: str
+    timeout_s: float = 30.0
+
+    _client: httpx.Client | None = PrivateAttr(default=None)
+    _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
+
+    def _client_options(self) -> dict[str, Any]:
+        """Extra `httpx.Client` arguments (auth, headers) for this system."""
+        return {}
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    def _http(self) -> httpx.Client:
+        with self._lock:
+            if self._client is None:
+                options = self._client_options()
+                headers = {"Accept": "application/json", "User-Agent": "clarus-pipelines/0.1", **options.pop("headers", {})}
+                self._client = httpx.Client(
+                    base_url=self.base_url.rstrip("/"), timeout=httpx.Timeout(self.timeout_s), headers=headers, **options
+                )
+            return self._client

@@ -17,18 +17,16 @@ with NetSuite's `o:errorCode` and detail.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
-import dagster as dg
 import httpx
 from oauthlib.oauth1 import Client as OAuth1Client
 from oauthlib.oauth1.rfc5849 import SIGNATURE_HMAC_SHA256
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
-from clarus_pipelines.connectors.http import ConnectorError, RetryPolicy, send_with_retries
+from clarus_pipelines.connectors.http import ConnectorError, HttpConnector, RetryPolicy, send_with_retries
 from clarus_pipelines.connectors.writes import SINGLE_ATTEMPT, write_once
 
 log = logging.getLogger(__name__)
@@ -95,7 +93,7 @@ def _sublist(record: Mapping[str, Any], name: str = "item") -> list[dict[str, An
     return list(sub or []) if isinstance(sub, list) else []
 
 
-class NetSuiteResource(dg.ConfigurableResource):
+class NetSuiteResource(HttpConnector):
     """NetSuite REST record API client for one account (token-based authentication)."""
 
     base_url: str = Field(description="REST root, e.g. https://1234567.suitetalk.api.netsuite.com (no path).")
@@ -108,30 +106,10 @@ class NetSuiteResource(dg.ConfigurableResource):
     max_attempts: int = Field(default=6, description="Attempts per call for transient failures.")
     max_elapsed_s: float = Field(default=180.0, description="Give up retrying a call after this long.")
 
-    _client: httpx.Client | None = PrivateAttr(default=None)
-    _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
-
     # ------------------------------------------------------------------ plumbing
 
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        self.close()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
-
-    def _http(self) -> httpx.Client:
-        with self._lock:
-            if self._client is None:
-                self._client = httpx.Client(
-                    base_url=self.base_url.rstrip("/"),
-                    timeout=httpx.Timeout(self.timeout_s),
-                    auth=NetSuiteTBA(self.account_id, self.consumer_key, self.consumer_secret, self.token_id, self.token_secret),
-                    headers={"Accept": "application/json", "User-Agent": "clarus-pipelines/0.1"},
-                )
-            return self._client
+    def _client_options(self) -> dict[str, Any]:
+        return {"auth": NetSuiteTBA(self.account_id, self.consumer_key, self.consumer_secret, self.token_id, self.token_secret)}
 
     def _policy(self) -> RetryPolicy:
         return RetryPolicy(attempts=self.max_attempts, max_elapsed_s=self.max_elapsed_s)

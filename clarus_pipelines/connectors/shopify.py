@@ -14,17 +14,15 @@ itself refuses (422) to fulfil quantities that are already fulfilled.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import dagster as dg
 import httpx
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
-from clarus_pipelines.connectors.http import ConnectorError, RetryPolicy, send_with_retries
+from clarus_pipelines.connectors.http import ConnectorError, HttpConnector, RetryPolicy, send_with_retries
 from clarus_pipelines.connectors.writes import SINGLE_ATTEMPT, write_once
 
 log = logging.getLogger(__name__)
@@ -68,7 +66,7 @@ def _same_shipment(fulfillment: Mapping[str, Any], quantities: Mapping[int, int]
     return _line_quantities(fulfillment) == dict(quantities)
 
 
-class ShopifyResource(dg.ConfigurableResource):
+class ShopifyResource(HttpConnector):
     """Shopify Admin REST API client for one shop."""
 
     base_url: str = Field(description="The shop's admin root, e.g. https://my-shop.myshopify.com.")
@@ -79,30 +77,10 @@ class ShopifyResource(dg.ConfigurableResource):
     max_elapsed_s: float = Field(default=120.0, description="Give up retrying a call after this long.")
     page_size: int = Field(default=250, description="Records per page for list reads (Shopify allows up to 250).")
 
-    _client: httpx.Client | None = PrivateAttr(default=None)
-    _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
-
     # ------------------------------------------------------------------ plumbing
 
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        self.close()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
-
-    def _http(self) -> httpx.Client:
-        with self._lock:
-            if self._client is None:
-                self._client = httpx.Client(
-                    base_url=self.base_url.rstrip("/"),
-                    timeout=httpx.Timeout(self.timeout_s),
-                    headers={"X-Shopify-Access-Token": self.access_token, "Accept": "application/json",
-                             "User-Agent": "clarus-pipelines/0.1"},
-                )
-            return self._client
+    def _client_options(self) -> dict[str, Any]:
+        return {"headers": {"X-Shopify-Access-Token": self.access_token}}
 
     def _policy(self) -> RetryPolicy:
         return RetryPolicy(attempts=self.max_attempts, max_elapsed_s=self.max_elapsed_s)

@@ -41,6 +41,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
+from clarus_pipelines.alerts import channel_status
 from clarus_pipelines.domain import dispatch as dispatch_flow
 from clarus_pipelines.domain import order_flow, refund_flow
 from clarus_pipelines.exception_queue import utcnow
@@ -415,20 +416,8 @@ def connection_health(
             "error_rate": error_rate, "pending": writes.get("pending"), "last_error": writes.get("last_error"),
             "last_failure_at": writes.get("last_failure_at"), "open_exceptions": sum(open_codes.values()),
         })
-    channels = _rows(
-        con,
-        "WITH m AS (SELECT channel, max(finished_at) FILTER (WHERE status = 'sent') AS last_success,"
-        "   max(finished_at) FILTER (WHERE status = 'failed') AS last_failure_at,"
-        "   count(*) FILTER (WHERE status = 'sent' AND finished_at >= ?) AS sent,"
-        "   count(*) FILTER (WHERE status = 'failed' AND finished_at >= ?) AS failed,"
-        "   arg_max(error, finished_at) FILTER (WHERE status = 'failed') AS last_error FROM alert_messages GROUP BY channel),"
-        " w AS (SELECT channel, count(*) AS waiting FROM alert_deliveries WHERE status IN ('pending', 'sending')"
-        "   GROUP BY channel)"
-        " SELECT coalesce(m.channel, w.channel) AS channel, m.last_success, m.last_failure_at, coalesce(m.sent, 0) AS sent,"
-        " coalesce(m.failed, 0) AS failed, m.last_error, coalesce(w.waiting, 0) AS waiting"
-        " FROM m FULL OUTER JOIN w USING (channel) ORDER BY channel",
-        [since, since],
-    )
+    con.complete()
+    channels = channel_status(con, since)
     for ch in channels:
         entity = f"alerts:{ch['channel']}"
         attempts = int(ch["sent"] + ch["failed"])
@@ -438,10 +427,10 @@ def connection_health(
                                              thresholds)
         rows.append({
             "connection": entity, "kind": "alert_channel", "status": status, "reasons": "; ".join(reasons),
-            "last_success": ch["last_success"], "last_webhook_at": None, "webhooks": None, "webhooks_rejected": None,
+            "last_success": ch["last_sent"], "last_webhook_at": None, "webhooks": None, "webhooks_rejected": None,
             "missed_by_webhooks": None, "last_read_at": None, "writes_ok": int(ch["sent"]), "attempts": attempts,
             "failures": int(ch["failed"]), "error_rate": error_rate, "pending": int(ch["waiting"]),
-            "last_error": ch["last_error"], "last_failure_at": ch["last_failure_at"],
+            "last_error": ch["last_error"], "last_failure_at": ch["last_failed"],
             "open_exceptions": sum(open_codes.values()),
         })
     return pl.DataFrame(rows, schema=CONNECTION_SCHEMA)
