@@ -8,8 +8,8 @@ Runs the whole integration in one process, through the parts production uses:
 - the code location's real Definitions (`clarus_pipelines.definitions`: every domain's
   assets, checks, jobs, sensors and schedules, with `build_resources()`): sensors are
   evaluated tick by tick and the runs they request are executed in process; schedules
-  are ticked on a compressed clock (a production minute is a second: the 15-minute
-  reconciliation reads run every 15 s), so they land what lost webhooks missed;
+  are ticked on a compressed clock (the 15-minute reconciliation reads run every
+  minute, and once more when all else is quiet), so they land what lost webhooks missed;
 - the traffic generator placing `--orders` seeded orders (clean ones and the seed's
   failure cases) and playing their follow-ups (edits, cancellations, refunds, fixes).
 
@@ -55,11 +55,11 @@ SECRET_NAMES = (
 )
 HOLD_CODES = ("ORDER_INCOMPLETE", "SKU_UNKNOWN", "SHIP_METHOD_UNMAPPED")
 
-# Compressed time. Schedules: a production minute is two seconds here (the 15-minute
-# reconciliation reads run every 30 s). Op config, applied to any op that has the field:
+# Compressed time. Schedules: a production minute is four seconds here (the 15-minute
+# reconciliation reads run every minute). Op config, applied to any op that has the field:
 # the dispatch flow re-checks the ERP and retries within seconds, and the reconciliation
 # reads land changes at once (their grace period would outlast the whole rehearsal).
-TIME_COMPRESSION = 30.0
+TIME_COMPRESSION = 15.0
 FINAL_ROUND_MINUTES = 15.0  # schedules at least this frequent run once more before the run ends
 COMPRESSED_OP_CONFIG: dict[str, Any] = {
     "erp_recheck_s": 1.0, "erp_recheck_max_s": 3.0, "retry_base_s": 1.0, "retry_max_s": 5.0,

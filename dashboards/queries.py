@@ -19,9 +19,9 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from hashlib import sha256
 from pathlib import Path
 from typing import Any, Literal
@@ -30,7 +30,9 @@ import duckdb
 import pandas as pd
 import streamlit as st
 
-from clarus_pipelines import exception_queue
+from clarus_pipelines import alerts, data_quality, exception_queue
+from clarus_pipelines.domain import health
+from clarus_pipelines.domain import reconciliation as finance
 from clarus_pipelines.exception_queue import utcnow
 from clarus_pipelines.settings import Settings
 from clarus_pipelines.state.store import LockTimeout, StateStore
@@ -129,6 +131,15 @@ def _frame(db: str, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
     con = duckdb.connect(db, read_only=True)
     try:
         return con.execute(sql, list(params)).df()
+    finally:
+        con.close()
+
+
+def _read(db: str, read: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run one of the pipelines' own read functions on a read-only connection to the snapshot."""
+    con = duckdb.connect(db, read_only=True)
+    try:
+        return read(con, *args, **kwargs)
     finally:
         con.close()
 
@@ -237,55 +248,52 @@ def last_event_per_system(db: str, since: datetime) -> pd.DataFrame:
     )
 
 
-@_cached
-def outbound_by_system(db: str, since: datetime) -> pd.DataFrame:
-    """Writes to each system since a time: succeeded, failed, still pending, last success and last error."""
-    return _frame(
-        db,
-        "SELECT system,"
-        " count(*) FILTER (WHERE status = 'done' AND updated_at >= ?) AS succeeded,"
-        " count(*) FILTER (WHERE status = 'failed' AND updated_at >= ?) AS failed,"
-        " count(*) FILTER (WHERE status = 'pending') AS pending,"
-        " max(updated_at) FILTER (WHERE status = 'done') AS last_success,"
-        " arg_max(last_error, updated_at) FILTER (WHERE status = 'failed') AS last_error"
-        " FROM outbound_writes GROUP BY system ORDER BY system",
-        [since, since],
-    )
+
+
+
+# The flow, connection, alert and data-quality figures come from the monitoring back end's own
+# functions (the ones behind the health snapshots and alerts), so the dashboard never has a
+# second formula that could disagree with them.
 
 
 @_cached
-def webhook_intake(db: str, since: datetime) -> pd.DataFrame:
-    """Per source: last webhook landed, webhooks landed and refused since a time, and records the
-    reconciliation reads found that no webhook had brought."""
-    return _frame(
-        db,
-        "WITH sources AS (SELECT source FROM landed_events UNION SELECT source FROM webhook_rejections"
-        "   UNION SELECT source FROM reconciliation_findings)"
-        " SELECT s.source,"
-        " (SELECT max(received_at) FROM landed_events l WHERE l.source = s.source AND l.via = 'webhook') AS last_webhook,"
-        " (SELECT count(*) FROM landed_events l WHERE l.source = s.source AND l.via = 'webhook'"
-        "   AND l.received_at >= ?) AS webhooks_24h,"
-        " (SELECT coalesce(sum(count), 0) FROM webhook_rejections r WHERE r.source = s.source"
-        "   AND r.minute >= ?) AS rejected_24h,"
-        " (SELECT count(*) FROM reconciliation_findings f WHERE f.source = s.source AND f.found_at >= ?) AS missed_24h"
-        " FROM sources s ORDER BY s.source",
-        [since, since, since],
-    )
+def flow_health(db: str, now: datetime, window_hours: int = 24) -> pd.DataFrame:
+    """`health.flow_health` as of `now`: one row per flow with status, reasons, backlog, error rate, lag."""
+    return _read(db, health.flow_health, now=now, window=timedelta(hours=window_hours)).to_pandas()
 
 
 @_cached
-def flow_activity(db: str, since: datetime) -> pd.DataFrame:
-    """Last activity and records touched since a time, for each flow's own table."""
-    return _frame(
-        db,
-        "SELECT 'Item master' AS flow, max(updated_at) AS last_activity,"
-        "   count(*) FILTER (WHERE updated_at >= ?) AS records_24h FROM items"
-        " UNION ALL SELECT 'Orders', max(received_at), count(*) FILTER (WHERE received_at >= ?) FROM orders"
-        " UNION ALL SELECT 'Dispatch', max(updated_at), count(*) FILTER (WHERE updated_at >= ?) FROM shipments"
-        " UNION ALL SELECT 'Refunds and returns', max(updated_at), count(*) FILTER (WHERE updated_at >= ?) FROM refunds"
-        " UNION ALL SELECT 'Stock', max(taken_at), count(DISTINCT sku) FILTER (WHERE taken_at >= ?) FROM stock_snapshots",
-        [since, since, since, since, since],
-    )
+def connection_health(db: str, now: datetime, window_hours: int = 24) -> pd.DataFrame:
+    """`health.connection_health` as of `now`: Shopify, Clarus, NetSuite and every alert channel."""
+    return _read(db, health.connection_health, now=now, window=timedelta(hours=window_hours)).to_pandas()
+
+
+@_cached
+def lag_samples(db: str, since: datetime, until: datetime) -> pd.DataFrame:
+    """`health.lag_samples`: per record, seconds from landing to reaching its target system."""
+    return _read(db, health.lag_samples, since=since, until=until).to_pandas()
+
+
+@_cached
+def data_quality_results(db: str) -> list[dict[str, Any]]:
+    """The latest result of each data-quality suite (`data_quality.latest_results`)."""
+    return _read(db, data_quality.latest_results)
+
+
+@_cached
+def alert_deliveries(db: str, since: datetime) -> pd.DataFrame:
+    """Alerts due since a time with their delivery per channel (`alerts.alert_history`)."""
+    rows = _read(db, alerts.alert_history, since)
+    columns = ["due_at", "code", "entity_id", "reason", "owner", "severity", "title", "channel", "status", "attempts",
+               "last_error", "sent_at"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+@_cached
+def alert_channels(db: str, since: datetime) -> pd.DataFrame:
+    """Per alert channel: messages sent and failed since a time, alerts waiting (`alerts.channel_status`)."""
+    rows = _read(db, alerts.channel_status, since)
+    return pd.DataFrame(rows, columns=["channel", "last_sent", "last_failed", "sent", "failed", "last_error", "waiting"])
 
 
 # ---------------------------------------------------------------------------- exception queue
@@ -508,45 +516,43 @@ def stock_history(db: str, sku: str) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------- reconciliation
-
-_MONEY = "TRY_CAST(json_extract_string(o.payload, ?) AS DECIMAL(18, 2))"
+# Same code as the daily finance report (`domain.reconciliation`), so the figures always match it.
 
 
 @_cached
-def reconciliation(db: str, since: datetime, until: datetime) -> pd.DataFrame:
-    """Per order dispatched in [since, until): order total against lines, discounts, shipping and tax,
-    and shipped goods value against ordered goods value."""
-    return _frame(
-        db,
-        "WITH dispatched AS (SELECT order_id, min(dispatched_at) AS first_dispatch FROM shipments"
-        "   WHERE dispatched_at >= ? AND dispatched_at < ? GROUP BY order_id),"
-        " ordered AS (SELECT order_id, sku, sum(quantity) AS qty, sum(quantity * price) AS value"
-        "   FROM order_lines WHERE order_id IN (SELECT order_id FROM dispatched) GROUP BY order_id, sku),"
-        " shipped AS (SELECT s.order_id, sl.sku, sum(sl.quantity) AS qty FROM shipments s"
-        "   JOIN shipment_lines sl USING (shipment_id) WHERE s.order_id IN (SELECT order_id FROM dispatched)"
-        "   GROUP BY s.order_id, sl.sku),"
-        " per_sku AS (SELECT coalesce(od.order_id, sh.order_id) AS order_id, coalesce(od.qty, 0) AS ordered_qty,"
-        "   coalesce(od.value, 0) AS ordered_value, coalesce(sh.qty, 0) AS shipped_qty,"
-        "   CASE WHEN od.qty > 0 THEN coalesce(sh.qty, 0) * od.value / od.qty END AS shipped_value,"
-        "   od.sku IS NULL AS unexpected"
-        "   FROM ordered od FULL OUTER JOIN shipped sh ON sh.order_id = od.order_id AND sh.sku = od.sku),"
-        " per_order AS (SELECT order_id, sum(ordered_qty) AS ordered_qty, sum(shipped_qty) AS shipped_qty,"
-        "   sum(ordered_value) AS ordered_goods, sum(coalesce(shipped_value, 0)) AS shipped_goods,"
-        "   count(*) FILTER (WHERE unexpected) AS unexpected_skus FROM per_sku GROUP BY order_id)"
-        " SELECT o.order_name, o.order_id, o.status, o.currency, d.first_dispatch,"
-        "   o.total_price AS order_total, p.ordered_goods,"
-        "  coalesce(" + _MONEY + ", 0) AS discounts,"
-        "  coalesce(" + _MONEY + ", (SELECT sum(TRY_CAST(x AS DECIMAL(18, 2)))"
-        "     FROM unnest(json_extract_string(o.payload, '$.shipping_lines[*].price')) AS u(x)), 0) AS shipping,"
-        "  CASE WHEN coalesce(json_extract(o.payload, '$.taxes_included')::BOOLEAN, true) THEN 0"
-        "    ELSE coalesce(" + _MONEY + ", 0) END AS tax_added,"
-        "   p.ordered_qty, p.shipped_qty, p.shipped_goods, p.unexpected_skus,"
-        "   o.payload IS NULL OR json_extract_string(o.payload, '$.total_price') IS NULL AS money_detail_missing"
-        " FROM dispatched d JOIN orders o USING (order_id) JOIN per_order p USING (order_id)"
-        " ORDER BY d.first_dispatch",
-        [since, until, "$.total_discounts", "$.total_shipping_price_set.shop_money.amount", "$.total_tax"],
-    )
+def reconciliation_reports(db: str, limit: int = 60) -> pd.DataFrame:
+    """The stored daily reports, newest first (`reconciliation.reports`)."""
+    return _read(db, finance.reports, limit).to_pandas()
 
+
+@_cached
+def report_bytes(path: str, generated_at: datetime) -> bytes | None:
+    """A report file exactly as finance gets it; None when it is not (or no longer) on this machine.
+    `generated_at` keys the cache: a re-run replaces the file."""
+    try:
+        return Path(path).read_bytes()
+    except OSError:
+        return None
+
+
+@_cached
+def report_rows(path: str, generated_at: datetime) -> pd.DataFrame | None:
+    """A report's rows as written (`reconciliation.read_report`), all text; None when the file is missing."""
+    try:
+        return finance.read_report(path).to_pandas()
+    except OSError:
+        return None
+
+
+@_cached
+def reconcile_touched(db: str, since: datetime, until: datetime, now: datetime) -> pd.DataFrame:
+    """`reconciliation.reconcile` as of `now` for the orders with a dispatch, a return refund or a
+    return receipt in [since, until): the rows a report for those days would hold if run now."""
+
+    def run(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+        return finance.reconcile(con, finance.orders_touched(con, since, until), now=now).rows.to_pandas()
+
+    return _read(db, run)
 
 @_cached
 def refunds_by_kind(db: str, since: datetime, until: datetime) -> pd.DataFrame:

@@ -17,12 +17,15 @@ import json
 import random
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-from clarus_pipelines import exception_queue
+from clarus_pipelines import data_quality, exception_queue
+from clarus_pipelines.alerts import AlertSender, dispatch_alerts
+from clarus_pipelines.domain.reconciliation import run_reconciliation
 from clarus_pipelines.exception_queue import utcnow
+from clarus_pipelines.settings import get_policies
 from clarus_pipelines.state.store import StateStore
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
@@ -93,6 +96,10 @@ class SeedSummary:
     part_shipped_order_name: str
     total_differs_order_name: str
     skus: list[str] = field(default_factory=list)
+    report_dates: list[date] = field(default_factory=list)  # daily reconciliation reports written, oldest first
+    report_paths: list[Path] = field(default_factory=list)
+    reconciliation_mismatches: list[str] = field(default_factory=list)  # order names, as the reports found them
+    failing_suite: str = ""  # data-quality suite recorded as failing
 
 
 def _tracking(rng: random.Random, carrier: str) -> str:
@@ -274,9 +281,9 @@ def seed_state(path: Path | str, *, now: datetime | None = None, orders: int = 3
             event(order_id, dispatched + timedelta(minutes=6), "shopify", "FULFILMENT_CREATED", f"tracking {tracking} ({ship[2]})")
             event(order_id, dispatched + timedelta(minutes=8), "shopify", "FULFILMENT_CONFIRMED", "fulfilment verified on the order")
             last = dispatched + timedelta(minutes=8)
-            write_rows.append((f"netsuite:item_fulfilment:{shipment_id}", "netsuite", "create_item_fulfilment", f"IF-{number}",
+            write_rows.append((f"netsuite:item_fulfilment:{shipment_id}", "netsuite", "transform_item_fulfilment", f"IF-{number}",
                                "done", 1, None, dispatched + timedelta(minutes=3), dispatched + timedelta(minutes=4)))
-            write_rows.append((f"shopify:fulfilment:{shipment_id}", "shopify", "create_fulfilment", f"FF-{number}", "done",
+            write_rows.append((f"shopify:fulfilment:{shipment_id}", "shopify", "create_fulfillment", f"FF-{number}", "done",
                                1, None, dispatched + timedelta(minutes=5), dispatched + timedelta(minutes=6)))
         shipment_rows.append((
             shipment_id, order_id, goods_out_id, ship[2], ship[3], tracking,
@@ -296,7 +303,7 @@ def seed_state(path: Path | str, *, now: datetime | None = None, orders: int = 3
         at = now - timedelta(hours=3, minutes=10 * n)
         write_rows.append((f"netsuite:sales_order:retry-{n}", "netsuite", "create_sales_order", None, "failed", 5,
                            "HTTP 503 from NetSuite after 5 attempts: SSS_REQUEST_LIMIT_EXCEEDED", at - timedelta(minutes=4), at))
-    write_rows.append(("shopify:fulfilment:pending-1", "shopify", "create_fulfilment", None, "pending", 1, None,
+    write_rows.append(("shopify:fulfilment:pending-1", "shopify", "create_fulfillment", None, "pending", 1, None,
                        now - timedelta(minutes=2), now - timedelta(minutes=2)))
 
     refund_rows += [
@@ -384,6 +391,13 @@ def seed_state(path: Path | str, *, now: datetime | None = None, orders: int = 3
             "INSERT INTO landed_events (landing_id, source, topic, known_topic, entity_type, entity_id, parent_id,"
             " entity_updated_at, received_at, webhook_id, dedupe_key, payload, via, ingested_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", sorted(landed_rows, key=lambda r: r[8]))
+        # the flows have read everything landed; the dispatch flow saw each goods out when its webhook landed
+        con.execute(
+            "INSERT INTO event_consumers (consumer, last_seq, updated_at)"
+            " SELECT c.consumer, (SELECT max(seq) FROM landed_events), ? FROM (VALUES ('orders'), ('dispatch'), ('refunds')) c(consumer)",
+            [now - timedelta(minutes=1)])
+        con.execute("UPDATE shipments SET first_seen_at = dispatched_at + INTERVAL 20 SECOND,"
+                    " channel_fulfilled_at = CASE WHEN state = 'CHANNEL_CONFIRMED' THEN dispatched_at + INTERVAL 6 MINUTE END")
         con.executemany(
             "INSERT INTO reconciliation_findings (source, entity_type, entity_id, version, topic, found_at, landing_id)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)", finding_rows)
@@ -425,8 +439,6 @@ def seed_state(path: Path | str, *, now: datetime | None = None, orders: int = 3
                {"shipment_id": specials["#1006"]["shipment_id"], "netsuite_sales_order": "10006"}, now=ago(minutes=40))
         raise_(con, "TRACKING_MISSING", specials["#1007"]["shipment_id"], "Shipment dispatched by ROYAL_MAIL with no tracking number",
                {"order_id": specials["#1007"]["order_id"], "carrier": "ROYAL_MAIL"}, now=ago(hours=3))
-        raise_(con, "RECONCILIATION_MISMATCH", specials["#1008"]["order_id"], "Order total is 5.00 GBP more than lines, shipping and discounts",
-               {"order_total": "see order", "difference": "5.00"}, now=ago(hours=5))
         raise_(con, "REFUND_UNCLASSIFIED", "R9003", "Refund of 7.25 GBP with no line items, no restock and no mapped reason",
                {"order_id": specials["#1008"]["order_id"], "amount": "7.25"}, now=ago(hours=2))
         tee = levels["TEE-NAVY-M"]
@@ -455,9 +467,30 @@ def seed_state(path: Path | str, *, now: datetime | None = None, orders: int = 3
                {}, now=ago(hours=20))
         exception_queue.clear_exception(con, "ORDER_NOT_ACKNOWLEDGED", late[0], now=ago(hours=19, minutes=40))
 
+        journey_events = [(r[2], r[3]) for r in sorted(event_rows, key=lambda r: r[1]) if r[0] == specials["#1001"]["order_id"]]
+
+    # the monitoring back end's own jobs: daily finance reports (which raise RECONCILIATION_MISMATCH),
+    # alerts to the owners' channels (the default policies' log channels) and a data-quality result
+    policies = get_policies()
+    report_dates = sorted({(now - timedelta(days=1)).date(), now.date()})
+    runs = [run_reconciliation(store, day, Path(path).parent / "reports", policies=policies, now=now)
+            for day in report_dates]
+    dispatch_alerts(store, policies, AlertSender(), now=now)
+    items_suite = next(s for s in data_quality.load_suites() if s.name == "items")
+    with store.write() as con:
+        data_quality.record_results(con, [data_quality.SuiteResult(items_suite, len(item_rows), [
+            data_quality.ExpectationOutcome(
+                "expect_column_values_to_be_valid_gtin", "barcodes are GTIN-8/12/13/14 with a correct check digit",
+                ["barcode"], False, "warning", element_count=len(item_rows), unexpected_count=1,
+                sample=[{"sku": "MUG-ENAMEL-BLUE", "barcode": bad_barcode}]),
+            data_quality.ExpectationOutcome("expect_column_values_to_not_be_null", "every item has a SKU", ["sku"], True,
+                                            "critical", element_count=len(item_rows), unexpected_count=0),
+        ])], run_at=now - timedelta(minutes=20), run_id="seed")
         open_by_owner = dict(con.execute(
             "SELECT owner, count(*) FROM exceptions WHERE status <> 'resolved' GROUP BY owner").fetchall())
-        journey_events = [(r[2], r[3]) for r in sorted(event_rows, key=lambda r: r[1]) if r[0] == specials["#1001"]["order_id"]]
+        mismatches = sorted({name for (name,) in con.execute(
+            "SELECT o.order_name FROM exceptions e JOIN orders o ON o.order_id = e.entity_id"
+            " WHERE e.code = 'RECONCILIATION_MISMATCH' AND e.status <> 'resolved'").fetchall()})
 
     j = specials["#1001"]
     first, last, email, *_ = j["customer"]
@@ -467,6 +500,8 @@ def seed_state(path: Path | str, *, now: datetime | None = None, orders: int = 3
                              f"{first} {last}", email, journey_events),
         held_order_id=held[0], held_order_name="#1002", mismatch_sku="TEE-NAVY-M", stranded_sku=STRANDED_SKU,
         part_shipped_order_name="#1005", total_differs_order_name="#1008", skus=[sku for sku, *_r in ITEMS],
+        report_dates=report_dates, report_paths=[run.path for run in runs], reconciliation_mismatches=mismatches,
+        failing_suite=items_suite.name,
     )
 
 

@@ -8,14 +8,18 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
+import polars as pl
 import pytest
 from dashboard_seed import SeedSummary, seed_state
 from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
 from clarus_pipelines import catalogue, exception_queue
+from clarus_pipelines.domain import health
+from clarus_pipelines.domain import reconciliation as finance
 from clarus_pipelines.state.store import StateStore
 from dashboards import auth, queries
+from dashboards.app_pages import common
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -97,17 +101,43 @@ def test_health_overview_shows_orders_exceptions_and_connections(open_app, seede
     assert oldest.iloc[0]["code"] == "BARCODE_INVALID"  # two days old against a one-day SLA
     assert set(oldest[oldest["breached"]]["code"]) == {"BARCODE_INVALID", "ORDER_INCOMPLETE", "TRACKING_MISSING"}
 
-    flows = _frame_with(at, "flow", "status", "open exceptions").set_index("flow")
-    assert flows.loc["Orders", "status"] == "Failing"  # ORDER_INCOMPLETE is past its SLA
-    assert flows.loc["Stock", "open exceptions"] == 2
+    # flows and connections are the monitoring back end's own figures, as of the same minute
+    con = duckdb.connect(str(seeded.path), read_only=True)
+    try:
+        as_of = common.minute_floor(common.now_utc())
+        expected_flows = health.flow_health(con, now=as_of).to_pandas().set_index("title")
+        expected_conns = health.connection_health(con, now=as_of).to_pandas().set_index("connection")
+    finally:
+        con.close()
+    flows = _frame_with(at, "flow", "status", "why", "lag p90").set_index("flow")
+    assert list(flows.index) == list(expected_flows.index)
+    assert flows.loc["Orders into the warehouse", "status"] == "🟠 degraded"  # NetSuite 503s on sales orders
+    assert "write attempts failed" in flows.loc["Orders into the warehouse", "why"]
+    assert flows.loc["Orders into the warehouse", "error rate"] == pytest.approx(
+        expected_flows.loc["Orders into the warehouse", "error_rate"])
+    assert flows.loc["Dispatch to NetSuite and Shopify", "status"] == "🟢 ok"
+    assert flows.loc["Stock to Shopify", "open exceptions"] == 2
+    assert flows["open exceptions"].tolist() == expected_flows["open_exceptions"].tolist()
 
-    connections = _frame_with(at, "system", "writes failed (24 h)").set_index("system")
-    assert connections.loc["NetSuite", "writes failed (24 h)"] == 3
+    connections = _frame_with(at, "system", "status", "rejected", "missed by webhooks").set_index("system")
+    assert set(connections.index) == {"Shopify", "Clarus", "NetSuite"}  # alert channels are listed under Alerts
+    assert connections.loc["Shopify", "status"] == "🟠 degraded"
+    assert connections.loc["Shopify", "rejected"] == 5
+    assert connections.loc["Shopify", "missed by webhooks"] == 1  # order #1010 came by the reconciliation read
     assert connections.loc["Shopify", "pending writes"] == 1
-    assert "WEBHOOK_REJECTED" in connections.loc["Shopify", "open problems"]
-    assert connections.loc["Shopify", "refused (24 h)"] == 5
-    assert connections.loc["Shopify", "missed by webhooks (24 h)"] == 1  # order #1010 came by the reconciliation read
-    assert connections.loc["Clarus", "status"] == "OK"
+    assert connections.loc["NetSuite", "failed / attempts"] == (
+        f"{expected_conns.loc['netsuite', 'failures']} / {expected_conns.loc['netsuite', 'attempts']}")
+    assert connections.loc["Clarus", "status"] == "🟢 ok"
+    assert any("Degraded" in w.value and "Orders into the warehouse" in w.value for w in at.warning)
+
+    suites = _frame_with(at, "suite", "result", "failed").set_index("suite")
+    assert suites.loc[seeded.failing_suite, "result"] == "❌ failed"
+    assert "MUG-ENAMEL-BLUE" in set(_frame_with(at, "sku", "barcode")["sku"])
+
+    channels = _frame_with(at, "channel", "sent", "waiting", "status").set_index("channel")
+    assert channels.loc["log:ops", "sent"] >= 1 and channels.loc["log:ops", "status"] == "🟢 ok"
+    deliveries = _frame_with(at, "due_at", "code", "channel", "status")
+    assert ("ORDER_INCOMPLETE", "log:ops", "sent") in set(zip(deliveries["code"], deliveries["channel"], deliveries["status"]))
 
     last = _frame_with(at, "system", "last_event", "last_state")
     assert set(last["system"]) == {"Shopify", "NetSuite", "Clarus", "Pipeline"}
@@ -270,19 +300,58 @@ def test_stock_page_shows_latest_balances_mismatches_and_stranded_stock(open_app
         ("STOCK_MISMATCH", seeded.mismatch_sku), ("STRANDED_STOCK", seeded.stranded_sku)}
 
 
-def test_reconciliation_flags_the_part_shipment_and_the_total_that_differs(open_app, seeded: SeedSummary) -> None:
+def test_reconciliation_shows_the_finance_reports_and_the_same_mismatches_now(open_app, seeded: SeedSummary) -> None:
     at = open_app(seeded.path, "reconciliation")
-    assert _metric(at, "Orders not reconciling") == "2"
-    issues = _frame_with(at, "order_name", "result", "total_check", "difference").set_index("order_name")
-    assert issues.loc[seeded.part_shipped_order_name, "result"] == "Part shipped"
-    assert issues.loc[seeded.part_shipped_order_name, "difference"] == pytest.approx(-36.00)  # one tee, no mug
-    assert issues.loc[seeded.total_differs_order_name, "result"] == "Order total differs"
-    assert issues.loc[seeded.total_differs_order_name, "total_check"] == pytest.approx(5.00)
+    # the stored daily reports, each downloadable as the file finance got
+    buttons = {b.proto.label: b.proto for b in at.get("download_button")}
+    for day, path in zip(seeded.report_dates, seeded.report_paths):
+        assert path.exists() and f"{day}.csv" in buttons, buttons.keys()
+        assert buttons[f"{day}.csv"].url  # served by Streamlit's media manager
+    assert "Download CSV" in buttons  # and the check as of now
+    listed = "\n".join(m.value for m in at.markdown)
+    with duckdb.connect(str(seeded.path), read_only=True) as con:
+        stored = finance.reports(con)
+    for row in stored.iter_rows(named=True):
+        assert f"**{row['report_date']}** · {row['orders']} order(s)" in listed
+
+    newest = finance.read_report(seeded.report_paths[-1]).filter(pl.col("status") == "mismatch")
+    shown = _frame_with(at, "order_name", "status", "problems", "difference")
+    assert sorted(set(shown["order_name"])) == sorted(set(newest["order_name"]))
+
+    # the check as of now finds exactly what the reports raised, with the report's figures
+    assert _metric(at, "Orders not reconciling") == str(len(seeded.reconciliation_mismatches))
+    flagged = [f.value for f in at.dataframe if {"order_name", "status", "problems"} <= set(f.value.columns)
+               and set(f.value["status"]) == {"mismatch"}]
+    live = flagged[-1].set_index("order_name")  # the report's table comes first, the check as of now after it
+    assert sorted(live.index) == seeded.reconciliation_mismatches
+    part = live.loc[seeded.part_shipped_order_name]
+    assert part["difference"] == pytest.approx(-36.00)  # one tee shipped, no mug
+    assert "Clarus completed the order" in part["problems"]
+    differs = live.loc[seeded.total_differs_order_name]
+    assert differs["other_charges"] == pytest.approx(5.00)
+    assert "not explained by goods" in differs["problems"]
+
     refunds = _frame_with(at, "kind", "refunds", "amount").set_index("kind")
     assert refunds.loc["UNCLASSIFIED", "amount"] == pytest.approx(7.25)
     assert refunds.loc["RETURN", "refunds"] == 2 and refunds.loc["RETURN", "goods_not_back"] == 1
     assert refunds.loc["RETURN", "refunded_goods_not_back"] == pytest.approx(4.50)
-    assert at.get("download_button")
+
+    # an older day's report can be looked at too
+    at.selectbox(key="report_day").set_value(seeded.report_dates[0]).run()
+    assert not at.exception
+    older = finance.read_report(seeded.report_paths[0]).filter(pl.col("status") == "mismatch")
+    shown = _frame_with(at, "order_name", "status", "problems", "difference")
+    assert sorted(set(shown["order_name"])) == sorted(set(older["order_name"]))
+
+
+def test_a_missing_report_file_is_said_not_raised(open_app, seeded: SeedSummary, tmp_path) -> None:
+    seeded = _own_copy(seeded, tmp_path)
+    with StateStore(seeded.path).write() as con:
+        con.execute("UPDATE reconciliation_reports SET path = ?", [str(tmp_path / "gone.csv")])
+    at = open_app(seeded.path, "reconciliation")
+    assert [b.proto.label for b in at.get("download_button")] == ["Download CSV"]
+    assert any("file not found" in c.value for c in at.caption)
+    assert any("is not on this machine" in w.value for w in at.warning)
 
 
 def test_every_page_shows_an_empty_state_before_the_pipelines_ran(open_app, tmp_path) -> None:
@@ -357,10 +426,13 @@ def test_every_page_copes_with_a_fresh_empty_database(open_app, tmp_path) -> Non
     assert _metric(at, "Open exceptions") == "0"
     expected = {"health": "No orders yet.", "exceptions": "The exception queue is empty.",
                 "stock": "No stock snapshot yet", "reconciliation": "No orders dispatched"}
+    extra = {"health": ("No data-quality run recorded yet", "No alert sent or waiting yet"),
+             "reconciliation": ("No daily report yet",)}
     for page, message in expected.items():
         at.switch_page(f"app_pages/{page}.py").run()
         assert not at.exception, (page, [e.value for e in at.exception])
-        assert any(message in i.value for i in at.info), (page, [i.value for i in at.info])
+        for text in (message, *extra.get(page, ())):
+            assert any(text in i.value for i in at.info), (page, text, [i.value for i in at.info])
     at.switch_page("app_pages/journey.py").run()
     at.text_input(key="journey_search").input("#1001").run()
     assert any("No order matches" in w.value for w in at.warning)

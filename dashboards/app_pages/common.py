@@ -22,20 +22,6 @@ log = logging.getLogger(__name__)
 CLARUS_STATUS = {1: "DRAFT", 2: "PENDING", 3: "PICK", 4: "PART", 5: "ALLOCATED", 6: "COMPLETED", 7: "PART_ALLOCATED", 8: "CANCELLED"}
 SYSTEM_LABELS = {"shopify": "Shopify", "netsuite": "NetSuite", "clarus": "Clarus", "pipeline": "Pipeline"}
 
-# Which flow watches which exception types; types not listed belong to the connections.
-FLOW_CODES: dict[str, tuple[str, ...]] = {
-    "Item master": ("SKU_NOT_IN_MASTER", "SKU_LEADING_ZEROS_LOST", "BARCODE_INVALID"),
-    "Orders": ("ORDER_INCOMPLETE", "SHIP_METHOD_UNMAPPED", "SKU_UNKNOWN", "WMS_REJECTED", "ORDER_NOT_ACKNOWLEDGED",
-               "ORDER_EDIT_NEEDS_REVIEW", "CANCEL_AFTER_DISPATCH", "ORPHAN_ORDER"),
-    "Dispatch": ("NOT_DISPATCHED_BY_CUTOFF", "DISPATCH_AWAITING_ERP", "TRACKING_MISSING", "TRACKING_INVALID",
-                 "TRACKING_NOT_POSTED", "OVER_DISPATCHED"),
-    "Refunds and returns": ("RETURN_NOT_RECEIVED", "REFUND_UNCLASSIFIED", "RECONCILIATION_MISMATCH"),
-    "Stock": ("STOCK_MISMATCH", "STRANDED_STOCK"),
-}
-CONNECTION_CODES = ("CONNECTOR_FAILING", "WEBHOOK_REJECTED")
-OTHER_FLOW = "Other"  # open types no flow above claims (e.g. added to the catalogue since)
-
-
 def snapshot_or_stop() -> queries.Snapshot:
     """The snapshot to read; shows the empty state and stops the page when there is no state file yet."""
     try:

@@ -5,16 +5,37 @@ from __future__ import annotations
 from datetime import timedelta
 
 import altair as alt
+import duckdb
 import pandas as pd
 import streamlit as st
 
 from clarus_pipelines import catalogue
-from clarus_pipelines.settings import ConfigError, get_policies
+from clarus_pipelines.domain import health
 from dashboards import queries
 from dashboards.app_pages import common
 
 SEVERITY_ORDER = ["critical", "high", "medium", "low"]
 SEVERITY_COLOURS = ["#7f1d1d", "#dc2626", "#f59e0b", "#94a3b8"]
+STATUS_LABELS = {"ok": "🟢 ok", "idle": "⚪ idle", "degraded": "🟠 degraded", "failing": "🔴 failing"}
+_HEALTH_COLUMNS = {
+    "error rate": st.column_config.NumberColumn(format="percent"),
+    "last success": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
+    "last webhook": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
+    "last read": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
+    "oldest unread": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
+}
+
+
+def _seconds(value: float | None) -> str:
+    """A lag in words: 45 s, 12 min, 3 h 05 min."""
+    if value is None or pd.isna(value):
+        return "–"
+    return f"{value:.0f} s" if value < 90 else common.format_age(value / 60)
+
+
+def _ratio(failed, attempts) -> str:
+    return "–" if attempts is None or pd.isna(attempts) else f"{int(failed or 0)} / {int(attempts)}"
+
 
 st.title("Health overview")
 snapshot = common.snapshot_or_stop()
@@ -44,66 +65,80 @@ cols[4].metric(
 )
 
 # ------------------------------------------------------------------ flows and connections
-st.subheader("Flows")
-activity = queries.flow_activity(db, day_ago).set_index("flow")
-open_codes = by_code.set_index("code") if not by_code.empty else pd.DataFrame(columns=["open", "breached"])
+# Computed by the monitoring back end (clarus_pipelines.domain.health), the same figures the
+# health snapshots and alerts use.
+as_of = common.minute_floor(now)
 try:
-    stock_fresh_minutes = get_policies().stock.snapshot_freshness_minutes
-except (ConfigError, OSError):
-    stock_fresh_minutes = 120
-claimed = {code for codes in common.FLOW_CODES.values() for code in codes} | set(common.CONNECTION_CODES)
-unclaimed = tuple(sorted(set(open_codes.index) - claimed))
-flow_rows = []
-for flow, codes in {**common.FLOW_CODES, **({common.OTHER_FLOW: unclaimed} if unclaimed else {})}.items():
-    mine = open_codes[open_codes.index.isin(codes)]
-    last = activity["last_activity"].get(flow) if flow in activity.index else None
-    open_count = int(mine["open"].sum()) if not mine.empty else 0
-    breached = bool(mine["breached"].any()) if not mine.empty else False
-    stale = flow == "Stock" and (last is None or pd.isna(last) or common.minutes_between(last, now) > stock_fresh_minutes)
-    status = "Failing" if breached else "Attention" if open_count or stale else "OK"
-    if last is None or pd.isna(last):
-        status = "No activity yet" if not open_count else status
-    flow_rows.append({
-        "flow": flow, "status": status, "last activity": common.format_time(last),
-        "records (24 h)": int(activity["records_24h"].get(flow, 0)) if flow in activity.index else 0,
-        "open exceptions": open_count, "past SLA": breached,
-        "waiting on": ", ".join(sorted(set(mine["owner"]))) if not mine.empty else "",
-    })
-st.dataframe(pd.DataFrame(flow_rows), hide_index=True, width="stretch")
+    flows = queries.flow_health(db, as_of)
+    connections = queries.connection_health(db, as_of)
+except duckdb.Error as exc:
+    st.error(f"Flow and connection health cannot be computed from this state file ({type(exc).__name__}); "
+             "the pipelines may not have migrated it yet.")
+    flows = connections = None
 
-st.subheader("Connections")
-events = queries.last_event_per_system(db, day_ago).set_index("system")
-writes = queries.outbound_by_system(db, day_ago).set_index("system")
-intake = queries.webhook_intake(db, day_ago).set_index("source")
-conn_exc = queries.exceptions(db, codes=common.CONNECTION_CODES, statuses=("open", "acknowledged"))
-reveal = common.reveal_personal_data()
-conn_rows = []
-systems = {"shopify", "clarus", "netsuite"} | set(writes.index) | set(intake.index) | (set(events.index) - {"pipeline"})
-for system in sorted(systems):
-    w = writes.loc[system] if system in writes.index else None
-    e = events.loc[system] if system in events.index else None
-    hooks = intake.loc[system] if system in intake.index else None
-    problems = conn_exc[[str(entity).lower().startswith(system) for entity in conn_exc["entity_id"]]]
-    done, failed = (int(w["succeeded"]), int(w["failed"])) if w is not None else (0, 0)
-    error_rate = failed / (done + failed) if done + failed else None
-    refused, missed = (int(hooks["rejected_24h"]), int(hooks["missed_24h"])) if hooks is not None else (0, 0)
-    status = "Failing" if not problems.empty and (problems["severity"] == "critical").any() else \
-        "Attention" if not problems.empty or (error_rate or 0) > 0.05 or refused or missed else "OK"
-    conn_rows.append({
-        "system": common.SYSTEM_LABELS.get(system, system), "status": status,
-        "last event seen": common.format_time(e["last_event"]) if e is not None else "never",
-        "last webhook": common.format_time(hooks["last_webhook"]) if hooks is not None else "never",
-        "webhooks (24 h)": int(hooks["webhooks_24h"]) if hooks is not None else 0,
-        "refused (24 h)": refused,
-        "missed by webhooks (24 h)": missed,
-        "writes ok (24 h)": done, "writes failed (24 h)": failed,
-        "error rate (24 h)": "–" if error_rate is None else f"{error_rate:.0%}",
-        "pending writes": int(w["pending"]) if w is not None else 0,
-        "last successful write": common.format_time(w["last_success"]) if w is not None else "never",
-        "open problems": "; ".join(f"{r.code}: {common.present_text(r.message, reveal)}" for r in problems.itertuples()),
-        "last error": common.present_text(w["last_error"], reveal) if w is not None else "",
-    })
-st.dataframe(pd.DataFrame(conn_rows), hide_index=True, width="stretch")
+if flows is not None:
+    statuses = flows["status"].tolist() + connections["status"].tolist()
+    overall = max(statuses, key=lambda s: health.STATUS_RANK.get(s, 0), default="ok")
+    troubled = [f"{r.title}: {r.status}" for r in flows.itertuples() if r.status in ("degraded", "failing")] + [
+        f"{r.connection}: {r.status}" for r in connections.itertuples() if r.status in ("degraded", "failing")]
+    if overall == "failing":
+        st.error("Failing: " + "; ".join(troubled), icon=":material/error:")
+    elif overall == "degraded":
+        st.warning("Degraded: " + "; ".join(troubled), icon=":material/warning:")
+    else:
+        st.success("Every flow and connection is OK or idle.", icon=":material/check_circle:")
+
+    reveal = common.reveal_personal_data()
+    st.subheader("Flows (last 24 h)")
+    st.dataframe(
+        pd.DataFrame({
+            "flow": flows["title"], "status": flows["status"].map(STATUS_LABELS), "why": flows["reasons"],
+            "last success": flows["last_success"], "backlog": flows["backlog"],
+            "oldest unread": flows["oldest_backlog_at"], "work waiting": flows["work_waiting"],
+            "error rate": flows["error_rate"], "failed / attempts": [_ratio(f, a) for f, a in zip(flows["failures"], flows["attempts"])],
+            "lag p50": flows["lag_p50_s"].map(_seconds), "lag p90": flows["lag_p90_s"].map(_seconds),
+            "open exceptions": flows["open_exceptions"],
+            "last error": [common.present_text(e, reveal) for e in flows["last_error"]],
+        }),
+        hide_index=True, width="stretch", column_config=_HEALTH_COLUMNS,
+    )
+
+    st.subheader("Connections (last 24 h)")
+    systems = connections[connections["kind"] == "system"]
+    st.dataframe(
+        pd.DataFrame({
+            "system": systems["connection"].map(lambda s: common.SYSTEM_LABELS.get(s, s)),
+            "status": systems["status"].map(STATUS_LABELS), "why": systems["reasons"],
+            "last success": systems["last_success"], "last webhook": systems["last_webhook_at"],
+            "webhooks": systems["webhooks"], "rejected": systems["webhooks_rejected"],
+            "missed by webhooks": systems["missed_by_webhooks"], "last read": systems["last_read_at"],
+            "writes ok": systems["writes_ok"], "error rate": systems["error_rate"],
+            "failed / attempts": [_ratio(f, a) for f, a in zip(systems["failures"], systems["attempts"])],
+            "pending writes": systems["pending"], "open exceptions": systems["open_exceptions"],
+            "last error": [common.present_text(e, reveal) for e in systems["last_error"]],
+        }),
+        hide_index=True, width="stretch", column_config=_HEALTH_COLUMNS,
+    )
+
+    st.subheader("Lag from landing to the target system (last 24 h)")
+    lags = queries.lag_samples(db, as_of - timedelta(hours=24), as_of + timedelta(minutes=1))
+    if lags.empty:
+        st.info("No record has reached its target system in the last 24 h.")
+    else:
+        titles = dict(zip(flows["flow"], flows["title"]))
+        lags = lags.assign(flow=lags["flow"].map(lambda f: titles.get(f, f)), lag_min=lags["lag_s"] / 60)
+        st.altair_chart(
+            alt.Chart(lags).mark_circle(size=40, opacity=0.7).encode(
+                x=alt.X("reached_at:T", title="reached the target (UTC)"),
+                y=alt.Y("lag_min:Q", title="lag (minutes)"),
+                color=alt.Color("flow:N", title=None),
+                tooltip=["flow", "entity_type", "entity_id", "landed_at:T", "reached_at:T",
+                         alt.Tooltip("lag_min:Q", format=",.1f", title="lag (min)")],
+            ).properties(height=240),
+            width="stretch",
+        )
+        st.caption("Intake: webhook received to landed. Orders: first order webhook to Clarus acknowledging the goods "
+                   "out. Dispatch: goods out webhook to the Shopify fulfilment. Refunds: refund webhook to its last posting.")
 
 # ------------------------------------------------------------------ orders
 left, right = st.columns([1, 2])
@@ -172,6 +207,7 @@ else:
     )
 
 st.subheader("Last event per system")
+events = queries.last_event_per_system(db, day_ago).set_index("system")
 if events.empty:
     st.info("No order events yet.")
 else:
@@ -180,5 +216,69 @@ else:
     last["ago"] = [common.format_age(common.minutes_between(t, now)) for t in last["last_event"]]
     st.dataframe(last[["system", "last_event", "ago", "last_state", "events_24h"]], hide_index=True, width="stretch",
                  column_config={"events_24h": st.column_config.NumberColumn("events (24 h)")})
+
+# ------------------------------------------------------------------ data quality and alerts
+st.subheader("Data quality")
+try:
+    suites = queries.data_quality_results(db)
+except duckdb.Error as exc:
+    st.warning(f"Data-quality results cannot be read from this state file ({type(exc).__name__}).")
+    suites = []
+if not suites:
+    st.info("No data-quality run recorded yet: the great-expectations suites run as asset checks on the state tables.")
+else:
+    st.dataframe(
+        pd.DataFrame([{
+            "suite": r["suite"], "result": "✅ passed" if r["success"] else "❌ failed", "last run": r["run_at"],
+            "rows checked": r["rows_checked"], "expectations": r["expectations"], "failed": r["failed"],
+        } for r in suites]),
+        hide_index=True, width="stretch",
+        column_config={"last run": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")},
+    )
+    reveal = common.reveal_personal_data()
+    for r in suites:
+        error = r["results"].get("error")
+        failed = [e for e in r["results"].get("expectations", []) if not e.get("success")]
+        if not error and not failed:
+            continue
+        with st.expander(f"{r['suite']}: " + ("could not run" if error else f"{len(failed)} expectation(s) failed")):
+            if error:
+                st.error(common.present_text(error, reveal))
+            for e in failed:
+                count = e.get("unexpected_count")
+                st.markdown(f"**{common.md(e.get('rule') or e.get('type'))}** · {common.md(e.get('severity', ''))} · "
+                            f"{'?' if count is None else count} row(s) · columns {common.md(', '.join(e.get('columns', [])))}")
+                if e.get("error"):
+                    st.caption(common.present_text(e["error"], reveal))
+                if e.get("sample"):
+                    st.dataframe(pd.DataFrame([common.present(row, reveal) for row in e["sample"]]),
+                                 hide_index=True, width="stretch")
+
+st.subheader("Alerts (last 7 days)")
+week_ago = common.minute_floor(now - timedelta(days=7))
+try:
+    channels = queries.alert_channels(db, day_ago)
+    deliveries = queries.alert_deliveries(db, week_ago)
+except duckdb.Error as exc:
+    st.warning(f"Alert history cannot be read from this state file ({type(exc).__name__}).")
+    channels = deliveries = pd.DataFrame()
+if channels.empty and deliveries.empty:
+    st.info("No alert sent or waiting yet.")
+else:
+    reveal = common.reveal_personal_data()
+    if connections is not None:  # the channel's status, as the health back end rates it
+        rated = connections[connections["kind"] == "alert_channel"].set_index("connection")
+        channels["status"] = [STATUS_LABELS.get(rated["status"].get(f"alerts:{c}"), "") for c in channels["channel"]]
+        channels["why"] = [rated["reasons"].get(f"alerts:{c}", "") for c in channels["channel"]]
+    channels["last_error"] = [common.present_text(e, reveal) for e in channels["last_error"]]
+    st.caption("Per channel: messages sent and failed in the last 24 h, and alerts waiting to go out.")
+    st.dataframe(channels, hide_index=True, width="stretch",
+                 column_config={"sent": st.column_config.NumberColumn("sent (24 h)"),
+                                "failed": st.column_config.NumberColumn("failed (24 h)")})
+    if not deliveries.empty:
+        deliveries["title"] = [common.present_text(t, reveal) for t in deliveries["title"]]
+        deliveries["last_error"] = [common.present_text(e, reveal) for e in deliveries["last_error"]]
+        st.dataframe(deliveries, hide_index=True, width="stretch",
+                     column_config={"entity_id": st.column_config.TextColumn("entity")})
 
 st.caption(f"{len(catalogue.CATALOGUE)} exception types are watched; see the runbook for each.")

@@ -1,30 +1,109 @@
-"""Reconciliation: shipped value against order totals, and refunds by kind, for finance."""
+"""Reconciliation for finance: the stored daily reports, a check as of now, refunds by kind.
+
+Every figure comes from `clarus_pipelines.domain.reconciliation`, the code that writes the
+daily finance report, so the page and the report can never disagree.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime, time, timedelta
 
-import altair as alt
+import duckdb
 import pandas as pd
 import streamlit as st
 
 from dashboards import queries
 from dashboards.app_pages import common
 
-THIN_DATA_ORDERS = 20  # below this many dispatched orders the figures are labelled preliminary
-CENT = 0.005
-MONEY = {c: st.column_config.NumberColumn(format="%.2f") for c in (
-    "order_total", "expected_total", "ordered_goods", "discounts", "shipping", "tax_added", "shipped_goods",
-    "shipped_value", "amount")}
+REPORTS_SHOWN = 14  # days of stored reports listed with a download each
+MONEY_COLUMNS = ("order_total", "goods_ordered", "goods_discounts", "shipping", "tax_added", "other_charges",
+                 "charged_goods", "cancelled_goods", "expected_goods", "shipped_goods", "difference",
+                 "refunded_goods", "received_value")
+MONEY = {c: st.column_config.NumberColumn(format="%.2f") for c in (*MONEY_COLUMNS, "amount", "shipped_value",
+                                                                   "expected_value", "refunded_goods_not_back")}
+SHOWN = ["order_name", "section", "status", "problems", "currency", "order_total", "expected_goods", "shipped_goods",
+         "difference", "other_charges", "shipped_qty", "refund_id", "refunded_goods", "received_value",
+         "last_dispatched_at"]
+
+
+def numeric(rows: pd.DataFrame) -> pd.DataFrame:
+    """Report rows (all text, as written) with the money and count columns as numbers, for display."""
+    rows = rows.copy()
+    for column in (*MONEY_COLUMNS, "shipped_qty", "refunded_qty", "received_qty"):
+        if column in rows:
+            rows[column] = pd.to_numeric(rows[column], errors="coerce")
+    return rows
+
+
+def masked(rows: pd.DataFrame, reveal: bool) -> pd.DataFrame:
+    rows = rows.copy()
+    rows["problems"] = [common.present_text(p, reveal) for p in rows["problems"]]
+    return rows
+
 
 st.title("Reconciliation")
 snapshot = common.snapshot_or_stop()
 db = snapshot.path
 common.data_caption(snapshot)
-today = common.now_utc().date()
+now = common.now_utc()
+today = now.date()
+reveal = common.reveal_personal_data()
 
-picked = st.date_input("Dispatched between", value=(today - timedelta(days=6), today), max_value=today,
-                       key="recon_dates", help="UTC days, both included.")
+# ------------------------------------------------------------------ stored daily reports
+st.subheader("Daily finance reports")
+st.caption("Written once a day by the reconciliation job: the CSV finance receives, as of when it ran. "
+           "Each covers the orders with a dispatch, a return refund or a return receipt that UTC day.")
+try:
+    stored = queries.reconciliation_reports(db, REPORTS_SHOWN)
+except duckdb.Error as exc:
+    st.warning(f"The stored reports cannot be read from this state file ({type(exc).__name__}).")
+    stored = pd.DataFrame()
+if stored.empty:
+    st.info("No daily report yet: the reconciliation job writes one per UTC day.", icon=":material/hourglass_empty:")
+else:
+    with st.container(key="daily_reports"):
+        for report in stored.itertuples():
+            day = pd.Timestamp(report.report_date).date()
+            text, download = st.columns([5, 1], vertical_alignment="center")
+            text.markdown(
+                f"**{day}** · {report.orders} order(s) · {report.returns} return(s) · "
+                + (f":red[{report.mismatches} not reconciling]" if report.mismatches else ":green[all reconcile]")
+                + f" · shipped {report.shipped_value or 0:,.2f} against {report.expected_value or 0:,.2f} expected"
+                + f" · as of {pd.Timestamp(report.generated_at):%Y-%m-%d %H:%M}"
+            )
+            content = queries.report_bytes(report.path, report.generated_at)
+            if content is None:
+                download.caption("file not found")
+            else:
+                download.download_button(
+                    f"{day}.csv", content, file_name=f"reconciliation-{day}.csv", mime="text/csv",
+                    icon=":material/download:", key=f"report_{day}", help=f"The report file as written: {report.path}",
+                )
+    days = [pd.Timestamp(d).date() for d in stored["report_date"]]
+    picked_day = st.selectbox("Report to look at", days, key="report_day")
+    chosen = stored.iloc[days.index(picked_day)]
+    rows = queries.report_rows(chosen["path"], chosen["generated_at"])
+    if rows is None:
+        st.warning(f"The report file `{chosen['path']}` is not on this machine.")
+    elif rows.empty:
+        st.success(f"Nothing was dispatched or returned on {picked_day}.")
+    else:
+        rows = masked(numeric(rows), reveal)
+        flagged = rows[rows["status"] == "mismatch"]
+        if flagged.empty:
+            st.success(f"Every order in the {picked_day} report reconciles.")
+        else:
+            st.dataframe(flagged[[c for c in SHOWN if c in flagged]], hide_index=True, width="stretch",
+                         column_config={**MONEY, "order_name": st.column_config.TextColumn("order")})
+        with st.expander(f"All {len(rows)} rows of the {picked_day} report"):
+            st.dataframe(rows, hide_index=True, width="stretch", column_config=MONEY)
+
+# ------------------------------------------------------------------ on demand, as of now
+st.subheader("Check as of now")
+st.caption("The same reconciliation as the daily report, run now on the current state: figures for a day can "
+           "differ from its stored report only because something happened since the report was written.")
+picked = st.date_input("Orders dispatched or returned between", value=(today - timedelta(days=6), today),
+                       max_value=today, key="recon_dates", help="UTC days, both included.")
 if isinstance(picked, (tuple, list)):  # a range; one date while the person is still picking
     start, end = (picked[0], picked[-1]) if picked else (today, today)
 else:
@@ -32,102 +111,42 @@ else:
 since = datetime.combine(start, time.min)
 until = datetime.combine(end, time.min) + timedelta(days=1)
 
-rows = queries.reconciliation(db, since, until)
-if rows.empty:
-    st.info(f"No orders dispatched between {start} and {end}.")
-    st.stop()
-
-
-def shipped_value(r: pd.Series) -> float:
-    """Goods shipped at their order price, less their share of discounts, plus shipping and any added tax."""
-    if r.shipped_qty <= 0 or r.ordered_goods <= 0:
-        return 0.0
-    share = r.shipped_goods / r.ordered_goods
-    return r.shipped_goods - r.discounts * share + r.shipping + r.tax_added * share
-
-
-def verdict(r: pd.Series) -> str:
-    if abs(r.total_check) >= CENT:
-        return "Order total differs"
-    if r.unexpected_skus:
-        return "Unexpected SKU shipped"
-    if r.shipped_qty <= 0:
-        return "Not shipped"
-    if r.shipped_qty < r.ordered_qty:
-        return "Part shipped"
-    if r.shipped_qty > r.ordered_qty:
-        return "Over shipped"
-    return "Reconciles"
-
-
-rows = rows.astype({c: float for c in ("order_total", "ordered_goods", "discounts", "shipping", "tax_added",
-                                      "ordered_qty", "shipped_qty", "shipped_goods")})
-rows["expected_total"] = rows["ordered_goods"] - rows["discounts"] + rows["shipping"] + rows["tax_added"]
-rows["total_check"] = (rows["order_total"] - rows["expected_total"]).round(2)
-rows["shipped_value"] = rows.apply(shipped_value, axis=1).round(2)
-rows["difference"] = (rows["shipped_value"] - rows["order_total"]).round(2)
-rows["result"] = rows.apply(verdict, axis=1)
-
-thin = len(rows) < THIN_DATA_ORDERS or bool(rows["money_detail_missing"].any())
-if thin:
-    st.warning(
-        f"Preliminary: {len(rows)} dispatched order(s) in this period"
-        + (" and some orders lack Shopify money details" if rows["money_detail_missing"].any() else "")
-        + ". Computed by the dashboard from the integration's state (order lines × prices, discounts, shipping and "
-        "tax from the Shopify order, quantities from Clarus shipments); it is not yet checked against NetSuite.",
-        icon=":material/science:",
-    )
+live = queries.reconcile_touched(db, since, until, common.minute_floor(now))
+if live.empty:
+    st.info(f"No orders dispatched or returned between {start} and {end}.")
 else:
-    st.caption("Computed from the integration's state: order lines × prices, discounts, shipping and tax from the "
-               "Shopify order, quantities from Clarus shipments. Not yet checked against NetSuite.")
+    live = masked(numeric(live), reveal)
+    dispatch = live[live["section"] == "dispatch"]
+    for currency, group in live.groupby(live["currency"].fillna("?")):
+        sent = group[group["section"] == "dispatch"]
+        cols = st.columns(5)
+        cols[0].metric(f"Orders dispatched ({currency})", len(sent))
+        cols[1].metric("Expected goods", f"{sent['expected_goods'].sum():,.2f}",
+                       help="Goods charged, less discounts and lines cancelled before dispatch.")
+        cols[2].metric("Shipped goods", f"{sent['shipped_goods'].sum():,.2f}",
+                       help="Dispatched quantities at the order's unit prices, less the same share of discount.")
+        cols[3].metric("Difference", f"{sent['difference'].sum():,.2f}",
+                       help="Shipped minus expected: negative when less left the warehouse than was charged for.")
+        cols[4].metric("Orders not reconciling", group.loc[group["status"] == "mismatch", "order_id"].nunique())
 
-for currency, group in rows.groupby(rows["currency"].fillna("?")):
-    not_ok = group[group["result"] != "Reconciles"]
-    cols = st.columns(5)
-    cols[0].metric(f"Orders dispatched ({currency})", len(group))
-    cols[1].metric("Order totals", f"{group['order_total'].sum():,.2f}")
-    cols[2].metric("Shipped value", f"{group['shipped_value'].sum():,.2f}")
-    cols[3].metric("Difference", f"{group['difference'].sum():,.2f}",
-                   help="Shipped value minus order totals: negative when less left the warehouse than was sold.")
-    cols[4].metric("Orders not reconciling", len(not_ok))
-
-st.subheader("Orders that do not reconcile")
-issues = rows[rows["result"] != "Reconciles"]
-if issues.empty:
-    st.success("Every dispatched order in this period reconciles.")
-else:
-    st.dataframe(
-        issues[["order_name", "result", "currency", "order_total", "expected_total", "total_check", "ordered_qty",
-                "shipped_qty", "shipped_value", "difference"]],
-        hide_index=True, width="stretch",
-        column_config={
-            **MONEY,
-            "order_name": st.column_config.TextColumn("order"),
-            "total_check": st.column_config.NumberColumn("total − expected", format="%.2f",
-                                                         help="Order total minus lines − discounts + shipping + tax."),
-            "difference": st.column_config.NumberColumn("shipped − total", format="%.2f"),
-        },
+    issues = live[live["status"] == "mismatch"]
+    if issues.empty:
+        st.success("Every order in this period reconciles.")
+    else:
+        st.dataframe(issues[[c for c in SHOWN if c in issues]], hide_index=True, width="stretch",
+                     column_config={**MONEY, "order_name": st.column_config.TextColumn("order")})
+    partial = dispatch[dispatch["status"] == "partial"]
+    if not partial.empty:
+        st.caption(f"{len(partial)} order(s) still being dispatched (partial): not a mismatch until Clarus completes "
+                   "them or nothing more ships for two days.")
+    with st.expander(f"All {len(live)} rows"):
+        st.dataframe(live, hide_index=True, width="stretch", column_config=MONEY)
+    st.download_button(
+        "Download CSV", live.to_csv(index=False).encode("utf-8"), file_name=f"reconciliation-now_{start}_{end}.csv",
+        mime="text/csv", icon=":material/download:", key="download_live",
     )
 
-by_result = rows.groupby("result", as_index=False).agg(orders=("order_id", "count"), difference=("difference", "sum"))
-st.altair_chart(
-    alt.Chart(by_result).mark_bar().encode(
-        x=alt.X("orders:Q"), y=alt.Y("result:N", sort="-x", title=None),
-        color=alt.condition(alt.datum.result == "Reconciles", alt.value("#16a34a"), alt.value("#dc2626")),
-        tooltip=["result", "orders", alt.Tooltip("difference:Q", format=",.2f")],
-    ).properties(height=160),
-    width="stretch",
-)
-
-with st.expander(f"All {len(rows)} dispatched orders"):
-    st.dataframe(rows.drop(columns=["order_id", "money_detail_missing"]), hide_index=True, width="stretch",
-                 column_config={**MONEY, "total_check": st.column_config.NumberColumn(format="%.2f"),
-                                "difference": st.column_config.NumberColumn(format="%.2f")})
-st.download_button(
-    "Download CSV", rows.drop(columns=["money_detail_missing"]).to_csv(index=False).encode("utf-8"),
-    file_name=f"reconciliation_{start}_{end}.csv", mime="text/csv", icon=":material/download:",
-)
-
+# ------------------------------------------------------------------ refunds
 st.subheader("Refunds by kind")
 refunds = queries.refunds_by_kind(db, since, until)
 if refunds.empty:
@@ -146,7 +165,7 @@ finance = queries.exceptions(db, codes=("RECONCILIATION_MISMATCH", "RETURN_NOT_R
 if finance.empty:
     st.success("None open.")
 else:
-    finance = common.add_sla_columns(finance, common.now_utc())
+    finance = common.add_sla_columns(finance, now)
     finance["entity"] = [n if isinstance(n, str) else e for n, e in zip(finance["order_name"], finance["entity_id"])]
-    finance["message"] = [common.present_text(m, common.reveal_personal_data()) for m in finance["message"]]
+    finance["message"] = [common.present_text(m, reveal) for m in finance["message"]]
     st.dataframe(finance[["code", "entity", "status", "age", "sla", "message"]], hide_index=True, width="stretch")
