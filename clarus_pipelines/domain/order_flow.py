@@ -62,6 +62,7 @@ def payload_hashes(payloads: pl.Series) -> pl.Series:
     """`payload_hash` of every text in a column, computed by DuckDB in one vectorised pass."""
     texts = payloads.cast(pl.Utf8).alias("payload").to_frame()
     with duckdb.connect() as con:
+        con.register("texts", texts)
         return con.sql("SELECT sha256(payload) AS payload_hash FROM texts").pl()["payload_hash"]
 
 

@@ -442,7 +442,6 @@ def apply_receipt(con, record: Any, *, now: datetime | None = None, via: str = "
     if receipt_id:
         con.execute("UPDATE refunds SET clarus_receipt_id = coalesce(clarus_receipt_id, ?) WHERE refund_id = ?",
                     [receipt_id, refund_id])
-    label = order_name or order_id
     if complete and received_at is None:
         at = R.parse_shopify_time(attrs.get("actual_date_of_receipt")) or now
         con.execute("UPDATE refunds SET return_received_at = ?, updated_at = ? WHERE refund_id = ?", [at, now, refund_id])
