@@ -39,8 +39,10 @@ import os
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +63,12 @@ HOLD_CODES = ("ORDER_INCOMPLETE", "SKU_UNKNOWN", "SHIP_METHOD_UNMAPPED")
 # reads land changes at once (their grace period would outlast the whole rehearsal).
 TIME_COMPRESSION = 15.0
 FINAL_ROUND_MINUTES = 15.0  # schedules at least this frequent run once more before the run ends
+RUN_WORKERS = 4  # runs executed side by side (the daemon runs them concurrently too)
+# Runs share this process, so no run may capture stdout/stderr (that swaps the process's file descriptors).
+INSTANCE_OVERRIDES = {
+    "compute_logs": {"module": "dagster._core.storage.noop_compute_log_manager", "class": "NoOpComputeLogManager"},
+    "telemetry": {"enabled": False},
+}
 COMPRESSED_OP_CONFIG: dict[str, Any] = {
     "erp_recheck_s": 1.0, "erp_recheck_max_s": 3.0, "retry_base_s": 1.0, "retry_max_s": 5.0,
     "grace_minutes": 0,
@@ -148,6 +156,7 @@ class Orchestrator:
     skipped: Counter = field(default_factory=Counter)
     seconds: Counter = field(default_factory=Counter)  # time spent per job
     last_tick: dict[str, float] = field(default_factory=dict)  # schedule -> monotonic time of its last tick
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.repo = self.defs.get_repository_def()
@@ -164,18 +173,22 @@ class Orchestrator:
             config.pop("ops")
         return config
 
-    def execute(self, request, default_job: str | None, origin: str, *, once_per_key: bool = True) -> bool:
+    def plan(self, request, default_job: str | None, origin: str, *, once_per_key: bool = True) -> tuple | None:
+        """The (job, request, origin) to launch for a run request, or None (already launched, or not a flow run)."""
         if once_per_key and request.run_key:
             key = f"{origin}:{request.run_key}"
             if key in self.run_keys:
-                return False  # the daemon launches a run key once
+                return None  # the daemon launches a run key once
             self.run_keys.add(key)
         job_name = request.job_name or default_job
         if job_name is None:
             if not request.asset_selection:
                 self.skipped[origin] += 1  # e.g. check-only freshness runs: not part of the flows
-                return False
+                return None
             job_name = "__ASSET_JOB"
+        return job_name, request, origin
+
+    def _execute(self, job_name: str, request, origin: str) -> None:
         job = self.repo.get_job(job_name)
         started = time.monotonic()
         try:
@@ -188,17 +201,28 @@ class Orchestrator:
         except Exception:  # a run that cannot even start is a failed run; the next tick tries again
             log.exception("run of %s (from %s) could not start", job_name, origin)
             ok = False
-        self.runs[job_name] += 1
+        with self.lock:
+            self.runs[job_name] += 1
+            self.seconds[job_name] += time.monotonic() - started
+            if not ok:
+                self.failed[job_name] += 1
         if not ok:
-            self.failed[job_name] += 1
             log.warning("run of %s (from %s) failed", job_name, origin)
-        self.seconds[job_name] += time.monotonic() - started
-        return True
 
-    def tick_sensors(self) -> int:
+    def launch(self, planned: list[tuple]) -> int:
+        """Run a tick's requests side by side, as the daemon would, and wait for all of them."""
+        if not planned:
+            return 0
+        with ThreadPoolExecutor(max_workers=min(RUN_WORKERS, len(planned)), thread_name_prefix="run") as pool:
+            for future in [pool.submit(self._execute, *item) for item in planned]:
+                future.result()
+        return len(planned)
+
+    def tick_sensors(self) -> list[tuple]:
+        """Evaluate every sensor once; returns the runs they request."""
         import dagster as dg
 
-        launched = 0
+        planned = []
         for sensor in self.repo.sensor_defs:
             began = time.monotonic()
             with dg.build_sensor_context(
@@ -215,16 +239,18 @@ class Orchestrator:
                 self.cursors[sensor.name] = data.cursor
             default_job = sensor.job_name if sensor.has_jobs and len(sensor.jobs) == 1 else None
             for request in data.run_requests or []:
-                launched += self.execute(request, default_job, f"sensor:{sensor.name}")
-        return launched
+                item = self.plan(request, default_job, f"sensor:{sensor.name}")
+                if item:
+                    planned.append(item)
+        return planned
 
-    def tick_schedules(self, *, all_now: bool = False, within_minutes: float | None = None) -> int:
+    def tick_schedules(self, *, all_now: bool = False, within_minutes: float | None = None) -> list[tuple]:
         """Tick the schedules due on the compressed clock; with `all_now`, every schedule that
         fires at least every `within_minutes` production minutes (all of them without a bound)."""
         import dagster as dg
         from datetime import datetime, timezone
 
-        launched = 0
+        planned = []
         for schedule in self.repo.schedule_defs:
             now = time.monotonic()
             period = period_minutes(schedule.cron_schedule) * 60 / TIME_COMPRESSION
@@ -245,8 +271,10 @@ class Orchestrator:
                     self.failed[f"schedule:{schedule.name}"] += 1
                     continue
             for request in data.run_requests or []:  # every compressed tick is a new scheduled run
-                launched += self.execute(request, schedule.job_name, f"schedule:{schedule.name}", once_per_key=False)
-        return launched
+                item = self.plan(request, schedule.job_name, f"schedule:{schedule.name}", once_per_key=False)
+                if item:
+                    planned.append(item)
+        return planned
 
 
 # ------------------------------------------------------------------------ the run
@@ -314,13 +342,16 @@ def _simulate(home: Path, *, orders: int, seed: int, faults: str, timeout_s: flo
                            "NETSUITE_BASE_URL": sandbox.netsuite_url}):
             resources = code_location.build_resources(Settings())
             defs = dg.Definitions.merge(*code_location.DOMAINS, dg.Definitions(resources=resources))
-            orchestrator = Orchestrator(defs, resources, dg.DagsterInstance.ephemeral())
-            log.info("simulate: %d orders, seed %d, faults %s; sandbox %s; receiver %s", orders, seed, faults,
-                     sandbox.urls(), receiver.url)
-            orchestrator.tick_schedules(all_now=True)  # hourly and daily jobs have run before the sale starts (item master...)
-            set_faults(sandbox, FaultConfig.preset(faults))
-            timed_out = _drive(orchestrator, sandbox, traffic, orders=orders, batch=batch, timeout_s=timeout_s,
-                               quiet_s=quiet_s, started=started)
+            # a file-backed instance: runs execute side by side and record into it at once
+            (home / "dagster").mkdir(exist_ok=True)
+            with dg.DagsterInstance.local_temp(str(home / "dagster"), overrides=INSTANCE_OVERRIDES) as instance:
+                orchestrator = Orchestrator(defs, resources, instance)
+                log.info("simulate: %d orders, seed %d, faults %s; sandbox %s; receiver %s", orders, seed, faults,
+                         sandbox.urls(), receiver.url)
+                orchestrator.launch(orchestrator.tick_schedules(all_now=True))  # hourly and daily jobs ran before the sale
+                set_faults(sandbox, FaultConfig.preset(faults))
+                timed_out = _drive(orchestrator, sandbox, traffic, orders=orders, batch=batch, timeout_s=timeout_s,
+                                   quiet_s=quiet_s, started=started)
             report = build_report(sandbox, traffic, Settings().state_db_path)
         report["run"] = {
             "seed": seed, "faults": faults, "seconds": round(time.monotonic() - started, 1), "timed_out": timed_out,
@@ -405,8 +436,7 @@ def _drive(orchestrator: Orchestrator, sandbox, traffic, *, orders: int, batch: 
         if placed < orders:  # a sale-day rush: orders arrive in a few large waves
             placed += len(traffic.generate_orders(min(batch, orders - placed)))
         traffic.apply_followups()
-        launched = orchestrator.tick_sensors()
-        launched += orchestrator.tick_schedules()
+        launched = orchestrator.launch(orchestrator.tick_sensors() + orchestrator.tick_schedules())
         # quiet = no progress anywhere (periodic runs that change nothing do not count)
         fingerprint = _fingerprint(sandbox, traffic, state_path)
         if fingerprint != previous or placed < orders or not _senders_idle(sandbox):
@@ -418,7 +448,7 @@ def _drive(orchestrator: Orchestrator, sandbox, traffic, *, orders: int, batch: 
                 return False
             # quiet: one more round of the frequent schedules (the reconciliation reads and
             # sweeps) lands whatever lost webhooks never brought
-            orchestrator.tick_schedules(all_now=True, within_minutes=FINAL_ROUND_MINUTES)
+            orchestrator.launch(orchestrator.tick_schedules(all_now=True, within_minutes=FINAL_ROUND_MINUTES))
             final_round_done = True
             last_change = time.monotonic()
         if time.monotonic() - last_print > 15:

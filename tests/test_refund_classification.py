@@ -338,9 +338,12 @@ def test_deciding_rule_needs_items_for_goods_kinds():
 
 def test_policies_yaml_refund_rules(tmp_path):
     data = yaml.safe_load(SANDBOX_POLICIES.read_text())
-    assert load_policies(SANDBOX_POLICIES).refund_rules == RefundRules()  # section optional: defaults
-    data["refund_rules"] = {"rules": [{"on": "order_tags", "pattern": "^exchange$", "kind": "EXCHANGE"}]}
+    assert load_policies(SANDBOX_POLICIES).refund_rules.rules[-1].name == "gifted order"
+    data.pop("refund_rules")
     path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert load_policies(path).refund_rules == RefundRules()  # section optional: defaults
+    data["refund_rules"] = {"rules": [{"on": "order_tags", "pattern": "^exchange$", "kind": "EXCHANGE"}]}
     path.write_text(yaml.safe_dump(data))
     assert load_policies(path).refund_rules.rules[0].kind == "EXCHANGE"
     data["refund_rules"]["rules"][0]["pattern"] = "[a-"

@@ -25,10 +25,13 @@ shipment twice. A goods out event arriving twice changes nothing.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
+import os
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -988,6 +991,27 @@ def due_shipments(con: duckdb.DuckDBPyConnection, now: datetime) -> list[tuple[s
     ).fetchall()
 
 
+@contextlib.contextmanager
+def advancing_lock(store: StateStore) -> Iterator[bool]:
+    """One advancing pass at a time per state database (yields False when another holds it).
+
+    Two runs moving the same shipment at once could both pass the "not yet fulfilled"
+    look-up and fulfil units of another shipment of the order. An advisory lock file
+    beside the database (released by the OS if the process dies) keeps passes apart.
+    """
+    lock_path = store.path.with_name(store.path.name + ".dispatch.lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
 def advance_all(
     store: StateStore,
     netsuite: NetSuitePort,
@@ -996,7 +1020,18 @@ def advance_all(
     config: DispatchConfig = DispatchConfig(),
     clock: Clock = utcnow,
 ) -> Counter:
-    """Advance every due shipment; orders in parallel, one order's shipments in sequence."""
+    """Advance every due shipment; orders in parallel, one order's shipments in sequence.
+
+    Returns outcome -> count; {'busy': 1} when another pass is running (it takes them all).
+    """
+    with advancing_lock(store) as mine:
+        if not mine:
+            log.info("another run is advancing the dispatches; leaving them to it")
+            return Counter({"busy": 1})
+        return _advance_all(store, netsuite, shopify, config=config, clock=clock)
+
+
+def _advance_all(store: StateStore, netsuite: NetSuitePort, shopify: ShopifyPort, *, config: DispatchConfig, clock: Clock) -> Counter:
     with store.read() as con:
         due = due_shipments(con, clock())
     by_order: dict[str, list[str]] = defaultdict(list)
