@@ -170,6 +170,27 @@ def orders_per_hour(db: str, since: datetime, until: datetime) -> pd.DataFrame:
 
 
 @_cached
+def dispatch_sla(db: str, since: datetime, sla_hours: int = 24) -> pd.DataFrame:
+    """Per day an order was placed: how many were dispatched within the SLA, later, or not yet
+    (cancelled orders left out)."""
+    return _frame(
+        db,
+        "WITH first_dispatch AS (SELECT order_id, min(dispatched_at) AS at FROM shipments"
+        "  WHERE dispatched_at IS NOT NULL GROUP BY order_id),"
+        " placed AS (SELECT o.order_id, coalesce(o.created_at, o.received_at) AS placed_at, d.at AS dispatched_at"
+        "  FROM orders o LEFT JOIN first_dispatch d USING (order_id)"
+        "  WHERE coalesce(o.created_at, o.received_at) >= ? AND o.status <> 'CANCELLED')"
+        " SELECT date_trunc('day', placed_at)::DATE AS day,"
+        "  CASE WHEN dispatched_at IS NULL THEN 'not dispatched yet'"
+        "       WHEN dispatched_at <= placed_at + to_hours(?) THEN 'within SLA'"
+        "       ELSE 'late' END AS outcome,"
+        "  count(*) AS orders"
+        " FROM placed GROUP BY ALL ORDER BY day, outcome",
+        [since, sla_hours],
+    )
+
+
+@_cached
 def order_summary(db: str, since: datetime) -> dict[str, Any]:
     """Headline numbers: orders since a time, orders held now, median and p90 hours from order to dispatch."""
     row = _frame(

@@ -471,3 +471,29 @@ def test_a_busy_writer_means_the_previous_snapshot_is_shown(seeded: SeedSummary,
         served = queries.current_snapshot(force=True)
     assert served.path == first.path and "LockTimeout" in served.error
     assert queries.current_snapshot(force=True).error is None
+
+
+def test_dispatch_sla_splits_orders_by_outcome(tmp_path) -> None:
+    path = tmp_path / "sla.duckdb"
+    store = StateStore(path)
+    day = pd.Timestamp("2026-11-20 09:00").to_pydatetime()
+    orders = [("1", day, None), ("2", day, day + pd.Timedelta(hours=3)), ("3", day, day + pd.Timedelta(hours=30)),
+              ("4", day + pd.Timedelta(days=1), day + pd.Timedelta(days=1, hours=2))]
+    with store.write() as con:
+        for order_id, placed, dispatched in orders:
+            con.execute(
+                "INSERT INTO orders (order_id, order_name, status, created_at, received_at, updated_at)"
+                " VALUES (?, ?, 'ACKNOWLEDGED', ?, ?, ?)", [order_id, f"#{order_id}", placed, placed, placed])
+            if dispatched:
+                con.execute(
+                    "INSERT INTO shipments (shipment_id, order_id, state, dispatched_at, updated_at)"
+                    " VALUES (?, ?, 'DISPATCHED_IN_WMS', ?, ?)", [f"s{order_id}", order_id, dispatched, dispatched])
+        con.execute(
+            "INSERT INTO orders (order_id, order_name, status, created_at, received_at, updated_at)"
+            " VALUES ('5', '#5', 'CANCELLED', ?, ?, ?)", [day, day, day])
+    frame = queries.dispatch_sla(str(path), day - pd.Timedelta(days=1))
+    got = {(pd.Timestamp(r.day).strftime("%Y-%m-%d"), r.outcome): r.orders for r in frame.itertuples()}
+    assert got == {
+        ("2026-11-20", "not dispatched yet"): 1, ("2026-11-20", "within SLA"): 1, ("2026-11-20", "late"): 1,
+        ("2026-11-21", "within SLA"): 1,
+    }

@@ -155,6 +155,13 @@ with right:
     per_hour = queries.orders_per_hour(db, since, until)
     st.bar_chart(per_hour, x="hour", y="orders", x_label="hour (UTC)", y_label="orders", height=260)
 
+st.subheader("Dispatch SLA: orders dispatched within 24 h of being placed (last 14 days)")
+sla = queries.dispatch_sla(db, common.window(24 * 14)[0])
+if sla.empty:
+    st.info("No orders placed in the last 14 days.")
+else:
+    st.bar_chart(sla, x="day", y="orders", color="outcome", x_label="day placed (UTC)", y_label="orders", height=260)
+
 # ------------------------------------------------------------------ exceptions
 st.subheader("Open exceptions by owner and severity")
 by_owner = queries.open_exceptions_by_owner_severity(db)
