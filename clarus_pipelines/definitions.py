@@ -12,13 +12,14 @@ from clarus_pipelines.settings import Settings
 from assets import data_quality, dispatch, ingest, item_master, monitoring, orders, reconciliation, refunds, stock
 from sensors import alerts as alert_sensors
 from sensors import maintenance, stuck_states, webhooks
+from sensors import item_master as item_master_sensors
 from sensors import orders as order_sensors
 from sensors import stock as stock_sensors
 
 # Each domain module exports its own `defs`; add a module here to add a domain.
 DOMAINS: list[dg.Definitions] = [
     ingest.defs, webhooks.defs, reconciliation.defs, maintenance.defs,
-    item_master.defs, orders.defs, order_sensors.defs,
+    item_master.defs, item_master_sensors.defs, orders.defs, order_sensors.defs,
     dispatch.defs, stuck_states.defs,
     stock.defs, stock_sensors.defs,
     refunds.defs,

@@ -64,11 +64,6 @@ HOLD_CODES = ("ORDER_INCOMPLETE", "SKU_UNKNOWN", "SHIP_METHOD_UNMAPPED")
 TIME_COMPRESSION = 15.0
 FINAL_ROUND_MINUTES = 15.0  # schedules at least this frequent run once more before the run ends
 RUN_WORKERS = 4  # runs executed side by side (the daemon runs them concurrently too)
-# Runs share this process, so no run may capture stdout/stderr (that swaps the process's file descriptors).
-INSTANCE_OVERRIDES = {
-    "compute_logs": {"module": "dagster._core.storage.noop_compute_log_manager", "class": "NoOpComputeLogManager"},
-    "telemetry": {"enabled": False},
-}
 COMPRESSED_OP_CONFIG: dict[str, Any] = {
     "erp_recheck_s": 1.0, "erp_recheck_max_s": 3.0, "retry_base_s": 1.0, "retry_max_s": 5.0,
     "grace_minutes": 0,
@@ -188,12 +183,12 @@ class Orchestrator:
             job_name = "__ASSET_JOB"
         return job_name, request, origin
 
-    def _execute(self, job_name: str, request, origin: str) -> None:
+    def _execute(self, job_name: str, request, origin: str, instance=None) -> None:
         job = self.repo.get_job(job_name)
         started = time.monotonic()
         try:
             result = job.execute_in_process(
-                run_config=self._run_config(job, request.run_config), instance=self.instance,
+                run_config=self._run_config(job, request.run_config), instance=instance or self.instance,
                 partition_key=request.partition_key, tags=dict(request.tags or {}), raise_on_error=False,
                 asset_selection=list(request.asset_selection) if request.asset_selection and job_name == "__ASSET_JOB" else None,
             )
@@ -209,12 +204,25 @@ class Orchestrator:
         if not ok:
             log.warning("run of %s (from %s) failed", job_name, origin)
 
-    def launch(self, planned: list[tuple]) -> int:
-        """Run a tick's requests side by side, as the daemon would, and wait for all of them."""
-        if not planned:
-            return 0
+    def launch(self, planned: list[tuple], *, parallel: bool = True) -> int:
+        """Run a tick's requests side by side, as the daemon would, and wait for all of them.
+
+        Dagster's in-memory run storage is not safe for concurrent runs, so a run executed
+        beside others records into an instance of its own; the flows keep their state in the
+        state database, not in Dagster's run history.
+        """
+        if not parallel or len(planned) < 2:
+            for item in planned:
+                self._execute(*item)
+            return len(planned)
+        import dagster as dg
+
+        def execute_alone(item: tuple) -> None:
+            with dg.DagsterInstance.ephemeral() as instance:
+                self._execute(*item, instance=instance)
+
         with ThreadPoolExecutor(max_workers=min(RUN_WORKERS, len(planned)), thread_name_prefix="run") as pool:
-            for future in [pool.submit(self._execute, *item) for item in planned]:
+            for future in [pool.submit(execute_alone, item) for item in planned]:
                 future.result()
         return len(planned)
 
@@ -312,59 +320,198 @@ def _simulate(home: Path, *, orders: int, seed: int, faults: str, timeout_s: flo
 
     from clarus_pipelines import definitions as code_location
     from clarus_pipelines.receiver.app import WebhookSecrets, create_app
-    from clarus_pipelines.sandbox.faults import FaultConfig
-    from clarus_pipelines.sandbox.server import SandboxSecrets, start_sandbox
     from clarus_pipelines.sandbox.serving import serve_in_thread
-    from clarus_pipelines.sandbox.shopify import LeakyBucket
-    from clarus_pipelines.sandbox.traffic import TrafficGenerator, TrafficProfile
     from clarus_pipelines.settings import Settings, get_policies
 
     started = time.monotonic()
     settings = Settings()
     policies = get_policies(settings)
-    landing_dir = settings.landing_path
-    landing_dir.mkdir(parents=True, exist_ok=True)
+    settings.landing_path.mkdir(parents=True, exist_ok=True)
     receiver = serve_in_thread(
-        create_app(landing_dir, secrets=WebhookSecrets.from_settings(settings), tenant=policies.tenant, settings=settings),
+        create_app(settings.landing_path, secrets=WebhookSecrets.from_settings(settings), tenant=policies.tenant,
+                   settings=settings),
         name="receiver",
     )
-    profile = TrafficProfile(fix_after_s=(1.0, 4.0), followup_after_s=(0.0, 2.0), slow_commit_s=8.0)
-    # the sale starts with the catalogue synced: faults are switched on after the first round
-    sandbox = start_sandbox(
-        seed=seed, faults="none", receiver_url=receiver.url, secrets=SandboxSecrets.from_env(), profile=profile,
-        netsuite_commit_delay_s=1.0, clarus_dispatch_after_s=1.0, tick_interval_s=0.25,
-    )
+    sandbox = SandboxProcess(seed=seed, receiver_url=receiver.url, policies_path=settings.policies_file)
     try:
-        sandbox.clarus.missing_tracking_rate = profile.missing_tracking  # a warehouse fault, as in production traffic
-        sandbox.shopify.bucket = LeakyBucket(size=400, leak_rate=20.0)  # a sale-day store is on Shopify Plus limits
-        traffic = TrafficGenerator(sandbox.shopify, sandbox.netsuite, sandbox.clarus, profile, seed, policies=policies)
-        with _environment({"CLARUS_BASE_URL": sandbox.clarus_url, "SHOPIFY_BASE_URL": sandbox.shopify_url,
-                           "NETSUITE_BASE_URL": sandbox.netsuite_url}):
+        urls = sandbox.call("urls")
+        with _environment({"CLARUS_BASE_URL": urls["clarus"], "SHOPIFY_BASE_URL": urls["shopify"],
+                           "NETSUITE_BASE_URL": urls["netsuite"]}):
             resources = code_location.build_resources(Settings())
             defs = dg.Definitions.merge(*code_location.DOMAINS, dg.Definitions(resources=resources))
-            # a file-backed instance: runs execute side by side and record into it at once
-            (home / "dagster").mkdir(exist_ok=True)
-            with dg.DagsterInstance.local_temp(str(home / "dagster"), overrides=INSTANCE_OVERRIDES) as instance:
+            with dg.DagsterInstance.ephemeral() as instance:
                 orchestrator = Orchestrator(defs, resources, instance)
                 log.info("simulate: %d orders, seed %d, faults %s; sandbox %s; receiver %s", orders, seed, faults,
-                         sandbox.urls(), receiver.url)
-                orchestrator.launch(orchestrator.tick_schedules(all_now=True))  # hourly and daily jobs ran before the sale
-                set_faults(sandbox, FaultConfig.preset(faults))
-                timed_out = _drive(orchestrator, sandbox, traffic, orders=orders, batch=batch, timeout_s=timeout_s,
-                                   quiet_s=quiet_s, started=started)
-            report = build_report(sandbox, traffic, Settings().state_db_path)
+                         urls, receiver.url)
+                # the hourly and daily jobs ran before the sale, one after the other (item master first)
+                orchestrator.launch(orchestrator.tick_schedules(all_now=True), parallel=False)
+                sandbox.call("set_faults", faults)  # the sale starts with the catalogue synced
+                timed_out = _drive(orchestrator, sandbox, orders=orders, batch=batch, timeout_s=timeout_s,
+                                   quiet_s=quiet_s, started=started, state_path=settings.state_db_path)
+            report = build_report(sandbox.call("records"), settings.state_db_path)
         report["run"] = {
             "seed": seed, "faults": faults, "seconds": round(time.monotonic() - started, 1), "timed_out": timed_out,
             "runs": dict(sorted(orchestrator.runs.items())), "failed_runs": dict(sorted(orchestrator.failed.items())),
             "run_seconds": {k: round(v, 1) for k, v in sorted(orchestrator.seconds.items())},
-            "webhooks_lost_by_sandbox": {s: len(getattr(getattr(sandbox, s), "webhook_sender", None).lost)
-                                         for s in ("clarus", "shopify", "netsuite")
-                                         if getattr(getattr(sandbox, s), "webhook_sender", None) is not None},
         }
         return report
     finally:
         sandbox.stop()
         receiver.stop()
+
+
+# ------------------------------------------------------------------------ the sandbox process
+
+
+class SandboxProcess:
+    """The three sandboxes and the traffic generator in a child process, driven over pipes.
+
+    The systems we integrate with run elsewhere in real life; here they get their own
+    process (and CPU), so they neither slow the pipeline down nor are slowed by it. One
+    JSON line per command and per answer; the child logs to stderr like we do.
+    """
+
+    def __init__(self, *, seed: int, receiver_url: str, policies_path: Path):
+        import subprocess
+        import sys
+
+        config = {"seed": seed, "receiver_url": receiver_url, "policies_path": str(policies_path),
+                  "log_level": logging.getLogger().level}
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", "from clarus_pipelines.simulate import sandbox_child; sandbox_child()", json.dumps(config)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+        )
+        ready = self._receive(timeout=120)
+        if ready != "ready":
+            raise RuntimeError(f"the sandbox process did not start: {ready}")
+
+    def _receive(self, timeout: float) -> Any:
+        import select
+
+        ready, _, _ = select.select([self._process.stdout], [], [], timeout)
+        if not ready:
+            raise TimeoutError(f"the sandbox process did not answer within {timeout:.0f}s")
+        line = self._process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the sandbox process exited (code {self._process.poll()})")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(f"sandbox process: {answer['error']}")
+        return answer["ok"]
+
+    def call(self, command: str, *args: Any, timeout: float = 300) -> Any:
+        self._process.stdin.write(json.dumps({"command": command, "args": list(args)}) + "\n")
+        self._process.stdin.flush()
+        return self._receive(timeout)
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            with contextlib.suppress(Exception):
+                self.call("stop", timeout=30)
+            with contextlib.suppress(Exception):
+                self._process.wait(10)
+        if self._process.poll() is None:
+            self._process.terminate()
+            self._process.wait(5)
+
+
+def sandbox_child() -> None:
+    """Entry point of the sandbox process: serve, place traffic, answer commands on stdin."""
+    import sys
+
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # anything printed goes to stderr: stdout carries the protocol only
+    config = json.loads(sys.argv[1])
+    from clarus_pipelines.logs import configure_logging
+
+    configure_logging(config["log_level"])
+
+    def answer(**doc: Any) -> None:
+        protocol.write(json.dumps(doc, default=str) + "\n")
+
+    try:
+        host = _SandboxHost(config["seed"], config["receiver_url"], config["policies_path"])
+    except Exception as exc:  # tell the parent why, then give up
+        answer(error=f"{type(exc).__name__}: {exc}")
+        return
+    answer(ok="ready")
+    for line in sys.stdin:
+        request = json.loads(line)
+        command = request["command"]
+        try:
+            result = getattr(host, command)(*request["args"])
+        except Exception as exc:
+            log.exception("sandbox command %s failed", command)
+            answer(error=f"{command}: {type(exc).__name__}: {exc}")
+            continue
+        answer(ok=result)
+        if command == "stop":
+            return
+    host.stop()  # the parent went away
+
+
+class _SandboxHost:
+    """What the sandbox process runs: `start_sandbox` plus the traffic generator."""
+
+    def __init__(self, seed: int, receiver_url: str, policies_path: str):
+        from clarus_pipelines.sandbox.server import SandboxSecrets, start_sandbox
+        from clarus_pipelines.sandbox.shopify import LeakyBucket
+        from clarus_pipelines.sandbox.traffic import TrafficGenerator, TrafficProfile
+        from clarus_pipelines.settings import load_policies
+
+        profile = TrafficProfile(fix_after_s=(1.0, 4.0), followup_after_s=(0.0, 2.0), slow_commit_s=8.0)
+        self.sandbox = start_sandbox(
+            seed=seed, faults="none", receiver_url=receiver_url, secrets=SandboxSecrets.from_env(), profile=profile,
+            policies_path=policies_path, netsuite_commit_delay_s=1.0, clarus_dispatch_after_s=1.0, tick_interval_s=0.25,
+        )
+        self.sandbox.clarus.missing_tracking_rate = profile.missing_tracking  # a warehouse fault, as in real traffic
+        self.sandbox.shopify.bucket = LeakyBucket(size=400, leak_rate=20.0)  # a sale-day store is on Shopify Plus limits
+        self.traffic = TrafficGenerator(self.sandbox.shopify, self.sandbox.netsuite, self.sandbox.clarus, profile, seed,
+                                        policies=load_policies(policies_path))
+
+    def urls(self) -> dict[str, str]:
+        return self.sandbox.urls()
+
+    def set_faults(self, level: str) -> None:
+        from clarus_pipelines.sandbox.faults import FaultConfig
+
+        set_faults(self.sandbox, FaultConfig.preset(level))
+
+    def generate(self, n: int) -> int:
+        return len(self.traffic.generate_orders(n))
+
+    def progress(self) -> tuple:
+        """Counters that move whenever a system changes (every change emits a webhook), the
+        follow-ups played, and whether every webhook has been delivered (or given up)."""
+        self.traffic.apply_followups()
+        sandbox = self.sandbox
+        emitted = (len(sandbox.clarus.webhooks_emitted()), len(sandbox.shopify.webhooks), len(sandbox.netsuite.webhooks))
+        played = sum(1 for o in self.traffic.orders for f in o.followups if not f.pending)
+        return emitted, played, _senders_idle(sandbox)
+
+    def records(self) -> dict[str, Any]:
+        sandbox = self.sandbox
+        transforms = [
+            {"time": r["time"], "duration_ms": r.get("duration_ms", 0), "body": r.get("body")}
+            for r in sandbox.netsuite.requests()
+            if r["method"] == "POST" and "!transform/itemFulfillment" in r["path"] and r.get("status") == 204
+        ]
+        return {
+            "generated": [{"order_id": str(o.order_id), "name": o.name, "case": o.case} for o in self.traffic.orders],
+            "shopify_orders": sandbox.shopify.orders(),
+            "fulfilments": sandbox.shopify.fulfillments(),
+            "goods_outs": sandbox.clarus.goods_outs(),
+            "sales_orders": sandbox.netsuite.sales_orders(),
+            "item_fulfilments": sandbox.netsuite.item_fulfillments(),
+            "item_fulfilment_posts": transforms,
+            "webhooks_lost": {name: len(system.webhook_sender.lost)
+                              for name, system in (("clarus", sandbox.clarus), ("shopify", sandbox.shopify),
+                                                   ("netsuite", sandbox.netsuite))
+                              if getattr(system, "webhook_sender", None) is not None},
+        }
+
+    def stop(self) -> None:
+        self.sandbox.stop()
 
 
 def set_faults(sandbox, config) -> None:
@@ -394,52 +541,42 @@ def _senders_idle(sandbox) -> bool:
     return True
 
 
-def _fingerprint(sandbox, traffic, state_path: Path) -> tuple:
-    """What would change if anything were still moving (progress counters, not retry counters)."""
+# ------------------------------------------------------------------------ until quiet
+
+
+def _state_progress(state_path: Path) -> tuple:
+    """Our side's progress counters (retries and periodic reads do not move them)."""
     from clarus_pipelines.state import StateStore
 
-    goods_outs = Counter((g.get("goods_out_status") or {}).get("code") for g in sandbox.clarus.goods_outs())
-    shipments = len(sandbox.clarus.shipments())
-    sales_orders = Counter(str(so.get("orderStatus")) for so in sandbox.netsuite.sales_orders())
-    fulfilments = len(sandbox.shopify.fulfillments())
-    item_fulfilments = len(sandbox.netsuite.item_fulfillments())
-    shop_orders = Counter((o.get("financial_status"), o.get("fulfillment_status"), bool(o.get("cancelled_at")))
-                          for o in sandbox.shopify.orders())
     with StateStore(state_path).read() as con:
-        ours = (
+        return (
             tuple(con.execute("SELECT status, count(*) FROM orders GROUP BY ALL ORDER BY 1").fetchall()),
             tuple(con.execute("SELECT state, count(*) FROM shipments GROUP BY ALL ORDER BY 1").fetchall()),
             con.execute("SELECT count(*) FROM landed_events").fetchone()[0],
+            con.execute("SELECT count(*) FROM items WHERE clarus_product_id IS NOT NULL").fetchone()[0],
             tuple(con.execute("SELECT code, status, count(*) FROM exceptions GROUP BY ALL ORDER BY 1, 2").fetchall()),
         )
-    followups = sum(1 for o in traffic.orders for f in o.followups if not f.pending)
-    return (sorted(goods_outs.items(), key=str), shipments, sorted(sales_orders.items()), fulfilments, item_fulfilments,
-            sorted(shop_orders.items(), key=str), ours, followups)
 
 
-def _drive(orchestrator: Orchestrator, sandbox, traffic, *, orders: int, batch: int, timeout_s: float, quiet_s: float,
-           started: float) -> bool:
+def _drive(orchestrator: Orchestrator, sandbox: SandboxProcess, *, orders: int, batch: int, timeout_s: float,
+           quiet_s: float, started: float, state_path: Path) -> bool:
     """Place the orders, then tick until the integration is quiet; True if it timed out."""
-    from clarus_pipelines.settings import Settings
-
-    state_path = Settings().state_db_path
     placed = 0
     last_change = time.monotonic()
     last_print = 0.0
     previous = None
     final_round_done = False
     while True:
-        now = time.monotonic()
-        if now - started > timeout_s:
+        if time.monotonic() - started > timeout_s:
             log.warning("simulate: not quiet after %.0fs; reporting what happened so far", timeout_s)
             return True
         if placed < orders:  # a sale-day rush: orders arrive in a few large waves
-            placed += len(traffic.generate_orders(min(batch, orders - placed)))
-        traffic.apply_followups()
+            placed += sandbox.call("generate", min(batch, orders - placed))
         launched = orchestrator.launch(orchestrator.tick_sensors() + orchestrator.tick_schedules())
+        emitted, played, idle = sandbox.call("progress")
+        fingerprint = (emitted, played, _state_progress(state_path))
         # quiet = no progress anywhere (periodic runs that change nothing do not count)
-        fingerprint = _fingerprint(sandbox, traffic, state_path)
-        if fingerprint != previous or placed < orders or not _senders_idle(sandbox):
+        if fingerprint != previous or placed < orders or not idle:
             last_change = time.monotonic()
             previous = fingerprint
             final_round_done = False
@@ -472,16 +609,16 @@ def _norm(number: Any) -> str | None:
     return normalise_tracking_number(number) if number not in (None, "") else None
 
 
-def build_report(sandbox, traffic, state_path: Path) -> dict[str, Any]:
+def build_report(records: Mapping[str, Any], state_path: Path) -> dict[str, Any]:
     """Count what happened from the sandbox systems' own records (and our exception queue)."""
     from clarus_pipelines.state import StateStore
 
-    generated = {str(o.order_id): o for o in traffic.orders}
-    shop_orders = {str(o["id"]): o for o in sandbox.shopify.orders()}
-    goods_outs = sandbox.clarus.goods_outs()
-    sales_orders = sandbox.netsuite.sales_orders()
-    item_fulfilments = sandbox.netsuite.item_fulfillments()
-    fulfilments = sandbox.shopify.fulfillments()
+    generated = {o["order_id"]: o for o in records["generated"]}
+    shop_orders = {str(o["id"]): o for o in records["shopify_orders"]}
+    goods_outs = records["goods_outs"]
+    sales_orders = records["sales_orders"]
+    item_fulfilments = records["item_fulfilments"]
+    fulfilments = records["fulfilments"]
 
     with StateStore(state_path).read() as con:
         held = dict(con.execute(
@@ -542,17 +679,16 @@ def build_report(sandbox, traffic, state_path: Path) -> dict[str, Any]:
 
     # when each item fulfilment was posted, from NetSuite's own request log
     posted_at: dict[str, float] = {}
-    for request in sandbox.netsuite.requests():
+    for request in records["item_fulfilment_posts"]:
         body = request.get("body")
-        if (request["method"] == "POST" and "!transform/itemFulfillment" in request["path"] and request.get("status") == 204
-                and isinstance(body, dict) and body.get("externalId")):
+        if isinstance(body, dict) and body.get("externalId"):
             posted_at.setdefault(str(body["externalId"]), request["time"] + request.get("duration_ms", 0) / 1000)
 
     lost: dict[str, list[str]] = {}
     duplicates: list[dict[str, Any]] = []
     violations: list[dict[str, Any]] = []
     for order_id, order in generated.items():
-        name = order.name
+        name = order["name"]
         missing: list[str] = []
         if not so_by_order.get(order_id):
             missing.append("netsuite sales order")
@@ -605,7 +741,7 @@ def build_report(sandbox, traffic, state_path: Path) -> dict[str, Any]:
     open_by_code = Counter(code for code, _, _ in open_exceptions)
     return {
         "orders_generated": len(generated),
-        "cases": dict(sorted(Counter(o.case for o in traffic.orders).items())),
+        "cases": dict(sorted(Counter(o["case"] for o in generated.values()).items())),
         "shopify": {"orders": len(shop_orders), "fulfilments": len(fulfilments),
                     "orders_fulfilled": sum(1 for o in shop_orders.values() if o.get("fulfillment_status") == "fulfilled"),
                     "orders_cancelled": sum(1 for o in shop_orders.values() if o.get("cancelled_at"))},
@@ -616,6 +752,7 @@ def build_report(sandbox, traffic, state_path: Path) -> dict[str, Any]:
         "held_by_reason": dict(sorted(held.items())),
         "exceptions": dict(sorted(open_by_code.items())),
         "exceptions_raised": raised,
+        "webhooks_lost_by_sandbox": records["webhooks_lost"],
         "lost": len(lost),
         "duplicates": sum(d["count"] - 1 if d["count"] > 1 else 1 for d in duplicates),
         "ordering_violations": len(violations),

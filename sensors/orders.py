@@ -405,24 +405,47 @@ def order_changes_job():
     send_ready_orders_op(after=apply_order_changes_op())
 
 
-def _recheck_interval_s() -> int:
+def _recheck_interval_minutes() -> int:
     try:
-        return get_policies().timings.recheck_held_minutes * 60
+        return get_policies().timings.recheck_held_minutes
     except Exception:  # no policies file where the code location loads: the default
-        return 15 * 60
+        return 15
 
 
-@dg.sensor(job=held_orders_recheck_job, minimum_interval_seconds=_recheck_interval_s(),
+def _item_master_fingerprint(con) -> str:
+    count, latest = con.execute(
+        "SELECT count(clarus_product_id), max(updated_at) FROM items WHERE clarus_product_id IS NOT NULL"
+    ).fetchall()[0]
+    return f"{count}:{latest:%Y%m%dT%H%M%S.%f}" if latest else "empty"
+
+
+@dg.sensor(job=held_orders_recheck_job, minimum_interval_seconds=60,
            default_status=dg.DefaultSensorStatus.RUNNING,
-           description="Every recheck_held_minutes: re-check held orders (only when some are held).")
+           description="Re-check held orders every recheck_held_minutes, and at once when the item master "
+           "changes (a SKU_UNKNOWN hold may now resolve).")
 def held_orders_recheck_sensor(context: dg.SensorEvaluationContext, state: StateStoreResource):
+    cursor = json.loads(context.cursor) if context.cursor else {}
     with state.store().read() as con:
         held, oldest = con.execute("SELECT count(*), min(held_since) FROM orders WHERE status = 'HELD'").fetchall()[0]
+        master = _item_master_fingerprint(con)
     if not held:
         return dg.SkipReason("no held orders")
-    return dg.RunRequest(
-        run_key=f"recheck:{utcnow():%Y%m%dT%H%M}",
-        tags={"orders/held": str(held), "orders/oldest_hold": f"{oldest:%Y-%m-%dT%H:%M}"},
+    now = utcnow()
+    last = datetime.fromisoformat(cursor["last_run"]) if cursor.get("last_run") else None
+    due = last is None or now - last >= timedelta(minutes=_recheck_interval_minutes())
+    master_changed = cursor.get("master") not in (None, master)
+    if not (due or master_changed):
+        return dg.SkipReason(
+            f"{held} order(s) held; next re-check at {last + timedelta(minutes=_recheck_interval_minutes()):%H:%M} UTC "
+            "or when the item master changes"
+        )
+    reason = "item master changed" if master_changed and not due else "schedule"
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(
+            run_key=f"recheck:{now:%Y%m%dT%H%M}:{master}",
+            tags={"orders/held": str(held), "orders/oldest_hold": f"{oldest:%Y-%m-%dT%H:%M}", "orders/recheck": reason},
+        )],
+        cursor=json.dumps({"last_run": now.isoformat(), "master": master}),
     )
 
 

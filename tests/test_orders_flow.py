@@ -323,7 +323,15 @@ def test_release_after_the_source_is_fixed_and_alert_when_held_too_long(h: Harne
     from sensors.orders import held_orders_recheck_sensor, orders_sensor
 
     state = StateStoreResource(path=str(h.state_path))
-    assert isinstance(held_orders_recheck_sensor(dg.build_sensor_context(resources={"state": state})), dg.RunRequest)
+    first = held_orders_recheck_sensor(dg.build_sensor_context(resources={"state": state}))
+    assert isinstance(first, dg.SensorResult) and len(first.run_requests) == 1
+    # right after a re-check, nothing is due until the interval passes or the item master changes
+    again = held_orders_recheck_sensor(dg.build_sensor_context(resources={"state": state}, cursor=first.cursor))
+    assert isinstance(again, dg.SkipReason) and "when the item master changes" in again.skip_message
+    with h.store.write() as con:
+        con.execute("UPDATE items SET updated_at = now()::TIMESTAMP + INTERVAL 1 SECOND WHERE clarus_product_id IS NOT NULL")
+    changed = held_orders_recheck_sensor(dg.build_sensor_context(resources={"state": state}, cursor=first.cursor))
+    assert isinstance(changed, dg.SensorResult) and changed.run_requests[0].tags["orders/recheck"] == "item master changed"
     assert isinstance(orders_sensor(dg.build_sensor_context(resources={"state": state})), dg.SkipReason)
 
     later = utcnow() + timedelta(minutes=POLICIES.timings.held_alert_minutes + 1)
@@ -617,3 +625,15 @@ def test_refund_after_dispatch_is_not_an_edit(h: Harness):
     report = h.changes()
     assert report.no_change == 1 and h.exceptions("ORDER_EDIT_NEEDS_REVIEW") == []
     assert "refunds flow" in _causes(h, order)[-1]
+
+
+def test_item_master_bootstrap_runs_until_products_are_bound(tmp_path):
+    from sensors.item_master import item_master_bootstrap
+
+    state = StateStoreResource(path=str(tmp_path / "state.duckdb"))
+    first = item_master_bootstrap(dg.build_sensor_context(resources={"state": state}))
+    assert isinstance(first, dg.RunRequest) and first.run_key.startswith("item-master-bootstrap:")
+    with state.store().write() as con:
+        con.execute("INSERT INTO items (sku, sku_raw, clarus_product_id, updated_at) VALUES ('000123', '000123', '7', now())")
+    bound = item_master_bootstrap(dg.build_sensor_context(resources={"state": state}))
+    assert isinstance(bound, dg.SkipReason) and "1 SKU(s) bound" in bound.skip_message
