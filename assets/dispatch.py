@@ -13,7 +13,6 @@
   unless one is already running. The `dispatch_sweep` schedule runs the sweep.
 """
 
-
 import json
 from datetime import timedelta
 
@@ -30,6 +29,7 @@ from clarus_pipelines.domain.dispatch import (
     FINAL,
     DispatchConfig,
     advance_all,
+    due_shipments,
     over_dispatch_findings,
     record_sweep,
     shipment_state_counts,
@@ -265,10 +265,7 @@ def pending_dispatch_work(state: StateStoreResource) -> dict[str, int]:
             " AND topic IN (SELECT unnest(?))",
             [row[0] if row else 0, list(DISPATCH_TOPICS)],
         ).fetchone()
-        due = con.execute(
-            "SELECT count(*) FROM shipments WHERE state <> ? AND (next_attempt_at IS NULL OR next_attempt_at <= ?)",
-            [FINAL.value, now],
-        ).fetchone()[0]
+        due = len(due_shipments(con, now))
         unmatched = con.execute("SELECT count(*) FROM dispatch_unmatched").fetchone()[0]
     return {"new_events": int(events[0]), "newest_seq": int(events[1]), "due_shipments": int(due), "unmatched": int(unmatched)}
 

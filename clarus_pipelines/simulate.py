@@ -38,13 +38,15 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +57,6 @@ SECRET_NAMES = (
     "SHOPIFY_WEBHOOK_SECRET", "NETSUITE_CONSUMER_KEY", "NETSUITE_CONSUMER_SECRET", "NETSUITE_TOKEN_ID",
     "NETSUITE_TOKEN_SECRET", "NETSUITE_WEBHOOK_SECRET",
 )
-HOLD_CODES = ("ORDER_INCOMPLETE", "SKU_UNKNOWN", "SHIP_METHOD_UNMAPPED")
 
 # Compressed time. Schedules: a production minute is four seconds here (the 15-minute
 # reconciliation reads run every minute). Op config, applied to any op that has the field:
@@ -81,7 +82,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep the state, landings and Dagster storage here (default: a temporary folder, removed)")
 
 
+def _stop_on_sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # unwinds through the finally blocks: sandbox and receiver stop
+
+
 def run(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     report = simulate(orders=args.orders, seed=args.seed, faults=args.faults, timeout_s=args.timeout, home=args.home)
     print(json.dumps(report, indent=2, sort_keys=False, default=str))
     return 0 if not (report["lost"] or report["duplicates"] or report["ordering_violations"]) else 1
@@ -106,8 +112,8 @@ def _environment(updates: Mapping[str, str]) -> Iterator[None]:
 
 
 def _sandbox_secrets() -> dict[str, str]:
-    """The operator's credentials if set, else random ones for this run (never printed)."""
-    return {name: os.environ.get(name) or secrets.token_urlsafe(24) for name in SECRET_NAMES}
+    """Random credentials for this run's sandbox: real ones never meet it (never printed)."""
+    return {name: secrets.token_urlsafe(24) for name in SECRET_NAMES}
 
 
 # ------------------------------------------------------------------------ driving Dagster
@@ -256,7 +262,6 @@ class Orchestrator:
         """Tick the schedules due on the compressed clock; with `all_now`, every schedule that
         fires at least every `within_minutes` production minutes (all of them without a bound)."""
         import dagster as dg
-        from datetime import datetime, timezone
 
         planned = []
         for schedule in self.repo.schedule_defs:
@@ -295,7 +300,7 @@ def simulate(
     faults: str = "light",
     timeout_s: float = 1800.0,
     home: Path | None = None,
-    quiet_s: float = 8.0,
+    quiet_s: float = 6.0,
     batch: int | None = None,
 ) -> dict[str, Any]:
     """Run the rehearsal and return the report (see the module docstring)."""
@@ -306,7 +311,10 @@ def simulate(
     home.mkdir(parents=True, exist_ok=True)
     creds = _sandbox_secrets()
     try:
-        with _environment({**creds, "CLARUS_PIPELINES_HOME": str(home)}):
+        # everything under the rehearsal's home, whatever state or landing folder the shell points at
+        paths = {"CLARUS_PIPELINES_HOME": str(home), "CLARUS_PIPELINES_STATE_DB": str(home / "state.duckdb"),
+                 "CLARUS_PIPELINES_LANDING_DIR": str(home / "landing")}
+        with _environment({**creds, **paths}):
             return _simulate(home, orders=orders, seed=seed, faults=faults, timeout_s=timeout_s, quiet_s=quiet_s,
                              batch=batch or max(50, orders // 4))
     finally:
@@ -703,11 +711,12 @@ def build_report(records: Mapping[str, Any], state_path: Path) -> dict[str, Any]
         remaining = list(fulfilments_by_order.get(order_id, []))
         for shipment in shipments_by_order.get(order_id, []):
             shipment_id = str(shipment["id"])
-            records = ifs_by_shipment.get(shipment_id, [])
-            if not records:
+            posted_ifs = ifs_by_shipment.get(shipment_id, [])
+            if not posted_ifs:
                 missing.append(f"netsuite item fulfilment for shipment {shipment_id}")
-            elif len(records) > 1:
-                duplicates.append({"order": name, "system": "netsuite", "record": f"item fulfilment of {shipment_id}", "count": len(records)})
+            elif len(posted_ifs) > 1:
+                duplicates.append({"order": name, "system": "netsuite", "record": f"item fulfilment of {shipment_id}",
+                                   "count": len(posted_ifs)})
             number = _norm(shipment.get("tracking_number"))
             lines = _shipment_lines_key(shipment.get("lines"))
             matches = [f for f in remaining if (_norm(f.get("tracking_number")) == number if number else

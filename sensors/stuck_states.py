@@ -9,7 +9,6 @@ what changed, in words, and its JSON cursor keeps the last evaluation time and t
 open count per code (shown in the Dagster UI).
 """
 
-
 import json
 from collections import Counter
 

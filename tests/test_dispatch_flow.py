@@ -14,6 +14,7 @@ from collections import Counter
 from datetime import timedelta
 
 import dagster as dg
+import httpx
 import pytest
 
 import clarus_pipelines.domain.dispatch as dispatch
@@ -295,7 +296,6 @@ def test_duplicate_dispatch_webhooks_change_nothing(world):
 
     # the same webhook delivered again (deduplicated at the door) and a later event carrying
     # the same shipment (a different body, so it lands as a new event)
-    import httpx
     headers = {"X-ClarusWMS-Domain": "sandbox.clarus-wms.test", "X-ClarusWMS-API-Domain": "127.0.0.1",
                "X-ClarusWMS-Subdomain": "sandbox", "X-ClarusWMS-Automation-ID": "101", "X-ClarusWMS-Integration-ID": "7"}
     same = {"resource_name": "goods_out", "event": "completed", "data": completed}
@@ -445,3 +445,45 @@ def test_dagster_assets_checks_and_stuck_sensor_over_the_sandbox(tmp_path):
         assert fulfilment["tracking_number"] == "AA473124829GB"
     finally:
         w.close()
+
+
+def test_tracking_added_in_clarus_after_the_fulfilment_reaches_shopify(tmp_path):
+    w = World(tmp_path, clarus_kwargs={"missing_tracking_rate": 1.0})
+    try:
+        [item] = w.items(1)
+        order = w.place_order([(item, 1)], commit=True)
+        w.warehouse(order["goods_out_id"])
+        w.ingest()
+        w.run_dispatch()
+        [(shipment_id, state, _, shop_f, tracking)] = w.shipments(order["order_id"])
+        assert state == DispatchState.CHANNEL_CONFIRMED and tracking is None  # shipped without tracking
+        assert w.shopify_sb.fulfillments(int(order["order_id"]))[0]["tracking_number"] is None
+
+        w.clarus.update_shipment(shipment_id, {"tracking_number": "RB123456785GB"})  # the warehouse adds it
+        sweep = dispatch.record_sweep(w.store, list(w.clarus.iter_shipments()), RULES, POLICIES.sku_cleaning,
+                                      window_start=utcnow() - timedelta(hours=1))
+        assert sweep.outcomes["recorded"] == 1 and sweep.new_shipments == []
+        taken, advanced = w.run_dispatch()
+        assert advanced == {"CHANNEL_CONFIRMED": 1}
+        [fulfilment] = w.shopify_sb.fulfillments(int(order["order_id"]))
+        assert fulfilment["id"] == int(shop_f) and fulfilment["tracking_number"] == "RB123456785GB"
+        assert fulfilment["tracking_company"] == "Royal Mail"
+        assert w.events(order["order_id"])[-2:] == ["TRACKING_UPDATED", "TRACKING_POSTED"]
+        assert w.run_dispatch()[1] == Counter()  # nothing left to do
+        updates = [r for r in w.shopify_sb.requests() if r["path"].endswith("/update_tracking.json")]
+        assert len(updates) == 1 and updates[0]["body"]["fulfillment"]["tracking_info"]["number"] == "RB123456785GB"
+    finally:
+        w.close()
+
+
+def test_one_advancing_pass_at_a_time(world):
+    [item] = world.items(1)
+    order = world.place_order([(item, 1)], commit=True)
+    world.warehouse(order["goods_out_id"])
+    world.ingest()
+    dispatch.take_in_landings(world.store, RULES, POLICIES.sku_cleaning)
+    with dispatch.advancing_lock(world.store) as mine:
+        assert mine
+        assert dispatch.advance_all(world.store, world.netsuite, world.shopify, config=FAST) == {"busy": 1}
+    assert world.shipments(order["order_id"])[0][1] == DispatchState.DISPATCHED_IN_WMS
+    assert dispatch.advance_all(world.store, world.netsuite, world.shopify, config=FAST) == {"CHANNEL_CONFIRMED": 1}

@@ -19,8 +19,9 @@ shipment (intent recorded before the call, result after, each in its own short w
 no write lock is held across a network call). The connectors' writes are themselves
 idempotent per our shipment id, so a run that crashed after the remote write but before
 recording it repeats nothing: the re-run finds the record the first call made. State
-changes are compare-and-set on the expected state, so two runs racing cannot move a
-shipment twice. A goods out event arriving twice changes nothing.
+changes are compare-and-set on the expected state, and one advancing pass runs at a
+time per state database (an advisory lock file), so two runs cannot both fulfil a
+shipment. A goods out event arriving twice changes nothing.
 """
 
 from __future__ import annotations
@@ -34,15 +35,17 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from typing import Any, Protocol
 
 import duckdb
 
+from clarus_pipelines.connectors.http import ConnectorError
 from clarus_pipelines.domain.skus import clean_sku
 from clarus_pipelines.domain.tracking import TrackingRules, shopify_tracking_company
 from clarus_pipelines.exception_queue import Finding, utcnow
+from clarus_pipelines.receiver.events import advance_consumer, new_events, record_reconciliation
 from clarus_pipelines.settings import SkuCleaning
 from clarus_pipelines.state import StateStore
 
@@ -105,6 +108,10 @@ class ShopifyPort(Protocol):
     ) -> Any: ...
 
     def get_fulfillment(self, order_id: str, fulfillment_id: str) -> Mapping[str, Any] | None: ...
+
+    def update_tracking(
+        self, fulfillment_id: str, tracking_number: str, company: str | None = None, url: str | None = None,
+    ) -> Mapping[str, Any]: ...
 
 
 class DispatchBlocked(RuntimeError):
@@ -176,8 +183,6 @@ def parse_timestamp(value: Any) -> datetime | None:
     else:
         moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     if moment.tzinfo is not None:
-        from datetime import timezone
-
         moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
     return moment
 
@@ -337,15 +342,14 @@ def record_goods_out(
         state, stored_number, stored_carrier = existing
         if (verdict.number, shipment.carrier) == (stored_number, stored_carrier):
             continue
-        if SEQUENCE.index(DispatchState(state)) >= SEQUENCE.index(DispatchState.CHANNEL_FULFILLED):
-            log.warning(
-                "shipment %s: Clarus changed its tracking after the Shopify fulfilment was created; not re-sent",
-                shipment.shipment_id,
-            )
-            continue
+        fulfilled = SEQUENCE.index(DispatchState(state)) >= SEQUENCE.index(DispatchState.CHANNEL_FULFILLED)
+        if fulfilled and verdict.number is None:
+            continue  # Shopify keeps the number it has: a fulfilment's tracking can be corrected, not removed
+        # after the Shopify fulfilment exists, the corrected number is sent with update_tracking (see advance)
         con.execute(
             "UPDATE shipments SET carrier = ?, carrier_raw = ?, tracking_number = ?, tracking_raw = ?, tracking_url = ?,"
-            " tracking_status = ?, tracking_reason = ?, updated_at = ? WHERE shipment_id = ?",
+            " tracking_status = ?, tracking_reason = ?, attempts = 0, next_attempt_at = NULL, updated_at = ?"
+            " WHERE shipment_id = ?",
             [
                 verdict.carrier, shipment.carrier, verdict.number, shipment.tracking_number, verdict.url,
                 verdict.status, verdict.reason, now, shipment.shipment_id,
@@ -421,8 +425,6 @@ def take_in_landings(
     store: StateStore, rules: TrackingRules, sku_rule: SkuCleaning, *, now: datetime | None = None, limit: int = 5000
 ) -> Counter:
     """Turn new landed goods out events into shipments, and retry the parked ones (one write)."""
-    from clarus_pipelines.receiver.events import advance_consumer, new_events
-
     now = now or utcnow()
     outcomes: Counter = Counter()
     with store.write() as con:
@@ -488,8 +490,6 @@ def record_sweep(
     run_id: str | None = None,
 ) -> SweepResult:
     """Record what a sweep of Clarus shipments found that no webhook had brought (one write)."""
-    from clarus_pipelines.receiver.events import record_reconciliation
-
     now = now or utcnow()
     outcomes: Counter = Counter()
     new: list[str] = []
@@ -561,6 +561,7 @@ class Shipment:
     netsuite_sales_order_id: str | None
     netsuite_fulfilment_id: str | None
     shopify_fulfilment_id: str | None
+    tracking_sent: str | None
     attempts: int
     erp_wait_reason: str | None
     next_attempt_at: datetime | None
@@ -571,8 +572,8 @@ class Shipment:
 
 _SHIPMENT_COLUMNS = (
     "shipment_id, order_id, state, carrier, carrier_raw, tracking_number, tracking_url, tracking_status,"
-    " netsuite_sales_order_id, netsuite_fulfilment_id, shopify_fulfilment_id, coalesce(attempts, 0), erp_wait_reason,"
-    " next_attempt_at"
+    " netsuite_sales_order_id, netsuite_fulfilment_id, shopify_fulfilment_id, tracking_sent, coalesce(attempts, 0),"
+    " erp_wait_reason, next_attempt_at"
 )
 
 
@@ -600,8 +601,8 @@ def load_shipment(con: duckdb.DuckDBPyConnection, shipment_id: str) -> Shipment 
     return Shipment(
         shipment_id=row[0], order_id=row[1], state=DispatchState(row[2]), carrier=row[3], carrier_raw=row[4],
         tracking_number=row[5], tracking_url=row[6], tracking_status=row[7], netsuite_sales_order_id=ns_so,
-        netsuite_fulfilment_id=row[9], shopify_fulfilment_id=row[10], attempts=row[11], erp_wait_reason=row[12],
-        next_attempt_at=row[13],
+        netsuite_fulfilment_id=row[9], shopify_fulfilment_id=row[10], tracking_sent=row[11], attempts=row[12],
+        erp_wait_reason=row[13], next_attempt_at=row[14],
         lines=tuple(ShipmentLine(sku, qty, line_id) for sku, qty, line_id in lines),
         order_lines=tuple((line_id, sku, qty) for line_id, sku, qty in order_lines),
         netsuite_items=dict(items),
@@ -866,7 +867,7 @@ def _create_channel_fulfilment(store: StateStore, shipment: Shipment, shopify: S
     return _record_step_result(
         store, shipment, key, remote_id, DispatchState.CHANNEL_FULFILLED, now, "Shopify fulfilment created",
         {"fulfilment_id": remote_id, "tracking_number": shipment.tracking_number},
-        shopify_fulfilment_id=remote_id,
+        shopify_fulfilment_id=remote_id, tracking_sent=shipment.tracking_number,
     )
 
 
@@ -910,6 +911,37 @@ def _confirm_channel(store: StateStore, shipment: Shipment, shopify: ShopifyPort
         )
 
 
+def tracking_update_pending(shipment: Shipment) -> bool:
+    """The Shopify fulfilment exists but Clarus has since given (or corrected) the tracking number."""
+    return (
+        shipment.shopify_fulfilment_id is not None
+        and shipment.tracking_number is not None
+        and shipment.tracking_number != shipment.tracking_sent
+    )
+
+
+def _send_tracking(store: StateStore, shipment: Shipment, shopify: ShopifyPort, now: datetime) -> bool:
+    """Put the shipment's current tracking number on its Shopify fulfilment (setting it is idempotent)."""
+    shopify.update_tracking(
+        shipment.shopify_fulfilment_id, shipment.tracking_number,
+        shopify_tracking_company(shipment.carrier, shipment.carrier_raw), shipment.tracking_url,
+    )
+    with store.write() as con:
+        updated = con.execute(
+            "UPDATE shipments SET tracking_sent = ?, attempts = 0, last_error = NULL, next_attempt_at = NULL, updated_at = ?"
+            " WHERE shipment_id = ? AND tracking_number = ? RETURNING shipment_id",
+            [shipment.tracking_number, now, shipment.shipment_id, shipment.tracking_number],
+        ).fetchall()
+        if updated:
+            add_order_event(
+                con, shipment.order_id, "shopify", "TRACKING_POSTED", "tracking added to the Shopify fulfilment",
+                {"shipment_id": shipment.shipment_id, "fulfilment_id": shipment.shopify_fulfilment_id,
+                 "from": shipment.tracking_sent, "to": shipment.tracking_number},
+                now,
+            )
+    return bool(updated)
+
+
 def _record_failure(store: StateStore, shipment: Shipment, error: str, config: DispatchConfig, now: datetime) -> None:
     attempts = shipment.attempts + 1
     key = {
@@ -942,22 +974,26 @@ def advance_shipment(
     """Take one shipment as far as it can go now; returns where it stopped.
 
     'CHANNEL_CONFIRMED', 'waiting_erp', 'deferred' (not due yet), 'failed' (error recorded,
-    retried after a backoff), 'raced' (another run moved it) or 'missing'.
+    retried after a backoff), 'raced' (another run moved it) or 'missing'. A tracking
+    number Clarus gave or corrected after the Shopify fulfilment was created is sent to
+    Shopify first.
     """
-    from clarus_pipelines.connectors.http import ConnectorError
-
     for _ in SEQUENCE:
         with store.read() as con:
             shipment = load_shipment(con, shipment_id)
         if shipment is None:
             return "missing"
-        if shipment.state == FINAL:
+        if shipment.state == FINAL and not tracking_update_pending(shipment):
             return FINAL.value
         now = clock()
         if not force and shipment.next_attempt_at is not None and shipment.next_attempt_at > now:
             return "deferred"
         force = False
         try:
+            if tracking_update_pending(shipment):
+                if not _send_tracking(store, shipment, shopify, now):
+                    return "raced"
+                continue
             if shipment.state == DispatchState.DISPATCHED_IN_WMS:
                 if not _confirm_erp(store, shipment, netsuite, config, now):
                     with store.read() as con:
@@ -966,7 +1002,7 @@ def advance_shipment(
                         return "waiting_erp"
                     return "raced"
                 continue
-            if shipment.netsuite_sales_order_id is None:  # confirmed by an older version; look it up again
+            if shipment.netsuite_sales_order_id is None:  # recorded at confirmation; its absence is a data error
                 raise DispatchBlocked("no NetSuite sales order id recorded")
             step = {
                 DispatchState.ERP_ORDER_CONFIRMED: lambda: _post_item_fulfilment(store, shipment, netsuite, now),
@@ -983,9 +1019,12 @@ def advance_shipment(
 
 
 def due_shipments(con: duckdb.DuckDBPyConnection, now: datetime) -> list[tuple[str, str]]:
-    """(order_id, shipment_id) of shipments not yet confirmed and due for their next step."""
+    """(order_id, shipment_id) of shipments due a step: not yet confirmed, or with a tracking
+    number Shopify does not have yet."""
     return con.execute(
-        "SELECT order_id, shipment_id FROM shipments WHERE state <> ?"
+        "SELECT order_id, shipment_id FROM shipments"
+        " WHERE (state <> ? OR (shopify_fulfilment_id IS NOT NULL AND tracking_number IS DISTINCT FROM tracking_sent"
+        "   AND tracking_number IS NOT NULL))"
         " AND (next_attempt_at IS NULL OR next_attempt_at <= ?) ORDER BY first_seen_at, shipment_id",
         [FINAL.value, now],
     ).fetchall()

@@ -19,6 +19,7 @@ ALTER TABLE shipments ADD COLUMN channel_confirmed_at TIMESTAMP;   -- Shopify fu
 ALTER TABLE shipments ADD COLUMN attempts INTEGER DEFAULT 0;       -- failed attempts at the current step
 ALTER TABLE shipments ADD COLUMN last_error VARCHAR;
 ALTER TABLE shipments ADD COLUMN next_attempt_at TIMESTAMP;        -- not before (backoff after a failure)
+ALTER TABLE shipments ADD COLUMN tracking_sent VARCHAR;            -- the tracking number Shopify has for it
 
 -- The Shopify line item a shipped SKU belongs to, when Clarus carried it on the line
 -- (external_system_reference1); NULL when several order lines share the SKU.
