@@ -114,7 +114,7 @@ def _main(page):
 
 def _open(page, link_text: str, heading: str) -> None:
     page.locator('[data-testid="stSidebarNav"]').get_by_text(link_text, exact=True).click()
-    _main(page).get_by_role("heading", name=heading).wait_for()
+    _main(page).get_by_role("heading", name=heading, exact=True).wait_for()
 
 
 def _screenshot(page, name: str) -> None:
@@ -136,7 +136,7 @@ def test_every_page_after_signing_in(page, dashboard_url: str, seeded: SeedSumma
     page.get_by_role("button", name="Sign in").click()
 
     main = _main(page)
-    main.get_by_role("heading", name="Health overview").wait_for()
+    main.get_by_role("heading", name="Health overview", exact=True).wait_for()
     expect(main.get_by_text("Open exceptions", exact=True)).to_be_visible()
     open_total = sum(seeded.open_by_owner.values())
     expect(main.locator('[data-testid="stMetric"]').filter(has_text="Open exceptions")).to_contain_text(str(open_total))
