@@ -383,7 +383,7 @@ def test_failures_are_retried_with_backoff_and_recorded(world):
     assert Counter(dispatch.advance_all(world.store, world.netsuite, world.shopify, config=slow)) == {"failed": 1}
     with world.store.read() as con:
         state, attempts, error, next_at = con.execute("SELECT state, attempts, last_error, next_attempt_at FROM shipments").fetchone()
-    assert state == DispatchState.ERP_ORDER_CONFIRMED and attempts == 1 and "no NetSuite item id" in error
+    assert state == DispatchState.ERP_ORDER_CONFIRMED and attempts == 1 and error.startswith("blocked: no NetSuite item id")
     assert next_at > utcnow() + timedelta(seconds=200)
     assert dispatch.advance_all(world.store, world.netsuite, world.shopify, config=slow) == Counter()  # not due yet
     with world.store.write() as con:

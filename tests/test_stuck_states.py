@@ -184,3 +184,24 @@ def test_thresholds_come_from_the_policies(resources):
         found_before = stuck_findings(con, TIMINGS, now)["DISPATCH_AWAITING_ERP"]
         found_after = stuck_findings(con, TIMINGS, now + timedelta(minutes=2))["DISPATCH_AWAITING_ERP"]
     assert found_before == [] and [f.entity_id for f in found_after] == ["30"]
+
+
+def test_a_dispatch_blocked_by_data_is_raised_at_once_and_clears_when_it_moves(resources):
+    now = utcnow()
+    with _store(resources).write() as con:
+        _order(con, "40", "#40", "ACKNOWLEDGED", at=now - timedelta(hours=1))
+        _shipment(con, "S40", "40", "ERP_ORDER_CONFIRMED", first_seen=now - timedelta(minutes=2))
+        con.execute("UPDATE shipments SET last_error = 'blocked: sales order 10284 has no open line of item 210 for 1'")
+        _order(con, "41", "#41", "ACKNOWLEDGED", at=now - timedelta(hours=1))  # a connection error: not yet
+        _shipment(con, "S41", "41", "ERP_ORDER_CONFIRMED", first_seen=now - timedelta(minutes=2))
+        con.execute("UPDATE shipments SET last_error = 'ConnectorError: netsuite: 503' WHERE shipment_id = 'S41'")
+    _evaluate(resources)
+    assert _open(resources, "DISPATCH_AWAITING_ERP") == ["40"]
+    with _store(resources).read() as con:
+        message = con.execute("SELECT message FROM exceptions WHERE entity_id = '40'").fetchone()[0]
+    assert "no open line of item 210" in message
+    with _store(resources).write() as con:  # someone added the line in NetSuite: the item fulfilment went in
+        con.execute("UPDATE shipments SET state = 'ITEM_FULFILMENT_POSTED', last_error = NULL, fulfilment_posted_at = ?"
+                    " WHERE shipment_id = 'S40'", [now])
+    _evaluate(resources)
+    assert _open(resources, "DISPATCH_AWAITING_ERP") == [] and _open(resources, "TRACKING_NOT_POSTED") == []

@@ -115,7 +115,11 @@ class ShopifyPort(Protocol):
 
 
 class DispatchBlocked(RuntimeError):
-    """A step cannot be done with what the other system shows now (retried later)."""
+    """A step cannot be done with what the other system shows now: data a person must fix
+    (a sales order without the line, Shopify with less left to fulfil). Retried later."""
+
+
+BLOCKED = "blocked: "  # prefix of `shipments.last_error` for DispatchBlocked
 
 
 # --------------------------------------------------------------------- parsing Clarus
@@ -1013,7 +1017,10 @@ def advance_shipment(
                 return "raced"
         except (ConnectorError, DispatchBlocked) as exc:
             log.warning("shipment %s at %s: %s", shipment_id, shipment.state.value, exc)
-            _record_failure(store, shipment, f"{type(exc).__name__}: {exc}", config, now)
+            # "blocked:" marks what a person must fix (the stuck-state sensor raises it at once);
+            # a connector error is retried quietly until the alert time has passed
+            error = f"{BLOCKED}{exc}" if isinstance(exc, DispatchBlocked) else f"{type(exc).__name__}: {exc}"
+            _record_failure(store, shipment, error, config, now)
             return "failed"
     return "incomplete"
 

@@ -11,9 +11,11 @@ so syncing them raises the new ones and auto-resolves the ones that moved on:
   accepted it. The seed's "failed to manifest".
 - DISPATCH_AWAITING_ERP (order): Clarus dispatched a shipment more than
   `timings.erp_wait_alert_minutes` ago and NetSuite has not confirmed the sales order
-  (or refused the item fulfilment), so the customer's shipping notice is held back.
+  (or refused the item fulfilment), so the customer's shipping notice is held back; at
+  once when the item fulfilment is blocked by data (the sales order lacks a shipped line).
 - TRACKING_NOT_POSTED (shipment): the NetSuite item fulfilment is posted but Shopify has
-  not confirmed the fulfilment with tracking `timings.tracking_post_alert_minutes` later.
+  not confirmed the fulfilment with tracking `timings.tracking_post_alert_minutes` later;
+  at once when Shopify's data blocks it (less left to fulfil, fulfilment cancelled).
 
 Times in the state database are naive UTC; the cut-off is read in `tz` (UTC unless given).
 """
@@ -26,7 +28,7 @@ from typing import Any
 
 import duckdb
 
-from clarus_pipelines.domain.dispatch import DispatchState, parse_timestamp
+from clarus_pipelines.domain.dispatch import BLOCKED, DispatchState, parse_timestamp
 from clarus_pipelines.domain.goods_out import expected_dispatch
 from clarus_pipelines.exception_queue import Finding
 from clarus_pipelines.settings import Timings
@@ -113,9 +115,9 @@ def awaiting_erp(con: duckdb.DuckDBPyConnection, timings: Timings, now: datetime
         " list(struct_pack(shipment_id := s.shipment_id, state := s.state, waiting_for := coalesce(s.last_error, s.erp_wait_reason),"
         "   sales_order_id := s.netsuite_sales_order_id) ORDER BY s.shipment_id)"
         " FROM shipments s LEFT JOIN orders o USING (order_id)"
-        " WHERE s.state IN (?, ?) AND s.first_seen_at <= ?"
+        " WHERE s.state IN (?, ?) AND (s.first_seen_at <= ? OR starts_with(s.last_error, ?))"
         " GROUP BY s.order_id ORDER BY since",
-        [DispatchState.DISPATCHED_IN_WMS.value, DispatchState.ERP_ORDER_CONFIRMED.value, threshold],
+        [DispatchState.DISPATCHED_IN_WMS.value, DispatchState.ERP_ORDER_CONFIRMED.value, threshold, BLOCKED],
     ).fetchall()
     findings = []
     for order_id, name, since, shipments in rows:
@@ -136,8 +138,9 @@ def tracking_not_posted(con: duckdb.DuckDBPyConnection, timings: Timings, now: d
         "SELECT s.shipment_id, s.order_id, o.order_name, s.state, s.fulfilment_posted_at, s.tracking_number, s.carrier,"
         " s.shopify_fulfilment_id, s.last_error"
         " FROM shipments s LEFT JOIN orders o USING (order_id)"
-        " WHERE s.state IN (?, ?) AND s.fulfilment_posted_at <= ? ORDER BY s.fulfilment_posted_at",
-        [DispatchState.ITEM_FULFILMENT_POSTED.value, DispatchState.CHANNEL_FULFILLED.value, threshold],
+        " WHERE s.state IN (?, ?) AND (s.fulfilment_posted_at <= ? OR starts_with(s.last_error, ?))"
+        " ORDER BY s.fulfilment_posted_at",
+        [DispatchState.ITEM_FULFILMENT_POSTED.value, DispatchState.CHANNEL_FULFILLED.value, threshold, BLOCKED],
     ).fetchall()
     findings = []
     for shipment_id, order_id, name, state, posted_at, number, carrier, fulfilment_id, error in rows:
@@ -145,8 +148,8 @@ def tracking_not_posted(con: duckdb.DuckDBPyConnection, timings: Timings, now: d
         findings.append(
             Finding(
                 shipment_id,
-                f"shipment {shipment_id} of order {name or order_id}: Shopify fulfilment {step}"
-                f" {_age(posted_at, now)} after the NetSuite item fulfilment" + (f" ({error})" if error else ""),
+                f"shipment {shipment_id} of order {name or order_id}: Shopify fulfilment {step};"
+                f" NetSuite item fulfilment posted {_age(posted_at, now)} ago" + (f" ({error})" if error else ""),
                 {
                     "order_id": order_id, "order_name": name, "state": state, "fulfilment_posted_at": posted_at,
                     "tracking_number": number, "carrier": carrier, "shopify_fulfilment_id": fulfilment_id,
