@@ -352,7 +352,19 @@ def land_stock_event(stack: Stack, landing_id: str, code: str | None, product_id
     )
 
 
-def test_stock_webhooks_refresh_only_the_affected_products(make_stack):
+class _ClockInNowKeyHour(datetime):
+    """The sensor's clock held inside NOW_KEY's hour, so a run that crosses an hour boundary
+    still refreshes the partition this test snapshotted."""
+
+    @classmethod
+    def now(cls, tz=None):
+        return datetime.strptime(NOW_KEY, "%Y-%m-%d-%H:00").replace(tzinfo=timezone.utc) + timedelta(minutes=30)
+
+
+def test_stock_webhooks_refresh_only_the_affected_products(make_stack, monkeypatch):
+    import sensors.stock as stock_sensors
+
+    monkeypatch.setattr(stock_sensors, "datetime", _ClockInNowKeyHour)
     stack = make_stack()
     stack.run()  # full snapshot of this hour
     sku = "TEE-ECR-L"
