@@ -487,3 +487,25 @@ def test_one_advancing_pass_at_a_time(world):
         assert dispatch.advance_all(world.store, world.netsuite, world.shopify, config=FAST) == {"busy": 1}
     assert world.shipments(order["order_id"])[0][1] == DispatchState.DISPATCHED_IN_WMS
     assert dispatch.advance_all(world.store, world.netsuite, world.shopify, config=FAST) == {"CHANNEL_CONFIRMED": 1}
+
+
+def test_over_dispatch_is_measured_against_what_was_placed_not_what_is_left(tmp_path):
+    store = StateStore(tmp_path / "state.duckdb")
+    now = utcnow()
+    payload = {"line_items": [{"id": 11, "quantity": 2, "current_quantity": 0},  # both units refunded after dispatch
+                              {"id": 12, "quantity": 1, "current_quantity": 1}]}
+    with store.write() as con:
+        for order_id in ("A", "B"):
+            con.execute("INSERT INTO orders (order_id, order_name, status, payload, received_at, updated_at)"
+                        " VALUES (?, ?, 'ACKNOWLEDGED', ?, ?, ?)", [order_id, f"#{order_id}", json.dumps(payload), now, now])
+            con.execute("INSERT INTO order_lines (order_id, line_id, sku, quantity) VALUES (?, '11', 'MUG', 0), (?, '12', 'TEE', 1)",
+                        [order_id, order_id])
+            con.execute("INSERT INTO shipments (shipment_id, order_id, state, first_seen_at, updated_at) VALUES (?, ?, 'CHANNEL_CONFIRMED', ?, ?)",
+                        [f"S{order_id}", order_id, now, now])
+        con.execute("INSERT INTO shipment_lines (shipment_id, sku, quantity) VALUES ('SA', 'MUG', 2), ('SA', 'TEE', 1),"
+                    " ('SB', 'MUG', 2), ('SB', 'TEE', 2), ('SB', 'SOCKS', 1)")
+        scope, findings = dispatch.over_dispatch_findings(con, now)
+    assert sorted(scope) == ["A", "B"]
+    [finding] = findings
+    assert finding.entity_id == "B"
+    assert finding.message == "order #B dispatched more than ordered: SOCKS 1 shipped / 0 ordered, TEE 2 shipped / 1 ordered"

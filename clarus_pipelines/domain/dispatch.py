@@ -1170,13 +1170,22 @@ def tracking_findings(
 def over_dispatch_findings(
     con: duckdb.DuckDBPyConnection, now: datetime, window: timedelta = CHECK_WINDOW
 ) -> tuple[list[str], list[Finding]]:
-    """(orders examined, orders with a SKU dispatched in a larger quantity than ordered)."""
+    """(orders examined, orders with a SKU dispatched in a larger quantity than ordered).
+
+    "Ordered" is what the customer bought: a line's quantity as placed (Shopify keeps it in
+    `quantity`), not what is left after refunds, returns or removals (`current_quantity`).
+    """
     rows = con.execute(
         "WITH recent AS (SELECT DISTINCT order_id FROM shipments WHERE first_seen_at >= ?),"
         " shipped AS (SELECT s.order_id, l.sku, sum(l.quantity)::INTEGER AS shipped FROM shipment_lines l"
         "   JOIN shipments s USING (shipment_id) WHERE s.order_id IN (SELECT order_id FROM recent) GROUP BY ALL),"
-        " ordered AS (SELECT order_id, sku, sum(quantity)::INTEGER AS ordered FROM order_lines"
-        "   WHERE order_id IN (SELECT order_id FROM recent) GROUP BY ALL)"
+        " placed AS (SELECT o.order_id, unnest(from_json(json_extract(o.payload, '$.line_items'),"
+        "   '[{\"id\": \"VARCHAR\", \"quantity\": \"INTEGER\", \"current_quantity\": \"INTEGER\"}]'), recursive := true)"
+        "   FROM orders o WHERE o.order_id IN (SELECT order_id FROM recent) AND o.payload IS NOT NULL),"
+        " ordered AS (SELECT ol.order_id, ol.sku,"
+        "   sum(greatest(ol.quantity, coalesce(p.quantity, 0), coalesce(p.current_quantity, 0)))::INTEGER AS ordered"
+        "   FROM order_lines ol LEFT JOIN placed p ON p.order_id = ol.order_id AND p.id = ol.line_id"
+        "   WHERE ol.order_id IN (SELECT order_id FROM recent) GROUP BY ALL)"
         " SELECT r.order_id, any_value(o.order_name),"
         "   list(struct_pack(sku := sh.sku, shipped := sh.shipped, ordered := coalesce(od.ordered, 0)) ORDER BY sh.sku)"
         "     FILTER (WHERE sh.shipped > coalesce(od.ordered, 0))"
