@@ -9,7 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from clarus_pipelines.settings import Policies, load_policies
+from clarus_pipelines.settings import Policies, policies_at
 from clarus_pipelines.state import StateStore
 
 
@@ -29,7 +29,8 @@ class PoliciesResource(dg.ConfigurableResource):
     path: str
 
     def load(self) -> Policies:
-        return load_policies(self.path)
+        """The policies as the file stands now (parsed again only when it changed)."""
+        return policies_at(self.path)
 
 
 class LandingZoneResource(dg.ConfigurableResource):

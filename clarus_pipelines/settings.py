@@ -13,6 +13,7 @@ from datetime import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -92,6 +93,20 @@ class TenantPolicy(_Strict):
     warehouse_id: int = Field(gt=0)
     goods_out_type: str = "SALES_ORDER"
     shopify_location_ids: list[int] = Field(default_factory=list)
+    timezone: str = Field(default="UTC", description="IANA zone of the warehouse: the dispatch cut-off is read in it.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Europe/London)") from exc
+        return value
+
+    @property
+    def tzinfo(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
 
 
 class SkuCleaning(_Strict):
@@ -237,7 +252,7 @@ def load_policies(path: Path | str) -> Policies:
 
 
 @lru_cache(maxsize=8)
-def _cached_policies(path: str, mtime: float) -> Policies:
+def _cached_policies(path: str, mtime_ns: int, size: int) -> Policies:
     return load_policies(path)
 
 
@@ -247,5 +262,14 @@ def get_settings() -> Settings:
 
 def get_policies(settings: Settings | None = None) -> Policies:
     """Policies of the current settings, re-read when the file changes."""
-    path = (settings or get_settings()).policies_file
-    return _cached_policies(str(path), path.stat().st_mtime if path.exists() else 0.0)
+    return policies_at((settings or get_settings()).policies_file)
+
+
+def policies_at(path: Path | str) -> Policies:
+    """The policies file at `path`, parsed once per version of the file (keyed by mtime and size)."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return load_policies(path)  # raises ConfigError naming the file
+    return _cached_policies(str(path), stat.st_mtime_ns, stat.st_size)

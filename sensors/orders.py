@@ -18,6 +18,7 @@ across a call to another system.
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -51,6 +52,7 @@ from clarus_pipelines.domain.goods_out import (
     replacement_reference,
     sent_lines_frame,
 )
+from clarus_pipelines.domain.netsuite_orders import sales_order_item_lines
 from clarus_pipelines.domain.order_flow import OrderStatus
 from clarus_pipelines.domain.orders import HOLD_CODES, parse_orders, validate_orders
 from clarus_pipelines.exception_queue import clear_exception, raise_exception, utcnow
@@ -190,7 +192,23 @@ def _cancel(row: dict, clarus: ClarusResource, netsuite: NetSuiteResource) -> di
     return {**result, "outcome": "cancelled", "closed_lines": closed}
 
 
-def _edit(row: dict, verdicts, new_body: dict | None, policies: Policies, clarus: ClarusResource) -> dict:
+def _sync_erp_lines(row: dict, erp_lines: dict, erp_missing: dict, netsuite: NetSuiteResource) -> dict:
+    """Bring the NetSuite sales order's lines in line with the edit, before Clarus is changed.
+
+    NetSuite first: a failure here leaves the edit pending (retried, nothing half-done);
+    once both are written, the warehouse never ships a line the ERP cannot fulfil.
+    """
+    order_id = row["order_id"]
+    if not row["netsuite_id"]:
+        return {}
+    if order_id in erp_missing:
+        return {"erp_error": f"no NetSuite item id for SKU(s) {sorted(set(erp_missing[order_id]))}"}
+    changes = netsuite.sync_sales_order_lines(row["netsuite_id"], erp_lines.get(order_id, []))
+    return {"erp_changes": changes}
+
+
+def _edit(row: dict, verdicts, new_body: dict | None, policies: Policies, clarus: ClarusResource,
+          sync_erp: Callable[[], dict]) -> dict:
     order_id = row["order_id"]
     reasons = verdicts.reasons_for(order_id)
     goods_out = _find_goods_out(clarus, row)
@@ -199,7 +217,12 @@ def _edit(row: dict, verdicts, new_body: dict | None, policies: Policies, clarus
     sent_body = json.loads(row["sent_body"]) if row["sent_body"] else None
     if goods_out is None:
         # Not in Clarus after all (requested, never created): send the new version instead.
-        return {**result, "outcome": "resend" if new_body else "review", "reasons": reasons}
+        if new_body is None:
+            return {**result, "outcome": "review", "reasons": reasons}
+        erp = sync_erp()
+        if erp.get("erp_error"):
+            return {**result, **erp, "outcome": "review", "error": erp["erp_error"]}
+        return {**result, **erp, "outcome": "resend", "reasons": reasons}
     lines = verdicts.lines.filter(pl.col("order_id") == order_id)
     diff = diff_lines(_sent_lines(goods_out), lines)
     if status is GoodsOutStatus.COMPLETED:
@@ -217,12 +240,18 @@ def _edit(row: dict, verdicts, new_body: dict | None, policies: Policies, clarus
         return {**result, "outcome": "no_change"}
     if status not in EDITABLE_STATUSES or policies.order_edit_policy == "manual_review":
         return {**result, "outcome": "review"}
+    changes: list = []
+    if policies.order_edit_policy == "amend_lines":
+        try:
+            changes = lines_changes_for(diff)
+        except ValueError as exc:
+            return {**result, "outcome": "review", "error": str(exc)}
+    erp = sync_erp()
+    result.update(erp)
+    if erp.get("erp_error"):
+        return {**result, "outcome": "review", "error": erp["erp_error"]}
     try:
         if policies.order_edit_policy == "amend_lines":
-            try:
-                changes = lines_changes_for(diff)
-            except ValueError as exc:
-                return {**result, "outcome": "review", "error": str(exc)}
             clarus.update_goods_out(goods_out["id"], amendment_body(sent_body or new_body, new_body, changes))
             return {**result, "outcome": "amended", "changes": len(changes)}
         clarus.cancel_goods_out(goods_out["id"])
@@ -248,17 +277,21 @@ def apply_order_changes(store: StateStore, policies: Policies, *, clarus: Clarus
         )
         products = flow.products_table(con)
         carriers = flow.carriers_table(con)
+        netsuite_items = flow.netsuite_items_table(con)
     report.pending = rows.height
     if rows.is_empty():
         return report
     edits = rows.filter(pl.col("change_pending") == "edit")
     verdicts = None
     new_bodies: dict[str, dict] = {}
+    erp_lines: dict[str, list] = {}
+    erp_missing: dict[str, list] = {}
     if edits.height:
         parsed = parse_orders(edits["payload"], policies.sku_cleaning)
         verdicts = validate_orders(parsed, products=products, policies=policies, known_carriers=carriers)
         references = {r["order_id"]: r["clarus_reference"] or r["order_name"] for r in edits.iter_rows(named=True)}
         new_bodies = body_dicts(build_goods_outs(verdicts, policies=policies, now=now, carriers=carriers, references=references))
+        erp_lines, erp_missing = sales_order_item_lines(verdicts, netsuite_items)
 
     results: list[tuple[dict, dict]] = []
     for row in rows.iter_rows(named=True):
@@ -266,7 +299,10 @@ def apply_order_changes(store: StateStore, policies: Policies, *, clarus: Clarus
             if row["change_pending"] == "cancel":
                 results.append((row, _cancel(row, clarus, netsuite)))
             else:
-                results.append((row, _edit(row, verdicts, new_bodies.get(row["order_id"]), policies, clarus)))
+                def sync_erp(row=row) -> dict:
+                    return _sync_erp_lines(row, erp_lines, erp_missing, netsuite)
+
+                results.append((row, _edit(row, verdicts, new_bodies.get(row["order_id"]), policies, clarus, sync_erp)))
         except ConnectorError as exc:
             report.failed += 1
             log.warning("order %s: %s not applied yet (%s); retried on the next run", row["order_id"], row["change_pending"], exc)
@@ -288,6 +324,15 @@ def _clear_pending(con, order_id: str, now: datetime, clarus_status: GoodsOutSta
 def _refresh_lines(con, order_id: str, verdicts, body: dict) -> None:
     flow.replace_lines(con, verdicts, [order_id])
     record_sent_lines(con, order_id, body)
+
+
+def _erp_note(row: dict, result: dict) -> str:
+    changes = result.get("erp_changes")
+    if changes is None:
+        return ""
+    if not changes:
+        return f"; NetSuite sales order {row['netsuite_id']} already matched"
+    return f"; NetSuite sales order {row['netsuite_id']}: {len(changes)} line change(s)"
 
 
 def _record_change(con, row, result, verdicts, new_body, policies: Policies, now: datetime, report: ChangesReport) -> None:
@@ -328,8 +373,9 @@ def _record_change(con, row, result, verdicts, new_body, policies: Policies, now
             "expected_date_of_dispatch": body["data"]["attributes"]["expected_date_of_dispatch"]}}}
         con.execute("UPDATE orders SET sent_body = ?::JSON WHERE order_id = ?", [json.dumps(stored), order_id])
         _refresh_lines(con, order_id, verdicts, stored)
-        flow.record_event(con, order_id, "AMENDED", f"{cause}: goods out {goods_out.get('id')} amended while {status_name}",
-                          system="clarus", details=result.get("difference"), now=now)
+        flow.record_event(con, order_id, "AMENDED", f"{cause}: goods out {goods_out.get('id')} amended while {status_name}"
+                          + _erp_note(row, result), system="clarus",
+                          details={**(result.get("difference") or {}), "netsuite_line_changes": result.get("erp_changes")}, now=now)
         clear_exception(con, "ORDER_EDIT_NEEDS_REVIEW", order_id, now=now)
         report.amended += 1
     elif outcome in ("replace", "resend"):
@@ -344,8 +390,9 @@ def _record_change(con, row, result, verdicts, new_body, policies: Policies, now
         _refresh_lines(con, order_id, verdicts, body)
         what = (f"goods out {goods_out.get('id')} ({row['clarus_reference']}) cancelled in Clarus; replacement {reference} requested"
                 if outcome == "replace" else f"goods out {reference} not found in Clarus; the edited order will be sent")
-        flow.set_status(con, order_id, OrderStatus.SENT_TO_WMS, f"{cause}: {what}", system="clarus",
-                        details={"replaced_clarus_id": goods_out.get("id"), "reference": reference, **(result.get("difference") or {})},
+        flow.set_status(con, order_id, OrderStatus.SENT_TO_WMS, f"{cause}: {what}" + _erp_note(row, result), system="clarus",
+                        details={"replaced_clarus_id": goods_out.get("id"), "reference": reference, **(result.get("difference") or {}),
+                                 "netsuite_line_changes": result.get("erp_changes")},
                         event_state="REPLACEMENT_REQUESTED" if outcome == "replace" else "SENT_TO_WMS", now=now)
         clear_exception(con, "ORDER_EDIT_NEEDS_REVIEW", order_id, now=now)
         report.replaced += 1

@@ -34,7 +34,7 @@ def evaluate_stuck_states(state: StateStoreResource, policies: PoliciesResource,
     now = utcnow()
     policy = policies.load()
     with state.store().write() as con:
-        findings = stuck_findings(con, policy.timings, now)
+        findings = stuck_findings(con, policy.timings, now, policy.tenant.tzinfo)
         outcomes = {code: sync_exceptions(con, code, findings[code], policies=policy, now=now) for code in STUCK_CODES}
     raised: Counter = Counter()
     cleared: Counter = Counter()

@@ -1,6 +1,7 @@
 """Settings from the environment, policies from YAML, and `check-config` naming the bad key."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from clarus_pipelines.resources import PoliciesResource
 from clarus_pipelines.settings import SANDBOX_POLICIES, ConfigError, Settings, load_policies
 
 CLI = [str(Path(sys.executable).parent / "clarus-pipelines")]
@@ -36,6 +38,7 @@ def _write(tmp_path, mutate) -> Path:
         (lambda d: d["sku_cleaning"].update(remove_pattern="[a-"), "sku_cleaning.remove_pattern", "not a valid regular expression"),
         (lambda d: d.update(exception_overrides={"NOPE": {"owner": "ops"}}), "exception_overrides", "unknown exception code"),
         (lambda d: d["tenant"].pop("account_id"), "tenant.account_id", "Field required"),
+        (lambda d: d["tenant"].update(timezone="Europe/Londn"), "tenant.timezone", "unknown time zone 'Europe/Londn'"),
         (lambda d: d.update(typo_section={}), "typo_section", "Extra inputs are not permitted"),
     ],
 )
@@ -89,3 +92,18 @@ def test_every_subcommand_has_help():
         sub = subprocess.run(CLI + [name, "--help"], capture_output=True, text=True)
         assert sub.returncode == 0, f"{name} --help failed: {sub.stderr[-500:]}"
         assert "usage: clarus-pipelines " + name in sub.stdout
+
+
+def test_policies_resource_parses_once_per_version_of_the_file(tmp_path):
+    path = _write(tmp_path, lambda d: None)
+    resource = PoliciesResource(path=str(path))
+    first = resource.load()
+    assert resource.load() is first  # unchanged file: the parsed policies are reused
+    data = yaml.safe_load(path.read_text())
+    data["timings"]["held_alert_minutes"] = 30
+    path.write_text(yaml.safe_dump(data))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    assert resource.load().timings.held_alert_minutes == 30  # an edit is picked up without a restart
+    path.unlink()
+    with pytest.raises(ConfigError, match="file not found"):
+        resource.load()

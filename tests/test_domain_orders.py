@@ -7,6 +7,7 @@ import json
 import polars as pl
 import pytest
 
+from clarus_pipelines.domain.netsuite_orders import sales_order_item_lines, sales_order_line_changes
 from clarus_pipelines.domain.orders import parse_orders, validate_orders
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
 from order_samples import FIXTURE_PRODUCTS, make_order, real_order
@@ -250,3 +251,51 @@ def test_duplicate_order_ids_are_refused():
     with pytest.raises(ValueError, match="one payload per order"):
         validate_orders(parsed, products=PRODUCTS, policies=POLICIES)
     assert validate_orders(parsed.take([1]), products=PRODUCTS, policies=POLICIES).orders.height == 1
+
+
+# -------------------------------------------------------------- NetSuite line sync
+
+
+def _so_line(line, item, quantity, fulfilled=0.0, closed=False):
+    return {"line": line, "item": {"id": item}, "quantity": quantity, "quantityFulfilled": fulfilled, "isClosed": closed}
+
+
+def _want(item, quantity, rate=None):
+    return {"item": {"id": item}, "quantity": quantity, **({"rate": rate} if rate is not None else {})}
+
+
+def test_sales_order_line_changes_follow_an_edit():
+    current = [_so_line(1, "10", 1), _so_line(2, "20", 2), _so_line(3, "30", 1, closed=True)]
+    changes = sales_order_line_changes(current, [_want("10", 3), _want("40", 1, rate=9.5)])
+    assert changes == [
+        {"line": 1, "quantity": 3.0},  # more of an item: its line grows
+        {"line": 2, "isClosed": True},  # item removed: its line is closed, not deleted
+        {"item": {"id": "40"}, "quantity": 1.0, "rate": 9.5},  # new item: a new line
+    ]
+
+
+def test_sales_order_line_changes_are_empty_when_the_order_matches():
+    current = [_so_line(1, "10", 3), _so_line(2, "20", 2, closed=True), _so_line(3, "40", 1)]
+    assert sales_order_line_changes(current, [_want("10", 3), _want("40", 1)]) == []
+    # the same item on two lines of the edit counts once, summed
+    assert sales_order_line_changes(current, [_want("10", 2), _want("10", 1), _want("40", 1)]) == []
+
+
+def test_sales_order_line_changes_never_go_below_what_was_fulfilled():
+    current = [_so_line(1, "10", 4, fulfilled=2), _so_line(2, "10", 1), _so_line(3, "20", 2, fulfilled=1)]
+    changes = sales_order_line_changes(current, [_want("10", 1)])
+    assert changes == [
+        {"line": 1, "quantity": 2.0},  # cut to the 2 already shipped, no lower
+        {"line": 2, "isClosed": True},  # a second open line of the item is closed
+        {"line": 3, "quantity": 1.0},  # removed item, partly shipped: cut to what shipped
+    ]
+
+
+def test_sales_order_item_lines_name_orders_without_netsuite_items():
+    ok = make_order(1001, order_id=9001, lines=[("SKU-A", 2)])
+    missing = make_order(1002, order_id=9002, lines=[("SKU-A", 1), ("SKU-B", 1)])
+    verdicts = check(ok, missing)
+    lines, without = sales_order_item_lines(verdicts, {"SKU-A": "501"})
+    assert without == {str(missing["id"]): ["SKU-B"]}
+    assert [(line["item"]["id"], line["quantity"]) for line in lines[str(ok["id"])]] == [("501", 2)]
+    assert str(missing["id"]) not in lines

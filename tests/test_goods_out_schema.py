@@ -158,6 +158,19 @@ def test_cut_off_in_the_warehouse_time_zone():
     assert dispatch_day(summer, time(15, 0)).isoformat() == "2025-06-02"
 
 
+def test_goods_outs_read_the_cut_off_in_the_tenants_zone():
+    assert POLICIES.tenant.timezone == "Europe/London"
+    order = make_order(1001)
+    summer_1430_utc = datetime(2025, 6, 2, 14, 30, tzinfo=timezone.utc)  # 15:30 at the warehouse: past the cut-off
+    _, frame = goods_outs(order, now=summer_1430_utc)
+    attrs = body_dicts(frame)[str(order["id"])]["data"]["attributes"]
+    assert attrs["expected_date_of_dispatch"] == "2025-06-03T14:00:00Z"  # 15:00 BST the next day
+    utc_policies = POLICIES.model_copy(update={"tenant": POLICIES.tenant.model_copy(update={"timezone": "UTC"})})
+    verdicts = validate_orders(parse_orders([order], POLICIES.sku_cleaning), products=PRODUCTS, policies=utc_policies)
+    frame = build_goods_outs(verdicts, policies=utc_policies, now=summer_1430_utc, carriers=CARRIERS)
+    assert body_dicts(frame)[str(order["id"])]["data"]["attributes"]["expected_date_of_dispatch"] == "2025-06-02T15:00:00Z"
+
+
 # ---------------------------------------------------------------------------- edits
 
 

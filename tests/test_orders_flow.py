@@ -169,6 +169,13 @@ class Harness:
     def sales_orders(self, order: dict) -> list[dict]:
         return [s for s in self.ns.sales_orders() if s.get("externalId") == str(order["id"])]
 
+    def sales_order_lines(self, order: dict) -> list[tuple[str, float]]:
+        """(SKU, quantity) of the open lines of the order's NetSuite sales order."""
+        with self.store.read() as con:
+            sku_of = dict(con.execute("SELECT netsuite_item_id, sku FROM items WHERE netsuite_item_id IS NOT NULL").fetchall())
+        [so] = self.sales_orders(order)
+        return sorted((sku_of[str(line["item"]["id"])], line["quantity"]) for line in so["item"]["items"] if not line["isClosed"])
+
 
 @pytest.fixture
 def h(world, tmp_path) -> Harness:
@@ -483,8 +490,18 @@ def test_edit_before_allocation_amends_lines(h: Harness):
     [after] = h.goods_outs(order)
     assert after["id"] == before["id"] and after["reference"] == order["name"]
     assert sorted((l["product"]["code"], l["order_quantity"]) for l in after["lines"]) == sorted([(a, 3.0), (c, 1.0)])
+    # The ERP follows the edit too, or the warehouse would ship a line NetSuite cannot fulfil.
+    assert h.sales_order_lines(order) == sorted([(a, 3.0), (c, 1.0)])
     assert h.journey(order)[-2:] == ["EDIT_RECEIVED", "AMENDED"]
+    assert "NetSuite sales order" in _causes(h, order)[-1] and "3 line change(s)" in _causes(h, order)[-1]
     assert h.order(order)["change_pending"] is None
+    # Repeating the sync (a retry after a lost answer) finds nothing to change.
+    [so] = h.sales_orders(order)
+    with h.store.read() as con:
+        items = dict(con.execute("SELECT sku, netsuite_item_id FROM items").fetchall())
+    wanted = [{"item": {"id": items[a]}, "quantity": 3}, {"item": {"id": items[c]}, "quantity": 1}]
+    assert h.world.netsuite.sync_sales_order_lines(so["id"], wanted) == []
+    assert h.sales_order_lines(order) == sorted([(a, 3.0), (c, 1.0)])
 
 
 def test_edit_before_allocation_cancel_and_recreate(h: Harness):
@@ -504,6 +521,7 @@ def test_edit_before_allocation_cancel_and_recreate(h: Harness):
     assert goods_outs[order["name"]]["goods_out_status"]["code"] == "CANCELLED"
     replacement = goods_outs[f"{order['name']}-R1"]
     assert sorted((l["product"]["code"], l["order_quantity"]) for l in replacement["lines"]) == sorted([(a, 2.0), (b, 1.0)])
+    assert h.sales_order_lines(order) == sorted([(a, 2.0), (b, 1.0)])
     row = h.order(order)
     assert (row["status"], row["clarus_reference"], row["replacement_count"]) == ("ACKNOWLEDGED", f"{order['name']}-R1", 1)
     assert len(h.sales_orders(order)) == 1

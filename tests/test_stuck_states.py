@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 
 from clarus_pipelines.domain.stuck_states import STUCK_CODES, stuck_findings
-from clarus_pipelines.exception_queue import utcnow
+from clarus_pipelines.exception_queue import raise_exception, utcnow
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
 from sensors.stuck_states import stuck_states_sensor
@@ -205,3 +205,19 @@ def test_a_dispatch_blocked_by_data_is_raised_at_once_and_clears_when_it_moves(r
                     " WHERE shipment_id = 'S40'", [now])
     _evaluate(resources)
     assert _open(resources, "DISPATCH_AWAITING_ERP") == [] and _open(resources, "TRACKING_NOT_POSTED") == []
+
+
+def test_a_cancel_after_dispatch_is_not_alerted_twice(resources):
+    now = utcnow()
+    with _store(resources).write() as con:
+        for order_id in ("50", "51"):
+            _order(con, order_id, f"#{order_id}", "ACKNOWLEDGED", at=now - timedelta(hours=3))
+            _shipment(con, f"S{order_id}", order_id, "ITEM_FULFILMENT_POSTED", first_seen=now - timedelta(hours=2),
+                      posted=now - timedelta(minutes=90))
+        con.execute("UPDATE shipments SET last_error = 'blocked: fulfillment order is cancelled' WHERE shipment_id = 'S50'")
+        # the order-changes flow found order 50 cancelled in Shopify after Clarus dispatched it
+        raise_exception(con, "CANCEL_AFTER_DISPATCH", "50", "order #50 was cancelled in Shopify after Clarus dispatched it",
+                        {"order_name": "#50"}, now=now)
+    _evaluate(resources)
+    assert _open(resources, "TRACKING_NOT_POSTED") == ["S51"]
+    assert _open(resources, "CANCEL_AFTER_DISPATCH") == ["50"]

@@ -91,16 +91,17 @@ def build_goods_outs(
     now: datetime,
     carriers: pl.DataFrame | Mapping[tuple[str, str], tuple[Any, Any]] | None = None,
     references: Mapping[str, str] | None = None,
-    tz: tzinfo = timezone.utc,
+    tz: tzinfo | None = None,
 ) -> pl.DataFrame:
     """Goods out bodies for the ready orders of a batch.
 
     Returns `order_id`, `reference`, `body` (struct) and `body_json` (text). Orders that
     are held get no body. `references` overrides the reference per order id (replacement
-    orders); otherwise it is the Shopify order name.
+    orders); otherwise it is the Shopify order name. The cut-off is read in `tz`, by
+    default the tenant's time zone.
     """
     tenant = policies.tenant
-    dispatch_at = clarus_datetime(expected_dispatch(now, policies.timings.dispatch_cutoff, tz))
+    dispatch_at = clarus_datetime(expected_dispatch(now, policies.timings.dispatch_cutoff, tz or tenant.tzinfo))
     ready = verdicts.orders.filter(pl.col("status") == "ready")
     if references:
         overrides = pl.DataFrame(

@@ -44,27 +44,11 @@ def build_sales_orders(
     Raises ValueError when a shippable line's SKU has no NetSuite item id (the item
     master and the order validation disagree: a bug, not a data problem to hold on).
     """
-    ready = verdicts.orders.filter(pl.col("status") == "ready")
-    lines = (
-        verdicts.lines.filter(pl.col("ships"))
-        .join(ready.select("order_id"), on="order_id", how="semi")
-        .join(items_frame(items), on="sku", how="left", maintain_order="left")
-    )
-    missing = lines.filter(pl.col("netsuite_item_id").is_null())
-    if missing.height:
-        skus = sorted(set(missing["sku"].drop_nulls().to_list()))
+    grouped, missing = _item_lines(verdicts, items)
+    if missing:
+        skus = sorted({sku for order_skus in missing.values() for sku in order_skus})
         raise ValueError(f"no NetSuite item id for SKU(s) {skus}: run the item master sync first")
-    item_line = pl.struct(
-        pl.struct(pl.col("netsuite_item_id").alias("id")).alias("item"),
-        pl.col("quantity"),
-        pl.col("price").cast(pl.Float64, strict=False).alias("rate"),
-        pl.col("title").alias("description"),
-    )
-    grouped = (
-        lines.sort("order_id", "line_index")
-        .group_by("order_id", maintain_order=True)
-        .agg(item_line.alias("items"))
-    )
+    ready = verdicts.orders.filter(pl.col("status") == "ready")
     body = pl.struct(
         pl.col("order_id").alias("externalId"),
         pl.struct(pl.lit(customer_id).alias("id")).alias("entity"),
@@ -87,6 +71,90 @@ def build_sales_orders(
     return ready.join(grouped, on="order_id", how="inner", maintain_order="left").select(
         "order_id", pl.col("order_id").alias("external_id"), body.alias("body")
     )
+
+
+def _item_lines(verdicts: OrderVerdicts, items) -> tuple[pl.DataFrame, dict[str, list[str]]]:
+    """Per ready order its NetSuite item lines (`order_id`, `items`), and the SKUs without an item id."""
+    ready = verdicts.orders.filter(pl.col("status") == "ready")
+    lines = (
+        verdicts.lines.filter(pl.col("ships"))
+        .join(ready.select("order_id"), on="order_id", how="semi")
+        .join(items_frame(items), on="sku", how="left", maintain_order="left")
+    )
+    missing: dict[str, list[str]] = {}
+    for row in lines.filter(pl.col("netsuite_item_id").is_null()).iter_rows(named=True):
+        missing.setdefault(row["order_id"], []).append(row["sku"])
+    item_line = pl.struct(
+        pl.struct(pl.col("netsuite_item_id").alias("id")).alias("item"),
+        pl.col("quantity"),
+        pl.col("price").cast(pl.Float64, strict=False).alias("rate"),
+        pl.col("title").alias("description"),
+    )
+    grouped = (
+        lines.filter(pl.col("netsuite_item_id").is_not_null())
+        .sort("order_id", "line_index")
+        .group_by("order_id", maintain_order=True)
+        .agg(item_line.alias("items"))
+    )
+    return grouped, missing
+
+
+def sales_order_item_lines(
+    verdicts: OrderVerdicts, items: pl.DataFrame | Mapping[str, str | None]
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[str]]]:
+    """Per ready order the sales order's item lines as plain dicts, and per order the SKUs
+    that have no NetSuite item id (those orders get no lines)."""
+    grouped, missing = _item_lines(verdicts, items)
+    lines = {
+        order_id: prune_nulls(order_lines)
+        for order_id, order_lines in zip(grouped["order_id"].to_list(), grouped["items"].to_list())
+        if order_id not in missing
+    }
+    return lines, missing
+
+
+def sales_order_line_changes(current_lines: list[Mapping[str, Any]], wanted_lines: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The `item.items` of a PATCH that makes a sales order carry `wanted_lines`.
+
+    `current_lines`: the order's item sublist as NetSuite returns it (`line`, `item.id`,
+    `quantity`, `quantityFulfilled`, `isClosed`). `wanted_lines`: lines as
+    `build_sales_orders` makes them (`item.id`, `quantity`, optional `rate`,
+    `description`). Per item, the first open line takes the wanted quantity (never less
+    than it has fulfilled), further open lines are closed when nothing was fulfilled on
+    them (else cut to what was), items no longer wanted are closed, and new items are
+    added. Computed from the order's current state, so an order that already matches
+    gives no changes: repeating the sync is harmless.
+    """
+    wanted: dict[str, dict[str, Any]] = {}
+    for line in wanted_lines:
+        item_id = str((line.get("item") or {}).get("id"))
+        entry = wanted.setdefault(item_id, {**line, "quantity": 0.0})
+        entry["quantity"] += float(line.get("quantity") or 0)
+    changes: list[dict[str, Any]] = []
+    placed: set[str] = set()
+    for line in current_lines:
+        if line.get("isClosed"):
+            continue
+        number = int(line["line"])
+        item_id = str((line.get("item") or {}).get("id"))
+        quantity = float(line.get("quantity") or 0)
+        fulfilled = float(line.get("quantityFulfilled") or 0)
+        target = wanted.get(item_id)
+        if target is None or item_id in placed:
+            if fulfilled > 0:
+                if quantity > fulfilled:
+                    changes.append({"line": number, "quantity": fulfilled})
+            else:
+                changes.append({"line": number, "isClosed": True})
+            continue
+        placed.add(item_id)
+        new_quantity = max(target["quantity"], fulfilled)
+        if abs(new_quantity - quantity) > 1e-9:
+            changes.append({"line": number, "quantity": new_quantity})
+    for item_id, line in wanted.items():
+        if item_id not in placed and line["quantity"] > 0:
+            changes.append(prune_nulls(dict(line)))
+    return changes
 
 
 def sales_order_dicts(sales_orders: pl.DataFrame) -> dict[str, dict[str, Any]]:

@@ -16,6 +16,8 @@ so syncing them raises the new ones and auto-resolves the ones that moved on:
 - TRACKING_NOT_POSTED (shipment): the NetSuite item fulfilment is posted but Shopify has
   not confirmed the fulfilment with tracking `timings.tracking_post_alert_minutes` later;
   at once when Shopify's data blocks it (less left to fulfil, fulfilment cancelled).
+  Not for an order cancelled in Shopify after Clarus dispatched it: CANCEL_AFTER_DISPATCH
+  already says why Shopify will not take the fulfilment, and one cause gets one alert.
 
 Times in the state database are naive UTC; the cut-off is read in `tz` (UTC unless given).
 """
@@ -139,6 +141,7 @@ def tracking_not_posted(con: duckdb.DuckDBPyConnection, timings: Timings, now: d
         " s.shopify_fulfilment_id, s.last_error"
         " FROM shipments s LEFT JOIN orders o USING (order_id)"
         " WHERE s.state IN (?, ?) AND (s.fulfilment_posted_at <= ? OR starts_with(s.last_error, ?))"
+        "   AND NOT EXISTS (SELECT 1 FROM exceptions x WHERE x.code = 'CANCEL_AFTER_DISPATCH' AND x.entity_id = s.order_id)"
         " ORDER BY s.fulfilment_posted_at",
         [DispatchState.ITEM_FULFILMENT_POSTED.value, DispatchState.CHANNEL_FULFILLED.value, threshold, BLOCKED],
     ).fetchall()
