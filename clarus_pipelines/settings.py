@@ -146,6 +146,7 @@ class StockPolicy(_Strict):
     buffers: dict[str, int] = Field(default_factory=dict)
     mismatch_tolerance: int = Field(default=0, ge=0)
     snapshot_freshness_minutes: int = Field(default=120, gt=0)
+    snapshot_retention_days: int = Field(default=35, gt=0)  # hourly history kept (the newest balances always stay)
 
     @field_validator("buffers")
     @classmethod

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Install Debian's chromium (and fonts, so screenshots show text) for the browser
+# Install Debian's chromium (and fonts, so screenshots show text and the status emoji) for the browser
 # end-to-end tests, which drive /usr/bin/chromium through Playwright. Playwright's own
 # browser download (`playwright install`) is never used. Idempotent: exits 0 at once
 # when everything is already installed; runs `apt-get update` only when something is missing.
 set -euo pipefail
 
-packages=(chromium fonts-dejavu-core fonts-liberation)
+packages=(chromium fonts-dejavu-core fonts-liberation fonts-noto-color-emoji)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 

@@ -4,6 +4,8 @@
   rejection logs older than `timings.landing_retention_days` (default 90), the matching
   intake rows in the state store, and finishes any landing a killed receiver left half
   committed.
+  The same job deletes hourly stock snapshots older than `stock.snapshot_retention_days`
+  (default 35; the newest hour always stays).
 - `intake_checks` (every 10 minutes): every landing ingested in time, no unknown topics.
 """
 
@@ -12,6 +14,7 @@ from datetime import timedelta
 import dagster as dg
 
 from assets.ingest import intake_checks_job
+from clarus_pipelines.domain.stock import prune_snapshots
 from clarus_pipelines.exception_queue import utcnow
 from clarus_pipelines.receiver.events import prune_state
 from clarus_pipelines.receiver.landing import LandingZone
@@ -33,9 +36,22 @@ def prune_landings(
     return summary
 
 
-@dg.job(description="Prune landings, quarantine, dedupe markers and intake rows past the retention.")
+@dg.op(description="Delete hourly stock snapshots older than the stock snapshot retention.")
+def prune_stock_snapshots(context: dg.OpExecutionContext, policies: PoliciesResource, state: StateStoreResource) -> dict:
+    days = policies.load().stock.snapshot_retention_days
+    cutoff = utcnow() - timedelta(days=days)
+    with state.store().write() as con:
+        removed = prune_snapshots(con, cutoff)
+    summary = {"retention_days": days, "cutoff": cutoff.isoformat(), "snapshot_rows_removed": removed}
+    context.log.info("stock snapshots: %s", summary)
+    context.add_output_metadata(summary)
+    return summary
+
+
+@dg.job(description="Prune landings, quarantine, dedupe markers and intake rows, and old stock snapshots, past their retention.")
 def landing_retention_job():
     prune_landings()
+    prune_stock_snapshots()
 
 
 landing_retention_schedule = dg.ScheduleDefinition(

@@ -330,6 +330,33 @@ def test_retention_job_prunes_files_and_rows(intake, fixtures, resources, zone):
     assert len(zone.list_landings()) == 1  # the fresh file stays
 
 
+def test_retention_job_keeps_recent_stock_history_and_the_newest_hour(resources):
+    now = utcnow().replace(minute=0, second=0, microsecond=0)
+    hours = {"old": now - timedelta(days=40), "recent": now - timedelta(days=2), "newest": now}
+    with resources["state"].store().write() as con:
+        for hour in hours.values():
+            con.execute(
+                "INSERT INTO stock_snapshots (snapshot_hour, taken_at, clarus_product_id, sku, warehouse_id, account_id,"
+                " available, allocated, on_hold) VALUES (?, ?, '1', 'SKU-A', '1', '1', 5, 0, 0)", [hour, hour])
+    merged = dg.Definitions.merge(maintenance_defs, dg.Definitions(resources=resources))
+    result = merged.resolve_job_def("landing_retention_job").execute_in_process(instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    assert result.output_for_node("prune_stock_snapshots")["snapshot_rows_removed"] == 1
+    with resources["state"].store().read() as con:
+        kept = [r[0] for r in con.execute("SELECT snapshot_hour FROM stock_snapshots ORDER BY 1").fetchall()]
+    assert kept == [hours["recent"], hours["newest"]]
+
+
+def test_the_newest_stock_snapshot_survives_any_age(resources):
+    from clarus_pipelines.domain.stock import prune_snapshots
+
+    stale = utcnow() - timedelta(days=100)  # the stock sync stopped long ago: keep what Clarus last said
+    with resources["state"].store().write() as con:
+        con.execute("INSERT INTO stock_snapshots (snapshot_hour, taken_at, clarus_product_id, sku, warehouse_id, account_id,"
+                    " available, allocated, on_hold) VALUES (?, ?, '1', 'SKU-A', '1', '1', 5, 0, 0)", [stale, stale])
+        assert prune_snapshots(con, utcnow()) == 0
+
+
 # ---------------------------------------------------------------------------- reconciliation
 
 

@@ -422,3 +422,17 @@ def stranded_stock(
         .cast(STRANDED_SCHEMA)
         .sort("sku")
     )
+
+
+def prune_snapshots(con, older_than) -> int:
+    """Delete hourly stock snapshots taken before `older_than` (naive UTC); rows removed.
+
+    History only: available-to-sell reads `stock_balances_current`, and the newest
+    snapshot hour is kept whatever its age, so a stock sync that stopped for weeks still
+    shows what Clarus last said.
+    """
+    return con.execute(
+        "DELETE FROM stock_snapshots WHERE snapshot_hour < ?"
+        " AND snapshot_hour < (SELECT max(snapshot_hour) FROM stock_snapshots)",
+        [older_than],
+    ).fetchone()[0]
