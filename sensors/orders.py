@@ -52,7 +52,7 @@ from clarus_pipelines.domain.goods_out import (
     replacement_reference,
     sent_lines_frame,
 )
-from clarus_pipelines.domain.netsuite_orders import sales_order_item_lines
+from clarus_pipelines.domain.netsuite_orders import sales_order_edits
 from clarus_pipelines.domain.order_flow import OrderStatus
 from clarus_pipelines.domain.orders import HOLD_CODES, parse_orders, validate_orders
 from clarus_pipelines.exception_queue import clear_exception, raise_exception, utcnow
@@ -192,8 +192,8 @@ def _cancel(row: dict, clarus: ClarusResource, netsuite: NetSuiteResource) -> di
     return {**result, "outcome": "cancelled", "closed_lines": closed}
 
 
-def _sync_erp_lines(row: dict, erp_lines: dict, erp_missing: dict, netsuite: NetSuiteResource) -> dict:
-    """Bring the NetSuite sales order's lines in line with the edit, before Clarus is changed.
+def _sync_erp(row: dict, erp_edits: dict, erp_missing: dict, netsuite: NetSuiteResource) -> dict:
+    """Bring the NetSuite sales order's lines and address in line with the edit, before Clarus is changed.
 
     NetSuite first: a failure here leaves the edit pending (retried, nothing half-done);
     once both are written, the warehouse never ships a line the ERP cannot fulfil.
@@ -203,7 +203,8 @@ def _sync_erp_lines(row: dict, erp_lines: dict, erp_missing: dict, netsuite: Net
         return {}
     if order_id in erp_missing:
         return {"erp_error": f"no NetSuite item id for SKU(s) {sorted(set(erp_missing[order_id]))}"}
-    changes = netsuite.sync_sales_order_lines(row["netsuite_id"], erp_lines.get(order_id, []))
+    edit = erp_edits.get(order_id) or {}
+    changes = netsuite.sync_sales_order(row["netsuite_id"], edit.get("lines", []), edit.get("shippingAddress"))
     return {"erp_changes": changes}
 
 
@@ -284,14 +285,14 @@ def apply_order_changes(store: StateStore, policies: Policies, *, clarus: Clarus
     edits = rows.filter(pl.col("change_pending") == "edit")
     verdicts = None
     new_bodies: dict[str, dict] = {}
-    erp_lines: dict[str, list] = {}
+    erp_edits: dict[str, dict] = {}
     erp_missing: dict[str, list] = {}
     if edits.height:
         parsed = parse_orders(edits["payload"], policies.sku_cleaning)
         verdicts = validate_orders(parsed, products=products, policies=policies, known_carriers=carriers)
         references = {r["order_id"]: r["clarus_reference"] or r["order_name"] for r in edits.iter_rows(named=True)}
         new_bodies = body_dicts(build_goods_outs(verdicts, policies=policies, now=now, carriers=carriers, references=references))
-        erp_lines, erp_missing = sales_order_item_lines(verdicts, netsuite_items)
+        erp_edits, erp_missing = sales_order_edits(verdicts, netsuite_items)
 
     results: list[tuple[dict, dict]] = []
     for row in rows.iter_rows(named=True):
@@ -300,7 +301,7 @@ def apply_order_changes(store: StateStore, policies: Policies, *, clarus: Clarus
                 results.append((row, _cancel(row, clarus, netsuite)))
             else:
                 def sync_erp(row=row) -> dict:
-                    return _sync_erp_lines(row, erp_lines, erp_missing, netsuite)
+                    return _sync_erp(row, erp_edits, erp_missing, netsuite)
 
                 results.append((row, _edit(row, verdicts, new_bodies.get(row["order_id"]), policies, clarus, sync_erp)))
         except ConnectorError as exc:
@@ -332,7 +333,12 @@ def _erp_note(row: dict, result: dict) -> str:
         return ""
     if not changes:
         return f"; NetSuite sales order {row['netsuite_id']} already matched"
-    return f"; NetSuite sales order {row['netsuite_id']}: {len(changes)} line change(s)"
+    parts = []
+    if changes.get("item"):
+        parts.append(f"{len(changes['item']['items'])} line change(s)")
+    if changes.get("shippingAddress"):
+        parts.append("shipping address updated")
+    return f"; NetSuite sales order {row['netsuite_id']}: " + ", ".join(parts)
 
 
 def _record_change(con, row, result, verdicts, new_body, policies: Policies, now: datetime, report: ChangesReport) -> None:
@@ -375,7 +381,7 @@ def _record_change(con, row, result, verdicts, new_body, policies: Policies, now
         _refresh_lines(con, order_id, verdicts, stored)
         flow.record_event(con, order_id, "AMENDED", f"{cause}: goods out {goods_out.get('id')} amended while {status_name}"
                           + _erp_note(row, result), system="clarus",
-                          details={**(result.get("difference") or {}), "netsuite_line_changes": result.get("erp_changes")}, now=now)
+                          details={**(result.get("difference") or {}), "netsuite_changes": result.get("erp_changes")}, now=now)
         clear_exception(con, "ORDER_EDIT_NEEDS_REVIEW", order_id, now=now)
         report.amended += 1
     elif outcome in ("replace", "resend"):
@@ -392,7 +398,7 @@ def _record_change(con, row, result, verdicts, new_body, policies: Policies, now
                 if outcome == "replace" else f"goods out {reference} not found in Clarus; the edited order will be sent")
         flow.set_status(con, order_id, OrderStatus.SENT_TO_WMS, f"{cause}: {what}" + _erp_note(row, result), system="clarus",
                         details={"replaced_clarus_id": goods_out.get("id"), "reference": reference, **(result.get("difference") or {}),
-                                 "netsuite_line_changes": result.get("erp_changes")},
+                                 "netsuite_changes": result.get("erp_changes")},
                         event_state="REPLACEMENT_REQUESTED" if outcome == "replace" else "SENT_TO_WMS", now=now)
         clear_exception(con, "ORDER_EDIT_NEEDS_REVIEW", order_id, now=now)
         report.replaced += 1

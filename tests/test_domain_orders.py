@@ -7,7 +7,7 @@ import json
 import polars as pl
 import pytest
 
-from clarus_pipelines.domain.netsuite_orders import sales_order_item_lines, sales_order_line_changes
+from clarus_pipelines.domain.netsuite_orders import sales_order_edits, sales_order_line_changes, shipping_address_change
 from clarus_pipelines.domain.orders import parse_orders, validate_orders
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
 from order_samples import FIXTURE_PRODUCTS, make_order, real_order
@@ -291,11 +291,27 @@ def test_sales_order_line_changes_never_go_below_what_was_fulfilled():
     ]
 
 
-def test_sales_order_item_lines_name_orders_without_netsuite_items():
+def test_sales_order_edits_name_orders_without_netsuite_items():
     ok = make_order(1001, order_id=9001, lines=[("SKU-A", 2)])
     missing = make_order(1002, order_id=9002, lines=[("SKU-A", 1), ("SKU-B", 1)])
     verdicts = check(ok, missing)
-    lines, without = sales_order_item_lines(verdicts, {"SKU-A": "501"})
+    edits, without = sales_order_edits(verdicts, {"SKU-A": "501"})
     assert without == {str(missing["id"]): ["SKU-B"]}
-    assert [(line["item"]["id"], line["quantity"]) for line in lines[str(ok["id"])]] == [("501", 2)]
-    assert str(missing["id"]) not in lines
+    edit = edits[str(ok["id"])]
+    assert [(line["item"]["id"], line["quantity"]) for line in edit["lines"]] == [("501", 2)]
+    assert edit["shippingAddress"]["country"] == {"id": "GB"} and edit["shippingAddress"]["zip"]
+    assert str(missing["id"]) not in edits
+
+
+def test_shipping_address_change_compares_only_what_we_send():
+    wanted = {"addressee": "Ada Lovelace", "addr1": "12 St James's Square", "city": "London", "zip": "SW1Y 4LB",
+              "country": {"id": "GB"}}
+    as_netsuite_keeps_it = {**wanted, "country": {"id": "GB", "refName": "United Kingdom"}, "addrText": "Ada Lovelace\n...",
+                            "addr2": ""}
+    assert shipping_address_change(as_netsuite_keeps_it, wanted) is None
+    moved = {**wanted, "addr1": "1 Horse Guards Road"}
+    assert shipping_address_change(as_netsuite_keeps_it, moved) == moved
+    # a field the edit dropped (no company any more) is cleared, not left behind
+    with_company = {**as_netsuite_keeps_it, "attention": "Analytical Engines Ltd"}
+    assert shipping_address_change(with_company, wanted) == {"attention": "", **wanted}
+    assert shipping_address_change(with_company, None) is None

@@ -500,8 +500,25 @@ def test_edit_before_allocation_amends_lines(h: Harness):
     with h.store.read() as con:
         items = dict(con.execute("SELECT sku, netsuite_item_id FROM items").fetchall())
     wanted = [{"item": {"id": items[a]}, "quantity": 3}, {"item": {"id": items[c]}, "quantity": 1}]
-    assert h.world.netsuite.sync_sales_order_lines(so["id"], wanted) == []
+    assert h.world.netsuite.sync_sales_order(so["id"], wanted) == {}
     assert h.sales_order_lines(order) == sorted([(a, 3.0), (c, 1.0)])
+
+
+def test_address_change_before_allocation_reaches_clarus_and_netsuite(h: Harness):
+    [a] = h.skus(1)
+    order = h.place([(a, 1)])
+    through(h, order)
+    moved = {**ADDRESS, "address1": "1 Horse Guards Road", "zip": "SW1A 2HQ"}
+    h.land("orders/updated", h.sh.update_shipping_address(order["id"], moved))
+    h.intake()
+    assert h.changes().amended == 1
+    [goods_out] = h.goods_outs(order)
+    assert (goods_out["delivery_address"]["address_1"], goods_out["delivery_address"]["postcode"]) == ("1 Horse Guards Road", "SW1A 2HQ")
+    [so] = h.sales_orders(order)
+    assert (so["shippingAddress"]["addr1"], so["shippingAddress"]["zip"]) == ("1 Horse Guards Road", "SW1A 2HQ")
+    assert so["shippingAddress"]["city"] == "London"  # untouched fields stay
+    assert h.sales_order_lines(order) == [(a, 1.0)]  # lines unchanged
+    assert _causes(h, order)[-1].endswith("shipping address updated")
 
 
 def test_edit_before_allocation_cancel_and_recreate(h: Harness):

@@ -28,7 +28,7 @@ from pydantic import Field
 
 from clarus_pipelines.connectors.http import ConnectorError, HttpConnector, RetryPolicy, send_with_retries
 from clarus_pipelines.connectors.writes import SINGLE_ATTEMPT, write_once
-from clarus_pipelines.domain.netsuite_orders import sales_order_line_changes
+from clarus_pipelines.domain.netsuite_orders import sales_order_line_changes, shipping_address_change
 
 log = logging.getLogger(__name__)
 
@@ -199,19 +199,27 @@ class NetSuiteResource(HttpConnector):
         if items:
             self.update_sales_order(so_id, {"item": {"items": items}})
 
-    def sync_sales_order_lines(self, so_id: str, wanted_lines: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """Make the order's item lines match `wanted_lines` (an edit in Shopify): the changes made.
+    def sync_sales_order(self, so_id: str, wanted_lines: Iterable[Mapping[str, Any]],
+                         shipping_address: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Make the order's item lines (and shipping address, when given) match an edit made
+        in Shopify; returns what was changed (`{}` when it already matched).
 
-        Read-then-patch from the order's current lines, so a retry after a lost answer
-        finds nothing left to change.
+        Read-then-patch from the order as it stands, so a retry after a lost answer finds
+        nothing left to change.
         """
         so = self.get_sales_order(so_id)
         if so is None:
             raise NetSuiteError(f"salesOrder {so_id} not found", status=404, code="NONEXISTENT_ID", detail=None)
-        changes = sales_order_line_changes(_sublist(so), list(wanted_lines))
-        if changes:
-            self.update_sales_order(so_id, {"item": {"items": changes}})
-        return changes
+        patch: dict[str, Any] = {}
+        lines = sales_order_line_changes(_sublist(so), list(wanted_lines))
+        if lines:
+            patch["item"] = {"items": lines}
+        address = shipping_address_change(so.get("shippingAddress"), shipping_address)
+        if address is not None:
+            patch["shippingAddress"] = address
+        if patch:
+            self.update_sales_order(so_id, patch)
+        return patch
 
     # ------------------------------------------------------------------ fulfilments
 

@@ -56,20 +56,24 @@ def build_sales_orders(
         pl.col("order_name").alias("otherrefnum"),
         pl.format("Shopify order {}", pl.col("order_name")).alias("memo"),
         pl.lit(order_status).alias("orderStatus"),
-        pl.struct(
-            pl.col("ship_name").alias("addressee"),
-            pl.col("ship_company").alias("attention"),
-            pl.col("ship_address1").alias("addr1"),
-            pl.col("ship_address2").alias("addr2"),
-            pl.col("ship_city").alias("city"),
-            pl.col("ship_province").alias("state"),
-            pl.col("ship_zip").alias("zip"),
-            pl.struct(pl.col("ship_country_code").alias("id")).alias("country"),
-        ).alias("shippingAddress"),
+        _shipping_address().alias("shippingAddress"),
         pl.struct(pl.col("items")).alias("item"),
     )
     return ready.join(grouped, on="order_id", how="inner", maintain_order="left").select(
         "order_id", pl.col("order_id").alias("external_id"), body.alias("body")
+    )
+
+
+def _shipping_address() -> pl.Expr:
+    return pl.struct(
+        pl.col("ship_name").alias("addressee"),
+        pl.col("ship_company").alias("attention"),
+        pl.col("ship_address1").alias("addr1"),
+        pl.col("ship_address2").alias("addr2"),
+        pl.col("ship_city").alias("city"),
+        pl.col("ship_province").alias("state"),
+        pl.col("ship_zip").alias("zip"),
+        pl.struct(pl.col("ship_country_code").alias("id")).alias("country"),
     )
 
 
@@ -99,18 +103,43 @@ def _item_lines(verdicts: OrderVerdicts, items) -> tuple[pl.DataFrame, dict[str,
     return grouped, missing
 
 
-def sales_order_item_lines(
+def sales_order_edits(
     verdicts: OrderVerdicts, items: pl.DataFrame | Mapping[str, str | None]
-) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[str]]]:
-    """Per ready order the sales order's item lines as plain dicts, and per order the SKUs
-    that have no NetSuite item id (those orders get no lines)."""
+) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]]:
+    """What each edited (ready) order's sales order should now say: `{"lines": [...],
+    "shippingAddress": {...}}` per order id, and per order the SKUs that have no NetSuite
+    item id (those orders get no entry)."""
     grouped, missing = _item_lines(verdicts, items)
-    lines = {
-        order_id: prune_nulls(order_lines)
+    addresses = verdicts.orders.filter(pl.col("status") == "ready").select("order_id", _shipping_address().alias("address"))
+    address_of = dict(zip(addresses["order_id"].to_list(), addresses["address"].to_list()))
+    edits = {
+        order_id: {"lines": prune_nulls(order_lines), "shippingAddress": prune_nulls(address_of.get(order_id) or {})}
         for order_id, order_lines in zip(grouped["order_id"].to_list(), grouped["items"].to_list())
         if order_id not in missing
     }
-    return lines, missing
+    return edits, missing
+
+
+def shipping_address_change(current: Mapping[str, Any] | None, wanted: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The shipping address to PATCH when the order's differs from `wanted`, else None.
+
+    Only the fields we send are compared (NetSuite adds its own, like `addrText`); a field
+    we no longer send is cleared.
+    """
+    if not wanted:
+        return None
+    current = current or {}
+
+    def norm(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return norm(value.get("id"))
+        return None if value in (None, "") else str(value).strip()
+
+    fields = ("addressee", "attention", "addr1", "addr2", "city", "state", "zip", "country")
+    if all(norm(current.get(f)) == norm(wanted.get(f)) for f in fields):
+        return None
+    cleared = {f: "" for f in fields if f != "country" and f not in wanted and norm(current.get(f)) is not None}
+    return {**cleared, **{f: wanted[f] for f in fields if f in wanted}}
 
 
 def sales_order_line_changes(current_lines: list[Mapping[str, Any]], wanted_lines: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
