@@ -5,9 +5,9 @@
   reconciliation read, so a lost refund webhook is still caught) and Clarus goods-in
   events; classifies each new refund (RETURN, CANCELLATION, GOODWILL, SHIPPING_ONLY,
   EXCHANGE or UNCLASSIFIED) and explains why in the order's history; runs the follow-ups
-  (expected goods-in receipt + return authorisation, goods out cancel/reduce + closed
-  sales order lines, credit memos), idempotently; asks Clarus about returns still
-  expected.
+  (expected goods-in receipt + return authorisation, and the NetSuite item receipt once
+  the goods are back; goods out cancel/reduce + closed sales order lines; credit memos),
+  idempotently; asks Clarus about returns still expected.
 - checks on `refunds`, each syncing its exception so it clears itself:
   `refunds_classified` (REFUND_UNCLASSIFIED) and `returns_received_in_time`
   (RETURN_NOT_RECEIVED after `timings.return_receipt_days`).

@@ -21,6 +21,7 @@ from clarus_pipelines.domain.refunds import (
     NETSUITE_CLOSE_LINES,
     NETSUITE_CREDIT_MEMO,
     NETSUITE_RETURN_AUTHORISATION,
+    NETSUITE_RETURN_RECEIPT,
     RAISE_CANCEL_AFTER_DISPATCH,
     RAISE_REFUND_UNCLASSIFIED,
     REPLACEMENT_ORDER,
@@ -67,7 +68,7 @@ def _codes(result) -> list[str]:
         ("shopify-api-ruby_rest_2025-07/refunds_GET_list.json", "CANCELLATION", [CLARUS_REDUCE_GOODS_OUT, NETSUITE_CLOSE_LINES]),
         # restock_type return (request body shape: no line_item embedded)
         ("shopify-api-ruby_rest_2025-07/refund_POST_request.json", "RETURN",
-         [CLARUS_EXPECT_GOODS_IN, NETSUITE_RETURN_AUTHORISATION, WATCH_RETURN_RECEIPT]),
+         [CLARUS_EXPECT_GOODS_IN, NETSUITE_RETURN_AUTHORISATION, NETSUITE_RETURN_RECEIPT, WATCH_RETURN_RECEIPT]),
         # asked for 'return' but Shopify answered no_restock on an unfulfilled line
         ("shopify-api-ruby_rest_2025-07/refund_POST_response.json", "CANCELLATION", [CLARUS_REDUCE_GOODS_OUT, NETSUITE_CLOSE_LINES]),
         ("shopify-api-ruby_rest_2025-07/refund_POST_shipping_only_request.json", "SHIPPING_ONLY", [NETSUITE_CREDIT_MEMO]),
@@ -196,6 +197,8 @@ def test_generated_return():
     ]
     assert result.action(WATCH_RETURN_RECEIPT)["due_days"] == 21
     assert result.action(NETSUITE_RETURN_AUTHORISATION)["amount"] == "72.00"
+    assert result.action(NETSUITE_RETURN_RECEIPT)["lines"] == result.action(CLARUS_EXPECT_GOODS_IN)["lines"]
+    assert result.action(NETSUITE_RETURN_RECEIPT)["system"] == "netsuite"
 
 
 def test_generated_return_with_shipping_refund_is_still_a_return():
@@ -248,8 +251,8 @@ def test_shipping_plus_extra_money_fits_two():
 def test_generated_exchange_from_note_and_from_return_exchange_lines():
     by_note = classify_refund(make_refund(lines=[("TEE-BLK-M", 1)], note="Exchange for size L"))
     assert by_note.kind == RefundKind.EXCHANGE
-    assert _codes(by_note) == [CLARUS_EXPECT_GOODS_IN, NETSUITE_RETURN_AUTHORISATION, WATCH_RETURN_RECEIPT,
-                               AWAIT_REPLACEMENT_ORDER]
+    assert _codes(by_note) == [CLARUS_EXPECT_GOODS_IN, NETSUITE_RETURN_AUTHORISATION, NETSUITE_RETURN_RECEIPT,
+                               WATCH_RETURN_RECEIPT, AWAIT_REPLACEMENT_ORDER]
     ret = {"id": 5001, "admin_graphql_api_id": "gid://shopify/Return/5001",
            "exchange_line_items": [{"line_item": {"sku": "TEE-BLK-L", "quantity": 1, "variant_id": 502}}]}
     by_data = classify_refund(make_refund(lines=[("TEE-BLK-M", 1)], refund_return=ret))

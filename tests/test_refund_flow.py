@@ -261,8 +261,38 @@ def test_return_expects_goods_in_clarus_authorises_in_netsuite_and_is_explained(
     assert len(classified) == 1 and "classified RETURN" in classified[0][2]
     details = json.loads(classified[0][3])
     assert any("restocked as a return" in r for r in details["reasons"])
-    assert details["actions"] == ["CLARUS_EXPECT_GOODS_IN", "NETSUITE_RETURN_AUTHORISATION", "WATCH_RETURN_RECEIPT"]
+    assert details["actions"] == ["CLARUS_EXPECT_GOODS_IN", "NETSUITE_RETURN_AUTHORISATION", "NETSUITE_RETURN_RECEIPT",
+                                  "WATCH_RETURN_RECEIPT"]
     assert [h[1] for h in history if h[0] in ("clarus", "netsuite")] == ["RETURN_EXPECTED", "RETURN_AUTHORISED"]
+    # the goods are not back: NetSuite receives nothing yet, and the step is not retried
+    assert world.steps(refund["id"])["NETSUITE_RETURN_RECEIPT"][0] == "waiting"
+    assert not world.netsuite_sb.item_receipts() and steps.calls == {"clarus": 1, "netsuite": 1}
+    netsuite_count = len(world.netsuite_writes())
+    assert flow.run_refund_steps(world.store, POLICIES, clarus=world.clarus, netsuite=world.netsuite,
+                                 customer_id=NETSUITE_WEB_CUSTOMER_ID).calls == {}
+    assert len(world.netsuite_writes()) == netsuite_count
+
+    # Clarus books the goods in: NetSuite receives them against the return authorisation
+    world.clarus_sb.receive_goods_in_receipt(row["clarus_receipt_id"])
+    intake, steps, _ = world.run()
+    assert intake.receipts == 1 and steps.calls == {"netsuite": 1}
+    (ra,) = world.netsuite_sb.return_authorisations()
+    (receipt,) = world.netsuite_sb.item_receipts()
+    assert receipt["createdFrom"]["id"] == ra["id"] and receipt["externalId"] == f"shopify-refund-{refund['id']}-receipt"
+    assert [(ln["orderLine"], ln["item"]["id"], ln["quantity"]) for ln in receipt["item"]["items"]] == [(1, a.internal_id, 1.0)]
+    assert ra["orderStatus"] == "F" and [ln["quantityReceived"] for ln in ra["item"]["items"]] == [1.0]
+    assert world.refund(refund["id"])["state"] == "RETURN_RECEIVED"
+    assert world.steps(refund["id"])["NETSUITE_RETURN_RECEIPT"] == (
+        "done", f"item receipt {receipt['id']} for return authorisation {ra['id']}")
+    erp = [h for h in world.history(order["order_id"]) if h[1] == "RETURN_RECEIVED_IN_ERP"]
+    assert len(erp) == 1 and erp[0][0] == "netsuite"
+    assert f"item receipt {receipt['id']} for return authorisation {ra['id']}" in erp[0][2]
+
+    # running again posts nothing more
+    netsuite_count = len(world.netsuite_writes())
+    _, steps, _ = world.run()
+    assert steps.calls == {} and len(world.netsuite_writes()) == netsuite_count
+    assert len(world.netsuite_sb.item_receipts()) == 1
 
 
 def test_return_received_late_raises_then_clears_return_not_received(world):
@@ -292,6 +322,8 @@ def test_return_received_late_raises_then_clears_return_not_received(world):
     assert world.refund(refund["id"])["state"] == "RETURN_RECEIVED"
     received = [h for h in world.history(order["order_id"]) if h[1] == "RETURN_RECEIVED"]
     assert len(received) == 1 and "after it was due" in received[0][2]
+    (receipt,) = world.netsuite_sb.item_receipts()
+    assert [ln["quantity"] for ln in receipt["item"]["items"]] == [1.0]
 
 
 def test_receipt_found_by_the_sweep_when_no_webhook_comes(world):
@@ -306,10 +338,77 @@ def test_receipt_found_by_the_sweep_when_no_webhook_comes(world):
     assert flow.sweep_return_receipts(world.store, world.clarus) == 1
     assert world.refund(refund["id"])["state"] == "AWAITING_RETURN"  # 1 of 2 back
     assert any(h[1] == "RETURN_PART_RECEIVED" for h in world.history(order["order_id"]))
+    # a part receipt posts nothing to NetSuite: the whole return is received there once
+    steps = flow.run_refund_steps(world.store, POLICIES, clarus=world.clarus, netsuite=world.netsuite,
+                                  customer_id=NETSUITE_WEB_CUSTOMER_ID)
+    assert steps.calls == {} and not world.netsuite_sb.item_receipts()
+    assert world.steps(refund["id"])["NETSUITE_RETURN_RECEIPT"][0] == "waiting"
     world.clarus_sb.receive_goods_in_receipt(receipt_id)
     assert flow.sweep_return_receipts(world.store, world.clarus) == 1
     assert flow.sweep_return_receipts(world.store, world.clarus) == 0  # nothing left to ask about
+    assert world.refund(refund["id"])["state"] == "IN_PROGRESS"  # back in Clarus, NetSuite not told yet
+    steps = flow.run_refund_steps(world.store, POLICIES, clarus=world.clarus, netsuite=world.netsuite,
+                                  customer_id=NETSUITE_WEB_CUSTOMER_ID)
+    assert steps.calls == {"netsuite": 1} and steps.done == 1
     assert world.refund(refund["id"])["state"] == "RETURN_RECEIVED"
+    (ra,) = world.netsuite_sb.return_authorisations()
+    (receipt,) = world.netsuite_sb.item_receipts()
+    assert receipt["createdFrom"]["id"] == ra["id"]
+    assert [(ln["orderLine"], ln["quantity"]) for ln in receipt["item"]["items"]] == [(1, 2.0)]
+    assert ra["orderStatus"] == "F" and ra["item"]["items"][0]["quantityReceived"] == 2.0
+
+
+def test_goods_back_before_the_return_authorisation_wait_for_it(world):
+    """Dispatched and fulfilled in Shopify, but NetSuite's item fulfilment is late: the goods come
+    back before the return can be authorised, so the item receipt waits for the return
+    authorisation, then both post in one run."""
+    (a,) = world.items(1)
+    order = world.place_order([(a, 2)])
+    with world.store.write() as con:
+        con.execute("UPDATE orders SET clarus_status = 6 WHERE order_id = ?", [order["order_id"]])
+    world.shopify.create_fulfillment(order["order_id"], {order["line_ids"][0]: 2}, tracking_number="AB123456789GB",
+                                     company="Royal Mail")
+    refund = world.shopify_sb.refund_order(int(order["order_id"]), line_items=[
+        {"line_item_id": order["line_ids"][0], "quantity": 2, "restock_type": "return"}])
+    world.run()
+    assert world.steps(refund["id"])["NETSUITE_RETURN_AUTHORISATION"][0] == "pending"  # nothing fulfilled in NetSuite
+    world.clarus_sb.receive_goods_in_receipt(world.refund(refund["id"])["clarus_receipt_id"])
+    intake, _, _ = world.run()
+    assert intake.receipts == 1
+    assert world.steps(refund["id"])["NETSUITE_RETURN_RECEIPT"] == ("pending", "waiting for the return authorisation")
+    assert not world.netsuite_sb.return_authorisations() and not world.netsuite_sb.item_receipts()
+
+    world.ns_now[0] += 7200
+    world.netsuite_sb.tick()
+    world.netsuite.transform_to_item_fulfilment(order["so_id"], [{"item_id": a.internal_id, "quantity": 2}], shipment_id="S-late")
+    _, steps, _ = world.run()
+    assert steps.calls == {"netsuite": 2}
+    (ra,) = world.netsuite_sb.return_authorisations()
+    (receipt,) = world.netsuite_sb.item_receipts()
+    assert receipt["createdFrom"]["id"] == ra["id"] and [ln["quantity"] for ln in receipt["item"]["items"]] == [2.0]
+    assert world.refund(refund["id"])["state"] == "RETURN_RECEIVED"
+    assert [h[1] for h in world.history(order["order_id"]) if h[0] == "netsuite"] == ["RETURN_AUTHORISED", "RETURN_RECEIVED_IN_ERP"]
+
+
+def test_return_classified_before_item_receipts_still_completes(world):
+    """A database from before the item receipt step: its returns simply lack the step."""
+    (a,) = world.items(1)
+    order = world.place_order([(a, 1)], dispatched=True)
+    refund = world.shopify_sb.refund_order(int(order["order_id"]), line_items=[
+        {"line_item_id": order["line_ids"][0], "quantity": 1, "restock_type": "return"}])
+    world.run()
+    with world.store.write() as con:
+        con.execute("DELETE FROM refund_steps WHERE refund_id = ? AND action = 'NETSUITE_RETURN_RECEIPT'", [str(refund["id"])])
+        actions = [a for a in json.loads(con.execute("SELECT actions::VARCHAR FROM refunds WHERE refund_id = ?",
+                                                     [str(refund["id"])]).fetchone()[0])
+                   if a["action"] != "NETSUITE_RETURN_RECEIPT"]
+        con.execute("UPDATE refunds SET actions = ? WHERE refund_id = ?", [json.dumps(actions), str(refund["id"])])
+    assert world.refund(refund["id"])["state"] == "AWAITING_RETURN"
+    world.clarus_sb.receive_goods_in_receipt(world.refund(refund["id"])["clarus_receipt_id"])
+    intake, steps, _ = world.run()
+    assert intake.receipts == 1 and steps.calls == {}
+    assert world.refund(refund["id"])["state"] == "RETURN_RECEIVED"
+    assert not world.netsuite_sb.item_receipts()
 
 
 # ------------------------------------------------------------------------- duplicates

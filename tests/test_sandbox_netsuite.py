@@ -241,6 +241,65 @@ def test_returns_and_credit_memos():
         assert client.post(f"{RECORDS}/itemFulfillment", json={}).status_code == 400
 
 
+def test_item_receipts_receive_returned_goods_against_the_return_authorisation():
+    with served_netsuite(commit_delay_s=0) as (sandbox, client):
+        so_id = create(client, order_body(sandbox, "SO-5", quantities=(3, 1)))
+        sandbox.tick()
+        client.post(f"{RECORDS}/salesOrder/{so_id}/!transform/itemFulfillment", json={"externalId": "S-5"})
+        made = client.post(f"{RECORDS}/salesOrder/{so_id}/!transform/returnAuthorization", json={
+            "externalId": "RMA-5", "item": {"items": [{"orderLine": 1, "quantity": 2}, {"orderLine": 2, "quantity": 1}]}})
+        ra_id = made.headers["Location"].rsplit("/", 1)[-1]
+
+        def ra() -> dict:
+            return client.get(f"{RECORDS}/returnAuthorization/{ra_id}", params={"expandSubResources": "true"}).json()
+
+        assert ra()["orderStatus"] == "B" and [ln["quantityReceived"] for ln in ra()["item"]["items"]] == [0.0, 0.0]
+        receive = f"{RECORDS}/returnAuthorization/{ra_id}/!transform/itemReceipt"
+        over = client.post(receive, json={"externalId": "IR-1", "item": {"items": [{"orderLine": 1, "quantity": 3}]}})
+        assert over.status_code == 400
+        error = over.json()
+        assert set(error) == {"type", "title", "status", "o:errorDetails"}
+        assert error["o:errorDetails"][0]["o:errorCode"] == "USER_ERROR" and "only 2 remain" in error["o:errorDetails"][0]["detail"]
+        assert sandbox.item_receipts() == [] and ra()["orderStatus"] == "B"
+
+        part = client.post(receive, json={"externalId": "IR-1", "memo": "part back", "item": {"items": [
+            {"orderLine": 1, "quantity": 1, "itemReceive": True}, {"orderLine": 2, "itemReceive": False}]}})
+        assert part.status_code == 204 and part.content == b""
+        ir_id = part.headers["Location"].rsplit("/", 1)[-1]
+        assert part.headers["Location"].endswith(f"{RECORDS}/itemReceipt/{ir_id}")
+        receipt = client.get(f"{RECORDS}/itemReceipt/eid:IR-1", params={"expandSubResources": "true"}).json()
+        assert receipt["id"] == ir_id and receipt["memo"] == "part back" and receipt["tranId"].startswith("IR")
+        assert receipt["createdFrom"]["id"] == ra_id
+        assert receipt["createdFrom"]["links"][0]["href"].endswith(f"/returnAuthorization/{ra_id}")
+        assert [(ln["orderLine"], ln["quantity"], ln["itemReceive"]) for ln in receipt["item"]["items"]] == [(1, 1.0, True)]
+        assert ra()["orderStatus"] == "D"  # Partially Received
+        assert [ln["quantityReceived"] for ln in ra()["item"]["items"]] == [1.0, 0.0]
+        again = client.post(receive, json={"externalId": "IR-1"})
+        assert again.status_code == 400 and again.json()["o:errorDetails"][0]["o:errorCode"] == "DUP_RCRD"
+
+        rest = client.post(receive, json={"externalId": "IR-2"})  # lines not named: received in full
+        assert rest.status_code == 204
+        assert ra()["orderStatus"] == "F"  # Pending Refund
+        assert [ln["quantityReceived"] for ln in ra()["item"]["items"]] == [2.0, 1.0]
+        second = next(r for r in sandbox.item_receipts() if r["externalId"] == "IR-2")
+        assert [(ln["orderLine"], ln["quantity"]) for ln in second["item"]["items"]] == [(1, 1.0), (2, 1.0)]
+        nothing_left = client.post(receive, json={"externalId": "IR-3"})
+        assert nothing_left.status_code == 400
+        assert nothing_left.json()["o:errorDetails"][0]["o:errorCode"] == "INVALID_INITIALIZE_REF"
+        assert len(sandbox.item_receipts()) == 2
+        assert client.post(f"{RECORDS}/itemReceipt", json={}).status_code == 400
+        assert client.post(f"{RECORDS}/salesOrder/{so_id}/!transform/itemReceipt", json={}).status_code == 400
+        assert not [w for w in sandbox.webhooks if w["topic"].startswith("itemreceipt")]
+
+        standalone = client.post(f"{RECORDS}/returnAuthorization", json={
+            "entity": {"id": "110"}, "externalId": "RMA-6", "item": {"items": [{"item": {"id": item_ids(sandbox, 1)[0]}, "quantity": 2}]}})
+        alone_id = standalone.headers["Location"].rsplit("/", 1)[-1]
+        receive_alone = f"{RECORDS}/returnAuthorization/{alone_id}/!transform/itemReceipt"
+        assert client.post(receive_alone, json={"item": {"items": [{"orderLine": 1, "quantity": 2}]}}).status_code == 204
+        alone = client.get(f"{RECORDS}/returnAuthorization/{alone_id}", params={"expandSubResources": "true"}).json()
+        assert alone["orderStatus"] == "F" and alone["item"]["items"][0]["quantityReceived"] == 2.0
+
+
 def test_webhooks_are_signed_for_the_receiver():
     with WebhookRecorder() as recorder:
         with served_netsuite(commit_delay_s=0, webhook_url=f"{recorder.url}/webhooks/netsuite",

@@ -1,4 +1,4 @@
-"""NetSuite SuiteTalk REST connector: sales orders, item fulfilments, returns, credits, items.
+"""NetSuite SuiteTalk REST connector: sales orders, fulfilments, returns and their receipts, credits, items.
 
 `NetSuiteResource` is a Dagster resource; every method also works on a plain instance.
 Every request is signed with OAuth 1.0a token-based authentication (HMAC-SHA256, realm
@@ -9,9 +9,9 @@ account-wide concurrency governance), 5xx and timeouts back off with jitter.
 Creates are idempotent through NetSuite's external ids, which it keeps unique per record
 type: `ensure_sales_order` looks the order up by `externalId` first, sends the create
 once, and after an ambiguous failure looks again before resending; the item fulfilment,
-return authorisation and credit memo creates carry our own reference (shipment id,
-refund id) as their `externalId` the same way. An error answer raises `NetSuiteError`
-with NetSuite's `o:errorCode` and detail.
+return authorisation, item receipt (returned goods received) and credit memo creates
+carry our own reference (shipment id, refund id) as their `externalId` the same way. An
+error answer raises `NetSuiteError` with NetSuite's `o:errorCode` and detail.
 """
 
 from __future__ import annotations
@@ -92,6 +92,57 @@ def _sublist(record: Mapping[str, Any], name: str = "item") -> list[dict[str, An
     if isinstance(sub, Mapping):
         return list(sub.get("items") or [])
     return list(sub or []) if isinstance(sub, list) else []
+
+
+def allocate_to_lines(lines: Iterable[Mapping[str, Any]], wanted: Iterable[tuple[str, float]],
+                      room: Mapping[int, float]) -> tuple[dict[int, float], list[tuple[str, float]]]:
+    """Spread (item id, quantity) over the record's lines of that item, each taking at most
+    its `room`: (line number -> quantity, [(item id, quantity left over)])."""
+    lines = list(lines)
+    taken: dict[int, float] = {}
+    short: list[tuple[str, float]] = []
+    for item_id, quantity in wanted:
+        left = float(quantity)
+        for ln in lines:
+            number = int(ln["line"])
+            if str((ln.get("item") or {}).get("id")) != str(item_id) or number not in room:
+                continue
+            take = min(left, room[number] - taken.get(number, 0.0))
+            if take > 0:
+                taken[number] = taken.get(number, 0.0) + take
+                left -= take
+        if left > 1e-9:
+            short.append((str(item_id), left))
+    return taken, short
+
+
+def transform_lines(record: Mapping[str, Any], specs: Iterable[Mapping[str, Any]], *, done_field: str, short: str,
+                    what: str) -> list[dict[str, Any]]:
+    """The `item.items` of a transform (sales order -> item fulfilment, return -> item receipt).
+
+    `specs`: `{"order_line": n, "quantity": q}` or `{"item_id": id, "quantity": q}`; by item,
+    quantities go to the open lines with room left (`quantity - done_field`). Every line is
+    named, `itemReceive: false` for the ones not taken: NetSuite takes unnamed lines in full.
+    Raises ValueError when an item has too little left.
+    """
+    record_lines = _sublist(record)
+    room = {int(ln["line"]): float(ln.get("quantity") or 0) - float(ln.get(done_field) or 0)
+            for ln in record_lines if not ln.get("isClosed")}
+    specs = list(specs)
+    by_line: dict[int, float] = {}
+    for spec in specs:
+        if spec.get("order_line") is not None:
+            by_line[int(spec["order_line"])] = by_line.get(int(spec["order_line"]), 0.0) + float(spec["quantity"])
+    taken, missing = allocate_to_lines(
+        record_lines, [(str(s["item_id"]), float(s["quantity"])) for s in specs if s.get("order_line") is None], room)
+    if missing:
+        item_id, left = missing[0]
+        raise ValueError(f"{what} {short} {item_id} for {left:g} more")
+    for number, quantity in taken.items():
+        by_line[number] = by_line.get(number, 0.0) + quantity
+    return [{"orderLine": int(ln["line"]), "quantity": by_line[int(ln["line"])], "itemReceive": True}
+            if int(ln["line"]) in by_line else {"orderLine": int(ln["line"]), "itemReceive": False}
+            for ln in record_lines]
 
 
 class NetSuiteResource(HttpConnector):
@@ -234,33 +285,8 @@ class NetSuiteResource(HttpConnector):
     @staticmethod
     def _fulfilment_lines(so: Mapping[str, Any], lines: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Every order line, named explicitly: NetSuite fulfils lines left out in full."""
-        order_lines = _sublist(so)
-        remaining = {int(ln["line"]): float(ln.get("quantity") or 0) - float(ln.get("quantityFulfilled") or 0)
-                     for ln in order_lines if not ln.get("isClosed")}
-        wanted: dict[int, float] = {}
-        for spec in lines:
-            quantity = float(spec["quantity"])
-            if spec.get("order_line") is not None:
-                wanted[int(spec["order_line"])] = wanted.get(int(spec["order_line"]), 0.0) + quantity
-                continue
-            item_id = str(spec["item_id"])
-            candidates = [int(ln["line"]) for ln in order_lines
-                          if str((ln.get("item") or {}).get("id")) == item_id and int(ln["line"]) in remaining]
-            for line in candidates:
-                take = min(quantity, remaining[line] - wanted.get(line, 0.0))
-                if take > 0:
-                    wanted[line] = wanted.get(line, 0.0) + take
-                    quantity -= take
-            if quantity > 1e-9:
-                raise ValueError(f"sales order {so.get('id')} has no open line of item {item_id} for {spec['quantity']}")
-        items = []
-        for ln in order_lines:
-            number = int(ln["line"])
-            if number in wanted:
-                items.append({"orderLine": number, "quantity": wanted[number], "itemreceive": True})
-            else:
-                items.append({"orderLine": number, "itemreceive": False})
-        return items
+        return transform_lines(so, lines, done_field="quantityFulfilled", short="has no open line of item",
+                               what=f"sales order {so.get('id')}")
 
     def transform_to_item_fulfilment(
         self,
@@ -312,6 +338,37 @@ class NetSuiteResource(HttpConnector):
                 if from_sales_order else "/returnAuthorization")
         return self._create_once(path, payload, record_type="returnAuthorization", external_id=external_id,
                                  what=f"create returnAuthorization {external_id}")
+
+    def get_return_authorisation(self, ra_id: str) -> dict[str, Any] | None:
+        """The return authorisation with its item lines expanded, or None."""
+        return self._get(f"/returnAuthorization/{quote(str(ra_id), safe='')}", f"returnAuthorization {ra_id}",
+                         {"expandSubResources": "true"})
+
+    def receive_return(self, ra_id: str, lines: Iterable[Mapping[str, Any]], *, external_id: str,
+                       memo: str | None = None) -> tuple[str, bool]:
+        """Receive returned goods against a return authorisation, once per `external_id`:
+        (item receipt id, created).
+
+        `lines`: `{"item_id": internal id, "quantity": q}`, mapped onto the return's lines.
+        Transforms the return authorisation into an item receipt; the externalId makes a
+        retry or re-run find the receipt instead of making another. A return with less left
+        to receive than asked raises ValueError.
+        """
+        existing = self._id_by_external_id("itemReceipt", external_id)
+        if existing is not None:
+            return existing, False
+        ra = self.get_return_authorisation(ra_id)
+        if ra is None:
+            raise NetSuiteError(f"returnAuthorization {ra_id} not found", status=404, code="NONEXISTENT_ID", detail=None)
+        body = {
+            "externalId": external_id,
+            "memo": memo or f"return {external_id}",
+            "item": {"items": transform_lines(ra, lines, done_field="quantityReceived", short="has nothing left to receive of item",
+                                              what=f"return authorisation {ra.get('id')}")},
+        }
+        return self._create_once(f"/returnAuthorization/{quote(str(ra_id), safe='')}/!transform/itemReceipt", body,
+                                 record_type="itemReceipt", external_id=external_id,
+                                 what=f"receive returnAuthorization {ra_id} for {external_id}")
 
     def create_credit_memo(self, external_id: str, body: Mapping[str, Any]) -> tuple[str, bool]:
         """A credit memo (e.g. goodwill or a shipping refund), once per `external_id`."""

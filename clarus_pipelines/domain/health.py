@@ -207,13 +207,15 @@ def lag_samples(con: duckdb.DuckDBPyConnection, *, since: datetime, until: datet
         "   s.channel_fulfilled_at FROM shipments s"
         "   WHERE s.channel_fulfilled_at >= ? AND s.channel_fulfilled_at < ? AND s.first_seen_at IS NOT NULL"
         # refunds: refund webhook landed -> its last posting to Clarus / NetSuite / Shopify done
+        # (not the return's item receipt: that waits for the customer to send the goods back)
         " UNION ALL SELECT 'refunds', 'refund', r.refund_id, coalesce(e.received_at, r.received_at), d.reached_at"
         "   FROM refunds r LEFT JOIN landed_events e ON e.landing_id = r.landing_id"
         "   JOIN (SELECT refund_id, max(updated_at) AS reached_at FROM refund_steps"
-        "     WHERE status = 'done' AND system IN ('clarus', 'netsuite', 'shopify') GROUP BY refund_id) d"
+        "     WHERE status = 'done' AND system IN ('clarus', 'netsuite', 'shopify')"
+        "       AND action <> 'NETSUITE_RETURN_RECEIPT' GROUP BY refund_id) d"
         "     ON d.refund_id = r.refund_id"
         "   WHERE NOT EXISTS (SELECT 1 FROM refund_steps p WHERE p.refund_id = r.refund_id"
-        "     AND p.status IN ('pending', 'blocked'))"
+        "     AND p.status IN ('pending', 'blocked') AND p.action <> 'NETSUITE_RETURN_RECEIPT')"
         "   AND d.reached_at >= ? AND d.reached_at < ?"
     )
     con.complete()

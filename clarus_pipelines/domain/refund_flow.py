@@ -15,6 +15,9 @@
    never posts twice. Quantities sent to Clarus and NetSuite for cancellations are
    absolute (ordered minus everything cancelled), so running a step again, or the
    order-changes flow having already applied the same change, changes nothing.
+   A return's NetSuite item receipt waits ("waiting", not retried) until Clarus has booked
+   every returned item in; `apply_receipt` then makes it pending, and the next run
+   receives the goods against the return authorisation.
 3. `sweep_return_receipts`: asks Clarus about returns still expected (safety net behind
    the goods-in webhooks).
 4. `sync_refund_exceptions`: REFUND_UNCLASSIFIED and RETURN_NOT_RECEIVED as findings;
@@ -42,6 +45,7 @@ from clarus_pipelines.connectors.clarus_model import (
     goods_out_line_update,
 )
 from clarus_pipelines.connectors.http import ConnectorError
+from clarus_pipelines.connectors.netsuite import allocate_to_lines
 from clarus_pipelines.domain import refunds as R
 from clarus_pipelines.domain.order_flow import (
     begin_outbound,
@@ -71,6 +75,7 @@ LOCAL_ACTIONS = frozenset({
     R.WATCH_RETURN_RECEIPT, R.RAISE_CANCEL_AFTER_DISPATCH, R.RAISE_REFUND_UNCLASSIFIED, R.AWAIT_REPLACEMENT_ORDER,
 })
 RETRYABLE = ("pending", "blocked")  # a step in these states is tried again on the next run
+WAITING = "waiting"  # a step that starts only when something happens (the goods are back), never retried as is
 CANCEL_STEPS = (R.CLARUS_CANCEL_GOODS_OUT, R.CLARUS_REDUCE_GOODS_OUT)
 
 
@@ -90,6 +95,11 @@ def return_reference(refund_id: str) -> str:
 
 def netsuite_external_id(refund_id: str) -> str:
     return f"shopify-refund-{refund_id}"
+
+
+def netsuite_receipt_external_id(refund_id: str) -> str:
+    """The externalId of a return's NetSuite item receipt (one per refund)."""
+    return f"{netsuite_external_id(refund_id)}-receipt"
 
 
 def _outbound(action: str, refund_id: str) -> str:
@@ -317,12 +327,16 @@ def _store_classification(con, refund: Mapping[str, Any], result: R.RefundClassi
 
     label = order_name or order_id
     money = f"{R.money_text(result.refunded_amount)} {result.currency or ''}".strip()
+    already_received = con.execute(
+        "SELECT return_received_at IS NOT NULL FROM refunds WHERE refund_id = ?", [refund_id]).fetchone()[0]
     steps = []
     for seq, action in enumerate(result.actions, start=1):
         code = action["action"]
         status, detail = "pending", action.get("description")
         if code == R.WATCH_RETURN_RECEIPT:
             detail = f"goods expected back in Clarus by {due:%Y-%m-%d}"
+        elif code == R.NETSUITE_RETURN_RECEIPT and not already_received:
+            status, detail = WAITING, "waits until Clarus has booked all the returned goods in"
         elif code == R.AWAIT_REPLACEMENT_ORDER:
             status = "done"
         elif code == R.RAISE_CANCEL_AFTER_DISPATCH:
@@ -401,6 +415,10 @@ def refresh_state(con, refund_id: str, *, now: datetime | None = None) -> str:
 def apply_receipt(con, record: Any, *, now: datetime | None = None, via: str = "webhook") -> bool:
     """Record a Clarus goods-in receipt (webhook record or GraphQL node) against its return.
 
+    Once every returned item is back, the return's NetSuite item receipt step goes from
+    waiting to pending (same transaction), so the next `run_refund_steps` posts it. A part
+    receipt posts nothing: NetSuite receives the whole return once, when it is complete
+    (a return that never completes is RETURN_NOT_RECEIVED, for a person to settle).
     Returns True when it belongs to one of our returns and changed what we know.
     """
     if not isinstance(record, Mapping):
@@ -447,6 +465,10 @@ def apply_receipt(con, record: Any, *, now: datetime | None = None, via: str = "
         con.execute("UPDATE refunds SET return_received_at = ?, updated_at = ? WHERE refund_id = ?", [at, now, refund_id])
         con.execute("UPDATE refund_steps SET status = 'done', detail = ?, updated_at = ? WHERE refund_id = ? AND action = ?",
                     [f"received in Clarus {at:%Y-%m-%d %H:%M}", now, refund_id, R.WATCH_RETURN_RECEIPT])
+        con.execute("UPDATE refund_steps SET status = 'pending', detail = ?, updated_at = ?"
+                    " WHERE refund_id = ? AND action = ? AND status = ?",
+                    ["goods back in Clarus: to receive against the return authorisation", now, refund_id,
+                     R.NETSUITE_RETURN_RECEIPT, WAITING])
         late = f", {(at - due).days} day(s) after it was due" if due and at > due else ""
         record_event(con, order_id, "RETURN_RECEIVED",
                      f"return for Shopify refund {refund_id} received in Clarus (receipt {reference}){late}",
@@ -569,8 +591,8 @@ def _load_work(con, limit: int, refund_ids: Sequence[str] | None = None) -> list
         rid = refund["refund_id"]
         steps = _rows(con, "SELECT seq, action, system, status, remote_id, detail, attempts FROM refund_steps"
                            " WHERE refund_id = ? ORDER BY seq", [rid])
-        lines = _rows(con, "SELECT line_id, sku, quantity, ordered_quantity, dispatch, amount FROM refund_lines"
-                           " WHERE refund_id = ? AND physical ORDER BY line_id", [rid])
+        lines = _rows(con, "SELECT line_id, sku, quantity, ordered_quantity, dispatch, amount, received_quantity"
+                           " FROM refund_lines WHERE refund_id = ? AND physical ORDER BY line_id", [rid])
         skus = sorted({ln["sku"] for ln in lines if ln["sku"]})
         items = {r["sku"]: r for r in _rows(
             con, "SELECT sku, clarus_product_id, netsuite_item_id FROM items WHERE sku IN (SELECT unnest(?::VARCHAR[]))", [skus])}
@@ -631,6 +653,7 @@ def _run_step(store, policies, item: Work, step: dict[str, Any], *, clarus, nets
                     outcome = _connector_failure(exc, step["system"], action)
     _record_outcome(store, policies, item, step, key, outcome, now=now or utcnow())
     step["status"] = outcome.status
+    step["remote_id"] = outcome.remote_id or step.get("remote_id")
     report.count(outcome.status)
 
 
@@ -732,20 +755,10 @@ def _allocate_order_lines(so: Mapping[str, Any], wanted: list[tuple[str, int]], 
     limited by `field_name` on each line ('quantityFulfilled' for returns); None when short."""
     lines = ((so.get("item") or {}).get("items") if isinstance(so.get("item"), Mapping) else so.get("item")) or []
     room = {int(ln["line"]): float(ln.get(field_name) or 0) for ln in lines}
-    out: dict[int, float] = {}
-    for item_id, quantity in wanted:
-        left = float(quantity)
-        for ln in lines:
-            number = int(ln["line"])
-            if str((ln.get("item") or {}).get("id")) != str(item_id):
-                continue
-            take = min(left, room[number] - out.get(number, 0.0))
-            if take > 0:
-                out[number] = out.get(number, 0.0) + take
-                left -= take
-        if left > 1e-9:
-            return None
-    return [{"orderLine": n, "quantity": q} for n, q in sorted(out.items())]
+    taken, short = allocate_to_lines(lines, wanted, room)
+    if short:
+        return None
+    return [{"orderLine": n, "quantity": q} for n, q in sorted(taken.items())]
 
 
 def _return_authorisation(item: Work, *, netsuite, customer_id: str, **_) -> Outcome:
@@ -775,6 +788,38 @@ def _return_authorisation(item: Work, *, netsuite, customer_id: str, **_) -> Out
         ra_id, created = netsuite.create_return_authorisation(external_id, body)
     detail = f"return authorisation {ra_id}" + ("" if created else " (already there)")
     return Outcome("done", detail, ra_id, event=("RETURN_AUTHORISED", "netsuite", f"{detail} for Shopify refund {refund['refund_id']}"))
+
+
+# --- returns: NetSuite item receipt, once the goods are back
+
+
+def _receipt_precheck(item: Work, step) -> Outcome | None:
+    ra_step = next((s for s in item.steps if s["action"] == R.NETSUITE_RETURN_AUTHORISATION), None)
+    if ra_step is None or ra_step["status"] in ("rejected", "exception", "skipped", "manual"):
+        return Outcome("skipped", "no return authorisation in NetSuite to receive the goods against")
+    if ra_step["status"] != "done" or not ra_step.get("remote_id"):
+        return Outcome("pending", "waiting for the return authorisation")
+    return _missing(item, item.netsuite_items, "NetSuite item")
+
+
+def _return_receipt(item: Work, *, netsuite, **_) -> Outcome:
+    refund = item.refund
+    ra_id = next(s["remote_id"] for s in item.steps if s["action"] == R.NETSUITE_RETURN_AUTHORISATION)
+    received = [ln for ln in _goods(item) if (ln.get("received_quantity") or 0) > 0]
+    if not received:
+        return Outcome("blocked", "Clarus has booked none of the returned goods in: nothing to receive")
+    lines = [{"item_id": item.netsuite_items[ln["sku"]], "quantity": ln["received_quantity"]} for ln in received]
+    try:
+        receipt_id, created = netsuite.receive_return(
+            ra_id, lines, external_id=netsuite_receipt_external_id(refund["refund_id"]),
+            memo=f"Shopify refund {refund['refund_id']} on order {item.label}: returned goods received in Clarus")
+    except ValueError as exc:
+        return Outcome("rejected", f"return authorisation {ra_id}: {exc}"[:500])
+    goods = ", ".join(f"{ln['sku']} x{ln['received_quantity']}" for ln in received)
+    detail = f"item receipt {receipt_id} for return authorisation {ra_id}" + ("" if created else " (already there)")
+    return Outcome("done", detail, receipt_id,
+                   event=("RETURN_RECEIVED_IN_ERP", "netsuite",
+                          f"{detail}: {goods} received back for Shopify refund {refund['refund_id']}"))
 
 
 # --- money only: NetSuite credit memo
@@ -958,6 +1003,7 @@ def _replacement_precheck(item: Work, step) -> Outcome | None:
 _RUNNERS: dict[str, _Runner] = {
     R.CLARUS_EXPECT_GOODS_IN: _Runner(_expect_goods_in, _expect_precheck),
     R.NETSUITE_RETURN_AUTHORISATION: _Runner(_return_authorisation, _ra_precheck),
+    R.NETSUITE_RETURN_RECEIPT: _Runner(_return_receipt, _receipt_precheck),
     R.NETSUITE_CREDIT_MEMO: _Runner(_credit_memo),
     R.CLARUS_CANCEL_GOODS_OUT: _Runner(_cancel_or_reduce, _cancel_precheck),
     R.CLARUS_REDUCE_GOODS_OUT: _Runner(_cancel_or_reduce, _cancel_precheck),

@@ -61,6 +61,7 @@ class RefundKind(StrEnum):
 # Action codes: what follows a classification. The flow executes them in this vocabulary.
 CLARUS_EXPECT_GOODS_IN = "CLARUS_EXPECT_GOODS_IN"
 NETSUITE_RETURN_AUTHORISATION = "NETSUITE_RETURN_AUTHORISATION"
+NETSUITE_RETURN_RECEIPT = "NETSUITE_RETURN_RECEIPT"
 WATCH_RETURN_RECEIPT = "WATCH_RETURN_RECEIPT"
 CLARUS_CANCEL_GOODS_OUT = "CLARUS_CANCEL_GOODS_OUT"
 CLARUS_REDUCE_GOODS_OUT = "CLARUS_REDUCE_GOODS_OUT"
@@ -732,6 +733,8 @@ def _plan(kind: RefundKind, lines: Sequence[RefundLine], *, refunded: Decimal, s
              "description": "create an expected goods-in receipt for the returned SKUs and quantities"},
             {"action": NETSUITE_RETURN_AUTHORISATION, "system": "netsuite", "lines": goods, "amount": money,
              "currency": currency, "description": "create a return authorisation for the returned items"},
+            {"action": NETSUITE_RETURN_RECEIPT, "system": "netsuite", "lines": goods,
+             "description": "receive the returned goods against the return authorisation once Clarus has booked them all in"},
             {"action": WATCH_RETURN_RECEIPT, "system": "pipeline", "due_days": return_receipt_days,
              "exception": "RETURN_NOT_RECEIVED",
              "description": f"raise RETURN_NOT_RECEIVED if Clarus has not received the goods within {return_receipt_days} days"},

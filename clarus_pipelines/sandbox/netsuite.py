@@ -15,7 +15,13 @@ documented behaviour:
   `orderLine` with `quantity`, `itemreceive: false` to leave a line out; lines not named
   are fulfilled in full, NetSuite's default) is refused unless the order is approved
   ("committed"), and never fulfils more than is left; also `!transform/returnAuthorization`;
-- `POST returnAuthorization`, `POST creditMemo`; `GET` of every record by id or `eid:`;
+- `POST returnAuthorization`, `POST creditMemo`; return lines carry `quantityReceived`;
+- `POST returnAuthorization/{id}/!transform/itemReceipt` receives returned goods the same
+  way (lines by `orderLine`, `itemReceive: false` to leave one out, lines not named
+  received in full): refused unless the return is Pending Receipt (B) or Partially
+  Received (D), and never receives more than is left; the return then becomes Pending
+  Refund (F) when everything is back, else Partially Received (D);
+- `GET` of every record by id or `eid:`;
 - `GET inventoryItem` (the item master) pages with `limit`/`offset` and answers ids and
   links (`hasMore`, `items`, `links`, `totalResults`), like every NetSuite collection:
   the fields come from `GET inventoryItem/{id}`.
@@ -35,7 +41,7 @@ INVALID_LOGIN). More than `concurrency_limit` requests in flight for the account
 With `webhook_url` and `webhook_secret` the account also posts the events a SuiteScript
 user-event script would (`salesorder/create`, `salesorder/update`,
 `itemfulfillment/create`, `returnauthorization/create`, `creditmemo/create`), signed as
-`clarus_pipelines.receiver.auth` expects.
+`clarus_pipelines.receiver.auth` expects. Item receipts post none (no script on them).
 """
 
 from __future__ import annotations
@@ -102,10 +108,11 @@ _FIELDS = {name.lower(): name for name in (
 )}
 RECORD_TYPES = {
     "salesorder": "salesOrder", "itemfulfillment": "itemFulfillment", "returnauthorization": "returnAuthorization",
-    "creditmemo": "creditMemo", "inventoryitem": "inventoryItem", "otherchargeitem": "otherChargeItem",
-    "customer": "customer",
+    "creditmemo": "creditMemo", "itemreceipt": "itemReceipt", "inventoryitem": "inventoryItem",
+    "otherchargeitem": "otherChargeItem", "customer": "customer",
 }
-TRANSACTIONS = ("salesOrder", "itemFulfillment", "returnAuthorization", "creditMemo")
+TRANSACTIONS = ("salesOrder", "itemFulfillment", "returnAuthorization", "itemReceipt", "creditMemo")
+RETURN_RECEIVABLE = ("B", "D")  # return authorisation: Pending Receipt, Partially Received
 
 
 class NetSuiteRecordError(Exception):
@@ -397,6 +404,9 @@ class NetSuiteSandbox:
     def credit_memos(self) -> list[dict[str, Any]]:
         return self.records("creditMemo")
 
+    def item_receipts(self) -> list[dict[str, Any]]:
+        return self.records("itemReceipt")
+
     def requests(self, since: int = 0) -> list[dict[str, Any]]:
         return [r.to_dict() for r in self.request_log.entries(since=since)]
 
@@ -422,7 +432,8 @@ class NetSuiteSandbox:
                 )
         now = self.clock()
         record_id = str(next(self._transaction_ids))
-        prefix = {"salesOrder": "SO", "itemFulfillment": "IF", "returnAuthorization": "RMA", "creditMemo": "CM"}[kind]
+        prefix = {"salesOrder": "SO", "itemFulfillment": "IF", "returnAuthorization": "RMA", "itemReceipt": "IR",
+                  "creditMemo": "CM"}[kind]
         record = {
             "id": record_id,
             "externalId": external_id,
@@ -595,10 +606,12 @@ class NetSuiteSandbox:
         else:
             self._set_order_status(record, "B")
 
-    def _transform_to_item_fulfillment(self, so: dict[str, Any], body: Mapping[str, Any]) -> dict[str, Any]:
-        body = _canon(body)
-        if so["orderStatus"] not in ("B", "D", "E"):
-            raise NetSuiteRecordError(400, "INVALID_INITIALIZE_REF", f"You can not initialize itemfulfillment: invalid reference {so['id']}.")
+    @staticmethod
+    def _transform_lines(source: dict[str, Any], body: Mapping[str, Any], *, done_field: str, verb: str, what: str,
+                         entry: str, done: str) -> list[tuple[dict[str, Any], float, str]]:
+        """(source line, quantity, location) an item fulfilment or receipt takes: lines named by
+        `orderLine` (`itemReceive: false` leaves one out), unnamed ones in full, never more
+        than is left (`quantity - done_field`)."""
         sublist = body.get("item")
         given = (_canon(sublist).get("items") or []) if isinstance(sublist, Mapping) else []
         by_line: dict[int, dict[str, Any]] = {}
@@ -607,19 +620,19 @@ class NetSuiteSandbox:
             try:
                 by_line[int(raw["orderLine"])] = {**raw, "_path": f"item.items[{index}]"}
             except (KeyError, TypeError, ValueError):
-                raise NetSuiteRecordError(400, "INVALID_CONTENT", "Every fulfilment line needs its orderLine.", f"item.items[{index}].orderLine") from None
-        unknown = sorted(set(by_line) - {ln["line"] for ln in so["item"]})
+                raise NetSuiteRecordError(400, "INVALID_CONTENT", f"Every {entry} line needs its orderLine.", f"item.items[{index}].orderLine") from None
+        unknown = sorted(set(by_line) - {ln["line"] for ln in source["item"]})
         if unknown:
-            raise NetSuiteRecordError(400, "INVALID_CONTENT", f"Order line {unknown[0]} does not exist on {so['tranId']}.", "item.items")
-        shipped: list[tuple[dict[str, Any], float, str]] = []
-        for line in so["item"]:
-            remaining = line["quantity"] - line["quantityFulfilled"]
+            raise NetSuiteRecordError(400, "INVALID_CONTENT", f"{what} {unknown[0]} does not exist on {source['tranId']}.", "item.items")
+        taken: list[tuple[dict[str, Any], float, str]] = []
+        for line in source["item"]:
+            remaining = line["quantity"] - line[done_field]
             raw = by_line.get(line["line"])
             if raw is not None and raw.get("itemReceive") is False:
                 continue
-            if line["isClosed"] or remaining <= 0:
+            if line.get("isClosed") or remaining <= 0:
                 if raw is not None and raw.get("quantity"):
-                    raise NetSuiteRecordError(400, "USER_ERROR", f"Order line {line['line']} has nothing left to fulfil.", raw["_path"])
+                    raise NetSuiteRecordError(400, "USER_ERROR", f"{what} {line['line']} has nothing left to {verb}.", raw["_path"])
                 continue
             quantity = remaining if raw is None or raw.get("quantity") is None else _number(raw["quantity"], "quantity", f"{raw['_path']}.quantity")
             if quantity <= 0:
@@ -627,13 +640,21 @@ class NetSuiteSandbox:
             if quantity > remaining:
                 raise NetSuiteRecordError(
                     400, "USER_ERROR",
-                    f"You cannot fulfil {quantity:g} of order line {line['line']}: only {remaining:g} remain to be fulfilled.",
+                    f"You cannot {verb} {quantity:g} of {what.lower()} {line['line']}: only {remaining:g} remain to be {done}.",
                     f"{raw['_path']}.quantity" if raw else "item.items",
                 )
-            location = _ref_id(raw.get("location")) if raw else None
-            shipped.append((line, quantity, location or line["location"]["id"]))
-        if not shipped:
+            location = (_ref_id(raw.get("location")) if raw else None) or _ref_id(line.get("location")) or NETSUITE_LOCATION_ID
+            taken.append((line, quantity, location))
+        if not taken:
             raise NetSuiteRecordError(400, "USER_ERROR", "You must enter at least one line item for this transaction.", "item")
+        return taken
+
+    def _transform_to_item_fulfillment(self, so: dict[str, Any], body: Mapping[str, Any]) -> dict[str, Any]:
+        body = _canon(body)
+        if so["orderStatus"] not in ("B", "D", "E"):
+            raise NetSuiteRecordError(400, "INVALID_INITIALIZE_REF", f"You can not initialize itemfulfillment: invalid reference {so['id']}.")
+        shipped = self._transform_lines(so, body, done_field="quantityFulfilled", verb="fulfil", what="Order line",
+                                        entry="fulfilment", done="fulfilled")
         record = self._new_transaction("itemFulfillment", body)
         record.update(
             entity=so["entity"],
@@ -673,7 +694,8 @@ class NetSuiteSandbox:
                 raise NetSuiteRecordError(400, "USER_ERROR", f"You cannot return more of order line {line['line']} than was fulfilled ({line['quantityFulfilled']:g}).", "item.items")
             amount = round((line["rate"] or 0.0) * quantity, 2)
             lines.append({"line": len(lines) + 1, "orderLine": line["line"], "item": line["item"], "quantity": quantity,
-                          "rate": line["rate"], "amount": amount, "description": line.get("description"), "isClosed": False})
+                          "rate": line["rate"], "amount": amount, "description": line.get("description"), "isClosed": False,
+                          "quantityReceived": 0.0})
         if not lines:
             raise NetSuiteRecordError(400, "USER_ERROR", "You must enter at least one line item for this transaction.", "item")
         record = self._new_transaction("returnAuthorization", body)
@@ -683,6 +705,35 @@ class NetSuiteSandbox:
         self._register("returnAuthorization", record)
         self._emit("returnauthorization/create", "returnAuthorization", record)
         return record
+
+    def _transform_to_item_receipt(self, ra: dict[str, Any], body: Mapping[str, Any]) -> dict[str, Any]:
+        """Receive returned goods: lines by `orderLine` (the return's line), unnamed ones in full."""
+        body = _canon(body)
+        if ra["orderStatus"] not in RETURN_RECEIVABLE:
+            raise NetSuiteRecordError(400, "INVALID_INITIALIZE_REF", f"You can not initialize itemreceipt: invalid reference {ra['id']}.")
+        received = self._transform_lines(ra, body, done_field="quantityReceived", verb="receive", what="Return line",
+                                         entry="receipt", done="received")
+        record = self._new_transaction("itemReceipt", body)
+        record.update(
+            entity=ra["entity"],
+            createdFrom={"id": ra["id"], "refName": f"Return Authorization #{ra['tranId']}"},
+            item=[
+                {"line": n, "orderLine": line["line"], "item": line["item"], "quantity": qty, "itemReceive": True,
+                 "location": {"id": loc}, "description": line.get("description")}
+                for n, (line, qty, loc) in enumerate(received, start=1)
+            ],
+        )
+        for line, qty, _ in received:
+            line["quantityReceived"] += qty
+        self._register("itemReceipt", record)
+        open_lines = [ln for ln in ra["item"] if not ln.get("isClosed")]
+        self._set_order_status(ra, "F" if all(ln["quantityReceived"] >= ln["quantity"] for ln in open_lines) else "D")
+        self._touch(ra)
+        return record
+
+    def _kind_of(self, record_id: str) -> str:
+        """The transaction type of a record id (ids are unique across transactions)."""
+        return next((t for t in TRANSACTIONS if record_id in self._records[t]), "salesOrder")
 
     def _create_standalone(self, kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """POST returnAuthorization / creditMemo (lines by item, optional createdFrom)."""
@@ -697,7 +748,9 @@ class NetSuiteSandbox:
         if created_from:
             record["createdFrom"] = {"id": created_from}
         if kind == "returnAuthorization":
-            self._set_order_status(record, "B")
+            self._set_order_status(record, "B")  # Pending Receipt
+            for line in lines:
+                line["quantityReceived"] = 0.0
         else:
             record["status"] = "A"  # Open
         self._totals(record)
@@ -731,7 +784,7 @@ class NetSuiteSandbox:
             elif isinstance(value, dict) and key in ("shippingAddress", "billingAddress") and not expand:
                 out[key] = {"links": [{"rel": "self", "href": self._href(base, kind, record["id"], key)}]}
             elif isinstance(value, dict) and "id" in value and key in ("entity", "currency", "subsidiary", "createdFrom"):
-                target = {"entity": "customer", "createdFrom": "salesOrder"}.get(key, key)
+                target = {"entity": "customer", "createdFrom": self._kind_of(str(value["id"]))}.get(key, key)
                 out[key] = {"links": [{"rel": "self", "href": self._href(base, target, str(value["id"]))}], **value}
             else:
                 out[key] = value
@@ -835,6 +888,8 @@ class NetSuiteSandbox:
                 return self._created(kind, self._create_standalone(kind, body), base)
             if kind == "itemFulfillment":
                 raise NetSuiteRecordError(400, "USER_ERROR", "Item fulfilments are created by transforming a sales order.")
+            if kind == "itemReceipt":
+                raise NetSuiteRecordError(400, "USER_ERROR", "Item receipts are created by transforming a return authorization.")
             raise NetSuiteRecordError(405, "METHOD_NOT_ALLOWED", f"The sandbox does not create {kind} records.")
         params = request.query_params
         try:
@@ -886,6 +941,8 @@ class NetSuiteSandbox:
             return self._created(target, self._transform_to_item_fulfillment(source, body), base)
         if kind == "salesOrder" and target == "returnAuthorization":
             return self._created(target, self._transform_to_return_authorization(source, body), base)
+        if kind == "returnAuthorization" and target == "itemReceipt":
+            return self._created(target, self._transform_to_item_receipt(source, body), base)
         raise NetSuiteRecordError(400, "INVALID_TRANSFORM", f"Transform from {kind} to {request.path_params['target']} is not supported.")
 
     # ------------------------------------------------------------------ /_sandbox/
