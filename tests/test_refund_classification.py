@@ -189,6 +189,14 @@ def make_refund(*, lines=(), restock_type="return", fulfilled=True, shipping=Non
     return body
 
 
+def test_line_amounts_do_not_count_included_tax_twice():
+    """Shopify's refund line subtotal is in the order's price terms (VAT inside for a UK
+    shop); total_tax is the tax within it. The goods' money is the subtotal alone, or a
+    return refunded at the price would read as paid above it."""
+    result = classify_refund(make_refund(lines=[("TEE-BLK-M", 2), ("000123", 1)]))
+    assert [(ln.sku, ln.amount) for ln in result.lines] == [("TEE-BLK-M", Decimal("40.00")), ("000123", Decimal("20.00"))]
+
+
 def test_generated_return():
     result = classify_refund(make_refund(lines=[("TEE-BLK-M", 2), ("000123", 1)]), return_receipt_days=21)
     assert result.kind == RefundKind.RETURN

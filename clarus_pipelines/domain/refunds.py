@@ -258,7 +258,7 @@ class RefundLine:
     physical: bool
     kind: RefundKind | None  # None: the line fits more than one kind
     candidates: tuple[RefundKind, ...]
-    amount: Decimal | None
+    amount: Decimal | None  # the line's subtotal: goods money in the order's price terms (tax not added again)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -581,10 +581,11 @@ def classify_refund(
             raw_sku = ctx.line_skus.get(line_id)
         sku = _clean(raw_sku, sku_rule)
         restock = _restock_type(refund, rli)
-        amount = None
-        subtotal = _first_money(rli, "subtotal_set", "subtotal")
-        if subtotal is not None:
-            amount = subtotal + (_first_money(rli, "total_tax_set", "total_tax") or Decimal("0.00"))
+        # The goods' money in the order's own price terms: Shopify's line subtotal (after
+        # discounts) already includes the tax when the shop's prices do, and excludes it when
+        # they do not, like the line prices the reconciliation compares it with. Adding
+        # `total_tax` would count a tax-inclusive shop's VAT twice.
+        amount = _first_money(rli, "subtotal_set", "subtotal")
         label = f"line {line_id} ({sku or 'no SKU'} x{quantity})"
         physical = not (li and (li.get("gift_card") is True or li.get("requires_shipping") is False))
         if quantity <= 0:
