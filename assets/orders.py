@@ -19,7 +19,6 @@ The state file is never held across a network call: read, close, call, then writ
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -46,7 +45,6 @@ log = logging.getLogger(__name__)
 
 CONSUMER = "orders"
 # "Anonymous Customer", the web-order customer of NetSuite's published examples (and the sandbox).
-DEFAULT_NETSUITE_CUSTOMER_ID = "110"
 SEND_CHUNK = 25  # orders per write -> calls -> write round
 
 
@@ -379,10 +377,12 @@ def record_sent_lines(con, order_id: str, body: dict) -> None:
 
 
 class OrdersConfig(dg.Config):
-    netsuite_customer_id: str = Field(
-        default_factory=lambda: os.environ.get("NETSUITE_WEB_CUSTOMER_ID", DEFAULT_NETSUITE_CUSTOMER_ID),
-        description="NetSuite customer record the web orders are booked to (env NETSUITE_WEB_CUSTOMER_ID).",
+    netsuite_customer_id: str | None = Field(
+        default=None, description="For this run, book web orders to this NetSuite customer instead of tenant.netsuite_customer_id.",
     )
+
+    def customer_id(self, policies: Policies) -> str:
+        return self.netsuite_customer_id or policies.tenant.netsuite_customer_id
 
 
 @dg.asset(
@@ -412,7 +412,8 @@ def orders_to_erp_and_wms(
 ):
     store = state.store()
     refresh_carriers(store, clarus)
-    report = send_ready_orders(store, policies.load(), netsuite=netsuite, clarus=clarus, customer_id=config.netsuite_customer_id)
+    policy = policies.load()
+    report = send_ready_orders(store, policy, netsuite=netsuite, clarus=clarus, customer_id=config.customer_id(policy))
     context.log.info("orders sent: %s", report)
     meta = asdict(report)
     yield dg.MaterializeResult(asset_key="netsuite_sales_orders", metadata={k: v for k, v in meta.items() if k.startswith("erp") or k in ("considered", "held_on_recheck")})

@@ -16,7 +16,6 @@
 """
 
 import json
-import os
 
 import dagster as dg
 from pydantic import Field
@@ -29,13 +28,11 @@ from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 
 GROUP = "refunds"
 SAMPLE = 10
-DEFAULT_NETSUITE_CUSTOMER_ID = "110"
 
 
 class RefundsConfig(dg.Config):
-    netsuite_customer_id: str = Field(
-        default_factory=lambda: os.environ.get("NETSUITE_WEB_CUSTOMER_ID", DEFAULT_NETSUITE_CUSTOMER_ID),
-        description="NetSuite customer record web orders (and so their credits) are booked to (env NETSUITE_WEB_CUSTOMER_ID).",
+    netsuite_customer_id: str | None = Field(
+        default=None, description="For this run, book credits to this NetSuite customer instead of tenant.netsuite_customer_id.",
     )
     sweep_receipts: bool = Field(default=True, description="Ask Clarus about every return still expected.")
     max_refunds: int = Field(default=500, description="Refunds whose follow-ups are run per materialisation.")
@@ -56,7 +53,8 @@ def refunds(
     policy = policies.load()
     intake = flow.take_in_refunds(store, policy)
     steps = flow.run_refund_steps(store, policy, clarus=clarus, netsuite=netsuite,
-                                  customer_id=config.netsuite_customer_id, limit=config.max_refunds)
+                                  customer_id=config.netsuite_customer_id or policy.tenant.netsuite_customer_id,
+                                  limit=config.max_refunds)
     received = flow.sweep_return_receipts(store, clarus) if config.sweep_receipts else 0
     with store.read() as con:
         summary = flow.refund_summary(con)

@@ -93,6 +93,8 @@ class TenantPolicy(_Strict):
     warehouse_id: int = Field(gt=0)
     goods_out_type: str = "SALES_ORDER"
     shopify_location_ids: list[int] = Field(default_factory=list)
+    netsuite_customer_id: str = Field(
+        min_length=1, description="Internal id of the NetSuite customer record web orders (and their credits) are booked to.")
     timezone: str = Field(default="UTC", description="IANA zone of the warehouse: the dispatch cut-off is read in it.")
 
     @field_validator("timezone")

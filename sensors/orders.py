@@ -444,7 +444,8 @@ def send_ready_orders_op(context: dg.OpExecutionContext, config: OrdersConfig, s
                          policies: PoliciesResource, clarus: ClarusResource, netsuite: NetSuiteResource) -> None:
     store = state.store()
     refresh_carriers(store, clarus)
-    report = send_ready_orders(store, policies.load(), netsuite=netsuite, clarus=clarus, customer_id=config.netsuite_customer_id)
+    policy = policies.load()
+    report = send_ready_orders(store, policy, netsuite=netsuite, clarus=clarus, customer_id=config.customer_id(policy))
     context.log.info("orders sent: %s", report)
 
 

@@ -39,6 +39,7 @@ def _write(tmp_path, mutate) -> Path:
         (lambda d: d.update(exception_overrides={"NOPE": {"owner": "ops"}}), "exception_overrides", "unknown exception code"),
         (lambda d: d["tenant"].pop("account_id"), "tenant.account_id", "Field required"),
         (lambda d: d["tenant"].update(timezone="Europe/Londn"), "tenant.timezone", "unknown time zone 'Europe/Londn'"),
+        (lambda d: d["tenant"].pop("netsuite_customer_id"), "tenant.netsuite_customer_id", "Field required"),
         (lambda d: d.update(typo_section={}), "typo_section", "Extra inputs are not permitted"),
     ],
 )
@@ -107,3 +108,12 @@ def test_policies_resource_parses_once_per_version_of_the_file(tmp_path):
     path.unlink()
     with pytest.raises(ConfigError, match="file not found"):
         resource.load()
+
+
+def test_web_orders_are_booked_to_the_tenants_netsuite_customer_unless_a_run_says_otherwise():
+    from assets.orders import OrdersConfig
+
+    policies = load_policies(SANDBOX_POLICIES)
+    assert policies.tenant.netsuite_customer_id == "110"  # the sandbox's web customer
+    assert OrdersConfig().customer_id(policies) == "110"
+    assert OrdersConfig(netsuite_customer_id="4242").customer_id(policies) == "4242"

@@ -407,13 +407,13 @@ def test_dagster_assets_run_the_flow(world, h: Harness):
         "netsuite": world.netsuite, "clarus": world.clarus,
     }
     defs = dg.Definitions.merge(orders_defs, dg.Definitions(resources=resources))
-    result = defs.resolve_job_def("orders_into_warehouse").execute_in_process(
-        instance=dg.DagsterInstance.ephemeral(),
-        run_config={"ops": {"orders_to_erp_and_wms": {"config": {"netsuite_customer_id": CUSTOMER}}}},
-    )
+    # no run config: the sales order is booked to the tenant's NetSuite customer from the policies
+    result = defs.resolve_job_def("orders_into_warehouse").execute_in_process(instance=dg.DagsterInstance.ephemeral())
     assert result.success
     assert h.order(order)["status"] == "ACKNOWLEDGED"
     assert len(h.goods_outs(order)) == 1
+    [so] = h.sales_orders(order)
+    assert so["entity"]["id"] == POLICIES.tenant.netsuite_customer_id == CUSTOMER
 
 
 # -------------------------------------------------------------------------- idempotency
