@@ -39,7 +39,7 @@ from assets.orders import (
 from clarus_pipelines.connectors.clarus import ClarusRejected, ClarusResource
 from clarus_pipelines.connectors.clarus_model import EDITABLE_STATUSES, GoodsOutStatus
 from clarus_pipelines.connectors.http import ConnectorError
-from clarus_pipelines.connectors.netsuite import NetSuiteResource
+from clarus_pipelines.connectors.netsuite import NetSuiteError, NetSuiteResource
 from clarus_pipelines.connectors.shopify import ShopifyResource
 from clarus_pipelines.domain import order_flow as flow
 from clarus_pipelines.domain.goods_out import (
@@ -159,6 +159,9 @@ def _status(goods_out: dict | None) -> GoodsOutStatus | None:
     return GoodsOutStatus.from_code(goods_out["goods_out_status"]["code"])
 
 
+CLOSED_ORDER_STATUSES = ("C", "H")  # NetSuite sales order Cancelled, Closed: no line can change
+
+
 def _find_goods_out(clarus: ClarusResource, row: dict) -> dict | None:
     if row["clarus_id"]:
         return clarus.get_goods_out(row["clarus_id"])
@@ -185,6 +188,9 @@ def _cancel(row: dict, clarus: ClarusResource, netsuite: NetSuiteResource) -> di
     closed: list[int] = []
     if row["netsuite_id"]:
         record = netsuite.get_sales_order(row["netsuite_id"]) or {}
+        status = record.get("orderStatus")
+        if (status.get("id") if isinstance(status, dict) else status) in CLOSED_ORDER_STATUSES:
+            return {**result, "outcome": "cancelled", "closed_lines": []}  # closed in NetSuite already: nothing left open
         items = record.get("item")
         lines = items.get("items") if isinstance(items, dict) else (items or [])
         closed = [int(line["line"]) for line in lines or [] if line.get("line") is not None and not line.get("isClosed")]
@@ -204,7 +210,13 @@ def _sync_erp(row: dict, erp_edits: dict, erp_missing: dict, netsuite: NetSuiteR
     if order_id in erp_missing:
         return {"erp_error": f"no NetSuite item id for SKU(s) {sorted(set(erp_missing[order_id]))}"}
     edit = erp_edits.get(order_id) or {}
-    changes = netsuite.sync_sales_order(row["netsuite_id"], edit.get("lines", []), edit.get("shippingAddress"))
+    try:
+        changes = netsuite.sync_sales_order(row["netsuite_id"], edit.get("lines", []), edit.get("shippingAddress"))
+    except NetSuiteError as exc:
+        if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (401, 404, 408, 429):
+            # a refusal (e.g. the order was closed in NetSuite) will not pass on a retry: a person decides
+            return {"erp_error": f"NetSuite refused to change sales order {row['netsuite_id']}: {exc.code or exc.status} {exc.detail or exc}"}
+        raise  # unavailable: the edit stays pending and the next run retries it
     return {"erp_changes": changes}
 
 
@@ -407,7 +419,8 @@ def _record_change(con, row, result, verdicts, new_body, policies: Policies, now
         reasons = result.get("reasons") or []
         why = (
             f"the edited order is incomplete: {'; '.join(r['message'] for r in reasons)}" if reasons
-            else f"Clarus refused the change: {result['error']}" if result.get("error")
+            else f"{result['error']}" if result.get("erp_error")
+            else f"Clarus refused the change: {result['error']}" + _erp_note(row, result) if result.get("error")
             else f"order edits are reviewed by hand (policy {policies.order_edit_policy})" if policies.order_edit_policy == "manual_review" and status in EDITABLE_STATUSES
             else f"Clarus status is {status_name}"
         )

@@ -504,6 +504,24 @@ def test_edit_before_allocation_amends_lines(h: Harness):
     assert h.sales_order_lines(order) == sorted([(a, 3.0), (c, 1.0)])
 
 
+def test_netsuite_refusing_the_edit_goes_to_review_not_round_and_round(h: Harness):
+    a, b = h.skus(2)
+    order = h.place([(a, 1)])
+    through(h, order)
+    [so] = h.sales_orders(order)
+    h.world.netsuite.update_sales_order(so["id"], {"orderStatus": "C"})  # finance closed it in NetSuite
+    line = order["line_items"][0]
+    h.land("orders/updated", h.sh.edit_order(order["id"], quantities={line["id"]: 2}, add=[{"sku": b, "quantity": 1}]))
+    h.intake()
+    report = h.changes()
+    assert (report.needs_review, report.failed, report.amended) == (1, 0, 0)
+    [review] = h.exceptions("ORDER_EDIT_NEEDS_REVIEW")
+    assert "NetSuite refused to change sales order" in review["message"]
+    assert h.order(order)["change_pending"] is None  # decided once, not retried every run
+    [goods_out] = h.goods_outs(order)
+    assert [(l["product"]["code"], l["order_quantity"]) for l in goods_out["lines"]] == [(a, 1.0)]  # Clarus untouched
+
+
 def test_address_change_before_allocation_reaches_clarus_and_netsuite(h: Harness):
     [a] = h.skus(1)
     order = h.place([(a, 1)])
@@ -581,6 +599,21 @@ def test_update_without_warehouse_change_is_ignored(h: Harness):
 
 
 # ------------------------------------------------------------------------ cancellations
+
+
+def test_cancel_when_netsuite_already_cancelled_the_order_completes(h: Harness):
+    [a] = h.skus(1)
+    order = h.place([(a, 1)])
+    through(h, order)
+    [so] = h.sales_orders(order)
+    h.world.netsuite.update_sales_order(so["id"], {"orderStatus": "C"})  # finance got there first
+    h.land("orders/cancelled", h.sh.cancel_order(order["id"]))
+    h.intake()
+    report = h.changes()
+    assert (report.cancelled, report.failed) == (1, 0)  # not retried forever against a closed order
+    [goods_out] = h.goods_outs(order)
+    assert goods_out["goods_out_status"]["code"] == "CANCELLED"
+    assert h.order(order)["status"] == "CANCELLED" and h.order(order)["change_pending"] is None
 
 
 def test_cancel_before_dispatch_cancels_goods_out_and_closes_erp_lines(world, h: Harness):
