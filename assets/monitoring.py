@@ -10,7 +10,9 @@
   `$CLARUS_PIPELINES_HOME/reports/reconciliation-YYYY-MM-DD.csv` (path in the metadata)
   and syncs RECONCILIATION_MISMATCH.
 - `health_snapshot`: per flow and per connection health (`domain.health`) appended to
-  `health_snapshots` (kept `HEALTH_RETENTION`), overall status in the metadata.
+  `health_snapshots` (kept `HEALTH_RETENTION`), overall status in the metadata; syncs
+  CONNECTOR_FAILING for Shopify, Clarus and NetSuite (writes failing since the last
+  success, across records: an outage or lost credentials reach the integration engineer).
 - `alert_dispatch`: sends due alerts (`clarus_pipelines.alerts`); the `alerts` sensor does
   the same every minute, this asset is for schedules, manual runs and the asset graph.
 
@@ -176,14 +178,17 @@ def finance_reconciliation(
     kinds={"duckdb"},
     check_specs=[dg.AssetCheckSpec("nothing_failing", asset="health_snapshot", description="No flow or connection is failing.")],
     description="Health of each flow (last success, backlog, error rate, lag) and connection, appended to "
-    "health_snapshots for the dashboard's charts.",
+    "health_snapshots for the dashboard's charts; raises CONNECTOR_FAILING for a system whose writes keep failing.",
 )
-def health_snapshot(context: dg.AssetExecutionContext, state: StateStoreResource) -> dg.MaterializeResult:
+def health_snapshot(context: dg.AssetExecutionContext, state: StateStoreResource,
+                    policies: PoliciesResource) -> dg.MaterializeResult:
     now = utcnow()
     store = state.store()
     with store.read() as con:
         summary = health.health_summary(con, now=now)
     with store.write() as con:
+        connectors = sync_exceptions(con, CONNECTOR_CODE, health.connector_findings(con, now=now),
+                                     scope=list(health.SYSTEMS), policies=policies.load(), now=now)
         stored = health.store_snapshot(con, summary)
         con.execute("DELETE FROM health_snapshots WHERE taken_at < ?", [now - HEALTH_RETENTION])
     flows = {f["flow"]: f["status"] for f in summary["flows"]}
@@ -207,6 +212,7 @@ def health_snapshot(context: dg.AssetExecutionContext, state: StateStoreResource
         "flow_status": dg.MetadataValue.json(flows),
         "connection_status": dg.MetadataValue.json(connections),
         "rows_stored": stored,
+        "connector_failing": dg.MetadataValue.json(connectors),
     })
 
 

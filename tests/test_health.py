@@ -9,8 +9,9 @@ import dagster as dg
 import pytest
 
 from clarus_pipelines.domain import health
-from clarus_pipelines.exception_queue import raise_exception
-from clarus_pipelines.resources import StateStoreResource
+from clarus_pipelines.exception_queue import raise_exception, utcnow
+from clarus_pipelines.resources import PoliciesResource, StateStoreResource
+from clarus_pipelines.settings import SANDBOX_POLICIES
 from clarus_pipelines.state import StateStore
 
 NOW = datetime(2026, 3, 2, 12, 0)
@@ -135,8 +136,52 @@ def test_summary_is_json_and_snapshots_are_kept(store):
 def test_health_snapshot_asset(store):
     from assets.monitoring import health_snapshot
 
-    result = dg.materialize([health_snapshot], resources={"state": StateStoreResource(path=str(store.path))})
+    result = dg.materialize([health_snapshot], resources={"state": StateStoreResource(path=str(store.path)),
+                                                          "policies": PoliciesResource(path=str(SANDBOX_POLICIES))})
     metadata = result.asset_materializations_for_node("health_snapshot")[0].metadata
     assert metadata["rows_stored"].value == len(health.FLOWS) + 4
     [check] = result.get_asset_check_evaluations()
     assert not check.passed and "netsuite" in check.description
+
+
+def test_a_system_whose_writes_keep_failing_is_a_connector_failure(tmp_path):
+    store = StateStore(tmp_path / "state.duckdb")
+    with store.write() as con:
+        # NetSuite: worked, then three writes of three orders failed (credentials revoked)
+        write(con, "ns:ok", "netsuite", "create_sales_order", "done", 1, ago(minutes=50))
+        for n in range(3):
+            write(con, f"ns:{n}", "netsuite", "create_sales_order", "failed", 6, ago(minutes=40 - n), error="401 INVALID_LOGIN")
+        # Clarus: failures, then a success: recovered
+        for n in range(3):
+            write(con, f"cl:{n}", "clarus", "create_goods_out", "failed", 2, ago(minutes=30 - n), error="503")
+        write(con, "cl:ok", "clarus", "create_goods_out", "done", 1, ago(minutes=5))
+        # Shopify: one record refused again and again: that record's own problem, not the connection
+        write(con, "sh:1", "shopify", "create_fulfilment", "failed", 9, ago(minutes=3), error="422 Unprocessable")
+        findings = health.connector_findings(con, now=NOW)
+    assert [f.entity_id for f in findings] == ["netsuite"]
+    assert "3 write(s) to NetSuite failed since the last success" in findings[0].message
+    assert "INVALID_LOGIN" in findings[0].message
+
+
+def test_health_snapshot_raises_and_clears_connector_failing(tmp_path):
+    from assets.monitoring import health_snapshot
+
+    store = StateStore(tmp_path / "state.duckdb")
+    now = utcnow()
+    with store.write() as con:
+        for n in range(3):
+            write(con, f"ns:{n}", "netsuite", "create_sales_order", "failed", 6, now - timedelta(minutes=10 - n), error="503")
+        raise_exception(con, "CONNECTOR_FAILING", "alerts:slack", "alert channel slack failing")  # not ours to clear
+    resources = {"state": StateStoreResource(path=str(store.path)), "policies": PoliciesResource(path=str(SANDBOX_POLICIES))}
+
+    def open_failing():
+        with store.read() as con:
+            return sorted(r[0] for r in con.execute(
+                "SELECT entity_id FROM exceptions WHERE code = 'CONNECTOR_FAILING' AND status <> 'resolved'").fetchall())
+
+    assert dg.materialize([health_snapshot], resources=resources).success
+    assert open_failing() == ["alerts:slack", "netsuite"]
+    with store.write() as con:  # NetSuite answers again
+        write(con, "ns:ok", "netsuite", "create_sales_order", "done", 1, utcnow())
+    assert dg.materialize([health_snapshot], resources=resources).success
+    assert open_failing() == ["alerts:slack"]

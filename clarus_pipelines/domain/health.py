@@ -44,9 +44,10 @@ import polars as pl
 from clarus_pipelines.alerts import channel_status
 from clarus_pipelines.domain import dispatch as dispatch_flow
 from clarus_pipelines.domain import order_flow, refund_flow
-from clarus_pipelines.exception_queue import utcnow
+from clarus_pipelines.exception_queue import Finding, utcnow
 
 SYSTEMS = ("shopify", "clarus", "netsuite")
+SYSTEM_NAMES = {"shopify": "Shopify", "clarus": "Clarus", "netsuite": "NetSuite"}
 DEFAULT_WINDOW = timedelta(hours=24)
 STATUS_RANK = {"ok": 0, "idle": 0, "degraded": 1, "failing": 2}
 
@@ -370,6 +371,49 @@ def _connection_status(open_codes: dict[str, int], error_rate: float | None, att
     if not active:
         return "idle", ["no activity in the window"]
     return "ok", []
+
+
+def connector_findings(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    now: datetime | None = None,
+    window: timedelta = timedelta(hours=1),
+    min_failures: int = 3,
+) -> list[Finding]:
+    """CONNECTOR_FAILING findings for Shopify, Clarus and NetSuite (entity = the system).
+
+    A system is failing when, within `window`, its newest settled write failed and at
+    least `min_failures` writes of at least two different records failed after its last
+    success: an outage or revoked credentials, not one record the system keeps refusing
+    (that record has its own exception). The first write that succeeds clears it.
+    """
+    now = now or utcnow()
+    rows = _rows(
+        con,
+        "WITH recent AS (SELECT * FROM outbound_writes WHERE status <> 'pending' AND updated_at >= ?),"
+        " last_ok AS (SELECT system, max(updated_at) AS at FROM recent WHERE status = 'done' GROUP BY system)"
+        " SELECT r.system, count(*) AS failures, count(DISTINCT r.idempotency_key) AS records,"
+        "   min(r.updated_at) AS since, max(r.updated_at) AS last_failure_at,"
+        "   arg_max(r.last_error, r.updated_at) AS last_error, any_value(o.at) AS last_success"
+        " FROM recent r LEFT JOIN last_ok o USING (system)"
+        " WHERE r.status = 'failed' AND (o.at IS NULL OR r.updated_at > o.at) AND r.system IN (SELECT unnest(?))"
+        " GROUP BY r.system",
+        [now - window, list(SYSTEMS)],
+    )
+    findings = []
+    for row in rows:
+        if row["failures"] < min_failures or row["records"] < 2:
+            continue
+        name = SYSTEM_NAMES.get(row["system"], row["system"])
+        since_success = (f"since the last success at {row['last_success']:%H:%M} UTC" if row["last_success"]
+                         else f"and none succeeded in the last {int(window.total_seconds() // 60)} min")
+        findings.append(Finding(
+            row["system"],
+            f"{row['failures']} write(s) to {name} failed {since_success}; last error: {row['last_error'] or 'unknown'}"[:500],
+            {"system": row["system"], "failures": row["failures"], "records": row["records"], "since": row["since"],
+             "last_failure_at": row["last_failure_at"], "last_success": row["last_success"], "last_error": row["last_error"]},
+        ))
+    return findings
 
 
 def connection_health(
