@@ -35,7 +35,7 @@ from clarus_pipelines.domain.goods_out import body_dicts, build_goods_outs
 from clarus_pipelines.domain.netsuite_orders import build_sales_orders, sales_order_dicts
 from clarus_pipelines.domain.order_flow import OrderStatus
 from clarus_pipelines.domain.orders import OrderVerdicts, parse_orders, validate_orders
-from clarus_pipelines.exception_queue import clear_exception, utcnow
+from clarus_pipelines.exception_queue import clear_exception, raise_exception, utcnow
 from clarus_pipelines.receiver.events import advance_consumer, new_events
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 from clarus_pipelines.settings import Policies
@@ -264,25 +264,36 @@ def _send_chunk(store, policies, order_ids, netsuite, clarus, customer_id, now, 
     names = prepared["names"]
 
     # 2. NetSuite, one call per order (nothing held open)
-    erp_results: list[tuple[str, str | None, bool | None, str | None]] = []
+    erp_results: list[tuple[str, str | None, bool | None, str | None, ConnectorError | None]] = []
     for order_id in need_erp:
         if "netsuite" in down:
             break
         try:
             ns_id, created = netsuite.ensure_sales_order(order_id, prepared["sales_orders"][order_id])
-            erp_results.append((order_id, str(ns_id), created, None))
+            erp_results.append((order_id, str(ns_id), created, None, None))
         except ConnectorError as exc:
-            erp_results.append((order_id, None, None, str(exc)[:500]))
+            refused = exc.status is not None and 400 <= exc.status < 500 and exc.status not in (401, 404, 408, 429)
+            erp_results.append((order_id, None, None, str(exc)[:500], exc if refused else None))
             if exc.status is None or exc.status >= 500 or exc.status == 429:
                 down.add("netsuite")  # the system is unwell: stop calling it this run
     with store.write() as con:
-        for order_id, ns_id, created, error in erp_results:
+        for order_id, ns_id, created, error, refusal in erp_results:
             key = flow.outbound_key("netsuite", "sales_order", order_id)
             if ns_id is None:
                 flow.finish_outbound(con, key, status="failed", error=error, now=now)
                 report.erp_failed += 1
                 log.warning("netsuite sales order for order %s failed: %s", order_id, error)
+                if refusal is not None:  # the data, not the connection: tried again each run, a person is told now
+                    code, detail = getattr(refusal, "code", None), getattr(refusal, "detail", None) or str(refusal)
+                    name = names.get(order_id, order_id)
+                    raise_exception(
+                        con, "ERP_REJECTED", order_id,
+                        f"NetSuite refused the sales order of order {name}: {code or refusal.status} {detail}"[:500],
+                        {"order_name": name, "status": refusal.status, "netsuite_code": code, "detail": detail},
+                        policies=policies, now=now,
+                    )
                 continue
+            clear_exception(con, "ERP_REJECTED", order_id, now=now)
             flow.finish_outbound(con, key, status="done", remote_id=ns_id, now=now)
             flow.bind(con, "order", order_id, netsuite_id=ns_id, shopify_id=order_id, now=now)
             flow.set_status(

@@ -86,6 +86,15 @@ _TYPES = [
         "Escalate to ops when an order is affected and the dispatch cut-off is near.",
         60, "order"),
     ExceptionType(
+        "ERP_REJECTED", "integration", "high", "NetSuite rejected an order",
+        "NetSuite refused to create the order's sales order (an invalid field, an inactive "
+        "item, a closed period...): the details hold NetSuite's error code and message. "
+        "The order waits; it reaches neither NetSuite nor the warehouse.",
+        "Read NetSuite's message and fix the record, the item or the mapping. The order is "
+        "tried again on every orders run and this clears itself once NetSuite accepts it.",
+        "Escalate to ops when the order's dispatch cut-off is near.",
+        60, "order"),
+    ExceptionType(
         "ORDER_NOT_ACKNOWLEDGED", "integration", "high", "Order sent but not acknowledged",
         "An order was sent to Clarus but no Clarus goods out id came back within the "
         "acknowledgement time. It may or may not be in the warehouse.",

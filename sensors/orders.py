@@ -376,7 +376,7 @@ def _record_change(con, row, result, verdicts, new_body, policies: Policies, now
             parts.append(f"NetSuite sales order {row['netsuite_id']} lines {result.get('closed_lines')} closed")
         flow.set_status(con, order_id, OrderStatus.CANCELLED, f"{cause}: " + "; ".join(parts), system="pipeline",
                         details={"clarus_id": goods_out.get("id"), "netsuite_id": row["netsuite_id"]}, now=now)
-        for code in (*HOLD_CODES, "WMS_REJECTED", "ORDER_EDIT_NEEDS_REVIEW", "ORDER_NOT_ACKNOWLEDGED"):
+        for code in (*HOLD_CODES, "WMS_REJECTED", "ERP_REJECTED", "ORDER_EDIT_NEEDS_REVIEW", "ORDER_NOT_ACKNOWLEDGED"):
             clear_exception(con, code, order_id, now=now)
         report.cancelled += 1
     elif outcome == "no_change":

@@ -396,6 +396,34 @@ def test_wms_rejection_becomes_an_exception_with_clarus_code(h: Harness):
     assert len(h.goods_outs(order)) == 1 and len(h.sales_orders(order)) == 1
 
 
+def test_netsuite_refusing_a_sales_order_is_erp_rejected_then_clears_once_fixed(h: Harness):
+    from clarus_pipelines.domain.orphans import orphan_orders, unbound_candidates
+
+    a, b = h.skus(2)
+    with h.store.write() as con:  # the item's NetSuite record was deleted: NetSuite refuses the id
+        good_id = con.execute("SELECT netsuite_item_id FROM items WHERE sku = ?", [a]).fetchone()[0]
+        con.execute("UPDATE items SET netsuite_item_id = '999999' WHERE sku = ?", [a])
+    refused, fine = h.place([(a, 1)]), h.place([(b, 1)])
+    through(h, refused, fine)
+    [rejected] = h.exceptions("ERP_REJECTED")
+    assert rejected["entity_id"] == str(refused["id"]) and "999999" in rejected["message"]
+    assert json.loads(rejected["details"])["status"] == 400
+    assert h.sales_orders(refused) == [] and h.goods_outs(refused) == []  # reached neither system
+    assert len(h.goods_outs(fine)) == 1  # the refusal held up no other order
+    # no ORPHAN_ORDER on top, however long it waits: ERP_REJECTED already says why
+    with h.store.read() as con:
+        late = unbound_candidates(con, h.policies, now=utcnow() + timedelta(days=1))
+        report = orphan_orders(con, h.policies, None, now=utcnow() + timedelta(days=1))
+    assert str(refused["id"]) not in [c["order_id"] for c in late]
+    assert str(refused["id"]) not in [f.entity_id for f in report.findings]
+
+    with h.store.write() as con:  # merchandising restores the item
+        con.execute("UPDATE items SET netsuite_item_id = ? WHERE sku = ?", [good_id, a])
+    h.send()
+    assert h.exceptions("ERP_REJECTED") == []
+    assert len(h.sales_orders(refused)) == 1 and len(h.goods_outs(refused)) == 1
+
+
 def test_dagster_assets_run_the_flow(world, h: Harness):
     from assets.orders import defs as orders_defs
 

@@ -72,7 +72,7 @@ FLOWS: tuple[FlowSpec, ...] = (
              ("SKU_NOT_IN_MASTER", "SKU_LEADING_ZEROS_LOST", "BARCODE_INVALID")),
     FlowSpec("orders", "Orders into the warehouse", ORDERS_CONSUMER, "shopify", order_flow.ORDER_TOPICS,
              ("create_sales_order", "create_goods_out"), None,
-             ("ORDER_INCOMPLETE", "SHIP_METHOD_UNMAPPED", "SKU_UNKNOWN", "WMS_REJECTED", "ORDER_NOT_ACKNOWLEDGED",
+             ("ORDER_INCOMPLETE", "SHIP_METHOD_UNMAPPED", "SKU_UNKNOWN", "WMS_REJECTED", "ERP_REJECTED", "ORDER_NOT_ACKNOWLEDGED",
               "ORDER_EDIT_NEEDS_REVIEW", "CANCEL_AFTER_DISPATCH", "ORPHAN_ORDER")),
     FlowSpec("dispatch", "Dispatch to NetSuite and Shopify", dispatch_flow.CONSUMER, "clarus", dispatch_flow.DISPATCH_TOPICS,
              ("transform_item_fulfilment", "create_fulfillment"), None,

@@ -40,6 +40,7 @@ GOODS_OUT_PREFIX = "goods_out:"
 CANCELLED = "CANCELLED"
 # statuses with their own exceptions, or that never go to Clarus
 NOT_ORPHANABLE = ("HELD", "CANCELLED", "WMS_REJECTED")
+EXPLAINED_BY = "ERP_REJECTED"  # an order NetSuite refuses already has its exception: no orphan alert on top
 
 GOODS_OUT_SCHEMA = {
     "goods_out_id": pl.Utf8, "reference": pl.Utf8, "external_ref": pl.Utf8, "status": pl.Utf8,
@@ -113,9 +114,10 @@ def unbound_candidates(con: duckdb.DuckDBPyConnection, policies: Policies, *, no
         " SELECT o.order_id, o.order_name, o.clarus_reference FROM orders o LEFT JOIN released r USING (order_id)"
         " LEFT JOIN bindings b ON b.entity_type = 'order' AND b.our_id = o.order_id"
         " WHERE o.status NOT IN (SELECT unnest(?::VARCHAR[])) AND o.shopify_cancelled_at IS NULL AND b.clarus_id IS NULL"
+        "   AND NOT EXISTS (SELECT 1 FROM exceptions x WHERE x.code = ? AND x.entity_id = o.order_id AND x.status <> 'resolved')"
         "   AND greatest(coalesce(o.created_at, o.received_at), coalesce(r.at, o.received_at), o.received_at) <= ?"
         " ORDER BY o.order_id",
-        [list(NOT_ORPHANABLE), now - timedelta(minutes=policies.timings.orphan_after_minutes)],
+        [list(NOT_ORPHANABLE), EXPLAINED_BY, now - timedelta(minutes=policies.timings.orphan_after_minutes)],
     )
     names = [d[0] for d in cur.description]
     return [dict(zip(names, row)) for row in cur.fetchall()]
@@ -160,12 +162,13 @@ def orphan_orders(
             "   FROM orders o LEFT JOIN released r USING (order_id)"
             "   LEFT JOIN bindings b ON b.entity_type = 'order' AND b.our_id = o.order_id"
             "   WHERE o.status NOT IN (SELECT unnest(?::VARCHAR[])) AND o.shopify_cancelled_at IS NULL"
-            "     AND b.clarus_id IS NULL)"
+            "     AND b.clarus_id IS NULL AND NOT EXISTS (SELECT 1 FROM exceptions x WHERE x.code = ?"
+            "       AND x.entity_id = o.order_id AND x.status <> 'resolved'))"
             " SELECT c.order_id, c.order_name, c.status, c.since,"
             "   (SELECT min(g.goods_out_id) FROM _orphan_goods_outs g WHERE g.external_ref = c.order_id"
             "      OR g.reference = c.order_name OR g.reference = c.clarus_reference) AS clarus_goods_out"
             " FROM candidates c WHERE c.since <= ? ORDER BY c.since, c.order_id",
-            [list(NOT_ORPHANABLE), now - after],
+            [list(NOT_ORPHANABLE), EXPLAINED_BY, now - after],
         ).fetchall()
         checked = con.execute(
             "SELECT count(*) FROM orders WHERE status NOT IN (SELECT unnest(?::VARCHAR[]))", [list(NOT_ORPHANABLE)]
