@@ -649,25 +649,33 @@ class NetSuiteSandbox:
             raise NetSuiteRecordError(400, "USER_ERROR", "You must enter at least one line item for this transaction.", "item")
         return taken
 
+    def _transformed(self, kind: str, source: dict[str, Any], body: Mapping[str, Any],
+                     taken: list[tuple[dict[str, Any], float, str]], *, done_field: str, source_label: str) -> dict[str, Any]:
+        """The new fulfilment or receipt for the `taken` lines of `source`; the source lines count them as done."""
+        record = self._new_transaction(kind, body)
+        record.update(
+            entity=source["entity"],
+            createdFrom={"id": source["id"], "refName": source_label},
+            item=[
+                {"line": n, "orderLine": line["line"], "item": line["item"], "quantity": qty, "itemReceive": True,
+                 "location": {"id": loc}, "description": line.get("description")}
+                for n, (line, qty, loc) in enumerate(taken, start=1)
+            ],
+        )
+        for line, qty, _ in taken:
+            line[done_field] += qty
+        return record
+
     def _transform_to_item_fulfillment(self, so: dict[str, Any], body: Mapping[str, Any]) -> dict[str, Any]:
         body = _canon(body)
         if so["orderStatus"] not in ("B", "D", "E"):
             raise NetSuiteRecordError(400, "INVALID_INITIALIZE_REF", f"You can not initialize itemfulfillment: invalid reference {so['id']}.")
         shipped = self._transform_lines(so, body, done_field="quantityFulfilled", verb="fulfil", what="Order line",
                                         entry="fulfilment", done="fulfilled")
-        record = self._new_transaction("itemFulfillment", body)
-        record.update(
-            entity=so["entity"],
-            createdFrom={"id": so["id"], "refName": f"Sales Order #{so['tranId']}"},
-            shipStatus=body.get("shipStatus") or "C",
-            item=[
-                {"line": n, "orderLine": line["line"], "item": line["item"], "quantity": qty, "itemReceive": True,
-                 "location": {"id": loc}, "description": line.get("description")}
-                for n, (line, qty, loc) in enumerate(shipped, start=1)
-            ],
-        )
+        record = self._transformed("itemFulfillment", so, body, shipped, done_field="quantityFulfilled",
+                                   source_label=f"Sales Order #{so['tranId']}")
+        record["shipStatus"] = body.get("shipStatus") or "C"
         for line, qty, _ in shipped:
-            line["quantityFulfilled"] += qty
             line["quantityCommitted"] = max(0.0, line["quantityCommitted"] - qty)
         self._register("itemFulfillment", record)
         self._refresh_fulfilment_status(so)
@@ -713,18 +721,8 @@ class NetSuiteSandbox:
             raise NetSuiteRecordError(400, "INVALID_INITIALIZE_REF", f"You can not initialize itemreceipt: invalid reference {ra['id']}.")
         received = self._transform_lines(ra, body, done_field="quantityReceived", verb="receive", what="Return line",
                                          entry="receipt", done="received")
-        record = self._new_transaction("itemReceipt", body)
-        record.update(
-            entity=ra["entity"],
-            createdFrom={"id": ra["id"], "refName": f"Return Authorization #{ra['tranId']}"},
-            item=[
-                {"line": n, "orderLine": line["line"], "item": line["item"], "quantity": qty, "itemReceive": True,
-                 "location": {"id": loc}, "description": line.get("description")}
-                for n, (line, qty, loc) in enumerate(received, start=1)
-            ],
-        )
-        for line, qty, _ in received:
-            line["quantityReceived"] += qty
+        record = self._transformed("itemReceipt", ra, body, received, done_field="quantityReceived",
+                                   source_label=f"Return Authorization #{ra['tranId']}")
         self._register("itemReceipt", record)
         open_lines = [ln for ln in ra["item"] if not ln.get("isClosed")]
         self._set_order_status(ra, "F" if all(ln["quantityReceived"] >= ln["quantity"] for ln in open_lines) else "D")
