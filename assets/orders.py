@@ -25,7 +25,6 @@ from typing import Any
 
 import dagster as dg
 import polars as pl
-from pydantic import Field
 
 from clarus_pipelines.connectors.clarus import ClarusRejected, ClarusResource
 from clarus_pipelines.connectors.http import ConnectorError
@@ -37,7 +36,7 @@ from clarus_pipelines.domain.order_flow import OrderStatus
 from clarus_pipelines.domain.orders import OrderVerdicts, parse_orders, validate_orders
 from clarus_pipelines.exception_queue import clear_exception, raise_exception, utcnow
 from clarus_pipelines.receiver.events import advance_consumer, new_events
-from clarus_pipelines.resources import PoliciesResource, StateStoreResource
+from clarus_pipelines.resources import NetSuiteCustomerConfig, PoliciesResource, StateStoreResource
 from clarus_pipelines.settings import Policies
 from clarus_pipelines.state import StateStore
 
@@ -272,8 +271,7 @@ def _send_chunk(store, policies, order_ids, netsuite, clarus, customer_id, now, 
             ns_id, created = netsuite.ensure_sales_order(order_id, prepared["sales_orders"][order_id])
             erp_results.append((order_id, str(ns_id), created, None, None))
         except ConnectorError as exc:
-            refused = exc.status is not None and 400 <= exc.status < 500 and exc.status not in (401, 404, 408, 429)
-            erp_results.append((order_id, None, None, str(exc)[:500], exc if refused else None))
+            erp_results.append((order_id, None, None, str(exc)[:500], exc if exc.refused else None))
             if exc.status is None or exc.status >= 500 or exc.status == 429:
                 down.add("netsuite")  # the system is unwell: stop calling it this run
     with store.write() as con:
@@ -387,13 +385,8 @@ def record_sent_lines(con, order_id: str, body: dict) -> None:
 # ----------------------------------------------------------------------------- Dagster
 
 
-class OrdersConfig(dg.Config):
-    netsuite_customer_id: str | None = Field(
-        default=None, description="For this run, book web orders to this NetSuite customer instead of tenant.netsuite_customer_id.",
-    )
-
-    def customer_id(self, policies: Policies) -> str:
-        return self.netsuite_customer_id or policies.tenant.netsuite_customer_id
+class OrdersConfig(NetSuiteCustomerConfig):
+    """Run config of the jobs that send orders (the NetSuite customer web orders go to)."""
 
 
 @dg.asset(

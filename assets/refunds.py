@@ -24,16 +24,13 @@ from clarus_pipelines.connectors.clarus import ClarusResource
 from clarus_pipelines.connectors.netsuite import NetSuiteResource
 from clarus_pipelines.domain import refund_flow as flow
 from clarus_pipelines.exception_queue import Finding, utcnow
-from clarus_pipelines.resources import PoliciesResource, StateStoreResource
+from clarus_pipelines.resources import NetSuiteCustomerConfig, PoliciesResource, StateStoreResource
 
 GROUP = "refunds"
 SAMPLE = 10
 
 
-class RefundsConfig(dg.Config):
-    netsuite_customer_id: str | None = Field(
-        default=None, description="For this run, book credits to this NetSuite customer instead of tenant.netsuite_customer_id.",
-    )
+class RefundsConfig(NetSuiteCustomerConfig):
     sweep_receipts: bool = Field(default=True, description="Ask Clarus about every return still expected.")
     max_refunds: int = Field(default=500, description="Refunds whose follow-ups are run per materialisation.")
 
@@ -53,8 +50,7 @@ def refunds(
     policy = policies.load()
     intake = flow.take_in_refunds(store, policy)
     steps = flow.run_refund_steps(store, policy, clarus=clarus, netsuite=netsuite,
-                                  customer_id=config.netsuite_customer_id or policy.tenant.netsuite_customer_id,
-                                  limit=config.max_refunds)
+                                  customer_id=config.customer_id(policy), limit=config.max_refunds)
     received = flow.sweep_return_receipts(store, clarus) if config.sweep_receipts else 0
     with store.read() as con:
         summary = flow.refund_summary(con)

@@ -8,9 +8,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
+from pydantic import Field
 
 from clarus_pipelines.settings import Policies, policies_at
 from clarus_pipelines.state import StateStore
+
+
+class NetSuiteCustomerConfig(dg.Config):
+    """Run config of the jobs that book records to NetSuite's web-order customer."""
+
+    netsuite_customer_id: str | None = Field(
+        default=None, description="For this run, book to this NetSuite customer instead of tenant.netsuite_customer_id.",
+    )
+
+    def customer_id(self, policies: Policies) -> str:
+        return self.netsuite_customer_id or policies.tenant.netsuite_customer_id
 
 
 class StateStoreResource(dg.ConfigurableResource):

@@ -159,9 +159,6 @@ def _status(goods_out: dict | None) -> GoodsOutStatus | None:
     return GoodsOutStatus.from_code(goods_out["goods_out_status"]["code"])
 
 
-CLOSED_ORDER_STATUSES = ("C", "H")  # NetSuite sales order Cancelled, Closed: no line can change
-
-
 def _find_goods_out(clarus: ClarusResource, row: dict) -> dict | None:
     if row["clarus_id"]:
         return clarus.get_goods_out(row["clarus_id"])
@@ -185,16 +182,7 @@ def _cancel(row: dict, clarus: ClarusResource, netsuite: NetSuiteResource) -> di
             if _status(current) in DISPATCHED:  # dispatched between our read and the cancel
                 return {**result, "goods_out": current, "status": _status(current), "outcome": "after_dispatch"}
             return {**result, "outcome": "review", "error": f"{exc.code} {exc.message}"}
-    closed: list[int] = []
-    if row["netsuite_id"]:
-        record = netsuite.get_sales_order(row["netsuite_id"]) or {}
-        status = record.get("orderStatus")
-        if (status.get("id") if isinstance(status, dict) else status) in CLOSED_ORDER_STATUSES:
-            return {**result, "outcome": "cancelled", "closed_lines": []}  # closed in NetSuite already: nothing left open
-        items = record.get("item")
-        lines = items.get("items") if isinstance(items, dict) else (items or [])
-        closed = [int(line["line"]) for line in lines or [] if line.get("line") is not None and not line.get("isClosed")]
-        netsuite.close_sales_order_lines(row["netsuite_id"], closed)
+    closed = netsuite.close_open_lines(row["netsuite_id"]) if row["netsuite_id"] else []
     return {**result, "outcome": "cancelled", "closed_lines": closed}
 
 
@@ -213,7 +201,7 @@ def _sync_erp(row: dict, erp_edits: dict, erp_missing: dict, netsuite: NetSuiteR
     try:
         changes = netsuite.sync_sales_order(row["netsuite_id"], edit.get("lines", []), edit.get("shippingAddress"))
     except NetSuiteError as exc:
-        if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (401, 404, 408, 429):
+        if exc.refused:
             # a refusal (e.g. the order was closed in NetSuite) will not pass on a retry: a person decides
             return {"erp_error": f"NetSuite refused to change sales order {row['netsuite_id']}: {exc.code or exc.status} {exc.detail or exc}"}
         raise  # unavailable: the edit stays pending and the next run retries it

@@ -19,12 +19,11 @@ import dagster as dg
 
 from assets.ingest import ingest_landings_job, webhook_rejections_job
 from clarus_pipelines.receiver.events import REJECTION_WINDOW
-from clarus_pipelines.receiver.landing import SOURCES, LandingRef, LandingZone
+from clarus_pipelines.receiver.landing import SOURCE_NAMES, SOURCES, LandingRef, LandingZone
 from clarus_pipelines.resources import LandingZoneResource
 
 BATCH_SIZE = int(os.environ.get("CLARUS_PIPELINES_INGEST_BATCH_SIZE", "500"))
 MAX_RUNS_PER_TICK = int(os.environ.get("CLARUS_PIPELINES_INGEST_MAX_RUNS_PER_TICK", "10"))
-LABELS = {"shopify": "Shopify", "clarus": "Clarus", "netsuite": "NetSuite"}
 
 
 def batch_run_key(source: str, refs: list[LandingRef]) -> str:
@@ -53,7 +52,7 @@ def build_landing_sensor(
     """The sensor that turns new `source` landings into `ingest_landings` runs."""
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}")
-    label = LABELS[source]
+    label = SOURCE_NAMES[source]
 
     @dg.sensor(
         name=f"{source}_landings",

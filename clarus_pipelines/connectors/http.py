@@ -46,6 +46,12 @@ class ConnectorError(RuntimeError):
         self.status = status
         self.body = body
 
+    @property
+    def refused(self) -> bool:
+        """The system refused this request (a 4xx about the data): a retry will not pass.
+        Authentication, a missing record, a timeout or throttling may pass later."""
+        return self.status is not None and 400 <= self.status < 500 and self.status not in (401, 404, 408, 429)
+
 
 @dataclass(frozen=True)
 class RetryPolicy:

@@ -36,6 +36,7 @@ SYSTEM = "netsuite"
 RECORD_PATH = "/services/rest/record/v1"
 # approved: Pending Fulfillment, Partially Fulfilled, Pending Billing/Partially Fulfilled, Pending Billing, Billed
 COMMITTED_STATUSES = frozenset({"B", "D", "E", "F", "G"})
+CLOSED_STATUSES = frozenset({"C", "H"})  # Cancelled, Closed: no line can change any more
 ITEM_FIELDS = ("itemId", "upcCode", "displayName", "isInactive", "lastModifiedDate")
 
 
@@ -243,6 +244,19 @@ class NetSuiteResource(HttpConnector):
         response = self._send("PATCH", f"/salesOrder/{quote(str(so_id), safe='')}", json=dict(body))
         if response.status_code >= 400:
             raise _error(response, f"update salesOrder {so_id}")
+
+    def close_open_lines(self, so_id: str) -> list[int]:
+        """Close every line still open (an order cancelled in the channel): the line numbers closed.
+
+        An order already cancelled or closed in NetSuite has nothing left open: nothing is
+        sent (NetSuite would refuse the change). Repeating is harmless.
+        """
+        so = self.get_sales_order(so_id) or {}
+        if _status_code(so.get("orderStatus")) in CLOSED_STATUSES:
+            return []
+        lines = [int(ln["line"]) for ln in _sublist(so) if ln.get("line") is not None and not ln.get("isClosed")]
+        self.close_sales_order_lines(so_id, lines)
+        return lines
 
     def close_sales_order_lines(self, so_id: str, lines: Iterable[int]) -> None:
         """Close order lines (by line number) so they are never fulfilled; repeating is harmless."""

@@ -45,9 +45,9 @@ from clarus_pipelines.alerts import channel_status
 from clarus_pipelines.domain import dispatch as dispatch_flow
 from clarus_pipelines.domain import order_flow, refund_flow
 from clarus_pipelines.exception_queue import Finding, utcnow
+from clarus_pipelines.receiver.landing import SOURCE_NAMES, SOURCES
 
-SYSTEMS = ("shopify", "clarus", "netsuite")
-SYSTEM_NAMES = {"shopify": "Shopify", "clarus": "Clarus", "netsuite": "NetSuite"}
+SYSTEMS = SOURCES  # the systems we connect; alert channels are listed apart
 DEFAULT_WINDOW = timedelta(hours=24)
 STATUS_RANK = {"ok": 0, "idle": 0, "degraded": 1, "failing": 2}
 
@@ -404,7 +404,7 @@ def connector_findings(
     for row in rows:
         if row["failures"] < min_failures or row["records"] < 2:
             continue
-        name = SYSTEM_NAMES.get(row["system"], row["system"])
+        name = SOURCE_NAMES.get(row["system"], row["system"])
         since_success = (f"since the last success at {row['last_success']:%H:%M} UTC" if row["last_success"]
                          else f"and none succeeded in the last {int(window.total_seconds() // 60)} min")
         findings.append(Finding(

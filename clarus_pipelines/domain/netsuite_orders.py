@@ -87,7 +87,7 @@ def _item_lines(verdicts: OrderVerdicts, items) -> tuple[pl.DataFrame, dict[str,
     )
     missing: dict[str, list[str]] = {}
     for row in lines.filter(pl.col("netsuite_item_id").is_null()).iter_rows(named=True):
-        missing.setdefault(row["order_id"], []).append(row["sku"])
+        missing.setdefault(row["order_id"], []).append(row["sku"] or "(no SKU)")
     item_line = pl.struct(
         pl.struct(pl.col("netsuite_item_id").alias("id")).alias("item"),
         pl.col("quantity"),

@@ -661,7 +661,7 @@ def _connector_failure(exc: ConnectorError, system: str, action: str) -> Outcome
     """A refusal is final until someone fixes the data; anything else is retried next run."""
     symbol = getattr(exc, "symbol", None) or getattr(exc, "code", None)
     message = getattr(exc, "message", None) or getattr(exc, "detail", None) or str(exc)
-    if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (401, 404, 408, 429):
+    if exc.refused:
         return Outcome("rejected", f"{system} refused {action}: {symbol or exc.status} {message}"[:500])
     return Outcome("pending", f"{system} unavailable, retried next run: {exc}"[:500])
 

@@ -55,6 +55,7 @@ from typing import Any, Literal
 log = logging.getLogger(__name__)
 
 SOURCES = ("shopify", "clarus", "netsuite")
+SOURCE_NAMES = {"shopify": "Shopify", "clarus": "Clarus", "netsuite": "NetSuite"}  # as people write them
 VIA = ("webhook", "reconciliation", "replay")
 FORMAT_VERSION = 1
 

@@ -14,13 +14,14 @@ import streamlit as st
 from clarus_pipelines import catalogue, runbook
 from clarus_pipelines.exception_queue import utcnow
 from clarus_pipelines.logs import PII_KEYS, mask_value
+from clarus_pipelines.receiver.landing import SOURCE_NAMES
 from clarus_pipelines.settings import ConfigError, get_policies
 from dashboards import auth, queries
 
 log = logging.getLogger(__name__)
 
 CLARUS_STATUS = {1: "DRAFT", 2: "PENDING", 3: "PICK", 4: "PART", 5: "ALLOCATED", 6: "COMPLETED", 7: "PART_ALLOCATED", 8: "CANCELLED"}
-SYSTEM_LABELS = {"shopify": "Shopify", "netsuite": "NetSuite", "clarus": "Clarus", "pipeline": "Pipeline"}
+SYSTEM_LABELS = {**SOURCE_NAMES, "pipeline": "Pipeline"}
 
 def snapshot_or_stop() -> queries.Snapshot:
     """The snapshot to read; shows the empty state and stops the page when there is no state file yet."""
