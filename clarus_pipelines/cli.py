@@ -60,14 +60,24 @@ def _top_parser() -> argparse.ArgumentParser:
         epilog="commands:\n" + "\n".join(f"  {name:<14} {text}" for name, (_, text) in COMMANDS.items())
         + "\n\nRun 'clarus-pipelines COMMAND --help' for a command's options.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("command", choices=list(COMMANDS), metavar="COMMAND")
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("clarus-pipelines")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
-        _top_parser().parse_args(argv or ["--help"])
+        _top_parser().parse_args(argv or ["--help"])  # --help and --version exit here
         return 2
     name, rest = argv[0], argv[1:]
     module_name, text = COMMANDS[name]

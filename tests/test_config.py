@@ -95,6 +95,14 @@ def test_every_subcommand_has_help():
         assert "usage: clarus-pipelines " + name in sub.stdout
 
 
+def test_version_names_the_installed_release():
+    from importlib.metadata import version
+
+    done = subprocess.run(CLI + ["--version"], capture_output=True, text=True)
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"clarus-pipelines {version('clarus-pipelines')}"
+
+
 def test_policies_resource_parses_once_per_version_of_the_file(tmp_path):
     path = _write(tmp_path, lambda d: None)
     resource = PoliciesResource(path=str(path))
