@@ -237,21 +237,60 @@ def _format_location(loc: tuple) -> str:
 
 
 def load_policies(path: Path | str) -> Policies:
-    """Read and validate a policies YAML file; raise ConfigError naming each bad key."""
+    """Read and validate a policies YAML file; raise ConfigError naming the file, line and key."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: file not found") from exc
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     try:
         return Policies.model_validate(raw)
     except ValidationError as exc:
-        problems = [f"{_format_location(err['loc'])}: {err['msg']}" for err in exc.errors()]
-        raise ConfigError(f"{path}: " + "; ".join(problems)) from exc
+        lines = _key_lines(text)
+        problems = []
+        for err in exc.errors():
+            line = _nearest_line(lines, err["loc"])
+            where = f"{path}:{line}" if line else str(path)
+            problems.append(f"{where}: {_format_location(err['loc'])}: {err['msg']}")
+        raise ConfigError("; ".join(problems)) from exc
+
+
+def _key_lines(text: str) -> dict[tuple, int]:
+    """1-based line of every key and list item in a YAML document, by its location path."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node: yaml.Node, loc: tuple) -> None:
+        lines[loc] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                child = (*loc, key.value)
+                walk(value, child)
+                lines[child] = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                walk(item, (*loc, index))
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _nearest_line(lines: dict[tuple, int], loc: tuple) -> int | None:
+    """The line of `loc`, or of its nearest ancestor present in the file (a missing key)."""
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return None
 
 
 @lru_cache(maxsize=8)

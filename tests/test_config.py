@@ -78,9 +78,21 @@ def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(ConfigError, match="file not found"):
         load_policies(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
-    bad.write_text("tenant: [unclosed")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    bad.write_text("tenant:\n  account_id: 1\n  name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML") as err:
         load_policies(bad)
+    assert str(err.value).startswith(f"{bad}:4: ")  # the file and the line, not '<unicode string>'
+    assert "<unicode string>" not in str(err.value)
+
+
+def test_a_bad_key_names_the_file_and_its_line(tmp_path):
+    path = tmp_path / "policies.yaml"
+    text = SANDBOX_POLICIES.read_text()
+    path.write_text(text.replace("default_buffer:", "default_buffer: -1\n  _was_default_buffer:", 1))
+    with pytest.raises(ConfigError) as err:
+        load_policies(path)
+    line = next(i for i, row in enumerate(path.read_text().splitlines(), 1) if "default_buffer: -1" in row)
+    assert f"{path}:{line}: stock.default_buffer: " in str(err.value)
 
 
 def test_every_subcommand_has_help():
