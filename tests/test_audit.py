@@ -228,7 +228,7 @@ def test_renderers_escape_and_carry_every_finding() -> None:
                                                "warnings_delta": 0, "new": ["ship_methods.unmapped"], "resolved": []}}
     html = to_html(report)
     assert "<script>" not in html and "&lt;script&gt;" in html
-    assert 'data-check="ship_methods.unmapped"' in html and "blockers +1" in html
+    assert 'data-check="ship_methods.unmapped"' in html and "Since the previous audit (2026-11-26 12:00:00): blockers +1" in html
     md = to_markdown(report)
     assert "**Verdict: not ready: blockers**" in md and "`'<script>|': 1 order(s)`" in md
     assert json.loads(render(report, "json"))["findings"][0]["check"] == "ship_methods.unmapped"
@@ -322,7 +322,8 @@ def clean_world(tmp_path_factory):
 
 def test_every_seeded_gap_appears_with_its_owner(failing_world: World) -> None:
     later = utcnow() + timedelta(minutes=POLICIES.timings.held_alert_minutes + 5)
-    report = run_audit(failing_world.store, POLICIES, now=later, since=later - timedelta(days=30), **failing_world.clients)
+    report = run_audit(failing_world.store, POLICIES, now=later, since=later - timedelta(days=30), keep=False,
+                       **failing_world.clients)
     found = {f["check"]: f for f in report["findings"]}
     by_case = {o.case: o for o in failing_world.orders}
 
@@ -393,3 +394,27 @@ def test_a_clean_sandbox_has_no_blockers_and_exits_zero(clean_world: World, monk
     clean_world.env(monkeypatch)
     assert cli.main(["audit", "--format", "md", "--out", str(tmp_path / "audit.md")]) == 0
     assert "Verdict: ready, with warnings" in (tmp_path / "audit.md").read_text()
+
+
+def test_the_dagster_asset_shows_the_report_and_its_trend(failing_world: World) -> None:
+    import dagster as dg
+
+    from assets.audit import audit_schedule, integration_audit
+    from clarus_pipelines.resources import PoliciesResource, StateStoreResource
+
+    resources = {"state": StateStoreResource(path=str(failing_world.state)),
+                 "policies": PoliciesResource(path=str(SANDBOX_POLICIES)), **failing_world.clients}
+    first = dg.materialize([integration_audit], resources=resources)
+    second = dg.materialize([integration_audit], resources=resources)
+    assert first.success and second.success
+    [materialization] = second.asset_materializations_for_node("integration_audit")
+    metadata = materialization.metadata
+    assert "**Verdict: not ready: blockers**" in metadata["report"].value
+    assert "Shipping lines with no ship-method mapping" in metadata["report"].value
+    assert metadata["blockers"].value >= 1
+    assert metadata["trend"].value["previous_at"] is not None and metadata["blockers_since_previous"].value == 0
+    [check] = second.get_asset_check_evaluations()
+    assert check.check_name == "no_go_live_blockers" and not check.passed
+    with failing_world.store.read() as con:
+        assert [r["origin"] for r in reports(con)][:2] == ["dagster", "dagster"]
+    assert audit_schedule.cron_schedule == "0 6 * * 1"

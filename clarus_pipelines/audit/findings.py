@@ -597,7 +597,7 @@ def build_report(data: AuditData, findings: list[Finding] | None = None) -> dict
     blockers = [f for f in findings if f.severity == "blocker"]
     warnings = [f for f in findings if f.severity == "warning"]
     return {
-        "generated_at": data.now.isoformat(timespec="seconds"),
+        "generated_at": data.now.isoformat(timespec="microseconds"),  # also the audit's identity in state
         "since": data.since.isoformat(timespec="seconds"),
         "verdict": "not ready: blockers" if blockers else ("ready, with warnings" if warnings else "ready"),
         "go_live": not blockers,

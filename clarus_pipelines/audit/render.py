@@ -30,6 +30,11 @@ def _minutes(value: float | None) -> str:
     return f"{value / 60:.1f} h" if value >= 90 else f"{value:.0f} min"
 
 
+def _when(iso: str | None) -> str:
+    """An ISO timestamp to the second, for people."""
+    return str(iso or "")[:19].replace("T", " ")
+
+
 def _trend_line(trend: Mapping[str, Any] | None) -> str | None:
     if not trend or trend.get("previous_at") is None:
         return None
@@ -38,7 +43,7 @@ def _trend_line(trend: Mapping[str, Any] | None) -> str | None:
         parts.append("new: " + ", ".join(trend["new"]))
     if trend.get("resolved"):
         parts.append("resolved: " + ", ".join(trend["resolved"]))
-    return f"Since the previous audit ({trend['previous_at']}): " + "; ".join(parts)
+    return f"Since the previous audit ({_when(trend['previous_at'])}): " + "; ".join(parts)
 
 
 def to_markdown(report: Mapping[str, Any]) -> str:
@@ -47,7 +52,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
         "# Integration audit",
         "",
         f"**Verdict: {report['verdict']}** - {report['blockers']} blocker(s), {report['warnings']} warning(s). "
-        f"Period {report['since']} to {report['generated_at']} (UTC), {report['orders_in_period']} order(s).",
+        f"Period {_when(report['since'])} to {_when(report['generated_at'])} (UTC), {report['orders_in_period']} order(s).",
     ]
     trend = _trend_line(report.get("trend"))
     if trend:
@@ -84,7 +89,7 @@ code{background:#f6f8fa;padding:0 .25rem}
 </style></head><body>
 <h1>Integration audit</h1>
 <p class="verdict" id="verdict"><strong>{{ r.verdict }}</strong>: {{ r.blockers }} blocker(s), {{ r.warnings }} warning(s)</p>
-<p>Period {{ r.since }} to {{ r.generated_at }} (UTC), {{ r.orders_in_period }} order(s).</p>
+<p>Period {{ when(r.since) }} to {{ when(r.generated_at) }} (UTC), {{ r.orders_in_period }} order(s).</p>
 {% if trend %}<p id="trend">{{ trend }}</p>{% endif %}
 <table id="timings"><tr><th>time from order</th><th>orders</th><th>p50</th><th>p95</th></tr>
 {% for key, label in [("to_warehouse", "to the warehouse"), ("to_dispatch", "to dispatch")] %}{% set t = r.timings.get(key, {}) %}
@@ -105,7 +110,7 @@ _template = _env.from_string(_HTML)
 
 def to_html(report: Mapping[str, Any]) -> str:
     """A standalone HTML page (every value escaped)."""
-    return _template.render(r=report, trend=_trend_line(report.get("trend")), minutes=_minutes)
+    return _template.render(r=report, trend=_trend_line(report.get("trend")), minutes=_minutes, when=_when)
 
 
 def render(report: Mapping[str, Any], fmt: str) -> str:
