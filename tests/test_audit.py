@@ -418,3 +418,55 @@ def test_the_dagster_asset_shows_the_report_and_its_trend(failing_world: World) 
     with failing_world.store.read() as con:
         assert [r["origin"] for r in reports(con)][:2] == ["dagster", "dagster"]
     assert audit_schedule.cron_schedule == "0 6 * * 1"
+
+
+# ----------------------------------------------------------------------------- dashboard page (AppTest)
+
+
+@pytest.fixture
+def audit_page(monkeypatch):
+    """Open the dashboard's audit page on a state file (loopback, no password)."""
+    from streamlit import config as st_config
+    from streamlit.testing.v1 import AppTest
+
+    from dashboards import auth
+
+    monkeypatch.delenv(auth.PASSWORD_ENV, raising=False)
+    before = st_config.get_option("server.address")
+    st_config.set_option("server.address", "127.0.0.1")
+
+    def open_page(state: Path):
+        monkeypatch.setenv("CLARUS_PIPELINES_STATE_DB", str(state))
+        at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "dashboards" / "app.py"), default_timeout=30).run()
+        at.switch_page("app_pages/audit.py").run()
+        assert not at.exception, [e.value for e in at.exception]
+        return at
+
+    yield open_page
+    st_config.set_option("server.address", before)
+
+
+def test_the_audit_page_shows_the_verdict_findings_and_trend(audit_page, tmp_path) -> None:
+    from audit_seed import seed_audits
+
+    state = tmp_path / "state.duckdb"
+    seeded = seed_audits(state)
+    at = audit_page(state)
+    assert [t.value for t in at.title] == ["Integration audit"]
+    assert [e.value for e in at.error] == ["Go-live verdict: not ready: blockers"]
+    blockers = next(m for m in at.metric if m.label == "Blockers")
+    assert (blockers.value, blockers.delta) == ("1", "-1")
+    table = next(f.value for f in at.dataframe if "owner" in f.value.columns)
+    assert list(table["title"]) == [f["title"] for f in seeded.latest["findings"]]
+    unmapped = table.set_index("title").loc["Shipping lines with no ship-method mapping"]
+    assert (unmapped["severity"], unmapped["owner"], unmapped["count"]) == ("blocker", "ops", 1)
+    assert "'Saturday Delivery': 2 order(s)" in unmapped["examples"]
+    assert any("resolved: configuration.weak_secrets" in c.value for c in at.caption)
+    assert {b.label for b in at.get("download_button")} == {"HTML report", "Markdown", "JSON"}
+
+
+def test_the_audit_page_before_any_audit(audit_page, tmp_path) -> None:
+    empty = tmp_path / "state.duckdb"
+    StateStore(empty).ensure_schema()
+    at = audit_page(empty)
+    assert any("No audit yet" in i.value for i in at.info)
