@@ -40,7 +40,8 @@ cols[0].metric("Blockers", report["blockers"], delta=None if previous is None el
 cols[1].metric("Warnings", report["warnings"], delta=None if previous is None else report["warnings"] - previous["warnings"],
                delta_color="inverse", help="Latent flaws to fix soon.")
 cols[2].metric("Orders in the period", report["orders_in_period"])
-cols[3].metric("Audited", common.format_time(latest["generated_at"]), help=f"From {latest['origin']}.")
+cols[3].metric("Audited", common.format_age(common.minutes_between(latest["generated_at"], common.now_utc())) + " ago",
+               help=f"{common.format_time(latest['generated_at'])} UTC, from {latest['origin']}.")
 trend = report.get("trend") or {}
 if trend.get("previous_at"):
     parts = [f"new: {', '.join(trend['new'])}" if trend.get("new") else "",
