@@ -470,3 +470,26 @@ def test_the_audit_page_before_any_audit(audit_page, tmp_path) -> None:
     StateStore(empty).ensure_schema()
     at = audit_page(empty)
     assert any("No audit yet" in i.value for i in at.info)
+
+
+def test_examples_never_carry_emails_or_phone_numbers() -> None:
+    exceptions = [{"code": "FULFILLED_OUTSIDE_WMS", "entity_id": "5900", "owner": "ops",
+                   "message": "fulfilled by ada@example.com, call +44 7700 900123"}]
+    [found] = rules.fulfilled_outside_wms(data(open_exceptions=exceptions))
+    assert "ada@example.com" not in found.examples[0] and "7700 900123" not in found.examples[0]
+
+
+def test_a_system_refusing_our_credentials_is_a_blocker_and_its_checks_are_skipped(clean_world: World) -> None:
+    wrong = ShopifyResource(base_url=clean_world.handle.shopify_url, access_token="not-the-shop-token", max_elapsed_s=5.0)
+    try:
+        report = run_audit(clean_world.store, POLICIES, now=utcnow(), since=utcnow() - timedelta(days=1), keep=False,
+                           **{**clean_world.clients, "shopify": wrong})
+    finally:
+        wrong.close()
+    found = {f["check"]: f for f in report["findings"]}
+    failing = found["connections.failing"]
+    assert (failing["owner"], failing["severity"], failing["count"]) == ("integration", "blocker", 1)
+    assert failing["examples"][0].startswith("shopify:") and "401" in failing["examples"][0]
+    assert "not-the-shop-token" not in json.dumps(report)
+    assert "stock.stranded" not in found  # needs Shopify's variants: skipped, not guessed
+    assert report["go_live"] is False

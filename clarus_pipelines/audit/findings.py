@@ -25,6 +25,7 @@ from typing import Any, Literal
 from clarus_pipelines.catalogue import CATALOGUE, Owner
 from clarus_pipelines.domain.barcodes import gtin_problem, is_valid_gtin
 from clarus_pipelines.domain.skus import clean_sku, zero_stripped_key
+from clarus_pipelines.logs import mask_text
 from clarus_pipelines.settings import Policies
 
 Verdict = Literal["blocker", "warning"]
@@ -113,7 +114,8 @@ def owner_of(code: str, default: Owner = "ops") -> Owner:
 
 
 def _examples(values: Iterable[Any]) -> tuple[str, ...]:
-    return tuple(str(v) for v in list(values)[:EXAMPLES])
+    """The first few, with e-mails and phone numbers masked (reports are shared and kept)."""
+    return tuple(mask_text(str(v)) for v in list(values)[:EXAMPLES])
 
 
 def _finding(check: str, area: str, title: str, items: list[Any], owner: Owner, effect: str, fix: str,
@@ -200,9 +202,9 @@ def skus_not_in_clarus(data: AuditData) -> list[Finding]:
     """Item master SKUs sold on Shopify that Clarus has no product for."""
     if "clarus" in data.read_errors or "netsuite" in data.read_errors:
         return []
-    clarus = _clarus_keys(data)
+    clarus, master = _clarus_keys(data), _master_keys(data)
     sold = {_clean(v.get("sku_raw"), data): v.get("sku_raw") for v in data.shopify_variants}
-    missing = sorted(raw or "" for sku, raw in sold.items() if sku and sku in _master_keys(data) and sku not in clarus)
+    missing = sorted(raw or "" for sku, raw in sold.items() if sku and sku in master and sku not in clarus)
     ordered = _ordered(data, *missing)
     return _finding(
         "item_master.skus_not_in_clarus", "item master", "Sellable SKUs with no Clarus product", missing,
@@ -220,9 +222,11 @@ def spelling_differences(data: AuditData) -> list[Finding]:
         sku = _clean(item.get("sku_raw"), data)
         if sku:
             master.setdefault(sku, item.get("sku_raw"))
-    hits = [f"Shopify {v.get('sku_raw')!r} / NetSuite {master[_clean(v.get('sku_raw'), data)]!r}"
-            for v in data.shopify_variants
-            if _clean(v.get("sku_raw"), data) in master and v.get("sku_raw") != master[_clean(v.get("sku_raw"), data)]]
+    hits = []
+    for v in data.shopify_variants:
+        sku = _clean(v.get("sku_raw"), data)
+        if sku in master and v.get("sku_raw") != master[sku]:
+            hits.append(f"Shopify {v.get('sku_raw')!r} / NetSuite {master[sku]!r}")
     hits += [f"NetSuite {i.get('sku_raw')!r}" for i in data.netsuite_items
              if i.get("sku_raw") and _clean(i.get("sku_raw"), data) != i.get("sku_raw").strip()
              and _clean(i.get("sku_raw"), data) != i.get("sku_raw").strip().upper()]
