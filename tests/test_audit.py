@@ -139,7 +139,9 @@ def test_fulfilments_outside_clarus_orphans_and_refunds_from_state() -> None:
     refunds = [{"refund_id": "1", "order_id": "2", "reasons": ["restock_type no_restock", "no note"]},
                {"refund_id": "2", "order_id": "3", "reasons": ["restock_type no_restock", "no note"]},
                {"refund_id": "3", "order_id": "4", "reasons": []}]
-    found = by_check(run_rules(data(open_exceptions=exceptions, unclassified_refunds=refunds)))
+    period = [{"code": "NOT_DISPATCHED_BY_CUTOFF", "entity_id": "5902", "owner": "ops", "status": "resolved", "message": ""}]
+    found = by_check(run_rules(data(open_exceptions=exceptions, unclassified_refunds=refunds, period_exceptions=period)))
+    assert (found["orders.cutoff_misses"].count, found["orders.cutoff_misses"].severity) == (1, "warning")
     outside = found["orders.fulfilled_outside_wms"]
     assert (outside.count, outside.owner, outside.severity, outside.examples) == (1, "ops", "blocker", ("5900: fulfilled by staff",))
     assert found["orders.orphans"].severity == "blocker"
