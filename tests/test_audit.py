@@ -230,6 +230,7 @@ def test_renderers_escape_and_carry_every_finding() -> None:
                                                "warnings_delta": 0, "new": ["ship_methods.unmapped"], "resolved": []}}
     html = to_html(report)
     assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "<code>https://rx.example/webhooks/shopify</code>" in html
     assert 'data-check="ship_methods.unmapped"' in html and "Since the previous audit (2026-11-26 12:00:00): blockers +1" in html
     md = to_markdown(report)
     assert "**Verdict: not ready: blockers**" in md and "`'<script>|': 1 order(s)`" in md
@@ -351,6 +352,9 @@ def test_every_seeded_gap_appears_with_its_owner(failing_world: World) -> None:
     assert report["go_live"] is False and report["timings"]["to_warehouse"]["orders"] == 2
     assert all(f["effect"] and f["fix"] for f in report["findings"])
     assert "webhooks.topics_not_subscribed" not in found and "connections.failing" not in found
+    assert report["webhooks"] == {"subscribed": sorted(rules.CONSUMED_SHOPIFY_TOPICS),
+                                  "receiver_urls": [failing_world.recorder.url + "/webhooks/shopify"]}
+    assert f"pointing at `{failing_world.recorder.url}/webhooks/shopify`" in to_markdown(report)
 
 
 def test_the_cli_exits_non_zero_with_blockers_and_keeps_the_trend(failing_world: World, monkeypatch, tmp_path) -> None:

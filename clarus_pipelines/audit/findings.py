@@ -589,6 +589,15 @@ def retention(data: AuditData) -> list[Finding]:
 # ----------------------------------------------------------------------------- the report
 
 
+def webhook_summary(data: AuditData) -> dict[str, Any] | None:
+    """Which consumed topics the shop sends, and the receiver URLs they point at (None when not read)."""
+    if data.webhook_subscriptions is None:
+        return None
+    consumed = [s for s in data.webhook_subscriptions if s.get("topic") in CONSUMED_SHOPIFY_TOPICS]
+    return {"subscribed": sorted({str(s.get("topic")) for s in consumed}),
+            "receiver_urls": sorted({str(s.get("uri")) for s in consumed})}
+
+
 def run_rules(data: AuditData, rules: Iterable[RuleFunc] | None = None) -> list[Finding]:
     """Every rule's findings, blockers first (in rule order within each)."""
     found = [f for check in (RULES if rules is None else rules) for f in check(data)]
@@ -609,6 +618,7 @@ def build_report(data: AuditData, findings: list[Finding] | None = None) -> dict
         "warnings": len(warnings),
         "orders_in_period": len(data.orders),
         "timings": timing_summary(data),
+        "webhooks": webhook_summary(data),
         "findings": [f.to_dict() for f in findings],
     }
 

@@ -63,6 +63,10 @@ def to_markdown(report: Mapping[str, Any]) -> str:
         for key, label in (("to_warehouse", "to the warehouse"), ("to_dispatch", "to dispatch")):
             t = timings.get(key) or {}
             lines.append(f"| {label} | {t.get('orders', 0)} | {_minutes(t.get('p50_min'))} | {_minutes(t.get('p95_min'))} |")
+    webhooks = report.get("webhooks")
+    if webhooks is not None:
+        lines += ["", f"Shopify webhooks: {len(webhooks['subscribed'])} consumed topic(s) subscribed, pointing at "
+                  + (", ".join(f"`{_code(u)}`" for u in webhooks["receiver_urls"]) or "nothing") + "."]
     findings = report.get("findings") or []
     if not findings:
         lines += ["", "No gaps found."]
@@ -95,6 +99,8 @@ code{background:#f6f8fa;padding:0 .25rem}
 {% for key, label in [("to_warehouse", "to the warehouse"), ("to_dispatch", "to dispatch")] %}{% set t = r.timings.get(key, {}) %}
 <tr><td>{{ label }}</td><td>{{ t.get("orders", 0) }}</td><td>{{ minutes(t.get("p50_min")) }}</td><td>{{ minutes(t.get("p95_min")) }}</td></tr>
 {% endfor %}</table>
+{% if r.webhooks %}<p id="webhooks">Shopify webhooks: {{ r.webhooks.subscribed | length }} consumed topic(s) subscribed, pointing at
+{% for u in r.webhooks.receiver_urls %}<code>{{ u }}</code>{% if not loop.last %}, {% endif %}{% else %}nothing{% endfor %}.</p>{% endif %}
 {% if not r.findings %}<p>No gaps found.</p>{% else %}
 <table id="findings"><tr><th>severity</th><th>area</th><th>finding</th><th>count</th><th>owner</th><th>effect</th><th>fix</th><th>examples</th></tr>
 {% for f in r.findings %}<tr data-check="{{ f.check }}"><td class="{{ f.severity }}">{{ f.severity }}</td><td>{{ f.area }}</td>
