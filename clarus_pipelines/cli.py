@@ -45,6 +45,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "clarus_pipelines.domain.refunds_explain",
         "Print as JSON how a Shopify refund is classified (return, cancellation, goodwill...), why, and what follows.",
     ),
+    "audit": (
+        "clarus_pipelines.audit.cli",
+        "Audit the connected systems and our state for gaps (item master, ship methods, stock, webhooks, orders, "
+        "refunds, configuration); exit 1 when there are go-live blockers.",
+    ),
     "simulate": (
         "clarus_pipelines.simulate",
         "Rehearse a sale day: run the whole integration against the sandbox with faults and print what happened as JSON.",

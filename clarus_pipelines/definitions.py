@@ -9,7 +9,7 @@ from clarus_pipelines.connectors.shopify import ShopifyResource
 from clarus_pipelines.resources import LandingZoneResource, PoliciesResource, StateStoreResource
 from clarus_pipelines.settings import Settings
 
-from assets import data_quality, dispatch, ingest, item_master, monitoring, orders, reconciliation, refunds, stock
+from assets import audit, data_quality, dispatch, ingest, item_master, monitoring, orders, reconciliation, refunds, stock
 from sensors import alerts as alert_sensors
 from sensors import maintenance, stuck_states, webhooks
 from sensors import item_master as item_master_sensors
@@ -24,6 +24,7 @@ DOMAINS: list[dg.Definitions] = [
     stock.defs, stock_sensors.defs,
     refunds.defs,
     monitoring.defs, data_quality.defs, alert_sensors.defs,
+    audit.defs,
 ]
 
 

@@ -21,6 +21,7 @@ if auth.gate():
         st.Page("app_pages/journey.py", title="Order journey", icon=":material/route:", url_path="journey"),
         st.Page("app_pages/stock.py", title="Stock", icon=":material/inventory_2:", url_path="stock"),
         st.Page("app_pages/reconciliation.py", title="Reconciliation", icon=":material/balance:", url_path="reconciliation"),
+        st.Page("app_pages/audit.py", title="Integration audit", icon=":material/fact_check:", url_path="audit"),
     ]
     page = st.navigation(pages)
 

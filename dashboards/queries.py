@@ -587,3 +587,14 @@ def refunds_by_kind(db: str, since: datetime, until: datetime) -> pd.DataFrame:
         " WHERE r.received_at >= ? AND r.received_at < ? GROUP BY ALL ORDER BY amount DESC",
         [since, until],
     )
+
+
+# ---------------------------------------------------------------------------- integration audit
+
+
+@_cached
+def audit_reports(db: str, limit: int = 52) -> list[dict[str, Any]]:
+    """The stored integration audits, newest first (`audit.history.reports`): counts, verdict and the report."""
+    from clarus_pipelines.audit import history
+
+    return _read(db, history.reports, limit)

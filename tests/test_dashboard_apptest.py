@@ -357,7 +357,7 @@ def test_a_missing_report_file_is_said_not_raised(open_app, seeded: SeedSummary,
 def test_every_page_shows_an_empty_state_before_the_pipelines_ran(open_app, tmp_path) -> None:
     missing = tmp_path / "not-yet" / "state.duckdb"
     at = open_app(missing)
-    for page in ("health", "exceptions", "journey", "stock", "reconciliation"):
+    for page in ("health", "exceptions", "journey", "stock", "reconciliation", "audit"):
         at.switch_page(f"app_pages/{page}.py").run()
         assert not at.exception
         assert any("No pipeline state yet" in i.value for i in at.info), page
@@ -425,7 +425,7 @@ def test_every_page_copes_with_a_fresh_empty_database(open_app, tmp_path) -> Non
     at = open_app(empty)
     assert _metric(at, "Open exceptions") == "0"
     expected = {"health": "No orders yet.", "exceptions": "The exception queue is empty.",
-                "stock": "No stock snapshot yet", "reconciliation": "No orders dispatched"}
+                "stock": "No stock snapshot yet", "reconciliation": "No orders dispatched", "audit": "No audit yet"}
     extra = {"health": ("No data-quality run recorded yet", "No alert sent or waiting yet"),
              "reconciliation": ("No daily report yet",)}
     for page, message in expected.items():

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from audit_seed import AuditSeed, seed_audits
 from dashboard_seed import SeedSummary, seed_state
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
@@ -53,7 +54,13 @@ def seeded(tmp_path_factory) -> SeedSummary:
 
 
 @pytest.fixture(scope="module")
-def dashboard_url(seeded: SeedSummary, tmp_path_factory) -> Iterator[str]:
+def audits(seeded: SeedSummary) -> AuditSeed:
+    """Two stored integration audits in the same state file, for the audit page."""
+    return seed_audits(seeded.path)
+
+
+@pytest.fixture(scope="module")
+def dashboard_url(seeded: SeedSummary, audits: AuditSeed, tmp_path_factory) -> Iterator[str]:
     port = _free_port()
     log_path = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
     env = {
@@ -122,7 +129,7 @@ def _screenshot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"), full_page=True)
 
 
-def test_every_page_after_signing_in(page, dashboard_url: str, seeded: SeedSummary) -> None:
+def test_every_page_after_signing_in(page, dashboard_url: str, seeded: SeedSummary, audits: AuditSeed) -> None:
     from playwright.sync_api import expect
 
     page.goto(dashboard_url)
@@ -181,3 +188,21 @@ def test_every_page_after_signing_in(page, dashboard_url: str, seeded: SeedSumma
     expect(main.locator('[data-testid="stMetric"]').filter(has_text="Orders not reconciling")).to_contain_text("2")
     expect(main.get_by_role("button", name="Download CSV")).to_be_visible()
     _screenshot(page, "5-reconciliation")
+
+    _open(page, "Integration audit", "Integration audit")
+    expect(main.get_by_text("Go-live verdict: not ready: blockers")).to_be_visible()
+    expect(main.locator('[data-testid="stMetric"]').filter(has_text="Blockers")).to_contain_text("1")
+    expect(main.locator(".st-key-audit_findings")).to_be_visible()
+    expect(main.get_by_role("button", name="HTML report")).to_be_visible()
+    _screenshot(page, "6-audit")
+
+    # the HTML report, as `clarus-pipelines audit --format html` writes it, renders on its own
+    from clarus_pipelines.audit.render import to_html
+
+    page.set_content(to_html(audits.latest))
+    expect(page.get_by_role("heading", name="Integration audit")).to_be_visible()
+    expect(page.locator("#verdict")).to_contain_text("not ready: blockers")
+    expect(page.locator("#findings tr[data-check]")).to_have_count(len(audits.latest["findings"]))
+    expect(page.locator('#findings tr[data-check="ship_methods.unmapped"]')).to_contain_text("ops")
+    expect(page.locator("#trend")).to_contain_text("resolved: configuration.weak_secrets")
+    _screenshot(page, "7-audit-report")

@@ -21,11 +21,12 @@ def test_every_domain_contributes():
 
     repo = defs.get_repository_def()
     keys = {key.to_user_string() for key in repo.asset_graph.get_all_asset_keys()}
-    for expected in ("landed_events", "item_master", "stock_snapshots"):
+    for expected in ("landed_events", "item_master", "stock_snapshots", "integration_audit"):
         assert any(k.endswith(expected) for k in keys), f"{expected} missing from {sorted(keys)}"
     sensors = {s.name for s in repo.sensor_defs}
     assert {"shopify_landings", "clarus_landings", "netsuite_landings"} <= sensors
     assert repo.schedule_defs, "no schedules (reconciliation, retention, data quality)"
+    assert "integration_audit_weekly" in {s.name for s in repo.schedule_defs}
 
 
 def test_workspace_yaml_targets_the_definitions_module():

@@ -298,3 +298,10 @@ class ShopifyResource(HttpConnector):
     def list_locations(self) -> list[dict[str, Any]]:
         body = self._get("locations.json", "locations")
         return body["locations"] if body else []
+
+    def list_webhook_subscriptions(self) -> list[dict[str, Any]]:
+        """The shop's webhook subscriptions as `{"id", "topic", "uri"}` (REST `webhooks.json`; read-only)."""
+        return [
+            {"id": str(w.get("id")), "topic": w.get("topic"), "uri": w.get("address")}
+            for w in self._iter_pages("webhooks.json", "webhooks", {"limit": self.page_size})
+        ]
