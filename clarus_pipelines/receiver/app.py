@@ -35,7 +35,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from clarus_pipelines.receiver import auth, topics
+from clarus_pipelines.receiver import auth, contract, topics
 from clarus_pipelines.receiver.landing import Envelope, LandingZone
 from clarus_pipelines.settings import Settings, TenantPolicy, get_policies
 
@@ -184,27 +184,19 @@ class Intake:
         topic = topics.header_topic(source, headers)
         kept = topics.kept_headers(source, headers)
         try:
-            payload = json.loads(body)
-            if not isinstance(payload, dict):
-                raise ValueError(f"JSON body must be an object, got {type(payload).__name__}")
-        except (ValueError, UnicodeDecodeError) as exc:
-            reason = f"malformed JSON: {exc}"[:300]
-            topic = topic or topics.UNKNOWN_TOPIC
-            if not quarantine_malformed:
-                return self._finish(Outcome(400, "malformed", source, topic, reason=reason))
-            envelope = Envelope(source=source, topic=topic, body=body, dedupe_key="", headers=kept, via=via,
-                                replay_of=replay_of, quarantine_reason=reason)
-            try:
-                ref = self.zone.quarantine(envelope)
-            except OSError as exc:
-                return self._finish(Outcome(503, "error", source, topic, reason=f"landing zone: {exc.strerror}"))
-            return self._finish(Outcome(400, "malformed", source, topic, ref.landing_id, reason=reason))
+            payload = contract.parse_body(body)
+            if source == "clarus":
+                topic = topics.clarus_topic(payload)
+            topic = contract.check_topic(topic or topics.UNKNOWN_TOPIC)
+            dedupe_key, webhook_id = topics.dedupe_identity(source, topic, headers, payload, body)
+        except contract.BodyRefused as exc:
+            return self._set_aside(source, body, kept, via, replay_of, exc.reason, quarantine_malformed)
+        except Exception as exc:  # a body we cannot read is refused, never a 5xx
+            log.exception("%s webhook body could not be read", source)
+            return self._set_aside(source, body, kept, via, replay_of, f"unreadable body: {type(exc).__name__}",
+                                   quarantine_malformed)
 
-        if source == "clarus":
-            topic = topics.clarus_topic(payload)
-        topic = topic or topics.UNKNOWN_TOPIC
         known = topic in topics.KNOWN_TOPICS[source]
-        dedupe_key, webhook_id = topics.dedupe_identity(source, topic, headers, payload, body)
         if via == "replay" and replay_of:
             dedupe_key = f"replay:{replay_tag}:{replay_of}"
         envelope = Envelope(source=source, topic=topic, body=body, dedupe_key=dedupe_key, headers=kept, via=via,
@@ -215,6 +207,20 @@ class Intake:
             log.error("%s webhook not stored: %s", source, exc)
             return self._finish(Outcome(503, "error", source, topic, reason=f"landing zone: {exc.strerror}"))
         return self._finish(Outcome(200, result.status, source, topic, result.landing_id, known_topic=known))
+
+    def _set_aside(self, source: str, body: bytes, kept: dict[str, str], via: str, replay_of: str | None,
+                   reason: str, quarantine: bool) -> Outcome:
+        """400 for a body outside the contract, kept in quarantine with the reason (503 if it cannot be kept)."""
+        topic = topics.UNKNOWN_TOPIC
+        if not quarantine:
+            return self._finish(Outcome(400, "malformed", source, topic, reason=reason))
+        envelope = Envelope(source=source, topic=topic, body=body, dedupe_key="", headers=kept, via=via,
+                            replay_of=replay_of, quarantine_reason=reason)
+        try:
+            ref = self.zone.quarantine(envelope)
+        except OSError as exc:
+            return self._finish(Outcome(503, "error", source, topic, reason=f"landing zone: {exc.strerror}"))
+        return self._finish(Outcome(400, "malformed", source, topic, ref.landing_id, reason=reason))
 
 
 # ---------------------------------------------------------------------------- HTTP
