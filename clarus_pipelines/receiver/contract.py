@@ -20,7 +20,7 @@ from typing import Any
 
 MAX_DEPTH = 64
 UNKNOWN_TOPIC = "unknown"
-TOPIC_FORM = re.compile(r"^[a-z][a-z0-9_]{0,62}/[a-z][a-z0-9_]{0,62}$")
+TOPIC_FORM = re.compile(r"[a-z][a-z0-9_]{0,62}/[a-z][a-z0-9_]{0,62}")
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -86,6 +86,6 @@ def parse_body(body: bytes) -> dict[str, Any]:
 
 def check_topic(topic: str) -> str:
     """The topic if it has the known form (`orders/create`), else `BodyRefused`."""
-    if topic == UNKNOWN_TOPIC or TOPIC_FORM.match(topic):
+    if topic == UNKNOWN_TOPIC or TOPIC_FORM.fullmatch(topic):
         return topic
     raise BodyRefused("topic outside the form <resource>/<event>")

@@ -1,0 +1,224 @@
+"""Intake that never stalls: one body contract at the door, ingest that sets a bad landing aside alone.
+
+Over real HTTP on loopback (the receiver served by uvicorn) and a real DuckDB state file.
+"""
+
+import json
+import random
+from concurrent.futures import ThreadPoolExecutor
+
+import dagster as dg
+import httpx
+import pytest
+
+from assets.ingest import landed_events
+from assets.orders import intake_landed_orders
+from clarus_pipelines.exception_queue import open_exceptions
+from clarus_pipelines.receiver import auth, contract
+from clarus_pipelines.receiver.app import WebhookSecrets, create_app
+from clarus_pipelines.receiver.events import ingest_landings
+from clarus_pipelines.receiver.landing import Envelope, LandingZone
+from clarus_pipelines.resources import LandingZoneResource, PoliciesResource, StateStoreResource
+from clarus_pipelines.sandbox.serving import serve_in_thread
+from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
+from clarus_pipelines.state import StateStore
+
+SECRETS = WebhookSecrets(shopify="contract-shopify", clarus_token="contract-clarus", netsuite="contract-netsuite")
+POLICIES = load_policies(SANDBOX_POLICIES)
+TENANT = POLICIES.tenant
+
+
+def order_body(order_id: int, name: str = "#1001") -> bytes:
+    return json.dumps({"id": order_id, "name": name, "email": "ada@example.com", "created_at": "2026-01-01T10:00:00Z",
+                       "updated_at": "2026-01-01T10:00:00Z", "cancelled_at": None, "line_items": [
+                           {"sku": "SKU-1", "quantity": 1, "price": "10.00"}]}).encode()
+
+
+# ---------------------------------------------------------------------------- the contract, plain
+
+
+@pytest.mark.parametrize("body,reason", [
+    (b"\xef\xbb\xbf{}", "byte-order mark"),
+    (b'{"a": "\\ud83d"}', "lone UTF-16 surrogate"),
+    (b'{"\\udc00": 1}', "lone UTF-16 surrogate"),
+    (b'{"a": "\xff"}', "not valid UTF-8"),
+    (b"[" * 2000 + b"]" * 2000, "nested deeper"),
+    (b'{"a":' * 65 + b"1" + b"}" * 65, "nested deeper"),
+    (b"[1, 2]", "must be an object"),
+    (b'"text"', "must be an object"),
+    (b'{"a": NaN}', "NaN is not allowed"),
+    (b'{"a": 1', "malformed JSON"),
+    ('{"a": 1}'.encode("utf-16"), "not valid UTF-8"),
+])
+def test_bodies_outside_the_contract_are_refused_with_a_reason(body, reason):
+    with pytest.raises(contract.BodyRefused, match=reason):
+        contract.parse_body(body)
+
+
+def test_bodies_inside_the_contract_parse():
+    assert contract.parse_body(b'{"a": "\\ud83d\\ude00", "b": "\\u0000", "n": 123456789012345678901234567890}')["a"] == "\U0001f600"
+    assert contract.parse_body(b'{"a":' * 63 + b"1" + b"}" * 63)
+    for topic in ("orders/create", "goods_out/completed", "unknown", "carts/create"):
+        assert contract.check_topic(topic) == topic
+    for topic in ("_x/y", "%2e%2e", "../..", "Orders/Create", "orders", "a/b/c", "", "orders/create\n"):
+        with pytest.raises(contract.BodyRefused):
+            contract.check_topic(topic)
+
+
+# ---------------------------------------------------------------------------- poison pills
+
+
+@pytest.fixture
+def resources(tmp_path) -> dict:
+    return {
+        "landing": LandingZoneResource(path=str(tmp_path / "landing")),
+        "state": StateStoreResource(path=str(tmp_path / "state.duckdb")),
+        "policies": PoliciesResource(path=str(SANDBOX_POLICIES)),
+    }
+
+
+def test_poison_pills_are_set_aside_and_the_valid_orders_reach_the_flow(resources):
+    """A BOM body and a lone-surrogate body (as an older receiver acknowledged them) between valid
+    orders: the run succeeds, the valid orders reach `landed_events` and the order flow, the two
+    bad ones are set aside alone with their reasons and raise LANDING_SET_ASIDE."""
+    zone = LandingZone(resources["landing"].path)
+
+    def land(body: bytes, key: str, topic: str = "orders/create") -> str:
+        envelope = Envelope(source="shopify", topic=topic, body=body, dedupe_key=key, headers={"x-shopify-topic": topic})
+        return zone.land(envelope).relpath
+
+    paths = [
+        land(order_body(9001, "#9001"), "k1"),
+        land(b"\xef\xbb\xbf" + order_body(9002), "k2"),
+        land(order_body(9003, "#9003"), "k3"),
+        land(order_body(9004, "\\ud83d cut emoji").replace(b"\\\\ud83d", b"\\ud83d"), "k4"),
+        land(order_body(9005, "#9005"), "k5", topic="_x"),  # a folder the scanner used to skip
+    ]
+    assert zone.list_landings() and {r.relpath for r in zone.list_landings()} == set(paths)
+
+    result = dg.materialize([landed_events], resources=resources,
+                            run_config={"ops": {"landed_events": {"config": {"landings": paths}}}})
+    assert result.success
+    meta = result.asset_materializations_for_node("landed_events")[0].metadata
+    assert meta["ingested"].value == 3 and meta["set_aside"].value == 2
+
+    store = resources["state"].store()
+    with store.read() as con:
+        stored = {r[0] for r in con.execute("SELECT entity_id FROM landed_events").fetchall()}
+        aside = dict(con.execute("SELECT landing_id, reason FROM landings_set_aside").fetchall())
+        processed = con.execute("SELECT count(*) FROM processed_landings").fetchone()[0]
+        raised = [e for e in open_exceptions(con) if e["code"] == "LANDING_SET_ASIDE"]
+    assert stored == {"9001", "9003", "9005"}
+    assert sorted(aside.values()) == ["JSON string holds a lone UTF-16 surrogate", "body starts with a byte-order mark"]
+    assert processed == 5 and len(raised) == 2
+
+    intake_landed_orders(store, POLICIES)
+    with store.read() as con:
+        in_flow = {r[0] for r in con.execute("SELECT order_id FROM orders").fetchall()}
+    assert in_flow == {"9001", "9003"}  # 9005 came under a topic no flow handles: stored and flagged, not an order
+
+    again = dg.materialize([landed_events], resources=resources)  # catch-up: nothing left behind, nothing twice
+    assert again.asset_materializations_for_node("landed_events")[0].metadata["landings"].value == 0
+
+
+# ---------------------------------------------------------------------------- seeded fuzz over HTTP
+
+
+def _fuzz_cases(rng: random.Random, n: int) -> list[tuple[str, str, bytes, str, bool]]:
+    """(source, topic, body, kind, is_control) for `n` deliveries across the categories of the contract."""
+    cases = []
+    for i in range(n):
+        kind = rng.choice(["control", "control", "bom", "surrogate", "surrogate_key", "invalid_utf8", "deep",
+                           "very_deep", "not_object", "nan", "truncated", "bad_topic", "utf16", "odd_but_valid",
+                           "random_bytes", "clarus_surrogate", "clarus_bad_event"])
+        source = rng.choice(["shopify", "netsuite"])
+        topic = "orders/create" if source == "shopify" else "salesorder/update"
+        body = order_body(100000 + i, f"#{i}")
+        if kind == "bom":
+            body = b"\xef\xbb\xbf" + body
+        elif kind == "surrogate":
+            body = body.replace(f'"#{i}"'.encode(), b'"\\ud83d"')
+        elif kind == "surrogate_key":
+            body = body[:-1] + b', "\\udc00x": 1}'
+        elif kind == "invalid_utf8":
+            body = body.replace(f'"#{i}"'.encode(), b'"\xc3\x28"')
+        elif kind == "deep":
+            depth = rng.randint(65, 900)
+            body = b'{"a":' * depth + b"1" + b"}" * depth
+        elif kind == "very_deep":
+            depth = rng.randint(1000, 20000)
+            body = b"[" * depth + b"]" * depth if rng.random() < 0.5 else b'{"a":' * depth + b"1" + b"}" * depth
+        elif kind == "not_object":
+            body = rng.choice([b"[]", b"null", b"1", b'"x"', b"true", b"[{}]"])
+        elif kind == "nan":
+            body = body[:-1] + rng.choice([b', "x": NaN}', b', "x": -Infinity}'])
+        elif kind == "truncated":
+            body = body[: rng.randint(0, len(body) - 1)]
+        elif kind == "bad_topic":
+            topic = rng.choice(["_x/y", "%2e%2e", "../../etc", "_hidden", "ORDERS/CREATE", "a/b/c", ".", "x" * 300])
+        elif kind == "utf16":
+            body = body.decode().encode(rng.choice(["utf-16", "utf-16-le", "utf-32"]))
+        elif kind == "odd_but_valid":
+            body = body[:-1] + rng.choice([b', "nul": "\\u0000"}', b', "big": 123456789012345678901234567890}',
+                                           b', "emoji": "\\ud83d\\ude00"}', b', "dup": 1, "dup": 2}'])
+            topic = rng.choice([topic, "carts/create"])  # a well-formed unknown topic lands flagged
+        elif kind == "random_bytes":
+            body = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 64)))
+        elif kind.startswith("clarus"):
+            source, topic = "clarus", ""
+            event = "goods_out/completed" if kind == "clarus_surrogate" else rng.choice(["_x.y", "..", "a b/c"])
+            record = {"id": str(i), "reference": "\\ud83d" if kind == "clarus_surrogate" else f"#{i}"}
+            body = json.dumps({"event": event, "data": record}).encode().replace(b"\\\\ud83d", b"\\ud83d")
+        cases.append((source, topic, body, kind, kind in ("control", "odd_but_valid")))
+    return cases
+
+
+def _post(client: httpx.Client, n: int, case) -> tuple[int, dict, str, bool]:
+    source, topic, body, kind, is_control = case
+    if source == "shopify":
+        headers = auth.shopify_headers(body, SECRETS.shopify, topic=topic or "x", webhook_id=f"fz-{n}")
+        if not topic:
+            del headers["X-Shopify-Topic"]
+        url = "/webhooks/shopify"
+    elif source == "netsuite":
+        headers = auth.netsuite_headers(body, SECRETS.netsuite, topic=topic, event_id=f"fz-{n}")
+        url = "/webhooks/netsuite"
+    else:
+        headers = auth.clarus_headers(TENANT)
+        url = f"/webhooks/clarus/{SECRETS.clarus_token}"
+    response = client.post(url, content=body, headers=headers)
+    return response.status_code, response.json(), kind, is_control
+
+
+def test_seeded_fuzz_never_5xx_and_every_acknowledged_landing_is_ingested(tmp_path):
+    rng = random.Random(20261203)
+    cases = _fuzz_cases(rng, 2400)
+    app = create_app(tmp_path / "landing", secrets=SECRETS, tenant=TENANT, fsync=False)
+    zone = app.state.zone
+    with serve_in_thread(app) as served, httpx.Client(base_url=served.url, timeout=30) as client:
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda item: _post(client, *item), enumerate(cases)))
+        assert client.get("/healthz").status_code == 200  # still alive, and keep-alive still works
+    statuses = [a[0] for a in answers]
+    assert not [s for s in statuses if s >= 500], "no body ever gets a 5xx"
+    assert set(statuses) <= {200, 400}
+    for status, doc, kind, is_control in answers:
+        if is_control:
+            assert status == 200, (kind, doc)
+        if status == 400:
+            assert doc["status"] == "malformed" and doc["reason"] and doc.get("landing_id"), doc
+    refused = sum(1 for s in statuses if s == 400)
+    assert len(zone.list_landings(quarantined=True)) == refused
+    accepted_ids = {doc["landing_id"] for status, doc, *_ in answers if status == 200}
+    control_ids = {doc["landing_id"] for status, doc, _, is_control in answers if is_control}
+
+    store = StateStore(tmp_path / "state.duckdb")
+    refs = zone.list_landings()
+    assert {r.landing_id for r in refs} == accepted_ids  # every acknowledged landing is visible
+    report, loaded = ingest_landings(zone, store, [r.relpath for r in refs])
+    assert report.set_aside == 0 and not loaded.unreadable and not loaded.missing, loaded.set_aside[:3]
+    with store.read() as con:
+        ingested = {r[0] for r in con.execute("SELECT landing_id FROM landed_events").fetchall()}
+        processed = {r[0] for r in con.execute("SELECT landing_id FROM processed_landings").fetchall()}
+    assert control_ids <= ingested
+    assert processed == accepted_ids
