@@ -222,3 +222,30 @@ def test_seeded_fuzz_never_5xx_and_every_acknowledged_landing_is_ingested(tmp_pa
         processed = {r[0] for r in con.execute("SELECT landing_id FROM processed_landings").fetchall()}
     assert control_ids <= ingested
     assert processed == accepted_ids
+
+
+# ---------------------------------------------------------------------------- topic and body agree
+
+
+def test_a_shopify_cancellation_is_what_the_body_says_not_the_topic_alone(tmp_path, fixtures_dir):
+    """Shopify signs the body, not the topic header: `orders/cancelled` without `cancelled_at`
+    is not a cancellation (it is handled as an update), and one with it is."""
+    import polars as pl
+
+    from clarus_pipelines.domain.order_flow import order_states, plan_intake
+    from clarus_pipelines.domain.orders import parse_orders
+
+    order = json.loads((fixtures_dir / "shopify" / "shopify_python_api" / "order.json").read_text())["order"]
+    claimed = {**order, "id": 7001, "cancelled_at": None}
+    real = {**order, "id": 7002, "cancelled_at": "2026-01-01T11:00:00Z"}
+    landed = pl.DataFrame({
+        "landing_id": ["20260101T110000.000001Z", "20260101T110000.000002Z"],
+        "topic": ["orders/cancelled", "orders/cancelled"],
+        "received_at": [None, None],
+        "payload": [json.dumps(claimed), json.dumps(real)],
+    }, schema={"landing_id": pl.Utf8, "topic": pl.Utf8, "received_at": pl.Datetime, "payload": pl.Utf8})
+    with StateStore(tmp_path / "state.duckdb").read() as con:
+        states = order_states(con, ["7001", "7002"])
+    plan = plan_intake(landed, parse_orders(landed["payload"]), states)
+    assert plan.cancel_now == ["7002"] and plan.cancel_pending == []
+    assert plan.validate_ids == ["7001"]
