@@ -16,11 +16,10 @@ from datetime import timedelta
 import dagster as dg
 
 from clarus_pipelines.exception_queue import utcnow
-from clarus_pipelines.receiver.events import ingest_landings, ingest_rejections, unprocessed_landings
+from clarus_pipelines.receiver.events import STALL_AFTER, ingest_landings, ingest_rejections, unprocessed_landings
 from clarus_pipelines.receiver.landing import LandingZone
 from clarus_pipelines.resources import LandingZoneResource, PoliciesResource, StateStoreResource
 
-STALL_AFTER = timedelta(minutes=10)  # a landing not ingested this long after arriving is stalled
 STALL_LOOKBACK = timedelta(hours=24)
 
 landing_zone = dg.AssetSpec(

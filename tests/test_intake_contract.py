@@ -249,3 +249,59 @@ def test_a_shopify_cancellation_is_what_the_body_says_not_the_topic_alone(tmp_pa
     plan = plan_intake(landed, parse_orders(landed["payload"]), states)
     assert plan.cancel_now == ["7002"] and plan.cancel_pending == []
     assert plan.validate_ids == ["7001"]
+
+
+# ---------------------------------------------------------------------------- operator commands
+
+
+def test_ingest_and_intake_status_commands(tmp_path):
+    """`intake-status` sees a stalled landing (even under a folder the scanner used to skip) and
+    the set-aside one; `ingest` takes everything in with the ingest run's code and exits 0."""
+    import os
+    import subprocess
+    import sys
+    from datetime import timedelta
+    from pathlib import Path
+
+    from clarus_pipelines.exception_queue import utcnow
+    from clarus_pipelines.receiver.landing import landing_id_at
+
+    home = tmp_path / "home"
+    zone = LandingZone(home / "landing")  # where the receiver lands with CLARUS_PIPELINES_HOME=home
+    zone.land(Envelope(source="shopify", topic="orders/create", body=order_body(1), dedupe_key="a")).relpath
+    zone.land(Envelope(source="netsuite", topic="salesorder/update", body=b"\xef\xbb\xbf{}", dedupe_key="b"))
+    old_id = landing_id_at(utcnow() - timedelta(minutes=30))  # an older receiver's landing in `_hidden`
+    folder = zone.root / "shopify" / "_hidden" / f"{old_id[0:4]}-{old_id[4:6]}-{old_id[6:8]}"
+    folder.mkdir(parents=True)
+    (folder / f"{old_id}.json").write_bytes(
+        Envelope(source="shopify", topic="_hidden", body=order_body(2), dedupe_key="c").to_json())
+
+    cli = [str(Path(sys.executable).parent / "clarus-pipelines")]
+    env = {**os.environ, "CLARUS_PIPELINES_HOME": str(home)}
+    env.pop("CLARUS_PIPELINES_LANDING_DIR", None)
+    env.pop("CLARUS_PIPELINES_STATE_DB", None)
+
+    before = subprocess.run(cli + ["intake-status", "--json"], capture_output=True, text=True, env=env)
+    assert before.returncode == 1, before.stderr
+    status = json.loads(before.stdout)
+    assert status["shopify"]["acknowledged"] == 2 and status["shopify"]["stalled"] is True
+    assert status["shopify"]["oldest_unread"] == old_id and status["netsuite"]["stalled"] is False
+
+    ingest = subprocess.run(cli + ["ingest", "--landing-dir", str(home / "landing"), "--state",
+                                   str(home / "state.duckdb")], capture_output=True, text=True, env=env)
+    assert ingest.returncode == 0, ingest.stderr
+    doc = json.loads(ingest.stdout)
+    assert doc["report"]["ingested"] == 2 and doc["report"]["set_aside"] == 1 and doc["stalled"] == []
+    assert list(doc["set_aside"].values()) == ["body starts with a byte-order mark"]
+
+    after = subprocess.run(cli + ["intake-status", "--json"], capture_output=True, text=True, env=env)
+    assert after.returncode == 0, after.stderr
+    status = json.loads(after.stdout)
+    shopify = status["shopify"]
+    assert (shopify["acknowledged"], shopify["ingested"], shopify["unread"]) == (2, 2, 0)
+    assert shopify["stalled"] is False and shopify["oldest_unread"] is None
+    assert status["netsuite"]["set_aside"] == 1
+    assert status["netsuite"]["set_aside_reasons"] == {"body starts with a byte-order mark": 1}
+
+    again = subprocess.run(cli + ["ingest"], capture_output=True, text=True, env=env)  # same settings as the receiver
+    assert again.returncode == 0 and json.loads(again.stdout)["report"]["ingested"] == 0

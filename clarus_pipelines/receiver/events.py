@@ -288,6 +288,52 @@ def processed_ids(con: duckdb.DuckDBPyConnection, landing_ids: Sequence[str]) ->
     return {r[0] for r in rows}
 
 
+# ---------------------------------------------------------------------------- intake status
+
+STALL_AFTER = timedelta(minutes=10)  # a landing not ingested this long after arriving is stalled
+_ALL_TIME = datetime(2000, 1, 1)
+
+
+def unread_landings(zone: LandingZone, store, *, since: datetime | None = None, limit: int | None = None) -> list[str]:
+    """Every landing in the zone (received since `since`, default all) that ingest has neither stored nor set aside."""
+    return unprocessed_landings(zone, store, since or _ALL_TIME, limit=limit)
+
+
+def intake_status(zone: LandingZone, store, *, now: datetime | None = None,
+                  stall_after: timedelta = STALL_AFTER) -> dict[str, dict[str, Any]]:
+    """Per source: acknowledged (landed), ingested, set aside with reasons, refused at the door
+    (quarantined), the oldest landing not yet read, and whether intake is stalled (a landing
+    waits longer than `stall_after`)."""
+    now = now or utcnow()
+    refs = zone.list_landings()
+    quarantined = Counter(r.source for r in zone.list_landings(quarantined=True))
+    with store.read() as con:
+        done = processed_ids(con, [r.landing_id for r in refs])
+        aside_rows = con.execute(
+            "SELECT source, reason, count(*) FROM landings_set_aside GROUP BY ALL ORDER BY 3 DESC"
+        ).fetchall()
+        aside_ids = {r[0] for r in con.execute("SELECT landing_id FROM landings_set_aside").fetchall()}
+    status: dict[str, dict[str, Any]] = {}
+    for source in SOURCES:
+        mine = [r for r in refs if r.source == source]
+        unread = [r for r in mine if r.landing_id not in done]
+        oldest = unread[0] if unread else None
+        waited = (now - oldest.received).total_seconds() if oldest else 0.0
+        reasons = {reason: n for s, reason, n in aside_rows if s == source}
+        status[source] = {
+            "acknowledged": len(mine),
+            "ingested": sum(1 for r in mine if r.landing_id in done and r.landing_id not in aside_ids),
+            "set_aside": sum(reasons.values()),
+            "set_aside_reasons": reasons,
+            "refused_at_door": quarantined.get(source, 0),
+            "unread": len(unread),
+            "oldest_unread": oldest.landing_id if oldest else None,
+            "oldest_unread_age_s": round(waited, 1),
+            "stalled": bool(oldest) and waited > stall_after.total_seconds(),
+        }
+    return status
+
+
 # ---------------------------------------------------------------------------- consumers
 
 
