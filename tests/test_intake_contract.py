@@ -305,3 +305,35 @@ def test_ingest_and_intake_status_commands(tmp_path):
 
     again = subprocess.run(cli + ["ingest"], capture_output=True, text=True, env=env)  # same settings as the receiver
     assert again.returncode == 0 and json.loads(again.stdout)["report"]["ingested"] == 0
+
+
+def test_a_landing_left_behind_by_a_failed_run_is_requested_again(resources):
+    """The landing sensor's cursor has moved past it, its run failed: `stalled_landings` asks for
+    it again (by its ids) until it is stored or set aside."""
+    from datetime import timedelta
+
+    from clarus_pipelines.exception_queue import utcnow
+    from clarus_pipelines.receiver.landing import landing_id_at
+    from sensors.webhooks import stalled_landings_sensor
+
+    zone = LandingZone(resources["landing"].path)
+    old_id = landing_id_at(utcnow() - timedelta(minutes=30))
+    folder = zone.root / "shopify" / "orders.create" / f"{old_id[0:4]}-{old_id[4:6]}-{old_id[6:8]}"
+    folder.mkdir(parents=True)
+    (folder / f"{old_id}.json").write_bytes(
+        Envelope(source="shopify", topic="orders/create", body=order_body(3), dedupe_key="left-behind").to_json())
+    zone.land(Envelope(source="shopify", topic="orders/create", body=order_body(4), dedupe_key="fresh"))
+
+    def tick():
+        with dg.build_sensor_context(resources={"landing": resources["landing"], "state": resources["state"]}) as ctx:
+            return stalled_landings_sensor(ctx)
+
+    result = tick()
+    [request] = result.run_requests
+    [path] = request.run_config["ops"]["landed_events"]["config"]["landings"]
+    assert path.endswith(f"{old_id}.json")  # only the stalled one, not the fresh one
+    assert tick().run_requests[0].run_key == request.run_key  # the same ask within the window
+
+    dg.materialize([landed_events], resources=resources,
+                   run_config={"ops": {"landed_events": {"config": {"landings": [path]}}}})
+    assert isinstance(tick(), dg.SkipReason)
