@@ -143,3 +143,27 @@ def test_idle_slow_and_unauthenticated_connections_are_bounded(receiver, fixture
     assert sum(1 for r in rejections if r.reason == "bad_token") == 30
     for sock in idle + trickling + unauthenticated + slow_bodies:
         sock.close()
+
+
+def test_a_half_committed_landing_is_finished_while_the_receiver_runs(tmp_path, monkeypatch):
+    """A complete file a killed worker left in `_tmp/` becomes a landing without a restart."""
+    from clarus_pipelines.receiver import app as receiver_app
+    from clarus_pipelines.receiver.app import WebhookSecrets, create_app
+    from clarus_pipelines.receiver.landing import Envelope
+    from clarus_pipelines.sandbox.serving import serve_in_thread
+    from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
+
+    monkeypatch.setattr(receiver_app, "TMP_SWEEP_INTERVAL_S", 0.2)
+    app = create_app(tmp_path / "landing", secrets=WebhookSecrets(shopify=SECRET),
+                     tenant=load_policies(SANDBOX_POLICIES).tenant)
+    zone = app.state.zone
+    with serve_in_thread(app):
+        left = zone.tmp_dir / "killed-worker.tmp"
+        left.write_bytes(Envelope(source="shopify", topic="orders/create", body=b'{"id": 1}',
+                                  dedupe_key="shopify:webhook:left").to_json())
+        os.utime(left, (time.time() - 120, time.time() - 120))  # older than any write in flight
+        deadline = time.monotonic() + 10
+        while not zone.list_landings() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [zone.read(r).dedupe_key for r in zone.list_landings()] == ["shopify:webhook:left"]
+        assert not left.exists()

@@ -51,6 +51,7 @@ DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024
 DEFAULT_BODY_TIMEOUT_S = 10.0  # a body slower than this is refused (408): slow senders cannot hold memory
 MAX_BODY_ENV = "CLARUS_PIPELINES_RECEIVER_MAX_BODY_BYTES"
 BODY_TIMEOUT_ENV = "CLARUS_PIPELINES_RECEIVER_BODY_TIMEOUT_S"
+TMP_SWEEP_INTERVAL_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -353,13 +354,29 @@ def create_app(
         }
         return JSONResponse(doc, status_code=200 if writable else 503)
 
+    async def sweep_interrupted() -> None:
+        """While serving, finish what a killed worker left in `_tmp/` (not only at the next start)."""
+        while True:
+            await asyncio.sleep(TMP_SWEEP_INTERVAL_S)
+            try:
+                finished = await run_in_threadpool(zone.finish_interrupted)
+            except OSError as exc:
+                log.error("could not sweep the landing zone's _tmp/: %s", exc)
+                continue
+            if finished:
+                log.warning("finished %d landing(s) a stopped worker left half committed", finished)
+
     @asynccontextmanager
     async def lifespan(app: Starlette):
         finished = await run_in_threadpool(zone.finish_interrupted)
         if finished:
             log.warning("finished %d landing(s) interrupted by an earlier stop", finished)
         log.info("receiver landing webhooks in %s", zone.root)
-        yield
+        sweeper = asyncio.create_task(sweep_interrupted())
+        try:
+            yield
+        finally:
+            sweeper.cancel()
 
     app = Starlette(
         routes=[

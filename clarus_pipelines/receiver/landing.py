@@ -441,6 +441,8 @@ class LandingZone:
         assert result is not None
         if result.stored:
             self._sync_landed(os.path.dirname(f"{self._root}/{result.relpath}"))
+            # the dedupe marker too: after a power cut the event must still be known as landed
+            self._sync_landed(os.path.dirname(self._marker_path(source, dedupe_key)))
         if job.stale_tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(job.stale_tmp)
