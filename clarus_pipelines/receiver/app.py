@@ -223,10 +223,10 @@ class Intake:
             topic = contract.check_topic(topic or topics.UNKNOWN_TOPIC)
             dedupe_key, webhook_id = topics.dedupe_identity(source, topic, headers, payload, body)
         except contract.BodyRefused as exc:
-            return self._set_aside(source, body, kept, via, replay_of, exc.reason, quarantine_malformed)
+            return self._refuse_body(source, body, kept, via, replay_of, exc.reason, quarantine_malformed)
         except Exception as exc:  # a body we cannot read is refused, never a 5xx
             log.exception("%s webhook body could not be read", source)
-            return self._set_aside(source, body, kept, via, replay_of, f"unreadable body: {type(exc).__name__}",
+            return self._refuse_body(source, body, kept, via, replay_of, f"unreadable body: {type(exc).__name__}",
                                    quarantine_malformed)
 
         known = topic in topics.KNOWN_TOPICS[source]
@@ -241,7 +241,7 @@ class Intake:
             return self._finish(Outcome(503, "error", source, topic, reason=f"landing zone: {exc.strerror}"))
         return self._finish(Outcome(200, result.status, source, topic, result.landing_id, known_topic=known))
 
-    def _set_aside(self, source: str, body: bytes, kept: dict[str, str], via: str, replay_of: str | None,
+    def _refuse_body(self, source: str, body: bytes, kept: dict[str, str], via: str, replay_of: str | None,
                    reason: str, quarantine: bool) -> Outcome:
         """400 for a body outside the contract, kept in quarantine with the reason (503 if it cannot be kept)."""
         topic = topics.UNKNOWN_TOPIC
