@@ -337,3 +337,58 @@ def test_a_landing_left_behind_by_a_failed_run_is_requested_again(resources):
     dg.materialize([landed_events], resources=resources,
                    run_config={"ops": {"landed_events": {"config": {"landings": [path]}}}})
     assert isinstance(tick(), dg.SkipReason)
+
+
+def test_store_events_sets_aside_what_arrow_or_duckdb_refuses_and_stores_the_rest(tmp_path):
+    """Defence in depth behind the contract: a row Arrow cannot encode or DuckDB's JSON type
+    refuses is set aside alone, with its first cause, inside the same transaction."""
+    from datetime import datetime
+
+    from clarus_pipelines.receiver.events import LoadedLandings, store_events
+
+    def row(n: int, payload: str, entity_id: str = "1") -> dict:
+        return {"landing_id": f"20260101T000000.00000{n}Z", "source": "shopify", "topic": "orders/create",
+                "known_topic": True, "entity_type": "order", "entity_id": entity_id, "parent_id": None,
+                "entity_updated_at": None, "received_at": datetime(2026, 1, 1), "webhook_id": f"w{n}", "dedupe_key": f"k{n}",
+                "payload": payload, "via": "webhook", "replay_of": None}
+
+    loaded = LoadedLandings(rows=[row(1, '{"id": 1}'), row(2, '\ufeff{"id": 2}', "2"), row(3, '{"id": 3}', "\ud83d"),
+                                  row(4, '{"id": 4}', "4")])
+    store = StateStore(tmp_path / "state.duckdb")
+    with store.write() as con:
+        report = store_events(con, loaded, run_id="t")
+    assert report.ingested == 2 and report.set_aside == 2
+    with store.read() as con:
+        assert {r[0] for r in con.execute("SELECT entity_id FROM landed_events").fetchall()} == {"1", "4"}
+        reasons = dict(con.execute("SELECT landing_id, reason FROM landings_set_aside").fetchall())
+    assert reasons["20260101T000000.000002Z"] == "payload refused by DuckDB's JSON type"
+    assert reasons["20260101T000000.000003Z"].startswith("cannot stage: UnicodeEncodeError")
+
+
+def test_a_batch_that_fails_anyway_is_stored_one_by_one_and_only_the_culprit_set_aside(tmp_path, monkeypatch):
+    """Fault injection: DuckDB refuses one landing for a reason no check foresaw. The batch is
+    retried landing by landing; the culprit is set aside with DuckDB's first cause."""
+    import duckdb
+
+    from clarus_pipelines.receiver import events
+
+    zone = LandingZone(tmp_path / "landing")
+    paths = [zone.land(Envelope(source="shopify", topic="orders/create", body=order_body(n), dedupe_key=f"k{n}")).relpath
+             for n in (1, 2, 3)]
+    culprit = LandingZone(tmp_path / "landing").resolve(paths[1]).stem
+    real_store_events = events.store_events
+
+    def refusing(con, loaded, **kw):
+        if any(r["landing_id"] == culprit for r in loaded.rows):
+            con.execute("SELECT 'not json'::JSON")  # a real DuckDB error, aborting the transaction
+        return real_store_events(con, loaded, **kw)
+
+    monkeypatch.setattr(events, "store_events", refusing)
+    store = StateStore(tmp_path / "state.duckdb")
+    report, loaded = events.ingest_landings(zone, store, paths)
+    assert report.ingested == 2 and report.set_aside == 1
+    [item] = loaded.set_aside
+    assert item.landing_id == culprit and item.reason.startswith("cannot store: ConversionException")
+    with store.read() as con:
+        assert con.execute("SELECT count(*) FROM processed_landings").fetchone()[0] == 3
+        assert con.execute("SELECT count(*) FROM landed_events").fetchone()[0] == 2

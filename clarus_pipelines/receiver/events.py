@@ -21,12 +21,12 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.compute as pc
 
 from clarus_pipelines.exception_queue import Finding, raise_exception, sync_exceptions, utcnow
 from clarus_pipelines.receiver import contract
 from clarus_pipelines.receiver.landing import (
-    SOURCE_NAMES, SOURCES, LandingPathError, LandingRef, LandingZone, Rejection, landing_id_at,
+    SOURCE_NAMES, SOURCES, LandingPathError, LandingRef, LandingZone, Rejection, landing_id_at, landing_time,
 )
 from clarus_pipelines.receiver.topics import entity_of, parse_timestamp
 from clarus_pipelines.settings import Policies
@@ -89,6 +89,9 @@ def event_row(landing_id: str, envelope) -> dict[str, Any]:
     Raises `contract.BodyRefused` for a body outside the receiver's contract (landed by
     an older receiver, or written by hand): such a landing is set aside, not stored.
     """
+    for name in ("topic", "dedupe_key"):
+        if not isinstance(getattr(envelope, name), str):
+            raise contract.BodyRefused(f"landing file lacks its {name}")
     payload = contract.parse_body(envelope.body)
     entity = entity_of(envelope.source, envelope.topic, payload)
     payload_text = envelope.body.decode("utf-8")  # the contract guarantees UTF-8
@@ -101,7 +104,8 @@ def event_row(landing_id: str, envelope) -> dict[str, Any]:
         "entity_id": entity.entity_id,
         "parent_id": entity.parent_id,
         "entity_updated_at": entity.updated_at,
-        "received_at": parse_timestamp(envelope.received_at),
+        # the landing id encodes the receive time: a garbled field in the file cannot stop the batch
+        "received_at": parse_timestamp(envelope.received_at) or landing_time(landing_id),
         "webhook_id": envelope.webhook_id,
         "dedupe_key": envelope.dedupe_key,
         "payload": payload_text,
@@ -195,7 +199,7 @@ def store_events(
                     set_aside.append(_set_aside(LandingRef(landing_id, source, topic, ""), topic,
                                                 "payload refused by DuckDB's JSON type"))
                 con.unregister("_staged_landings")
-                table = table.filter(pa.compute.invert(pa.compute.is_in(table["landing_id"], pa.array(sorted(bad)))))
+                table = table.filter(pc.invert(pc.is_in(table["landing_id"], pa.array(sorted(bad)))))
                 con.register("_staged_landings", table)
             report.already_processed = con.execute(
                 "SELECT count(*) FROM _staged_landings s JOIN processed_landings p USING (landing_id)"
@@ -262,11 +266,38 @@ def record_set_aside(con: duckdb.DuckDBPyConnection, set_aside: Sequence[SetAsid
 
 def ingest_landings(zone: LandingZone, store, relpaths: Sequence[str], *, run_id: str | None = None,
                     policies: Policies | None = None) -> tuple[IngestReport, LoadedLandings]:
-    """Take landings into the state store: the one path of the ingest asset and `clarus-pipelines ingest`."""
+    """Take landings into the state store: the one path of the ingest asset and `clarus-pipelines ingest`.
+
+    If the batch's transaction fails all the same (a constraint no check foresaw), each
+    landing is retried in a transaction of its own and one that still fails is set aside
+    with that first cause, so one landing can never hold the others back.
+    """
     loaded = load_landings(zone, relpaths)
-    with store.write() as con:
-        report = store_events(con, loaded, run_id=run_id, policies=policies)
-    return report, loaded
+    try:
+        with store.write() as con:
+            return store_events(con, loaded, run_id=run_id, policies=policies), loaded
+    except duckdb.Error as exc:
+        log.error("ingest batch of %d landing(s) failed (%s: %s); storing them one by one",
+                  len(loaded.rows), type(exc).__name__, str(exc).splitlines()[0][:200])
+    total = IngestReport(missing=len(loaded.missing), unreadable=len(loaded.unreadable))
+    singles = [LoadedLandings(rows=[row]) for row in loaded.rows]
+    if loaded.set_aside:
+        singles.append(LoadedLandings(set_aside=list(loaded.set_aside)))
+    for single in singles:
+        try:
+            with store.write() as con:
+                report = store_events(con, single, run_id=run_id, policies=policies)
+        except duckdb.Error as exc:
+            row = single.rows[0]
+            ref = LandingRef(row["landing_id"], row["source"] or "", row["topic"] or "", "")
+            item = _set_aside(ref, str(row["topic"]), f"cannot store: {type(exc).__name__}: {str(exc).splitlines()[0]}"[:200])
+            loaded.set_aside.append(item)
+            with store.write() as con:
+                report = store_events(con, LoadedLandings(set_aside=[item]), run_id=run_id, policies=policies)
+        for name in ("ingested", "already_processed", "duplicate_events", "set_aside", "unknown_topics"):
+            setattr(total, name, getattr(total, name) + getattr(report, name))
+        total.by_topic.update(report.by_topic)
+    return total, loaded
 
 
 def unprocessed_landings(zone: LandingZone, store, since: datetime, until: datetime | None = None,
