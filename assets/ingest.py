@@ -4,6 +4,7 @@
   into the DuckDB table the order, dispatch and refund flows read. Idempotent: a landing
   already in `processed_landings`, or a second landing of the same event, adds nothing.
   Run by hand with no `landings` it catches up on whatever recent landings were missed.
+  A landing that cannot be stored is set aside alone (LANDING_SET_ASIDE); the batch goes on.
 - `webhook_rejections`: counts the receiver's rejection log and raises WEBHOOK_REJECTED
   for a source whose webhooks keep being refused (auto-cleared when they stop).
 - checks: no landing waits unprocessed for long; no unknown topics arrive unnoticed.
@@ -15,11 +16,10 @@ from datetime import timedelta
 import dagster as dg
 
 from clarus_pipelines.exception_queue import utcnow
-from clarus_pipelines.receiver.events import ingest_rejections, load_landings, store_events, unprocessed_landings
+from clarus_pipelines.receiver.events import STALL_AFTER, ingest_landings, ingest_rejections, unprocessed_landings
 from clarus_pipelines.receiver.landing import LandingZone
 from clarus_pipelines.resources import LandingZoneResource, PoliciesResource, StateStoreResource
 
-STALL_AFTER = timedelta(minutes=10)  # a landing not ingested this long after arriving is stalled
 STALL_LOOKBACK = timedelta(hours=24)
 
 landing_zone = dg.AssetSpec(
@@ -53,9 +53,10 @@ def landed_events(
         since = utcnow() - timedelta(hours=config.catch_up_hours)
         relpaths = unprocessed_landings(zone, store, since, limit=config.catch_up_limit)
         context.log.info("catch-up: %d unprocessed landing(s) in the last %dh", len(relpaths), config.catch_up_hours)
-    loaded = load_landings(zone, relpaths)
-    with store.write() as con:
-        report = store_events(con, loaded, run_id=context.run_id)
+    report, loaded = ingest_landings(zone, store, relpaths, run_id=context.run_id)
+    if loaded.set_aside:
+        context.log.warning("%d landing(s) set aside (LANDING_SET_ASIDE), the rest stored; first: %s: %s",
+                            len(loaded.set_aside), loaded.set_aside[0].landing_id, loaded.set_aside[0].reason)
     if loaded.missing:
         context.log.warning("%d landing(s) no longer in the zone (pruned?): %s", len(loaded.missing), loaded.missing[:5])
     if report.unknown_topics:

@@ -211,6 +211,18 @@ _TYPES = [
         "The reconciliation read lands what the webhooks missed.",
         "Escalate to security if the source is unknown.",
         30, "webhook"),
+    # --- intake that never stalls (issue 12) ---
+    ExceptionType(
+        "LANDING_SET_ASIDE", "integration", "high", "Webhook set aside: cannot be stored",
+        "A webhook that was acknowledged and landed cannot be stored in the state (its body "
+        "is outside the body contract, e.g. a byte-order mark, a lone surrogate or an "
+        "unreadable file). It was set aside on its own; the rest of its batch went on, but "
+        "this one event has not reached any flow.",
+        "Read the reason (`clarus-pipelines intake-status --json`), fix the sender (usually "
+        "the NetSuite script or a Clarus automation), then have the event re-sent or "
+        "reconciled; `clarus-pipelines replay` re-submits the landing once it is correct.",
+        "Escalate to the sending system's owner if the same reason keeps coming back.",
+        60, "webhook"),
     ExceptionType(
         "CONNECTOR_FAILING", "integration", "critical", "A connection is failing",
         "Calls to one of Clarus, Shopify, NetSuite or an alert channel keep failing after "

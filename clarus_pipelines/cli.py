@@ -54,6 +54,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "clarus_pipelines.simulate",
         "Rehearse a sale day: run the whole integration against the sandbox with faults and print what happened as JSON.",
     ),
+    # --- intake that never stalls (issue 12) ---
+    "ingest": (
+        "clarus_pipelines.receiver.intake_cli",
+        "Take what is in the landing zone into the state store (the ingest run's code); exit 0 when nothing is stalled.",
+    ),
+    "intake-status": (
+        "clarus_pipelines.receiver.intake_status_cli",
+        "Print per source as JSON: acknowledged, ingested, set aside with reasons, oldest unread landing, stalled.",
+    ),
 }
 
 

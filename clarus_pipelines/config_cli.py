@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--require-secrets",
         action="store_true",
-        help="also fail when a secret the receiver and connectors need is not set in the environment",
+        help="also fail when a secret the receiver and connectors need is not set in the environment, "
+        "or a webhook secret is too weak (under 16 characters or little variety)",
     )
 
 
@@ -30,6 +31,23 @@ REQUIRED_SECRETS = (
     "SHOPIFY_WEBHOOK_SECRET", "NETSUITE_CONSUMER_KEY", "NETSUITE_CONSUMER_SECRET", "NETSUITE_TOKEN_ID",
     "NETSUITE_TOKEN_SECRET", "NETSUITE_WEBHOOK_SECRET",
 )
+
+
+# --- weak webhook secrets (issue 12) ---
+# The secrets that guard our own door: we choose them (Shopify's is its app secret), so
+# they must be long and random. Vendor-issued credentials are not judged here.
+DOOR_SECRETS = ("CLARUS_WEBHOOK_TOKEN", "SHOPIFY_WEBHOOK_SECRET", "NETSUITE_WEBHOOK_SECRET")
+MIN_SECRET_LENGTH = 16
+MIN_DISTINCT_CHARACTERS = 8
+
+
+def weak_secret_reason(value: str) -> str | None:
+    """Why a webhook secret is too weak to guard the receiver, or None. Never echoes the value."""
+    if len(value) < MIN_SECRET_LENGTH:
+        return f"too weak: shorter than {MIN_SECRET_LENGTH} characters (use e.g. 32 random characters)"
+    if len(set(value)) < MIN_DISTINCT_CHARACTERS:
+        return f"too weak: fewer than {MIN_DISTINCT_CHARACTERS} different characters (use a random value)"
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,19 +63,27 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"invalid config: {exc}", file=sys.stderr)
         return 1
-    missing = []
+    missing: list[str] = []
+    weak: list[str] = []
     if args.require_secrets:
         fields = {f.validation_alias: name for name, f in Settings.model_fields.items()}
         missing = [env for env in REQUIRED_SECRETS if getattr(settings, fields[env]) is None]
         for env in missing:
             print(f"environment: {env}: not set", file=sys.stderr)
+        for env in DOOR_SECRETS:
+            secret = getattr(settings, fields[env])
+            reason = weak_secret_reason(secret.get_secret_value()) if secret is not None else None
+            if reason:
+                weak.append(env)
+                print(f"environment: {env}: {reason}", file=sys.stderr)
     summary = {
         "config": str(path),
         "ship_methods": len(policies.ship_methods),
         "sku_buffers": len(policies.stock.buffers),
         "owners": sorted(policies.owners),
         "missing_secrets": missing,
-        "ok": not missing,
+        "weak_secrets": weak,
+        "ok": not missing and not weak,
     }
     print(json.dumps(summary))
-    return 0 if not missing else 1
+    return 0 if summary["ok"] else 1

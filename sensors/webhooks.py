@@ -17,10 +17,11 @@ from datetime import datetime, timezone
 
 import dagster as dg
 
-from assets.ingest import ingest_landings_job, webhook_rejections_job
-from clarus_pipelines.receiver.events import REJECTION_WINDOW
+from assets.ingest import STALL_LOOKBACK, ingest_landings_job, webhook_rejections_job
+from clarus_pipelines.exception_queue import utcnow
+from clarus_pipelines.receiver.events import REJECTION_WINDOW, STALL_AFTER, unprocessed_landings
 from clarus_pipelines.receiver.landing import SOURCE_NAMES, SOURCES, LandingRef, LandingZone
-from clarus_pipelines.resources import LandingZoneResource
+from clarus_pipelines.resources import LandingZoneResource, StateStoreResource
 
 BATCH_SIZE = int(os.environ.get("CLARUS_PIPELINES_INGEST_BATCH_SIZE", "500"))
 MAX_RUNS_PER_TICK = int(os.environ.get("CLARUS_PIPELINES_INGEST_MAX_RUNS_PER_TICK", "10"))
@@ -119,4 +120,37 @@ def webhook_rejections_sensor(
     return dg.SkipReason(f"no new webhook rejections since {changed_at or 'the receiver started'}")
 
 
-defs = dg.Definitions(sensors=[*landing_sensors, webhook_rejections_sensor])
+# --- intake that never stalls (issue 12) ---
+@dg.sensor(
+    name="stalled_landings",
+    job=ingest_landings_job,
+    minimum_interval_seconds=120,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Landings that no ingest has stored or set aside within "
+    f"{int(STALL_AFTER.total_seconds() // 60)} minutes (a failed run, a lost request) -> ingest runs for exactly them.",
+)
+def stalled_landings_sensor(
+    context: dg.SensorEvaluationContext, landing: LandingZoneResource, state: StateStoreResource
+) -> dg.SensorResult | dg.SkipReason:
+    """The landing sensors' cursor moves on once a run is requested; this one makes sure no
+    landing is left behind when that run failed: every landing neither stored nor set aside
+    after STALL_AFTER is requested again (once per STALL_AFTER window, by its ids)."""
+    now = utcnow()
+    stalled = unprocessed_landings(LandingZone(landing.root), state.store(), now - STALL_LOOKBACK, now - STALL_AFTER)
+    if not stalled:
+        return dg.SkipReason("no landing waits longer than its ingest deadline")
+    window = int(now.timestamp() // STALL_AFTER.total_seconds())
+    requests = []
+    for i in range(0, min(len(stalled), BATCH_SIZE * MAX_RUNS_PER_TICK), BATCH_SIZE):
+        batch = stalled[i:i + BATCH_SIZE]
+        digest = hashlib.sha256("\n".join(batch).encode()).hexdigest()[:24]
+        requests.append(dg.RunRequest(
+            run_key=f"stalled:{window}:{len(batch)}:{digest}",
+            run_config={"ops": {"landed_events": {"config": {"landings": batch}}}},
+            tags={"intake/stalled": str(len(batch))},
+        ))
+    context.log.warning("%d landing(s) stalled before ingest; requesting them again", len(stalled))
+    return dg.SensorResult(run_requests=requests, cursor=json.dumps({"last_stalled": len(stalled), "at": now.isoformat()}))
+
+
+defs = dg.Definitions(sensors=[*landing_sensors, webhook_rejections_sensor, stalled_landings_sensor])

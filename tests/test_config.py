@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from clarus_pipelines.config_cli import REQUIRED_SECRETS
 from clarus_pipelines.resources import PoliciesResource
 from clarus_pipelines.settings import SANDBOX_POLICIES, ConfigError, Settings, load_policies
 
@@ -65,6 +66,21 @@ def test_check_config_require_secrets_names_missing(monkeypatch):
     assert result.returncode == 1
     assert "CLARUS_CLIENT_SECRET: not set" in result.stderr
     assert "SHOPIFY_WEBHOOK_SECRET: not set" not in result.stderr
+
+
+def test_check_config_require_secrets_refuses_weak_webhook_secrets():
+    strong = "k3J9x-Qw7Lp2Zr5Tb8Nm"
+    env = {"PATH": "/usr/bin:/bin", **{name: strong for name in REQUIRED_SECRETS},
+           "SHOPIFY_WEBHOOK_SECRET": "s", "NETSUITE_WEBHOOK_SECRET": "a" * 40}
+    result = subprocess.run(CLI + ["check-config", "--require-secrets"], capture_output=True, text=True, env=env)
+    assert result.returncode == 1
+    summary = json.loads(result.stdout)
+    assert summary["weak_secrets"] == ["SHOPIFY_WEBHOOK_SECRET", "NETSUITE_WEBHOOK_SECRET"] and not summary["ok"]
+    assert "SHOPIFY_WEBHOOK_SECRET: too weak" in result.stderr and "NETSUITE_WEBHOOK_SECRET: too weak" in result.stderr
+    assert "CLARUS_WEBHOOK_TOKEN" not in result.stderr and "aaaa" not in result.stderr  # never the value
+    ok = subprocess.run(CLI + ["check-config", "--require-secrets"], capture_output=True, text=True,
+                        env={**env, "SHOPIFY_WEBHOOK_SECRET": strong, "NETSUITE_WEBHOOK_SECRET": strong})
+    assert ok.returncode == 0 and json.loads(ok.stdout)["ok"] is True
 
 
 def test_secrets_are_not_in_settings_repr(monkeypatch):

@@ -216,7 +216,10 @@ def plan_intake(landed: pl.DataFrame, parsed: ParsedOrders, states: pl.DataFrame
     )
     is_stale = pl.col("_prev_updated").is_not_null() & pl.col("_updated").is_not_null() & (pl.col("_updated") < pl.col("_prev_updated"))
     is_duplicate = pl.col("prev_hash").is_not_null() & (pl.col("prev_hash") == pl.col("payload_hash"))
-    is_cancel = (pl.col("topic") == CANCEL_TOPIC) | pl.col("cancelled_at").is_not_null()
+    # Shopify signs the body only, not the topic header: a cancellation is what the body
+    # says (`cancelled_at`), never the topic alone (an orders/cancelled body without it is
+    # handled as an update).
+    is_cancel = pl.col("cancelled_at").is_not_null()
     pre_wms = pl.col("prev_status").is_null() | pl.col("prev_status").is_in([s.value for s in PRE_WMS])
     reached_other_system = pl.col("netsuite_id").is_not_null() | pl.col("clarus_id").is_not_null()
     newest = newest.with_columns(

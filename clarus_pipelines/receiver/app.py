@@ -8,17 +8,23 @@ answering. `create_app` wraps it in a Starlette app:
     POST /webhooks/shopify          X-Shopify-Hmac-Sha256 over the raw body
     POST /webhooks/clarus/{token}   secret URL token + X-ClarusWMS-* tenant headers
     POST /webhooks/netsuite         X-NetSuite-Signature (see docs/webhooks.md)
-    GET  /healthz
+    GET  /healthz                   liveness only (no counters)
 
-Answers: 200 landed or duplicate (the body says which), 400 malformed JSON (kept in
-quarantine), 401 bad signature/token (only counted), 413 too large, 503 not configured
-or the landing zone failed (the sender retries). The receiver never opens the DuckDB
-state: refusals go to the rejection log, which an ingest asset turns into exceptions.
+What needs no body is checked before the body is read (`Intake.precheck`: the Clarus URL
+token and tenant headers, the presence of signature headers, NetSuite's timestamp); the
+body must then arrive within a time limit. A body outside the contract
+(`receiver.contract`) is refused, so whatever is acknowledged can be ingested.
+
+Answers: 200 landed or duplicate (the body says which), 400 outside the body contract
+(kept in quarantine with the reason), 401 bad signature/token (only counted), 408 body
+too slow, 413 too large, 503 not configured, the landing zone failed or any fault of ours
+(the sender retries): never a 5xx for a body. The receiver never opens the DuckDB state:
+refusals go to the rejection log, which an ingest asset turns into exceptions.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import os
 import threading
@@ -35,14 +41,17 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from clarus_pipelines.receiver import auth, topics
+from clarus_pipelines.receiver import auth, contract, topics
 from clarus_pipelines.receiver.landing import Envelope, LandingZone
 from clarus_pipelines.settings import Settings, TenantPolicy, get_policies
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024
+DEFAULT_BODY_TIMEOUT_S = 10.0  # a body slower than this is refused (408): slow senders cannot hold memory
 MAX_BODY_ENV = "CLARUS_PIPELINES_RECEIVER_MAX_BODY_BYTES"
+BODY_TIMEOUT_ENV = "CLARUS_PIPELINES_RECEIVER_BODY_TIMEOUT_S"
+TMP_SWEEP_INTERVAL_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -146,6 +155,30 @@ class Intake:
             log.debug("%s %s %s as %s", outcome.source, outcome.topic, outcome.result, outcome.landing_id)
         return outcome
 
+    def precheck(self, source: str, headers: Mapping[str, str], token: str | None = None) -> Outcome | None:
+        """What can be refused before the body is read: no secret, wrong Clarus URL token or tenant,
+        missing signature headers, a stale NetSuite timestamp. None when the body is worth reading."""
+        if not self.secrets.configured(source):
+            return self._finish(Outcome(503, "unconfigured", source, reason=f"no {source} webhook secret configured"))
+        headers = {k.lower(): v for k, v in headers.items()}
+        if source == "clarus":
+            verdict = (auth.verify_clarus(token or "", headers, self.secrets.clarus_token or "", self.tenant)
+                       if self.tenant is not None else auth.AuthResult(False, "no_tenant_policy"))
+        elif source == "shopify":
+            present = any((headers.get(h) or "").strip() for h in auth.SHOPIFY_HMAC_HEADERS)
+            verdict = auth.ACCEPTED if present else auth.AuthResult(False, "missing_signature")
+        else:
+            verdict = auth.netsuite_headers_present(headers)
+            if verdict:
+                verdict = auth.netsuite_fresh(headers, tolerance_s=self.netsuite_tolerance_s)
+        if verdict:
+            return None
+        try:
+            self.zone.record_rejection(source, verdict.reason)
+        except OSError as exc:
+            log.error("could not log a %s rejection: %s", source, exc)
+        return self._finish(Outcome(401, "rejected", source, reason=verdict.reason))
+
     # ------------------------------------------------------------------ the path
     def accept(
         self,
@@ -184,27 +217,19 @@ class Intake:
         topic = topics.header_topic(source, headers)
         kept = topics.kept_headers(source, headers)
         try:
-            payload = json.loads(body)
-            if not isinstance(payload, dict):
-                raise ValueError(f"JSON body must be an object, got {type(payload).__name__}")
-        except (ValueError, UnicodeDecodeError) as exc:
-            reason = f"malformed JSON: {exc}"[:300]
-            topic = topic or topics.UNKNOWN_TOPIC
-            if not quarantine_malformed:
-                return self._finish(Outcome(400, "malformed", source, topic, reason=reason))
-            envelope = Envelope(source=source, topic=topic, body=body, dedupe_key="", headers=kept, via=via,
-                                replay_of=replay_of, quarantine_reason=reason)
-            try:
-                ref = self.zone.quarantine(envelope)
-            except OSError as exc:
-                return self._finish(Outcome(503, "error", source, topic, reason=f"landing zone: {exc.strerror}"))
-            return self._finish(Outcome(400, "malformed", source, topic, ref.landing_id, reason=reason))
+            payload = contract.parse_body(body)
+            if source == "clarus":
+                topic = topics.clarus_topic(payload)
+            topic = contract.check_topic(topic or topics.UNKNOWN_TOPIC)
+            dedupe_key, webhook_id = topics.dedupe_identity(source, topic, headers, payload, body)
+        except contract.BodyRefused as exc:
+            return self._refuse_body(source, body, kept, via, replay_of, exc.reason, quarantine_malformed)
+        except Exception as exc:  # a body we cannot read is refused, never a 5xx
+            log.exception("%s webhook body could not be read", source)
+            return self._refuse_body(source, body, kept, via, replay_of, f"unreadable body: {type(exc).__name__}",
+                                   quarantine_malformed)
 
-        if source == "clarus":
-            topic = topics.clarus_topic(payload)
-        topic = topic or topics.UNKNOWN_TOPIC
         known = topic in topics.KNOWN_TOPICS[source]
-        dedupe_key, webhook_id = topics.dedupe_identity(source, topic, headers, payload, body)
         if via == "replay" and replay_of:
             dedupe_key = f"replay:{replay_tag}:{replay_of}"
         envelope = Envelope(source=source, topic=topic, body=body, dedupe_key=dedupe_key, headers=kept, via=via,
@@ -216,6 +241,20 @@ class Intake:
             return self._finish(Outcome(503, "error", source, topic, reason=f"landing zone: {exc.strerror}"))
         return self._finish(Outcome(200, result.status, source, topic, result.landing_id, known_topic=known))
 
+    def _refuse_body(self, source: str, body: bytes, kept: dict[str, str], via: str, replay_of: str | None,
+                   reason: str, quarantine: bool) -> Outcome:
+        """400 for a body outside the contract, kept in quarantine with the reason (503 if it cannot be kept)."""
+        topic = topics.UNKNOWN_TOPIC
+        if not quarantine:
+            return self._finish(Outcome(400, "malformed", source, topic, reason=reason))
+        envelope = Envelope(source=source, topic=topic, body=body, dedupe_key="", headers=kept, via=via,
+                            replay_of=replay_of, quarantine_reason=reason)
+        try:
+            ref = self.zone.quarantine(envelope)
+        except OSError as exc:
+            return self._finish(Outcome(503, "error", source, topic, reason=f"landing zone: {exc.strerror}"))
+        return self._finish(Outcome(400, "malformed", source, topic, ref.landing_id, reason=reason))
+
 
 # ---------------------------------------------------------------------------- HTTP
 
@@ -224,23 +263,30 @@ class BodyTooLarge(Exception):
     pass
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing more than `limit` bytes whatever Content-Length claims."""
+async def read_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
+    """The request body, refusing more than `limit` bytes whatever Content-Length claims,
+    and giving up (TimeoutError) when it takes longer than `timeout_s` to arrive."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
+    async with asyncio.timeout(timeout_s):
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge
+            chunks.append(chunk)
     return b"".join(chunks)
 
 
 def _too_large(limit: int) -> JSONResponse:
     return JSONResponse({"status": "too_large", "reason": f"body over {limit} bytes"}, status_code=413)
+
+
+def _answer(outcome: Outcome, *, close: bool = False) -> JSONResponse:
+    """The HTTP answer; a refusal before the body was read closes the connection (the body is not drained)."""
+    return JSONResponse(outcome.body(), status_code=outcome.status_code, headers={"connection": "close"} if close else None)
 
 
 def create_app(
@@ -251,6 +297,7 @@ def create_app(
     settings: Settings | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     fsync: bool = True,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
 ) -> Starlette:
     """The receiver app. Secrets and the Clarus tenant default to the environment's settings."""
     settings = settings or Settings()
@@ -262,16 +309,31 @@ def create_app(
 
     async def handle(request: Request, source: str, token: str | None = None) -> Response:
         try:
-            body = await read_body(request, intake.max_body_bytes)
-        except BodyTooLarge:
-            intake.count(source, "too_large")
-            log.warning("%s webhook refused: body over %d bytes", source, intake.max_body_bytes)
-            return _too_large(intake.max_body_bytes)
-        except ClientDisconnect:
-            intake.count(source, "disconnected")
-            return Response(status_code=400)
-        outcome = await run_in_threadpool(intake.accept, source, body, request.headers, token=token)
-        return JSONResponse(outcome.body(), status_code=outcome.status_code)
+            refused = intake.precheck(source, request.headers, token)  # before a byte of the body is read
+            if refused is not None:
+                return _answer(refused, close=True)
+            try:
+                body = await read_body(request, intake.max_body_bytes, body_timeout_s)
+            except BodyTooLarge:
+                intake.count(source, "too_large")
+                log.warning("%s webhook refused: body over %d bytes", source, intake.max_body_bytes)
+                response = _too_large(intake.max_body_bytes)
+                response.headers["connection"] = "close"
+                return response
+            except TimeoutError:
+                intake.count(source, "body_timeout")
+                log.warning("%s webhook refused: body not received within %.0fs", source, body_timeout_s)
+                return JSONResponse({"status": "timeout", "reason": "body too slow"}, status_code=408,
+                                    headers={"connection": "close"})
+            except ClientDisconnect:
+                intake.count(source, "disconnected")
+                return Response(status_code=400)
+            outcome = await run_in_threadpool(intake.accept, source, body, request.headers, token=token)
+            return _answer(outcome)
+        except Exception:  # our fault, never the body's: the sender retries
+            intake.count(source, "error")
+            log.exception("%s webhook: internal error", source)
+            return JSONResponse({"status": "error", "reason": "internal error"}, status_code=503)
 
     async def shopify(request: Request) -> Response:
         return await handle(request, "shopify")
@@ -283,13 +345,26 @@ def create_app(
         return await handle(request, "netsuite")
 
     async def healthz(request: Request) -> Response:
+        """Liveness only: is the landing zone writable, which sources are configured. Counters
+        are not shown to anyone who asks (see `clarus-pipelines intake-status`)."""
         writable = os.access(zone.root, os.W_OK) and os.access(zone.tmp_dir, os.W_OK)
         doc = {
             "status": "ok" if writable else "landing zone not writable",
             "sources": {s: secrets.configured(s) for s in ("shopify", "clarus", "netsuite")},
-            "counters": intake.counters(),
         }
         return JSONResponse(doc, status_code=200 if writable else 503)
+
+    async def sweep_interrupted() -> None:
+        """While serving, finish what a killed worker left in `_tmp/` (not only at the next start)."""
+        while True:
+            await asyncio.sleep(TMP_SWEEP_INTERVAL_S)
+            try:
+                finished = await run_in_threadpool(zone.finish_interrupted)
+            except OSError as exc:
+                log.error("could not sweep the landing zone's _tmp/: %s", exc)
+                continue
+            if finished:
+                log.warning("finished %d landing(s) a stopped worker left half committed", finished)
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
@@ -297,7 +372,11 @@ def create_app(
         if finished:
             log.warning("finished %d landing(s) interrupted by an earlier stop", finished)
         log.info("receiver landing webhooks in %s", zone.root)
-        yield
+        sweeper = asyncio.create_task(sweep_interrupted())
+        try:
+            yield
+        finally:
+            sweeper.cancel()
 
     app = Starlette(
         routes=[
@@ -317,4 +396,5 @@ def create_app_from_env() -> Starlette:
     """App factory for `uvicorn --factory` and multi-worker serving: everything from the environment."""
     settings = Settings()
     max_body = int(os.environ.get(MAX_BODY_ENV, DEFAULT_MAX_BODY_BYTES))
-    return create_app(settings.landing_path, settings=settings, max_body_bytes=max_body)
+    body_timeout = float(os.environ.get(BODY_TIMEOUT_ENV, DEFAULT_BODY_TIMEOUT_S))
+    return create_app(settings.landing_path, settings=settings, max_body_bytes=max_body, body_timeout_s=body_timeout)

@@ -8,8 +8,9 @@ code (never the secret, the expected value or the body) that is counted and logg
 - Clarus does not sign: the URL carries our secret token, and the five
   `X-ClarusWMS-*` identity headers must match the tenant in the policies.
 - NetSuite sends what our SuiteScript is told to (docs/webhooks.md):
-  `X-NetSuite-Signature` = hex(HMAC-SHA256(secret, "<X-NetSuite-Timestamp>." + raw body)),
-  with the timestamp within a tolerance so a captured request cannot be replayed later.
+  `X-NetSuite-Signature` = hex(HMAC-SHA256(secret, "<timestamp>\\n<topic>\\n<event id>\\n" + raw body)),
+  with the timestamp within a tolerance so a captured request cannot be replayed later,
+  and the topic and event id signed so it cannot be re-posted as another event.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from clarus_pipelines.settings import TenantPolicy
 SHOPIFY_HMAC_HEADERS = ("x-shopify-hmac-sha256", "shopify-hmac-sha256")
 NETSUITE_SIGNATURE_HEADER = "x-netsuite-signature"
 NETSUITE_TIMESTAMP_HEADER = "x-netsuite-timestamp"
+NETSUITE_TOPIC_HEADER = "x-netsuite-topic"
+NETSUITE_EVENT_ID_HEADER = "x-netsuite-event-id"
 NETSUITE_TOLERANCE_S = 300.0
 
 # header -> TenantPolicy field it must equal
@@ -89,9 +92,20 @@ def verify_clarus(token: str, headers: Mapping[str, str], expected_token: str, t
     return ACCEPTED
 
 
-def netsuite_signature(body: bytes, secret: str, timestamp: int | str) -> str:
-    """hex(HMAC-SHA256(secret, "<timestamp>." + body)): what the NetSuite script sends."""
-    message = str(timestamp).encode("ascii") + b"." + body
+def netsuite_signing_input(body: bytes, timestamp: int | str, topic: str, event_id: str) -> bytes:
+    """What the NetSuite script signs: timestamp, topic and event id on lines of their own, then the body.
+
+    Signing the topic and the event id (not only the body) means a captured request cannot
+    be re-posted as another event (a new event id) or another action (`salesorder/delete`).
+    Header values never hold a newline, so the lines cannot be shifted into one another.
+    """
+    head = f"{timestamp}\n{topic}\n{event_id}\n"
+    return head.encode("utf-8") + body
+
+
+def netsuite_signature(body: bytes, secret: str, timestamp: int | str, *, topic: str, event_id: str) -> str:
+    """hex(HMAC-SHA256(secret, "<timestamp>\\n<topic>\\n<event id>\\n" + body)): what the NetSuite script sends."""
+    message = netsuite_signing_input(body, timestamp, topic, event_id)
     return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
 
 
@@ -100,11 +114,33 @@ def netsuite_headers(body: bytes, secret: str, *, topic: str, event_id: str, tim
     ts = int(time.time()) if timestamp is None else timestamp
     return {
         "Content-Type": "application/json",
-        "X-NetSuite-Topic": topic,
-        "X-NetSuite-Event-Id": event_id,
+        NETSUITE_TOPIC_HEADER: topic,
+        NETSUITE_EVENT_ID_HEADER: event_id,
         NETSUITE_TIMESTAMP_HEADER: str(ts),
-        NETSUITE_SIGNATURE_HEADER: netsuite_signature(body, secret, ts),
+        NETSUITE_SIGNATURE_HEADER: netsuite_signature(body, secret, ts, topic=topic, event_id=event_id),
     }
+
+
+def netsuite_headers_present(headers: Mapping[str, str]) -> AuthResult:
+    """The checks that need no body: every signed header is there and the timestamp is a number."""
+    for name in (NETSUITE_SIGNATURE_HEADER, NETSUITE_TIMESTAMP_HEADER):
+        if not (_header(headers, name) or "").strip():
+            return AuthResult(False, "missing_signature")
+    for name in (NETSUITE_TOPIC_HEADER, NETSUITE_EVENT_ID_HEADER):
+        if not (_header(headers, name) or "").strip():
+            return AuthResult(False, f"missing_header:{name}")
+    stamp = (_header(headers, NETSUITE_TIMESTAMP_HEADER) or "").strip()
+    if not stamp.isdigit() or len(stamp) > 12:
+        return AuthResult(False, "bad_timestamp")
+    return ACCEPTED
+
+
+def netsuite_fresh(headers: Mapping[str, str], *, now: float | None = None,
+                   tolerance_s: float = NETSUITE_TOLERANCE_S) -> AuthResult:
+    stamp = (_header(headers, NETSUITE_TIMESTAMP_HEADER) or "").strip()
+    if abs((time.time() if now is None else now) - int(stamp)) > tolerance_s:
+        return AuthResult(False, "stale_timestamp")
+    return ACCEPTED
 
 
 def verify_netsuite(
@@ -115,20 +151,21 @@ def verify_netsuite(
     now: float | None = None,
     tolerance_s: float | None = NETSUITE_TOLERANCE_S,
 ) -> AuthResult:
-    """Check the signature; with `tolerance_s=None` (replay of a landed event) skip the age check."""
-    given = _header(headers, NETSUITE_SIGNATURE_HEADER)
-    stamp = _header(headers, NETSUITE_TIMESTAMP_HEADER)
-    if not given or not stamp:
-        return AuthResult(False, "missing_signature")
-    stamp = stamp.strip()
-    if not stamp.isdigit() or len(stamp) > 12:
-        return AuthResult(False, "bad_timestamp")
-    given = given.strip().lower().removeprefix("sha256=")
-    expected = netsuite_signature(body, secret, stamp)
+    """Check the signature over timestamp, topic, event id and body; with `tolerance_s=None`
+    (replay of a landed event) skip the age check. A re-post of a captured request within the
+    window is a duplicate of its event id: acknowledged, never stored twice."""
+    present = netsuite_headers_present(headers)
+    if not present:
+        return present
+    stamp = _header(headers, NETSUITE_TIMESTAMP_HEADER).strip()
+    topic = _header(headers, NETSUITE_TOPIC_HEADER).strip()
+    event_id = _header(headers, NETSUITE_EVENT_ID_HEADER).strip()
+    given = _header(headers, NETSUITE_SIGNATURE_HEADER).strip().lower().removeprefix("sha256=")
+    expected = netsuite_signature(body, secret, stamp, topic=topic, event_id=event_id)
     if not hmac.compare_digest(expected.encode("ascii"), given.encode("utf-8", "replace")):
         return AuthResult(False, "bad_signature")
-    if tolerance_s is not None and abs((time.time() if now is None else now) - int(stamp)) > tolerance_s:
-        return AuthResult(False, "stale_timestamp")
+    if tolerance_s is not None:
+        return netsuite_fresh(headers, now=now, tolerance_s=tolerance_s)
     return ACCEPTED
 
 

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from clarus_pipelines.receiver.app import DEFAULT_MAX_BODY_BYTES, MAX_BODY_ENV, create_app
+from clarus_pipelines.receiver.app import (
+    BODY_TIMEOUT_ENV, DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, MAX_BODY_ENV, create_app,
+)
 from clarus_pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,11 +36,79 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-body-bytes", type=int, default=int(os.environ.get(MAX_BODY_ENV, DEFAULT_MAX_BODY_BYTES)),
         help=f"largest accepted body; bigger posts get 413 (default {DEFAULT_MAX_BODY_BYTES})",
     )
+    parser.add_argument("--header-timeout", type=float, default=DEFAULT_HEADER_TIMEOUT_S,
+                        help="seconds a client has to send its request headers (default %(default)s)")
+    parser.add_argument("--body-timeout", type=float, default=DEFAULT_BODY_TIMEOUT_S,
+                        help="seconds a client has to send its body; slower gets 408 (default %(default)s)")
+    parser.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS,
+                        help="connections served at once; more get 503 (default %(default)s)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
-def uvicorn_options(host: str, port: int, log_level: str = "info") -> dict[str, Any]:
-    """Server settings shared by the receiver and the benchmark's bare endpoint."""
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+HEADER_TIMEOUT_ENV = "CLARUS_PIPELINES_RECEIVER_HEADER_TIMEOUT_S"
+DEFAULT_MAX_CONNECTIONS = 256
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for the request line and headers.
+
+    uvicorn arms no timer on a new connection and re-arms nothing while headers trickle
+    in, so idle or slow connections would stay open forever. Here every request's headers
+    must be complete within `header_timeout_s` of the connection opening or of the
+    previous response (keep-alive); otherwise the connection is closed. Module-level (and
+    the timeout from the environment) so worker processes can load it.
+    """
+
+    header_timeout_s = float(os.environ.get(HEADER_TIMEOUT_ENV, DEFAULT_HEADER_TIMEOUT_S))
+    _header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_deadline()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self._arm_header_deadline()  # still waiting for a complete request head
+        else:
+            self._cancel_header_deadline()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.conn.their_state is h11.IDLE:
+            self._arm_header_deadline(restart=True)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_deadline()
+        super().connection_lost(exc)
+
+    def _arm_header_deadline(self, restart: bool = False) -> None:
+        if restart:
+            self._cancel_header_deadline()
+        if self._header_deadline is None:
+            self._header_deadline = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
+
+    def _cancel_header_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_deadline = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
+
+
+def uvicorn_options(host: str, port: int, log_level: str = "info", *, header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+                    max_connections: int = DEFAULT_MAX_CONNECTIONS) -> dict[str, Any]:
+    """Server settings shared by the receiver and the benchmark's bare endpoint.
+
+    Bounded under slow or idle clients: headers within `header_timeout_s`, at most 16 KiB
+    of them, at most `max_connections` served at once (more get 503 and retry), idle
+    keep-alive connections closed after 5 s; the app bounds the body's size and time.
+    """
+    GuardedH11Protocol.header_timeout_s = header_timeout_s
     return dict(
         host=host,
         port=port,
@@ -44,7 +117,10 @@ def uvicorn_options(host: str, port: int, log_level: str = "info") -> dict[str, 
         access_log=False,  # the Clarus URL carries a secret token: never log request paths
         server_header=False,
         backlog=2048,
-        timeout_keep_alive=15,
+        http=GuardedH11Protocol,
+        h11_max_incomplete_event_size=16 * 1024,
+        limit_concurrency=max_connections,
+        timeout_keep_alive=5,
         timeout_graceful_shutdown=10,
     )
 
@@ -53,14 +129,17 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings()
     landing_dir = (args.landing_dir or settings.landing_path).resolve()
     landing_dir.mkdir(parents=True, exist_ok=True)
-    options = uvicorn_options(args.host, args.port, args.log_level)
+    options = uvicorn_options(args.host, args.port, args.log_level, header_timeout_s=args.header_timeout,
+                              max_connections=args.max_connections)
     log.info("receiver on http://%s:%d landing in %s (%d worker(s))", args.host, args.port, landing_dir, args.workers)
     if args.workers > 1:
         # Worker processes build the app themselves from the environment.
         os.environ["CLARUS_PIPELINES_LANDING_DIR"] = str(landing_dir)
         os.environ[MAX_BODY_ENV] = str(args.max_body_bytes)
+        os.environ[BODY_TIMEOUT_ENV] = str(args.body_timeout)
+        os.environ[HEADER_TIMEOUT_ENV] = str(args.header_timeout)
         uvicorn.run("clarus_pipelines.receiver.app:create_app_from_env", factory=True, workers=args.workers, **options)
     else:
-        app = create_app(landing_dir, settings=settings, max_body_bytes=args.max_body_bytes)
+        app = create_app(landing_dir, settings=settings, max_body_bytes=args.max_body_bytes, body_timeout_s=args.body_timeout)
         uvicorn.run(app, **options)
     return 0

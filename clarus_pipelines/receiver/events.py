@@ -11,7 +11,7 @@ processed-landings table; both are cheap because `seq` only grows.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,9 +21,13 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from clarus_pipelines.exception_queue import Finding, sync_exceptions, utcnow
-from clarus_pipelines.receiver.landing import SOURCES, LandingZone, Rejection, landing_id_at
+from clarus_pipelines.exception_queue import Finding, raise_exception, sync_exceptions, utcnow
+from clarus_pipelines.receiver import contract
+from clarus_pipelines.receiver.landing import (
+    SOURCE_NAMES, SOURCES, LandingPathError, LandingRef, LandingZone, Rejection, landing_id_at, landing_time,
+)
 from clarus_pipelines.receiver.topics import entity_of, parse_timestamp
 from clarus_pipelines.settings import Policies
 
@@ -44,11 +48,22 @@ _SCHEMA = pa.schema([
 ])
 
 
+@dataclass(frozen=True)
+class SetAside:
+    """A landing ingest cannot store, and the first cause (short, no body content)."""
+
+    landing_id: str
+    source: str
+    topic: str
+    reason: str
+
+
 @dataclass
 class LoadedLandings:
     rows: list[dict[str, Any]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # pruned or never there
-    unreadable: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)  # paths that do not name a landing
+    set_aside: list[SetAside] = field(default_factory=list)  # landings that cannot be stored
 
 
 @dataclass
@@ -58,6 +73,7 @@ class IngestReport:
     duplicate_events: int = 0  # a second landing of an event already ingested (same dedupe key)
     missing: int = 0
     unreadable: int = 0
+    set_aside: int = 0  # landings stored in landings_set_aside instead, each with its reason
     unknown_topics: int = 0
     by_topic: Counter = field(default_factory=Counter)
 
@@ -68,13 +84,17 @@ class IngestReport:
 
 
 def event_row(landing_id: str, envelope) -> dict[str, Any]:
-    """The `landed_events` row of one landing (its envelope read from the zone)."""
-    payload = envelope.payload()
+    """The `landed_events` row of one landing (its envelope read from the zone).
+
+    Raises `contract.BodyRefused` for a body outside the receiver's contract (landed by
+    an older receiver, or written by hand): such a landing is set aside, not stored.
+    """
+    for name in ("topic", "dedupe_key"):
+        if not isinstance(getattr(envelope, name), str):
+            raise contract.BodyRefused(f"landing file lacks its {name}")
+    payload = contract.parse_body(envelope.body)
     entity = entity_of(envelope.source, envelope.topic, payload)
-    try:
-        payload_text = envelope.body.decode("utf-8")
-    except UnicodeDecodeError:  # JSON in UTF-16/32: store it re-encoded
-        payload_text = json.dumps(payload, ensure_ascii=False)
+    payload_text = envelope.body.decode("utf-8")  # the contract guarantees UTF-8
     return {
         "landing_id": landing_id,
         "source": envelope.source,
@@ -84,7 +104,8 @@ def event_row(landing_id: str, envelope) -> dict[str, Any]:
         "entity_id": entity.entity_id,
         "parent_id": entity.parent_id,
         "entity_updated_at": entity.updated_at,
-        "received_at": parse_timestamp(envelope.received_at),
+        # the landing id encodes the receive time: a garbled field in the file cannot stop the batch
+        "received_at": parse_timestamp(envelope.received_at) or landing_time(landing_id),
         "webhook_id": envelope.webhook_id,
         "dedupe_key": envelope.dedupe_key,
         "payload": payload_text,
@@ -94,64 +115,189 @@ def event_row(landing_id: str, envelope) -> dict[str, Any]:
 
 
 def load_landings(zone: LandingZone, relpaths: Iterable[str]) -> LoadedLandings:
-    """Read and parse landing files (outside any state transaction)."""
+    """Read and parse landing files (outside any state transaction).
+
+    A landing that cannot become a row is set aside on its own with its first cause;
+    it never stops the others.
+    """
     loaded = LoadedLandings()
     for relpath in relpaths:
         try:
             path = zone.resolve(relpath)
+        except LandingPathError:
+            log.error("%r does not name a landing; skipped", relpath)
+            loaded.unreadable.append(relpath)
+            continue
+        ref = LandingRef(path.stem, path.parent.parent.parent.name, path.parent.parent.name, relpath)
+        try:
             envelope = zone.read(relpath)
-            loaded.rows.append(event_row(path.stem, envelope))
         except FileNotFoundError:
             loaded.missing.append(relpath)
+            continue
         except (ValueError, KeyError, TypeError) as exc:
-            log.error("landing %s unreadable: %s", relpath, type(exc).__name__)
-            loaded.unreadable.append(relpath)
+            loaded.set_aside.append(_set_aside(ref, ref.topic_dir, f"unreadable landing file: {type(exc).__name__}"))
+            continue
+        try:
+            loaded.rows.append(event_row(ref.landing_id, envelope))
+        except contract.BodyRefused as exc:
+            loaded.set_aside.append(_set_aside(ref, envelope.topic, exc.reason))
+        except Exception as exc:  # noqa: BLE001 - one bad landing must not stop the batch
+            loaded.set_aside.append(_set_aside(ref, envelope.topic, f"cannot parse: {type(exc).__name__}: {exc}"[:200]))
     return loaded
 
 
-def store_events(
-    con: duckdb.DuckDBPyConnection, loaded: LoadedLandings, *, run_id: str | None = None, now: datetime | None = None
-) -> IngestReport:
-    """Insert new events and mark every landing processed; a landing or an event never lands twice."""
-    now = now or utcnow()
-    report = IngestReport(missing=len(loaded.missing), unreadable=len(loaded.unreadable))
-    if not loaded.rows:
-        return report
-    table = pa.Table.from_pylist([{c: r[c] for c in _EVENT_COLUMNS} for r in loaded.rows], schema=_SCHEMA)
-    con.register("_staged_landings", table)
+def _set_aside(ref: LandingRef, topic: str, reason: str) -> SetAside:
+    log.error("landing %s (%s %s) set aside: %s", ref.landing_id, ref.source, topic, reason)
+    return SetAside(ref.landing_id, ref.source, topic, reason)
+
+
+def _storable_table(rows: list[dict[str, Any]], set_aside: list[SetAside]) -> pa.Table:
+    """The rows as one Arrow table; a row Arrow refuses is set aside alone (first cause logged)."""
+    def table(batch):
+        return pa.Table.from_pylist([{c: r[c] for c in _EVENT_COLUMNS} for r in batch], schema=_SCHEMA)
+
     try:
-        report.already_processed = con.execute(
-            "SELECT count(*) FROM _staged_landings s JOIN processed_landings p USING (landing_id)"
-        ).fetchone()[0]
-        inserted = con.execute(
-            f"""
-            INSERT INTO landed_events ({", ".join(_EVENT_COLUMNS)}, ingested_at)
-            SELECT {", ".join("s." + c if c != "payload" else "s.payload::JSON" for c in _EVENT_COLUMNS)}, ?
-            FROM (
-                SELECT *, row_number() OVER (PARTITION BY source, dedupe_key ORDER BY landing_id) AS nth
-                FROM _staged_landings
-            ) s
-            WHERE s.nth = 1
-              AND NOT EXISTS (SELECT 1 FROM processed_landings p WHERE p.landing_id = s.landing_id)
-              AND NOT EXISTS (SELECT 1 FROM landed_events e WHERE e.landing_id = s.landing_id)
-              AND NOT EXISTS (SELECT 1 FROM landed_events e WHERE e.source = s.source AND e.dedupe_key = s.dedupe_key)
-            ORDER BY s.landing_id
-            RETURNING topic, known_topic
-            """,
-            [now],
-        ).fetchall()
-        con.execute(
-            "INSERT INTO processed_landings (landing_id, source, topic, processed_at, run_id)"
-            " SELECT landing_id, source, topic, ?, ? FROM _staged_landings ON CONFLICT DO NOTHING",
-            [now, run_id],
-        )
-    finally:
-        con.unregister("_staged_landings")
-    report.ingested = len(inserted)
-    report.duplicate_events = len(loaded.rows) - report.already_processed - report.ingested
+        return table(rows)
+    except (pa.ArrowException, UnicodeError, ValueError, TypeError):
+        pass
+    good = []
+    for row in rows:
+        try:
+            table([row])
+        except (pa.ArrowException, UnicodeError, ValueError, TypeError) as exc:
+            ref = LandingRef(row["landing_id"], row["source"], row["topic"], "")
+            set_aside.append(_set_aside(ref, row["topic"], f"cannot stage: {type(exc).__name__}: {exc}"[:200]))
+        else:
+            good.append(row)
+    return table(good)
+
+
+def store_events(
+    con: duckdb.DuckDBPyConnection, loaded: LoadedLandings, *, run_id: str | None = None, now: datetime | None = None,
+    policies: Policies | None = None,
+) -> IngestReport:
+    """Insert new events and mark every landing processed; a landing or an event never lands twice.
+
+    A landing that cannot be stored (its body outside the contract, or refused by Arrow
+    or DuckDB's JSON type) is set aside alone: recorded in `landings_set_aside` with its
+    reason, marked processed, and raised as LANDING_SET_ASIDE. The rest go on.
+    """
+    now = now or utcnow()
+    set_aside = list(loaded.set_aside)
+    report = IngestReport(missing=len(loaded.missing), unreadable=len(loaded.unreadable))
+    inserted: list[tuple[str, bool]] = []
+    table = _storable_table(loaded.rows, set_aside) if loaded.rows else None
+    if table is not None and table.num_rows:
+        con.register("_staged_landings", table)
+        try:
+            invalid = con.execute(
+                "SELECT landing_id, source, topic FROM _staged_landings WHERE NOT json_valid(payload)"
+            ).fetchall()
+            if invalid:  # DuckDB's JSON type is the last judge: what it refuses is set aside alone
+                bad = {landing_id for landing_id, _, _ in invalid}
+                for landing_id, source, topic in invalid:
+                    set_aside.append(_set_aside(LandingRef(landing_id, source, topic, ""), topic,
+                                                "payload refused by DuckDB's JSON type"))
+                con.unregister("_staged_landings")
+                table = table.filter(pc.invert(pc.is_in(table["landing_id"], pa.array(sorted(bad)))))
+                con.register("_staged_landings", table)
+            report.already_processed = con.execute(
+                "SELECT count(*) FROM _staged_landings s JOIN processed_landings p USING (landing_id)"
+            ).fetchone()[0]
+            inserted = con.execute(
+                f"""
+                INSERT INTO landed_events ({", ".join(_EVENT_COLUMNS)}, ingested_at)
+                SELECT {", ".join("s." + c if c != "payload" else "s.payload::JSON" for c in _EVENT_COLUMNS)}, ?
+                FROM (
+                    SELECT *, row_number() OVER (PARTITION BY source, dedupe_key ORDER BY landing_id) AS nth
+                    FROM _staged_landings
+                ) s
+                WHERE s.nth = 1
+                  AND NOT EXISTS (SELECT 1 FROM processed_landings p WHERE p.landing_id = s.landing_id)
+                  AND NOT EXISTS (SELECT 1 FROM landed_events e WHERE e.landing_id = s.landing_id)
+                  AND NOT EXISTS (SELECT 1 FROM landed_events e WHERE e.source = s.source AND e.dedupe_key = s.dedupe_key)
+                ORDER BY s.landing_id
+                RETURNING topic, known_topic
+                """,
+                [now],
+            ).fetchall()
+            con.execute(
+                "INSERT INTO processed_landings (landing_id, source, topic, processed_at, run_id)"
+                " SELECT landing_id, source, topic, ?, ? FROM _staged_landings ON CONFLICT DO NOTHING",
+                [now, run_id],
+            )
+        finally:
+            # after a failed statement the transaction is aborted and unregister fails too:
+            # never let that follow-on error hide the first cause
+            with contextlib.suppress(duckdb.Error):
+                con.unregister("_staged_landings")
+        report.ingested = len(inserted)
+        report.duplicate_events = table.num_rows - report.already_processed - report.ingested
     report.by_topic.update(topic for topic, _ in inserted)
     report.unknown_topics = sum(1 for _, known in inserted if not known)
+    report.set_aside = record_set_aside(con, set_aside, run_id=run_id, now=now, policies=policies)
     return report
+
+
+def record_set_aside(con: duckdb.DuckDBPyConnection, set_aside: Sequence[SetAside], *, run_id: str | None,
+                     now: datetime, policies: Policies | None = None) -> int:
+    """Keep each set-aside landing with its reason, mark it processed, raise LANDING_SET_ASIDE; returns how many."""
+    if not set_aside:
+        return 0
+    rows = [(s.landing_id, s.source, s.topic, s.reason, now, run_id) for s in set_aside]
+    con.executemany(
+        "INSERT INTO landings_set_aside (landing_id, source, topic, reason, set_aside_at, run_id)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", rows,
+    )
+    con.executemany(
+        "INSERT INTO processed_landings (landing_id, source, topic, processed_at, run_id) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT DO NOTHING",
+        [(s.landing_id, s.source, s.topic, now, run_id) for s in set_aside],
+    )
+    for item in set_aside:
+        raise_exception(
+            con, "LANDING_SET_ASIDE", f"{item.source}:{item.landing_id}",
+            f"{SOURCE_NAMES[item.source]} webhook {item.landing_id} ({item.topic}) set aside: {item.reason}",
+            {"landing_id": item.landing_id, "source": item.source, "topic": item.topic, "reason": item.reason},
+            policies=policies, now=now,
+        )
+    return len(set_aside)
+
+
+def ingest_landings(zone: LandingZone, store, relpaths: Sequence[str], *, run_id: str | None = None,
+                    policies: Policies | None = None) -> tuple[IngestReport, LoadedLandings]:
+    """Take landings into the state store: the one path of the ingest asset and `clarus-pipelines ingest`.
+
+    If the batch's transaction fails all the same (a constraint no check foresaw), each
+    landing is retried in a transaction of its own and one that still fails is set aside
+    with that first cause, so one landing can never hold the others back.
+    """
+    loaded = load_landings(zone, relpaths)
+    try:
+        with store.write() as con:
+            return store_events(con, loaded, run_id=run_id, policies=policies), loaded
+    except duckdb.Error as exc:
+        log.error("ingest batch of %d landing(s) failed (%s: %s); storing them one by one",
+                  len(loaded.rows), type(exc).__name__, str(exc).splitlines()[0][:200])
+    total = IngestReport(missing=len(loaded.missing), unreadable=len(loaded.unreadable))
+    singles = [LoadedLandings(rows=[row]) for row in loaded.rows]
+    if loaded.set_aside:
+        singles.append(LoadedLandings(set_aside=list(loaded.set_aside)))
+    for single in singles:
+        try:
+            with store.write() as con:
+                report = store_events(con, single, run_id=run_id, policies=policies)
+        except duckdb.Error as exc:
+            row = single.rows[0]
+            ref = LandingRef(row["landing_id"], row["source"] or "", row["topic"] or "", "")
+            item = _set_aside(ref, str(row["topic"]), f"cannot store: {type(exc).__name__}: {str(exc).splitlines()[0]}"[:200])
+            loaded.set_aside.append(item)
+            with store.write() as con:
+                report = store_events(con, LoadedLandings(set_aside=[item]), run_id=run_id, policies=policies)
+        for name in ("ingested", "already_processed", "duplicate_events", "set_aside", "unknown_topics"):
+            setattr(total, name, getattr(total, name) + getattr(report, name))
+        total.by_topic.update(report.by_topic)
+    return total, loaded
 
 
 def unprocessed_landings(zone: LandingZone, store, since: datetime, until: datetime | None = None,
@@ -171,6 +317,52 @@ def processed_ids(con: duckdb.DuckDBPyConnection, landing_ids: Sequence[str]) ->
         "SELECT landing_id FROM processed_landings WHERE landing_id IN (SELECT unnest(?))", [list(landing_ids)]
     ).fetchall()
     return {r[0] for r in rows}
+
+
+# ---------------------------------------------------------------------------- intake status
+
+STALL_AFTER = timedelta(minutes=10)  # a landing not ingested this long after arriving is stalled
+_ALL_TIME = datetime(2000, 1, 1)
+
+
+def unread_landings(zone: LandingZone, store, *, since: datetime | None = None, limit: int | None = None) -> list[str]:
+    """Every landing in the zone (received since `since`, default all) that ingest has neither stored nor set aside."""
+    return unprocessed_landings(zone, store, since or _ALL_TIME, limit=limit)
+
+
+def intake_status(zone: LandingZone, store, *, now: datetime | None = None,
+                  stall_after: timedelta = STALL_AFTER) -> dict[str, dict[str, Any]]:
+    """Per source: acknowledged (landed), ingested, set aside with reasons, refused at the door
+    (quarantined), the oldest landing not yet read, and whether intake is stalled (a landing
+    waits longer than `stall_after`)."""
+    now = now or utcnow()
+    refs = zone.list_landings()
+    quarantined = Counter(r.source for r in zone.list_landings(quarantined=True))
+    with store.read() as con:
+        done = processed_ids(con, [r.landing_id for r in refs])
+        aside_rows = con.execute(
+            "SELECT source, reason, count(*) FROM landings_set_aside GROUP BY ALL ORDER BY 3 DESC"
+        ).fetchall()
+        aside_ids = {r[0] for r in con.execute("SELECT landing_id FROM landings_set_aside").fetchall()}
+    status: dict[str, dict[str, Any]] = {}
+    for source in SOURCES:
+        mine = [r for r in refs if r.source == source]
+        unread = [r for r in mine if r.landing_id not in done]
+        oldest = unread[0] if unread else None
+        waited = (now - oldest.received).total_seconds() if oldest else 0.0
+        reasons = {reason: n for s, reason, n in aside_rows if s == source}
+        status[source] = {
+            "acknowledged": len(mine),
+            "ingested": sum(1 for r in mine if r.landing_id in done and r.landing_id not in aside_ids),
+            "set_aside": sum(reasons.values()),
+            "set_aside_reasons": reasons,
+            "refused_at_door": quarantined.get(source, 0),
+            "unread": len(unread),
+            "oldest_unread": oldest.landing_id if oldest else None,
+            "oldest_unread_age_s": round(waited, 1),
+            "stalled": bool(oldest) and waited > stall_after.total_seconds(),
+        }
+    return status
 
 
 # ---------------------------------------------------------------------------- consumers

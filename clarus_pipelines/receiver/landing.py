@@ -441,6 +441,8 @@ class LandingZone:
         assert result is not None
         if result.stored:
             self._sync_landed(os.path.dirname(f"{self._root}/{result.relpath}"))
+            # the dedupe marker too: after a power cut the event must still be known as landed
+            self._sync_landed(os.path.dirname(self._marker_path(source, dedupe_key)))
         if job.stale_tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(job.stale_tmp)
@@ -532,7 +534,7 @@ class LandingZone:
     def resolve(self, relpath: str) -> Path:
         """Absolute path of a landing or quarantined file; refuses anything else."""
         parts = Path(relpath).parts
-        is_landing = len(parts) == 4 and parts[0] in SOURCES and not parts[1].startswith((".", "_"))
+        is_landing = len(parts) == 4 and parts[0] in SOURCES and parts[1] not in ("", ".", "..")
         is_quarantined = len(parts) == 4 and parts[0] == "_quarantine" and parts[1] in SOURCES
         if not (is_landing or is_quarantined) or not _DATE_RE.match(parts[2]) or not parts[3].endswith(".json") \
                 or not is_landing_id(parts[3][:-5]):
@@ -554,8 +556,10 @@ class LandingZone:
             if not source_dir.is_dir():
                 continue
             if base == self.root:
+                # every topic folder: whatever was acknowledged must be seen (folders
+                # such as `_x` only came from older receivers; see contract.check_topic)
                 topic_dirs = [(e.name, Path(e.path)) for e in os.scandir(source_dir)
-                              if e.is_dir() and not e.name.startswith((".", "_"))]
+                              if e.is_dir(follow_symlinks=False) and e.name not in (".", "..")]
             else:
                 topic_dirs = [("_quarantine", source_dir)]
             for name, folder in topic_dirs:

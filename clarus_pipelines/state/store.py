@@ -5,7 +5,9 @@ process may open it at all. Dagster runs, sensors, the CLI and the dashboard all
 file, so nobody keeps it open: each unit of work takes an advisory lock file next to the
 database (`fcntl.flock`, exclusive for writers, shared for readers), opens the file, does
 its work in one transaction, closes it and releases the lock. Waiting for the lock is
-normal and bounded; it never surfaces as DuckDB's "could not set lock" error.
+normal and bounded; it never surfaces as DuckDB's "could not set lock" error. Waiters
+are served in arrival order (`FairQueue`), so the longest waiter goes next and a
+dashboard snapshot waits for the writers already queued, never for ones that came later.
 
 The dashboard goes one step further so that it never holds writers up for the length of
 its queries: `snapshot()` copies the closed file under a shared lock (milliseconds) and
@@ -19,6 +21,7 @@ import fcntl
 import logging
 import os
 import shutil
+import struct
 import tempfile
 import time
 from collections.abc import Iterator
@@ -45,28 +48,30 @@ class StateStore:
         self.lock_timeout_s = lock_timeout_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._migrated = False
+        self._queue = FairQueue(self.path.with_name(self.path.name + ".queue"), on_timeout=self._timeout)
 
     # ------------------------------------------------------------------ locking
     @contextlib.contextmanager
     def _locked(self, mode: int) -> Iterator[None]:
+        """Take the state lock (`LOCK_EX` or `LOCK_SH`) in arrival order, or raise `LockTimeout`.
+
+        A queue in front of the lock serves waiters first come, first served (see
+        `FairQueue`): the one at the head takes the lock, then lets the next come forward,
+        so readers behind readers share the lock while a writer behind them waits, and
+        nobody arriving later overtakes a waiting writer or a waiting snapshot.
+        """
+        deadline = time.monotonic() + self.lock_timeout_s
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            deadline = time.monotonic() + self.lock_timeout_s
-            delay = 0.002
-            while True:
-                try:
-                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise LockTimeout(
-                            f"{self.path} stayed locked for {self.lock_timeout_s:.0f}s by another process"
-                        ) from None
-                    time.sleep(delay)
-                    delay = min(delay * 2, 0.05)
+            with self._queue.turn(deadline):
+                if not _flock_until(fd, mode, deadline):
+                    raise self._timeout()
             yield
         finally:
             os.close(fd)  # closing the descriptor releases the flock
+
+    def _timeout(self) -> LockTimeout:
+        return LockTimeout(f"{self.path} stayed locked for {self.lock_timeout_s:.0f}s by another process")
 
     # ------------------------------------------------------------- connections
     @contextlib.contextmanager
@@ -121,6 +126,76 @@ class StateStore:
             shutil.copyfile(self.path, tmp)
         os.replace(tmp, target)
         return target
+
+
+def _flock_until(fd: int, mode: int, deadline: float) -> bool:
+    """flock `fd` before `deadline`. Only the head of the queue waits here, so polling is fair."""
+    delay = 0.0005
+    while True:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
+
+
+class FairQueue:
+    """A first-come, first-served queue between processes (and threads), safe against crashes.
+
+    Each waiter draws a ticket (a counter in `<dir>/next`, under a short flock), creates
+    `<dir>/<ticket>` and holds a flock on it while it waits and until it is through; it
+    waits for the holder of the ticket before its own to let go. A waiter that dies lets
+    go with its descriptor (the kernel releases the flock), so a crash never blocks the
+    queue. The queue only orders arrivals; exclusion is the state lock's.
+    """
+
+    _COUNTER = struct.Struct("<q")
+
+    def __init__(self, folder: Path, on_timeout) -> None:
+        self.folder = folder
+        self.on_timeout = on_timeout
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def _draw(self) -> tuple[int, int]:
+        """(ticket, descriptor of our ticket file, flocked)."""
+        counter = os.open(self.folder / "next", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(counter, fcntl.LOCK_EX)  # held for a read and a write: microseconds
+            raw = os.pread(counter, self._COUNTER.size, 0)
+            ticket = self._COUNTER.unpack(raw)[0] if len(raw) == self._COUNTER.size else 0
+            os.pwrite(counter, self._COUNTER.pack(ticket + 1), 0)
+            mine = os.open(self.folder / str(ticket), os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(mine, fcntl.LOCK_EX)
+            return ticket, mine
+        finally:
+            os.close(counter)
+
+    @contextlib.contextmanager
+    def turn(self, deadline: float) -> Iterator[None]:
+        """Wait until every earlier arrival has gone through; hold the turn for the block."""
+        ticket, mine = self._draw()
+        try:
+            if ticket > 0:
+                self._wait_for(ticket - 1, deadline)
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.folder / str(ticket))
+            os.close(mine)  # lets the next ticket through
+
+    def _wait_for(self, ticket: int, deadline: float) -> None:
+        try:
+            ahead = os.open(self.folder / str(ticket), os.O_RDONLY)
+        except FileNotFoundError:
+            return  # already through
+        try:
+            if not _flock_until(ahead, fcntl.LOCK_SH, deadline):
+                raise self.on_timeout()
+        finally:
+            os.close(ahead)
 
 
 def _migration_files() -> list[tuple[int, str, str]]:

@@ -1,0 +1,91 @@
+"""What an acceptable webhook body is: one contract, checked at the door and relied on by ingest.
+
+Whatever the receiver acknowledges, ingest can store. A body is acceptable when it is
+UTF-8 without a byte-order mark, parses as one JSON object, nests at most `MAX_DEPTH`
+levels, uses no NaN/Infinity, and no string (key or value) holds a lone UTF-16 surrogate
+(`"\\ud83d"`, what JavaScript emits for an emoji cut in half): DuckDB's JSON type and
+Arrow refuse those, so one such body would otherwise stop ingestion. A topic is
+acceptable when it has the form `<resource>/<event>` in lower case (or is `unknown`), so
+its landing folder is one every reader scans.
+
+Anything else is refused with a `BodyRefused` carrying a short reason; the receiver
+answers 400 and keeps the body in quarantine, ingest sets the landing aside.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+MAX_DEPTH = 64
+UNKNOWN_TOPIC = "unknown"
+TOPIC_FORM = re.compile(r"[a-z][a-z0-9_]{0,62}/[a-z][a-z0-9_]{0,62}")
+_BOM = b"\xef\xbb\xbf"
+
+
+class BodyRefused(ValueError):
+    """A body or topic outside the contract; `reason` is short and holds no body content."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _no_constants(name: str) -> Any:
+    raise BodyRefused(f"JSON constant {name} is not allowed")
+
+
+def _check_tree(value: Any) -> None:
+    """Depth and string checks without recursion (a deep body must not blow the stack)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            if depth > MAX_DEPTH:
+                raise BodyRefused(f"JSON nested deeper than {MAX_DEPTH} levels")
+            for key, child in node.items():
+                _check_text(key)
+                stack.append((child, depth + 1))
+        elif isinstance(node, list):
+            if depth > MAX_DEPTH:
+                raise BodyRefused(f"JSON nested deeper than {MAX_DEPTH} levels")
+            stack.extend((child, depth + 1) for child in node)
+        elif isinstance(node, str):
+            _check_text(node)
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BodyRefused("JSON string holds a lone UTF-16 surrogate") from None
+
+
+def parse_body(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or `BodyRefused` saying why it is outside the contract."""
+    if body.startswith(_BOM):
+        raise BodyRefused("body starts with a byte-order mark")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BodyRefused(f"body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        payload = json.loads(text, parse_constant=_no_constants)
+    except RecursionError:
+        raise BodyRefused(f"JSON nested deeper than {MAX_DEPTH} levels") from None
+    except BodyRefused:
+        raise
+    except ValueError as exc:
+        raise BodyRefused(f"malformed JSON: {exc}"[:200]) from None
+    if not isinstance(payload, dict):
+        raise BodyRefused(f"JSON body must be an object, got {type(payload).__name__}")
+    _check_tree(payload)
+    return payload
+
+
+def check_topic(topic: str) -> str:
+    """The topic if it has the known form (`orders/create`), else `BodyRefused`."""
+    if topic == UNKNOWN_TOPIC or TOPIC_FORM.fullmatch(topic):
+        return topic
+    raise BodyRefused("topic outside the form <resource>/<event>")
