@@ -190,6 +190,16 @@ _TYPES = [
         "Escalate to CX to contact the customer.",
         1440, "refund"),
     ExceptionType(
+        "RETURN_NEEDS_REVIEW", "ops", "high", "Return of an item the warehouse cannot name",
+        "Shopify restocks a refunded line as a return (the goods are coming back) but the line "
+        "has no SKU, so Clarus cannot be told what to expect and NetSuite cannot receive it. "
+        "It is never treated as money only: the customer's parcel will arrive.",
+        "Identify the item from the line title in Shopify, create the expected goods-in in Clarus "
+        "and the return in NetSuite by hand, then resolve the exception. Give the product a SKU "
+        "so the next return flows on its own.",
+        "Escalate to finance if the parcel arrived and nothing was booked within the SLA.",
+        480, "refund"),
+    ExceptionType(
         "REFUND_UNCLASSIFIED", "finance", "medium", "Refund could not be classified",
         "A Shopify refund fits none, or more than one, of return, cancellation, goodwill and "
         "shipping-only, so neither stock nor finance postings were made.",
