@@ -190,6 +190,19 @@ _TYPES = [
         "Escalate to CX to contact the customer.",
         1440, "refund"),
     ExceptionType(
+        "FULFILLED_OUTSIDE_WMS", "ops", "high", "Order fulfilled outside the warehouse",
+        "A fulfilment was created in Shopify that the warehouse did not make (by hand in "
+        "Shopify admin or by another app). Clarus decides fulfilment: Shopify now says the goods "
+        "went while the Clarus goods out may still ship them (sent twice), and stock in Shopify "
+        "and the warehouse disagree.",
+        "Read the policy outcome in the details. `cancel`: the goods out was cancelled in Clarus "
+        "(if it was already dispatched, the goods went twice: recover one parcel). `hold`: decide "
+        "now, before the warehouse picks it: cancel the goods out in Clarus, or cancel the Shopify "
+        "fulfilment so the warehouse's dispatch stands. Then resolve the exception.",
+        "Escalate to the integration engineer if an app keeps fulfilling orders: remove its "
+        "fulfilment permission.",
+        60, "order"),
+    ExceptionType(
         "RETURN_NEEDS_REVIEW", "ops", "high", "Return of an item the warehouse cannot name",
         "Shopify restocks a refunded line as a return (the goods are coming back) but the line "
         "has no SKU, so Clarus cannot be told what to expect and NetSuite cannot receive it. "

@@ -10,6 +10,7 @@ from clarus_pipelines.resources import LandingZoneResource, PoliciesResource, St
 from clarus_pipelines.settings import Settings
 
 from assets import data_quality, dispatch, ingest, item_master, monitoring, orders, reconciliation, refunds, stock
+from assets import outside_fulfilments
 from sensors import alerts as alert_sensors
 from sensors import maintenance, stuck_states, webhooks
 from sensors import item_master as item_master_sensors
@@ -20,7 +21,7 @@ from sensors import stock as stock_sensors
 DOMAINS: list[dg.Definitions] = [
     ingest.defs, webhooks.defs, reconciliation.defs, maintenance.defs,
     item_master.defs, item_master_sensors.defs, orders.defs, order_sensors.defs,
-    dispatch.defs, stuck_states.defs,
+    dispatch.defs, stuck_states.defs, outside_fulfilments.defs,
     stock.defs, stock_sensors.defs,
     refunds.defs,
     monitoring.defs, data_quality.defs, alert_sensors.defs,

@@ -173,6 +173,19 @@ class Timings(_Strict):
     landing_retention_days: int = Field(default=90, gt=0)
 
 
+class OutsideFulfilmentPolicy(_Strict):
+    """What follows a Shopify fulfilment the warehouse did not make (FULFILLED_OUTSIDE_WMS).
+
+    `hold`: nothing is written to Clarus; ops decide (the exception names the open goods
+    out). `cancel`: the order's Clarus goods out is cancelled while Clarus still allows it.
+    `grace_minutes`: how long a new fulfilment may wait for the dispatch flow to record it
+    as ours before it is judged.
+    """
+
+    action: Literal["hold", "cancel"] = "hold"
+    grace_minutes: int = Field(default=10, gt=0)
+
+
 class AlertChannel(_Strict):
     kind: Literal["slack", "email", "webhook", "log"]
     target: str = ""  # webhook URL or email address; "log" needs none
@@ -200,6 +213,7 @@ class Policies(_Strict):
     exception_overrides: dict[str, ExceptionOverride] = Field(default_factory=dict)
     order_edit_policy: Literal["amend_lines", "cancel_and_recreate", "manual_review"] = "amend_lines"
     tracking_patterns: dict[str, str] = Field(default_factory=dict)
+    outside_fulfilment: OutsideFulfilmentPolicy = OutsideFulfilmentPolicy()
 
     @field_validator("exception_overrides")
     @classmethod

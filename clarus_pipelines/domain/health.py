@@ -77,11 +77,11 @@ FLOWS: tuple[FlowSpec, ...] = (
     FlowSpec("dispatch", "Dispatch to NetSuite and Shopify", dispatch_flow.CONSUMER, "clarus", dispatch_flow.DISPATCH_TOPICS,
              ("transform_item_fulfilment", "create_fulfillment"), None,
              ("NOT_DISPATCHED_BY_CUTOFF", "DISPATCH_AWAITING_ERP", "TRACKING_MISSING", "TRACKING_INVALID",
-              "TRACKING_NOT_POSTED", "OVER_DISPATCHED")),
+              "TRACKING_NOT_POSTED", "OVER_DISPATCHED", "FULFILLED_OUTSIDE_WMS")),
     FlowSpec("stock", "Stock to Shopify", None, None, (), (), None, ("STOCK_MISMATCH", "STRANDED_STOCK")),
     FlowSpec("refunds", "Refunds and returns", refund_flow.CONSUMER, None,
              (refund_flow.REFUND_TOPIC, *refund_flow.ORDER_TOPICS, *refund_flow.RECEIPT_TOPICS), (), "refund:",
-             ("RETURN_NOT_RECEIVED", "REFUND_UNCLASSIFIED", "RECONCILIATION_MISMATCH")),
+             ("RETURN_NOT_RECEIVED", "REFUND_UNCLASSIFIED", "RETURN_NEEDS_REVIEW", "RECONCILIATION_MISMATCH")),
 )
 FLOWS_BY_NAME = {f.name: f for f in FLOWS}
 

@@ -1,0 +1,19 @@
+-- Issue 16: the seed's promises.
+
+-- Shopify fulfilments seen in fulfillments/create webhooks, and whether the warehouse made
+-- them. Clarus decides fulfilment: one made by hand in Shopify admin or by another app is
+-- FULFILLED_OUTSIDE_WMS, and the policy decides what follows for the goods out.
+CREATE TABLE channel_fulfilments (
+    fulfilment_id    VARCHAR PRIMARY KEY,       -- Shopify fulfilment id
+    order_id         VARCHAR,                   -- Shopify order id
+    tracking_number  VARCHAR,
+    shopify_created_at TIMESTAMP,
+    seen_at          TIMESTAMP NOT NULL,        -- when the webhook reached our state
+    landing_id       VARCHAR,
+    verdict          VARCHAR,                   -- NULL: not judged yet; ours; outside
+    decided_at       TIMESTAMP,
+    action           VARCHAR,                   -- hold, cancel (policy at the time of the verdict)
+    action_status    VARCHAR,                   -- pending, done, held, too_late, refused, nothing_to_do
+    action_detail    VARCHAR,
+    updated_at       TIMESTAMP NOT NULL
+);
