@@ -307,6 +307,7 @@ def test_reconciliation_shows_the_finance_reports_and_the_same_mismatches_now(op
     for day, path in zip(seeded.report_dates, seeded.report_paths):
         assert path.exists() and f"{day}.csv" in buttons, buttons.keys()
         assert buttons[f"{day}.csv"].url  # served by Streamlit's media manager
+        assert buttons[f"{day}.xlsx"].url  # and the same report for Excel, ids typed as text
     assert "Download CSV" in buttons  # and the check as of now
     listed = "\n".join(m.value for m in at.markdown)
     with duckdb.connect(str(seeded.path), read_only=True) as con:
