@@ -68,7 +68,7 @@ NEW = "new"
 SLA_BREACH = "sla_breach"
 CONNECTOR_CODE = "CONNECTOR_FAILING"
 LEASE = timedelta(minutes=10)  # a claimed delivery not recorded within this is sent again
-RETENTION = timedelta(days=90)  # alert history kept this long (alerts of open exceptions are always kept)
+RETENTION = timedelta(days=90)  # default alert history kept (policies.retention.alerts_days; open exceptions' alerts stay)
 SOURCE = "clarus-pipelines"
 
 
@@ -730,7 +730,7 @@ def dispatch_alerts(
     channels = owner_channels(policies)
     report = DispatchReport()
     with store.write() as con:
-        prune(con, now)
+        prune(con, now, keep=timedelta(days=policies.retention.alerts_days))
         created = plan_alerts(con, policies, channels, now)
         report.created.update(a.reason for a in created)
         report.dropped = drop_stale(con, channels, now)

@@ -173,6 +173,23 @@ class Timings(_Strict):
     landing_retention_days: int = Field(default=90, gt=0)
 
 
+class RetentionPolicy(_Strict):
+    """How many days each class of record is kept before the daily retention job prunes it.
+
+    Only finished records go: an order still moving (not cancelled and not completed in
+    Clarus), an order or shipment with an open exception, an exception not resolved, and
+    the alerts of an open exception stay whatever their age. Landed webhook payloads follow
+    `timings.landing_retention_days`, hourly stock history `stock.snapshot_retention_days`.
+    """
+
+    orders_days: int = Field(default=400, gt=0)       # finished orders, their lines, holds and bindings
+    order_events_days: int = Field(default=400, gt=0)  # the orders' history (journey)
+    shipments_days: int = Field(default=400, gt=0)     # shipments confirmed in Shopify, and fulfilments judged
+    exceptions_days: int = Field(default=180, gt=0)    # resolved exceptions and their events
+    alerts_days: int = Field(default=90, gt=0)         # alert history and deliveries
+    health_days: int = Field(default=30, gt=0)         # health snapshots behind the dashboard's charts
+
+
 class OutsideFulfilmentPolicy(_Strict):
     """What follows a Shopify fulfilment the warehouse did not make (FULFILLED_OUTSIDE_WMS).
 
@@ -214,6 +231,7 @@ class Policies(_Strict):
     order_edit_policy: Literal["amend_lines", "cancel_and_recreate", "manual_review"] = "amend_lines"
     tracking_patterns: dict[str, str] = Field(default_factory=dict)
     outside_fulfilment: OutsideFulfilmentPolicy = OutsideFulfilmentPolicy()
+    retention: RetentionPolicy = RetentionPolicy()
 
     @field_validator("exception_overrides")
     @classmethod

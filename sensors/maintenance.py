@@ -5,7 +5,9 @@
   intake rows in the state store, and finishes any landing a killed receiver left half
   committed.
   The same job deletes hourly stock snapshots older than `stock.snapshot_retention_days`
-  (default 35; the newest hour always stays).
+  (default 35; the newest hour always stays), and every other class of record past
+  `retention.*` (finished orders, order history, shipments, resolved exceptions, alerts,
+  health snapshots; see `clarus_pipelines.domain.retention`).
 - `intake_checks` (every 10 minutes): every landing ingested in time, no unknown topics.
 """
 
@@ -14,6 +16,7 @@ from datetime import timedelta
 import dagster as dg
 
 from assets.ingest import intake_checks_job
+from clarus_pipelines.domain.retention import prune_records
 from clarus_pipelines.domain.stock import prune_snapshots
 from clarus_pipelines.exception_queue import utcnow
 from clarus_pipelines.receiver.events import prune_state
@@ -48,10 +51,25 @@ def prune_stock_snapshots(context: dg.OpExecutionContext, policies: PoliciesReso
     return summary
 
 
-@dg.job(description="Prune landings, quarantine, dedupe markers and intake rows, and old stock snapshots, past their retention.")
+@dg.op(description="Delete finished orders, order history, shipments, resolved exceptions, alerts and health "
+       "snapshots past their retention (policies.retention).")
+def prune_state_records(context: dg.OpExecutionContext, policies: PoliciesResource, state: StateStoreResource) -> dict:
+    policy = policies.load()
+    now = utcnow()
+    with state.store().write() as con:
+        removed = prune_records(con, policy, now)
+    summary = {"retention": policy.retention.model_dump(), "rows_removed": removed, "total_removed": sum(removed.values())}
+    context.log.info("state retention: %s", summary)
+    context.add_output_metadata({"total_removed": summary["total_removed"], **{f"removed_{k}": v for k, v in removed.items()}})
+    return summary
+
+
+@dg.job(description="Prune every class of record past its retention: landings, quarantine, dedupe markers and intake "
+        "rows, stock snapshots, orders, order history, shipments, exceptions, alerts and health snapshots.")
 def landing_retention_job():
     prune_landings()
     prune_stock_snapshots()
+    prune_state_records()
 
 
 landing_retention_schedule = dg.ScheduleDefinition(
