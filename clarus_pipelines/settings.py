@@ -208,9 +208,18 @@ class AlertChannel(_Strict):
     target: str = ""  # webhook URL or email address; "log" needs none
 
 
+class EscalationPolicy(_Strict):
+    """Who hears about an owner's exception once it is past its SLA and still not acknowledged
+    (the role's escalation contact), and how often they are reminded until someone acknowledges."""
+
+    channels: list[AlertChannel] = Field(min_length=1)
+    renotify_minutes: int = Field(default=60, ge=0)  # 0: escalate once, no reminders
+
+
 class OwnerPolicy(_Strict):
     channels: list[AlertChannel] = Field(default_factory=list)
     digest_minutes: int = Field(default=0, ge=0)
+    escalation: EscalationPolicy | None = None
 
 
 class ExceptionOverride(_Strict):

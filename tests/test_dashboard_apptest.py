@@ -149,6 +149,10 @@ def test_exception_queue_filters_and_shows_the_runbook(open_app, seeded: SeedSum
     assert len(queue) == sum(seeded.open_by_owner.values())
     assert queue.iloc[0]["breached"]  # past SLA first
     assert "#1002" in set(queue["entity"])  # order exceptions show the order name
+    # ops has an escalation contact (config/sandbox.yaml): its exceptions past their SLA show as escalated
+    past_sla_ops = queue[(queue["owner"] == "ops") & queue["breached"] & (queue["status"] == "open")]
+    assert len(past_sla_ops) and (past_sla_ops["escalations"] >= 1).all()
+    assert (queue[~queue["breached"]]["escalations"] == 0).all()
 
     _widget(at.multiselect, "Owner").set_value(["finance"]).run()
     queue = _frame_with(at, "code", "entity", "status", "sla_used")
