@@ -237,8 +237,12 @@ _TYPES = [
     ExceptionType(
         "CONNECTOR_FAILING", "integration", "critical", "A connection is failing",
         "Calls to one of Clarus, Shopify, NetSuite or an alert channel keep failing after "
-        "retries: work for that system is queued, not lost, but nothing reaches it.",
-        "Check the system's status and our credentials; work resumes by itself once calls succeed.",
+        "retries, or the system no longer answers the scheduled live probe (a cheap authenticated "
+        "read every 5 minutes, even when no order is moving): work for that system is queued, not "
+        "lost, but nothing reaches it.",
+        "Check the system's status and our credentials (the health page shows each system's last "
+        "successful authenticated read); work resumes by itself once calls succeed, and the next "
+        "probe that succeeds clears it.",
         "Escalate to the vendor's support when their status page shows no incident.",
         15, "connector"),
 ]

@@ -12,7 +12,7 @@ from clarus_pipelines.settings import Settings
 from assets import data_quality, dispatch, ingest, item_master, monitoring, orders, reconciliation, refunds, stock
 from assets import outside_fulfilments
 from sensors import alerts as alert_sensors
-from sensors import maintenance, stuck_states, webhooks
+from sensors import maintenance, probes, stuck_states, webhooks
 from sensors import item_master as item_master_sensors
 from sensors import orders as order_sensors
 from sensors import stock as stock_sensors
@@ -24,7 +24,7 @@ DOMAINS: list[dg.Definitions] = [
     dispatch.defs, stuck_states.defs, outside_fulfilments.defs,
     stock.defs, stock_sensors.defs,
     refunds.defs,
-    monitoring.defs, data_quality.defs, alert_sensors.defs,
+    monitoring.defs, data_quality.defs, alert_sensors.defs, probes.defs,
 ]
 
 

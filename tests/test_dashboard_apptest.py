@@ -121,6 +121,8 @@ def test_health_overview_shows_orders_exceptions_and_connections(open_app, seede
 
     connections = _frame_with(at, "system", "status", "rejected", "missed by webhooks").set_index("system")
     assert set(connections.index) == {"Shopify", "Clarus", "NetSuite"}  # alert channels are listed under Alerts
+    assert connections["last authenticated read"].notna().all()  # the live probes answered
+    assert set(connections["probe"]) == {"answers"}
     assert connections.loc["Shopify", "status"] == "🟠 degraded"
     assert connections.loc["Shopify", "rejected"] == 5
     assert connections.loc["Shopify", "missed by webhooks"] == 1  # order #1010 came by the reconciliation read

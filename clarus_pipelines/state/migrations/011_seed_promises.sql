@@ -17,3 +17,15 @@ CREATE TABLE channel_fulfilments (
     action_detail    VARCHAR,
     updated_at       TIMESTAMP NOT NULL
 );
+
+-- Live health: each scheduled authenticated read of a system (a fresh token and a one-row
+-- read), so the health page and CONNECTOR_FAILING know a system answers even when no
+-- order is moving.
+CREATE TABLE connector_probes (
+    system      VARCHAR NOT NULL,               -- shopify, clarus, netsuite
+    probed_at   TIMESTAMP NOT NULL,
+    ok          BOOLEAN NOT NULL,
+    latency_ms  DOUBLE,
+    error       VARCHAR,
+    PRIMARY KEY (system, probed_at)
+);
