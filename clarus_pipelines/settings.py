@@ -9,7 +9,7 @@ exception owners). `load_policies` validates the file and names the offending ke
 from __future__ import annotations
 
 import re
-from datetime import time
+from datetime import datetime, time, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -149,6 +149,16 @@ class StockPolicy(_Strict):
     mismatch_tolerance: int = Field(default=0, ge=0)
     snapshot_freshness_minutes: int = Field(default=120, gt=0)
     snapshot_retention_days: int = Field(default=35, gt=0)  # hourly history kept (the newest balances always stay)
+    go_live: datetime = Field(
+        default=datetime(2026, 1, 1),
+        description="UTC hour the integration went live: the first hourly stock partition (no history before it).")
+
+    @field_validator("go_live")
+    @classmethod
+    def _whole_utc_hour(cls, value: datetime) -> datetime:
+        if value.tzinfo is not None:
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value.replace(minute=0, second=0, microsecond=0)
 
     @field_validator("buffers")
     @classmethod

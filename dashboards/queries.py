@@ -517,7 +517,7 @@ def latest_stock(db: str) -> pd.DataFrame:
     told and shows (all Shopify locations together), the stock's value and open stock exceptions."""
     return _frame(
         db,
-        "WITH latest AS (SELECT * FROM stock_snapshots"
+        "WITH latest AS (SELECT * FROM stock_snapshots WHERE coalesce(source, 'read') = 'read'"
         "   QUALIFY row_number() OVER (PARTITION BY sku, warehouse_id ORDER BY taken_at DESC, snapshot_hour DESC) = 1),"
         " open_exc AS (SELECT entity_id, string_agg(code, ', ' ORDER BY code) AS open_exceptions FROM exceptions"
         "   WHERE entity_type = 'sku' AND status <> 'resolved' GROUP BY entity_id),"

@@ -11,7 +11,7 @@
 - `intake_checks` (every 10 minutes): every landing ingested in time, no unknown topics.
 """
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import dagster as dg
 
@@ -39,13 +39,42 @@ def prune_landings(
     return summary
 
 
-@dg.op(description="Delete hourly stock snapshots older than the stock snapshot retention.")
+def stale_stock_partitions(materialized: set[str], kept_hours: set[datetime], cutoff: datetime) -> list[str]:
+    """Hourly stock partitions Dagster shows as materialized whose rows retention removed."""
+    stale = []
+    for key in materialized:
+        hour = datetime.strptime(key, "%Y-%m-%d-%H:%M")
+        if hour < cutoff and hour not in kept_hours:
+            stale.append(key)
+    return sorted(stale)
+
+
+@dg.op(description="Delete hourly stock snapshots older than the stock snapshot retention, and wipe those "
+       "partitions in Dagster so partition status and the stored history agree.")
 def prune_stock_snapshots(context: dg.OpExecutionContext, policies: PoliciesResource, state: StateStoreResource) -> dict:
     days = policies.load().stock.snapshot_retention_days
     cutoff = utcnow() - timedelta(days=days)
     with state.store().write() as con:
         removed = prune_snapshots(con, cutoff)
-    summary = {"retention_days": days, "cutoff": cutoff.isoformat(), "snapshot_rows_removed": removed}
+        kept = {r[0] for r in con.execute("SELECT DISTINCT snapshot_hour FROM stock_snapshots").fetchall()}
+    key = dg.AssetKey("stock_snapshots")
+    stale = stale_stock_partitions(context.instance.get_materialized_partitions(key), kept, cutoff)
+    wiped = marked = 0
+    if stale:
+        try:
+            context.instance.wipe_asset_partitions(key, stale)
+            wiped = len(stale)
+        except NotImplementedError:
+            # the open-source run storages cannot wipe single partitions: say on each one that its
+            # rows are gone (an observation on the partition), so nobody reads a pruned hour as data
+            for partition in stale:
+                context.instance.report_runless_asset_event(dg.AssetObservation(
+                    asset_key=key, partition=partition,
+                    metadata={"pruned_by_retention": True, "retention_days": days, "rows": 0},
+                    description=f"rows of this hour were deleted by retention ({days} days)"))
+            marked = len(stale)
+    summary = {"retention_days": days, "cutoff": cutoff.isoformat(), "snapshot_rows_removed": removed,
+               "partitions_wiped": wiped, "partitions_marked_pruned": marked}
     context.log.info("stock snapshots: %s", summary)
     context.add_output_metadata(summary)
     return summary

@@ -132,3 +132,38 @@ def test_the_daily_retention_job_applies_the_configured_values(tmp_path):
     assert summary["rows_removed"]["orders"] == 2 and summary["rows_removed"]["order_landings"] == 1
     with store.read() as con:
         assert con.execute("SELECT count(*) FROM orders").fetchone()[0] == 3
+
+
+def test_pruned_stock_hours_are_no_longer_shown_as_materialized(tmp_path):
+    """Retention and partition status agree: an hour whose snapshot rows were pruned is wiped in Dagster."""
+    path, _ = short_policies(tmp_path)
+    store = StateStore(tmp_path / "state.duckdb")
+    now = NOW.replace(minute=0, second=0)
+    hours = {"old": now - timedelta(days=40), "recent": now - timedelta(days=2), "newest": now}
+    keys = {name: hour.strftime("%Y-%m-%d-%H:%M") for name, hour in hours.items()}
+    instance = dg.DagsterInstance.ephemeral()
+    with store.write() as con:
+        for hour in hours.values():
+            con.execute("INSERT INTO stock_snapshots (snapshot_hour, taken_at, clarus_product_id, sku, warehouse_id,"
+                        " account_id, available, allocated, on_hold) VALUES (?, ?, '1', '000123', '1', '1', 5, 0, 0)",
+                        [hour, hour])
+    for key in keys.values():
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key="stock_snapshots", partition=key))
+    resources = {
+        "landing": LandingZoneResource(path=str(tmp_path / "landing")),
+        "state": StateStoreResource(path=str(tmp_path / "state.duckdb")),
+        "policies": PoliciesResource(path=str(path)),
+    }
+    merged = dg.Definitions.merge(maintenance_defs, dg.Definitions(resources=resources))
+    result = merged.resolve_job_def("landing_retention_job").execute_in_process(instance=instance)
+    assert result.success
+    summary = result.output_for_node("prune_stock_snapshots")
+    assert summary["snapshot_rows_removed"] == 1
+    # open-source storages cannot wipe one partition: the pruned hour is marked on the partition itself
+    assert summary["partitions_wiped"] + summary["partitions_marked_pruned"] == 1
+    if summary["partitions_marked_pruned"]:
+        records = instance.fetch_observations(dg.AssetKey("stock_snapshots"), limit=10).records
+        marked = [r.event_log_entry.asset_observation for r in records]
+        assert [(o.partition, o.metadata["pruned_by_retention"].value) for o in marked] == [(keys["old"], True)]
+    else:
+        assert instance.get_materialized_partitions(dg.AssetKey("stock_snapshots")) == {keys["recent"], keys["newest"]}

@@ -648,6 +648,15 @@ class ClarusSandbox:
                 self._dirty_balances.discard(balance.id)
             return self._balance_record(balance)
 
+    def record_movement(self, product: str | int, subtype: str, quantity: float) -> dict:
+        """A warehouse movement of `subtype` logged in the transaction history only (e.g. a
+        quarantine move the integration does not know); returns the transaction record."""
+        with self._lock:
+            p = self._product_by_sku_or_id(product)
+            balance = self._balance(p.id, None, None)
+            self._transaction(subtype, quantity, balance, self.now())
+            return self._transaction_record(self._transactions[-1])
+
     def receive_goods_in_receipt(self, receipt_id: int | str, quantities: dict[str, float] | None = None) -> dict:
         """Receive a goods in receipt (all expected, or `quantities` by product id/SKU)."""
         with self._lock:

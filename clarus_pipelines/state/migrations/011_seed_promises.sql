@@ -29,3 +29,11 @@ CREATE TABLE connector_probes (
     error       VARCHAR,
     PRIMARY KEY (system, probed_at)
 );
+
+-- Stock history: a backfilled past hour is rebuilt from Clarus's transaction history. Only
+-- on-hand can be rebuilt (allocations and holds leave no transaction), so a rebuilt row
+-- has on_hand and leaves available / allocated / on_hold unknown (NULL).
+ALTER TABLE stock_snapshots ALTER COLUMN available DROP NOT NULL;
+ALTER TABLE stock_snapshots ALTER COLUMN allocated DROP NOT NULL;
+ALTER TABLE stock_snapshots ALTER COLUMN on_hold DROP NOT NULL;
+ALTER TABLE stock_snapshots ADD COLUMN source VARCHAR DEFAULT 'read';  -- read (balances as read) or rebuilt
