@@ -508,3 +508,12 @@ def test_request_shape_without_line_items_keeps_the_goods(fixtures_dir):
     refund, order = _only(fixtures_dir, "shopify-api-ruby_rest_2025-07/refund_POST_request.json")
     result = classify_refund(refund, order=order)
     assert result.action(RAISE_RETURN_NEEDS_REVIEW) is None
+
+
+def test_real_return_payload_is_not_overridden_by_a_deciding_goodwill_rule(fixtures_dir):
+    """Shopify's published refund request (restock_type "return", note "wrong size")."""
+    refund, order = _only(fixtures_dir, "shopify-api-ruby_rest_2025-07/refund_POST_request.json")
+    rule = RefundRule(on="note", pattern="wrong size", kind="GOODWILL", decides=True)
+    result = classify_refund(refund, order=order, rules=[rule])
+    assert result.kind == RefundKind.UNCLASSIFIED and NETSUITE_CREDIT_MEMO not in _codes(result)
+    assert any("line 518995019 as 'return'" in r for r in result.reasons)
