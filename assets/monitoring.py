@@ -10,7 +10,7 @@
   `$CLARUS_PIPELINES_HOME/reports/reconciliation-YYYY-MM-DD.csv` (path in the metadata)
   and syncs RECONCILIATION_MISMATCH.
 - `health_snapshot`: per flow and per connection health (`domain.health`) appended to
-  `health_snapshots` (kept `HEALTH_RETENTION`), overall status in the metadata; syncs
+  `health_snapshots` (kept `retention.health_days`), overall status in the metadata; syncs
   CONNECTOR_FAILING for Shopify, Clarus and NetSuite (writes failing since the last
   success, across records: an outage or lost credentials reach the integration engineer).
 - `alert_dispatch`: sends due alerts (`clarus_pipelines.alerts`); the `alerts` sensor does
@@ -35,7 +35,6 @@ from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 from clarus_pipelines.settings import get_settings
 
 GROUP = "monitoring"
-HEALTH_RETENTION = timedelta(days=30)
 RECONCILIATION_START = "2025-01-01"
 SAMPLE = 10
 
@@ -186,11 +185,13 @@ def health_snapshot(context: dg.AssetExecutionContext, state: StateStoreResource
     store = state.store()
     with store.read() as con:
         summary = health.health_summary(con, now=now)
+    policy = policies.load()
     with store.write() as con:
         connectors = sync_exceptions(con, CONNECTOR_CODE, health.connector_findings(con, now=now),
-                                     scope=list(health.SYSTEMS), policies=policies.load(), now=now)
+                                     scope=list(health.SYSTEMS), policies=policy, now=now)
         stored = health.store_snapshot(con, summary)
-        con.execute("DELETE FROM health_snapshots WHERE taken_at < ?", [now - HEALTH_RETENTION])
+        con.execute("DELETE FROM health_snapshots WHERE taken_at < ?",
+                    [now - timedelta(days=policy.retention.health_days)])
     flows = {f["flow"]: f["status"] for f in summary["flows"]}
     connections = {c["connection"]: c["status"] for c in summary["connections"]}
     context.log.info("health %s: flows %s; connections %s", summary["status"], flows, connections)

@@ -6,7 +6,13 @@ What is alerted, from the exception queue:
 - **sla_breach**: an exception is still `open` (not acknowledged) longer than its SLA
   (`catalogue.sla_minutes`, or `policies.exception_overrides[code].sla_minutes`).
 
-Both are counted per *episode*: from the exception's latest raise or reopen. The
+- **escalation:N**: an exception still `open` past its SLA goes to its owner role's
+  escalation contact (`policies.owners[owner].escalation.channels`), and again every
+  `renotify_minutes` until someone acknowledges or resolves it (N counts the
+  notifications: 1 at the breach, 2 one interval later...). Owners without an escalation
+  contact get only the SLA alert.
+
+All are counted per *episode*: from the exception's latest raise or reopen. The
 `alerts` table records each (code, entity, reason, episode) once, so a re-run or a
 second dispatcher never repeats an alert, while a problem that comes back after it was
 resolved is news again. An exception first seen already past its SLA gets only the SLA
@@ -66,9 +72,10 @@ log = logging.getLogger(__name__)
 
 NEW = "new"
 SLA_BREACH = "sla_breach"
+ESCALATION = "escalation"  # reasons are escalation:1, escalation:2, ... (one per re-notification)
 CONNECTOR_CODE = "CONNECTOR_FAILING"
 LEASE = timedelta(minutes=10)  # a claimed delivery not recorded within this is sent again
-RETENTION = timedelta(days=90)  # alert history kept this long (alerts of open exceptions are always kept)
+RETENTION = timedelta(days=90)  # default alert history kept (policies.retention.alerts_days; open exceptions' alerts stay)
 SOURCE = "clarus-pipelines"
 
 
@@ -84,6 +91,7 @@ class Channel:
     kind: str  # slack, email, webhook, log
     target: str = ""
     digest_minutes: int = 0
+    escalation: bool = False  # the owner role's escalation contact, not the owner's own channel
 
     @property
     def entity_id(self) -> str:
@@ -115,7 +123,24 @@ def owner_channels(policies: Policies) -> list[Channel]:
             channels.append(Channel(f"{spec.kind}:{owner}{suffix}", owner, spec.kind, spec.target, digest))
         if not configured:
             channels.append(Channel(f"log:{owner}", owner, "log", "", digest))
+        escalation = policy.escalation if policy else None
+        seen = Counter()
+        for spec in escalation.channels if escalation else []:
+            seen[spec.kind] += 1
+            suffix = f":{seen[spec.kind]}" if seen[spec.kind] > 1 else ""
+            channels.append(Channel(f"escalation:{spec.kind}:{owner}{suffix}", owner, spec.kind, spec.target, 0, True))
     return channels
+
+
+def is_escalation(reason: str) -> bool:
+    return reason.startswith(ESCALATION + ":")
+
+
+def escalation_number(breached_for: timedelta, renotify_minutes: int) -> int:
+    """Which notification is due `breached_for` after the SLA breach: 1 at once, then one per interval."""
+    if renotify_minutes <= 0:
+        return 1
+    return 1 + int(breached_for.total_seconds() // (renotify_minutes * 60))
 
 
 def sla_minutes(code: str, policies: Policies | None) -> int:
@@ -202,13 +227,58 @@ def alert_text(row: dict[str, Any], reason: str, sla: int, now: datetime) -> tup
     head = f"[{row['severity'].upper()}] {row['code']}: {kind.title}"
     if reason == SLA_BREACH:
         head += f" - open {_age(age_min)}, past its {sla} min SLA"
+    elif is_escalation(reason):
+        number = int(reason.split(":", 1)[1])
+        head = (f"ESCALATED{f' (reminder {number - 1})' if number > 1 else ''}: {head} - open {_age(age_min)}, "
+                f"past its {sla} min SLA and not acknowledged by {row['owner']}")
     lines = [
         head,
         f"{row['entity_type']} {row['entity_id']}: {message}",
         f"Owner: {row['owner']}. Open {_age(age_min)} (SLA {sla} min).",
         f"What to do: {kind.resolution}",
     ]
+    if is_escalation(reason):
+        lines.append(f"Escalation: {kind.escalation}")
     return kind.title, "\n".join(lines)
+
+
+def _escalations(con: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]], policies: Policies,
+                 now: datetime) -> list[Alert]:
+    """Escalations now due: open past the SLA, owner has an escalation contact, this
+    interval's notification not yet recorded (a missed interval is not sent late)."""
+    sent = {
+        (c, e, ep, r) for c, e, ep, r in con.execute(
+            "SELECT code, entity_id, episode_started_at, reason FROM alerts WHERE reason LIKE 'escalation:%'").fetchall()
+    }
+    due = []
+    for row in rows:
+        policy = policies.owners.get(row["owner"])
+        escalation = policy.escalation if policy else None
+        if escalation is None or row["status"] != "open" or row["code"] not in catalogue.CATALOGUE:
+            continue
+        sla = sla_minutes(row["code"], policies)
+        breach = row["episode_started_at"] + timedelta(minutes=sla)
+        if now < breach:
+            continue
+        reason = f"{ESCALATION}:{escalation_number(now - breach, escalation.renotify_minutes)}"
+        key = (row["code"], row["entity_id"], row["episode_started_at"], reason)
+        if key in sent:
+            continue
+        title, text = alert_text(row, reason, sla, now)
+        due.append(Alert(row["code"], row["entity_id"], reason, row["episode_started_at"], row["owner"],
+                         row["severity"], title, text, sla, now))
+    return due
+
+
+def escalated(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """Open exceptions escalated in their current episode: how many times, when last (for the dashboard)."""
+    return _rows(
+        con,
+        _OPEN_EPISODES + " SELECT o.code, o.entity_id, count(*)::INTEGER AS escalations, max(a.due_at) AS last_escalated_at"
+        " FROM open o JOIN alerts a ON a.code = o.code AND a.entity_id = o.entity_id"
+        "  AND a.episode_started_at = o.episode_started_at AND a.reason LIKE 'escalation:%'"
+        " GROUP BY o.code, o.entity_id ORDER BY last_escalated_at DESC",
+    )
 
 
 def plan_alerts(con: duckdb.DuckDBPyConnection, policies: Policies, channels: Sequence[Channel], now: datetime) -> list[Alert]:
@@ -241,6 +311,7 @@ def plan_alerts(con: duckdb.DuckDBPyConnection, policies: Policies, channels: Se
         elif wants_new:
             title, text = alert_text(row, NEW, sla, now)
             due.append(Alert(*key, NEW, episode, row["owner"], row["severity"], title, text, sla, now))
+    due += _escalations(con, rows, policies, now)
     rows = [
         (a.code, a.entity_id, a.reason, a.episode_started_at, a.owner, a.severity, a.title, a.text, a.sla_minutes, a.due_at)
         for a in due
@@ -258,6 +329,7 @@ def plan_alerts(con: duckdb.DuckDBPyConnection, policies: Policies, channels: Se
         (a.code, a.entity_id, a.reason, a.episode_started_at, channel.id, now)
         for a in due
         for channel in by_owner.get(a.owner, [])
+        if channel.escalation == is_escalation(a.reason)
     ]
     if deliveries:
         con.executemany(
@@ -326,7 +398,7 @@ def drop_stale(con: duckdb.DuckDBPyConnection, channels: Sequence[Channel], now:
             why = "channel no longer configured"
         elif status is None:
             why = "exception resolved before the alert was delivered"
-        elif d["reason"] == SLA_BREACH and status != "open":
+        elif (d["reason"] == SLA_BREACH or is_escalation(d["reason"])) and status != "open":
             why = "exception acknowledged before the alert was delivered"
         else:
             continue
@@ -434,12 +506,17 @@ def render(batch: Batch) -> Message:
         subject = f"[{SOURCE}] {alert['severity'].upper()} {alert['code']} {alert['entity_id']}"
         if alert["reason"] == SLA_BREACH:
             subject += " (past SLA)"
+        elif is_escalation(alert["reason"]):
+            subject = f"[{SOURCE}] ESCALATED {alert['severity'].upper()} {alert['code']} {alert['entity_id']} (past SLA, not acknowledged)"
         text = alert["text"]
     else:
         reasons = Counter(a["reason"] for a in alerts)
         parts = [f"{reasons[NEW]} new"] if reasons[NEW] else []
         if reasons[SLA_BREACH]:
             parts.append(f"{reasons[SLA_BREACH]} past SLA")
+        escalations = sum(n for r, n in reasons.items() if is_escalation(r))
+        if escalations:
+            parts.append(f"{escalations} escalated")
         subject = f"[{SOURCE}] {len(alerts)} alerts for {channel.owner} ({', '.join(parts)})"
         order = sorted(alerts, key=lambda a: (-catalogue.SEVERITY_RANK.get(a["severity"], 0), a["due_at"]))
         text = "\n\n".join([f"Clarus pipelines: {len(alerts)} alerts for {channel.owner} ({', '.join(parts)})"]
@@ -631,6 +708,7 @@ class DispatchReport:
         return {
             "alerts_new": self.created.get(NEW, 0),
             "alerts_sla_breach": self.created.get(SLA_BREACH, 0),
+            "alerts_escalation": self.created.get(ESCALATION, 0),
             "messages_sent": self.messages_sent,
             "alerts_delivered": self.alerts_delivered,
             "dropped": self.dropped,
@@ -730,9 +808,9 @@ def dispatch_alerts(
     channels = owner_channels(policies)
     report = DispatchReport()
     with store.write() as con:
-        prune(con, now)
+        prune(con, now, keep=timedelta(days=policies.retention.alerts_days))
         created = plan_alerts(con, policies, channels, now)
-        report.created.update(a.reason for a in created)
+        report.created.update(ESCALATION if is_escalation(a.reason) else a.reason for a in created)
         report.dropped = drop_stale(con, channels, now)
         batches = claim_batches(con, channels, now, burst_limit=burst_limit)
 

@@ -190,6 +190,29 @@ _TYPES = [
         "Escalate to CX to contact the customer.",
         1440, "refund"),
     ExceptionType(
+        "FULFILLED_OUTSIDE_WMS", "ops", "high", "Order fulfilled outside the warehouse",
+        "A fulfilment was created in Shopify that the warehouse did not make (by hand in "
+        "Shopify admin or by another app). Clarus decides fulfilment: Shopify now says the goods "
+        "went while the Clarus goods out may still ship them (sent twice), and stock in Shopify "
+        "and the warehouse disagree.",
+        "Read the policy outcome in the details. `cancel`: the goods out was cancelled in Clarus "
+        "(if it was already dispatched, the goods went twice: recover one parcel). `hold`: decide "
+        "now, before the warehouse picks it: cancel the goods out in Clarus, or cancel the Shopify "
+        "fulfilment so the warehouse's dispatch stands. Then resolve the exception.",
+        "Escalate to the integration engineer if an app keeps fulfilling orders: remove its "
+        "fulfilment permission.",
+        60, "order"),
+    ExceptionType(
+        "RETURN_NEEDS_REVIEW", "ops", "high", "Return of an item the warehouse cannot name",
+        "Shopify restocks a refunded line as a return (the goods are coming back) but the line "
+        "has no SKU, so Clarus cannot be told what to expect and NetSuite cannot receive it. "
+        "It is never treated as money only: the customer's parcel will arrive.",
+        "Identify the item from the line title in Shopify, create the expected goods-in in Clarus "
+        "and the return in NetSuite by hand, then resolve the exception. Give the product a SKU "
+        "so the next return flows on its own.",
+        "Escalate to finance if the parcel arrived and nothing was booked within the SLA.",
+        480, "refund"),
+    ExceptionType(
         "REFUND_UNCLASSIFIED", "finance", "medium", "Refund could not be classified",
         "A Shopify refund fits none, or more than one, of return, cancellation, goodwill and "
         "shipping-only, so neither stock nor finance postings were made.",
@@ -226,8 +249,12 @@ _TYPES = [
     ExceptionType(
         "CONNECTOR_FAILING", "integration", "critical", "A connection is failing",
         "Calls to one of Clarus, Shopify, NetSuite or an alert channel keep failing after "
-        "retries: work for that system is queued, not lost, but nothing reaches it.",
-        "Check the system's status and our credentials; work resumes by itself once calls succeed.",
+        "retries, or the system no longer answers the scheduled live probe (a cheap authenticated "
+        "read every 5 minutes, even when no order is moving): work for that system is queued, not "
+        "lost, but nothing reaches it.",
+        "Check the system's status and our credentials (the health page shows each system's last "
+        "successful authenticated read); work resumes by itself once calls succeed, and the next "
+        "probe that succeeds clears it.",
         "Escalate to the vendor's support when their status page shows no incident.",
         15, "connector"),
 ]

@@ -9,9 +9,12 @@ from clarus_pipelines.connectors.shopify import ShopifyResource
 from clarus_pipelines.resources import LandingZoneResource, PoliciesResource, StateStoreResource
 from clarus_pipelines.settings import Settings
 
-from assets import audit, data_quality, dispatch, ingest, item_master, monitoring, orders, reconciliation, refunds, stock
+from assets import (
+    audit, data_quality, dispatch, ingest, item_master, monitoring, orders, outside_fulfilments, reconciliation, refunds,
+    stock,
+)
 from sensors import alerts as alert_sensors
-from sensors import maintenance, stuck_states, webhooks
+from sensors import maintenance, probes, stuck_states, webhooks
 from sensors import item_master as item_master_sensors
 from sensors import orders as order_sensors
 from sensors import stock as stock_sensors
@@ -20,10 +23,10 @@ from sensors import stock as stock_sensors
 DOMAINS: list[dg.Definitions] = [
     ingest.defs, webhooks.defs, reconciliation.defs, maintenance.defs,
     item_master.defs, item_master_sensors.defs, orders.defs, order_sensors.defs,
-    dispatch.defs, stuck_states.defs,
+    dispatch.defs, stuck_states.defs, outside_fulfilments.defs,
     stock.defs, stock_sensors.defs,
     refunds.defs,
-    monitoring.defs, data_quality.defs, alert_sensors.defs,
+    monitoring.defs, data_quality.defs, alert_sensors.defs, probes.defs,
     audit.defs,
 ]
 

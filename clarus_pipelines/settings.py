@@ -9,7 +9,7 @@ exception owners). `load_policies` validates the file and names the offending ke
 from __future__ import annotations
 
 import re
-from datetime import time
+from datetime import datetime, time, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -149,6 +149,16 @@ class StockPolicy(_Strict):
     mismatch_tolerance: int = Field(default=0, ge=0)
     snapshot_freshness_minutes: int = Field(default=120, gt=0)
     snapshot_retention_days: int = Field(default=35, gt=0)  # hourly history kept (the newest balances always stay)
+    go_live: datetime = Field(
+        default=datetime(2026, 1, 1),
+        description="UTC hour the integration went live: the first hourly stock partition (no history before it).")
+
+    @field_validator("go_live")
+    @classmethod
+    def _whole_utc_hour(cls, value: datetime) -> datetime:
+        if value.tzinfo is not None:
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value.replace(minute=0, second=0, microsecond=0)
 
     @field_validator("buffers")
     @classmethod
@@ -173,14 +183,53 @@ class Timings(_Strict):
     landing_retention_days: int = Field(default=90, gt=0)
 
 
+class RetentionPolicy(_Strict):
+    """How many days each class of record is kept before the daily retention job prunes it.
+
+    Only finished records go: an order still moving (not cancelled and not completed in
+    Clarus), an order or shipment with an open exception, an exception not resolved, and
+    the alerts of an open exception stay whatever their age. Landed webhook payloads follow
+    `timings.landing_retention_days`, hourly stock history `stock.snapshot_retention_days`.
+    """
+
+    orders_days: int = Field(default=400, gt=0)       # finished orders, their lines, holds and bindings
+    order_events_days: int = Field(default=400, gt=0)  # the orders' history (journey)
+    shipments_days: int = Field(default=400, gt=0)     # shipments confirmed in Shopify, and fulfilments judged
+    exceptions_days: int = Field(default=180, gt=0)    # resolved exceptions and their events
+    alerts_days: int = Field(default=90, gt=0)         # alert history and deliveries
+    health_days: int = Field(default=30, gt=0)         # health snapshots behind the dashboard's charts
+
+
+class OutsideFulfilmentPolicy(_Strict):
+    """What follows a Shopify fulfilment the warehouse did not make (FULFILLED_OUTSIDE_WMS).
+
+    `hold`: nothing is written to Clarus; ops decide (the exception names the open goods
+    out). `cancel`: the order's Clarus goods out is cancelled while Clarus still allows it.
+    `grace_minutes`: how long a new fulfilment may wait for the dispatch flow to record it
+    as ours before it is judged.
+    """
+
+    action: Literal["hold", "cancel"] = "hold"
+    grace_minutes: int = Field(default=10, gt=0)
+
+
 class AlertChannel(_Strict):
     kind: Literal["slack", "email", "webhook", "log"]
     target: str = ""  # webhook URL or email address; "log" needs none
 
 
+class EscalationPolicy(_Strict):
+    """Who hears about an owner's exception once it is past its SLA and still not acknowledged
+    (the role's escalation contact), and how often they are reminded until someone acknowledges."""
+
+    channels: list[AlertChannel] = Field(min_length=1)
+    renotify_minutes: int = Field(default=60, ge=0)  # 0: escalate once, no reminders
+
+
 class OwnerPolicy(_Strict):
     channels: list[AlertChannel] = Field(default_factory=list)
     digest_minutes: int = Field(default=0, ge=0)
+    escalation: EscalationPolicy | None = None
 
 
 class ExceptionOverride(_Strict):
@@ -200,6 +249,8 @@ class Policies(_Strict):
     exception_overrides: dict[str, ExceptionOverride] = Field(default_factory=dict)
     order_edit_policy: Literal["amend_lines", "cancel_and_recreate", "manual_review"] = "amend_lines"
     tracking_patterns: dict[str, str] = Field(default_factory=dict)
+    outside_fulfilment: OutsideFulfilmentPolicy = OutsideFulfilmentPolicy()
+    retention: RetentionPolicy = RetentionPolicy()
 
     @field_validator("exception_overrides")
     @classmethod

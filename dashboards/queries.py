@@ -46,7 +46,7 @@ SNAPSHOTS_KEPT = 2  # the newest copies stay on disk, so a query started on the 
 ORDER_ENTITY_CODES = (
     "ORDER_INCOMPLETE", "SHIP_METHOD_UNMAPPED", "SKU_UNKNOWN", "WMS_REJECTED", "ERP_REJECTED", "ORDER_NOT_ACKNOWLEDGED",
     "NOT_DISPATCHED_BY_CUTOFF", "DISPATCH_AWAITING_ERP", "ORDER_EDIT_NEEDS_REVIEW", "CANCEL_AFTER_DISPATCH",
-    "ORPHAN_ORDER", "RECONCILIATION_MISMATCH",
+    "ORPHAN_ORDER", "RECONCILIATION_MISMATCH", "FULFILLED_OUTSIDE_WMS",
 )
 
 
@@ -329,12 +329,22 @@ def exception_filter_options(db: str) -> dict[str, list[str]]:
 @_cached
 def exceptions(db: str, owners: tuple[str, ...] = (), codes: tuple[str, ...] = (),
                statuses: tuple[str, ...] = (), entity_ids: tuple[str, ...] = ()) -> pd.DataFrame:
-    """Exceptions matching the filters (an empty filter matches everything), with the order name for orders."""
+    """Exceptions matching the filters (an empty filter matches everything), with the order name for orders
+    and, for one still open, how many times it was escalated in its current episode (alerts reason escalation:N)."""
     sql = (
-        "SELECT e.code, e.entity_id, e.entity_type, o.order_name, e.owner, e.severity, e.status, e.message, e.details,"
-        " e.first_seen, e.last_seen, e.occurrences, e.resolved_at, e.resolved_by, e.note"
+        "WITH episodes AS (SELECT code, entity_id, max(occurred_at) AS started FROM exception_events"
+        "   WHERE action IN ('raised', 'reopened') GROUP BY code, entity_id),"
+        " escalations AS (SELECT code, entity_id, episode_started_at, count(*)::INTEGER AS escalations,"
+        "   max(due_at) AS last_escalated_at FROM alerts WHERE reason LIKE 'escalation:%' GROUP BY ALL)"
+        " SELECT e.code, e.entity_id, e.entity_type, o.order_name, e.owner, e.severity, e.status, e.message, e.details,"
+        " e.first_seen, e.last_seen, e.occurrences, e.resolved_at, e.resolved_by, e.note,"
+        " CASE WHEN e.status = 'resolved' THEN 0 ELSE coalesce(x.escalations, 0) END AS escalations,"
+        " CASE WHEN e.status = 'resolved' THEN NULL ELSE x.last_escalated_at END AS last_escalated_at"
         " FROM exceptions e LEFT JOIN orders o ON e.entity_type = 'order'"
         "   AND (o.order_id = e.entity_id OR o.order_name = e.entity_id)"
+        " LEFT JOIN episodes p ON p.code = e.code AND p.entity_id = e.entity_id"
+        " LEFT JOIN escalations x ON x.code = e.code AND x.entity_id = e.entity_id"
+        "   AND x.episode_started_at = greatest(coalesce(p.started, e.first_seen), e.first_seen)"
         " WHERE true"
     )
     params: list[Any] = []
@@ -507,7 +517,7 @@ def latest_stock(db: str) -> pd.DataFrame:
     told and shows (all Shopify locations together), the stock's value and open stock exceptions."""
     return _frame(
         db,
-        "WITH latest AS (SELECT * FROM stock_snapshots"
+        "WITH latest AS (SELECT * FROM stock_snapshots WHERE coalesce(source, 'read') = 'read'"
         "   QUALIFY row_number() OVER (PARTITION BY sku, warehouse_id ORDER BY taken_at DESC, snapshot_hour DESC) = 1),"
         " open_exc AS (SELECT entity_id, string_agg(code, ', ' ORDER BY code) AS open_exceptions FROM exceptions"
         "   WHERE entity_type = 'sku' AND status <> 'resolved' GROUP BY entity_id),"

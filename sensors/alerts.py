@@ -1,16 +1,17 @@
-"""The alerts sensor: tells owners about new and SLA-breaching exceptions, every minute.
+"""Alert sending as a short scheduled job: owners hear about new, SLA-breaching and
+escalated exceptions, every minute, with a run log and retries.
 
-Each evaluation runs `clarus_pipelines.alerts.dispatch_alerts`: alerts now due are
-recorded once (a re-evaluation never repeats one), due messages go out on each owner's
-channels (digests when their window closes), failures are retried with backoff and a
-channel that keeps failing raises CONNECTOR_FAILING (cleared when it delivers again).
-It launches no runs: the skip reason says in words what was sent, what is waiting and
-which channel is failing. The JSON cursor keeps the last evaluation, the last time
-something was sent, how many deliveries wait and the failing channels.
+`alerts_job` runs one op, `send_alerts`, which runs `clarus_pipelines.alerts.dispatch_alerts`:
+alerts now due are recorded once (a re-run never repeats one), due messages go out on each
+owner's channels (digests when their window closes) and, past the SLA and not acknowledged,
+to the owner role's escalation contact, again every `renotify_minutes`. A channel that
+fails is retried within the op (HTTP/SMTP backoff), then the op asks Dagster for a retry
+(`RETRIES` times, `RETRY_WAIT_S` apart) while that channel's alerts wait; a channel that
+keeps failing raises CONNECTOR_FAILING (cleared when it delivers again) and the run still
+succeeds, since the alerts stay pending for the next run. Each run's log and metadata say
+in words what was sent, what is waiting and which channel is failing. Sending used to run
+inside a sensor tick; a job gives it a run log, retries and no one-minute evaluation limit.
 """
-
-
-import json
 
 import dagster as dg
 
@@ -20,45 +21,50 @@ from clarus_pipelines.exception_queue import utcnow
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 from clarus_pipelines.settings import get_settings
 
-INTERVAL_S = 60
-# A sensor evaluation has about a minute: bound each channel's retries well inside it
-# (channels are sent to in parallel; a channel that fails is retried on the next tick).
-SENSOR_RETRY = RetryPolicy(attempts=3, max_elapsed_s=15.0, initial_s=0.5, max_backoff_s=4.0, jitter_s=0.2,
-                           max_retry_after_s=5.0)
+RETRIES = 2
+RETRY_WAIT_S = 20
+# Each channel's own retries stay short: a channel still failing is retried by Dagster
+# (RETRIES) and then on the next scheduled run; its alerts wait as pending deliveries.
+SEND_RETRY = RetryPolicy(attempts=3, max_elapsed_s=20.0, initial_s=0.5, max_backoff_s=4.0, jitter_s=0.2,
+                         max_retry_after_s=10.0)
 
 
-def _load_cursor(raw: str | None) -> dict:
-    try:
-        doc = json.loads(raw) if raw else {}
-    except ValueError:
-        return {}
-    return doc if isinstance(doc, dict) else {}
+def report_metadata(report: DispatchReport) -> dict:
+    return {"summary": report.summary(), **report.as_metadata()}
 
 
-def next_cursor(report: DispatchReport, previous: dict, now) -> dict:
-    return {
-        "evaluated_at": now.isoformat(),
-        "last_sent_at": now.isoformat() if report.messages_sent else previous.get("last_sent_at"),
-        "waiting": report.waiting,
-        "failing_channels": sorted(report.failing_channels),
-    }
-
-
-@dg.sensor(
-    name="alerts",
-    minimum_interval_seconds=INTERVAL_S,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Sends alerts for new and SLA-breaching exceptions to each owner's channels (Slack, e-mail, webhook, "
-    "log), deduplicated, with digests; a channel that keeps failing raises CONNECTOR_FAILING.",
+@dg.op(
+    description="Record due alerts (new, SLA breach, escalation) and send them on each owner's channels; "
+    "asks for a retry while a channel fails.",
+    tags={"flow": "monitoring"},
 )
-def alerts_sensor(context: dg.SensorEvaluationContext, state: StateStoreResource, policies: PoliciesResource) -> dg.SensorResult:
-    previous = _load_cursor(context.cursor)
-    now = utcnow()
-    sender = AlertSender.from_settings(get_settings(), retry=SENSOR_RETRY, timeout_s=5.0)
-    report = dispatch_alerts(state.store(), policies.load(), sender, now=now)
-    summary = report.summary()
-    (context.log.warning if report.failing_channels else context.log.info)(summary)
-    return dg.SensorResult(skip_reason=dg.SkipReason(summary), cursor=json.dumps(next_cursor(report, previous, now), sort_keys=True))
+def send_alerts(context: dg.OpExecutionContext, state: StateStoreResource, policies: PoliciesResource) -> dict:
+    sender = AlertSender.from_settings(get_settings(), retry=SEND_RETRY, timeout_s=10.0)
+    report = dispatch_alerts(state.store(), policies.load(), sender, now=utcnow())
+    metadata = report_metadata(report)
+    context.add_output_metadata(metadata)
+    if report.failing_channels:
+        context.log.warning(metadata["summary"])
+        if context.retry_number < RETRIES:
+            raise dg.RetryRequested(max_retries=RETRIES, seconds_to_wait=RETRY_WAIT_S)
+    else:
+        context.log.info(metadata["summary"])
+    return metadata
 
 
-defs = dg.Definitions(sensors=[alerts_sensor])
+@dg.job(description="Send alerts for new, SLA-breaching and escalated exceptions to owners and escalation contacts.",
+        tags={"flow": "monitoring"})
+def alerts_job():
+    send_alerts()
+
+
+alerts_schedule = dg.ScheduleDefinition(
+    name="alerts",
+    job=alerts_job,
+    cron_schedule="* * * * *",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Every minute: alerts to owners (Slack, e-mail, webhook, log), deduplicated, with digests; "
+    "escalation past the SLA until acknowledged; a channel that keeps failing raises CONNECTOR_FAILING.",
+)
+
+defs = dg.Definitions(jobs=[alerts_job], schedules=[alerts_schedule])

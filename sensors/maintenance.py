@@ -5,15 +5,18 @@
   intake rows in the state store, and finishes any landing a killed receiver left half
   committed.
   The same job deletes hourly stock snapshots older than `stock.snapshot_retention_days`
-  (default 35; the newest hour always stays).
+  (default 35; the newest hour always stays), and every other class of record past
+  `retention.*` (finished orders, order history, shipments, resolved exceptions, alerts,
+  health snapshots; see `clarus_pipelines.domain.retention`).
 - `intake_checks` (every 10 minutes): every landing ingested in time, no unknown topics.
 """
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import dagster as dg
 
 from assets.ingest import intake_checks_job
+from clarus_pipelines.domain.retention import prune_records
 from clarus_pipelines.domain.stock import prune_snapshots
 from clarus_pipelines.exception_queue import utcnow
 from clarus_pipelines.receiver.events import prune_state
@@ -36,22 +39,66 @@ def prune_landings(
     return summary
 
 
-@dg.op(description="Delete hourly stock snapshots older than the stock snapshot retention.")
+def stale_stock_partitions(materialized: set[str], kept_hours: set[datetime], cutoff: datetime) -> list[str]:
+    """Hourly stock partitions Dagster shows as materialized whose rows retention removed."""
+    stale = []
+    for key in materialized:
+        hour = datetime.strptime(key, "%Y-%m-%d-%H:%M")
+        if hour < cutoff and hour not in kept_hours:
+            stale.append(key)
+    return sorted(stale)
+
+
+@dg.op(description="Delete hourly stock snapshots older than the stock snapshot retention, and wipe those "
+       "partitions in Dagster so partition status and the stored history agree.")
 def prune_stock_snapshots(context: dg.OpExecutionContext, policies: PoliciesResource, state: StateStoreResource) -> dict:
     days = policies.load().stock.snapshot_retention_days
     cutoff = utcnow() - timedelta(days=days)
     with state.store().write() as con:
         removed = prune_snapshots(con, cutoff)
-    summary = {"retention_days": days, "cutoff": cutoff.isoformat(), "snapshot_rows_removed": removed}
+        kept = {r[0] for r in con.execute("SELECT DISTINCT snapshot_hour FROM stock_snapshots").fetchall()}
+    key = dg.AssetKey("stock_snapshots")
+    stale = stale_stock_partitions(context.instance.get_materialized_partitions(key), kept, cutoff)
+    wiped = marked = 0
+    if stale:
+        try:
+            context.instance.wipe_asset_partitions(key, stale)
+            wiped = len(stale)
+        except NotImplementedError:
+            # the open-source run storages cannot wipe single partitions: say on each one that its
+            # rows are gone (an observation on the partition), so nobody reads a pruned hour as data
+            for partition in stale:
+                context.instance.report_runless_asset_event(dg.AssetObservation(
+                    asset_key=key, partition=partition,
+                    metadata={"pruned_by_retention": True, "retention_days": days, "rows": 0},
+                    description=f"rows of this hour were deleted by retention ({days} days)"))
+            marked = len(stale)
+    summary = {"retention_days": days, "cutoff": cutoff.isoformat(), "snapshot_rows_removed": removed,
+               "partitions_wiped": wiped, "partitions_marked_pruned": marked}
     context.log.info("stock snapshots: %s", summary)
     context.add_output_metadata(summary)
     return summary
 
 
-@dg.job(description="Prune landings, quarantine, dedupe markers and intake rows, and old stock snapshots, past their retention.")
+@dg.op(description="Delete finished orders, order history, shipments, resolved exceptions, alerts and health "
+       "snapshots past their retention (policies.retention).")
+def prune_state_records(context: dg.OpExecutionContext, policies: PoliciesResource, state: StateStoreResource) -> dict:
+    policy = policies.load()
+    now = utcnow()
+    with state.store().write() as con:
+        removed = prune_records(con, policy, now)
+    summary = {"retention": policy.retention.model_dump(), "rows_removed": removed, "total_removed": sum(removed.values())}
+    context.log.info("state retention: %s", summary)
+    context.add_output_metadata({"total_removed": summary["total_removed"], **{f"removed_{k}": v for k, v in removed.items()}})
+    return summary
+
+
+@dg.job(description="Prune every class of record past its retention: landings, quarantine, dedupe markers and intake "
+        "rows, stock snapshots, orders, order history, shipments, exceptions, alerts and health snapshots.")
 def landing_retention_job():
     prune_landings()
     prune_stock_snapshots()
+    prune_state_records()
 
 
 landing_retention_schedule = dg.ScheduleDefinition(

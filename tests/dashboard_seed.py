@@ -476,6 +476,12 @@ def seed_state(path: Path | str, *, now: datetime | None = None, orders: int = 3
     runs = [run_reconciliation(store, day, Path(path).parent / "reports", policies=policies, now=now)
             for day in report_dates]
     dispatch_alerts(store, policies, AlertSender(), now=now)
+    # the live probes (sensors/probes.py): each system answered an authenticated read a few minutes ago
+    from clarus_pipelines.domain.health import record_probe
+
+    with store.write() as con:
+        for system in ("shopify", "clarus", "netsuite"):
+            record_probe(con, system, ok=True, at=now - timedelta(minutes=4), latency_ms=42.0)
     items_suite = next(s for s in data_quality.load_suites() if s.name == "items")
     with store.write() as con:
         data_quality.record_results(con, [data_quality.SuiteResult(items_suite, len(item_rows), [

@@ -311,8 +311,9 @@ def test_burst_of_alerts_goes_out_as_one_message(store, http):
     assert message["kind"] == "digest" and len(message["alerts"]) == 7
 
 
-def test_alerts_sensor_reports_in_words_and_keeps_a_json_cursor(store, http, tmp_path):
-    from sensors.alerts import alerts_sensor
+def test_alerts_job_reports_in_words_in_its_run_log(store, http, tmp_path):
+    """Moved from the alerts sensor (issue 13/16): sending is now a scheduled job with a run log."""
+    from sensors.alerts import defs as alert_defs
 
     config = tmp_path / "policies.yaml"
     base = load_policies(SANDBOX_POLICIES).model_dump(mode="json")
@@ -321,18 +322,88 @@ def test_alerts_sensor_reports_in_words_and_keeps_a_json_cursor(store, http, tmp
     policies = load_policies(config)
     raise_(store, "ORPHAN_ORDER", "1006", "order #1006 is in Shopify, not in Clarus", policies, exception_queue.utcnow())
     resources = {"state": StateStoreResource(path=str(store.path)), "policies": PoliciesResource(path=str(config))}
+    defs = dg.Definitions.merge(alert_defs, dg.Definitions(resources=resources))
+    assert [s.name for s in defs.schedules] == ["alerts"]
+    instance = dg.DagsterInstance.ephemeral()
 
-    with dg.build_sensor_context(resources=resources) as context:
-        result = alerts_sensor(context)
-    assert result.skip_reason.skip_message.startswith("New alerts: 1 new; sent 1 alert(s) in 1 message(s)")
-    cursor = json.loads(result.cursor)
-    assert cursor["waiting"] == 0 and cursor["failing_channels"] == [] and cursor["last_sent_at"]
+    result = defs.resolve_job_def("alerts_job").execute_in_process(instance=instance)
+    assert result.success
+    sent = result.output_for_node("send_alerts")
+    assert sent["summary"].startswith("New alerts: 1 new; sent 1 alert(s) in 1 message(s)")
+    assert sent["waiting"] == 0 and sent["failing_channels"] == []
 
-    with dg.build_sensor_context(resources=resources, cursor=result.cursor) as context:
-        again = alerts_sensor(context)
-    assert again.skip_reason.skip_message == "No new or SLA-breaching exceptions; nothing to send."
-    assert json.loads(again.cursor)["last_sent_at"] == cursor["last_sent_at"]
+    again = defs.resolve_job_def("alerts_job").execute_in_process(instance=instance).output_for_node("send_alerts")
+    assert again["summary"] == "No new or SLA-breaching exceptions; nothing to send."
     assert len(http.to("/hook/ops")) == 1
+
+
+def test_alerts_job_retries_while_a_channel_fails_then_leaves_it_to_connector_failing(store, http, tmp_path, monkeypatch):
+    import sensors.alerts as alert_job
+
+    monkeypatch.setattr(alert_job, "RETRY_WAIT_S", 0)
+    config = tmp_path / "policies.yaml"
+    base = load_policies(SANDBOX_POLICIES).model_dump(mode="json")
+    base["owners"] = {"ops": {"channels": [{"kind": "webhook", "target": f"{http.url}/hook/ops"}]}}
+    config.write_text(yaml.safe_dump(base))
+    http.failing["/hook/ops"] = 503
+    raise_(store, "ORPHAN_ORDER", "1008", "order #1008 is in Shopify, not in Clarus", load_policies(config),
+           exception_queue.utcnow())
+    resources = {"state": StateStoreResource(path=str(store.path)), "policies": PoliciesResource(path=str(config))}
+    defs = dg.Definitions.merge(alert_job.defs, dg.Definitions(resources=resources))
+    result = defs.resolve_job_def("alerts_job").execute_in_process(instance=dg.DagsterInstance.ephemeral())
+    assert result.success  # the alert waits as a pending delivery; CONNECTOR_FAILING tells the integrator
+    retries = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+    assert len(retries) == alert_job.RETRIES
+    assert "alerts:webhook:ops" in open_connector_failures(store)
+    http.failing.clear()
+    after = defs.resolve_job_def("alerts_job").execute_in_process(instance=dg.DagsterInstance.ephemeral())
+    assert after.output_for_node("send_alerts")["messages_sent"] == 1
+    assert open_connector_failures(store) == {}
+
+
+# ------------------------------------------------------------------------------ escalation
+
+
+def test_past_its_sla_an_exception_is_escalated_and_renotified_until_acknowledged(store, http):
+    policies = policies_with(
+        {"ops": {"channels": [{"kind": "webhook", "target": f"{http.url}/hook/ops"}],
+                 "escalation": {"channels": [{"kind": "slack", "target": f"{http.url}/slack/ops-lead"}],
+                                "renotify_minutes": 30}},
+         "finance": {"channels": [{"kind": "webhook", "target": f"{http.url}/hook/finance"}]}},
+        exception_overrides={"ORDER_INCOMPLETE": {"sla_minutes": 60}, "REFUND_UNCLASSIFIED": {"sla_minutes": 60}},
+    )
+    raise_(store, "ORDER_INCOMPLETE", "1001", "order #1001 held: no postcode", policies, T0)
+    raise_(store, "REFUND_UNCLASSIFIED", "R9", "refund R9 fits two kinds", policies, T0)  # finance: no escalation contact
+    send = sender()
+    dispatch_alerts(store, policies, send, now=T0 + timedelta(minutes=1))
+    assert http.to("/slack/ops-lead") == []  # within its SLA: the owner only
+
+    report = dispatch_alerts(store, policies, send, now=T0 + timedelta(minutes=61))
+    assert report.created == {"sla_breach": 2, "escalation": 1}
+    (first,) = http.to("/slack/ops-lead")
+    assert first["text"].startswith("ESCALATED: [MEDIUM] ORDER_INCOMPLETE")
+    assert "not acknowledged by ops" in first["text"] and "Escalation: Escalate to CX" in first["text"]
+    # the owner's own channel got the SLA alert, not the escalation
+    assert [a["reason"] for m in http.to("/hook/ops") for a in m["alerts"]] == ["new", "sla_breach"]
+
+    assert not dispatch_alerts(store, policies, send, now=T0 + timedelta(minutes=80)).created  # same interval
+    report = dispatch_alerts(store, policies, send, now=T0 + timedelta(minutes=92))
+    assert report.created == {"escalation": 1}
+    assert "reminder 1" in http.to("/slack/ops-lead")[-1]["text"]
+    with store.read() as con:
+        from clarus_pipelines.alerts import escalated
+
+        assert [(e["code"], e["entity_id"], e["escalations"]) for e in escalated(con)] == [("ORDER_INCOMPLETE", "1001", 2)]
+
+    with store.write() as con:
+        exception_queue.acknowledge(con, "ORDER_INCOMPLETE", "1001", "Sam", now=T0 + timedelta(minutes=95))
+    assert not dispatch_alerts(store, policies, send, now=T0 + timedelta(hours=5)).created
+    assert len(http.to("/slack/ops-lead")) == 2
+
+
+def test_escalation_policy_needs_a_contact():
+    with pytest.raises(Exception, match="escalation"):
+        policies_with({"ops": {"channels": [], "escalation": {"channels": []}}})
 
 
 def test_a_claimed_delivery_is_not_sent_twice_until_its_lease_expires(store, http):

@@ -121,6 +121,8 @@ def test_health_overview_shows_orders_exceptions_and_connections(open_app, seede
 
     connections = _frame_with(at, "system", "status", "rejected", "missed by webhooks").set_index("system")
     assert set(connections.index) == {"Shopify", "Clarus", "NetSuite"}  # alert channels are listed under Alerts
+    assert connections["last authenticated read"].notna().all()  # the live probes answered
+    assert set(connections["probe"]) == {"answers"}
     assert connections.loc["Shopify", "status"] == "🟠 degraded"
     assert connections.loc["Shopify", "rejected"] == 5
     assert connections.loc["Shopify", "missed by webhooks"] == 1  # order #1010 came by the reconciliation read
@@ -149,6 +151,10 @@ def test_exception_queue_filters_and_shows_the_runbook(open_app, seeded: SeedSum
     assert len(queue) == sum(seeded.open_by_owner.values())
     assert queue.iloc[0]["breached"]  # past SLA first
     assert "#1002" in set(queue["entity"])  # order exceptions show the order name
+    # ops has an escalation contact (config/sandbox.yaml): its exceptions past their SLA show as escalated
+    past_sla_ops = queue[(queue["owner"] == "ops") & queue["breached"] & (queue["status"] == "open")]
+    assert len(past_sla_ops) and (past_sla_ops["escalations"] >= 1).all()
+    assert (queue[~queue["breached"]]["escalations"] == 0).all()
 
     _widget(at.multiselect, "Owner").set_value(["finance"]).run()
     queue = _frame_with(at, "code", "entity", "status", "sla_used")
@@ -307,6 +313,7 @@ def test_reconciliation_shows_the_finance_reports_and_the_same_mismatches_now(op
     for day, path in zip(seeded.report_dates, seeded.report_paths):
         assert path.exists() and f"{day}.csv" in buttons, buttons.keys()
         assert buttons[f"{day}.csv"].url  # served by Streamlit's media manager
+        assert buttons[f"{day}.xlsx"].url  # and the same report for Excel, ids typed as text
     assert "Download CSV" in buttons  # and the check as of now
     listed = "\n".join(m.value for m in at.markdown)
     with duckdb.connect(str(seeded.path), read_only=True) as con:

@@ -509,3 +509,56 @@ def test_over_dispatch_is_measured_against_what_was_placed_not_what_is_left(tmp_
     [finding] = findings
     assert finding.entity_id == "B"
     assert finding.message == "order #B dispatched more than ordered: SOCKS 1 shipped / 0 ordered, TEE 2 shipped / 1 ordered"
+
+
+def test_tracking_invalid_for_a_malformed_and_a_reused_number_raised_then_cleared(tmp_path):
+    """The packer keys a number with a typo on one parcel and reuses one label on two orders:
+    TRACKING_INVALID is raised on each shipment by the dispatch job's checks, and clears
+    itself once the warehouse corrects the numbers in Clarus."""
+    from assets.dispatch import defs as dispatch_defs
+
+    w = World(tmp_path)
+    try:
+        a, b, c = (w.place_order([(item, 1)], commit=True) for item in w.items(3))
+        w.clarus_sb.keyed_tracking[int(a["goods_out_id"])] = "AB12345GB"  # malformed Royal Mail S10
+        w.clarus_sb.keyed_tracking[int(b["goods_out_id"])] = "AA473124829GB"
+        w.clarus_sb.keyed_tracking[int(c["goods_out_id"])] = "AA473124829GB"  # the same label on another order
+        for order in (a, b, c):
+            w.warehouse(order["goods_out_id"])
+        w.ingest()
+        resources = {
+            "state": StateStoreResource(path=str(w.state_path)), "policies": PoliciesResource(path=str(SANDBOX_POLICIES)),
+            "clarus": w.clarus, "shopify": w.shopify, "netsuite": w.netsuite,
+        }
+        defs = dg.Definitions.merge(dispatch_defs, dg.Definitions(resources=resources))
+        instance = dg.DagsterInstance.ephemeral()
+        run_config = {"ops": {"shipments": {"config": {"erp_recheck_s": 0.0, "retry_base_s": 0.0}}}}
+        result = defs.resolve_job_def("dispatch").execute_in_process(instance=instance, run_config=run_config)
+        assert result.success
+        checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        assert not checks["tracking_format"].passed and not checks["tracking_unique"].passed
+        [(ship_a, *_)], [(ship_b, *_)], [(ship_c, *_)] = (w.shipments(o["order_id"]) for o in (a, b, c))
+
+        def invalid():
+            with w.store.read() as con:
+                return dict(con.execute("SELECT entity_id, message FROM exceptions WHERE code = 'TRACKING_INVALID'"
+                                        " AND status <> 'resolved'").fetchall())
+
+        found = invalid()
+        assert set(found) == {ship_a, ship_b, ship_c}
+        assert "AB12345GB" in found[ship_a]
+        assert "tracking AA473124829GB is on 2 different orders" in found[ship_b] == found[ship_c]
+
+        # the warehouse corrects both in Clarus; the sweep reads them back and the checks clear
+        w.clarus.update_shipment(ship_a, {"tracking_number": "RB123456785GB"})
+        w.clarus.update_shipment(ship_c, {"tracking_number": "AA473124832GB"})
+        sweep = defs.resolve_job_def("dispatch_sweep").execute_in_process(
+            instance=instance, run_config={**run_config, "ops": {**run_config["ops"], "dispatch_reconciliation": {"config": {}}}})
+        assert sweep.success
+        assert invalid() == {}
+        with w.store.read() as con:
+            resolved = con.execute("SELECT entity_id, resolved_by FROM exceptions WHERE code = 'TRACKING_INVALID'"
+                                   " ORDER BY entity_id").fetchall()
+        assert resolved == sorted((s, "auto") for s in (ship_a, ship_b, ship_c))
+    finally:
+        w.close()

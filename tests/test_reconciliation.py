@@ -9,7 +9,15 @@ from decimal import Decimal
 import dagster as dg
 import pytest
 
-from clarus_pipelines.domain.reconciliation import read_report, reconcile, report_path, run_reconciliation
+from clarus_pipelines.domain.reconciliation import (
+    COLUMNS,
+    excel_path,
+    read_report,
+    reconcile,
+    report_path,
+    run_reconciliation,
+    write_report,
+)
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 from clarus_pipelines.settings import SANDBOX_POLICIES
 from clarus_pipelines.state import StateStore
@@ -131,6 +139,53 @@ def test_known_mismatches_are_found_and_written_to_the_day_report(store, tmp_pat
         row = con.execute("SELECT orders, returns, mismatches, path FROM reconciliation_reports WHERE report_date = ?",
                           [DAY]).fetchone()
     assert row == (7, 2, 4, str(run.path))
+
+
+def _excel_rows(path):
+    """The sheet as Excel reads it: (value, data type, number format) per cell, by header."""
+    from openpyxl import load_workbook
+
+    sheet = load_workbook(path).active
+    header = [c.value for c in sheet[1]]
+    return [{h: (c.value, c.data_type, c.number_format) for h, c in zip(header, row)} for row in sheet.iter_rows(min_row=2)]
+
+
+def test_the_day_report_is_also_an_excel_file_with_ids_as_text(store, tmp_path):
+    store, ids = store
+    run = run_reconciliation(store, DAY, tmp_path / "reports", now=NOW)
+    xlsx = excel_path(run.path)
+    assert xlsx == tmp_path / "reports" / "reconciliation-2026-03-02.xlsx" and xlsx.exists()
+    csv_rows = read_report(run.path).to_dicts()
+    sheet = _excel_rows(xlsx)
+    assert len(sheet) == len(csv_rows)
+    for csv_row, cells in zip(csv_rows, sheet):
+        for column in ("order_id", "order_name", "refund_id", "problems"):
+            value, kind, fmt = cells[column]
+            if csv_row[column] is not None:
+                assert (value, kind, fmt) == (csv_row[column], "s", "@"), column
+        if csv_row["shipped_goods"] is not None:
+            value, kind, _ = cells["shipped_goods"]
+            assert kind == "n" and Decimal(str(value)) == Decimal(csv_row["shipped_goods"])
+    assert {cells["order_id"][0] for cells in sheet} >= {ids["ok"], ids["tip"]}
+
+
+def test_leading_zeros_and_long_ids_survive_excel(tmp_path):
+    """What Excel does to a CSV (000123 -> 123, a 20-digit id rounded) cannot happen to the .xlsx."""
+    import polars as pl
+
+    row = {c: None for c in COLUMNS}
+    row.update(report_date="2026-03-02", section="dispatch", order_id="000587", order_name="#0001",
+               refund_id="12345678901234567890", currency="GBP", status="mismatch",
+               problems="000123 shipped 3 / 2 ordered", shipped_goods="13.50", shipped_qty="3",
+               first_dispatched_at="2026-03-02T12:00:00")
+    path = write_report(pl.DataFrame([row], schema={c: pl.Utf8 for c in COLUMNS}), tmp_path / "r.csv")
+    assert read_report(path)["order_id"].to_list() == ["000587"]
+    (cells,) = _excel_rows(excel_path(path))
+    assert cells["order_id"] == ("000587", "s", "@")
+    assert cells["refund_id"] == ("12345678901234567890", "s", "@")
+    assert cells["problems"][0].startswith("000123") and cells["first_dispatched_at"][1] == "s"
+    assert cells["shipped_goods"][:2] == (13.5, "n") and cells["shipped_qty"][:2] == (3, "n")
+    assert cells["difference"][0] is None
 
 
 def test_fixing_the_data_clears_the_exception_on_the_next_run(store, tmp_path):

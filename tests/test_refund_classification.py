@@ -24,6 +24,7 @@ from clarus_pipelines.domain.refunds import (
     NETSUITE_RETURN_RECEIPT,
     RAISE_CANCEL_AFTER_DISPATCH,
     RAISE_REFUND_UNCLASSIFIED,
+    RAISE_RETURN_NEEDS_REVIEW,
     REPLACEMENT_ORDER,
     WATCH_RETURN_RECEIPT,
     OrderContext,
@@ -331,7 +332,9 @@ def test_order_tag_rule_conflicting_with_the_payload_fits_two():
 
 def test_deciding_rule_settles_and_disagreeing_rules_do_not():
     decide = RefundRule(on="transaction_gateway", pattern="^manual$", kind="GOODWILL", decides=True, name="manual refunds")
-    refund = make_refund(lines=[("TEE-BLK-M", 1)])
+    # legacy restock (not an explicit return): a deciding rule may settle it; an explicit
+    # `return` restock type is Shopify's word and is not overridden (test below)
+    refund = make_refund(lines=[("TEE-BLK-M", 1)], restock=True)
     refund["transactions"][0]["gateway"] = "manual"
     result = classify_refund(refund, rules=[decide])
     assert result.kind == RefundKind.GOODWILL and _codes(result) == [NETSUITE_CREDIT_MEMO]
@@ -448,3 +451,69 @@ def test_traffic_generator_refunds_of_every_kind_classify_as_intended():
         result = classify_refund(refund, order=shop.order(generated.order_id), rules=POLICIES_RULES)
         assert result.kind == kind, (case, result.reasons)
         assert result.actions[0]["action"] != RAISE_REFUND_UNCLASSIFIED
+
+
+# ------------------------------------------------ Shopify's explicit return wins (issue 16)
+
+
+def test_return_on_a_non_shipping_line_is_still_a_return():
+    refund = make_refund(lines=[("TEE-BLK-M", 1)], restock_type="return")
+    refund["refund_line_items"][0]["line_item"].update(requires_shipping=False)
+    result = classify_refund(refund)
+    assert result.kind == RefundKind.RETURN, result.reasons
+    assert result.action(CLARUS_EXPECT_GOODS_IN)["lines"] == [{"line_id": "1001", "sku": "TEE-BLK-M", "quantity": 1}]
+    assert NETSUITE_CREDIT_MEMO not in _codes(result)
+    assert any("treated as goods" in r for r in result.reasons)
+
+
+def test_return_of_a_line_without_sku_needs_a_person_not_money_only():
+    refund = make_refund(lines=[("TEE-BLK-M", 1), ("", 2)], restock_type="return")
+    refund["refund_line_items"][1]["line_item"].update(sku=None, requires_shipping=False, title="Custom print")
+    result = classify_refund(refund)
+    assert result.kind == RefundKind.RETURN, result.reasons
+    review = result.action(RAISE_RETURN_NEEDS_REVIEW)
+    assert review["exception"] == "RETURN_NEEDS_REVIEW"
+    assert review["lines"] == [{"line_id": "1002", "title": "Custom print", "quantity": 2, "restock_type": "return"}]
+    # the named line still goes to the warehouse; the unnamed one is not sent as SKU None
+    assert result.action(CLARUS_EXPECT_GOODS_IN)["lines"] == [{"line_id": "1001", "sku": "TEE-BLK-M", "quantity": 1}]
+    assert NETSUITE_CREDIT_MEMO not in _codes(result)
+
+
+def test_return_with_only_unnamed_lines_is_for_a_person():
+    refund = make_refund(lines=[("", 1)], restock_type="return")
+    refund["refund_line_items"][0]["line_item"].update(sku="")
+    result = classify_refund(refund)
+    assert result.kind == RefundKind.RETURN
+    assert _codes(result) == [RAISE_RETURN_NEEDS_REVIEW]
+
+
+def test_deciding_rule_cannot_override_an_explicit_restock_type():
+    goodwill = RefundRule(on="note", pattern="goodwill", kind="GOODWILL", decides=True)
+    refund = make_refund(lines=[("TEE-BLK-M", 1)], restock_type="return", note="goodwill")
+    result = classify_refund(refund, rules=[goodwill])
+    assert result.kind == RefundKind.UNCLASSIFIED
+    assert "GOODWILL" in result.candidates and "RETURN" in result.candidates
+    assert any("not overridden by a rule" in r for r in result.reasons)
+    # a rule agreeing with Shopify still decides
+    exchange = RefundRule(on="note", pattern="goodwill", kind="EXCHANGE", decides=True)
+    assert classify_refund(refund, rules=[exchange]).kind == RefundKind.EXCHANGE
+    # an explicit cancel is not turned into a return by a rule
+    back = RefundRule(on="note", pattern="goodwill", kind="RETURN", decides=True)
+    cancel = make_refund(lines=[("TEE-BLK-M", 1)], restock_type="cancel", fulfilled=False, note="goodwill")
+    assert classify_refund(cancel, rules=[back]).kind == RefundKind.UNCLASSIFIED
+
+
+def test_request_shape_without_line_items_keeps_the_goods(fixtures_dir):
+    """The REST request shape names no line item: the SKU is looked up later, not a person's job."""
+    refund, order = _only(fixtures_dir, "shopify-api-ruby_rest_2025-07/refund_POST_request.json")
+    result = classify_refund(refund, order=order)
+    assert result.action(RAISE_RETURN_NEEDS_REVIEW) is None
+
+
+def test_real_return_payload_is_not_overridden_by_a_deciding_goodwill_rule(fixtures_dir):
+    """Shopify's published refund request (restock_type "return", note "wrong size")."""
+    refund, order = _only(fixtures_dir, "shopify-api-ruby_rest_2025-07/refund_POST_request.json")
+    rule = RefundRule(on="note", pattern="wrong size", kind="GOODWILL", decides=True)
+    result = classify_refund(refund, order=order, rules=[rule])
+    assert result.kind == RefundKind.UNCLASSIFIED and NETSUITE_CREDIT_MEMO not in _codes(result)
+    assert any("line 518995019 as 'return'" in r for r in result.reasons)

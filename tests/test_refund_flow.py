@@ -564,6 +564,48 @@ def test_real_refund_payloads_through_the_receiver(world, fixtures_dir, fixture)
         assert steps.calls == {}
 
 
+def test_return_of_a_line_without_sku_raises_return_needs_review_never_a_credit(world):
+    """Shopify restocks a custom (no-SKU, non-shipping) line as a return: goods come back, a person names them."""
+    (a,) = world.items(1)
+    order = world.place_order([(a, 1)], dispatched=True)
+    netsuite_before = len(world.netsuite_sb.requests())
+    refund_id = 77000001
+    line_item_custom = {"id": 88000001, "variant_id": None, "title": "Hand-painted gift box", "quantity": 1,
+                        "sku": None, "requires_shipping": False, "gift_card": False, "fulfillment_status": "fulfilled",
+                        "price": "12.00", "properties": []}
+    body = {
+        "id": refund_id, "order_id": int(order["order_id"]), "note": "customer sent it back",
+        "created_at": "2026-01-10T10:00:00-05:00", "processed_at": "2026-01-10T10:00:00-05:00", "restock": True,
+        "refund_line_items": [
+            {"id": 1, "line_item_id": order["line_ids"][0], "quantity": 1, "restock_type": "return",
+             "subtotal": 20.0, "subtotal_set": {"shop_money": {"amount": "20.00", "currency_code": "GBP"}}},
+            {"id": 2, "line_item_id": line_item_custom["id"], "quantity": 1, "restock_type": "return",
+             "subtotal": 12.0, "subtotal_set": {"shop_money": {"amount": "12.00", "currency_code": "GBP"}},
+             "line_item": line_item_custom},
+        ],
+        "transactions": [{"id": 5, "kind": "refund", "status": "success", "amount": "32.00", "currency": "GBP",
+                          "gateway": "shopify_payments"}],
+        "order_adjustments": [],
+    }
+    world.post_shopify("refunds/create", body)
+    intake, _, _ = world.run()
+    assert intake.new == {"RETURN": 1}
+    row = world.refund(refund_id)
+    assert row["kind"] == "RETURN"
+    status, _, message = world.exception("RETURN_NEEDS_REVIEW", refund_id)
+    assert status == "open" and "line 88000001 (Hand-painted gift box x1)" in message
+    # the named line goes to the warehouse; nothing is posted as money only
+    (receipt,) = [r for r in world.clarus_writes() if r["path"] == "/api/goods_in_receipts"]
+    assert [c["attributes"]["expected_quantity"] for c in receipt["body"]["data"]["attributes"]["lines_changes"]] == [1]
+    assert not [r for r in world.netsuite_writes(netsuite_before) if "creditMemo" in r["path"]]
+    assert world.steps(refund_id)["RAISE_RETURN_NEEDS_REVIEW"][0] == "exception"
+    # the named goods back in Clarus complete the receipt: the unnamed line stays with the person
+    world.clarus_sb.receive_goods_in_receipt(world.refund(refund_id)["clarus_receipt_id"])
+    world.run()
+    assert world.refund(refund_id)["return_received_at"] is not None
+    assert world.exception("RETURN_NEEDS_REVIEW", refund_id)[0] == "open"
+
+
 # ---------------------------------------------------------------------- unclassified
 
 

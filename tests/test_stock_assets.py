@@ -160,7 +160,10 @@ def test_hourly_partitions_backfill_and_rerun_without_duplicates(make_stack):
     per_hour = dict(stack.query("SELECT strftime(snapshot_hour, '%Y-%m-%d-%H:00'), count(*) FROM stock_snapshots GROUP BY 1"))
     assert per_hour == {key: balances for key in past}
 
-    stack.clarus.set_stock(clean_sku(CATALOG.master[0].sku, RULE), available=77)
+    sku = clean_sku(CATALOG.master[0].sku, RULE)
+    before = stack.query("SELECT on_hand FROM stock_snapshots WHERE sku = ? AND strftime(snapshot_hour, '%Y-%m-%d-%H:00') = ?",
+                         [sku, past[1]])
+    stack.clarus.set_stock(sku, available=77)  # stock changes now, after every backfilled hour
     result = stack.run_selection(dg.AssetSelection.assets(stock_assets.stock_snapshots), partition_key=past[1])
     assert result.success
     rows = stack.query(
@@ -169,14 +172,54 @@ def test_hourly_partitions_backfill_and_rerun_without_duplicates(make_stack):
     )
     assert rows == [(balances, balances)]  # re-run replaced the partition, no duplicates
     assert stack.query("SELECT count(*) FROM stock_snapshots")[0][0] == balances * len(past)
-    sku = clean_sku(CATALOG.master[0].sku, RULE)
-    assert stack.query("SELECT available FROM stock_balances_current WHERE sku = ?", [sku]) == [(77,)]
-    # a backfilled hour says honestly when its figures were read
+    # issue 16 (behaviour changed on purpose): a past hour is rebuilt from Clarus's transaction
+    # history, so today's adjustment is not written into it, and a backfill never moves current stock
+    assert stack.query("SELECT on_hand FROM stock_snapshots WHERE sku = ? AND strftime(snapshot_hour, '%Y-%m-%d-%H:00') = ?",
+                       [sku, past[1]]) == before
+    assert stack.query("SELECT count(*) FROM stock_balances_current")[0][0] == 0
+    # a backfilled hour says honestly when its figures were read, and how
     taken, hour = stack.query("SELECT max(taken_at), max(snapshot_hour) FROM stock_snapshots WHERE strftime(snapshot_hour, '%Y-%m-%d-%H:00') = ?", [past[0]])[0]
     assert taken > hour + timedelta(hours=1)
+    assert stack.query("SELECT DISTINCT source, count(available) FROM stock_snapshots GROUP BY ALL") == [("rebuilt", 0)]
 
     materialized = stack.instance.get_materialized_partitions(dg.AssetKey("stock_snapshots"))
     assert materialized == set(past)
+
+
+def test_a_past_hour_is_rebuilt_from_the_transaction_history(make_stack):
+    """On hand at a past hour = on hand now minus the movements since, per Clarus's ListTransactions."""
+    stack = make_stack()
+    sku = clean_sku(CATALOG.master[1].sku, RULE)
+    stack.run_selection(dg.AssetSelection.assets(stock_assets.stock_snapshots), partition_key=NOW_KEY)
+    (on_hand_then,) = stack.query("SELECT on_hand FROM stock_balances_current WHERE sku = ?", [sku])[0]
+    hour = datetime.now(timezone.utc) - timedelta(hours=2)
+    stack.clarus.set_stock(sku, on_hand=on_hand_then + 25)  # received after that hour
+    result = stack.run_selection(dg.AssetSelection.assets(stock_assets.stock_snapshots), partition_key=hour_key(hour))
+    assert result.success
+    rebuilt = stack.query("SELECT on_hand, available, source FROM stock_snapshots WHERE sku = ?"
+                          " AND strftime(snapshot_hour, '%Y-%m-%d-%H:00') = ?", [sku, hour_key(hour)])
+    # the sandbox's stock was all booked in (adjustments) after that hour: on hand then was nothing,
+    # whatever Clarus holds now (see tests/test_stock_history.py for the arithmetic)
+    assert on_hand_then > 0 and rebuilt == [(0, None, "rebuilt")]
+    transactions = [r for r in stack.clarus.requests() if r["path"] == "/graphql" and "transactions" in json.dumps(r["body"])]
+    assert transactions  # read through GraphQL ListTransactions
+
+
+def test_a_past_hour_the_history_cannot_explain_is_refused(make_stack):
+    stack = make_stack()
+    sku = clean_sku(CATALOG.master[2].sku, RULE)
+    stack.clarus.record_movement(sku, "QUAR", -3)  # a movement type the integration does not know
+    key = hour_key(datetime.now(timezone.utc) - timedelta(hours=3))
+    result = stack.run_selection(dg.AssetSelection.assets(stock_assets.stock_snapshots), partition_key=key)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
+    assert "is not rebuilt" in failure.event_specific_data.error.message or "QUAR" in str(failure.event_specific_data)
+    assert stack.query("SELECT count(*) FROM stock_snapshots")[0][0] == 0
+    assert key not in stack.instance.get_materialized_partitions(dg.AssetKey("stock_snapshots"))
+
+
+def test_partitions_start_at_the_configured_go_live():
+    assert stock_assets.STOCK_PARTITIONS.get_first_partition_key() == "2026-01-01-00:00"
 
 
 def test_snapshot_freshness_check_fails_until_snapshots_are_taken(make_stack):

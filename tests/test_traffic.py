@@ -284,3 +284,22 @@ def test_cli_prints_the_urls_and_stops_on_sigterm():
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_an_order_fulfilled_by_hand_in_shopify_admin_once_released():
+    """fulfilled_outside_wms: the merchant marks a released order fulfilled in Shopify admin."""
+    gen = generator(seed=13, profile=TrafficProfile.only(), commit_delay_s=0)
+    shop, ns = gen.shopify, gen.netsuite
+    made = gen.generate_orders(1, case="fulfilled_outside_wms")[0]
+    assert made.expected_exceptions == ("FULFILLED_OUTSIDE_WMS",)
+    assert gen.apply_followups(now=time.time() + 3600) == []  # not released yet: nothing happens
+    assert not [w for w in shop.webhooks if w["topic"] == "fulfillments/create"]
+    item = ns.catalog.master[0].internal_id
+    ns.create_sales_order({"entity": {"id": "110"}, "externalId": str(made.order_id),
+                           "item": {"items": [{"item": {"id": item}, "quantity": 1}]}})
+    ((order, follow),) = gen.apply_followups(now=time.time() + 3600)
+    assert order is made and follow.action == "fulfil_by_hand" and follow.outcome == "done"
+    (fulfilment,) = shop.fulfillments(made.order_id)
+    (hook,) = [w for w in shop.webhooks if w["topic"] == "fulfillments/create"]
+    assert hook["resource_id"] == fulfilment["id"]
+    assert shop.order(made.order_id)["fulfillment_status"] == "fulfilled"

@@ -645,6 +645,12 @@ class ClarusResource(HttpConnector):
                 }
             return dict(self._carrier_services)
 
+    def probe(self) -> None:
+        """A cheap authenticated read for live health: a fresh token and a one-row query.
+        Returns None, or raises the connector's error (ConnectorError)."""
+        self._access_token(refresh=True)
+        self.graphql("query { carriers { all(first: 1) { edges { node { id } } } } }")
+
     def check_connection(self) -> dict[str, Any]:
         """Fetch a token and run a one-row query; returns latency for the health view."""
         started = time.monotonic()

@@ -216,6 +216,12 @@ class NetSuiteResource(HttpConnector):
                            {"fields": "externalId"})
         return str(record["id"]) if record else None
 
+    def probe(self) -> None:
+        """A cheap authenticated read for live health (one sales order id); raises NetSuiteError."""
+        response = self._send("GET", "/salesOrder", params={"limit": 1}, policy=RetryPolicy(attempts=2, max_elapsed_s=10.0))
+        if response.status_code >= 400:
+            raise _error(response, "probe (salesOrder list)")
+
     # ------------------------------------------------------------------ sales orders
 
     def get_sales_order(self, so_id: str) -> dict[str, Any] | None:

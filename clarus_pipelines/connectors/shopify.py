@@ -295,6 +295,14 @@ class ShopifyResource(HttpConnector):
             for variant in product.get("variants") or []:
                 yield {**variant, "product_title": product.get("title")}
 
+    def probe(self) -> None:
+        """A cheap authenticated read for live health (one location); raises ShopifyError."""
+        response = self._send("GET", self._path("locations.json"), params={"limit": 1},
+                              policy=RetryPolicy(attempts=2, max_elapsed_s=10.0))
+        self._check(response, "probe (locations)")
+        if response.status_code != 200:
+            raise ShopifyError(f"probe (locations): HTTP {response.status_code}", response.status_code)
+
     def list_locations(self) -> list[dict[str, Any]]:
         body = self._get("locations.json", "locations")
         return body["locations"] if body else []

@@ -24,7 +24,10 @@ Per **flow** (`flow_health`): intake, item master, orders, dispatch, stock, refu
 Per **connection** (`connection_health`): Shopify, Clarus, NetSuite and every alert
 channel: last success, webhooks received / rejected / missed (found only by the
 reconciliation reads), writes and their error rate, writes pending, the last error, and
-open CONNECTOR_FAILING / WEBHOOK_REJECTED exceptions.
+open CONNECTOR_FAILING / WEBHOOK_REJECTED exceptions, and the live probe: the last
+authenticated read that succeeded (`last_probe_ok_at`), the last probe and its error.
+A system whose last `PROBE_FAILURES` probes all failed is failing and raises
+CONNECTOR_FAILING (`connector_findings`), even when nothing is being written to it.
 
 `lag_samples` gives the per-record lags behind the percentiles (for charts).
 Times are naive UTC, as everywhere in the state database.
@@ -48,6 +51,7 @@ from clarus_pipelines.exception_queue import Finding, utcnow
 from clarus_pipelines.receiver.landing import SOURCE_NAMES, SOURCES
 
 SYSTEMS = SOURCES  # the systems we connect; alert channels are listed apart
+PROBE_FAILURES = 2  # consecutive failed probes that make a system failing
 DEFAULT_WINDOW = timedelta(hours=24)
 STATUS_RANK = {"ok": 0, "idle": 0, "degraded": 1, "failing": 2}
 
@@ -77,11 +81,11 @@ FLOWS: tuple[FlowSpec, ...] = (
     FlowSpec("dispatch", "Dispatch to NetSuite and Shopify", dispatch_flow.CONSUMER, "clarus", dispatch_flow.DISPATCH_TOPICS,
              ("transform_item_fulfilment", "create_fulfillment"), None,
              ("NOT_DISPATCHED_BY_CUTOFF", "DISPATCH_AWAITING_ERP", "TRACKING_MISSING", "TRACKING_INVALID",
-              "TRACKING_NOT_POSTED", "OVER_DISPATCHED")),
+              "TRACKING_NOT_POSTED", "OVER_DISPATCHED", "FULFILLED_OUTSIDE_WMS")),
     FlowSpec("stock", "Stock to Shopify", None, None, (), (), None, ("STOCK_MISMATCH", "STRANDED_STOCK")),
     FlowSpec("refunds", "Refunds and returns", refund_flow.CONSUMER, None,
              (refund_flow.REFUND_TOPIC, *refund_flow.ORDER_TOPICS, *refund_flow.RECEIPT_TOPICS), (), "refund:",
-             ("RETURN_NOT_RECEIVED", "REFUND_UNCLASSIFIED", "RECONCILIATION_MISMATCH")),
+             ("RETURN_NOT_RECEIVED", "REFUND_UNCLASSIFIED", "RETURN_NEEDS_REVIEW", "RECONCILIATION_MISMATCH")),
 )
 FLOWS_BY_NAME = {f.name: f for f in FLOWS}
 
@@ -339,7 +343,31 @@ CONNECTION_SCHEMA = {
     "missed_by_webhooks": pl.Int64, "last_read_at": pl.Datetime("us"), "writes_ok": pl.Int64, "attempts": pl.Int64,
     "failures": pl.Int64, "error_rate": pl.Float64, "pending": pl.Int64, "last_error": pl.Utf8,
     "last_failure_at": pl.Datetime("us"), "open_exceptions": pl.Int64,
+    "last_probe_ok_at": pl.Datetime("us"), "last_probe_at": pl.Datetime("us"), "probe_error": pl.Utf8,
+    "probe_latency_ms": pl.Float64,
 }
+
+
+def record_probe(con: duckdb.DuckDBPyConnection, system: str, *, ok: bool, at: datetime,
+                 latency_ms: float | None = None, error: str | None = None) -> None:
+    """Record one live probe of a system (an authenticated read)."""
+    con.execute("INSERT INTO connector_probes (system, probed_at, ok, latency_ms, error) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING", [system, at, ok, latency_ms, (error or "")[:500] or None])
+
+
+def probe_state(con: duckdb.DuckDBPyConnection, system: str) -> dict[str, Any]:
+    """The system's last probe, last successful probe, and how many probes failed in a row since."""
+    return _one(
+        con,
+        "WITH p AS (SELECT * FROM connector_probes WHERE system = ?),"
+        " good AS (SELECT max(probed_at) AS ok_at FROM p WHERE ok)"
+        " SELECT (SELECT ok_at FROM good) AS last_probe_ok_at, max(probed_at) AS last_probe_at,"
+        "  arg_max(error, probed_at) AS last_error, arg_max(latency_ms, probed_at) AS latency_ms,"
+        "  arg_max(ok, probed_at) AS last_ok,"
+        "  count(*) FILTER (WHERE NOT ok AND probed_at > coalesce((SELECT ok_at FROM good), TIMESTAMP '1970-01-01'))"
+        "   AS failures_since_ok FROM p",
+        [system],
+    )
 
 
 def _open_for(con: duckdb.DuckDBPyConnection, entity: str) -> dict[str, int]:
@@ -382,7 +410,9 @@ def connector_findings(
 ) -> list[Finding]:
     """CONNECTOR_FAILING findings for Shopify, Clarus and NetSuite (entity = the system).
 
-    A system is failing when, within `window`, its newest settled write failed and at
+    A system is failing when its last `PROBE_FAILURES` live probes (scheduled authenticated
+    reads) all failed; the next probe that succeeds clears it. Or, from its writes, when
+    within `window` its newest settled write failed and at
     least `min_failures` writes of at least two different records failed after its last
     success: an outage or revoked credentials, not one record the system keeps refusing
     (that record has its own exception). The first write that succeeds clears it.
@@ -400,20 +430,36 @@ def connector_findings(
         " GROUP BY r.system",
         [now - window, list(SYSTEMS)],
     )
-    findings = []
+    findings = {}
+    for system in SYSTEMS:
+        probe = probe_state(con, system)
+        if probe.get("last_ok") is False and (probe.get("failures_since_ok") or 0) >= PROBE_FAILURES:
+            name = SOURCE_NAMES.get(system, system)
+            since_ok = (f"since {probe['last_probe_ok_at']:%Y-%m-%d %H:%M} UTC" if probe.get("last_probe_ok_at")
+                        else "ever")
+            findings[system] = Finding(
+                system,
+                f"{name} does not answer an authenticated read: {probe['failures_since_ok']} live probe(s) failed, "
+                f"no successful read {since_ok}; last error: {probe.get('last_error') or 'unknown'}"[:500],
+                {"system": system, "probe_failures": probe["failures_since_ok"],
+                 "last_probe_ok_at": probe.get("last_probe_ok_at"), "last_probe_at": probe.get("last_probe_at"),
+                 "last_error": probe.get("last_error")},
+            )
     for row in rows:
         if row["failures"] < min_failures or row["records"] < 2:
             continue
         name = SOURCE_NAMES.get(row["system"], row["system"])
         since_success = (f"since the last success at {row['last_success']:%H:%M} UTC" if row["last_success"]
                          else f"and none succeeded in the last {int(window.total_seconds() // 60)} min")
-        findings.append(Finding(
-            row["system"],
-            f"{row['failures']} write(s) to {name} failed {since_success}; last error: {row['last_error'] or 'unknown'}"[:500],
-            {"system": row["system"], "failures": row["failures"], "records": row["records"], "since": row["since"],
-             "last_failure_at": row["last_failure_at"], "last_success": row["last_success"], "last_error": row["last_error"]},
-        ))
-    return findings
+        text = f"{row['failures']} write(s) to {name} failed {since_success}; last error: {row['last_error'] or 'unknown'}"
+        details = {"system": row["system"], "failures": row["failures"], "records": row["records"], "since": row["since"],
+                   "last_failure_at": row["last_failure_at"], "last_success": row["last_success"],
+                   "last_error": row["last_error"]}
+        probed = findings.get(row["system"])
+        if probed is not None:
+            text, details = f"{probed.message}; {text}", {**probed.details, **details}
+        findings[row["system"]] = Finding(row["system"], text[:500], details)
+    return list(findings.values())
 
 
 def connection_health(
@@ -449,11 +495,21 @@ def connection_health(
         attempts = int(writes.get("attempts") or 0)
         failures = int(writes.get("failures") or 0)
         error_rate = failures / attempts if attempts else None
-        successes = [t for t in (writes.get("last_success"), inbound.get("last_webhook_at"), last_read) if t is not None]
+        probe = probe_state(con, system)
+        successes = [t for t in (writes.get("last_success"), inbound.get("last_webhook_at"), last_read,
+                                 probe.get("last_probe_ok_at")) if t is not None]
         last_success = max(successes, default=None)
         open_codes = _open_for(con, system)
-        active = bool(inbound.get("webhooks") or attempts or (last_read and last_read >= since))
+        probed = probe.get("last_probe_at") is not None and probe["last_probe_at"] >= since
+        active = bool(inbound.get("webhooks") or attempts or (last_read and last_read >= since) or probed)
         status, reasons = _connection_status(open_codes, error_rate, attempts, int(missed), active, thresholds)
+        if probe.get("last_ok") is False:
+            reason = f"live probe failed: {probe.get('last_error') or 'no answer'}"
+            if (probe.get("failures_since_ok") or 0) >= PROBE_FAILURES:
+                status = "failing"
+            elif status in ("ok", "idle"):
+                status = "degraded"
+            reasons = [reason, *reasons]
         rows.append({
             "connection": system, "kind": "system", "status": status, "reasons": "; ".join(reasons),
             "last_success": last_success, "last_webhook_at": inbound.get("last_webhook_at"),
@@ -461,6 +517,9 @@ def connection_health(
             "last_read_at": last_read, "writes_ok": writes.get("succeeded"), "attempts": attempts, "failures": failures,
             "error_rate": error_rate, "pending": writes.get("pending"), "last_error": writes.get("last_error"),
             "last_failure_at": writes.get("last_failure_at"), "open_exceptions": sum(open_codes.values()),
+            "last_probe_ok_at": probe.get("last_probe_ok_at"), "last_probe_at": probe.get("last_probe_at"),
+            "probe_error": probe.get("last_error") if probe.get("last_ok") is False else None,
+            "probe_latency_ms": probe.get("latency_ms"),
         })
     con.complete()
     channels = channel_status(con, since)
@@ -478,6 +537,7 @@ def connection_health(
             "failures": int(ch["failed"]), "error_rate": error_rate, "pending": int(ch["waiting"]),
             "last_error": ch["last_error"], "last_failure_at": ch["last_failed"],
             "open_exceptions": sum(open_codes.values()),
+            "last_probe_ok_at": None, "last_probe_at": None, "probe_error": None, "probe_latency_ms": None,
         })
     return pl.DataFrame(rows, schema=CONNECTION_SCHEMA)
 

@@ -30,7 +30,8 @@ so it is not raised again here).
 
 Every order with a mismatch is a RECONCILIATION_MISMATCH finding (entity: the order id).
 `run_reconciliation` writes the day's report to
-`$CLARUS_PIPELINES_HOME/reports/reconciliation-YYYY-MM-DD.csv`: the orders with a
+`$CLARUS_PIPELINES_HOME/reports/reconciliation-YYYY-MM-DD.csv` (and the same rows as
+`.xlsx`, ids and SKUs typed as text so Excel keeps them exact): the orders with a
 dispatch, a return refund or a return receipt that UTC day, reconciled as of the run,
 and syncs the exceptions over a rolling window of recent orders (plus any order whose
 mismatch is still open), so re-running any day gives the same exceptions.
@@ -70,8 +71,24 @@ COLUMNS = [
 ]
 
 
+# Columns Excel may read as numbers: written as numbers in the .xlsx. Every other column
+# (ids, order names, SKUs in `problems`, dates) is text there, so no leading zero is lost
+# and no long id is rounded to 15 digits.
+MONEY_COLUMNS = frozenset({
+    "order_total", "goods_ordered", "goods_discounts", "shipping", "tax_added", "other_charges", "non_shipping_goods",
+    "charged_goods", "cancelled_goods", "expected_goods", "shipped_goods", "difference", "refunded_goods",
+    "received_value",
+})
+COUNT_COLUMNS = frozenset({"shipped_qty", "shipments", "refunded_qty", "received_qty"})
+
+
 def report_path(reports_dir: Path | str, day: date) -> Path:
     return Path(reports_dir) / f"reconciliation-{day.isoformat()}.csv"
+
+
+def excel_path(csv_path: Path | str) -> Path:
+    """The .xlsx written beside a report's CSV (same rows; ids and SKUs typed as text)."""
+    return Path(csv_path).with_suffix(".xlsx")
 
 
 def _money(value: Any) -> Decimal | None:
@@ -379,17 +396,63 @@ def _returns(order, lines, refund_lines, ratio, now, tolerance) -> list[tuple[di
 # ------------------------------------------------------------------------------- report
 
 
-def write_report(rows: pl.DataFrame, path: Path) -> Path:
-    """Write the CSV atomically (a reader never sees half a report)."""
+def _atomic_write(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".partial", dir=path.parent)
     os.close(fd)
     try:
-        rows.write_csv(tmp)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _excel_value(column: str, text: str | None) -> Any:
+    if text is None or text == "":
+        return None
+    try:
+        if column in MONEY_COLUMNS:
+            return Decimal(text)
+        if column in COUNT_COLUMNS:
+            return int(text)
+    except (ArithmeticError, ValueError):
+        pass
+    return text
+
+
+def write_excel(rows: pl.DataFrame, path: Path) -> Path:
+    """The report as .xlsx for finance: ids, order names and SKUs are text cells with the
+    Text format ("@"), so Excel neither drops leading zeros nor rounds long ids; money and
+    quantities are numbers. Written atomically."""
+    from openpyxl import Workbook
+    from openpyxl.utils import get_column_letter
+
+    book = Workbook()
+    sheet = book.active
+    sheet.title = "reconciliation"
+    columns = rows.columns
+    sheet.append(columns)
+    for record in rows.iter_rows():
+        sheet.append([_excel_value(c, v) for c, v in zip(columns, record)])
+    for index, column in enumerate(columns, start=1):
+        numeric = column in MONEY_COLUMNS or column in COUNT_COLUMNS
+        number_format = "#,##0.00" if column in MONEY_COLUMNS else "0" if numeric else "@"
+        letter = get_column_letter(index)
+        sheet.column_dimensions[letter].width = max(10, min(40, len(column) + 2))
+        for (cell,) in sheet.iter_rows(min_row=2, min_col=index, max_col=index):
+            cell.number_format = number_format
+    sheet.freeze_panes = "A2"
+    if rows.height:
+        sheet.auto_filter.ref = sheet.dimensions
+    _atomic_write(path, book.save)
+    return path
+
+
+def write_report(rows: pl.DataFrame, path: Path) -> Path:
+    """Write the CSV, and the .xlsx beside it, atomically (a reader never sees half a report)."""
+    _atomic_write(path, rows.write_csv)
+    write_excel(rows, excel_path(path))
     return path
 
 

@@ -73,6 +73,7 @@ NOT_IN_ERP = ("RECEIVED", "HELD", "READY", "CANCELLED")
 
 LOCAL_ACTIONS = frozenset({
     R.WATCH_RETURN_RECEIPT, R.RAISE_CANCEL_AFTER_DISPATCH, R.RAISE_REFUND_UNCLASSIFIED, R.AWAIT_REPLACEMENT_ORDER,
+    R.RAISE_RETURN_NEEDS_REVIEW,
 })
 RETRYABLE = ("pending", "blocked")  # a step in these states is tried again on the next run
 WAITING = "waiting"  # a step that starts only when something happens (the goods are back), never retried as is
@@ -348,6 +349,17 @@ def _store_classification(con, refund: Mapping[str, Any], result: R.RefundClassi
                 {"order_name": order_name, "refund_id": refund_id, "lines": action.get("lines"), "amount": money},
                 policies=policies, now=now,
             )
+        elif code == R.RAISE_RETURN_NEEDS_REVIEW:
+            status = "exception"
+            unnamed = "; ".join(
+                f"line {g['line_id']} ({g.get('title') or 'untitled'} x{g['quantity']})" for g in action.get("lines") or [])
+            raise_exception(
+                con, "RETURN_NEEDS_REVIEW", refund_id,
+                f"order {label}: Shopify refund {refund_id} restocks {unnamed} as a return, but the line has no SKU "
+                "to tell the warehouse",
+                {"order_id": order_id, "order_name": order_name, "lines": action.get("lines"), "amount": money},
+                policies=policies, now=now,
+            )
         elif code == R.RAISE_REFUND_UNCLASSIFIED:
             status = "exception"
             raise_exception(con, "REFUND_UNCLASSIFIED", refund_id, _unclassified_message(refund_id, label, money, result.candidates),
@@ -445,7 +457,7 @@ def apply_receipt(con, record: Any, *, now: datetime | None = None, via: str = "
             received[str(sku)] += int(float(line.get("received_quantity") or 0))
     lines = con.execute(
         "SELECT line_id, sku, quantity, received_quantity FROM refund_lines"
-        " WHERE refund_id = ? AND physical ORDER BY line_id", [refund_id],
+        " WHERE refund_id = ? AND physical AND sku IS NOT NULL ORDER BY line_id", [refund_id],
     ).fetchall()
     changed = False
     complete = bool(lines)
@@ -477,8 +489,8 @@ def apply_receipt(con, record: Any, *, now: datetime | None = None, via: str = "
         return True
     if changed and not complete:
         got = sum(min(q, r) for _, _, q, r in con.execute(
-            "SELECT line_id, sku, quantity, received_quantity FROM refund_lines WHERE refund_id = ? AND physical",
-            [refund_id]).fetchall())
+            "SELECT line_id, sku, quantity, received_quantity FROM refund_lines WHERE refund_id = ? AND physical"
+            " AND sku IS NOT NULL", [refund_id]).fetchall())
         expected = sum(q for _, _, q, _ in lines)
         record_event(con, order_id, "RETURN_PART_RECEIVED",
                      f"return for Shopify refund {refund_id}: {got} of {expected} item(s) received in Clarus",
@@ -593,6 +605,8 @@ def _load_work(con, limit: int, refund_ids: Sequence[str] | None = None) -> list
                            " WHERE refund_id = ? ORDER BY seq", [rid])
         lines = _rows(con, "SELECT line_id, sku, quantity, ordered_quantity, dispatch, amount, received_quantity"
                            " FROM refund_lines WHERE refund_id = ? AND physical ORDER BY line_id", [rid])
+        if refund["kind"] in RETURN_KINDS:  # a return line with no SKU is RETURN_NEEDS_REVIEW's, not the warehouse's
+            lines = [ln for ln in lines if ln["sku"] is not None]
         skus = sorted({ln["sku"] for ln in lines if ln["sku"]})
         items = {r["sku"]: r for r in _rows(
             con, "SELECT sku, clarus_product_id, netsuite_item_id FROM items WHERE sku IN (SELECT unnest(?::VARCHAR[]))", [skus])}
@@ -1020,7 +1034,7 @@ def return_not_received_findings(con, now: datetime) -> list[Finding]:
         con,
         "SELECT r.refund_id, r.order_id, r.order_name, r.return_due_at, r.return_reference, r.clarus_receipt_id,"
         " sum(l.quantity)::INTEGER AS expected, sum(l.received_quantity)::INTEGER AS received"
-        " FROM refunds r LEFT JOIN refund_lines l ON l.refund_id = r.refund_id AND l.physical"
+        " FROM refunds r JOIN refund_lines l ON l.refund_id = r.refund_id AND l.physical AND l.sku IS NOT NULL"
         " WHERE r.kind IN ('RETURN', 'EXCHANGE') AND r.return_received_at IS NULL AND r.return_due_at <= ?"
         " GROUP BY ALL ORDER BY r.return_due_at",
         [now],

@@ -30,6 +30,12 @@ How a refunded line reads (restock type x dispatched?):
 A cancelled order turns `no_restock`/`legacy_restock` lines into CANCELLATION; a refund
 attached to a Shopify return turns them into RETURN (the goods come back even if they
 are not restocked). A rule resolves a line that fits two when it names one of the two.
+
+Shopify's explicit restock type is its own record of what happened and wins: a `return`
+line is goods coming back even when the line says gift card or no shipping, and a deciding
+rule that contradicts an explicit `return` or `cancel` leaves the refund UNCLASSIFIED
+rather than overriding it. A returned line with no SKU is still a return: it raises
+RETURN_NEEDS_REVIEW (a person names the item), never a money-only credit.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
@@ -71,6 +77,14 @@ NETSUITE_CREDIT_MEMO = "NETSUITE_CREDIT_MEMO"
 REPLACEMENT_ORDER = "REPLACEMENT_ORDER"
 AWAIT_REPLACEMENT_ORDER = "AWAIT_REPLACEMENT_ORDER"
 RAISE_REFUND_UNCLASSIFIED = "RAISE_REFUND_UNCLASSIFIED"
+RAISE_RETURN_NEEDS_REVIEW = "RAISE_RETURN_NEEDS_REVIEW"
+
+# What an explicit Shopify restock type allows a deciding rule to settle a line as: Shopify's
+# own record wins over a merchant's pattern (a `return` line's goods are coming back).
+EXPLICIT_RESTOCK_KINDS: dict[str, frozenset[str]] = {
+    "return": frozenset({"RETURN", "EXCHANGE"}),
+    "cancel": frozenset({"CANCELLATION"}),
+}
 
 CLARUS_STATUS_NAMES = {
     1: "DRAFT", 2: "PENDING", 3: "PICK", 4: "PART", 5: "ALLOCATED",
@@ -259,6 +273,8 @@ class RefundLine:
     kind: RefundKind | None  # None: the line fits more than one kind
     candidates: tuple[RefundKind, ...]
     amount: Decimal | None  # the line's subtotal: goods money in the order's price terms (tax not added again)
+    title: str | None = None  # the line's product title, to name it for a person when it has no SKU
+    sku_missing: bool = False  # the line's record is known and carries no SKU (not merely absent from the payload)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -587,22 +603,31 @@ def classify_refund(
         # `total_tax` would count a tax-inclusive shop's VAT twice.
         amount = _first_money(rli, "subtotal_set", "subtotal")
         label = f"line {line_id} ({sku or 'no SKU'} x{quantity})"
-        physical = not (li and (li.get("gift_card") is True or li.get("requires_shipping") is False))
+        title = str((li or {}).get("title") or (li or {}).get("name") or "") or None
+        money_only_item = bool(li and (li.get("gift_card") is True or li.get("requires_shipping") is False))
+        # Shopify's `return` restock type says the goods are coming back: that wins over the
+        # line's own flags, so the warehouse is told and finance does not post money only.
+        physical = restock == "return" or not money_only_item
         if quantity <= 0:
             reasons.append(f"{label}: quantity 0, ignored")
             continue
         if not physical:
             reasons.append(f"{label}: gift card or non-shipping item, money only")
-            lines.append(RefundLine(line_id, sku, quantity, restock, "unknown", False, None, (), amount))
+            lines.append(RefundLine(line_id, sku, quantity, restock, "unknown", False, None, (), amount, title))
             continue
         dispatch, evidence = _dispatch_of(line_id, quantity, li, ctx)
         candidates, why = _line_reading(restock, dispatch, cancelled=cancelled, on_return=on_return)
         restock_text = f"restock_type {restock!r}" if restock else "no restock type"
+        if money_only_item:
+            why += " (restocked as a return although Shopify marks it gift card or not shipping: treated as goods)"
+        sku_missing = sku is None and (li is not None or ctx is not None)
+        if sku_missing:
+            why += "; it has no SKU, so a person must name it for the warehouse"
         verdict = candidates[0].value if len(candidates) == 1 else " or ".join(k.value for k in candidates)
         reasons.append(f"{label}: {restock_text}; {evidence}; {why} -> {verdict}")
         lines.append(RefundLine(
             line_id, sku, quantity, restock, dispatch, True,
-            candidates[0] if len(candidates) == 1 else None, candidates, amount,
+            candidates[0] if len(candidates) == 1 else None, candidates, amount, title, sku_missing,
         ))
     physical_lines = [ln for ln in lines if ln.physical]
     money_only_lines = [ln for ln in lines if not ln.physical]
@@ -645,23 +670,32 @@ def classify_refund(
     suggested_kinds = {RefundKind(r.kind) for r in matched if not r.decides}
 
     kind: RefundKind
+    candidates_seen: set[RefundKind] = set()
     if decisive:
         if len(decisive) > 1:
             kind = RefundKind.UNCLASSIFIED
             reasons.append("deciding rules disagree: " + ", ".join(sorted(k.value for k in decisive)))
         else:
             kind = next(iter(decisive))
+            contradicted = [
+                ln for ln in physical_lines
+                if ln.restock_type in EXPLICIT_RESTOCK_KINDS and kind.value not in EXPLICIT_RESTOCK_KINDS[ln.restock_type]
+            ]
             if kind in (RefundKind.RETURN, RefundKind.EXCHANGE, RefundKind.CANCELLATION) and not physical_lines:
                 reasons.append(f"a rule decides {kind.value} but the refund has no items to act on")
                 kind = RefundKind.UNCLASSIFIED
+            elif contradicted:
+                reasons.append(
+                    f"a rule decides {kind.value} but Shopify restocks "
+                    + ", ".join(f"line {ln.line_id} as {ln.restock_type!r}" for ln in contradicted)
+                    + ": Shopify's record is not overridden by a rule"
+                )
+                candidates_seen = {kind} | {k for ln in contradicted for k in (ln.kind,) if k}
+                kind = RefundKind.UNCLASSIFIED
             else:
                 reasons.append(f"a deciding rule settles it as {kind.value}")
-                lines = [
-                    RefundLine(ln.line_id, ln.sku, ln.quantity, ln.restock_type, ln.dispatch, ln.physical,
-                               kind if ln.physical else None, ln.candidates, ln.amount)
-                    for ln in lines
-                ]
-        candidates_final = {kind}
+                lines = [replace(ln, kind=kind if ln.physical else None) for ln in lines]
+        candidates_final = candidates_seen if kind == RefundKind.UNCLASSIFIED and candidates_seen else {kind}
     else:
         resolved: list[RefundLine] = []
         for ln in lines:
@@ -671,8 +705,7 @@ def classify_refund(
                 if len(fitting) == 1:
                     chosen = next(iter(fitting))
                     reasons.append(f"line {ln.line_id}: a rule settles it as {chosen.value}")
-                    ln = RefundLine(ln.line_id, ln.sku, ln.quantity, ln.restock_type, ln.dispatch, True,
-                                    chosen, ln.candidates, ln.amount)
+                    ln = replace(ln, kind=chosen)
             resolved.append(ln)
         lines = resolved
         for ln in lines:
@@ -729,17 +762,31 @@ def _plan(kind: RefundKind, lines: Sequence[RefundLine], *, refunded: Decimal, s
     money = money_text(refunded)
     actions: list[dict[str, Any]] = []
     if kind in (RefundKind.RETURN, RefundKind.EXCHANGE):
-        actions += [
-            {"action": CLARUS_EXPECT_GOODS_IN, "system": "clarus", "lines": goods,
-             "description": "create an expected goods-in receipt for the returned SKUs and quantities"},
-            {"action": NETSUITE_RETURN_AUTHORISATION, "system": "netsuite", "lines": goods, "amount": money,
-             "currency": currency, "description": "create a return authorisation for the returned items"},
-            {"action": NETSUITE_RETURN_RECEIPT, "system": "netsuite", "lines": goods,
-             "description": "receive the returned goods against the return authorisation once Clarus has booked them all in"},
-            {"action": WATCH_RETURN_RECEIPT, "system": "pipeline", "due_days": return_receipt_days,
-             "exception": "RETURN_NOT_RECEIVED",
-             "description": f"raise RETURN_NOT_RECEIVED if Clarus has not received the goods within {return_receipt_days} days"},
+        unnamed = [
+            {"line_id": ln.line_id, "title": ln.title, "quantity": ln.quantity, "restock_type": ln.restock_type}
+            for ln in lines if ln.physical and ln.quantity > 0 and ln.sku_missing
         ]
+        missing_ids = {u["line_id"] for u in unnamed}
+        goods = [g for g in goods if g["sku"] or g["line_id"] not in missing_ids]
+        if unnamed:
+            actions.append({
+                "action": RAISE_RETURN_NEEDS_REVIEW, "system": "pipeline", "lines": unnamed,
+                "exception": "RETURN_NEEDS_REVIEW",
+                "description": "goods are coming back on a line with no SKU: a person names the item for the "
+                               "warehouse and finance (never money only)",
+            })
+        if goods:
+            actions += [
+                {"action": CLARUS_EXPECT_GOODS_IN, "system": "clarus", "lines": goods,
+                 "description": "create an expected goods-in receipt for the returned SKUs and quantities"},
+                {"action": NETSUITE_RETURN_AUTHORISATION, "system": "netsuite", "lines": goods, "amount": money,
+                 "currency": currency, "description": "create a return authorisation for the returned items"},
+                {"action": NETSUITE_RETURN_RECEIPT, "system": "netsuite", "lines": goods,
+                 "description": "receive the returned goods against the return authorisation once Clarus has booked them all in"},
+                {"action": WATCH_RETURN_RECEIPT, "system": "pipeline", "due_days": return_receipt_days,
+                 "exception": "RETURN_NOT_RECEIVED",
+                 "description": f"raise RETURN_NOT_RECEIVED if Clarus has not received the goods within {return_receipt_days} days"},
+            ]
         if kind == RefundKind.EXCHANGE:
             if exchange_lines:
                 actions.append({"action": REPLACEMENT_ORDER, "system": "pipeline", "lines": list(exchange_lines),

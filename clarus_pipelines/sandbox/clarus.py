@@ -448,6 +448,9 @@ class ClarusSandbox:
         self.tenant = {**DEFAULT_TENANT, "clarus_subdomain": subdomain, **(tenant or {})}
         self.dispatch_after_s = dispatch_after_s
         self.missing_tracking_rate = missing_tracking_rate
+        # goods out id -> the tracking number its packer keys in (a typo, or a label already used
+        # on another parcel): the warehouse faults TRACKING_INVALID is about
+        self.keyed_tracking: dict[int, str] = {}
         self.partial_dispatch = partial_dispatch
         self.stall_rate = stall_rate
         self.initial_stock = initial_stock
@@ -644,6 +647,15 @@ class ClarusSandbox:
             else:
                 self._dirty_balances.discard(balance.id)
             return self._balance_record(balance)
+
+    def record_movement(self, product: str | int, subtype: str, quantity: float) -> dict:
+        """A warehouse movement of `subtype` logged in the transaction history only (e.g. a
+        quarantine move the integration does not know); returns the transaction record."""
+        with self._lock:
+            p = self._product_by_sku_or_id(product)
+            balance = self._balance(p.id, None, None)
+            self._transaction(subtype, quantity, balance, self.now())
+            return self._transaction_record(self._transactions[-1])
 
     def receive_goods_in_receipt(self, receipt_id: int | str, quantities: dict[str, float] | None = None) -> dict:
         """Receive a goods in receipt (all expected, or `quantities` by product id/SKU)."""
@@ -868,6 +880,8 @@ class ClarusSandbox:
         for n in range(1 if self._rng.random() < 0.8 else 2):
             package_id = self._next_id("package")
             tracking = None if missing else generate_tracking_number(carrier_code, self._rng)
+            if n == 0 and go.id in self.keyed_tracking:
+                tracking = self.keyed_tracking[go.id]
             packages.append(_Package(package_id, f"PKG{package_id:08d}", tracking, round(self._rng.uniform(0.2, 12.0), 2)))
         shipment = _Shipment(
             id=shipment_id, reference=f"SHP-{shipment_id:06d}", goods_out_id=go.id, carrier_id=carrier_id,

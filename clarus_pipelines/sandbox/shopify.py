@@ -1193,6 +1193,17 @@ class ShopifySandbox:
                 raise ShopifyError(f"fulfilment refused ({status}): {body.get('errors')}")
             return body["fulfillment"]
 
+    def fulfil_by_hand(
+        self, order_id: int, lines: Mapping[int, int] | None = None, *, tracking_number: str | None = None,
+        company: str | None = None,
+    ) -> dict[str, Any]:
+        """A merchant marks the order fulfilled in Shopify admin (not through the warehouse):
+        the fulfilment is recorded and Shopify sends `fulfillments/create` for it."""
+        with self._lock:
+            record = self.create_fulfillment(order_id, lines, tracking_number=tracking_number, company=company)
+            self._emit("fulfillments/create", dict(record), int(record["id"]))
+            return record
+
     def _update_tracking(self, fulfillment_id: int, payload: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
         found = self._fulfillments.get(fulfillment_id)
         if found is None:

@@ -18,6 +18,7 @@ clean or carrying exactly one failure case drawn with the `TrafficProfile` share
 | refund_goodwill | money only, no line items (refund_discrepancy) | credit memo only, no stock movement |
 | refund_shipping_only | shipping refund (refund_shipping_lines, shipping_refund) | credit memo for shipping only |
 | dispatch_before_erp_commit | NetSuite commits this order long after Clarus dispatches | hold the dispatch until committed (DISPATCH_AWAITING_ERP if too long) |
+| fulfilled_outside_wms | once released, the merchant marks it fulfilled by hand in Shopify admin (`fulfillments/create`) | FULFILLED_OUTSIDE_WMS; the policy holds or cancels the goods out |
 
 Missing tracking is a warehouse fault: the profile's `missing_tracking` share is the
 Clarus sandbox's `missing_tracking_rate` (the composed server wires it), and
@@ -69,6 +70,7 @@ CASES = (
     "refund_goodwill",
     "refund_shipping_only",
     "dispatch_before_erp_commit",
+    "fulfilled_outside_wms",
 )
 OBSERVED_CASES = ("missing_tracking",)
 
@@ -88,6 +90,7 @@ EXPECTED_EXCEPTIONS: dict[str, tuple[str, ...]] = {
     "refund_goodwill": (),
     "refund_shipping_only": (),
     "dispatch_before_erp_commit": (),
+    "fulfilled_outside_wms": ("FULFILLED_OUTSIDE_WMS",),
     "missing_tracking": ("TRACKING_MISSING",),
 }
 POSSIBLE_EXCEPTIONS: dict[str, tuple[str, ...]] = {
@@ -134,6 +137,7 @@ class TrafficProfile:
     refund_goodwill: float = 0.02
     refund_shipping_only: float = 0.02
     dispatch_before_erp_commit: float = 0.03
+    fulfilled_outside_wms: float = 0.01
     missing_tracking: float = 0.02  # applied by the Clarus sandbox per dispatch (see module docstring)
     held_fixed_share: float = 0.5  # incomplete orders CX completes later (the hold is released)
     fix_after_s: tuple[float, float] = (60.0, 300.0)
@@ -172,7 +176,7 @@ class TrafficProfile:
 
 @dataclass
 class FollowUp:
-    action: str  # fix_address | edit | cancel | refund_return | refund_cancellation | refund_goodwill | refund_shipping
+    action: str  # fix_address | edit | cancel | refund_return | refund_cancellation | refund_goodwill | refund_shipping | fulfil_by_hand
     stage: str  # placed | released | dispatched | fulfilled
     wait_s: float  # after the stage is reached (for "placed": after the order was placed)
     ready_at: float | None = None
@@ -357,6 +361,8 @@ class TrafficGenerator:
             followups.append(FollowUp("refund_goodwill", "fulfilled", self._wait(profile.followup_after_s)))
         elif case == "refund_shipping_only":
             followups.append(FollowUp("refund_shipping", "fulfilled", self._wait(profile.followup_after_s)))
+        elif case == "fulfilled_outside_wms":
+            followups.append(FollowUp("fulfil_by_hand", "released", 0.0))
         if case in ("missing_shipping_address", "missing_postcode_or_country") and rng.random() < profile.held_fixed_share:
             followups.append(FollowUp("fix_address", "placed", self._wait(profile.fix_after_s)))
 
@@ -475,6 +481,10 @@ class TrafficGenerator:
                 shop.refund_order(order.order_id, amount=amount, note="Goodwill: sorry for the late delivery")
             elif follow.action == "refund_shipping":
                 shop.refund_order(order.order_id, shipping_full=True, note="Shipping refunded: delivery was late")
+            elif follow.action == "fulfil_by_hand":
+                if not any(li["fulfillable_quantity"] > 0 for li in current["line_items"]):
+                    return "refused: nothing left to fulfil"
+                shop.fulfil_by_hand(order.order_id)  # marked fulfilled in Shopify admin, no tracking
             else:
                 return f"failed: unknown action {follow.action}"
         except ShopifyError as exc:

@@ -61,12 +61,14 @@ if rows.empty:
     st.stop()
 
 st.dataframe(
-    rows[["code", "entity", "owner", "severity", "status", "age", "sla", "sla_used", "breached", "occurrences",
-          "last_seen", "message"]],
+    rows[["code", "entity", "owner", "severity", "status", "age", "sla", "sla_used", "breached", "escalations",
+          "occurrences", "last_seen", "message"]],
     hide_index=True, width="stretch",
     column_config={
         "sla_used": st.column_config.ProgressColumn("share of SLA used", format="percent", min_value=0, max_value=1),
         "breached": st.column_config.CheckboxColumn("past SLA"),
+        "escalations": st.column_config.NumberColumn(
+            "escalated", help="Times sent to the owner role's escalation contact since it passed its SLA unacknowledged"),
         "last_seen": st.column_config.DatetimeColumn("last seen", format="YYYY-MM-DD HH:mm"),
         "message": st.column_config.TextColumn("message", width="large"),
     },
@@ -93,6 +95,11 @@ m[2].metric("Seen", f"{int(row['occurrences'])}×",
             help=f"first {common.format_time(row['first_seen'])}, last {common.format_time(row['last_seen'])}")
 m[3].metric("Last seen", common.format_time(row["last_seen"])[-5:],
             help=f"{common.format_time(row['last_seen'])} UTC")
+
+if row["escalations"]:
+    st.error(f"Escalated {int(row['escalations'])}× to the {row['owner']} escalation contact, last "
+             f"{common.format_time(row['last_escalated_at'])} UTC: past its SLA and not acknowledged. "
+             "Acknowledge it to stop the reminders.", icon=":material/campaign:")
 
 left, right = st.columns([3, 2])
 with left:

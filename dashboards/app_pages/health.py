@@ -21,6 +21,8 @@ _HEALTH_COLUMNS = {
     "error rate": st.column_config.NumberColumn(format="percent"),
     "last success": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
     "last webhook": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
+    "last authenticated read": st.column_config.DatetimeColumn(
+        format="YYYY-MM-DD HH:mm", help="The last scheduled live probe (a cheap authenticated read) the system answered"),
     "last read": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
     "oldest unread": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
 }
@@ -109,7 +111,10 @@ if flows is not None:
         pd.DataFrame({
             "system": systems["connection"].map(lambda s: common.SYSTEM_LABELS.get(s, s)),
             "status": systems["status"].map(STATUS_LABELS), "why": systems["reasons"],
-            "last success": systems["last_success"], "last webhook": systems["last_webhook_at"],
+            "last success": systems["last_success"], "last authenticated read": systems["last_probe_ok_at"],
+            "probe": [("failing: " + common.present_text(e, reveal)) if isinstance(e, str) and e else
+                      ("" if pd.isna(at) else "answers") for e, at in zip(systems["probe_error"], systems["last_probe_at"])],
+            "last webhook": systems["last_webhook_at"],
             "webhooks": systems["webhooks"], "rejected": systems["webhooks_rejected"],
             "missed by webhooks": systems["missed_by_webhooks"], "last read": systems["last_read_at"],
             "writes ok": systems["writes_ok"], "error rate": systems["error_rate"],

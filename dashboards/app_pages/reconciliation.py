@@ -12,6 +12,7 @@ import duckdb
 import pandas as pd
 import streamlit as st
 
+from clarus_pipelines.domain.reconciliation import excel_path
 from dashboards import queries
 from dashboards.app_pages import common
 
@@ -64,7 +65,7 @@ else:
     with st.container(key="daily_reports"):
         for report in stored.itertuples():
             day = pd.Timestamp(report.report_date).date()
-            text, download = st.columns([5, 1], vertical_alignment="center")
+            text, download, excel = st.columns([5, 1, 1], vertical_alignment="center")
             text.markdown(
                 f"**{day}** · {report.orders} order(s) · {report.returns} return(s) · "
                 + (f":red[{report.mismatches} not reconciling]" if report.mismatches else ":green[all reconcile]")
@@ -78,6 +79,14 @@ else:
                 download.download_button(
                     f"{day}.csv", content, file_name=f"reconciliation-{day}.csv", mime="text/csv",
                     icon=":material/download:", key=f"report_{day}", help=f"The report file as written: {report.path}",
+                )
+            workbook = queries.report_bytes(str(excel_path(report.path)), report.generated_at)
+            if workbook is not None:
+                excel.download_button(
+                    f"{day}.xlsx", workbook, file_name=f"reconciliation-{day}.xlsx",
+                    mime="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+                    icon=":material/table_view:", key=f"report_xlsx_{day}",
+                    help="The same report for Excel: ids and SKUs are text, so leading zeros and long ids stay exact",
                 )
     days = [pd.Timestamp(d).date() for d in stored["report_date"]]
     picked_day = st.selectbox("Report to look at", days, key="report_day")
