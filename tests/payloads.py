@@ -111,6 +111,7 @@ PUBLISHED_FACTS: dict[str, Any] = {
                   "expected_goods": "587.00", "status_full": "reconciled"},
     "ups_number": "1Z001985YW99744790",
     "v2_number": "1562678",
+    "pii": ["bob.norman@hostmail.com", "Norman", "Chestnut"],  # in the python_api order
     "ns_memo": "This is a test memo!", "ns_otherrefnum": "11037", "ns_description": "Test Item",
 }
 OUR_FACTS: dict[str, Any] = {
@@ -128,6 +129,7 @@ OUR_FACTS: dict[str, Any] = {
                   "expected_goods": "126.00", "status_full": "reconciled"},
     "ups_number": "1ZW8F4520394418205",
     "v2_number": "4400781",
+    "pii": ["morwenna.tregarthen@example.org", "Tregarthen", "Chapel Row"],
     "ns_memo": "Trade order for the Mousehole sailing club", "ns_otherrefnum": "WF-20417",
     "ns_description": "Enamel camp mug, harbour blue",
 }
