@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import importlib.util
 import os
 import subprocess
 import sys
@@ -88,3 +89,14 @@ def test_without_the_published_payloads_the_lane_is_skipped_with_its_reason(tmp_
     assert "1 passed, 1 skipped" in done.stdout
     assert f"published payloads not found at {nowhere}: realpayloads lane skipped" in done.stdout
     assert SKIP_REASON.startswith("published payloads not found at ")
+
+
+def test_committed_samples_are_what_the_builder_writes(tmp_path):
+    spec = importlib.util.spec_from_file_location("build_fixtures", OURS.root / "build_fixtures.py")
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    builder.build(tmp_path)
+    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert written == sorted(OURS.path(case).relative_to(OURS.root) for case in OUR_FILES)
+    for relative in written:
+        assert (tmp_path / relative).read_bytes() == (OURS.root / relative).read_bytes(), relative
