@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from payloads import OURS, Payloads
@@ -27,10 +28,11 @@ FIXTURE_PRODUCTS = OURS["products"]
 
 @lru_cache(maxsize=None)
 def _raw(source: Payloads, name: str) -> str:
-    return source.path(REAL_ORDERS[name]).read_text(encoding="utf-8")
+    return order_path(name, source).read_text(encoding="utf-8")
 
 
-def order_path(name: str, source: Payloads = OURS):
+def order_path(name: str, source: Payloads = OURS) -> Path:
+    """Where a sample order's file is, for the tests that hand a path to a command."""
     return source.path(REAL_ORDERS[name])
 
 
