@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 from clarus_pipelines.receiver import auth  # noqa: E402
 
 SECRET = "bench-shopify-webhook-secret"
-FIXTURE = REPO.parent / "shared" / "fixtures" / "shopify" / "shopify_python_api" / "order.json"
+FIXTURE = REPO / "tests" / "fixtures" / "shopify" / "orders" / "order_python_api.json"  # our sample, in the python_api shape
 
 
 # ---------------------------------------------------------------------------- the bare endpoint

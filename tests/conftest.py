@@ -1,12 +1,11 @@
-"""Suite-wide set-up: test credentials in the environment, state under a temp home."""
+"""Suite-wide set-up: test credentials in the environment, state under a temp home, and the
+sample payloads (ours always; the published ones in the `realpayloads` lane where present)."""
 
 import os
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures"
+from payloads import OURS, PUBLISHED, SKIP_REASON, Payloads
 
 TEST_SECRETS = {
     "CLARUS_CLIENT_ID": "test-clarus-client",
@@ -27,11 +26,27 @@ def pytest_configure(config):
         os.environ.setdefault(key, value)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Without ../shared/fixtures the realpayloads lane is skipped, saying where it looked."""
+    if PUBLISHED.available:
+        return
+    skip = pytest.mark.skip(reason=SKIP_REASON)
+    for item in items:
+        if "realpayloads" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", params=[OURS, pytest.param(PUBLISHED, marks=pytest.mark.realpayloads)],
+                ids=["ours", "published"])
+def payloads(request) -> Payloads:
+    """The test runs on our own sample payloads and, in the realpayloads lane, on the published ones."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
-def fixtures_dir() -> Path:
-    if not FIXTURES.is_dir():
-        pytest.fail(f"shared fixtures not found at {FIXTURES}: the repo must sit beside ../shared")
-    return FIXTURES
+def published() -> Payloads:
+    """Only the published payloads (mark the test `realpayloads`)."""
+    return PUBLISHED
 
 
 @pytest.fixture(autouse=True)

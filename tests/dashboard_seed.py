@@ -1,7 +1,7 @@
 """Fill a state DuckDB with realistic sample data for the dashboard tests.
 
-Orders are built from the real Shopify order fixture (../shared/fixtures), with made-up
-customers, and walk their journey through Shopify, NetSuite and Clarus: landed webhooks,
+Orders are built from our sample Shopify order (tests/fixtures, in the real 2025-07 shape), with
+made-up customers, and walk their journey through Shopify, NetSuite and Clarus: landed webhooks,
 order events, shipments with carrier tracking numbers, refunds, hourly stock snapshots and
 what was set in Shopify, outbound write outcomes. Exceptions go through the real `clarus_pipelines.exception_queue` API, so their
 rows and history are exactly what the pipelines would write. Deterministic for a given
@@ -28,8 +28,10 @@ from clarus_pipelines.exception_queue import utcnow
 from clarus_pipelines.settings import get_policies
 from clarus_pipelines.state.store import StateStore
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
-ORDER_FIXTURE = FIXTURES / "shopify" / "shopify-api-ruby_rest_2025-07" / "order_GET_450789469.json"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when run as a script
+from payloads import OURS  # noqa: E402
+
+ORDER_FIXTURE = OURS.path("order_rest_2025_07")
 
 
 def gtin_check_digit(body: str) -> str:
@@ -39,9 +41,9 @@ def gtin_check_digit(body: str) -> str:
 
 # sku, description, GTIN-13 body (check digit added), unit price
 ITEMS = [
-    ("IPOD2008GREEN", "iPod Nano 8GB, green", "088590995080", Decimal("199.00")),
-    ("IPOD2008RED", "iPod Nano 8GB, red", "088590995081", Decimal("199.00")),
-    ("IPOD2008BLACK", "iPod Nano 8GB, black", "088590995082", Decimal("199.00")),
+    ("FLASK-05-GRN", "Trail flask 0.5 l, moss green", "503801742010", Decimal("45.00")),
+    ("FLASK-05-RED", "Trail flask 0.5 l, ember red", "503801742011", Decimal("45.00")),
+    ("FLASK-05-BLK", "Trail flask 0.5 l, slate black", "503801742012", Decimal("45.00")),
     ("000123", "Gift card sleeve", "501234567890", Decimal("4.50")),
     ("TEE-NAVY-M", "Organic tee, navy, M", "501234567891", Decimal("24.00")),
     ("MUG-ENAMEL-BLUE", "Enamel mug, blue", "501234567892", Decimal("12.00")),
@@ -51,7 +53,7 @@ TITLES = {sku: title for sku, title, _, _ in ITEMS}
 STRANDED_SKU = "OLD-STOCK-9"  # in Clarus, in no Shopify variant and not in the item master
 
 CUSTOMERS = [
-    ("Bob", "Norman", "bob.norman@mail.example.com", "Chestnut Street 92", "Bristol", "BS1 4DJ"),
+    ("Morwenna", "Tregarthen", "morwenna.tregarthen@example.org", "4 Chapel Row", "Penzance", "TR18 4AG"),
     ("Amara", "Okafor", "amara.okafor@example.com", "12 Mill Lane", "Leeds", "LS1 5AB"),
     ("Hamish", "Grant", "hamish.grant@example.org", "4 Harbour Row", "Aberdeen", "AB11 5BQ"),
     ("Priti", "Desai", "priti.desai@example.net", "77 Station Road", "Leicester", "LE1 3GH"),
@@ -189,7 +191,7 @@ def seed_state(path: Path | str, *, now: datetime | None = None, orders: int = 3
         created = now - timedelta(minutes=fixed_age if fixed_age else rng.randint(8, 40 * 60))
         if number == 1001:
             ship = SHIP_METHODS[0]
-            lines = [(str(13_000_000_000 + number * 10), "IPOD2008GREEN", 1), (str(13_000_000_000 + number * 10 + 1), "000123", 2)]
+            lines = [(str(13_000_000_000 + number * 10), "FLASK-05-GRN", 1), (str(13_000_000_000 + number * 10 + 1), "000123", 2)]
         if number == 1005:
             lines = [(str(13_000_000_000 + number * 10), "TEE-NAVY-M", 2), (str(13_000_000_000 + number * 10 + 1), "MUG-ENAMEL-BLUE", 1)]
         goods = sum((PRICES[sku] * qty for _, sku, qty in lines), Decimal(0))

@@ -1,5 +1,6 @@
-"""Shopify orders for the order tests: the real published payloads, and generated ones
-built from the real 2025-07 order (so they keep every field Shopify sends)."""
+"""Shopify orders for the order tests: sample payloads in Shopify's shapes (ours by default,
+the published ones in the realpayloads lane), and generated ones built from our 2025-07
+order (so they keep every field Shopify sends)."""
 
 from __future__ import annotations
 
@@ -9,30 +10,35 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
-SHOPIFY = FIXTURES / "shopify"
+from payloads import OURS, Payloads
 
+# short names the order tests use -> payload cases
 REAL_ORDERS = {
-    "rest_2025_07": "shopify-api-ruby_rest_2025-07/order_GET_450789469.json",
-    "python_api": "shopify_python_api/order.json",
-    "node_api": "Shopify-api-node/order_get.json",
-    "custom_line_no_sku": "shopify-api-ruby_rest_2025-07/order_POST_custom_line_no_sku_response.json",
-    "three_custom_lines": "shopify-api-ruby_rest_2025-07/order_POST_three_custom_lines_response.json",
-    "partially_paid": "shopify-api-ruby_rest_2025-07/order_POST_partially_paid_response.json",
-    "cancelled": "shopify-api-ruby_rest_2025-07/order_cancel_with_refund_response.json",
+    "rest_2025_07": "order_rest_2025_07",
+    "python_api": "order_python_api",
+    "node_api": "order_node_api",
+    "custom_line_no_sku": "order_custom_line_no_sku",
+    "three_custom_lines": "order_three_custom_lines",
+    "partially_paid": "order_partially_paid",
+    "cancelled": "order_cancelled_with_refund",
 }
-# SKUs the published orders use, as a Clarus product table.
-FIXTURE_PRODUCTS = {"IPOD2008GREEN": "101", "IPOD2008RED": "102", "IPOD2008BLACK": "103", "IPOD2009BLACK": "104"}
+# SKUs our sample orders use, as a Clarus product table (`payloads["products"]` for either source).
+FIXTURE_PRODUCTS = OURS["products"]
 
 
 @lru_cache(maxsize=None)
-def _raw(name: str) -> str:
-    return (SHOPIFY / REAL_ORDERS[name]).read_text(encoding="utf-8")
+def _raw(source: Payloads, name: str) -> str:
+    return order_path(name, source).read_text(encoding="utf-8")
 
 
-def real_order(name: str, *, unwrap: bool = True) -> dict[str, Any]:
-    """A published Shopify order payload (unwrapped from {"order": ...} by default)."""
-    doc = json.loads(_raw(name))
+def order_path(name: str, source: Payloads = OURS) -> Path:
+    """Where a sample order's file is, for the tests that hand a path to a command."""
+    return source.path(REAL_ORDERS[name])
+
+
+def real_order(name: str, *, unwrap: bool = True, source: Payloads = OURS) -> dict[str, Any]:
+    """A sample Shopify order payload (unwrapped from {"order": ...} by default)."""
+    doc = json.loads(_raw(source, name))
     return doc["order"] if unwrap and "order" in doc else doc
 
 
@@ -46,7 +52,7 @@ def make_order(
     updated_at: str = "2025-03-03T10:00:00+00:00",
     **changes: Any,
 ) -> dict[str, Any]:
-    """A realistic GB order derived from Shopify's own 2025-07 example order.
+    """A realistic GB order derived from our 2025-07 sample order.
 
     `lines` are (sku, quantity); `address=None` drops the shipping address; `shipping`
     is (code, title) or None for no shipping line.

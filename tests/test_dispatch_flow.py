@@ -189,7 +189,7 @@ def _ifs_of(world, so_id):
     return [r for r in world.netsuite_sb.item_fulfillments() if r["createdFrom"]["id"] == so_id]
 
 
-def test_dispatch_before_the_erp_commits_waits_then_completes_in_order(world, fixtures_dir):
+def test_dispatch_before_the_erp_commits_waits_then_completes_in_order(world, payloads):
     item_a, item_b = world.items(2)
     order = world.place_order([(item_a, 2), (item_b, 1)])  # the sales order exists, not yet committed
     world.warehouse(order["goods_out_id"])
@@ -228,12 +228,12 @@ def test_dispatch_before_the_erp_commits_waits_then_completes_in_order(world, fi
     [record] = _ifs_of(world, order["so_id"])
     assert record["id"] == ns_if and record["externalId"] == shipment_id
     assert sorted(line["quantity"] for line in record["item"]["items"]) == [1.0, 2.0]
-    so_fixture = json.loads((fixtures_dir / "netsuite/oracle-devrel_netsuite.devo.build/salesOrder_transform_itemFulfillment_request.json").read_text())
+    so_fixture = payloads.json("ns_transform_item_fulfillment")
     fixture_line_keys = {k.lower() for line in so_fixture["item"]["items"] for k in line}
     assert {k.lower() for line in transform["body"]["item"]["items"] for k in line} <= fixture_line_keys | {"itemreceive"}
 
     # Shopify got a fulfilment request in the shape of its published createV2 example
-    create_v2 = json.loads((fixtures_dir / "shopify/Shopify-api-node/fulfillment_createV2_request.json").read_text())["fulfillment"]
+    create_v2 = payloads.json("fulfillment_create_v2_request")["fulfillment"]
     sent = fulfil["body"]["fulfillment"]
     assert set(sent) <= set(create_v2)
     assert set(sent["tracking_info"]) <= set(create_v2["tracking_info"])

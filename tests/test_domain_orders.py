@@ -1,4 +1,4 @@
-"""Parsing, validation and mapping of Shopify orders (real published payloads and generated ones)."""
+"""Parsing, validation and mapping of Shopify orders (sample payloads, ours and published, and generated ones)."""
 
 from __future__ import annotations
 
@@ -29,63 +29,63 @@ def status(verdicts, order) -> str:
     return verdicts.orders.filter(pl.col("order_id") == str(order["id"]))["status"][0]
 
 
-# -------------------------------------------------------------------- real payloads
+# -------------------------------------------------------------- sample payloads (ours and published)
+
+
+def sample_check(payloads, order):
+    return check(order, products={**PRODUCTS, **payloads["products"]})
 
 
 @pytest.mark.parametrize("name", ["rest_2025_07", "python_api", "node_api"])
-def test_published_orders_are_ready(name):
-    order = real_order(name)
-    verdicts = check(order)
+def test_published_orders_are_ready(payloads, name):
+    order = real_order(name, source=payloads)
+    verdicts = sample_check(payloads, order)
     assert reasons(verdicts, order) == []
     row = verdicts.orders.row(0, named=True)
     assert row["status"] == "ready"
-    assert (row["carrier"], row["service"]) == ("ROYAL_MAIL", "TRACKED_48")  # "Free Shipping" by code
-    assert row["order_id"] == "450789469" and verdicts.orders.schema["order_id"] == pl.Utf8
+    assert (row["carrier"], row["service"]) == ("ROYAL_MAIL", "TRACKED_48")  # mapped by shipping code
+    assert row["order_id"] == payloads["order_id"] and verdicts.orders.schema["order_id"] == pl.Utf8
 
 
-def test_refunded_lines_do_not_ship():
-    # In the 2025-07 example two of three lines were refunded: current_quantity 0.
-    verdicts = check(real_order("rest_2025_07"))
+def test_refunded_lines_do_not_ship(payloads):
+    # In the 2025-07 read two of three lines were refunded: current_quantity 0.
+    verdicts = sample_check(payloads, real_order("rest_2025_07", source=payloads))
     shipping = verdicts.lines.filter(pl.col("ships"))
-    assert shipping["sku"].to_list() == ["IPOD2008RED"]
+    assert shipping["sku"].to_list() == [payloads["skus"][1]]
     assert shipping["clarus_product_id"].to_list() == ["102"]
 
 
-def test_wrapped_and_bare_payloads_parse_alike():
-    wrapped = real_order("node_api", unwrap=False)
-    bare = real_order("node_api")
+def test_wrapped_and_bare_payloads_parse_alike(payloads):
+    wrapped = real_order("node_api", unwrap=False, source=payloads)
+    bare = real_order("node_api", source=payloads)
     assert "order" in wrapped
     a = parse_orders([wrapped], POLICIES.sku_cleaning)
     b = parse_orders([json.dumps(bare)], POLICIES.sku_cleaning)
     assert a.orders.equals(b.orders) and a.lines.equals(b.lines)
 
 
-def test_custom_line_without_sku_or_address_lists_every_problem():
-    order = real_order("custom_line_no_sku")
-    verdicts = check(order)
+def test_custom_line_without_sku_or_address_lists_every_problem(payloads):
+    order = real_order("custom_line_no_sku", source=payloads)
+    verdicts = sample_check(payloads, order)
     assert status(verdicts, order) == "held"
     assert reasons(verdicts, order) == [
         ("ORDER_INCOMPLETE", "order has no shipping address"),
-        ("SKU_UNKNOWN", "line 1 ('Big Brown Bear Boots') has no SKU"),
+        ("SKU_UNKNOWN", f"line 1 ('{payloads['custom_line_title']}') has no SKU"),
         ("SHIP_METHOD_UNMAPPED", "order has no shipping line"),
     ]
     row = verdicts.orders.row(0, named=True)
     assert row["hold_codes"] == ["ORDER_INCOMPLETE", "SHIP_METHOD_UNMAPPED", "SKU_UNKNOWN"]
 
 
-def test_three_custom_lines_each_reported():
-    order = real_order("three_custom_lines")
-    got = [m for c, m in reasons(check(order), order) if c == "SKU_UNKNOWN"]
-    assert got == [
-        "line 1 ('Red Leather Coat') has no SKU",
-        "line 2 ('Blue Suede Shoes') has no SKU",
-        "line 3 ('Raspberry Beret') has no SKU",
-    ]
+def test_three_custom_lines_each_reported(payloads):
+    order = real_order("three_custom_lines", source=payloads)
+    got = [m for c, m in reasons(sample_check(payloads, order), order) if c == "SKU_UNKNOWN"]
+    assert got == [f"line {n} ('{title}') has no SKU" for n, title in enumerate(payloads["three_custom_titles"], 1)]
 
 
-def test_partially_paid_order_without_shipping_line():
-    order = real_order("partially_paid")
-    assert reasons(check(order), order) == [("SHIP_METHOD_UNMAPPED", "order has no shipping line")]
+def test_partially_paid_order_without_shipping_line(payloads):
+    order = real_order("partially_paid", source=payloads)
+    assert reasons(sample_check(payloads, order), order) == [("SHIP_METHOD_UNMAPPED", "order has no shipping line")]
 
 
 # ------------------------------------------------------------------ generated orders

@@ -16,7 +16,7 @@ from clarus_pipelines.sandbox.openapi import request_problems
 from clarus_pipelines.sandbox.serving import serve_in_thread
 from clarus_pipelines.sandbox.shopify import ShopifySandbox
 from clarus_pipelines.state import StateStore
-from order_samples import FIXTURE_PRODUCTS, SHOPIFY, REAL_ORDERS, make_order
+from order_samples import make_order, order_path
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("clarus-pipelines")
 
@@ -57,8 +57,8 @@ def home(tmp_path, monkeypatch) -> Path:
     return home
 
 
-def test_console_script_explains_a_held_fixture_order(home):
-    path = SHOPIFY / REAL_ORDERS["custom_line_no_sku"]
+def test_console_script_explains_a_held_fixture_order(home, payloads):
+    path = order_path("custom_line_no_sku", payloads)
     done = run_console(str(path), env={"CLARUS_PIPELINES_HOME": str(home)})
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)  # exactly one JSON document on stdout
@@ -66,7 +66,7 @@ def test_console_script_explains_a_held_fixture_order(home):
         "status": "held",
         "reasons": [
             {"code": "ORDER_INCOMPLETE", "message": "order has no shipping address"},
-            {"code": "SKU_UNKNOWN", "message": "line 1 ('Big Brown Bear Boots') has no SKU"},
+            {"code": "SKU_UNKNOWN", "message": f"line 1 ('{payloads['custom_line_title']}') has no SKU"},
             {"code": "SHIP_METHOD_UNMAPPED", "message": "order has no shipping line"},
         ],
         "goods_out": None,
@@ -74,20 +74,20 @@ def test_console_script_explains_a_held_fixture_order(home):
     assert "explained order" in done.stderr  # logs go to stderr
 
 
-def test_ready_order_comes_with_its_goods_out(home, capsys):
-    seed_items(home, FIXTURE_PRODUCTS)
-    path = SHOPIFY / REAL_ORDERS["node_api"]
+def test_ready_order_comes_with_its_goods_out(home, capsys, payloads):
+    seed_items(home, payloads["products"])
+    path = order_path("node_api", payloads)
     assert cli.main(["explain-order", str(path), "--at", "2025-03-07T16:00:00+00:00"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert (result["status"], result["reasons"]) == ("ready", [])
     body = result["goods_out"]
     assert request_problems("post", "/api/goods_outs", body) == []
     attrs = body["data"]["attributes"]
-    assert (attrs["reference"], attrs["external_system_reference1"]) == ("#1001", "450789469")
+    assert (attrs["reference"], attrs["external_system_reference1"]) == (payloads["order_name"], payloads["order_id"])
     assert attrs["expected_date_of_dispatch"] == "2025-03-10T15:00:00Z"  # Friday after the cut-off: Monday
     assert (attrs["carrier_id"], attrs["carrier_service_id"]) == (1, 801)
     assert [c["attributes"]["product_id"] for c in attrs["lines_changes"]] == [101, 102, 103]
-    assert body["data"]["relationships"]["address"]["data"]["attributes"]["country_code"] == "CA"
+    assert body["data"]["relationships"]["address"]["data"]["attributes"]["country_code"] == payloads["node_country"]
 
 
 def test_every_reason_is_listed(home, tmp_path, capsys):

@@ -28,7 +28,8 @@ from clarus_pipelines.domain.netsuite_orders import build_sales_orders, sales_or
 from clarus_pipelines.domain.orders import parse_orders, validate_orders
 from clarus_pipelines.sandbox.openapi import request_problems
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
-from order_samples import FIXTURE_PRODUCTS, FIXTURES, make_order, real_order
+from order_samples import FIXTURE_PRODUCTS, make_order, real_order
+from payloads import OURS
 
 POLICIES = load_policies(SANDBOX_POLICIES)
 PRODUCTS = {**FIXTURE_PRODUCTS, "SKU-A": "201", "000123": "202"}
@@ -36,16 +37,16 @@ CARRIERS = {("ROYAL_MAIL", "TRACKED_48"): ("1", "801"), ("DPD", "NEXT_DAY"): ("2
 MONDAY_10 = datetime(2025, 3, 3, 10, 0, tzinfo=timezone.utc)
 
 
-def goods_outs(*orders, now=MONDAY_10, references=None):
-    verdicts = validate_orders(parse_orders(list(orders), POLICIES.sku_cleaning), products=PRODUCTS, policies=POLICIES)
+def goods_outs(*orders, now=MONDAY_10, references=None, products=PRODUCTS):
+    verdicts = validate_orders(parse_orders(list(orders), POLICIES.sku_cleaning), products=products, policies=POLICIES)
     frame = build_goods_outs(verdicts, policies=POLICIES, now=now, carriers=CARRIERS, references=references)
     return verdicts, frame
 
 
 @pytest.mark.parametrize("name", ["rest_2025_07", "python_api", "node_api"])
-def test_bodies_from_published_orders_conform_to_the_spec(name):
-    order = real_order(name)
-    _, frame = goods_outs(order)
+def test_bodies_from_published_orders_conform_to_the_spec(payloads, name):
+    order = real_order(name, source=payloads)
+    _, frame = goods_outs(order, products={**PRODUCTS, **payloads["products"]})
     body = body_dicts(frame)[str(order["id"])]
     assert request_problems("post", "/api/goods_outs", body) == []
     # The JSON text (nulls kept) conforms as well.
@@ -180,7 +181,8 @@ def _lines(order):
 
 
 def test_diff_lines_to_lines_changes():
-    order = make_order(1007, lines=[("SKU-A", 1), ("000123", 2), ("IPOD2008RED", 1)])
+    red, black = OURS["skus"][1], OURS["skus"][2]  # Clarus products 102 and 103
+    order = make_order(1007, lines=[("SKU-A", 1), ("000123", 2), (red, 1)])
     ids = [str(line["id"]) for line in order["line_items"]]
     sent = [
         {"line_id": ids[0], "clarus_line_id": "71", "clarus_product_id": "201", "quantity": 1},
@@ -188,15 +190,15 @@ def test_diff_lines_to_lines_changes():
         {"line_id": ids[2], "clarus_line_id": "73", "clarus_product_id": "999", "quantity": 1},  # product changed
         {"line_id": "gone", "clarus_line_id": "74", "clarus_product_id": "201", "quantity": 5},
     ]
-    order["line_items"].append(dict(order["line_items"][0], id=77, sku="IPOD2008BLACK", quantity=3, current_quantity=3))
+    order["line_items"].append(dict(order["line_items"][0], id=77, sku=black, quantity=3, current_quantity=3))
     diff = diff_lines(pl.DataFrame(sent), _lines(order))
     changes = lines_changes_for(diff)
     assert changes == [
         {"type": "DESTROY", "id": 73},
         {"type": "DESTROY", "id": 74},
         {"type": "UPDATE", "id": 72, "attributes": {"order_quantity": 2}},
-        {"type": "ADD", "attributes": {"product_id": 102, "order_quantity": 1, "external_system_reference1": ids[2], "alt_product_code": "IPOD2008RED"}},
-        {"type": "ADD", "attributes": {"product_id": 103, "order_quantity": 3, "external_system_reference1": "77", "alt_product_code": "IPOD2008BLACK"}},
+        {"type": "ADD", "attributes": {"product_id": 102, "order_quantity": 1, "external_system_reference1": ids[2], "alt_product_code": red}},
+        {"type": "ADD", "attributes": {"product_id": 103, "order_quantity": 3, "external_system_reference1": "77", "alt_product_code": black}},
     ]
     # An amendment PATCH keeps the sent reference and dispatch date, and conforms to the spec.
     _, frame = goods_outs(order)
@@ -223,8 +225,8 @@ def test_unchanged_order_has_no_diff_and_unknown_line_ids_refuse():
 # ------------------------------------------------------------------------- NetSuite
 
 
-def test_sales_order_body_is_shaped_like_netsuites_examples():
-    example = json.loads((FIXTURES / "netsuite/oracle-devrel_netsuite.devo.build/salesOrder_POST_complex_request.json").read_text())
+def test_sales_order_body_is_shaped_like_netsuites_examples(payloads):
+    example = payloads.json("ns_sales_order_complex_request")
     order = make_order(1009, lines=[("SKU-A", 2), ("000123", 1)])
     verdicts = validate_orders(parse_orders([order], POLICIES.sku_cleaning), products=PRODUCTS, policies=POLICIES)
     body = sales_order_dicts(build_sales_orders(verdicts, items={"SKU-A": "98", "000123": "99"}, customer_id="110"))[str(order["id"])]

@@ -19,6 +19,7 @@ from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
 from sensors.maintenance import defs as maintenance_defs
 from sensors.webhooks import build_landing_sensor, webhook_rejections_sensor
 from sensors.webhooks import defs as sensor_defs
+from payloads import OURS, Payloads
 
 SECRETS = WebhookSecrets(shopify="ingest-shopify", clarus_token="ingest-clarus", netsuite="ingest-netsuite")
 TENANT = load_policies(SANDBOX_POLICIES).tenant
@@ -44,11 +45,15 @@ def intake(zone) -> Intake:
 
 
 @pytest.fixture
-def fixtures(fixtures_dir) -> dict[str, bytes]:
-    base = fixtures_dir / "shopify" / "shopify_python_api"
+def fixtures() -> dict[str, bytes]:
+    return bodies(OURS)
+
+
+def bodies(payloads: Payloads) -> dict[str, bytes]:
+    """A Shopify order and refund in the shapes of the python_api examples, as webhook bodies."""
     return {
-        "order": json.dumps(json.loads((base / "order.json").read_text())["order"]).encode(),
-        "refund": json.dumps(json.loads((base / "refund.json").read_text())["refund"]).encode(),
+        "order": json.dumps(payloads.order("order_python_api")).encode(),
+        "refund": json.dumps(payloads.json("refund_legacy_restock")["refund"]).encode(),
     }
 
 
@@ -171,7 +176,8 @@ def test_each_source_has_its_own_sensor(tick, intake, fixtures, resources):
 # ---------------------------------------------------------------------------- ingest
 
 
-def test_ingest_fills_landed_events_and_is_idempotent(intake, fixtures, resources, zone):
+def test_ingest_fills_landed_events_and_is_idempotent(intake, payloads, resources, zone):
+    fixtures = bodies(payloads)
     order = shopify(intake, fixtures["order"], "o1")
     refund = shopify(intake, fixtures["refund"], "r1", topic="refunds/create")
     odd = shopify(intake, fixtures["order"], "x1", topic="carts/create")
@@ -185,8 +191,9 @@ def test_ingest_fills_landed_events_and_is_idempotent(intake, fixtures, resource
 
     events = {r[0]: r[1:] for r in rows(resources, "SELECT landing_id, source, topic, entity_type, entity_id, parent_id,"
                                         " known_topic, via, payload->>'$.name' FROM landed_events")}
-    assert events[order.landing_id] == ("shopify", "orders/create", "order", "450789469", None, True, "webhook", "#1001")
-    assert events[refund.landing_id][:5] == ("shopify", "refunds/create", "refund", "509562969", "450789469")
+    order_id, name = payloads["order_id"], payloads["order_name"]
+    assert events[order.landing_id] == ("shopify", "orders/create", "order", order_id, None, True, "webhook", name)
+    assert events[refund.landing_id][:5] == ("shopify", "refunds/create", "refund", payloads["refund_id"], order_id)
     assert events[odd.landing_id][5] is False
     assert events[goods_out.landing_id][:5] == ("clarus", "goods_out/completed", "goods_out", "2001", "#1001")
     assert rows(resources, "SELECT count(*) FROM processed_landings")[0][0] == 4
@@ -234,7 +241,7 @@ def test_flows_read_new_events_by_topic_with_a_consumer_offset(intake, fixtures,
     ingest(resources, [r.relpath for r in zone.list_landings()])
     with resources["state"].store().write() as con:
         got = new_events(con, "refunds", topics=["refunds/create"])
-        assert [e["entity_id"] for e in got] == ["509562969"]
+        assert [e["entity_id"] for e in got] == [OURS["refund_id"]]
         advance_consumer(con, "refunds", got[-1]["seq"])
         assert new_events(con, "refunds", topics=["refunds/create"]) == []
         assert [e["topic"] for e in new_events(con, "orders", source="shopify")] == ["orders/create", "refunds/create"]

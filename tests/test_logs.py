@@ -6,8 +6,8 @@ import logging
 from clarus_pipelines.logs import PiiFilter, mask_pii, mask_text
 
 
-def test_mask_pii_redacts_personal_fields_in_real_order(fixtures_dir):
-    order = json.loads((fixtures_dir / "shopify" / "shopify-api-ruby_rest_2025-07" / "order_GET_450789469.json").read_text())
+def test_mask_pii_redacts_personal_fields_in_real_order(payloads):
+    order = payloads.json("order_rest_2025_07")
     masked = json.dumps(mask_pii(order))
     address = order["order"]["shipping_address"]
     for value in (address["address1"], address["last_name"], order["order"]["email"]):

@@ -15,6 +15,7 @@ import pytest
 
 from clarus_pipelines.receiver.landing import Envelope, LandingZone
 from clarus_pipelines.state import StateStore
+from payloads import OURS
 
 REPO = Path(__file__).resolve().parents[1]
 PG = dict(host="127.0.0.1", port=5432, user="postgres")
@@ -38,7 +39,7 @@ def pg_database():
         admin.close()
 
 
-def test_job_and_sensor_tick_on_postgres_instance(tmp_path, monkeypatch, pg_database, fixtures_dir):
+def test_job_and_sensor_tick_on_postgres_instance(tmp_path, monkeypatch, pg_database):
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir()
     shutil.copy(REPO / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
@@ -47,8 +48,8 @@ def test_job_and_sensor_tick_on_postgres_instance(tmp_path, monkeypatch, pg_data
     home = tmp_path / "home"
     monkeypatch.setenv("CLARUS_PIPELINES_HOME", str(home))
 
-    # one real Shopify webhook in the landing zone
-    body = (fixtures_dir / "shopify" / "shopify-api-ruby_rest_2025-07" / "order_GET_450789469.json").read_bytes()
+    # one Shopify webhook (our sample order, in the real 2025-07 shape) in the landing zone
+    body = OURS.bytes("order_rest_2025_07")
     order = json.loads(body)["order"]
     LandingZone(home / "landing").land(
         Envelope(source="shopify", topic="orders/create", body=json.dumps(order).encode(), dedupe_key="wh-pg-1", webhook_id="wh-pg-1")

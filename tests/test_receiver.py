@@ -14,6 +14,7 @@ from clarus_pipelines.receiver.app import Intake, WebhookSecrets, create_app
 from clarus_pipelines.receiver.landing import LandingZone
 from clarus_pipelines.sandbox.serving import serve_in_thread
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
+from payloads import OURS
 
 SECRETS = WebhookSecrets(shopify="shh-shopify", clarus_token="clarus-url-token", netsuite="shh-netsuite")
 TENANT = load_policies(SANDBOX_POLICIES).tenant
@@ -21,16 +22,14 @@ MAX_BODY = 64 * 1024
 
 
 @pytest.fixture
-def shopify_order(fixtures_dir) -> bytes:
-    """A real Shopify order, as the body of an orders/create webhook (the order object itself)."""
-    doc = json.loads((fixtures_dir / "shopify" / "shopify_python_api" / "order.json").read_text())
-    return json.dumps(doc["order"]).encode()
+def shopify_order() -> bytes:
+    """A Shopify order in the real shape, as the body of an orders/create webhook (the order object itself)."""
+    return json.dumps(OURS.order("order_python_api")).encode()
 
 
 @pytest.fixture
-def shopify_refund(fixtures_dir) -> bytes:
-    doc = json.loads((fixtures_dir / "shopify" / "shopify_python_api" / "refund.json").read_text())
-    return json.dumps(doc["refund"]).encode()
+def shopify_refund() -> bytes:
+    return json.dumps(OURS.json("refund_legacy_restock")["refund"]).encode()
 
 
 @pytest.fixture
@@ -57,9 +56,9 @@ def post_shopify(client, body: bytes, webhook_id: str, topic: str = "orders/crea
 # ---------------------------------------------------------------------------- Shopify
 
 
-def test_published_hmac_vector_verifies(fixtures_dir):
-    vector = json.loads((fixtures_dir / "shopify" / "webhook_hmac" / "sqlpage_test_vector.json").read_text())
-    body = (fixtures_dir / "shopify" / "webhook_hmac" / "sqlpage_vector_body.json").read_bytes()
+def test_published_hmac_vector_verifies(payloads):
+    vector = payloads.json("hmac_vector")
+    body = payloads.bytes("hmac_vector_body")
     assert auth.shopify_signature(body, vector["secret"]) == vector["expected_x_shopify_hmac_sha256"]
     headers = {"X-Shopify-Hmac-Sha256": vector["expected_x_shopify_hmac_sha256"]}
     assert auth.verify_shopify(body, headers, vector["secret"])
@@ -89,7 +88,9 @@ def test_bad_or_missing_signature_is_401_and_nothing_landed(receiver, shopify_or
     if case == "wrong secret":
         headers["X-Shopify-Hmac-Sha256"] = auth.shopify_signature(body, "not-the-secret")
     elif case == "tampered body":
-        body = body.replace(b"409.94", b"0.01")
+        total = json.loads(shopify_order)["total_price"].encode()  # the order's total, cut to a penny
+        body = body.replace(total, b"0.01")
+        assert body != shopify_order
     elif case == "missing header":
         del headers["X-Shopify-Hmac-Sha256"]
     else:
@@ -170,13 +171,15 @@ def test_unknown_topic_is_stored_and_flagged(receiver, shopify_order):
     assert ref.topic_dir == "carts.create" and not receiver.zone.read(ref).known_topic
 
 
-def test_personal_data_is_not_logged(receiver, shopify_order, caplog):
+def test_personal_data_is_not_logged(receiver, payloads, caplog):
+    shopify_order = json.dumps(payloads.order("order_python_api")).encode()
     caplog.set_level(logging.DEBUG)
     post_shopify(receiver, shopify_order, "wh-pii")
     post_shopify(receiver, shopify_order.replace(b"{", b"[", 1), "wh-pii-2")
     post_shopify(receiver, shopify_order, "wh-pii-3", topic="carts/create")
     text = caplog.text
-    assert "bob.norman@hostmail.com" not in text and "Norman" not in text and "Chestnut" not in text
+    email, surname, street = payloads["pii"]
+    assert email not in text and surname not in text and street not in text
 
 
 # ---------------------------------------------------------------------------- Clarus
@@ -234,8 +237,8 @@ def netsuite_post(client, body: bytes, event_id: str, *, secret: str = SECRETS.n
     return client.post("/webhooks/netsuite", content=body, headers=headers)
 
 
-def test_netsuite_signed_is_landed_and_deduped_on_event_id(receiver, fixtures_dir):
-    body = (fixtures_dir / "netsuite" / "oracle-devrel_netsuite.devo.build" / "salesOrder_GET_response.json").read_bytes()
+def test_netsuite_signed_is_landed_and_deduped_on_event_id(receiver, payloads):
+    body = payloads.bytes("ns_sales_order_get")
     first = netsuite_post(receiver, body, "so-18-1")
     assert first.status_code == 200 and first.json()["status"] == "landed"
     assert netsuite_post(receiver, body, "so-18-1").json()["status"] == "duplicate"

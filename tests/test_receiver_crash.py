@@ -23,6 +23,7 @@ import pytest
 
 from clarus_pipelines.receiver import auth
 from clarus_pipelines.receiver.landing import Envelope, LandingZone
+from payloads import OURS
 
 SECRET = "crash-test-shopify-secret"
 THREADS = 8
@@ -58,8 +59,8 @@ def start_receiver(landing_dir: Path, log_path: Path, env: dict) -> tuple[subpro
 
 
 @pytest.fixture
-def order_template(fixtures_dir) -> dict:
-    return json.loads((fixtures_dir / "shopify" / "shopify_python_api" / "order.json").read_text())["order"]
+def order_template() -> dict:
+    return OURS.order("order_python_api")
 
 
 def signed(order_template: dict, n: int) -> tuple[str, bytes, dict]:

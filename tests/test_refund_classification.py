@@ -36,17 +36,18 @@ from clarus_pipelines.domain.refunds import (
     order_context_from_shopify,
 )
 from clarus_pipelines.settings import SANDBOX_POLICIES, ConfigError, load_policies
+from payloads import Payloads
 
 CLI = [str(Path(sys.executable).parent / "clarus-pipelines")]
 POLICIES_RULES = load_policies(SANDBOX_POLICIES).refund_rules
 
 
-def _load(fixtures_dir: Path, name: str):
-    return json.loads((fixtures_dir / "shopify" / name).read_text())
+def _load(payloads: Payloads, case: str):
+    return payloads.json(case)
 
 
-def _only(fixtures_dir: Path, name: str):
-    pairs = iter_refunds(_load(fixtures_dir, name))
+def _only(payloads: Payloads, case: str):
+    pairs = iter_refunds(_load(payloads, case))
     assert len(pairs) == 1, name
     return pairs[0]
 
@@ -62,89 +63,88 @@ def _codes(result) -> list[str]:
     "name, kind, actions",
     [
         # legacy shape: restock true, lines unfulfilled -> restocked before dispatch
-        ("shopify_python_api/refund.json", "CANCELLATION", [CLARUS_REDUCE_GOODS_OUT, NETSUITE_CLOSE_LINES]),
-        ("Shopify-api-node/refund_create_response.json", "CANCELLATION", [CLARUS_REDUCE_GOODS_OUT, NETSUITE_CLOSE_LINES]),
-        ("Shopify-api-node/refund_list.json", "CANCELLATION", [CLARUS_REDUCE_GOODS_OUT, NETSUITE_CLOSE_LINES]),
+        ("refund_legacy_restock", "CANCELLATION", [CLARUS_REDUCE_GOODS_OUT, NETSUITE_CLOSE_LINES]),
+        ("refund_node_create_response", "CANCELLATION", [CLARUS_REDUCE_GOODS_OUT, NETSUITE_CLOSE_LINES]),
+        ("refund_node_list", "CANCELLATION", [CLARUS_REDUCE_GOODS_OUT, NETSUITE_CLOSE_LINES]),
         # 2025-07: restock_type legacy_restock
-        ("shopify-api-ruby_rest_2025-07/refunds_GET_list.json", "CANCELLATION", [CLARUS_REDUCE_GOODS_OUT, NETSUITE_CLOSE_LINES]),
+        ("refunds_list_2025_07", "CANCELLATION", [CLARUS_REDUCE_GOODS_OUT, NETSUITE_CLOSE_LINES]),
         # restock_type return (request body shape: no line_item embedded)
-        ("shopify-api-ruby_rest_2025-07/refund_POST_request.json", "RETURN",
+        ("refund_return_request", "RETURN",
          [CLARUS_EXPECT_GOODS_IN, NETSUITE_RETURN_AUTHORISATION, NETSUITE_RETURN_RECEIPT, WATCH_RETURN_RECEIPT]),
         # asked for 'return' but Shopify answered no_restock on an unfulfilled line
-        ("shopify-api-ruby_rest_2025-07/refund_POST_response.json", "CANCELLATION", [CLARUS_REDUCE_GOODS_OUT, NETSUITE_CLOSE_LINES]),
-        ("shopify-api-ruby_rest_2025-07/refund_POST_shipping_only_request.json", "SHIPPING_ONLY", [NETSUITE_CREDIT_MEMO]),
-        ("shopify-api-ruby_rest_2025-07/refund_POST_shipping_only_response.json", "SHIPPING_ONLY", [NETSUITE_CREDIT_MEMO]),
+        ("refund_no_restock_response", "CANCELLATION", [CLARUS_REDUCE_GOODS_OUT, NETSUITE_CLOSE_LINES]),
+        ("refund_shipping_only_request", "SHIPPING_ONLY", [NETSUITE_CREDIT_MEMO]),
+        ("refund_shipping_only_response", "SHIPPING_ONLY", [NETSUITE_CREDIT_MEMO]),
         # no_restock with nothing saying whether dispatched: goodwill or cancellation -> for finance
-        ("shopify-api-ruby_rest_2025-07/refund_calculate_no_restock_response.json", "UNCLASSIFIED", [RAISE_REFUND_UNCLASSIFIED]),
-        ("shopify-api-ruby_rest_2025-07/order_cancel_with_refund_response.json", "CANCELLATION",
+        ("refund_calculate_no_restock", "UNCLASSIFIED", [RAISE_REFUND_UNCLASSIFIED]),
+        ("order_cancelled_with_refund", "CANCELLATION",
          [CLARUS_CANCEL_GOODS_OUT, NETSUITE_CLOSE_LINES]),
     ],
 )
-def test_real_payloads(fixtures_dir, name, kind, actions):
-    refund, order = _only(fixtures_dir, name)
+def test_real_payloads(payloads, name, kind, actions):
+    refund, order = _only(payloads, name)
     result = classify_refund(refund, order=order)
     assert result.kind == kind, result.reasons
     assert _codes(result) == actions
     assert result.reasons  # always says what was seen
 
 
-def test_legacy_restock_after_dispatch_is_a_return(fixtures_dir):
-    refund, _ = _only(fixtures_dir, "shopify_python_api/refund.json")
+def test_legacy_restock_after_dispatch_is_a_return(payloads):
+    refund, _ = _only(payloads, "refund_legacy_restock")
+    (green, _red, black), (green_id, _red_id, black_id) = payloads["skus"], payloads["line_ids"]
     result = classify_refund(refund, context=OrderContext(wms_status=6))
     assert result.kind == RefundKind.RETURN
     expect = result.action(CLARUS_EXPECT_GOODS_IN)
     assert expect["lines"] == [
-        {"line_id": "703073504", "sku": "IPOD2008BLACK", "quantity": 1},
-        {"line_id": "466157049", "sku": "IPOD2008GREEN", "quantity": 1},
+        {"line_id": black_id, "sku": black, "quantity": 1},
+        {"line_id": green_id, "sku": green, "quantity": 1},
     ]
-    assert result.action(NETSUITE_RETURN_AUTHORISATION)["amount"] == "209.00"
+    assert result.action(NETSUITE_RETURN_AUTHORISATION)["amount"] == payloads["legacy_refund_amount"]
     assert any("Clarus goods out is COMPLETED" in r for r in result.reasons)
 
 
-def test_no_restock_after_dispatch_is_goodwill(fixtures_dir):
-    refund, _ = _only(fixtures_dir, "shopify-api-ruby_rest_2025-07/refund_POST_response.json")
+def test_no_restock_after_dispatch_is_goodwill(payloads):
+    refund, _ = _only(payloads, "refund_no_restock_response")
     result = classify_refund(refund, context=OrderContext(wms_status=6))
     assert result.kind == RefundKind.GOODWILL
-    assert result.actions[0]["action"] == NETSUITE_CREDIT_MEMO and result.actions[0]["amount"] == "41.94"
+    assert result.actions[0]["action"] == NETSUITE_CREDIT_MEMO and result.actions[0]["amount"] == payloads["goodwill_amount"]
     assert any("customer keeps the goods" in r for r in result.reasons)
 
 
-def test_order_payload_settles_dispatch(fixtures_dir):
+def test_order_payload_settles_dispatch(payloads):
     """The order's fulfilments (only a failed one) show the line was never dispatched."""
-    refund, _ = _only(fixtures_dir, "shopify-api-ruby_rest_2025-07/refund_calculate_no_restock_response.json")
-    order = _load(fixtures_dir, "shopify-api-ruby_rest_2025-07/order_GET_450789469.json")["order"]
+    refund, _ = _only(payloads, "refund_calculate_no_restock")
+    order = payloads.order("order_rest_2025_07")
     result = classify_refund(refund, order=order)
     assert result.kind == RefundKind.CANCELLATION
-    assert result.lines[0].sku == "IPOD2008RED"  # taken from the order: the calculation has no line_item
+    assert result.lines[0].sku == payloads["skus"][1]  # taken from the order: the calculation has no line_item
     assert "payload is a refund calculation" in result.reasons[0]
 
 
-def test_legacy_request_with_order_and_clarus_status(fixtures_dir):
-    refund, _ = _only(fixtures_dir, "Shopify-api-node/refund_create_request.json")
+def test_legacy_request_with_order_and_clarus_status(payloads):
+    refund, _ = _only(payloads, "refund_node_create_request")
     assert classify_refund(refund).kind == RefundKind.UNCLASSIFIED  # restock, but shipped or not?
-    order = _load(fixtures_dir, "shopify-api-ruby_rest_2025-07/order_GET_450789469.json")["order"]
+    order = payloads.order("order_rest_2025_07")
     shipped = classify_refund(refund, order=order, context=order_context_from_shopify(order, wms_status=6))
     assert shipped.kind == RefundKind.RETURN
-    assert shipped.currency == "USD" and shipped.order_id == "450789469"  # from the order: the request has neither
+    assert shipped.currency == payloads["currency"] and shipped.order_id == payloads["order_id"]  # from the order: the request has neither
     unshipped = classify_refund(refund, context=order_context_from_shopify(order, wms_status=2))
     assert unshipped.kind == RefundKind.CANCELLATION
 
 
-def test_shipping_only_amount(fixtures_dir):
-    refund, _ = _only(fixtures_dir, "shopify-api-ruby_rest_2025-07/refund_POST_shipping_only_response.json")
+def test_shipping_only_amount(payloads):
+    refund, _ = _only(payloads, "refund_shipping_only_response")
     result = classify_refund(refund)
-    # refund_shipping_lines and the shipping_refund adjustment describe the same 5.00: not 10.00
-    assert result.shipping_amount == Decimal("5.00")
-    assert result.explain()["actions"][0]["amount"] == "5.00"
+    # refund_shipping_lines and the shipping_refund adjustment describe the same amount: not twice it
+    assert result.shipping_amount == Decimal(payloads["shipping_refund"])
+    assert result.explain()["actions"][0]["amount"] == payloads["shipping_refund"]
 
 
-def test_cancelled_order_refund_names_the_cancellation(fixtures_dir):
-    refund, order = _only(fixtures_dir, "shopify-api-ruby_rest_2025-07/order_cancel_with_refund_response.json")
+def test_cancelled_order_refund_names_the_cancellation(payloads):
+    refund, order = _only(payloads, "order_cancelled_with_refund")
     result = classify_refund(refund, order=order)
     assert "cancel_reason 'other'" in result.reasons[0]
-    assert [g["sku"] for g in result.action(CLARUS_CANCEL_GOODS_OUT)["lines"]] == [
-        "IPOD2008GREEN", "IPOD2008RED", "IPOD2008BLACK"
-    ]
+    assert [g["sku"] for g in result.action(CLARUS_CANCEL_GOODS_OUT)["lines"]] == payloads["skus"]
 
 
 # -------------------------------------------------------------- generated payloads
@@ -370,8 +370,8 @@ def test_policies_yaml_refund_rules(tmp_path):
         load_policies(path)
 
 
-def test_classification_does_not_mutate_the_payload(fixtures_dir):
-    refund, order = _only(fixtures_dir, "shopify-api-ruby_rest_2025-07/order_cancel_with_refund_response.json")
+def test_classification_does_not_mutate_the_payload(payloads):
+    refund, order = _only(payloads, "order_cancelled_with_refund")
     before = copy.deepcopy(refund)
     classify_refund(refund, order=order)
     assert refund == before
@@ -380,24 +380,24 @@ def test_classification_does_not_mutate_the_payload(fixtures_dir):
 # ------------------------------------------------------------------ explain-refund
 
 
-def test_explain_refund_console_script(fixtures_dir):
-    path = fixtures_dir / "shopify" / "shopify-api-ruby_rest_2025-07" / "refund_POST_shipping_only_response.json"
+def test_explain_refund_console_script(payloads):
+    path = payloads.path("refund_shipping_only_response")
     out = subprocess.run(CLI + ["explain-refund", str(path)], capture_output=True, text=True, check=True)
     verdict = json.loads(out.stdout)  # exactly one JSON document on stdout
     assert verdict["kind"] == "SHIPPING_ONLY"
-    assert verdict["reasons"] == ["shipping refunded: 5.00", "no items refunded, only shipping"]
+    assert verdict["reasons"] == [f"shipping refunded: {payloads['shipping_refund']}", "no items refunded, only shipping"]
     assert [a["action"] for a in verdict["actions"]] == ["NETSUITE_CREDIT_MEMO"]
     assert "classified SHIPPING_ONLY" in out.stderr
 
 
-def test_explain_refund_with_order_and_clarus_status(fixtures_dir):
-    refund = fixtures_dir / "shopify" / "shopify_python_api" / "refund.json"
-    order = fixtures_dir / "shopify" / "shopify-api-ruby_rest_2025-07" / "order_GET_450789469.json"
+def test_explain_refund_with_order_and_clarus_status(payloads):
+    refund = payloads.path("refund_legacy_restock")
+    order = payloads.path("order_rest_2025_07")
     out = subprocess.run(CLI + ["explain-refund", str(refund), "--order", str(order), "--clarus-status", "6"],
                          capture_output=True, text=True, check=True)
     verdict = json.loads(out.stdout)
-    assert verdict["kind"] == "RETURN" and verdict["refund_id"] == "509562969"
-    assert verdict["actions"][0]["lines"][0]["sku"] == "IPOD2008BLACK"
+    assert verdict["kind"] == "RETURN" and verdict["refund_id"] == payloads["refund_id"]
+    assert verdict["actions"][0]["lines"][0]["sku"] == payloads["skus"][2]
 
 
 def test_explain_refund_reads_stdin_and_rejects_ambiguous_files(tmp_path):

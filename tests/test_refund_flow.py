@@ -544,20 +544,17 @@ def test_goodwill_and_shipping_refunds_post_credit_memos_only(world):
     assert not world.netsuite_sb.return_authorisations()
 
 
-@pytest.mark.parametrize("fixture", [
-    "shopify-api-ruby_rest_2025-07/refund_POST_shipping_only_response.json",
-    "shopify_python_api/refund.json",
-])
-def test_real_refund_payloads_through_the_receiver(world, fixtures_dir, fixture):
-    """Real published payloads (new and legacy shape) for an order we never saw."""
-    body = json.loads((fixtures_dir / "shopify" / fixture).read_text())["refund"]
+@pytest.mark.parametrize("fixture", ["refund_shipping_only_response", "refund_legacy_restock"])
+def test_real_refund_payloads_through_the_receiver(world, payloads, fixture):
+    """Refund payloads in the real shapes (new and legacy) for an order we never saw."""
+    body = payloads.json(fixture)["refund"]
     world.post_shopify("refunds/create", body)
     intake, steps, _ = world.run()
     row = world.refund(body["id"])
-    if fixture.endswith("shipping_only_response.json"):
+    if fixture == "refund_shipping_only_response":
         assert row["kind"] == "SHIPPING_ONLY" and row["state"] == "DONE"
         (memo,) = world.netsuite_sb.credit_memos()
-        assert memo["item"]["items"][0]["amount"] == 5.0
+        assert memo["item"]["items"][0]["amount"] == float(payloads["shipping_refund"])
     else:  # legacy restock of unfulfilled lines: a cancellation; the order never reached us
         assert row["kind"] == "CANCELLATION" and row["state"] == "IN_PROGRESS"
         assert world.steps(body["id"])["CLARUS_REDUCE_GOODS_OUT"][0] == "blocked"

@@ -10,6 +10,7 @@ from clarus_pipelines.receiver import auth, replay
 from clarus_pipelines.receiver.app import Intake, WebhookSecrets
 from clarus_pipelines.receiver.landing import Envelope, LandingZone
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
+from payloads import OURS
 
 SECRETS = WebhookSecrets(shopify="replay-shopify", clarus_token="replay-clarus", netsuite="replay-netsuite")
 TENANT = load_policies(SANDBOX_POLICIES).tenant
@@ -21,8 +22,8 @@ def intake(tmp_path) -> Intake:
 
 
 @pytest.fixture
-def order_body(fixtures_dir) -> bytes:
-    return json.dumps(json.loads((fixtures_dir / "shopify" / "shopify_python_api" / "order.json").read_text())["order"]).encode()
+def order_body() -> bytes:
+    return json.dumps(OURS.order("order_python_api")).encode()
 
 
 def deliver_shopify(intake: Intake, body: bytes, webhook_id: str, topic: str = "orders/create"):
@@ -49,11 +50,11 @@ def test_replay_by_id_lands_once_per_tag(intake, order_body):
     assert len(replays(intake.zone)) == 2
 
 
-def test_replay_selects_by_source_topic_and_time(intake, order_body, fixtures_dir):
+def test_replay_selects_by_source_topic_and_time(intake, order_body):
     deliver_shopify(intake, order_body, "a", topic="orders/create")
     middle = deliver_shopify(intake, order_body, "b", topic="orders/updated")
     deliver_shopify(intake, order_body, "c", topic="orders/create")
-    refund_doc = json.loads((fixtures_dir / "shopify" / "shopify_python_api" / "refund.json").read_text())
+    refund_doc = OURS.json("refund_legacy_restock")
     refund = json.dumps(refund_doc["refund"]).encode()
     deliver_shopify(intake, refund, "d", topic="refunds/create")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -41,8 +40,8 @@ def served_netsuite(**kwargs) -> Iterator[tuple[NetSuiteSandbox, httpx.Client]]:
         sandbox.close()
 
 
-def load(fixtures_dir, name: str) -> dict:
-    return json.loads((fixtures_dir / "netsuite" / "oracle-devrel_netsuite.devo.build" / name).read_text())
+def load(payloads, case: str) -> dict:
+    return payloads.json(case)
 
 
 def item_ids(sandbox: NetSuiteSandbox, n: int) -> list[str]:
@@ -81,26 +80,26 @@ def test_every_call_needs_a_valid_tba_signature():
         assert [r["status"] for r in sandbox.requests()] == [401, 401, 401, 401, 200, 200, 401]
 
 
-def test_sales_order_create_answers_204_location_and_external_id_is_unique(fixtures_dir):
+def test_sales_order_create_answers_204_location_and_external_id_is_unique(payloads):
     with served_netsuite() as (sandbox, client):
-        body = load(fixtures_dir, "salesOrder_POST_complex_request.json")
+        body = load(payloads, "ns_sales_order_complex_request")
         body["item"]["items"][0]["item"]["id"] = int(item_ids(sandbox, 1)[0])
         body["externalId"] = "5900000000001"
         so_id = create(client, body)
         got = client.get(f"{RECORDS}/salesOrder/{so_id}").json()
-        published = load(fixtures_dir, "salesOrder_GET_response.json")
+        published = load(payloads, "ns_sales_order_get")
         for key in ("links", "id", "tranId", "orderStatus", "status", "entity", "currency", "subsidiary", "item",
                     "createdDate", "lastModifiedDate", "tranDate", "total", "subtotal", "shippingAddress"):
             assert key in got, key
             if key in published:
                 assert type(got[key]) is type(published[key]), key
         assert got["item"] == {"links": [{"rel": "self", "href": f"{client.base_url}{RECORDS}/salesOrder/{so_id}/item"}]}
-        assert got["entity"]["refName"] == "Anonymous Customer" and got["memo"] == "This is a test memo!"
-        assert got["otherRefNum"] == "11037" and got["orderStatus"] == "A"
+        assert got["entity"]["refName"] == "Anonymous Customer" and got["memo"] == payloads["ns_memo"]
+        assert got["otherRefNum"] == payloads["ns_otherrefnum"] and got["orderStatus"] == "A"
 
         by_eid = client.get(f"{RECORDS}/salesOrder/eid:5900000000001", params={"expandSubResources": "true"}).json()
         assert by_eid["id"] == so_id
-        assert by_eid["item"]["items"][0]["description"] == "Test Item"
+        assert by_eid["item"]["items"][0]["description"] == payloads["ns_description"]
 
         duplicate = client.post(f"{RECORDS}/salesOrder", json=body)
         assert duplicate.status_code == 400
@@ -117,13 +116,13 @@ def test_sales_order_create_answers_204_location_and_external_id_is_unique(fixtu
         assert bad_item.json()["o:errorDetails"][0]["o:errorPath"] == "item.items[0].item"
 
 
-def test_orders_commit_after_the_delay_and_only_committed_orders_fulfil(fixtures_dir):
+def test_orders_commit_after_the_delay_and_only_committed_orders_fulfil(payloads):
     with served_netsuite(commit_delay_s=60) as (sandbox, client):
         body = order_body(sandbox, "SO-1")
-        body["orderStatus"] = load(fixtures_dir, "salesOrder_POST_preapproved_request.json")["orderStatus"]
+        body["orderStatus"] = load(payloads, "ns_sales_order_preapproved_request")["orderStatus"]
         so_id = create(client, body)
         created_at = sandbox.sales_orders()[0]["createdDate"]
-        transform = load(fixtures_dir, "salesOrder_transform_itemFulfillment_request.json")
+        transform = load(payloads, "ns_transform_item_fulfillment")
         transform["externalId"] = "SHIP-1"
 
         refused = client.post(f"{RECORDS}/salesOrder/{so_id}/!transform/itemFulfillment", json=transform)
@@ -159,13 +158,13 @@ def test_orders_commit_after_the_delay_and_only_committed_orders_fulfil(fixtures
         assert nothing_left.json()["o:errorDetails"][0]["o:errorCode"] == "INVALID_INITIALIZE_REF"
 
 
-def test_patch_closes_and_adds_lines(fixtures_dir):
+def test_patch_closes_and_adds_lines(payloads):
     with served_netsuite(commit_delay_s=0) as (sandbox, client):
         so_id = create(client, order_body(sandbox, "SO-2", quantities=(1, 2)))
         sandbox.tick()
-        close = load(fixtures_dir, "salesOrder_PATCH_close_line_request.json")
+        close = load(payloads, "ns_close_line_patch")
         assert client.patch(f"{RECORDS}/salesOrder/{so_id}", json=close).status_code == 204
-        add = load(fixtures_dir, "salesOrder_PATCH_add_line_request.json")
+        add = load(payloads, "ns_add_line_patch")
         add["item"]["items"][0]["item"]["id"] = int(item_ids(sandbox, 3)[2])
         assert client.patch(f"{RECORDS}/salesOrder/{so_id}", json=add).status_code == 204
         lines = client.get(f"{RECORDS}/salesOrder/{so_id}", params={"expandSubResources": "true"}).json()["item"]["items"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -61,10 +60,6 @@ def place(sandbox: ShopifySandbox, quantities=(2, 1), **kwargs) -> dict:
     return sandbox.create_order(line_items=lines, email="ada@example.com", **kwargs)
 
 
-def fixture_json(fixtures_dir, *parts: str) -> dict:
-    return json.loads((fixtures_dir / "shopify" / "shopify-api-ruby_rest_2025-07" / "/".join(parts)).read_text())
-
-
 def test_admin_api_requires_the_access_token():
     with served_shopify() as (sandbox, client):
         place(sandbox)
@@ -76,11 +71,11 @@ def test_admin_api_requires_the_access_token():
         assert [r["status"] for r in sandbox.requests()] == [401, 401, 200]
 
 
-def test_order_fulfilment_order_and_fulfilment_have_the_published_shapes(fixtures_dir):
+def test_order_fulfilment_order_and_fulfilment_have_the_published_shapes(payloads):
     with served_shopify() as (sandbox, client):
         order = place(sandbox)
         got = client.get(f"{API}/orders/{order['id']}.json").json()["order"]
-        published = fixture_json(fixtures_dir, "order_GET_450789469.json")["order"]
+        published = payloads.order("order_rest_2025_07")
         assert set(published) <= set(got)
         assert set(published["line_items"][0]) <= set(got["line_items"][0])
         assert set(published["shipping_lines"][0]) <= set(got["shipping_lines"][0])
@@ -88,12 +83,12 @@ def test_order_fulfilment_order_and_fulfilment_have_the_published_shapes(fixture
         assert got["total_price"] == str(Decimal(got["subtotal_price"]) + Decimal("3.95"))
 
         fos = client.get(f"{API}/orders/{order['id']}/fulfillment_orders.json").json()["fulfillment_orders"]
-        published_fo = fixture_json(fixtures_dir, "fulfillment_orders_GET.json")["fulfillment_orders"][0]
+        published_fo = payloads.json("fulfillment_orders")["fulfillment_orders"][0]
         assert set(published_fo) <= set(fos[0])
         assert set(published_fo["line_items"][0]) <= set(fos[0]["line_items"][0])
         assert fos[0]["status"] == "open" and [li["fulfillable_quantity"] for li in fos[0]["line_items"]] == [2, 1]
 
-        request = fixture_json(fixtures_dir, "fulfillment_POST_partial_ups_request.json")
+        request = payloads.json("fulfillment_partial_ups_request")
         request["fulfillment"]["line_items_by_fulfillment_order"] = [{
             "fulfillment_order_id": fos[0]["id"],
             "fulfillment_order_line_items": [{"id": fos[0]["line_items"][0]["id"], "quantity": 1}],
@@ -101,9 +96,9 @@ def test_order_fulfilment_order_and_fulfilment_have_the_published_shapes(fixture
         created = client.post(f"{API}/fulfillments.json", json=request)
         assert created.status_code == 201
         fulfillment = created.json()["fulfillment"]
-        published_f = fixture_json(fixtures_dir, "fulfillment_POST_partial_ups_response.json")["fulfillment"]
+        published_f = payloads.json("fulfillment_partial_ups_response")["fulfillment"]
         assert set(published_f) <= set(fulfillment)
-        assert (fulfillment["tracking_company"], fulfillment["tracking_number"]) == ("UPS", "1Z001985YW99744790")
+        assert (fulfillment["tracking_company"], fulfillment["tracking_number"]) == ("UPS", payloads["ups_number"])
         assert fulfillment["tracking_url"].startswith("https://www.ups.com/")
         assert [(li["id"], li["quantity"]) for li in fulfillment["line_items"]] == [(order["line_items"][0]["id"], 1)]
 
@@ -229,7 +224,7 @@ def test_duplicate_delivery_keeps_the_webhook_id():
     assert received[0]["raw"] == received[1]["raw"]
 
 
-def test_refund_kinds_have_shopifys_payload_details(fixtures_dir):
+def test_refund_kinds_have_shopifys_payload_details(payloads):
     with served_shopify() as (sandbox, client):
         order = place(sandbox, quantities=(2, 1))
         lines = order["line_items"]
@@ -243,7 +238,7 @@ def test_refund_kinds_have_shopifys_payload_details(fixtures_dir):
         assert returned["restock"] is True and returned["refund_line_items"][0]["location_id"] == sandbox.location_id
 
         shipping = sandbox.refund_order(order["id"], shipping_full=True)
-        published = fixture_json(fixtures_dir, "refund_POST_shipping_only_response.json")["refund"]
+        published = payloads.json("refund_shipping_only_response")["refund"]
         assert set(published) <= set(shipping)
         assert shipping["refund_line_items"] == []
         assert [a["kind"] for a in shipping["order_adjustments"]] == ["shipping_refund"]

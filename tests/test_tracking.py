@@ -6,7 +6,6 @@ FedEx sample waybills, DPD's label-barcode examples from its parcel label specif
 Each invalid example is a published one with one character changed.
 """
 
-import json
 
 import pytest
 
@@ -69,15 +68,15 @@ def test_altered_examples_are_invalid_with_a_reason(carrier, number, why):
     assert why in verdict.reason
 
 
-def test_shopify_fixture_tracking_numbers(fixtures_dir):
-    partial = json.loads((fixtures_dir / "shopify/shopify-api-ruby_rest_2025-07/fulfillment_POST_partial_ups_request.json").read_text())
+def test_shopify_fixture_tracking_numbers(payloads):
+    partial = payloads.json("fulfillment_partial_ups_request")
     info = partial["fulfillment"]["tracking_info"]
     assert BUILTIN.check(info["company"], info["number"]).status == "ok"
-    # Shopify's own createV2 sample sends the number as a JSON number for a made-up company
-    sample = json.loads((fixtures_dir / "shopify/Shopify-api-node/fulfillment_createV2_request.json").read_text())
+    # the createV2 shape sends the number as a JSON number, here for a company we have no rule for
+    sample = payloads.json("fulfillment_create_v2_request")
     info = sample["fulfillment"]["tracking_info"]
     verdict = BUILTIN.check(info["company"], info["number"])
-    assert (verdict.status, verdict.number) == ("unchecked", "1562678")
+    assert (verdict.status, verdict.number) == ("unchecked", payloads["v2_number"])
 
 
 @pytest.mark.parametrize(
