@@ -22,6 +22,7 @@ from clarus_pipelines.resources import LandingZoneResource, PoliciesResource, St
 from clarus_pipelines.sandbox.serving import serve_in_thread
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
 from clarus_pipelines.state import StateStore
+from payloads import OURS
 
 SECRETS = WebhookSecrets(shopify="contract-shopify", clarus_token="contract-clarus", netsuite="contract-netsuite")
 POLICIES = load_policies(SANDBOX_POLICIES)
@@ -227,7 +228,7 @@ def test_seeded_fuzz_never_5xx_and_every_acknowledged_landing_is_ingested(tmp_pa
 # ---------------------------------------------------------------------------- topic and body agree
 
 
-def test_a_shopify_cancellation_is_what_the_body_says_not_the_topic_alone(tmp_path, fixtures_dir):
+def test_a_shopify_cancellation_is_what_the_body_says_not_the_topic_alone(tmp_path):
     """Shopify signs the body, not the topic header: `orders/cancelled` without `cancelled_at`
     is not a cancellation (it is handled as an update), and one with it is."""
     import polars as pl
@@ -235,7 +236,7 @@ def test_a_shopify_cancellation_is_what_the_body_says_not_the_topic_alone(tmp_pa
     from clarus_pipelines.domain.order_flow import order_states, plan_intake
     from clarus_pipelines.domain.orders import parse_orders
 
-    order = json.loads((fixtures_dir / "shopify" / "shopify_python_api" / "order.json").read_text())["order"]
+    order = OURS.order("order_python_api")
     claimed = {**order, "id": 7001, "cancelled_at": None}
     real = {**order, "id": 7002, "cancelled_at": "2026-01-01T11:00:00Z"}
     landed = pl.DataFrame({

@@ -109,12 +109,12 @@ def test_our_own_fulfilment_is_recognised(world):
     assert world.exception("FULFILLED_OUTSIDE_WMS", order["order_id"]) is None
 
 
-def test_fulfilment_facts_read_the_rest_shape(fixtures_dir):
-    import json
-
-    body = json.loads((fixtures_dir / "shopify" / "shopify-api-ruby_rest_2025-07" / "fulfillment_GET.json").read_text())
+def test_fulfilment_facts_read_the_rest_shape(payloads):
+    body = payloads.json("fulfillment_partial_ups_response")
     facts = outside.fulfilment_facts(body)
-    assert (facts["fulfilment_id"], facts["order_id"]) == ("255858046", "450789469")
+    assert facts["order_id"] == payloads["order_id"]
+    assert facts["fulfilment_id"] == str(body["fulfillment"]["id"]) and facts["fulfilment_id"].isdigit()
+    assert facts["tracking_number"] == payloads["ups_number"]
     assert facts["created_at"] is not None
     assert outside.fulfilment_facts({"id": 1, "order_id": 2, "tracking_numbers": ["1z 827 wk7"]})["tracking_number"] == "1Z827WK7"
     assert outside.fulfilment_facts({"note": "no id"}) is None

@@ -19,6 +19,7 @@ import pytest
 
 from clarus_pipelines.receiver import auth
 from clarus_pipelines.receiver.landing import LandingZone
+from payloads import OURS
 
 SECRET = "limits-test-shopify-secret-0123456789"
 TOKEN = "limits-test-clarus-token-0123456789ab"
@@ -92,7 +93,7 @@ def answer_of(sock: socket.socket) -> bytes | None:
     return b"".join(chunks)
 
 
-def test_idle_slow_and_unauthenticated_connections_are_bounded(receiver, fixtures_dir):
+def test_idle_slow_and_unauthenticated_connections_are_bounded(receiver):
     proc, port, url, landing_dir = receiver
     baseline_rss = rss_mb(proc.pid)
     baseline_sockets = open_sockets(proc.pid)
@@ -133,7 +134,7 @@ def test_idle_slow_and_unauthenticated_connections_are_bounded(receiver, fixture
     assert open_sockets(proc.pid) <= baseline_sockets + 2
     assert rss_mb(proc.pid) - baseline_rss < 60  # 20 x 1 MB bodies announced, never buffered whole
 
-    order = json.loads((fixtures_dir / "shopify" / "shopify_python_api" / "order.json").read_text())["order"]
+    order = OURS.order("order_python_api")
     body = json.dumps(order).encode()
     response = httpx.post(f"{url}/webhooks/shopify", content=body,
                           headers=auth.shopify_headers(body, SECRET, topic="orders/create", webhook_id="after"))

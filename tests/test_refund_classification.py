@@ -503,17 +503,19 @@ def test_deciding_rule_cannot_override_an_explicit_restock_type():
     assert classify_refund(cancel, rules=[back]).kind == RefundKind.UNCLASSIFIED
 
 
-def test_request_shape_without_line_items_keeps_the_goods(fixtures_dir):
+def test_request_shape_without_line_items_keeps_the_goods(payloads):
     """The REST request shape names no line item: the SKU is looked up later, not a person's job."""
-    refund, order = _only(fixtures_dir, "shopify-api-ruby_rest_2025-07/refund_POST_request.json")
+    refund, order = _only(payloads, "refund_return_request")
     result = classify_refund(refund, order=order)
     assert result.action(RAISE_RETURN_NEEDS_REVIEW) is None
 
 
-def test_real_return_payload_is_not_overridden_by_a_deciding_goodwill_rule(fixtures_dir):
-    """Shopify's published refund request (restock_type "return", note "wrong size")."""
-    refund, order = _only(fixtures_dir, "shopify-api-ruby_rest_2025-07/refund_POST_request.json")
-    rule = RefundRule(on="note", pattern="wrong size", kind="GOODWILL", decides=True)
+def test_real_return_payload_is_not_overridden_by_a_deciding_goodwill_rule(payloads):
+    """A refund request as Shopify sends it (restock_type "return" on one line, a note saying why)."""
+    refund, order = _only(payloads, "refund_return_request")
+    rule = RefundRule(on="note", pattern=refund["note"], kind="GOODWILL", decides=True)
     result = classify_refund(refund, order=order, rules=[rule])
     assert result.kind == RefundKind.UNCLASSIFIED and NETSUITE_CREDIT_MEMO not in _codes(result)
-    assert any("line 518995019 as 'return'" in r for r in result.reasons)
+    returned_line = refund["refund_line_items"][0]["line_item_id"]
+    assert returned_line == int(payloads["line_ids"][1])  # the order's second line goes back
+    assert any(f"line {returned_line} as 'return'" in r for r in result.reasons)
