@@ -25,7 +25,7 @@ import dagster as dg
 import polars as pl
 
 from clarus_pipelines.connectors.clarus import ClarusRejected, ClarusResource
-from clarus_pipelines.connectors.http import ConnectorError
+from clarus_pipelines.domain.ports import ConnectorError
 from clarus_pipelines.connectors.netsuite import NetSuiteResource
 from clarus_pipelines.connectors.shopify import ShopifyResource
 from clarus_pipelines.domain.barcodes import gtin_problem, gtin_valid_expr
@@ -33,7 +33,7 @@ from clarus_pipelines.domain.order_flow import frame
 from clarus_pipelines.domain.skus import clean_sku_expr, leading_zero_matches
 from clarus_pipelines.exception_queue import Finding, clear_exception, raise_exception, sync_exceptions, utcnow
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource
-from clarus_pipelines.settings import Policies
+from clarus_pipelines.policies import Policies
 from clarus_pipelines.state import StateStore
 
 log = logging.getLogger(__name__)

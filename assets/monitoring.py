@@ -28,7 +28,7 @@ from pydantic import Field
 
 from clarus_pipelines.alerts import CONNECTOR_CODE, AlertSender, dispatch_alerts
 from clarus_pipelines.connectors.clarus import ClarusResource
-from clarus_pipelines.connectors.http import ConnectorError
+from clarus_pipelines.domain.ports import ConnectorError
 from clarus_pipelines.domain import health, orphans, reconciliation
 from clarus_pipelines.exception_queue import sync_exceptions, utcnow
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource

@@ -27,7 +27,7 @@ import dagster as dg
 import polars as pl
 
 from clarus_pipelines.connectors.clarus import ClarusRejected, ClarusResource
-from clarus_pipelines.connectors.http import ConnectorError
+from clarus_pipelines.domain.ports import ConnectorError
 from clarus_pipelines.connectors.netsuite import NetSuiteResource
 from clarus_pipelines.domain import order_flow as flow
 from clarus_pipelines.domain.goods_out import body_dicts, build_goods_outs
@@ -35,9 +35,9 @@ from clarus_pipelines.domain.netsuite_orders import build_sales_orders, sales_or
 from clarus_pipelines.domain.order_flow import OrderStatus
 from clarus_pipelines.domain.orders import OrderVerdicts, parse_orders, validate_orders
 from clarus_pipelines.exception_queue import clear_exception, raise_exception, utcnow
-from clarus_pipelines.receiver.events import advance_consumer, new_events
+from clarus_pipelines.state.event_log import advance_consumer, new_events
 from clarus_pipelines.resources import NetSuiteCustomerConfig, PoliciesResource, StateStoreResource
-from clarus_pipelines.settings import Policies
+from clarus_pipelines.policies import Policies
 from clarus_pipelines.state import StateStore
 
 log = logging.getLogger(__name__)

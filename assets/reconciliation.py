@@ -15,7 +15,8 @@ import dagster as dg
 from clarus_pipelines.connectors.clarus import ClarusResource
 from clarus_pipelines.connectors.shopify import ShopifyResource
 from clarus_pipelines.exception_queue import utcnow
-from clarus_pipelines.receiver.events import entity_versions, load_landings, record_reconciliation, unprocessed_landings
+from clarus_pipelines.receiver.events import load_landings, unprocessed_landings
+from clarus_pipelines.state.event_log import entity_versions, record_reconciliation
 from clarus_pipelines.receiver.landing import LandingZone
 from clarus_pipelines.receiver.reconcile import Missed, land_missed, merge_known, plan_clarus, plan_shopify
 from clarus_pipelines.resources import LandingZoneResource, StateStoreResource

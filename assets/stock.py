@@ -47,7 +47,8 @@ from clarus_pipelines.domain.order_flow import PRE_WMS
 from clarus_pipelines.domain.skus import clean_sku
 from clarus_pipelines.exception_queue import Finding, sync_exceptions, utcnow
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource
-from clarus_pipelines.settings import ConfigError, Policies, StockPolicy, get_policies
+from clarus_pipelines.settings import ConfigError, get_policies
+from clarus_pipelines.policies import Policies, StockPolicy
 
 GROUP = "stock"
 

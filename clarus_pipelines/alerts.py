@@ -61,11 +61,13 @@ import duckdb
 import httpx
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential_jitter
 
+from clarus_pipelines.state.alert_history import prune_alert_history
 from clarus_pipelines import catalogue
 from clarus_pipelines.connectors.http import RETRYABLE_STATUS, RetryAfterWait, RetryableStatus, RetryPolicy
 from clarus_pipelines.exception_queue import Finding, sync_exceptions, utcnow
 from clarus_pipelines.logs import mask_pii
-from clarus_pipelines.settings import Policies, Settings
+from clarus_pipelines.settings import Settings
+from clarus_pipelines.policies import Policies
 from clarus_pipelines.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -338,21 +340,6 @@ def plan_alerts(con: duckdb.DuckDBPyConnection, policies: Policies, channels: Se
             deliveries,
         )
     return due
-
-
-def prune(con: duckdb.DuckDBPyConnection, now: datetime, keep: timedelta = RETENTION) -> None:
-    """Forget alert history older than `keep`, except what dedupes a still-open exception."""
-    cutoff = now - keep
-    con.execute("DELETE FROM alert_messages WHERE finished_at < ?", [cutoff])
-    con.execute("DELETE FROM alert_deliveries WHERE status IN ('sent', 'dropped') AND updated_at < ?", [cutoff])
-    con.execute(
-        "DELETE FROM alerts a WHERE a.due_at < ?"
-        " AND NOT EXISTS (SELECT 1 FROM alert_deliveries d WHERE d.code = a.code AND d.entity_id = a.entity_id"
-        "   AND d.reason = a.reason AND d.episode_started_at = a.episode_started_at)"
-        " AND NOT EXISTS (SELECT 1 FROM exceptions e WHERE e.code = a.code AND e.entity_id = a.entity_id"
-        "   AND e.status <> 'resolved')",
-        [cutoff],
-    )
 
 
 # ------------------------------------------------------------------------------- batches
@@ -808,7 +795,7 @@ def dispatch_alerts(
     channels = owner_channels(policies)
     report = DispatchReport()
     with store.write() as con:
-        prune(con, now, keep=timedelta(days=policies.retention.alerts_days))
+        prune_alert_history(con, now, keep=timedelta(days=policies.retention.alerts_days))
         created = plan_alerts(con, policies, channels, now)
         report.created.update(ESCALATION if is_escalation(a.reason) else a.reason for a in created)
         report.dropped = drop_stale(con, channels, now)
@@ -868,23 +855,6 @@ def alert_history(con: duckdb.DuckDBPyConnection, since: datetime) -> list[dict[
         " JOIN alert_deliveries d USING (code, entity_id, reason, episode_started_at)"
         " WHERE a.due_at >= ? ORDER BY a.due_at DESC, a.code, a.entity_id, d.channel",
         [since],
-    )
-
-
-def channel_status(con: duckdb.DuckDBPyConnection, since: datetime) -> list[dict[str, Any]]:
-    """Per alert channel: last message sent, messages sent and failed since a time, waiting alerts."""
-    return _rows(
-        con,
-        "WITH m AS (SELECT channel, max(finished_at) FILTER (WHERE status = 'sent') AS last_sent,"
-        "   max(finished_at) FILTER (WHERE status = 'failed') AS last_failed,"
-        "   count(*) FILTER (WHERE status = 'sent' AND finished_at >= ?) AS sent,"
-        "   count(*) FILTER (WHERE status = 'failed' AND finished_at >= ?) AS failed,"
-        "   arg_max(error, finished_at) FILTER (WHERE status = 'failed') AS last_error FROM alert_messages GROUP BY channel),"
-        " w AS (SELECT channel, count(*) AS waiting FROM alert_deliveries WHERE status IN ('pending', 'sending') GROUP BY channel)"
-        " SELECT coalesce(m.channel, w.channel) AS channel, m.last_sent, m.last_failed, coalesce(m.sent, 0) AS sent,"
-        " coalesce(m.failed, 0) AS failed, m.last_error, coalesce(w.waiting, 0) AS waiting"
-        " FROM m FULL OUTER JOIN w USING (channel) ORDER BY channel",
-        [since, since],
     )
 
 

@@ -8,11 +8,13 @@ runbook`), and a test fails when the two differ.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from clarus_pipelines.policies import Owner, Severity
 
-Owner = Literal["ops", "finance", "cx", "merchandising", "integration"]
-Severity = Literal["low", "medium", "high", "critical"]
 SEVERITY_RANK: dict[str, int] = {"low": 1, "medium": 2, "high": 3, "critical": 4}
+
+# The systems we connect, as webhook sources and as exception entities.
+SOURCES = ("shopify", "clarus", "netsuite")
+SOURCE_NAMES = {"shopify": "Shopify", "clarus": "Clarus", "netsuite": "NetSuite"}  # as people write them
 
 
 @dataclass(frozen=True)

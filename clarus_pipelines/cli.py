@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Serve the webhook receiver: verify, store durably, acknowledge.",
     ),
     "replay": (
-        "clarus_pipelines.receiver.replay",
+        "clarus_pipelines.commands.replay",
         "Re-submit landed or quarantined webhooks through the receiver path (idempotent).",
     ),
     "check-config": (
@@ -38,15 +38,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Write (or --check) docs/runbook.md from the exception catalogue.",
     ),
     "explain-order": (
-        "clarus_pipelines.domain.explain",
+        "clarus_pipelines.commands.explain_order",
         "Print as JSON what the pipeline would do with a Shopify order now (ready/held, reasons, goods out).",
     ),
     "explain-refund": (
-        "clarus_pipelines.domain.refunds_explain",
+        "clarus_pipelines.commands.explain_refund",
         "Print as JSON how a Shopify refund is classified (return, cancellation, goodwill...), why, and what follows.",
     ),
     "audit": (
-        "clarus_pipelines.audit.cli",
+        "clarus_pipelines.commands.audit",
         "Audit the connected systems and our state for gaps (item master, ship methods, stock, webhooks, orders, "
         "refunds, configuration); exit 1 when there are go-live blockers.",
     ),
@@ -56,11 +56,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     # --- intake that never stalls (issue 12) ---
     "ingest": (
-        "clarus_pipelines.receiver.intake_cli",
+        "clarus_pipelines.commands.ingest",
         "Take what is in the landing zone into the state store (the ingest run's code); exit 0 when nothing is stalled.",
     ),
     "intake-status": (
-        "clarus_pipelines.receiver.intake_status_cli",
+        "clarus_pipelines.commands.intake_status",
         "Print per source as JSON: acknowledged, ingested, set aside with reasons, oldest unread landing, stalled.",
     ),
 }

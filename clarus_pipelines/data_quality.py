@@ -33,7 +33,8 @@ from typing import Any
 import duckdb
 
 from clarus_pipelines.logs import mask_pii
-from clarus_pipelines.settings import REPO_ROOT, Policies
+from clarus_pipelines.settings import REPO_ROOT
+from clarus_pipelines.policies import Policies
 
 log = logging.getLogger(__name__)
 

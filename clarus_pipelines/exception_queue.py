@@ -17,7 +17,7 @@ from typing import Any
 import duckdb
 
 from clarus_pipelines import catalogue
-from clarus_pipelines.settings import Policies
+from clarus_pipelines.policies import Policies
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from clarus_pipelines.settings import Policies, policies_at
+from clarus_pipelines.settings import policies_at
+from clarus_pipelines.policies import Policies
 from clarus_pipelines.state import StateStore
 
 

@@ -230,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
     path: Path = args.output
     if args.check:
         diff = differences(path)
-        print(json.dumps({"path": str(path), "up_to_date": not diff}))
+        print(json.dumps({"ok": not diff, "path": str(path), "up_to_date": not diff}))
         if not diff:
             return 0
         shown = diff[:80]
@@ -242,5 +242,5 @@ def run(args: argparse.Namespace) -> int:
         )
         return 1
     changed = write_runbook(path)
-    print(json.dumps({"path": str(path), "changed": changed, "exception_types": len(CATALOGUE)}))
+    print(json.dumps({"ok": True, "path": str(path), "changed": changed, "exception_types": len(CATALOGUE)}))
     return 0

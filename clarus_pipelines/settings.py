@@ -8,24 +8,19 @@ exception owners). `load_policies` validates the file and names the offending ke
 
 from __future__ import annotations
 
-import re
-from datetime import datetime, time, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from clarus_pipelines.domain.refunds import RefundRules  # the refund rules live with the classifier
+from clarus_pipelines.catalogue import CATALOGUE
+from clarus_pipelines.policies import Policies
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SANDBOX_POLICIES = REPO_ROOT / "config" / "sandbox.yaml"
 
-Owner = Literal["ops", "finance", "cx", "merchandising", "integration"]
-Severity = Literal["low", "medium", "high", "critical"]
 
 
 class Settings(BaseSettings):
@@ -77,202 +72,6 @@ class Settings(BaseSettings):
 # ---------------------------------------------------------------------------- policies
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TenantPolicy(_Strict):
-    """Identifies our Clarus tenant; webhook identity headers must match these."""
-
-    clarus_domain: str
-    clarus_api_domain: str
-    clarus_subdomain: str
-    clarus_automation_ids: list[str] = Field(min_length=1)
-    clarus_integration_id: str
-    account_id: int = Field(gt=0)
-    warehouse_id: int = Field(gt=0)
-    goods_out_type: str = "SALES_ORDER"
-    shopify_location_ids: list[int] = Field(default_factory=list)
-    netsuite_customer_id: str = Field(
-        min_length=1, description="Internal id of the NetSuite customer record web orders (and their credits) are booked to.")
-    timezone: str = Field(default="UTC", description="IANA zone of the warehouse: the dispatch cut-off is read in it.")
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Europe/London)") from exc
-        return value
-
-    @property
-    def tzinfo(self) -> ZoneInfo:
-        return ZoneInfo(self.timezone)
-
-
-class SkuCleaning(_Strict):
-    """Applied identically everywhere a SKU is compared. SKUs stay strings."""
-
-    trim: bool = True
-    case: Literal["preserve", "upper", "lower"] = "upper"
-    remove_pattern: str = r"[^A-Za-z0-9._/\-]"
-
-    @field_validator("remove_pattern")
-    @classmethod
-    def _compiles(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"not a valid regular expression: {exc}") from exc
-        return value
-
-
-class ShipMethodRule(_Strict):
-    """A Shopify shipping line (by code and/or title) -> Clarus carrier and service."""
-
-    code: str | None = None
-    title: str | None = None
-    carrier: str
-    service: str
-
-    @model_validator(mode="after")
-    def _needs_a_key(self) -> "ShipMethodRule":
-        if not (self.code or self.title):
-            raise ValueError("a ship-method rule needs a 'code' or a 'title' to match on")
-        return self
-
-
-class StockPolicy(_Strict):
-    default_buffer: int = Field(default=0, ge=0)
-    buffers: dict[str, int] = Field(default_factory=dict)
-    mismatch_tolerance: int = Field(default=0, ge=0)
-    snapshot_freshness_minutes: int = Field(default=120, gt=0)
-    snapshot_retention_days: int = Field(default=35, gt=0)  # hourly history kept (the newest balances always stay)
-    go_live: datetime = Field(
-        default=datetime(2026, 1, 1),
-        description="UTC hour the integration went live: the first hourly stock partition (no history before it).")
-
-    @field_validator("go_live")
-    @classmethod
-    def _whole_utc_hour(cls, value: datetime) -> datetime:
-        if value.tzinfo is not None:
-            value = value.astimezone(timezone.utc).replace(tzinfo=None)
-        return value.replace(minute=0, second=0, microsecond=0)
-
-    @field_validator("buffers")
-    @classmethod
-    def _non_negative(cls, value: dict[str, int]) -> dict[str, int]:
-        bad = [sku for sku, qty in value.items() if qty < 0]
-        if bad:
-            raise ValueError(f"buffers must be >= 0; negative for {bad}")
-        return value
-
-
-class Timings(_Strict):
-    """Hold, SLA and retention timings (minutes unless named otherwise)."""
-
-    recheck_held_minutes: int = Field(default=15, gt=0)
-    held_alert_minutes: int = Field(default=240, gt=0)
-    ack_timeout_minutes: int = Field(default=15, gt=0)
-    dispatch_cutoff: time = time(15, 0)
-    erp_wait_alert_minutes: int = Field(default=60, gt=0)
-    tracking_post_alert_minutes: int = Field(default=60, gt=0)
-    orphan_after_minutes: int = Field(default=120, gt=0)
-    return_receipt_days: int = Field(default=14, gt=0)
-    landing_retention_days: int = Field(default=90, gt=0)
-
-
-class RetentionPolicy(_Strict):
-    """How many days each class of record is kept before the daily retention job prunes it.
-
-    Only finished records go: an order still moving (not cancelled and not completed in
-    Clarus), an order or shipment with an open exception, an exception not resolved, and
-    the alerts of an open exception stay whatever their age. Landed webhook payloads follow
-    `timings.landing_retention_days`, hourly stock history `stock.snapshot_retention_days`.
-    """
-
-    orders_days: int = Field(default=400, gt=0)       # finished orders, their lines, holds and bindings
-    order_events_days: int = Field(default=400, gt=0)  # the orders' history (journey)
-    shipments_days: int = Field(default=400, gt=0)     # shipments confirmed in Shopify, and fulfilments judged
-    exceptions_days: int = Field(default=180, gt=0)    # resolved exceptions and their events
-    alerts_days: int = Field(default=90, gt=0)         # alert history and deliveries
-    health_days: int = Field(default=30, gt=0)         # health snapshots behind the dashboard's charts
-
-
-class OutsideFulfilmentPolicy(_Strict):
-    """What follows a Shopify fulfilment the warehouse did not make (FULFILLED_OUTSIDE_WMS).
-
-    `hold`: nothing is written to Clarus; ops decide (the exception names the open goods
-    out). `cancel`: the order's Clarus goods out is cancelled while Clarus still allows it.
-    `grace_minutes`: how long a new fulfilment may wait for the dispatch flow to record it
-    as ours before it is judged.
-    """
-
-    action: Literal["hold", "cancel"] = "hold"
-    grace_minutes: int = Field(default=10, gt=0)
-
-
-class AlertChannel(_Strict):
-    kind: Literal["slack", "email", "webhook", "log"]
-    target: str = ""  # webhook URL or email address; "log" needs none
-
-
-class EscalationPolicy(_Strict):
-    """Who hears about an owner's exception once it is past its SLA and still not acknowledged
-    (the role's escalation contact), and how often they are reminded until someone acknowledges."""
-
-    channels: list[AlertChannel] = Field(min_length=1)
-    renotify_minutes: int = Field(default=60, ge=0)  # 0: escalate once, no reminders
-
-
-class OwnerPolicy(_Strict):
-    channels: list[AlertChannel] = Field(default_factory=list)
-    digest_minutes: int = Field(default=0, ge=0)
-    escalation: EscalationPolicy | None = None
-
-
-class ExceptionOverride(_Strict):
-    owner: Owner | None = None
-    severity: Severity | None = None
-    sla_minutes: int | None = Field(default=None, gt=0)
-
-
-class Policies(_Strict):
-    tenant: TenantPolicy
-    refund_rules: RefundRules = RefundRules()
-    sku_cleaning: SkuCleaning = SkuCleaning()
-    ship_methods: list[ShipMethodRule] = Field(default_factory=list)
-    stock: StockPolicy = StockPolicy()
-    timings: Timings = Timings()
-    owners: dict[Owner, OwnerPolicy] = Field(default_factory=dict)
-    exception_overrides: dict[str, ExceptionOverride] = Field(default_factory=dict)
-    order_edit_policy: Literal["amend_lines", "cancel_and_recreate", "manual_review"] = "amend_lines"
-    tracking_patterns: dict[str, str] = Field(default_factory=dict)
-    outside_fulfilment: OutsideFulfilmentPolicy = OutsideFulfilmentPolicy()
-    retention: RetentionPolicy = RetentionPolicy()
-
-    @field_validator("exception_overrides")
-    @classmethod
-    def _known_codes(cls, value: dict[str, ExceptionOverride]) -> dict[str, ExceptionOverride]:
-        from clarus_pipelines.catalogue import CATALOGUE
-
-        unknown = sorted(set(value) - set(CATALOGUE))
-        if unknown:
-            raise ValueError(f"unknown exception code(s) {unknown}")
-        return value
-
-    @field_validator("tracking_patterns")
-    @classmethod
-    def _patterns_compile(cls, value: dict[str, str]) -> dict[str, str]:
-        for carrier, pattern in value.items():
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"pattern for {carrier!r} is not a valid regular expression: {exc}") from exc
-        return value
-
-
 class ConfigError(ValueError):
     """A configuration problem, with the offending key and why."""
 
@@ -303,16 +102,25 @@ def load_policies(path: Path | str) -> Policies:
         raise ConfigError(f"{where}: not valid YAML: {problem}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
+    problems: list[tuple[tuple, str]] = []
+    policies = None
     try:
-        return Policies.model_validate(raw)
+        policies = Policies.model_validate(raw)
     except ValidationError as exc:
+        problems = [(tuple(err["loc"]), err["msg"]) for err in exc.errors()]
+    overrides = raw.get("exception_overrides")
+    unknown = sorted(set(overrides) - set(CATALOGUE)) if isinstance(overrides, dict) else []
+    if unknown:
+        problems.append((("exception_overrides",), f"unknown exception code(s) {unknown}"))
+    if problems:
         lines = _key_lines(text)
-        problems = []
-        for err in exc.errors():
-            line = _nearest_line(lines, err["loc"])
+        messages = []
+        for loc, message in problems:
+            line = _nearest_line(lines, loc)
             where = f"{path}:{line}" if line else str(path)
-            problems.append(f"{where}: {_format_location(err['loc'])}: {err['msg']}")
-        raise ConfigError("; ".join(problems)) from exc
+            messages.append(f"{where}: {_format_location(loc)}: {message}")
+        raise ConfigError("; ".join(messages))
+    return policies
 
 
 def _key_lines(text: str) -> dict[tuple, int]:

@@ -31,6 +31,7 @@ import pandas as pd
 import streamlit as st
 
 from clarus_pipelines import alerts, data_quality, exception_queue
+from clarus_pipelines.state import alert_history
 from clarus_pipelines.domain import health
 from clarus_pipelines.domain import reconciliation as finance
 from clarus_pipelines.exception_queue import utcnow
@@ -312,8 +313,8 @@ def alert_deliveries(db: str, since: datetime) -> pd.DataFrame:
 
 @_cached
 def alert_channels(db: str, since: datetime) -> pd.DataFrame:
-    """Per alert channel: messages sent and failed since a time, alerts waiting (`alerts.channel_status`)."""
-    rows = _read(db, alerts.channel_status, since)
+    """Per alert channel: messages sent and failed since a time, alerts waiting (`alert_history.channel_status`)."""
+    rows = _read(db, alert_history.channel_status, since)
     return pd.DataFrame(rows, columns=["channel", "last_sent", "last_failed", "sent", "failed", "last_error", "waiting"])
 
 

@@ -38,7 +38,7 @@ from assets.orders import (
 )
 from clarus_pipelines.connectors.clarus import ClarusRejected, ClarusResource
 from clarus_pipelines.connectors.clarus_model import EDITABLE_STATUSES, GoodsOutStatus
-from clarus_pipelines.connectors.http import ConnectorError
+from clarus_pipelines.domain.ports import ConnectorError
 from clarus_pipelines.connectors.netsuite import NetSuiteError, NetSuiteResource
 from clarus_pipelines.connectors.shopify import ShopifyResource
 from clarus_pipelines.domain import order_flow as flow
@@ -56,9 +56,10 @@ from clarus_pipelines.domain.netsuite_orders import sales_order_edits
 from clarus_pipelines.domain.order_flow import OrderStatus
 from clarus_pipelines.domain.orders import HOLD_CODES, parse_orders, validate_orders
 from clarus_pipelines.exception_queue import clear_exception, raise_exception, utcnow
-from clarus_pipelines.receiver.events import new_events
+from clarus_pipelines.state.event_log import new_events
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource
-from clarus_pipelines.settings import Policies, get_policies
+from clarus_pipelines.settings import get_policies
+from clarus_pipelines.policies import Policies
 from clarus_pipelines.state import StateStore
 
 log = logging.getLogger(__name__)

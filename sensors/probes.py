@@ -13,7 +13,7 @@ import time
 import dagster as dg
 
 from clarus_pipelines.connectors.clarus import ClarusResource
-from clarus_pipelines.connectors.http import ConnectorError
+from clarus_pipelines.domain.ports import ConnectorError
 from clarus_pipelines.connectors.netsuite import NetSuiteResource
 from clarus_pipelines.connectors.shopify import ShopifyResource
 from clarus_pipelines.domain import health

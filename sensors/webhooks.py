@@ -20,7 +20,8 @@ import dagster as dg
 from assets.ingest import STALL_LOOKBACK, ingest_landings_job, webhook_rejections_job
 from clarus_pipelines.exception_queue import utcnow
 from clarus_pipelines.receiver.events import REJECTION_WINDOW, STALL_AFTER, unprocessed_landings
-from clarus_pipelines.receiver.landing import SOURCE_NAMES, SOURCES, LandingRef, LandingZone
+from clarus_pipelines.catalogue import SOURCE_NAMES, SOURCES
+from clarus_pipelines.receiver.landing import LandingRef, LandingZone
 from clarus_pipelines.resources import LandingZoneResource, StateStoreResource
 
 BATCH_SIZE = int(os.environ.get("CLARUS_PIPELINES_INGEST_BATCH_SIZE", "500"))

@@ -28,7 +28,8 @@ from clarus_pipelines.alerts import AlertSender, SmtpConfig, claim_batches, disp
 from clarus_pipelines.connectors.http import RetryPolicy
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 from clarus_pipelines.sandbox.serving import serve_in_thread
-from clarus_pipelines.settings import SANDBOX_POLICIES, Policies, load_policies
+from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
+from clarus_pipelines.policies import Policies
 from clarus_pipelines.state import StateStore
 
 T0 = datetime(2026, 3, 2, 10, 5)

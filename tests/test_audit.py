@@ -33,7 +33,8 @@ from clarus_pipelines.receiver.events import load_landings, store_events
 from clarus_pipelines.receiver.landing import Envelope, LandingZone
 from clarus_pipelines.sandbox.server import SandboxSecrets, start_sandbox
 from clarus_pipelines.sandbox.traffic import TrafficGenerator, TrafficProfile
-from clarus_pipelines.settings import SANDBOX_POLICIES, AlertChannel, OwnerPolicy, load_policies
+from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
+from clarus_pipelines.policies import AlertChannel, OwnerPolicy
 from clarus_pipelines.state import StateStore
 
 POLICIES = load_policies(SANDBOX_POLICIES)

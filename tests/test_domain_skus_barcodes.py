@@ -18,7 +18,7 @@ from clarus_pipelines.domain.skus import (
     zero_stripped_key,
     zero_stripped_key_expr,
 )
-from clarus_pipelines.settings import SkuCleaning
+from clarus_pipelines.policies import SkuCleaning
 
 RULE = SkuCleaning()  # the defaults: trim, upper case, remove what Clarus rejects
 

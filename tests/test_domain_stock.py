@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from clarus_pipelines.domain import stock
-from clarus_pipelines.settings import SkuCleaning
+from clarus_pipelines.policies import SkuCleaning
 
 RULE = SkuCleaning()
 T0 = datetime(2025, 3, 1, 9, 0)

@@ -123,9 +123,11 @@ def test_explains_an_order_read_from_shopify(home, tmp_path, monkeypatch, capsys
         result = json.loads(capsys.readouterr().out)
         assert result["status"] == "held"
         assert {r["code"] for r in result["reasons"]} == {"ORDER_INCOMPLETE", "SKU_UNKNOWN"}
-        # An id Shopify does not know: an error on stderr, nothing on stdout.
+        # An id Shopify does not know: the error on stderr, and the failure shape on stdout.
         assert cli.main(["explain-order", "999999999"]) == 2
-        assert capsys.readouterr().out == ""
+        captured = capsys.readouterr()
+        assert json.loads(captured.out) == {"ok": False, "error": "Shopify has no order 999999999"}
+        assert "explain-order: Shopify has no order 999999999" in captured.err
     finally:
         served.stop()
         shop.close()
@@ -134,4 +136,6 @@ def test_explains_an_order_read_from_shopify(home, tmp_path, monkeypatch, capsys
 def test_missing_file_is_an_error_not_a_traceback(home, capsys):
     assert cli.main(["explain-order", "/no/such/order.json"]) == 2
     captured = capsys.readouterr()
-    assert captured.out == ""
+    failure = json.loads(captured.out)
+    assert failure["ok"] is False and "no such file" in failure["error"]
+    assert "Traceback" not in captured.err and "no such file" in captured.err

@@ -12,7 +12,8 @@ from assets.ingest import landed_events, landings_not_stalled, webhook_rejection
 from clarus_pipelines.exception_queue import open_exceptions, utcnow
 from clarus_pipelines.receiver import auth
 from clarus_pipelines.receiver.app import Intake, WebhookSecrets
-from clarus_pipelines.receiver.events import REJECTION_WINDOW, advance_consumer, ingest_rejections, new_events
+from clarus_pipelines.receiver.events import REJECTION_WINDOW, ingest_rejections
+from clarus_pipelines.state.event_log import advance_consumer, new_events
 from clarus_pipelines.receiver.landing import Envelope, LandingZone, landing_id_at
 from clarus_pipelines.resources import LandingZoneResource, PoliciesResource, StateStoreResource
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies

@@ -369,7 +369,6 @@ def test_store_events_sets_aside_what_arrow_or_duckdb_refuses_and_stores_the_res
 def test_a_batch_that_fails_anyway_is_stored_one_by_one_and_only_the_culprit_set_aside(tmp_path, monkeypatch):
     """Fault injection: DuckDB refuses one landing for a reason no check foresaw. The batch is
     retried landing by landing; the culprit is set aside with DuckDB's first cause."""
-    import duckdb
 
     from clarus_pipelines.receiver import events
 

@@ -33,7 +33,8 @@ from clarus_pipelines.receiver.landing import Envelope, LandingZone
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 from clarus_pipelines.sandbox.faults import FaultConfig, FaultMiddleware
 from clarus_pipelines.sandbox.server import SandboxSecrets, start_sandbox
-from clarus_pipelines.settings import SANDBOX_POLICIES, ShipMethodRule, load_policies
+from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
+from clarus_pipelines.policies import ShipMethodRule
 from clarus_pipelines.state import StateStore
 from sensors.orders import apply_order_changes, recheck_held_orders
 

@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from clarus_pipelines.commands import replay as replay_command
 from clarus_pipelines.receiver import auth, replay
 from clarus_pipelines.receiver.app import Intake, WebhookSecrets
 from clarus_pipelines.receiver.landing import Envelope, LandingZone
@@ -121,19 +122,24 @@ def test_cli_prints_json_and_is_idempotent(tmp_path, order_body, monkeypatch, ca
     zone = LandingZone(tmp_path / "landing")
     landed = deliver_shopify(Intake(zone, SECRETS, TENANT), order_body, "wh-cli")
     parser = argparse.ArgumentParser()
-    replay.add_arguments(parser)
+    replay_command.add_arguments(parser)
+
+    errors: list[str] = []
 
     def run(*argv: str) -> tuple[int, dict]:
-        code = replay.run(parser.parse_args(["--landing-dir", str(zone.root), *argv]))
-        return code, json.loads(capsys.readouterr().out)
+        code = replay_command.run(parser.parse_args(["--landing-dir", str(zone.root), *argv]))
+        captured = capsys.readouterr()
+        errors.append(captured.err)
+        return code, json.loads(captured.out)
 
     code, dry = run("--source", "shopify", "--dry-run")
-    assert code == 0 and dry["counts"] == {"would_replay": 1} and replays(zone) == []
+    assert code == 0 and dry["counts"] == {"would_replay": 1} and replays(zone) == [] and dry["ok"] is True
     code, first = run("--id", landed.landing_id)
     assert code == 0 and first["counts"] == {"landed": 1}
     code, second = run("--id", landed.landing_id)
     assert code == 0 and second["counts"] == {"duplicate": 1}
     code, missing = run("--id", "20000101T000000.000000Z")
-    assert code == 1 and missing["not_found"] == ["20000101T000000.000000Z"]
+    assert code == 1 and missing["not_found"] == ["20000101T000000.000000Z"] and missing["ok"] is False
     code, refused = run()
-    assert code == 2 and "say what to replay" in refused["error"]
+    assert code == 2 and "say what to replay" in refused["error"] and refused["ok"] is False
+    assert "replay: say what to replay" in errors[-1]  # the reason on stderr too

@@ -21,7 +21,8 @@ from clarus_pipelines.sandbox.catalog_data import SHOPIFY_LOCATION_ID, build_cat
 from clarus_pipelines.sandbox.faults import FaultConfig
 from clarus_pipelines.sandbox.serving import serve_in_thread
 from clarus_pipelines.sandbox.shopify import ShopifySandbox
-from clarus_pipelines.settings import SANDBOX_POLICIES, SkuCleaning
+from clarus_pipelines.settings import SANDBOX_POLICIES
+from clarus_pipelines.policies import SkuCleaning
 from clarus_pipelines.state import StateStore
 from sandbox_helpers import clarus_credentials, served_clarus
 

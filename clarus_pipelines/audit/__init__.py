@@ -17,7 +17,8 @@ from clarus_pipelines.audit.render import to_markdown
 from clarus_pipelines.connectors.clarus import ClarusResource
 from clarus_pipelines.connectors.netsuite import NetSuiteResource
 from clarus_pipelines.connectors.shopify import ShopifyResource
-from clarus_pipelines.settings import Policies, Settings
+from clarus_pipelines.settings import Settings
+from clarus_pipelines.policies import Policies
 from clarus_pipelines.state import StateStore
 
 

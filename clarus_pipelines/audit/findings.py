@@ -26,7 +26,7 @@ from clarus_pipelines.catalogue import CATALOGUE, Owner
 from clarus_pipelines.domain.barcodes import gtin_problem, is_valid_gtin
 from clarus_pipelines.domain.skus import clean_sku, zero_stripped_key
 from clarus_pipelines.logs import mask_text
-from clarus_pipelines.settings import Policies
+from clarus_pipelines.policies import Policies
 
 Verdict = Literal["blocker", "warning"]
 EXAMPLES = 5  # examples kept per finding

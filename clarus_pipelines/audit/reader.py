@@ -18,7 +18,8 @@ from clarus_pipelines.connectors.clarus import ClarusResource
 from clarus_pipelines.connectors.netsuite import NetSuiteResource
 from clarus_pipelines.connectors.shopify import ShopifyResource
 from clarus_pipelines.exception_queue import open_exceptions
-from clarus_pipelines.settings import Policies, Settings
+from clarus_pipelines.settings import Settings
+from clarus_pipelines.policies import Policies
 from clarus_pipelines.state import StateStore
 
 log = logging.getLogger(__name__)

@@ -165,3 +165,10 @@ def build_goods_out_body(
 def build_product_body(attributes: Mapping[str, Any]) -> dict:
     """JSON:API body for POST /api/products or PATCH /api/products/{id}."""
     return {"data": {"type": "products", "attributes": dict(attributes)}}
+
+
+def clarus_record(payload: Any) -> Any:
+    """The record a Clarus webhook carries: its `data` member, or the body itself."""
+    if isinstance(payload, dict) and isinstance(payload.get("data"), dict):
+        return payload["data"]
+    return payload

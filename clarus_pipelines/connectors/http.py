@@ -17,6 +17,7 @@ from typing import Any
 import dagster as dg
 import httpx
 from pydantic import PrivateAttr
+from clarus_pipelines.domain.ports import ConnectorError
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -35,22 +36,6 @@ class RetryableStatus(Exception):
     def __init__(self, response: httpx.Response):
         super().__init__(f"{response.request.method} {response.request.url.path} -> {response.status_code}")
         self.response = response
-
-
-class ConnectorError(RuntimeError):
-    """A call failed for good (after retries, or with a non-retryable answer)."""
-
-    def __init__(self, system: str, message: str, status: int | None = None, body: Any = None):
-        super().__init__(f"{system}: {message}")
-        self.system = system
-        self.status = status
-        self.body = body
-
-    @property
-    def refused(self) -> bool:
-        """The system refused this request (a 4xx about the data): a retry will not pass.
-        Authentication, a missing record, a timeout or throttling may pass later."""
-        return self.status is not None and 400 <= self.status < 500 and self.status not in (401, 404, 408, 429)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from pydantic import Field
 
 from clarus_pipelines.connectors.http import ConnectorError, HttpConnector, RetryPolicy, send_with_retries
 from clarus_pipelines.connectors.writes import SINGLE_ATTEMPT, write_once
-from clarus_pipelines.domain.netsuite_orders import sales_order_line_changes, shipping_address_change
+from clarus_pipelines.domain.netsuite_orders import allocate_to_lines, sales_order_line_changes, shipping_address_change
 
 log = logging.getLogger(__name__)
 
@@ -93,28 +93,6 @@ def _sublist(record: Mapping[str, Any], name: str = "item") -> list[dict[str, An
     if isinstance(sub, Mapping):
         return list(sub.get("items") or [])
     return list(sub or []) if isinstance(sub, list) else []
-
-
-def allocate_to_lines(lines: Iterable[Mapping[str, Any]], wanted: Iterable[tuple[str, float]],
-                      room: Mapping[int, float]) -> tuple[dict[int, float], list[tuple[str, float]]]:
-    """Spread (item id, quantity) over the record's lines of that item, each taking at most
-    its `room`: (line number -> quantity, [(item id, quantity left over)])."""
-    lines = list(lines)
-    taken: dict[int, float] = {}
-    short: list[tuple[str, float]] = []
-    for item_id, quantity in wanted:
-        left = float(quantity)
-        for ln in lines:
-            number = int(ln["line"])
-            if str((ln.get("item") or {}).get("id")) != str(item_id) or number not in room:
-                continue
-            take = min(left, room[number] - taken.get(number, 0.0))
-            if take > 0:
-                taken[number] = taken.get(number, 0.0) + take
-                left -= take
-        if left > 1e-9:
-            short.append((str(item_id), left))
-    return taken, short
 
 
 def transform_lines(record: Mapping[str, Any], specs: Iterable[Mapping[str, Any]], *, done_field: str, short: str,

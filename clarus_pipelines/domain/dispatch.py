@@ -41,12 +41,12 @@ from typing import Any, Protocol
 
 import duckdb
 
-from clarus_pipelines.connectors.http import ConnectorError
+from clarus_pipelines.domain.ports import ConnectorError
 from clarus_pipelines.domain.skus import clean_sku
 from clarus_pipelines.domain.tracking import TrackingRules, shopify_tracking_company
 from clarus_pipelines.exception_queue import Finding, utcnow
-from clarus_pipelines.receiver.events import advance_consumer, new_events, record_reconciliation
-from clarus_pipelines.settings import SkuCleaning
+from clarus_pipelines.state.event_log import advance_consumer, new_events, record_reconciliation
+from clarus_pipelines.policies import SkuCleaning
 from clarus_pipelines.state import StateStore
 
 log = logging.getLogger(__name__)

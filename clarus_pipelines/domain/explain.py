@@ -1,33 +1,15 @@
-"""`clarus-pipelines explain-order FILE_OR_ORDER_ID`: what the pipeline would do with an order now.
-
-Prints one JSON object on stdout:
-
-    {"status": "ready" | "held",
-     "reasons": [{"code": ..., "message": ...}, ...],   # every problem, not only the first
-     "goods_out": <the JSON:API body for Clarus> | null}
-
-The order comes from a JSON file (a webhook body or a REST read, wrapped in {"order": ...}
-or not) or, given an order id, from Shopify through the configured connector. Clarus
-product ids and carrier ids come from the state database, exactly as the orders flow
-sees them; the same batch functions as the flow do the work.
-"""
+"""What the orders flow would do with one Shopify order now: ready or held, every reason, and
+the goods out body it would send. The same batch functions as the flow do the work; the
+`explain-order` command (`clarus_pipelines.commands.explain_order`) prints it."""
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
-import sys
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from clarus_pipelines.domain.goods_out import body_dicts, build_goods_outs
 from clarus_pipelines.domain.orders import parse_orders, products_frame, validate_orders
-from clarus_pipelines.logs import mask_pii
-from clarus_pipelines.settings import Policies, Settings, get_settings, load_policies
-
-log = logging.getLogger(__name__)
+from clarus_pipelines.policies import Policies
 
 
 def explain(
@@ -56,64 +38,3 @@ def explain(
         )
         goods_out = bodies.get(order_id)
     return {"status": status, "reasons": verdicts.reasons_for(order_id), "goods_out": goods_out}
-
-
-def _state_tables(settings: Settings):
-    from clarus_pipelines.domain.order_flow import carriers_table, products_table
-    from clarus_pipelines.state import StateStore
-
-    store = StateStore(settings.state_db_path)
-    with store.read() as con:
-        return products_table(con), carriers_table(con)
-
-
-def _load_order(source: str, settings: Settings) -> dict[str, Any]:
-    path = Path(source)
-    if path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
-    if not source.strip().isdigit():
-        raise FileNotFoundError(f"{source}: no such file, and not a Shopify order id")
-    from clarus_pipelines.connectors.shopify import ShopifyResource
-
-    if settings.shopify_access_token is None:
-        raise LookupError("SHOPIFY_ACCESS_TOKEN is not set: cannot read the order from Shopify")
-    shopify = ShopifyResource(
-        base_url=settings.shopify_base_url, api_version=settings.shopify_api_version,
-        access_token=settings.shopify_access_token.get_secret_value(),
-    )
-    try:
-        order = shopify.get_order(source.strip())
-    finally:
-        shopify.close()
-    if order is None:
-        raise LookupError(f"Shopify has no order {source}")
-    return order
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("order", metavar="FILE_OR_ORDER_ID", help="a Shopify order JSON file, or a Shopify order id")
-    parser.add_argument(
-        "--at", metavar="ISO_DATETIME", default=None,
-        help="explain as of this time (sets the expected dispatch date); default now",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    settings = get_settings()
-    try:
-        policies = load_policies(settings.policies_file)
-        order = _load_order(args.order, settings)
-        products, carriers = _state_tables(settings)
-        now = datetime.fromisoformat(args.at) if args.at else datetime.now(timezone.utc)
-    except Exception as exc:  # a CLI answers with a message, not a traceback
-        log.error("explain-order: %s", exc)
-        return 2
-    if not isinstance(order, dict):
-        log.error("explain-order: %s does not hold a JSON object", args.order)
-        return 2
-    result = explain(order, policies=policies, products=products, carriers=carriers, now=now)
-    log.info("explained order: status %s, %d reason(s)", result["status"], len(result["reasons"]))
-    log.debug("order explained: %s", mask_pii(order))
-    json.dump(result, sys.stdout, indent=2, ensure_ascii=False)
-    sys.stdout.write("\n")
-    return 0

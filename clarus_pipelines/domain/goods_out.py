@@ -28,7 +28,7 @@ from clarus_pipelines.connectors.clarus_model import (
     goods_out_line_update,
 )
 from clarus_pipelines.domain.orders import GB_FORMAT_COUNTRIES, OrderVerdicts
-from clarus_pipelines.settings import Policies
+from clarus_pipelines.policies import Policies
 
 CARRIERS_SCHEMA = {"carrier": pl.Utf8, "service": pl.Utf8, "carrier_id": pl.Int64, "carrier_service_id": pl.Int64}
 SENT_LINES_SCHEMA = {"line_id": pl.Utf8, "clarus_line_id": pl.Utf8, "clarus_product_id": pl.Utf8, "quantity": pl.Int64}

@@ -44,11 +44,11 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from clarus_pipelines.alerts import channel_status
+from clarus_pipelines.state.alert_history import channel_status
 from clarus_pipelines.domain import dispatch as dispatch_flow
 from clarus_pipelines.domain import order_flow, refund_flow
+from clarus_pipelines.catalogue import SOURCE_NAMES, SOURCES
 from clarus_pipelines.exception_queue import Finding, utcnow
-from clarus_pipelines.receiver.landing import SOURCE_NAMES, SOURCES
 
 SYSTEMS = SOURCES  # the systems we connect; alert channels are listed apart
 PROBE_FAILURES = 2  # consecutive failed probes that make a system failing

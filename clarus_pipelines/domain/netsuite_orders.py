@@ -11,7 +11,7 @@ Built for a whole batch at once, like the goods out.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import polars as pl
@@ -192,3 +192,25 @@ def sales_order_dicts(sales_orders: pl.DataFrame) -> dict[str, dict[str, Any]]:
         order_id: prune_nulls(body)
         for order_id, body in zip(sales_orders["order_id"].to_list(), sales_orders["body"].to_list())
     }
+
+
+def allocate_to_lines(lines: Iterable[Mapping[str, Any]], wanted: Iterable[tuple[str, float]],
+                      room: Mapping[int, float]) -> tuple[dict[int, float], list[tuple[str, float]]]:
+    """Spread (item id, quantity) over the record's lines of that item, each taking at most
+    its `room`: (line number -> quantity, [(item id, quantity left over)])."""
+    lines = list(lines)
+    taken: dict[int, float] = {}
+    short: list[tuple[str, float]] = []
+    for item_id, quantity in wanted:
+        left = float(quantity)
+        for ln in lines:
+            number = int(ln["line"])
+            if str((ln.get("item") or {}).get("id")) != str(item_id) or number not in room:
+                continue
+            take = min(left, room[number] - taken.get(number, 0.0))
+            if take > 0:
+                taken[number] = taken.get(number, 0.0) + take
+                left -= take
+        if left > 1e-9:
+            short.append((str(item_id), left))
+    return taken, short

@@ -28,7 +28,7 @@ import polars as pl
 
 from clarus_pipelines.domain.orders import HOLD_CODES, OrderVerdicts, ParsedOrders
 from clarus_pipelines.exception_queue import Finding, clear_exception, raise_exception, sync_exceptions, utcnow
-from clarus_pipelines.settings import Policies
+from clarus_pipelines.policies import Policies
 
 
 class OrderStatus(StrEnum):

@@ -26,7 +26,7 @@ from typing import Any
 import polars as pl
 
 from clarus_pipelines.domain.skus import clean_sku_expr, zero_stripped_key_expr
-from clarus_pipelines.settings import Policies, ShipMethodRule
+from clarus_pipelines.policies import Policies, ShipMethodRule
 
 HOLD_CODES = ("ORDER_INCOMPLETE", "SKU_UNKNOWN", "SHIP_METHOD_UNMAPPED")
 

@@ -33,7 +33,7 @@ import duckdb
 import polars as pl
 
 from clarus_pipelines.exception_queue import Finding, utcnow
-from clarus_pipelines.settings import Policies
+from clarus_pipelines.policies import Policies
 
 CODE = "ORPHAN_ORDER"
 GOODS_OUT_PREFIX = "goods_out:"

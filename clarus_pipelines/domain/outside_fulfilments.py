@@ -29,11 +29,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from clarus_pipelines.connectors.clarus_model import GoodsOutStatus
-from clarus_pipelines.connectors.http import ConnectorError
+from clarus_pipelines.domain.ports import ConnectorError
 from clarus_pipelines.domain.order_flow import record_event
 from clarus_pipelines.exception_queue import raise_exception, utcnow
-from clarus_pipelines.receiver.events import advance_consumer
-from clarus_pipelines.settings import Policies
+from clarus_pipelines.state.event_log import advance_consumer
+from clarus_pipelines.policies import Policies
 from clarus_pipelines.state import StateStore
 
 log = logging.getLogger(__name__)

@@ -53,7 +53,7 @@ import duckdb
 import polars as pl
 
 from clarus_pipelines.exception_queue import Finding, sync_exceptions, utcnow
-from clarus_pipelines.settings import Policies
+from clarus_pipelines.policies import Policies
 from clarus_pipelines.state import StateStore
 
 CODE = "RECONCILIATION_MISMATCH"

@@ -44,8 +44,8 @@ from clarus_pipelines.connectors.clarus_model import (
     goods_out_line_destroy,
     goods_out_line_update,
 )
-from clarus_pipelines.connectors.http import ConnectorError
-from clarus_pipelines.connectors.netsuite import allocate_to_lines
+from clarus_pipelines.domain.ports import ConnectorError
+from clarus_pipelines.domain.netsuite_orders import allocate_to_lines
 from clarus_pipelines.domain import refunds as R
 from clarus_pipelines.domain.order_flow import (
     begin_outbound,
@@ -55,9 +55,9 @@ from clarus_pipelines.domain.order_flow import (
     record_event,
 )
 from clarus_pipelines.exception_queue import Finding, clear_exception, raise_exception, sync_exceptions, utcnow
-from clarus_pipelines.receiver.events import advance_consumer
-from clarus_pipelines.receiver.topics import clarus_record
-from clarus_pipelines.settings import Policies
+from clarus_pipelines.state.event_log import advance_consumer
+from clarus_pipelines.connectors.clarus_model import clarus_record
+from clarus_pipelines.policies import Policies
 from clarus_pipelines.state import StateStore
 
 log = logging.getLogger(__name__)

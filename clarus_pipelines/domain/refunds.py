@@ -47,12 +47,12 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from clarus_pipelines.domain.skus import clean_sku
+from clarus_pipelines.policies import DEFAULT_REFUND_RULES, RefundRule, RefundRules, SkuCleaning
 
-if TYPE_CHECKING:  # settings imports this module for the policies model
-    from clarus_pipelines.settings import SkuCleaning
+
 
 
 class RefundKind(StrEnum):
@@ -97,81 +97,6 @@ _CLARUS_PART_DISPATCHED = 4
 _CENT = Decimal("0.01")
 
 Dispatch = Literal["dispatched", "not_dispatched", "partial", "unknown"]
-
-
-# ------------------------------------------------------------------------ policy model
-
-RuleField = Literal[
-    "note", "order_tags", "cancel_reason", "adjustment_reason", "return_reason",
-    "transaction_gateway", "line_property",
-]
-RuleKind = Literal["RETURN", "CANCELLATION", "GOODWILL", "SHIPPING_ONLY", "EXCHANGE"]
-
-
-class RefundRule(BaseModel):
-    """A pattern on one refund field that names a kind.
-
-    `on` picks the field: the refund `note`, each of the order's `order_tags`, the
-    order's `cancel_reason`, each `adjustment_reason`, the Shopify return's
-    `return_reason`s, each `transaction_gateway`, or each line item property as
-    `name=value` (`line_property`). `pattern` is a case-insensitive regular expression
-    searched in the value. A rule adds its kind to what the payload shows; with
-    `decides: true` a match settles the kind outright.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    on: RuleField
-    pattern: str
-    kind: RuleKind
-    decides: bool = False
-    name: str | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _yaml_on_key(cls, data: Any) -> Any:
-        # YAML 1.1 reads an unquoted `on:` key as the boolean true
-        if isinstance(data, dict) and True in data and "on" not in data:
-            data = {("on" if k is True else k): v for k, v in data.items()}
-        return data
-
-    @field_validator("pattern")
-    @classmethod
-    def _compiles(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"not a valid regular expression: {exc}") from exc
-        return value
-
-    @property
-    def label(self) -> str:
-        return self.name or f"{self.on} ~ /{self.pattern}/ -> {self.kind}"
-
-
-DEFAULT_REFUND_RULES: tuple[RefundRule, ...] = (
-    RefundRule(
-        on="note", pattern=r"\b(goodwill|good will|appeasement|gesture|courtesy|compensation)\b",
-        kind="GOODWILL", name="note mentions goodwill",
-    ),
-    RefundRule(on="note", pattern=r"\bexchang(e|ed|ing)\b", kind="EXCHANGE", name="note mentions an exchange"),
-)
-
-
-class RefundRules(BaseModel):
-    """`refund_rules` section of the policies: reason/note/tag patterns -> refund kind.
-
-    Leaving the section out keeps the defaults (notes naming goodwill or an exchange);
-    giving `rules` replaces them.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    rules: tuple[RefundRule, ...] = Field(default=DEFAULT_REFUND_RULES)
-    netsuite_goodwill_item: str = Field(
-        default="900", description="NetSuite other-charge item that goodwill credit memos post to")
-    netsuite_shipping_item: str = Field(
-        default="901", description="NetSuite other-charge item that shipping refund credit memos post to")
 
 
 # ------------------------------------------------------------------------- inputs
@@ -487,7 +412,6 @@ def _clean(sku: Any, sku_rule: SkuCleaning | None) -> str | None:
         return None
     if sku_rule is None:
         return sku.strip() or None
-    from clarus_pipelines.domain.skus import clean_sku  # skus imports settings, which imports us
 
     return clean_sku(sku, sku_rule)
 

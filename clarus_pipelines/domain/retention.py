@@ -13,8 +13,8 @@ from datetime import datetime, timedelta
 
 import duckdb
 
-from clarus_pipelines import alerts
-from clarus_pipelines.settings import Policies
+from clarus_pipelines.state.alert_history import prune_alert_history
+from clarus_pipelines.policies import Policies
 
 # An order is finished when it was cancelled, or Clarus completed or cancelled its goods out.
 _FINISHED_ORDER = "(o.status = 'CANCELLED' OR o.clarus_status IN (6, 8))"
@@ -77,7 +77,7 @@ def prune_records(con: duckdb.DuckDBPyConnection, policies: Policies, now: datet
 
     before = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
               for t in ("alerts", "alert_deliveries", "alert_messages")}
-    alerts.prune(con, now, keep=timedelta(days=policies.retention.alerts_days))
+    prune_alert_history(con, now, keep=timedelta(days=policies.retention.alerts_days))
     for table, count in before.items():
         removed[table] = count - con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 import polars as pl
 
-from clarus_pipelines.settings import SkuCleaning
+from clarus_pipelines.policies import SkuCleaning
 
 _ALL_DIGITS = re.compile(r"[0-9]+")
 

@@ -25,7 +25,7 @@ from typing import Any
 import polars as pl
 
 from clarus_pipelines.domain.skus import clean_sku_expr
-from clarus_pipelines.settings import SkuCleaning
+from clarus_pipelines.policies import SkuCleaning
 
 BALANCE_SCHEMA: dict[str, pl.DataType] = {
     "clarus_product_id": pl.Utf8,

@@ -33,7 +33,7 @@ import duckdb
 from clarus_pipelines.domain.dispatch import BLOCKED, DispatchState, parse_timestamp
 from clarus_pipelines.domain.goods_out import expected_dispatch
 from clarus_pipelines.exception_queue import Finding
-from clarus_pipelines.settings import Timings
+from clarus_pipelines.policies import Timings
 
 STUCK_CODES = ("ORDER_NOT_ACKNOWLEDGED", "NOT_DISPATCHED_BY_CUTOFF", "DISPATCH_AWAITING_ERP", "TRACKING_NOT_POSTED")
 

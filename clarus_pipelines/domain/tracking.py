@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from clarus_pipelines.settings import Policies
+from clarus_pipelines.policies import Policies
 
 Status = Literal["ok", "missing", "invalid", "unchecked"]
 

@@ -43,7 +43,8 @@ from starlette.routing import Route
 
 from clarus_pipelines.receiver import auth, contract, topics
 from clarus_pipelines.receiver.landing import Envelope, LandingZone
-from clarus_pipelines.settings import Settings, TenantPolicy, get_policies
+from clarus_pipelines.settings import Settings, get_policies
+from clarus_pipelines.policies import TenantPolicy
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from clarus_pipelines.settings import TenantPolicy
+from clarus_pipelines.policies import TenantPolicy
 
 SHOPIFY_HMAC_HEADERS = ("x-shopify-hmac-sha256", "shopify-hmac-sha256")
 NETSUITE_SIGNATURE_HEADER = "x-netsuite-signature"

@@ -4,9 +4,8 @@ Plain functions over a DuckDB connection (inside `StateStore.write()`), used by 
 ingest and reconciliation assets. Reading landing files happens before the write
 transaction (`load_landings`), so the single-writer lock is held only for the inserts.
 
-Downstream flows read new events with `new_events(con, consumer, topics=...)` and record
-how far they got with `advance_consumer`, or anti-join `landed_events` on their own
-processed-landings table; both are cheap because `seq` only grows.
+Downstream flows read what landed through the event log of the state layer
+(`clarus_pipelines.state.event_log`).
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,13 +22,14 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from clarus_pipelines.catalogue import SOURCE_NAMES, SOURCES
 from clarus_pipelines.exception_queue import Finding, raise_exception, sync_exceptions, utcnow
 from clarus_pipelines.receiver import contract
 from clarus_pipelines.receiver.landing import (
-    SOURCE_NAMES, SOURCES, LandingPathError, LandingRef, LandingZone, Rejection, landing_id_at, landing_time,
+    LandingPathError, LandingRef, LandingZone, Rejection, landing_id_at, landing_time,
 )
 from clarus_pipelines.receiver.topics import entity_of, parse_timestamp
-from clarus_pipelines.settings import Policies
+from clarus_pipelines.policies import Policies
 
 log = logging.getLogger(__name__)
 
@@ -365,46 +365,6 @@ def intake_status(zone: LandingZone, store, *, now: datetime | None = None,
     return status
 
 
-# ---------------------------------------------------------------------------- consumers
-
-
-def new_events(
-    con: duckdb.DuckDBPyConnection,
-    consumer: str,
-    *,
-    source: str | None = None,
-    topics: Sequence[str] | None = None,
-    limit: int = 1000,
-) -> list[dict[str, Any]]:
-    """Events after the consumer's last read, oldest first (payload as text)."""
-    row = con.execute("SELECT last_seq FROM event_consumers WHERE consumer = ?", [consumer]).fetchone()
-    query = (
-        "SELECT seq, landing_id, source, topic, known_topic, entity_type, entity_id, parent_id, entity_updated_at,"
-        " received_at, webhook_id, payload::VARCHAR AS payload, via, replay_of FROM landed_events WHERE seq > ?"
-    )
-    params: list[Any] = [row[0] if row else 0]
-    if source:
-        query += " AND source = ?"
-        params.append(source)
-    if topics:
-        query += " AND topic IN (SELECT unnest(?))"
-        params.append(list(topics))
-    query += " ORDER BY seq LIMIT ?"
-    params.append(limit)
-    cur = con.execute(query, params)
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-
-
-def advance_consumer(con: duckdb.DuckDBPyConnection, consumer: str, last_seq: int, now: datetime | None = None) -> None:
-    con.execute(
-        "INSERT INTO event_consumers (consumer, last_seq, updated_at) VALUES (?, ?, ?)"
-        " ON CONFLICT (consumer) DO UPDATE SET last_seq = greatest(event_consumers.last_seq, excluded.last_seq),"
-        " updated_at = excluded.updated_at",
-        [consumer, last_seq, now or utcnow()],
-    )
-
-
 # ---------------------------------------------------------------------------- rejections
 
 
@@ -474,53 +434,6 @@ def ingest_rejections(
             ))
     outcome = sync_exceptions(con, "WEBHOOK_REJECTED", findings, scope=list(SOURCES), policies=policies, now=now)
     return RejectionReport(len(rejections), repeating, outcome)
-
-
-# ---------------------------------------------------------------------------- reconciliation
-
-
-def entity_versions(
-    con: duckdb.DuckDBPyConnection, source: str, entity_type: str, entity_ids: Sequence[str]
-) -> list[dict[str, Any]]:
-    """Per entity and topic: the newest `entity_updated_at` landed (rows for `reconcile.merge_known`)."""
-    if not entity_ids:
-        return []
-    cur = con.execute(
-        "SELECT source, entity_type, entity_id, topic, max(entity_updated_at) AS entity_updated_at FROM landed_events"
-        " WHERE source = ? AND entity_type = ? AND entity_id IN (SELECT unnest(?)) GROUP BY ALL",
-        [source, entity_type, list(entity_ids)],
-    )
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-
-
-def record_reconciliation(
-    con: duckdb.DuckDBPyConnection,
-    *,
-    source: str,
-    entity_type: str,
-    window_start: datetime,
-    checked: int,
-    findings: Sequence[Mapping[str, Any]],
-    run_id: str | None = None,
-    now: datetime | None = None,
-) -> int:
-    """Record one reconciliation read and what it found; returns how many findings were new."""
-    now = now or utcnow()
-    before = con.execute("SELECT count(*) FROM reconciliation_findings").fetchone()[0]
-    if findings:
-        con.executemany(
-            "INSERT INTO reconciliation_findings (source, entity_type, entity_id, version, topic, found_at, landing_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            [(source, entity_type, f["entity_id"], f["version"], f["topic"], now, f.get("landing_id")) for f in findings],
-        )
-    new = con.execute("SELECT count(*) FROM reconciliation_findings").fetchone()[0] - before
-    con.execute(
-        "INSERT INTO reconciliation_runs (run_at, source, entity_type, window_start, checked, missed, run_id)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        [now, source, entity_type, window_start, checked, new, run_id],
-    )
-    return new
 
 
 # ---------------------------------------------------------------------------- retention

@@ -52,10 +52,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+from clarus_pipelines.catalogue import SOURCES
+
 log = logging.getLogger(__name__)
 
-SOURCES = ("shopify", "clarus", "netsuite")
-SOURCE_NAMES = {"shopify": "Shopify", "clarus": "Clarus", "netsuite": "NetSuite"}  # as people write them
 VIA = ("webhook", "reconciliation", "replay")
 FORMAT_VERSION = 1
 

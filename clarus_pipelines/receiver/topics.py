@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from clarus_pipelines.connectors.clarus_model import clarus_record
+
 UNKNOWN_TOPIC = "unknown"
 
 # Topics the flows act on or knowingly ignore; anything else is stored and flagged.
@@ -83,13 +85,6 @@ def header_topic(source: str, headers: Mapping[str, str]) -> str | None:
     if source == "netsuite":
         return _first_header(headers, (NETSUITE_TOPIC_HEADER,))
     return None
-
-
-def clarus_record(payload: Any) -> Any:
-    """The record a Clarus webhook carries: its `data` member, or the body itself."""
-    if isinstance(payload, dict) and isinstance(payload.get("data"), dict):
-        return payload["data"]
-    return payload
 
 
 def clarus_topic(payload: Any) -> str:

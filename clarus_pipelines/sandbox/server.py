@@ -26,7 +26,8 @@ from clarus_pipelines.sandbox.netsuite import NetSuiteSandbox
 from clarus_pipelines.sandbox.serving import ServedApp, serve_in_thread
 from clarus_pipelines.sandbox.shopify import ShopifySandbox
 from clarus_pipelines.sandbox.traffic import TrafficGenerator, TrafficProfile
-from clarus_pipelines.settings import SANDBOX_POLICIES, Policies, load_policies
+from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
+from clarus_pipelines.policies import Policies
 
 log = logging.getLogger(__name__)
 

@@ -48,7 +48,8 @@ from typing import TYPE_CHECKING, Any
 from clarus_pipelines.sandbox.catalog_data import CatalogItem
 from clarus_pipelines.sandbox.netsuite import COMMITTED_STATUSES, NetSuiteSandbox
 from clarus_pipelines.sandbox.shopify import ShopifyError, ShopifySandbox
-from clarus_pipelines.settings import SANDBOX_POLICIES, Policies, ShipMethodRule, load_policies
+from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
+from clarus_pipelines.policies import Policies, ShipMethodRule
 
 if TYPE_CHECKING:
     from clarus_pipelines.sandbox.clarus import ClarusSandbox

@@ -14,7 +14,7 @@ import streamlit as st
 from clarus_pipelines import catalogue, runbook
 from clarus_pipelines.exception_queue import utcnow
 from clarus_pipelines.logs import PII_KEYS, mask_value
-from clarus_pipelines.receiver.landing import SOURCE_NAMES
+from clarus_pipelines.catalogue import SOURCE_NAMES
 from clarus_pipelines.settings import ConfigError, get_policies
 from dashboards import auth, queries
 

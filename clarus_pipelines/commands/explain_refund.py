@@ -5,6 +5,7 @@ FILE is any Shopify refund document (a refunds/create webhook body, `{"refund": 
 a refunds list, or an order with its refunds); `-` reads stdin. `--order` adds the
 order's fulfilments, cancellation and tags; `--clarus-status` says where the goods out
 is in Clarus (1..8), which settles whether the goods were dispatched.
+On failure: `{"ok": false, "error": ...}` and exit code 2.
 """
 
 from __future__ import annotations
@@ -16,13 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from clarus_pipelines.domain.refunds import (
-    CLARUS_STATUS_NAMES,
-    RefundRules,
-    classify_refund,
-    iter_refunds,
-    order_context_from_shopify,
-)
+from clarus_pipelines.commands.output import emit, fail
+from clarus_pipelines.domain.refunds import CLARUS_STATUS_NAMES, classify_refund, iter_refunds, order_context_from_shopify
+from clarus_pipelines.policies import RefundRules
 
 log = logging.getLogger(__name__)
 
@@ -63,19 +60,17 @@ def run(args: argparse.Namespace) -> int:
         try:
             documents[role] = _read_json(name)
         except (OSError, json.JSONDecodeError) as exc:
-            log.error("cannot read %s file %s: %s", role, name, exc)
-            return 2
+            return fail("explain-refund", f"cannot read {role} file {name}: {exc}")
     document, order_document = documents["refund"], documents.get("order")
     pairs = iter_refunds(document)
     if args.refund_id:
         pairs = [(r, o) for r, o in pairs if str(r.get("id")) == args.refund_id]
     if not pairs:
-        log.error("no Shopify refund found in %s%s", args.file, f" with id {args.refund_id}" if args.refund_id else "")
-        return 2
+        return fail("explain-refund", f"no Shopify refund found in {args.file}"
+                    + (f" with id {args.refund_id}" if args.refund_id else ""))
     if len(pairs) > 1:
         ids = ", ".join(str(r.get("id")) for r, _ in pairs)
-        log.error("%s holds %d refunds (%s): choose one with --refund-id", args.file, len(pairs), ids)
-        return 2
+        return fail("explain-refund", f"{args.file} holds {len(pairs)} refunds ({ids}): choose one with --refund-id")
     refund, embedded_order = pairs[0]
 
     order = embedded_order
@@ -84,8 +79,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         policies = _policies(args.policies)
     except Exception as exc:  # ConfigError names the offending key
-        log.error("%s", exc)
-        return 2
+        return fail("explain-refund", str(exc))
     context = None
     if order is not None or args.clarus_status is not None:
         context = order_context_from_shopify(order or {}, wms_status=args.clarus_status)
@@ -99,6 +93,5 @@ def run(args: argparse.Namespace) -> int:
         sku_rule=policies.sku_cleaning if policies else None,
     )
     log.info("refund %s on order %s classified %s", result.refund_id, result.order_id, result.kind.value)
-    json.dump(result.explain(), sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    emit(result.explain())
     return 0

@@ -61,6 +61,6 @@ def run(args: argparse.Namespace) -> int:
         first_causes.update({s.landing_id: s.reason for s in loaded.set_aside})
     status = intake_status(zone, store)
     stalled = sorted(source for source, doc in status.items() if doc["stalled"])
-    print(json.dumps({"report": total.as_metadata(), "set_aside": first_causes, "stalled": stalled,
+    print(json.dumps({"ok": not stalled, "report": total.as_metadata(), "set_aside": first_causes, "stalled": stalled,
                       "status": status}, default=str))
     return 1 if stalled else 0

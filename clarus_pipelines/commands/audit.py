@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from clarus_pipelines.audit import run_audit
+    from clarus_pipelines.commands.output import fail
     from clarus_pipelines.audit.render import render
     from clarus_pipelines.exception_queue import utcnow
     from clarus_pipelines.state import StateStore
@@ -47,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         policies = load_policies(args.config or settings.policies_file)
     except ConfigError as exc:
-        print(f"invalid config: {exc}", file=sys.stderr)
+        if args.format == "json" and not args.out:
+            return fail("audit", f"invalid config: {exc}")
+        print(f"audit: invalid config: {exc}", file=sys.stderr)
         return 2
     clients = connectors_from(settings)
     now = utcnow()

@@ -11,17 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 
-from clarus_pipelines.receiver import intake_cli
+from clarus_pipelines.commands import ingest
 from clarus_pipelines.receiver.events import intake_status
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    intake_cli.add_arguments(parser)
+    ingest.add_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print JSON (the only format; kept for scripts)")
 
 
 def run(args: argparse.Namespace) -> int:
-    _, zone, store = intake_cli.open_intake(args)
+    _, zone, store = ingest.open_intake(args)
     status = intake_status(zone, store)
     print(json.dumps(status, default=str))
     return 1 if any(doc["stalled"] for doc in status.values()) else 0
