@@ -51,6 +51,7 @@ from starlette.routing import Route
 from clarus_pipelines.sandbox.catalog_data import SHOPIFY_LOCATION_ID, Catalog, CatalogItem, build_catalog
 from clarus_pipelines.sandbox.faults import FaultConfig, FaultMiddleware, WebhookSender
 from clarus_pipelines.sandbox.request_log import RequestLog, RequestLogMiddleware
+from clarus_pipelines.sandbox.shopify_graphql import CostBucket, ShopifyGraphQL
 
 log = logging.getLogger(__name__)
 
@@ -237,11 +238,13 @@ class ShopifySandbox:
         webhook_secret: str,
         webhook_url: str | None = None,
         webhook_sender: WebhookSender | None = None,
-        api_version: str = "2025-07",
+        api_version: str = "2026-10",
         shop_domain: str = "sandbox.myshopify.com",
         catalog: Catalog | None = None,
         bucket_size: int = 40,
         leak_rate_per_s: float = 2.0,
+        graphql_points: float = 2000.0,
+        graphql_restore_rate: float = 100.0,
         location_id: int = SHOPIFY_LOCATION_ID,
         currency: str = "GBP",
         clock: Callable[[], datetime] | None = None,
@@ -267,6 +270,7 @@ class ShopifySandbox:
         self.bucket = LeakyBucket(bucket_size, leak_rate_per_s, monotonic)
         self.request_log = RequestLog()
         self._lock = threading.RLock()
+        self.graphql = ShopifyGraphQL(self, bucket=CostBucket(graphql_points, graphql_restore_rate, monotonic))
         self._reset_state()
         router = Starlette(routes=self._routes())
         self.app = RequestLogMiddleware(FaultMiddleware(router, faults, seed=seed, system="shopify"), self.request_log)
@@ -301,6 +305,7 @@ class ShopifySandbox:
         }
         self.webhooks: list[dict[str, Any]] = []
         self.bucket.reset()
+        self.graphql.reset()
 
     def reset(self) -> None:
         """Back to the seeded catalogue and stock, with no orders, requests or webhooks."""
@@ -1250,6 +1255,7 @@ class ShopifySandbox:
     def _routes(self) -> list[Route]:
         api = "/admin/api/{version}"
         return [
+            Route(f"{api}/graphql.json", self._graphql_endpoint, methods=["POST"]),
             Route(f"{api}/orders.json", self._admin(self._list_orders)),
             Route(f"{api}/orders/count.json", self._admin(self._count_orders)),
             Route(f"{api}/orders/{{order_id:int}}.json", self._admin(self._get_order)),
@@ -1308,6 +1314,20 @@ class ShopifySandbox:
             return JSONResponse(body, status_code=status, headers={**headers, **extra})
 
         return endpoint
+
+    async def _graphql_endpoint(self, request: Request) -> Response:
+        """The GraphQL Admin API: schema-validated, throttled by query cost (not by call count)."""
+        given = request.headers.get("x-shopify-access-token", "")
+        if not hmac.compare_digest(given.encode("utf-8"), self.access_token.encode("utf-8")):
+            return JSONResponse(_UNAUTHORIZED, status_code=401)
+        headers = {"X-Shopify-API-Version": self.api_version, "X-Request-Id": str(uuid.uuid4())}
+        try:
+            body = json.loads(await request.body() or b"null")
+        except ValueError:
+            return JSONResponse({"errors": "Bad Request: the body is not valid JSON"}, status_code=400, headers=headers)
+        with self._lock:
+            status, answer = self.graphql.handle(body)
+        return JSONResponse(answer, status_code=status, headers=headers)
 
     def _limit(self, request: Request, default: int = 50) -> int | None:
         raw = request.query_params.get("limit")
