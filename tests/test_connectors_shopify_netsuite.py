@@ -44,14 +44,26 @@ class LoseResponses:
     """Lets the next `count` matching requests reach the app, then drops its answer: a 502,
     or (with `delay_s`) a response later than the client's timeout. The write happened."""
 
-    def __init__(self, app: ASGIApp, *, method: str, path_contains: str, count: int, delay_s: float = 0.0):
+    def __init__(self, app: ASGIApp, *, method: str, path_contains: str, count: int, delay_s: float = 0.0,
+                 body_contains: str | None = None):
         self.app, self.method, self.path_contains = app, method, path_contains
-        self.remaining, self.delay_s = count, delay_s
+        self.remaining, self.delay_s, self.body_contains = count, delay_s, body_contains
         self.lost = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         hit = (scope["type"] == "http" and scope["method"] == self.method and self.path_contains in scope["path"]
                and self.remaining > 0)
+        if hit and self.body_contains is not None:  # GraphQL: one path, the operation is in the body
+            chunks, more = [], True
+            while more:
+                message = await receive()
+                chunks.append(message.get("body", b""))
+                more = message.get("more_body", False)
+            body = b"".join(chunks)
+            hit = self.body_contains.encode() in body
+
+            async def receive() -> Message:  # noqa: F811 - replay the body to the app
+                return {"type": "http.request", "body": body, "more_body": False}
         if not hit:
             await self.app(scope, receive, send)
             return
@@ -102,40 +114,65 @@ def so_body(ns: NetSuiteSandbox, quantities=(2, 1)) -> dict:
 # ---------------------------------------------------------------------------- Shopify
 
 
-def test_shopify_connector_pages_orders_with_the_link_header():
+def test_shopify_connector_pages_orders_with_graphql_cursors():
     shop = ShopifySandbox(access_token=TOKEN, webhook_secret="s")
     ids = [place(shop)["id"] for _ in range(5)]
     with serve(shop.app) as url:
-        resource = ShopifyResource(base_url=url, access_token=TOKEN, page_size=2)
+        resource = ShopifyResource(base_url=url, access_token=TOKEN, order_page_size=2)
         assert [o["id"] for o in resource.iter_orders()] == ids
-        assert [r["query"].startswith("status=any") or "page_info=" in r["query"] for r in shop.requests()] == [True] * 3
-        assert resource.get_order(ids[0])["name"] == "#1001"
+        log = shop.requests()
+        assert [r["path"] for r in log] == ["/admin/api/2026-10/graphql.json"] * 3  # GraphQL only, 3 pages
+        order = resource.get_order(ids[0])
+        assert order["name"] == "#1001" and _same_business_fields(order, shop.order(ids[0]))
         assert resource.get_order(1) is None
         assert len(list(resource.iter_variants())) == len(shop.catalog.variants)
+        sku = shop.catalog.clean_variants()[0].shopify_sku
+        assert [v["sku"] for v in resource.iter_variants(skus=[sku])] == [sku]
+        resource.probe()
         with pytest.raises(ShopifyError) as refused:
             list(ShopifyResource(base_url=url, access_token="wrong").iter_orders())
         assert refused.value.status == 401
+        with pytest.raises(ShopifyError):
+            ShopifyResource(base_url=url, access_token="wrong").probe()
         resource.close()
 
 
-def test_shopify_connector_waits_the_retry_after_shopify_asks_for():
-    shop = ShopifySandbox(access_token=TOKEN, webhook_secret="s", bucket_size=1, leak_rate_per_s=5.0, monotonic=StepClock(0.1))
-    for _ in range(4):
-        place(shop)
+def _same_business_fields(read: dict, stored: dict) -> bool:
+    """The GraphQL read, mapped to REST shape, agrees with the sandbox's REST rendering."""
+    keys = ("id", "name", "email", "created_at", "updated_at", "cancelled_at", "financial_status", "fulfillment_status",
+            "currency", "total_price", "tags")
+    line_keys = ("id", "sku", "quantity", "current_quantity", "variant_id", "product_id", "price", "requires_shipping",
+                 "gift_card", "fulfillable_quantity")
+    return ({k: read[k] for k in keys} == {k: stored[k] for k in keys}
+            and [{k: li[k] for k in line_keys} for li in read["line_items"]]
+            == [{k: li[k] for k in line_keys} for li in stored["line_items"]]
+            and [s["code"] for s in read["shipping_lines"]] == [s["code"] for s in stored["shipping_lines"]]
+            and read["shipping_address"]["zip"] == stored["shipping_address"]["zip"])
+
+
+def test_shopify_connector_waits_out_throttling_by_query_cost():
+    """Shopify throttles GraphQL by calculated cost, answering THROTTLED with the bucket's
+    state; the connector waits until the bucket holds the requested cost again."""
+    clock = StepClock(0.03)  # +3 points per bucket read at 100 points/s
+    shop = ShopifySandbox(access_token=TOKEN, webhook_secret="s", graphql_points=10, graphql_restore_rate=100.0,
+                          monotonic=clock)
+    variants = shop.catalog.clean_variants()[:4]
     with serve(shop.app) as url:
-        resource = ShopifyResource(base_url=url, access_token=TOKEN, page_size=1)
-        assert len(list(resource.iter_orders())) == 4
-    log = [r for r in shop.requests() if r["path"].endswith("/orders.json")]
-    assert [r["status"] for r in log] == [200, 429, 200, 429, 200, 429, 200]
-    for throttled, retried in zip(log[1::2], log[2::2]):
-        assert retried["time"] - throttled["time"] >= 0.1 - 0.01  # Retry-After: 0.1
+        resource = ShopifyResource(base_url=url, access_token=TOKEN)
+        for n, v in enumerate(variants):
+            resource.set_inventory_levels([{"inventory_item_id": v.inventory_item_id, "location_id": shop.location_id,
+                                            "available": 10 + n}])
+    levels = {lv["inventory_item_id"]: lv["available"] for lv in shop.inventory_levels()}
+    assert [levels[v.inventory_item_id] for v in variants] == [10, 11, 12, 13]
+    assert shop.graphql.throttled, "the cost bucket never ran dry"
+    assert all(t["requested"] > t["available"] for t in shop.graphql.throttled)
 
 
 def test_create_fulfillment_is_idempotent_even_when_the_response_is_lost():
     shop = ShopifySandbox(access_token=TOKEN, webhook_secret="s")
     order = place(shop, quantities=(2, 1))
     first_line, second_line = (li["id"] for li in order["line_items"])
-    lossy = LoseResponses(shop.app, method="POST", path_contains="/fulfillments.json", count=1)
+    lossy = LoseResponses(shop.app, method="POST", path_contains="/graphql.json", count=1, body_contains="fulfillmentCreate")
     with serve(lossy) as url:
         resource = ShopifyResource(base_url=url, access_token=TOKEN, max_attempts=4)
         result = resource.create_fulfillment(order["id"], {first_line: 1}, "AB123456789GB", "Royal Mail")
@@ -160,7 +197,8 @@ def test_create_fulfillment_recovers_from_a_timeout_without_a_second_fulfilment(
     shop = ShopifySandbox(access_token=TOKEN, webhook_secret="s")
     order = place(shop, quantities=(3,))
     line = order["line_items"][0]["id"]
-    slow = LoseResponses(shop.app, method="POST", path_contains="/fulfillments.json", count=1, delay_s=1.0)
+    slow = LoseResponses(shop.app, method="POST", path_contains="/graphql.json", count=1, delay_s=1.0,
+                         body_contains="fulfillmentCreate")
     with serve(slow) as url:
         resource = ShopifyResource(base_url=url, access_token=TOKEN, timeout_s=0.3)
         result = resource.create_fulfillment(order["id"], {line: 1}, None)  # no tracking: a partial, matched in-call

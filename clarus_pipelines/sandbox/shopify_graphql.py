@@ -248,6 +248,15 @@ def query_cost(schema: GraphQLSchema, document: DocumentNode, operation: Operati
     return selection_cost(operation.selection_set.selections, schema.query_type)
 
 
+def _objects(value: Any) -> int:
+    """Objects in an answer: Shopify charges what was returned and refunds the rest of the request."""
+    if isinstance(value, Mapping):
+        return 1 + sum(_objects(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(_objects(v) for v in value)
+    return 0
+
+
 def idempotency_keys(operation: OperationDefinitionNode, variables: Mapping[str, Any]) -> dict[str, str | None]:
     """Root mutation field (response key) -> its `@idempotent(key:)` value (None when missing)."""
     keys: dict[str, str | None] = {}
@@ -280,10 +289,12 @@ class ShopifyGraphQL:
         self.bucket = bucket
         self.idempotent_results: dict[tuple[str, str], Any] = {}
         self.webhook_subscriptions: dict[int, dict[str, Any]] = {}
+        self.throttled: list[dict[str, Any]] = []  # THROTTLED answers given (for tests and the request log)
         self._subscription_ids = iter(range(1_100_000_000_001, 10**15))
 
     def reset(self) -> None:
         self.idempotent_results.clear()
+        self.throttled.clear()
         self.bucket.reset()
 
     # -------------------------------------------------------------- request
@@ -313,9 +324,10 @@ class ShopifyGraphQL:
                                                 f"({MAX_QUERY_COST}).", "extensions": {"code": "MAX_COST_EXCEEDED", "cost": cost,
                                                                                        "maxCost": MAX_QUERY_COST}}]}
         allowed, available = self.bucket.take(cost)
-        extensions = {"cost": {"requestedQueryCost": cost, "actualQueryCost": None if not allowed else cost,
-                               "throttleStatus": self.bucket.status(available)}}
+        extensions: dict[str, Any] = {"cost": {"requestedQueryCost": cost, "actualQueryCost": None,
+                                               "throttleStatus": self.bucket.status(available)}}
         if not allowed:
+            self.throttled.append({"at": self.bucket.clock(), "requested": cost, "available": available})
             return 200, {"errors": [{"message": "Throttled", "extensions": {"code": "THROTTLED",
                                      "documentation": "https://shopify.dev/api/usage/rate-limits"}}],
                          "extensions": extensions}
@@ -328,6 +340,8 @@ class ShopifyGraphQL:
         root = self._mutation_root() if operation.operation == OperationType.MUTATION else self._query_root()
         result = execute(self.schema, document, root_value=root, variable_values=dict(variables),
                          operation_name=wanted, field_resolver=default_resolver)
+        actual = cost if operation.operation == OperationType.MUTATION else min(cost, _objects(result.data))
+        extensions["cost"].update(actualQueryCost=actual, throttleStatus=self.bucket.status(self.bucket.refund(cost - actual)))
         answer: dict[str, Any] = {}
         if result.errors:
             answer["errors"] = [e.formatted for e in result.errors]
