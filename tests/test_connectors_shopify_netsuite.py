@@ -228,7 +228,7 @@ def test_inventory_levels_are_set_absolutely_and_read_back():
 
 def test_ensure_sales_order_makes_exactly_one_order_under_faults():
     ns = netsuite_sandbox(faults=FaultConfig(error_rate=0.3, burst_429_rate=0.1, burst_429_length=2, retry_after_s=0.01))
-    lossy = LoseResponses(ns.app, method="POST", path_contains="/salesOrder", count=2)
+    lossy = LoseResponses(ns.app, method="PUT", path_contains="/salesOrder/eid:", count=2)  # the upsert
     with serve(lossy) as url:
         resource = netsuite_resource(url, max_attempts=10)
         so_id, created = resource.ensure_sales_order("5900000000001", so_body(ns))
@@ -243,16 +243,18 @@ def test_ensure_sales_order_makes_exactly_one_order_under_faults():
     assert any(s >= 500 for s in statuses), "the faults were not exercised"
 
 
-def test_ensure_sales_order_rechecks_after_a_timeout():
+def test_ensure_sales_order_survives_a_timeout_with_one_order():
     ns = netsuite_sandbox()
-    slow = LoseResponses(ns.app, method="POST", path_contains="/salesOrder", count=1, delay_s=1.0)
+    slow = LoseResponses(ns.app, method="PUT", path_contains="/salesOrder/eid:", count=1, delay_s=1.0)
     with serve(slow) as url:
         resource = netsuite_resource(url, timeout_s=0.3)
         so_id, created = resource.ensure_sales_order("EXT-1", so_body(ns))
         assert created
     assert [o["id"] for o in ns.sales_orders()] == [so_id]
-    posts = [r for r in ns.requests() if r["method"] == "POST"]
-    assert len(posts) == 1  # the lookup found the order: no second create was sent
+    # the upsert was resent after the timeout and updated the same record: still one order
+    puts = [r for r in ns.requests() if r["method"] == "PUT"]
+    assert len(puts) == 2 and not [r for r in ns.requests() if r["method"] == "POST"]
+    assert ns.sales_orders()[0]["externalId"] == "EXT-1"
 
 
 def test_item_fulfilment_waits_for_commit_and_is_idempotent_per_shipment():
@@ -344,3 +346,84 @@ def test_an_unreachable_netsuite_is_a_connector_error_after_the_retries():
     with pytest.raises(ConnectorError) as failed:
         NetSuiteResource(base_url="http://127.0.0.1:9", account_id=ACCOUNT, max_attempts=2, **CREDS).get_sales_order("1")
     assert failed.value.system == "netsuite" and "ConnectError" in str(failed.value)
+
+
+# ---------------------------------------------------------------------------- NetSuite OAuth 2.0 M2M
+
+
+def _key_pair(kind: str) -> tuple[str, str]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    key = ec.generate_private_key(ec.SECP256R1()) if kind == "ec" else rsa.generate_private_key(65537, 2048)
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return private, public
+
+
+M2M = {"m2m_client_id": "client-abc123", "m2m_certificate_id": "cert-7f3a"}
+
+
+@pytest.mark.parametrize("kind, algorithm", [("ec", "ES256"), ("rsa", "PS256")])
+def test_oauth2_m2m_gets_a_token_with_a_signed_assertion_and_renews_it_on_401(kind, algorithm):
+    private, public = _key_pair(kind)
+    ns = netsuite_sandbox(**M2M, m2m_public_key=public)
+    with serve(ns.app) as url:
+        resource = NetSuiteResource(base_url=url, account_id=ACCOUNT, auth_method="oauth2_m2m", client_id="client-abc123",
+                                    certificate_id="cert-7f3a", private_key=private.replace("\n", "\\n"))
+        resource.probe()
+        so_id, created = resource.ensure_sales_order("M2M-1", so_body(ns))
+        assert created and resource.get_sales_order(so_id)["externalId"] == "M2M-1"
+        assert ns.tokens_issued == 1  # one token for every call of its hour
+        auth = resource._http().auth
+        assert auth.algorithm == algorithm
+        import jwt
+        header = jwt.get_unverified_header(auth.assertion())
+        assert header == {"alg": algorithm, "kid": "cert-7f3a", "typ": "JWT"}
+        claims = jwt.decode(auth.assertion(), public, algorithms=[algorithm], audience=url + "/services/rest/auth/oauth2/v1/token")
+        assert claims["iss"] == "client-abc123" and claims["scope"] == "rest_webservices" and claims["exp"] - claims["iat"] <= 3600
+
+        ns.expire_access_tokens()  # the hour is over: NetSuite answers 401, the connector renews once
+        assert resource.ensure_sales_order("M2M-1", so_body(ns)) == (so_id, False)
+        assert ns.tokens_issued == 2
+        bearer_401 = [r for r in ns.requests() if r["status"] == 401]
+        assert len(bearer_401) == 1
+        resource.close()
+        # TBA still works on the same account (both methods are offered)
+        assert netsuite_resource(url).get_sales_order(so_id)["id"] == so_id
+
+
+def test_oauth2_m2m_refusals_are_auth_errors_naming_netsuites_code():
+    private, public = _key_pair("ec")
+    other, _ = _key_pair("ec")
+    ns = netsuite_sandbox(**M2M, m2m_public_key=public)
+    with serve(ns.app) as url:
+        def attempt(**overrides) -> NetSuiteError:
+            fields = {"client_id": "client-abc123", "certificate_id": "cert-7f3a", "private_key": private, **overrides}
+            with pytest.raises(NetSuiteError) as refused:
+                NetSuiteResource(base_url=url, account_id=ACCOUNT, auth_method="oauth2_m2m", **fields).probe()
+            return refused.value
+
+        wrong_key = attempt(private_key=other)
+        assert (wrong_key.status, wrong_key.code) == (401, "invalid_grant") and not wrong_key.refused
+        assert attempt(certificate_id="cert-unknown").code == "invalid_client"
+        assert attempt(client_id="someone-else").code == "invalid_client"
+        assert attempt(scope="restlets").code == "invalid_scope"
+        missing = attempt(certificate_id="")
+        assert "certificate_id" in str(missing)
+    assert ns.sales_orders() == []
+
+
+def test_ensure_sales_order_upserts_by_external_id_and_checks_it():
+    ns = netsuite_sandbox()
+    with serve(ns.app) as url:
+        resource = netsuite_resource(url)
+        so_id, created = resource.ensure_sales_order("5900000000009", so_body(ns))
+        assert created
+        puts = [r for r in ns.requests() if r["method"] == "PUT"]
+        assert [r["path"] for r in puts] == ["/services/rest/record/v1/salesOrder/eid:5900000000009"]
+        assert not [r for r in ns.requests() if r["method"] == "POST"]  # no create that could double
+        with pytest.raises(ValueError):
+            resource.ensure_sales_order("#1001 bad", so_body(ns))
+    assert [o["id"] for o in ns.sales_orders()] == [so_id]

@@ -51,7 +51,7 @@ from starlette.routing import Route
 from clarus_pipelines.sandbox.catalog_data import SHOPIFY_LOCATION_ID, Catalog, CatalogItem, build_catalog
 from clarus_pipelines.sandbox.faults import FaultConfig, FaultMiddleware, WebhookSender
 from clarus_pipelines.sandbox.request_log import RequestLog, RequestLogMiddleware
-from clarus_pipelines.sandbox.shopify_graphql import CostBucket, ShopifyGraphQL
+from clarus_pipelines.sandbox.shopify_graphql import CostBucket, ShopifyGraphQL, root_fields
 
 log = logging.getLogger(__name__)
 
@@ -1249,6 +1249,11 @@ class ShopifySandbox:
 
     def requests(self, since: int = 0) -> list[dict[str, Any]]:
         return [r.to_dict() for r in self.request_log.entries(since=since)]
+
+    def graphql_calls(self, root_field: str, since: int = 0) -> list[dict[str, Any]]:
+        """Logged GraphQL requests whose operation selects `root_field` (e.g. `fulfillmentCreate`)."""
+        return [r for r in self.requests(since) if r["path"].endswith("/graphql.json") and isinstance(r["body"], dict)
+                and root_field in root_fields(str(r["body"].get("query") or ""))]
 
     # ------------------------------------------------------------------ HTTP plumbing
 

@@ -90,6 +90,17 @@ def schema_problems(document: str) -> list[str]:
     return [e.message for e in validate(load_schema(), ast)]
 
 
+@lru_cache(maxsize=256)
+def root_fields(document: str) -> frozenset[str]:
+    """The root fields a document selects (`orders`, `fulfillmentCreate`...); empty if it does not parse."""
+    try:
+        ast = parse(document)
+    except GraphQLError:
+        return frozenset()
+    return frozenset(sel.name.value for d in ast.definitions if isinstance(d, OperationDefinitionNode)
+                     for sel in d.selection_set.selections if isinstance(sel, FieldNode))
+
+
 def gid(kind: str, value: Any) -> str:
     return f"gid://shopify/{kind}/{value}"
 
@@ -290,11 +301,13 @@ class ShopifyGraphQL:
         self.idempotent_results: dict[tuple[str, str], Any] = {}
         self.webhook_subscriptions: dict[int, dict[str, Any]] = {}
         self.throttled: list[dict[str, Any]] = []  # THROTTLED answers given (for tests and the request log)
+        self.applied_changes: list[dict[str, Any]] = []  # inventory quantities applied (a replayed key adds none)
         self._subscription_ids = iter(range(1_100_000_000_001, 10**15))
 
     def reset(self) -> None:
         self.idempotent_results.clear()
         self.throttled.clear()
+        self.applied_changes.clear()
         self.bucket.reset()
 
     # -------------------------------------------------------------- request
@@ -677,6 +690,7 @@ class ShopifyGraphQL:
             level = shop._inventory[key]
             before = level["available"]
             level.update(available=apply(row, before), updated_at=now)
+            self.applied_changes.append({"inventory_item_id": key[0], "location_id": key[1], "available": level["available"]})
             changes.append({"name": name, "delta": level["available"] - before, "quantityAfterChange": level["available"],
                             "item": {"id": gid("InventoryItem", key[0]), "legacyResourceId": str(key[0])},
                             "location": {"id": gid("Location", key[1]), "legacyResourceId": str(key[1])}})
