@@ -282,6 +282,7 @@ def order_from_graphql(node: Mapping[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- documents
 
 _MONEY = "shopMoney { amount currencyCode }"
+ORDER_REFUND_LINES = 10  # refund lines read with the order; a refund with more is re-read on its own
 _LINE = f"""id sku quantity currentQuantity unfulfilledQuantity title name variantTitle requiresShipping isGiftCard
   variant {{ id }} product {{ id }} originalUnitPriceSet {{ {_MONEY} }} customAttributes {{ key value }}"""
 _LINE_REF = "id sku quantity requiresShipping isGiftCard variant { id }"
@@ -303,7 +304,7 @@ ORDER_FRAGMENT = f"""fragment OrderFields on Order {{
   lineItems(first: 20) {{ nodes {{ {_LINE} }} pageInfo {{ hasNextPage endCursor }} }}
   shippingLines(first: 3, includeRemovals: true) {{ nodes {{ id code title source isRemoved originalPriceSet {{ {_MONEY} }} }} }}
   fulfillments(first: 5) {{ {_FULFILLMENT_BODY} fulfillmentLineItems(first: 20) {{ nodes {{ id quantity lineItem {{ id }} }} }} }}
-  refunds(first: 5) {{ {_REFUND_BODY} {_REFUND_LINES.format(size="first: 20", money=_MONEY, line="id")} }}
+  refunds(first: 5) {{ {_REFUND_BODY} {_REFUND_LINES.format(size=f"first: {ORDER_REFUND_LINES}", money=_MONEY, line="id")} }}
 }}"""
 
 ORDERS_QUERY = ORDER_FRAGMENT + """
@@ -444,6 +445,8 @@ class ShopifyResource(HttpConnector):
     max_attempts: int = Field(default=6, description="Attempts per call for transient failures.")
     max_elapsed_s: float = Field(default=120.0, description="Give up retrying (or waiting out throttling) after this long.")
     page_size: int = Field(default=50, description="Records per page for simple lists (Shopify allows up to 250).")
+    inventory_batch_size: int = Field(default=INVENTORY_BATCH, ge=1, le=INVENTORY_BATCH,
+                                      description="Quantities per inventorySetQuantities call (Shopify allows 250).")
     order_page_size: int = Field(default=3, description="Orders per page: a full order with refunds is a costly query.")
 
     # ------------------------------------------------------------------ plumbing
@@ -470,6 +473,10 @@ class ShopifyResource(HttpConnector):
             errors = body.get("errors") or []
             if any((e.get("extensions") or {}).get("code") == "THROTTLED" for e in errors if isinstance(e, Mapping)):
                 wait = self._throttle_wait(body)
+                cost = (body.get("extensions") or {}).get("cost") or {}
+                if float(cost.get("requestedQueryCost") or 0) > float(
+                        (cost.get("throttleStatus") or {}).get("maximumAvailable") or float("inf")):
+                    raise ShopifyError(f"{what}: the query costs more than the shop's whole bucket", 429, errors)
                 if time.monotonic() + wait > deadline:
                     raise ShopifyError(f"{what}: still throttled after {self.max_elapsed_s:.0f}s", 429, errors)
                 log.info("shopify %s throttled; waiting %.2fs for the cost bucket", what, wait)
@@ -555,23 +562,28 @@ class ShopifyResource(HttpConnector):
         wanted = list(fields) if fields else None
         for node in self._pages(ORDERS_QUERY, {"query": " ".join(terms) or None}, ["orders"], what="list orders",
                                 first=self.order_page_size):
-            order = order_from_graphql(self._all_lines(node))
+            order = order_from_graphql(self._complete(node))
             yield {k: order.get(k) for k in wanted} if wanted else order
 
     def get_order(self, order_id: int | str) -> dict[str, Any] | None:
         """The order, or None when Shopify does not know it."""
         node = self.execute(ORDER_QUERY, {"id": gid("Order", order_id)}, what=f"get order {order_id}").get("order")
-        return order_from_graphql(self._all_lines(node)) if node else None
+        return order_from_graphql(self._complete(node)) if node else None
 
-    def _all_lines(self, node: dict[str, Any]) -> dict[str, Any]:
-        """The order with every line item (an order page carries the first 20)."""
+    def _complete(self, node: dict[str, Any]) -> dict[str, Any]:
+        """The order with every line item, fulfilment line and refund line: an order read
+        carries the first 20 lines and 10 lines per refund, to stay under the cost limit."""
         lines = node.get("lineItems") or {}
-        if not (lines.get("pageInfo") or {}).get("hasNextPage"):
-            return node
-        rest = self._pages(LINE_ITEMS_QUERY, {"id": node["id"], "after": lines["pageInfo"]["endCursor"]},
-                           ["order", "lineItems"], what=f"lines of order {node['id']}", first=100,
-                           start_after=lines["pageInfo"]["endCursor"])
-        return {**node, "lineItems": {"nodes": [*_nodes(lines), *rest]}}
+        if (lines.get("pageInfo") or {}).get("hasNextPage"):
+            rest = self._pages(LINE_ITEMS_QUERY, {"id": node["id"]}, ["order", "lineItems"],
+                               what=f"lines of order {node['id']}", first=100, start_after=lines["pageInfo"]["endCursor"])
+            node = {**node, "lineItems": {"nodes": [*_nodes(lines), *rest]}}
+            full = self.execute(FULFILLMENTS_QUERY, {"id": node["id"]}, what=f"fulfillments of {node['id']}").get("order")
+            node["fulfillments"] = (full or {}).get("fulfillments") or node.get("fulfillments")
+        if any(len(_nodes(r.get("refundLineItems"))) >= ORDER_REFUND_LINES for r in node.get("refunds") or []):
+            full = self.execute(REFUNDS_QUERY, {"id": node["id"]}, what=f"refunds of {node['id']}").get("order")
+            node = {**node, "refunds": (full or {}).get("refunds") or node.get("refunds")}
+        return node
 
     def list_refunds(self, order_id: int | str) -> list[dict[str, Any]]:
         node = self.execute(REFUNDS_QUERY, {"id": gid("Order", order_id)}, what=f"refunds of order {order_id}").get("order")
@@ -725,8 +737,8 @@ class ShopifyResource(HttpConnector):
         of stock, so no compare-and-swap (`changeFromQuantity: null`)."""
         rows = [{"inventory_item_id": int(legacy_id(lv["inventory_item_id"]) or 0),
                  "location_id": int(legacy_id(lv["location_id"]) or 0), "available": int(lv["available"])} for lv in levels]
-        for start in range(0, len(rows), INVENTORY_BATCH):
-            batch = rows[start:start + INVENTORY_BATCH]
+        for start in range(0, len(rows), self.inventory_batch_size):
+            batch = rows[start:start + self.inventory_batch_size]
             key = str(uuid.uuid4())  # one key per batch, reused by every resend of it
             variables = {"key": key, "input": {
                 "name": "available", "reason": reason,
