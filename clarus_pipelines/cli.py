@@ -45,6 +45,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "clarus_pipelines.domain.refunds_explain",
         "Print as JSON how a Shopify refund is classified (return, cancellation, goodwill...), why, and what follows.",
     ),
+    "shopify-webhooks": (
+        "clarus_pipelines.shopify_webhooks",
+        "sync: make the shop's webhook subscriptions match the topics we consume and the receiver's URL (--dry-run).",
+    ),
     "simulate": (
         "clarus_pipelines.simulate",
         "Rehearse a sale day: run the whole integration against the sandbox with faults and print what happened as JSON.",
@@ -57,7 +61,7 @@ def _top_parser() -> argparse.ArgumentParser:
         prog="clarus-pipelines",
         description="Clarus WMS <-> Shopify <-> NetSuite integration, watched.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="commands:\n" + "\n".join(f"  {name:<14} {text}" for name, (_, text) in COMMANDS.items())
+        epilog="commands:\n" + "\n".join(f"  {name:<16} {text}" for name, (_, text) in COMMANDS.items())
         + "\n\nRun 'clarus-pipelines COMMAND --help' for a command's options.",
     )
     parser.add_argument("command", choices=list(COMMANDS), metavar="COMMAND")

@@ -27,9 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 REQUIRED_SECRETS = (
     "CLARUS_CLIENT_ID", "CLARUS_CLIENT_SECRET", "CLARUS_WEBHOOK_TOKEN", "SHOPIFY_ACCESS_TOKEN",
-    "SHOPIFY_WEBHOOK_SECRET", "NETSUITE_CONSUMER_KEY", "NETSUITE_CONSUMER_SECRET", "NETSUITE_TOKEN_ID",
-    "NETSUITE_TOKEN_SECRET", "NETSUITE_WEBHOOK_SECRET",
-)
+    "SHOPIFY_WEBHOOK_SECRET", "NETSUITE_WEBHOOK_SECRET",
+)  # plus what the chosen NETSUITE_AUTH_METHOD needs (Settings.netsuite_missing_credentials)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,16 +45,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"invalid config: {exc}", file=sys.stderr)
         return 1
     missing = []
+    netsuite_missing = settings.netsuite_missing_credentials()
     if args.require_secrets:
         fields = {f.validation_alias: name for name, f in Settings.model_fields.items()}
-        missing = [env for env in REQUIRED_SECRETS if getattr(settings, fields[env]) is None]
+        missing = [env for env in REQUIRED_SECRETS if getattr(settings, fields[env]) is None] + netsuite_missing
         for env in missing:
             print(f"environment: {env}: not set", file=sys.stderr)
+    elif netsuite_missing:
+        print(f"environment: NetSuite auth {settings.netsuite_auth_method} still lacks "
+              + ", ".join(netsuite_missing), file=sys.stderr)
     summary = {
         "config": str(path),
         "ship_methods": len(policies.ship_methods),
         "sku_buffers": len(policies.stock.buffers),
         "owners": sorted(policies.owners),
+        "shopify_api_version": settings.shopify_api_version,
+        "netsuite_auth_method": settings.netsuite_auth_method,
+        "netsuite_auth_missing": netsuite_missing,
         "missing_secrets": missing,
         "ok": not missing,
     }

@@ -112,8 +112,12 @@ def _environment(updates: Mapping[str, str]) -> Iterator[None]:
 
 
 def _sandbox_secrets() -> dict[str, str]:
-    """Random credentials for this run's sandbox: real ones never meet it (never printed)."""
-    return {name: secrets.token_urlsafe(24) for name in SECRET_NAMES}
+    """Random credentials for this run's sandbox: real ones never meet it (never printed).
+    NetSuite is reached with OAuth 2.0 M2M, the method new integrations must use."""
+    from clarus_pipelines.sandbox.server import generate_m2m_credentials
+
+    return {**{name: secrets.token_urlsafe(24) for name in SECRET_NAMES}, **generate_m2m_credentials(),
+            "NETSUITE_AUTH_METHOD": "oauth2_m2m"}
 
 
 # ------------------------------------------------------------------------ driving Dagster

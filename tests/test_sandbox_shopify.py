@@ -398,3 +398,46 @@ def test_webhook_subscriptions_are_created_listed_and_deleted_over_graphql():
         resource.close()
     finally:
         served.stop()
+
+
+def test_shopify_webhooks_sync_makes_subscriptions_match_and_dry_run_changes_nothing():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from clarus_pipelines.connectors.shopify import ShopifyResource
+    from clarus_pipelines.shopify_webhooks import CONSUMED_TOPICS, plan_sync
+
+    shop = ShopifySandbox(access_token=TOKEN, webhook_secret=SECRET)
+    served = serve_in_thread(shop.app)
+    try:
+        resource = ShopifyResource(base_url=served.url, access_token=TOKEN)
+        ours = "https://hooks.example.com/webhooks/shopify"
+        stale = resource.create_webhook_subscription("products/update", ours)  # a topic we no longer read
+        foreign = resource.create_webhook_subscription("orders/create", "https://other-app.example.com/hook")
+        kept = resource.create_webhook_subscription("orders/create", ours)
+        plan = plan_sync(resource.list_webhook_subscriptions(), ours)
+        assert plan.create == [t for t in CONSUMED_TOPICS if t != "orders/create"]
+        assert [s["id"] for s in plan.delete] == [stale["id"]]
+
+        cli = [str(Path(sys.executable).parent / "clarus-pipelines"), "shopify-webhooks", "sync",
+               "--receiver-url", "https://hooks.example.com/"]
+        env = {**os.environ, "SHOPIFY_BASE_URL": served.url, "SHOPIFY_ACCESS_TOKEN": TOKEN}
+        dry = subprocess.run(cli + ["--dry-run"], capture_output=True, text=True, env=env, check=True)
+        assert json.loads(dry.stdout)["create"] == plan.create and json.loads(dry.stdout)["created"] == []
+        assert len(resource.list_webhook_subscriptions()) == 3  # nothing changed
+
+        done = json.loads(subprocess.run(cli, capture_output=True, text=True, env=env, check=True).stdout)
+        assert len(done["created"]) == len(plan.create) and done["deleted"] == [stale["id"]]
+        subs = resource.list_webhook_subscriptions()
+        assert sorted(s["topic"] for s in subs if s["uri"] == ours) == sorted(CONSUMED_TOPICS)
+        assert foreign in subs and kept in subs
+        again = json.loads(subprocess.run(cli, capture_output=True, text=True, env=env, check=True).stdout)
+        assert again["create"] == [] and again["delete"] == []  # idempotent
+        # every call went through Shopify's schema: webhookSubscriptionCreate with `uri`, not callbackUrl
+        creates = shop.graphql_calls("webhookSubscriptionCreate")
+        assert creates and all("callbackUrl" not in json.dumps(c["body"]["variables"]) for c in creates)
+        resource.close()
+    finally:
+        served.stop()

@@ -32,6 +32,7 @@ import re
 import threading
 import time
 from collections.abc import Generator, Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -281,6 +282,7 @@ class NetSuiteResource(HttpConnector):
     client_id: str = Field(default="", description="M2M: the integration record's client id.")
     certificate_id: str = Field(default="", description="M2M: the id NetSuite gave the uploaded certificate (JWT kid).")
     private_key: str = Field(default="", description="M2M: the certificate's private key, PEM (wire it with dg.EnvVar).")
+    private_key_file: str = Field(default="", description="M2M: a file holding that key, when private_key is empty.")
     scope: str = Field(default="rest_webservices", description="M2M: comma-separated NetSuite scopes.")
     jwt_algorithm: str = Field(default="", description="M2M: PS256/384/512 or ES256/384/512; empty = from the key type.")
     timeout_s: float = Field(default=60.0, description="Per-request timeout in seconds (NetSuite is slow).")
@@ -293,14 +295,17 @@ class NetSuiteResource(HttpConnector):
         return {"auth": self._auth()}
 
     def _auth(self) -> httpx.Auth:
+        private_key = self.private_key
+        if not private_key and self.private_key_file:
+            private_key = Path(self.private_key_file).read_text()
         missing = missing_credentials(self.auth_method, {
             "consumer_key": self.consumer_key, "consumer_secret": self.consumer_secret, "token_id": self.token_id,
             "token_secret": self.token_secret, "client_id": self.client_id, "certificate_id": self.certificate_id,
-            "private_key": self.private_key})
+            "private_key": private_key})
         if missing:
             raise NetSuiteError(f"{self.auth_method} needs {', '.join(missing)}", status=401, code="INVALID_LOGIN", detail=None)
         if self.auth_method == "oauth2_m2m":
-            return NetSuiteM2M(self.base_url.rstrip("/") + TOKEN_PATH, self.client_id, self.certificate_id, self.private_key,
+            return NetSuiteM2M(self.base_url.rstrip("/") + TOKEN_PATH, self.client_id, self.certificate_id, private_key,
                                scope=self.scope, algorithm=self.jwt_algorithm or None)
         return NetSuiteTBA(self.account_id, self.consumer_key, self.consumer_secret, self.token_id, self.token_secret)
 
