@@ -427,3 +427,22 @@ def test_ensure_sales_order_upserts_by_external_id_and_checks_it():
         with pytest.raises(ValueError):
             resource.ensure_sales_order("#1001 bad", so_body(ns))
     assert [o["id"] for o in ns.sales_orders()] == [so_id]
+
+
+def test_probes_raise_the_connectors_own_error_when_the_system_is_unreachable():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"  # nothing listens there
+    with pytest.raises(ShopifyError):
+        ShopifyResource(base_url=url, access_token=TOKEN, max_elapsed_s=2.0).probe()
+    with pytest.raises(NetSuiteError):
+        netsuite_resource(url, max_elapsed_s=2.0).probe()
+    ns = netsuite_sandbox()
+    with serve(ns.app) as served:
+        assert netsuite_resource(served).probe() is None
+        with pytest.raises(NetSuiteError) as refused:
+            netsuite_resource(served, token_secret="wrong").probe()
+        assert refused.value.status == 401

@@ -311,8 +311,13 @@ class NetSuiteResource(HttpConnector):
 
     def probe(self) -> None:
         """A cheap authenticated read (one item id); raises `NetSuiteError` on failure."""
-        response = self._send("GET", "/inventoryItem", params={"limit": 1},
-                              policy=RetryPolicy(attempts=2, max_elapsed_s=15.0))
+        try:
+            response = self._send("GET", "/inventoryItem", params={"limit": 1},
+                                  policy=RetryPolicy(attempts=2, max_elapsed_s=15.0))
+        except NetSuiteError:
+            raise
+        except ConnectorError as exc:  # transport failure or 5xx after retries
+            raise NetSuiteError(f"probe: {exc}", status=exc.status, code=None, detail=None, body=exc.body) from exc
         if response.status_code >= 400:
             raise _error(response, "probe")
 

@@ -541,7 +541,12 @@ class ShopifyResource(HttpConnector):
 
     def probe(self) -> None:
         """A cheap authenticated read (the shop's name); raises `ShopifyError` on failure."""
-        self.execute(SHOP_QUERY, what="probe", policy=RetryPolicy(attempts=2, max_elapsed_s=10.0))
+        try:
+            self.execute(SHOP_QUERY, what="probe", policy=RetryPolicy(attempts=2, max_elapsed_s=10.0))
+        except ShopifyError:
+            raise
+        except ConnectorError as exc:  # transport failure or 5xx after retries
+            raise ShopifyError(f"probe: {exc}", exc.status, exc.body) from exc
 
     # ------------------------------------------------------------------ orders
 

@@ -1,21 +1,28 @@
-"""A local Shopify store: the Admin REST API subset the pipelines use, and signed webhooks.
+"""A local Shopify store: the GraphQL Admin API the pipelines use, the legacy REST subset, and signed webhooks.
 
-Shapes follow Shopify's published REST payloads for API 2025-07 (see
-`shared/fixtures/shopify/`): orders with line items, shipping lines, fulfilments and
-refunds; FulfillmentOrder-based fulfilment (`POST fulfillments.json` with
-`line_items_by_fulfillment_order` and `tracking_info`); inventory levels; products with
-variants; locations. Behaviour worth testing against is real too:
+The pipelines talk to `POST /admin/api/<version>/graphql.json` only (`shopify_graphql.py`):
+every document is validated against Shopify's published Admin GraphQL schema (2026-10),
+throttled by calculated query cost, and mutations Shopify marks idempotent need their
+`@idempotent(key:)`. The REST routes stay for the sandbox's own tests and for tools that
+still read REST; their shapes follow Shopify's published REST payloads for API 2025-07
+(see `shared/fixtures/shopify/`), which are also the webhook payloads Shopify sends:
+orders with line items, shipping lines, fulfilments and refunds; FulfillmentOrder-based
+fulfilment; inventory levels; products with variants; locations. Behaviour worth testing
+against is real too:
 
 - `X-Shopify-Access-Token` is required (401 otherwise);
-- the REST leaky bucket (default 40 calls, leaking 2 per second) answers 429 with
+- REST: the leaky bucket (default 40 calls, leaking 2 per second) answers 429 with
   `Retry-After` when full and reports `X-Shopify-Shop-Api-Call-Limit` on every call;
-- list endpoints page with cursors in the `Link` header (`page_info`), and a request
-  with `page_info` may only add `limit` and `fields`;
-- a fulfilment for quantities that are already fulfilled is refused with 422;
+  list endpoints page with cursors in the `Link` header (`page_info`);
+- GraphQL: a cost bucket (`graphql_points`, refilled at `graphql_restore_rate`/s) answers
+  `THROTTLED` and reports `extensions.cost.throttleStatus`; connections page with cursors;
+- a fulfilment for quantities that are already fulfilled is refused (422 / `userErrors`);
 - webhooks (orders/create, orders/updated, orders/edited, orders/cancelled,
   refunds/create) are signed with `X-Shopify-Hmac-Sha256` (base64 HMAC-SHA256 of the raw
   body) and carry `X-Shopify-Webhook-Id` (kept on duplicate deliveries), topic, shop
-  domain, API version, triggered-at and event id headers.
+  domain, API version, triggered-at and event id headers. They go to `webhook_url`;
+  subscriptions made with `webhookSubscriptionCreate` are recorded (and listed, deleted)
+  but do not redirect deliveries.
 
 Orders are placed, edited, cancelled and refunded in-process (`create_order`,
 `edit_order`, `update_shipping_address`, `cancel_order`, `refund_order`), which is what
