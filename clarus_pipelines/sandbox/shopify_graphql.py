@@ -29,6 +29,7 @@ import gzip
 import json
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
@@ -63,6 +64,7 @@ SCHEMA_PATH = Path(__file__).with_name(f"shopify_admin_{SCHEMA_VERSION}.json.gz"
 MAX_PAGE = 250
 MAX_QUERY_COST = 1000
 MUTATION_COST = 10
+IDEMPOTENCY_KEYS_KEPT = 50_000  # a long demo must not grow without bound
 # Mutations Shopify requires an idempotency key for (2026-04 and later).
 IDEMPOTENT_MUTATIONS = frozenset({
     "inventorySetQuantities", "inventoryAdjustQuantities", "inventoryMoveQuantities", "refundCreate",
@@ -298,7 +300,7 @@ class ShopifyGraphQL:
         self.shop = shop
         self.schema = load_schema()
         self.bucket = bucket
-        self.idempotent_results: dict[tuple[str, str], Any] = {}
+        self.idempotent_results: OrderedDict[tuple[str, str], Any] = OrderedDict()  # the newest keys are kept
         self.webhook_subscriptions: dict[int, dict[str, Any]] = {}
         self.throttled: list[dict[str, Any]] = []  # THROTTLED answers given (for tests and the request log)
         self.applied_changes: list[dict[str, Any]] = []  # inventory quantities applied (a replayed key adds none)
@@ -612,6 +614,8 @@ class ShopifyGraphQL:
                 return remembered[1]
             result = apply(**args)
             self.idempotent_results[(name, str(key))] = (args, result)
+            while len(self.idempotent_results) > IDEMPOTENCY_KEYS_KEPT:
+                self.idempotent_results.popitem(last=False)
             return result
         return run
 
