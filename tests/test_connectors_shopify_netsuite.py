@@ -446,3 +446,31 @@ def test_probes_raise_the_connectors_own_error_when_the_system_is_unreachable():
         with pytest.raises(NetSuiteError) as refused:
             netsuite_resource(served, token_secret="wrong").probe()
         assert refused.value.status == 401
+
+
+def test_refunds_read_over_graphql_classify_like_the_webhooks_shopify_sent():
+    """Reconciliation lands GraphQL reads in the webhook's shape: the refund flow must
+    read them the same way (kind, reasons, actions) as the refunds/create webhook."""
+    from clarus_pipelines.domain.refunds import classify_refund
+
+    shop = ShopifySandbox(access_token=TOKEN, webhook_secret="s")
+    shipped = place(shop, quantities=(2, 1))
+    first_line, second_line = (li["id"] for li in shipped["line_items"])
+    shop.create_fulfillment(shipped["id"], {first_line: 2}, tracking_number="AB123456789GB", company="Royal Mail")
+    webhooks = [
+        shop.refund_order(shipped["id"], line_items=[{"line_item_id": first_line, "quantity": 1, "restock_type": "return"}]),
+        shop.refund_order(shipped["id"], line_items=[{"line_item_id": second_line, "quantity": 1, "restock_type": "cancel"}],
+                          shipping_full=True),
+        shop.refund_order(shipped["id"], amount="2.50", note="goodwill"),
+    ]
+    with serve(shop.app) as url:
+        resource = ShopifyResource(base_url=url, access_token=TOKEN)
+        order = resource.get_order(shipped["id"])
+        read = resource.list_refunds(shipped["id"])
+        listed = next(o for o in resource.iter_orders() if o["id"] == shipped["id"])
+    stored = shop.order(shipped["id"])
+    assert [r["id"] for r in read] == [r["id"] for r in webhooks] == [r["id"] for r in listed["refunds"]]
+    for webhook, graphql in zip(webhooks, read):
+        want, got = classify_refund(webhook, order=stored), classify_refund(graphql, order=order)
+        assert (got.kind, got.reasons, got.actions) == (want.kind, want.reasons, want.actions)
+    assert {classify_refund(r, order=order).kind for r in read} >= {"RETURN", "CANCELLATION"}
