@@ -384,6 +384,10 @@ def test_oauth2_m2m_gets_a_token_with_a_signed_assertion_and_renews_it_on_401(ki
         claims = jwt.decode(auth.assertion(), public, algorithms=[algorithm], audience=url + "/services/rest/auth/oauth2/v1/token")
         assert claims["iss"] == "client-abc123" and claims["scope"] == "rest_webservices" and claims["exp"] - claims["iat"] <= 3600
 
+        resource.close()  # Dagster closes the client after each step: the token outlives it
+        resource.probe()
+        assert ns.tokens_issued == 1
+
         ns.expire_access_tokens()  # the hour is over: NetSuite answers 401, the connector renews once
         assert resource.ensure_sales_order("M2M-1", so_body(ns)) == (so_id, False)
         assert ns.tokens_issued == 2

@@ -111,9 +111,14 @@ def load_private_key(pem: str) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
     return key
 
 
+_TOKENS: dict[tuple[str, str, str], tuple[str, float]] = {}  # (token URL, client, certificate) -> (token, renew at)
+_TOKENS_LOCK = threading.Lock()
+
+
 class NetSuiteM2M(httpx.Auth):
     """OAuth 2.0 client credentials with a JWT client assertion; the bearer token is cached
-    until shortly before it expires and renewed once when NetSuite answers 401."""
+    (per process, per integration) until shortly before it expires and renewed once when
+    NetSuite answers 401."""
 
     requires_response_body = True
 
@@ -126,9 +131,8 @@ class NetSuiteM2M(httpx.Auth):
         if self.algorithm not in M2M_ALGORITHMS:
             raise ValueError(f"NetSuite accepts {', '.join(M2M_ALGORITHMS)} for the client assertion, not {self.algorithm}")
         self.renew_before_s = renew_before_s
-        self._token: str | None = None
-        self._expires_at = 0.0
-        self._lock = threading.Lock()
+        # the token outlives this client: Dagster closes the client after each step
+        self._cache_key = (token_url, client_id, certificate_id)
         self.tokens_fetched = 0
 
     def assertion(self) -> str:
@@ -142,13 +146,14 @@ class NetSuiteM2M(httpx.Auth):
         })
 
     def _cached(self) -> str | None:
-        with self._lock:
-            return self._token if self._token and time.monotonic() < self._expires_at else None
+        with _TOKENS_LOCK:
+            token, expires_at = _TOKENS.get(self._cache_key, (None, 0.0))
+            return token if token and time.monotonic() < expires_at else None
 
     def _drop(self, token: str) -> None:
-        with self._lock:
-            if self._token == token:
-                self._token = None
+        with _TOKENS_LOCK:
+            if _TOKENS.get(self._cache_key, (None, 0.0))[0] == token:
+                del _TOKENS[self._cache_key]
 
     def _keep(self, response: httpx.Response) -> str | None:
         """The new token; None when the endpoint failed transiently (the caller retries that
@@ -164,11 +169,11 @@ class NetSuiteM2M(httpx.Auth):
             raise NetSuiteError(f"OAuth 2.0 token request refused: HTTP {response.status_code} {code} {detail or ''}".strip(),
                                 status=401, code=code, detail=detail, body=body)
         lifetime = float(body.get("expires_in") or 3600)
-        with self._lock:
-            self._token = str(body["access_token"])
-            self._expires_at = time.monotonic() + max(0.0, lifetime - self.renew_before_s)
+        token = str(body["access_token"])
+        with _TOKENS_LOCK:
+            _TOKENS[self._cache_key] = (token, time.monotonic() + max(0.0, lifetime - self.renew_before_s))
             self.tokens_fetched += 1
-            return self._token
+        return token
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         token = self._cached()
