@@ -478,3 +478,26 @@ def test_refunds_read_over_graphql_classify_like_the_webhooks_shopify_sent():
         want, got = classify_refund(webhook, order=stored), classify_refund(graphql, order=order)
         assert (got.kind, got.reasons, got.actions) == (want.kind, want.reasons, want.actions)
     assert {classify_refund(r, order=order).kind for r in read} >= {"RETURN", "CANCELLATION"}
+
+
+def test_bulk_order_backfill_reads_what_paging_reads_within_shopifys_bulk_rules():
+    shop = ShopifySandbox(access_token=TOKEN, webhook_secret="s")
+    orders = [place(shop, quantities=(2, 1)) for _ in range(5)]
+    first_line = orders[1]["line_items"][0]["id"]
+    shop.create_fulfillment(orders[1]["id"], {first_line: 2}, tracking_number="AB123456789GB", company="Royal Mail")
+    shop.refund_order(orders[1]["id"], line_items=[{"line_item_id": first_line, "quantity": 1, "restock_type": "return"}])
+    shop.cancel_order(orders[3]["id"])
+    with serve(shop.app) as url:
+        resource = ShopifyResource(base_url=url, access_token=TOKEN)
+        paged = list(resource.iter_orders())
+        bulk = list(resource.iter_orders_bulk())
+        assert bulk == paged and len(bulk) == 5
+        assert [o["id"] for o in resource.iter_orders_bulk(updated_at_min="2999-01-01T00:00:00Z")] == []
+        # the result file is fetched without the shop's token (a signed storage URL at Shopify)
+        assert shop.graphql.bulk_downloads and not any(d["with_access_token"] for d in shop.graphql.bulk_downloads)
+        # Shopify's bulk rules: at most five connections, nested at most two deep
+        deep = "{ orders { edges { node { id fulfillmentOrders { edges { node { id lineItems { edges { node { id } } } } } } } } } }"
+        with pytest.raises(ShopifyError, match="nested more than 2 levels"):
+            list(resource.run_bulk_query(deep))
+        with pytest.raises(ShopifyError, match="at least one connection"):
+            list(resource.run_bulk_query("{ shop { name } }"))

@@ -13,6 +13,10 @@ webhooks we receive. Reads are therefore mapped back to that shape here (numeric
 snake_case, `line_items`, `fulfillments`, `refunds`...), so an order read for
 reconciliation lands exactly like the webhook it replaces.
 
+Large backfills use a bulk operation (`iter_orders_bulk`: `bulkOperationRunQuery`, poll,
+download the JSONL from the signed URL without our token, rebuild each order from its
+`__parentId` lines) instead of thousands of pages.
+
 Writes are idempotent: `create_fulfillment` looks for a fulfilment with the same
 tracking number and quantities first and, after an ambiguous failure, re-reads before
 resending (Shopify refuses to fulfil the same units twice anyway);
@@ -404,10 +408,35 @@ WEBHOOK_DELETE = """
 mutation WebhookDelete($id: ID!) {
   webhookSubscriptionDelete(id: $id) { deletedWebhookSubscriptionId userErrors { field message } }
 }"""
+BULK_RUN = """
+mutation BulkRun($query: String!) {
+  bulkOperationRunQuery(query: $query, groupObjects: false) {
+    bulkOperation { id status }
+    userErrors { field message code }
+  }
+}"""
+BULK_STATUS = """
+query BulkStatus($id: ID!) {
+  bulkOperation(id: $id) { id status errorCode objectCount url partialDataUrl }
+}"""
+# The bulk form of an order read: Shopify allows five connections nested two deep, so the
+# lines of fulfilments and refunds (connections inside lists) are read per order afterwards.
+BULK_ORDERS_QUERY = f"""{{
+  orders(query: QUERY, sortKey: ID) {{ edges {{ node {{
+    id name email phone createdAt updatedAt processedAt cancelledAt cancelReason closedAt
+    displayFinancialStatus displayFulfillmentStatus currencyCode note tags totalPriceSet {{ {_MONEY} }}
+    shippingAddress {{ name firstName lastName company address1 address2 city province provinceCode zip country countryCodeV2 phone }}
+    fulfillments {{ id }}
+    refunds {{ id }}
+    lineItems {{ edges {{ node {{ {_LINE} }} }} }}
+    shippingLines(includeRemovals: true) {{ edges {{ node {{ id code title source isRemoved originalPriceSet {{ {_MONEY} }} }} }} }}
+  }} }} }}
+}}"""
 DOCUMENTS = {
     name: value for name, value in dict(globals()).items()
     if name.isupper() and isinstance(value, str) and ("query " in value or "mutation " in value)
 }
+DOCUMENTS["BULK_ORDERS_QUERY"] = BULK_ORDERS_QUERY.replace("QUERY", json.dumps("updated_at:>='2026-01-01T00:00:00Z'"))
 
 
 def topic_header_form(topic: str) -> str:
@@ -593,6 +622,56 @@ class ShopifyResource(HttpConnector):
     def list_refunds(self, order_id: int | str) -> list[dict[str, Any]]:
         node = self.execute(REFUNDS_QUERY, {"id": gid("Order", order_id)}, what=f"refunds of order {order_id}").get("order")
         return [refund_from_graphql(r, legacy_id(node["id"])) for r in node["refunds"]] if node else []
+
+    def run_bulk_query(self, query: str, *, poll_s: float = 1.0, timeout_s: float = 3600.0) -> Iterator[dict[str, Any]]:
+        """Run a bulk query (`bulkOperationRunQuery`), wait for it, and yield its JSONL objects.
+        The result file is fetched without our access token: Shopify hands out a signed URL
+        on its storage, which must not receive the shop's credentials."""
+        started = self._mutate(BULK_RUN, {"query": query}, "bulkOperationRunQuery", what="start bulk query")
+        op_id = started["bulkOperation"]["id"]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            op = self.execute(BULK_STATUS, {"id": op_id}, what=f"bulk operation {op_id}").get("bulkOperation") or {}
+            status = op.get("status")
+            if status == "COMPLETED":
+                break
+            if status in ("FAILED", "CANCELED", "EXPIRED"):
+                raise ShopifyError(f"bulk operation {op_id} {status.lower()}: {op.get('errorCode')}", 422, op)
+            if time.monotonic() > deadline:
+                raise ShopifyError(f"bulk operation {op_id} still {status} after {timeout_s:.0f}s", None, op)
+            time.sleep(poll_s)
+        if not op.get("url"):
+            return  # nothing matched
+        with httpx.Client(timeout=httpx.Timeout(self.timeout_s)) as storage:
+            response = send_with_retries(storage, "GET", op["url"], system=SYSTEM, policy=self._policy())
+        if response.status_code >= 400:
+            raise ShopifyError(f"bulk result of {op_id}: HTTP {response.status_code}", response.status_code)
+        for line in response.text.splitlines():
+            if line.strip():
+                yield json.loads(line)
+
+    def iter_orders_bulk(self, updated_at_min: datetime | str | None = None) -> Iterator[dict[str, Any]]:
+        """Like `iter_orders`, for large backfills: one bulk operation instead of thousands of
+        pages, then one read per order that has fulfilments or refunds (their lines)."""
+        search = f"updated_at:>='{_iso(updated_at_min)}'" if updated_at_min is not None else ""
+        query = BULK_ORDERS_QUERY.replace("QUERY", json.dumps(search))
+        orders: dict[str, dict[str, Any]] = {}
+        for obj in self.run_bulk_query(query):
+            parent = obj.pop("__parentId", None)
+            if parent is None:
+                orders[obj["id"]] = {**obj, "lineItems": {"nodes": []}, "shippingLines": {"nodes": []}}
+            elif "/LineItem/" in obj["id"]:
+                orders[parent]["lineItems"]["nodes"].append(obj)
+            elif "/ShippingLine/" in str(obj.get("id")):
+                orders[parent]["shippingLines"]["nodes"].append(obj)
+        for node in orders.values():
+            if node.get("fulfillments"):
+                full = self.execute(FULFILLMENTS_QUERY, {"id": node["id"]}, what=f"fulfillments of {node['id']}").get("order")
+                node["fulfillments"] = (full or {}).get("fulfillments") or []
+            if node.get("refunds"):
+                full = self.execute(REFUNDS_QUERY, {"id": node["id"]}, what=f"refunds of {node['id']}").get("order")
+                node["refunds"] = (full or {}).get("refunds") or []
+            yield order_from_graphql(node)
 
     # ------------------------------------------------------------------ fulfilment
 

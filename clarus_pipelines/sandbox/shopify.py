@@ -1268,6 +1268,7 @@ class ShopifySandbox:
         api = "/admin/api/{version}"
         return [
             Route(f"{api}/graphql.json", self._graphql_endpoint, methods=["POST"]),
+            Route("/bulk-results/{number:int}.jsonl", self._bulk_result),
             Route(f"{api}/orders.json", self._admin(self._list_orders)),
             Route(f"{api}/orders/count.json", self._admin(self._count_orders)),
             Route(f"{api}/orders/{{order_id:int}}.json", self._admin(self._get_order)),
@@ -1338,8 +1339,18 @@ class ShopifySandbox:
         except ValueError:
             return JSONResponse({"errors": "Bad Request: the body is not valid JSON"}, status_code=400, headers=headers)
         with self._lock:
+            self.graphql.base_url = f"{request.url.scheme}://{request.headers.get('host', 'localhost')}"
             status, answer = self.graphql.handle(body)
         return JSONResponse(answer, status_code=status, headers=headers)
+
+    async def _bulk_result(self, request: Request) -> Response:
+        """A finished bulk operation's JSONL (a signed storage URL at Shopify: no access token)."""
+        self.graphql.bulk_downloads.append({"number": request.path_params["number"],
+                                            "with_access_token": "x-shopify-access-token" in request.headers})
+        body = self.graphql.bulk_results.get(request.path_params["number"])
+        if body is None:
+            return JSONResponse(_NOT_FOUND, status_code=404)
+        return Response(body, media_type="application/jsonl")
 
     def _limit(self, request: Request, default: int = 50) -> int | None:
         raw = request.query_params.get("limit")

@@ -30,6 +30,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
+from contextvars import ContextVar
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
@@ -59,6 +60,9 @@ from graphql.utilities import value_from_ast_untyped
 if TYPE_CHECKING:
     from clarus_pipelines.sandbox.shopify import ShopifySandbox
 
+_BULK: ContextVar[bool] = ContextVar("shopify_bulk_operation", default=False)
+BULK_MAX_CONNECTIONS = 5
+BULK_MAX_DEPTH = 2
 SCHEMA_VERSION = "2026-10"
 SCHEMA_PATH = Path(__file__).with_name(f"shopify_admin_{SCHEMA_VERSION}.json.gz")
 MAX_PAGE = 250
@@ -132,11 +136,14 @@ def _uncursor(token: str) -> Any:
 def connection(items: Sequence[Any], *, first: int | None = None, last: int | None = None, after: str | None = None,
                before: str | None = None, reverse: bool = False, key: Callable[[Any], Any] | None = None,
                **_: Any) -> dict[str, Any]:
-    """A Relay connection over `items` (already in their sort order), as Shopify pages them."""
+    """A Relay connection over `items` (already in their sort order), as Shopify pages them.
+    Inside a bulk operation a connection without `first`/`last` returns everything."""
     if first is None and last is None:
-        raise GraphQLError("you must provide one of first or last")
+        if not _BULK.get():
+            raise GraphQLError("you must provide one of first or last")
+        first = len(items)
     for name, size in (("first", first), ("last", last)):
-        if size is not None and not 0 <= size <= MAX_PAGE:
+        if size is not None and not 0 <= size <= MAX_PAGE and not _BULK.get():
             raise GraphQLError(f"The '{name}' argument must be between 0 and {MAX_PAGE}.")
     key = key or (lambda item: item.get("id") if isinstance(item, Mapping) else id(item))
     ordered = list(reversed(items)) if reverse else list(items)
@@ -304,9 +311,15 @@ class ShopifyGraphQL:
         self.webhook_subscriptions: dict[int, dict[str, Any]] = {}
         self.throttled: list[dict[str, Any]] = []  # THROTTLED answers given (for tests and the request log)
         self.applied_changes: list[dict[str, Any]] = []  # inventory quantities applied (a replayed key adds none)
+        self.bulk_operations: dict[int, dict[str, Any]] = {}
+        self.bulk_results: dict[int, bytes] = {}  # JSONL served at /bulk-results/<n>.jsonl
+        self.bulk_downloads: list[dict[str, Any]] = []
+        self.base_url = "http://localhost"  # set per request: where bulk results are downloaded
         self._subscription_ids = iter(range(1_100_000_000_001, 10**15))
 
     def reset(self) -> None:
+        self.bulk_operations.clear()
+        self.bulk_results.clear()
         self.idempotent_results.clear()
         self.throttled.clear()
         self.applied_changes.clear()
@@ -531,6 +544,9 @@ class ShopifyGraphQL:
             "locations": lambda includeInactive=None, includeLegacy=None, query=None, sortKey=None, **page:
                 connection([self._location()], **page),
             "webhookSubscriptions": self._webhook_subscriptions,
+            "currentBulkOperation": lambda type="QUERY": next(
+                (op for _, op in sorted(self.bulk_operations.items(), reverse=True) if op["type"] == type), None),
+            "bulkOperation": lambda id: self.bulk_operations.get(gid_number(id) or 0),
         }
 
     @staticmethod
@@ -599,6 +615,7 @@ class ShopifyGraphQL:
             "fulfillmentTrackingInfoUpdate": self._tracking_update,
             "inventorySetQuantities": self._idempotent("inventorySetQuantities", self._inventory_set),
             "inventoryAdjustQuantities": self._idempotent("inventoryAdjustQuantities", self._inventory_adjust),
+            "bulkOperationRunQuery": self._bulk_run_query,
             "webhookSubscriptionCreate": self._webhook_create,
             "webhookSubscriptionDelete": self._webhook_delete,
         }
@@ -709,6 +726,109 @@ class ShopifyGraphQL:
     def _inventory_adjust(self, input: Mapping[str, Any]) -> dict[str, Any]:
         return self._inventory_changes(input["name"], input["reason"], input["changes"], "changes",
                                        lambda row, before: before + int(row["delta"]))
+
+    # -------------------------------------------------------------- bulk operations
+
+    def _bulk_problems(self, document: DocumentNode) -> list[str]:
+        """Shopify's bulk query rules: one top-level connection (not node/nodes), at most five
+        connections, nested at most two deep, each nested one under a parent selecting `id`."""
+        problems = [e.message for e in validate(self.schema, document)]
+        if problems:
+            return problems
+        operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+        if len(operations) != 1 or operations[0].operation != OperationType.QUERY:
+            return ["Bulk queries must contain exactly one query operation."]
+        roots = [sel for sel in operations[0].selection_set.selections if isinstance(sel, FieldNode)]
+        if len(roots) != 1 or roots[0].name.value in ("node", "nodes"):
+            return ["Bulk queries must select a single top-level connection field (not node or nodes)."]
+        found: list[int] = []
+        problems = []
+
+        def walk(selections: Any, parent: Any, depth: int) -> None:
+            names = {sel.name.value for sel in selections or () if isinstance(sel, FieldNode) and sel.alias is None}
+            for sel in selections or ():
+                if not isinstance(sel, FieldNode) or sel.selection_set is None:
+                    continue
+                definition = (getattr(parent, "fields", {}) or {}).get(sel.name.value)
+                if definition is None:
+                    continue
+                named = get_named_type(definition.type)
+                is_connection = named.name.endswith("Connection")
+                if is_connection:
+                    found.append(depth + 1)
+                    if depth >= 1 and "id" not in names:
+                        problems.append(f"The parent of the nested connection '{sel.name.value}' must select 'id'.")
+                walk(sel.selection_set.selections, named, depth + 1 if is_connection else depth)
+
+        walk(operations[0].selection_set.selections, self.schema.query_type, 0)
+        if not found or found[0] != 1:
+            problems.append("Bulk queries must contain at least one connection.")
+        if len(found) > BULK_MAX_CONNECTIONS:
+            problems.append(f"Bulk queries cannot contain more than {BULK_MAX_CONNECTIONS} connections.")
+        if max(found, default=0) > BULK_MAX_DEPTH:
+            problems.append(f"Bulk queries cannot contain connections nested more than {BULK_MAX_DEPTH} levels deep.")
+        return problems
+
+    @staticmethod
+    def _jsonl_lines(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Shopify's bulk JSONL: every node of every connection on its own line; nested ones
+        carry `__parentId`. Lists that are not connections stay inside their object."""
+        lines: list[dict[str, Any]] = []
+
+        def nodes_of(value: Mapping[str, Any]) -> list[Any]:
+            if "edges" in value:
+                return [edge.get("node") for edge in value.get("edges") or []]
+            return list(value.get("nodes") or [])
+
+        def emit(node: Mapping[str, Any], parent: str | None) -> None:
+            line: dict[str, Any] = {}
+            children: list[Any] = []
+            for key, value in node.items():
+                if isinstance(value, Mapping) and ("edges" in value or "nodes" in value):
+                    children.extend(nodes_of(value))
+                else:
+                    line[key] = value
+            if parent is not None:
+                line["__parentId"] = parent
+            lines.append(line)
+            for child in children:
+                emit(child, node.get("id"))
+
+        for root in data.values():
+            for node in nodes_of(root or {}):
+                emit(node, None)
+        return lines
+
+    def _bulk_run_query(self, query: str, groupObjects: bool) -> dict[str, Any]:
+        try:
+            document = parse(query)
+        except GraphQLError as exc:
+            return {"bulkOperation": None, "userErrors": [{"field": ["query"], "message": exc.message, "code": "INVALID"}]}
+        problems = self._bulk_problems(document)
+        if problems:
+            return {"bulkOperation": None,
+                    "userErrors": [{"field": ["query"], "message": m, "code": "INVALID"} for m in problems]}
+        token = _BULK.set(True)
+        try:
+            result = execute(self.schema, document, root_value=self._query_root(), field_resolver=default_resolver)
+        finally:
+            _BULK.reset(token)
+        number = len(self.bulk_operations) + 1
+        now = self.shop._iso(self.shop.clock())
+        op: dict[str, Any] = {"id": gid("BulkOperation", number), "type": "QUERY", "query": query, "createdAt": now,
+                              "completedAt": now, "partialDataUrl": None}
+        if result.errors:
+            op.update(status="FAILED", errorCode="INTERNAL_SERVER_ERROR", objectCount="0", rootObjectCount="0",
+                      fileSize=None, url=None)
+        else:
+            lines = self._jsonl_lines(result.data or {})
+            body = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines).encode("utf-8")
+            self.bulk_results[number] = body
+            op.update(status="COMPLETED", errorCode=None, objectCount=str(len(lines)),
+                      rootObjectCount=str(sum(1 for line in lines if "__parentId" not in line)),
+                      fileSize=str(len(body)), url=f"{self.base_url}/bulk-results/{number}.jsonl" if lines else None)
+        self.bulk_operations[number] = op
+        return {"bulkOperation": op, "userErrors": []}
 
     def _webhook_create(self, topic: str, webhookSubscription: Mapping[str, Any]) -> dict[str, Any]:
         uri = webhookSubscription.get("uri")
