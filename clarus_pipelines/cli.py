@@ -50,6 +50,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Audit the connected systems and our state for gaps (item master, ship methods, stock, webhooks, orders, "
         "refunds, configuration); exit 1 when there are go-live blockers.",
     ),
+    "shopify-webhooks": (
+        "clarus_pipelines.shopify_webhooks",
+        "sync: make the shop's webhook subscriptions match the topics we consume and the receiver's URL (--dry-run).",
+    ),
     "simulate": (
         "clarus_pipelines.simulate",
         "Rehearse a sale day: run the whole integration against the sandbox with faults and print what happened as JSON.",
@@ -71,7 +75,7 @@ def _top_parser() -> argparse.ArgumentParser:
         prog="clarus-pipelines",
         description="Clarus WMS <-> Shopify <-> NetSuite integration, watched.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="commands:\n" + "\n".join(f"  {name:<14} {text}" for name, (_, text) in COMMANDS.items())
+        epilog="commands:\n" + "\n".join(f"  {name:<16} {text}" for name, (_, text) in COMMANDS.items())
         + "\n\nRun 'clarus-pipelines COMMAND --help' for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from clarus_pipelines.commands.output import fail
 from clarus_pipelines.settings import ConfigError, Settings, load_policies
 
 
@@ -28,9 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 REQUIRED_SECRETS = (
     "CLARUS_CLIENT_ID", "CLARUS_CLIENT_SECRET", "CLARUS_WEBHOOK_TOKEN", "SHOPIFY_ACCESS_TOKEN",
-    "SHOPIFY_WEBHOOK_SECRET", "NETSUITE_CONSUMER_KEY", "NETSUITE_CONSUMER_SECRET", "NETSUITE_TOKEN_ID",
-    "NETSUITE_TOKEN_SECRET", "NETSUITE_WEBHOOK_SECRET",
-)
+    "SHOPIFY_WEBHOOK_SECRET", "NETSUITE_WEBHOOK_SECRET",
+)  # plus what the chosen NETSUITE_AUTH_METHOD needs (Settings.netsuite_missing_credentials)
 
 
 # --- weak webhook secrets (issue 12) ---
@@ -54,20 +54,19 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = Settings()
     except ValidationError as exc:
-        for err in exc.errors():
-            print(f"environment: {'.'.join(map(str, err['loc']))}: {err['msg']}", file=sys.stderr)
-        return 1
+        problems = [f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in exc.errors()]
+        return fail("check-config", "environment: " + "; ".join(problems), code=1, indent=None)
     path = args.config or settings.policies_file
     try:
         policies = load_policies(path)
     except ConfigError as exc:
-        print(f"invalid config: {exc}", file=sys.stderr)
-        return 1
+        return fail("check-config", f"invalid config: {exc}", code=1, indent=None, config=str(path))
     missing: list[str] = []
     weak: list[str] = []
+    netsuite_missing = settings.netsuite_missing_credentials()
     if args.require_secrets:
         fields = {f.validation_alias: name for name, f in Settings.model_fields.items()}
-        missing = [env for env in REQUIRED_SECRETS if getattr(settings, fields[env]) is None]
+        missing = [env for env in REQUIRED_SECRETS if getattr(settings, fields[env]) is None] + netsuite_missing
         for env in missing:
             print(f"environment: {env}: not set", file=sys.stderr)
         for env in DOOR_SECRETS:
@@ -76,11 +75,17 @@ def run(args: argparse.Namespace) -> int:
             if reason:
                 weak.append(env)
                 print(f"environment: {env}: {reason}", file=sys.stderr)
+    elif netsuite_missing:
+        print(f"environment: NetSuite auth {settings.netsuite_auth_method} still lacks "
+              + ", ".join(netsuite_missing), file=sys.stderr)
     summary = {
         "config": str(path),
         "ship_methods": len(policies.ship_methods),
         "sku_buffers": len(policies.stock.buffers),
         "owners": sorted(policies.owners),
+        "shopify_api_version": settings.shopify_api_version,
+        "netsuite_auth_method": settings.netsuite_auth_method,
+        "netsuite_auth_missing": netsuite_missing,
         "missing_secrets": missing,
         "weak_secrets": weak,
         "ok": not missing and not weak,

@@ -48,15 +48,31 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
             api_version=settings.shopify_api_version,
             access_token=dg.EnvVar("SHOPIFY_ACCESS_TOKEN"),
         ),
-        "netsuite": NetSuiteResource(
+        "netsuite": netsuite_resource(settings),
+    }
+
+
+def netsuite_resource(settings: Settings) -> NetSuiteResource:
+    """NetSuite with the credentials of the chosen auth method (only those are read)."""
+    if settings.netsuite_auth_method == "oauth2_m2m":
+        key_file = settings.netsuite_private_key is None and settings.netsuite_private_key_file is not None
+        return NetSuiteResource(
             base_url=settings.netsuite_base_url,
             account_id=settings.netsuite_account_id,
-            consumer_key=dg.EnvVar("NETSUITE_CONSUMER_KEY"),
-            consumer_secret=dg.EnvVar("NETSUITE_CONSUMER_SECRET"),
-            token_id=dg.EnvVar("NETSUITE_TOKEN_ID"),
-            token_secret=dg.EnvVar("NETSUITE_TOKEN_SECRET"),
-        ),
-    }
+            auth_method="oauth2_m2m",
+            client_id=dg.EnvVar("NETSUITE_CLIENT_ID"),
+            certificate_id=dg.EnvVar("NETSUITE_CERTIFICATE_ID"),
+            **({"private_key_file": str(settings.netsuite_private_key_file)} if key_file
+               else {"private_key": dg.EnvVar("NETSUITE_PRIVATE_KEY")}),
+        )
+    return NetSuiteResource(
+        base_url=settings.netsuite_base_url,
+        account_id=settings.netsuite_account_id,
+        consumer_key=dg.EnvVar("NETSUITE_CONSUMER_KEY"),
+        consumer_secret=dg.EnvVar("NETSUITE_CONSUMER_SECRET"),
+        token_id=dg.EnvVar("NETSUITE_TOKEN_ID"),
+        token_secret=dg.EnvVar("NETSUITE_TOKEN_SECRET"),
+    )
 
 
 def build_defs(settings: Settings | None = None) -> dg.Definitions:

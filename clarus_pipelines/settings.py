@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import yaml
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from clarus_pipelines.catalogue import CATALOGUE
@@ -21,6 +22,13 @@ from clarus_pipelines.policies import Policies
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SANDBOX_POLICIES = REPO_ROOT / "config" / "sandbox.yaml"
 
+# API versions (see docs/api-versions.md): the Shopify Admin API version we pin, and the
+# oldest version we declare still supported by Shopify (each stable version lives at least
+# 12 months). Move both when Shopify releases a new version; a test fails when the pin
+# falls behind the declared oldest, or the declared oldest is out of Shopify's window.
+SHOPIFY_API_VERSION = "2026-10"
+SHOPIFY_OLDEST_SUPPORTED_VERSION = "2026-01"
+NETSUITE_AUTH_METHODS = ("tba", "oauth2_m2m")
 
 
 class Settings(BaseSettings):
@@ -40,12 +48,20 @@ class Settings(BaseSettings):
     clarus_webhook_token: SecretStr | None = Field(default=None, validation_alias="CLARUS_WEBHOOK_TOKEN")
 
     shopify_base_url: str = Field(default="http://127.0.0.1:8702", validation_alias="SHOPIFY_BASE_URL")
-    shopify_api_version: str = Field(default="2025-07", validation_alias="SHOPIFY_API_VERSION")
+    shopify_api_version: str = Field(default=SHOPIFY_API_VERSION, validation_alias="SHOPIFY_API_VERSION",
+                                     pattern=r"^\d{4}-(01|04|07|10)$")
     shopify_access_token: SecretStr | None = Field(default=None, validation_alias="SHOPIFY_ACCESS_TOKEN")
     shopify_webhook_secret: SecretStr | None = Field(default=None, validation_alias="SHOPIFY_WEBHOOK_SECRET")
 
     netsuite_base_url: str = Field(default="http://127.0.0.1:8703", validation_alias="NETSUITE_BASE_URL")
     netsuite_account_id: str = Field(default="SANDBOX", validation_alias="NETSUITE_ACCOUNT_ID")
+    # tba: OAuth 1.0a token-based authentication (no new TBA integrations from NetSuite 2027.1);
+    # oauth2_m2m: OAuth 2.0 client credentials with a certificate (JWT assertion).
+    netsuite_auth_method: Literal["tba", "oauth2_m2m"] = Field(default="tba", validation_alias="NETSUITE_AUTH_METHOD")
+    netsuite_client_id: str | None = Field(default=None, validation_alias="NETSUITE_CLIENT_ID")
+    netsuite_certificate_id: str | None = Field(default=None, validation_alias="NETSUITE_CERTIFICATE_ID")
+    netsuite_private_key: SecretStr | None = Field(default=None, validation_alias="NETSUITE_PRIVATE_KEY")
+    netsuite_private_key_file: Path | None = Field(default=None, validation_alias="NETSUITE_PRIVATE_KEY_FILE")
     netsuite_consumer_key: str | None = Field(default=None, validation_alias="NETSUITE_CONSUMER_KEY")
     netsuite_consumer_secret: SecretStr | None = Field(default=None, validation_alias="NETSUITE_CONSUMER_SECRET")
     netsuite_token_id: str | None = Field(default=None, validation_alias="NETSUITE_TOKEN_ID")
@@ -59,6 +75,32 @@ class Settings(BaseSettings):
     alert_smtp_starttls: bool = Field(default=False, validation_alias="ALERT_SMTP_STARTTLS")
     alert_smtp_username: str | None = Field(default=None, validation_alias="ALERT_SMTP_USERNAME")
     alert_smtp_password: SecretStr | None = Field(default=None, validation_alias="ALERT_SMTP_PASSWORD")
+
+    @field_validator("shopify_api_version")
+    @classmethod
+    def _shopify_version_supported(cls, value: str) -> str:
+        if value < SHOPIFY_OLDEST_SUPPORTED_VERSION:
+            raise ValueError(f"Shopify API {value} is older than the oldest supported version "
+                             f"{SHOPIFY_OLDEST_SUPPORTED_VERSION} (see docs/api-versions.md)")
+        return value
+
+    def netsuite_private_key_pem(self) -> str | None:
+        """The M2M certificate's private key: NETSUITE_PRIVATE_KEY, else the file NETSUITE_PRIVATE_KEY_FILE."""
+        if self.netsuite_private_key is not None:
+            return self.netsuite_private_key.get_secret_value()
+        if self.netsuite_private_key_file is not None and self.netsuite_private_key_file.is_file():
+            return self.netsuite_private_key_file.read_text()
+        return None
+
+    def netsuite_missing_credentials(self) -> list[str]:
+        """Environment variables the chosen NetSuite auth method still lacks."""
+        if self.netsuite_auth_method == "oauth2_m2m":
+            needed = {"NETSUITE_CLIENT_ID": self.netsuite_client_id, "NETSUITE_CERTIFICATE_ID": self.netsuite_certificate_id,
+                      "NETSUITE_PRIVATE_KEY (or NETSUITE_PRIVATE_KEY_FILE)": self.netsuite_private_key_pem()}
+        else:
+            needed = {"NETSUITE_CONSUMER_KEY": self.netsuite_consumer_key, "NETSUITE_CONSUMER_SECRET": self.netsuite_consumer_secret,
+                      "NETSUITE_TOKEN_ID": self.netsuite_token_id, "NETSUITE_TOKEN_SECRET": self.netsuite_token_secret}
+        return [name for name, value in needed.items() if not value]
 
     @property
     def state_db_path(self) -> Path:

@@ -112,8 +112,12 @@ def _environment(updates: Mapping[str, str]) -> Iterator[None]:
 
 
 def _sandbox_secrets() -> dict[str, str]:
-    """Random credentials for this run's sandbox: real ones never meet it (never printed)."""
-    return {name: secrets.token_urlsafe(24) for name in SECRET_NAMES}
+    """Random credentials for this run's sandbox: real ones never meet it (never printed).
+    NetSuite is reached with OAuth 2.0 M2M, the method new integrations must use."""
+    from clarus_pipelines.sandbox.server import generate_m2m_credentials
+
+    return {**{name: secrets.token_urlsafe(24) for name in SECRET_NAMES}, **generate_m2m_credentials(),
+            "NETSUITE_AUTH_METHOD": "oauth2_m2m"}
 
 
 # ------------------------------------------------------------------------ driving Dagster
@@ -464,6 +468,7 @@ class _SandboxHost:
     def __init__(self, seed: int, receiver_url: str, policies_path: str):
         from clarus_pipelines.sandbox.server import SandboxSecrets, start_sandbox
         from clarus_pipelines.sandbox.shopify import LeakyBucket
+        from clarus_pipelines.sandbox.shopify_graphql import CostBucket
         from clarus_pipelines.sandbox.traffic import TrafficGenerator, TrafficProfile
         from clarus_pipelines.settings import load_policies
 
@@ -477,6 +482,7 @@ class _SandboxHost:
         )
         self.sandbox.clarus.missing_tracking_rate = profile.missing_tracking  # a warehouse fault, as in real traffic
         self.sandbox.shopify.bucket = LeakyBucket(size=400, leak_rate=20.0)  # a sale-day store is on Shopify Plus limits
+        self.sandbox.shopify.graphql.bucket = CostBucket(10_000, 1_000.0)  # GraphQL: Plus's cost bucket
         self.traffic = TrafficGenerator(self.sandbox.shopify, self.sandbox.netsuite, self.sandbox.clarus, profile, seed,
                                         policies=load_policies(policies_path))
 

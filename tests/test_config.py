@@ -153,3 +153,21 @@ def test_web_orders_are_booked_to_the_tenants_netsuite_customer_unless_a_run_say
     assert policies.tenant.netsuite_customer_id == "110"  # the sandbox's web customer
     assert OrdersConfig().customer_id(policies) == "110"
     assert OrdersConfig(netsuite_customer_id="4242").customer_id(policies) == "4242"
+
+
+def test_check_config_names_what_the_chosen_netsuite_auth_method_lacks():
+    base = {"PATH": "/usr/bin:/bin", "NETSUITE_AUTH_METHOD": "oauth2_m2m", "NETSUITE_CLIENT_ID": "client-1"}
+    result = subprocess.run(CLI + ["check-config"], capture_output=True, text=True, env=base)
+    summary = json.loads(result.stdout)
+    assert summary["netsuite_auth_method"] == "oauth2_m2m"
+    assert summary["netsuite_auth_missing"] == ["NETSUITE_CERTIFICATE_ID", "NETSUITE_PRIVATE_KEY (or NETSUITE_PRIVATE_KEY_FILE)"]
+    assert "oauth2_m2m still lacks NETSUITE_CERTIFICATE_ID" in result.stderr
+    strict = subprocess.run(CLI + ["check-config", "--require-secrets"], capture_output=True, text=True, env=base)
+    assert strict.returncode == 1 and "NETSUITE_CERTIFICATE_ID: not set" in strict.stderr
+    assert "NETSUITE_TOKEN_SECRET" not in strict.stderr  # TBA's credentials are not asked of an M2M install
+    tba = subprocess.run(CLI + ["check-config", "--require-secrets"], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin"})
+    assert "NETSUITE_TOKEN_SECRET: not set" in tba.stderr and "NETSUITE_CERTIFICATE_ID" not in tba.stderr
+    bad = subprocess.run(CLI + ["check-config"], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "NETSUITE_AUTH_METHOD": "oauth3"})
+    assert bad.returncode == 1 and "NETSUITE_AUTH_METHOD" in bad.stderr

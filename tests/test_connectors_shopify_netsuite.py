@@ -44,14 +44,26 @@ class LoseResponses:
     """Lets the next `count` matching requests reach the app, then drops its answer: a 502,
     or (with `delay_s`) a response later than the client's timeout. The write happened."""
 
-    def __init__(self, app: ASGIApp, *, method: str, path_contains: str, count: int, delay_s: float = 0.0):
+    def __init__(self, app: ASGIApp, *, method: str, path_contains: str, count: int, delay_s: float = 0.0,
+                 body_contains: str | None = None):
         self.app, self.method, self.path_contains = app, method, path_contains
-        self.remaining, self.delay_s = count, delay_s
+        self.remaining, self.delay_s, self.body_contains = count, delay_s, body_contains
         self.lost = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         hit = (scope["type"] == "http" and scope["method"] == self.method and self.path_contains in scope["path"]
                and self.remaining > 0)
+        if hit and self.body_contains is not None:  # GraphQL: one path, the operation is in the body
+            chunks, more = [], True
+            while more:
+                message = await receive()
+                chunks.append(message.get("body", b""))
+                more = message.get("more_body", False)
+            body = b"".join(chunks)
+            hit = self.body_contains.encode() in body
+
+            async def receive() -> Message:  # noqa: F811 - replay the body to the app
+                return {"type": "http.request", "body": body, "more_body": False}
         if not hit:
             await self.app(scope, receive, send)
             return
@@ -102,40 +114,65 @@ def so_body(ns: NetSuiteSandbox, quantities=(2, 1)) -> dict:
 # ---------------------------------------------------------------------------- Shopify
 
 
-def test_shopify_connector_pages_orders_with_the_link_header():
+def test_shopify_connector_pages_orders_with_graphql_cursors():
     shop = ShopifySandbox(access_token=TOKEN, webhook_secret="s")
     ids = [place(shop)["id"] for _ in range(5)]
     with serve(shop.app) as url:
-        resource = ShopifyResource(base_url=url, access_token=TOKEN, page_size=2)
+        resource = ShopifyResource(base_url=url, access_token=TOKEN, order_page_size=2)
         assert [o["id"] for o in resource.iter_orders()] == ids
-        assert [r["query"].startswith("status=any") or "page_info=" in r["query"] for r in shop.requests()] == [True] * 3
-        assert resource.get_order(ids[0])["name"] == "#1001"
+        log = shop.requests()
+        assert [r["path"] for r in log] == ["/admin/api/2026-10/graphql.json"] * 3  # GraphQL only, 3 pages
+        order = resource.get_order(ids[0])
+        assert order["name"] == "#1001" and _same_business_fields(order, shop.order(ids[0]))
         assert resource.get_order(1) is None
         assert len(list(resource.iter_variants())) == len(shop.catalog.variants)
+        sku = shop.catalog.clean_variants()[0].shopify_sku
+        assert [v["sku"] for v in resource.iter_variants(skus=[sku])] == [sku]
+        resource.probe()
         with pytest.raises(ShopifyError) as refused:
             list(ShopifyResource(base_url=url, access_token="wrong").iter_orders())
         assert refused.value.status == 401
+        with pytest.raises(ShopifyError):
+            ShopifyResource(base_url=url, access_token="wrong").probe()
         resource.close()
 
 
-def test_shopify_connector_waits_the_retry_after_shopify_asks_for():
-    shop = ShopifySandbox(access_token=TOKEN, webhook_secret="s", bucket_size=1, leak_rate_per_s=5.0, monotonic=StepClock(0.1))
-    for _ in range(4):
-        place(shop)
+def _same_business_fields(read: dict, stored: dict) -> bool:
+    """The GraphQL read, mapped to REST shape, agrees with the sandbox's REST rendering."""
+    keys = ("id", "name", "email", "created_at", "updated_at", "cancelled_at", "financial_status", "fulfillment_status",
+            "currency", "total_price", "tags")
+    line_keys = ("id", "sku", "quantity", "current_quantity", "variant_id", "product_id", "price", "requires_shipping",
+                 "gift_card", "fulfillable_quantity")
+    return ({k: read[k] for k in keys} == {k: stored[k] for k in keys}
+            and [{k: li[k] for k in line_keys} for li in read["line_items"]]
+            == [{k: li[k] for k in line_keys} for li in stored["line_items"]]
+            and [s["code"] for s in read["shipping_lines"]] == [s["code"] for s in stored["shipping_lines"]]
+            and read["shipping_address"]["zip"] == stored["shipping_address"]["zip"])
+
+
+def test_shopify_connector_waits_out_throttling_by_query_cost():
+    """Shopify throttles GraphQL by calculated cost, answering THROTTLED with the bucket's
+    state; the connector waits until the bucket holds the requested cost again."""
+    clock = StepClock(0.03)  # +3 points per bucket read at 100 points/s
+    shop = ShopifySandbox(access_token=TOKEN, webhook_secret="s", graphql_points=10, graphql_restore_rate=100.0,
+                          monotonic=clock)
+    variants = shop.catalog.clean_variants()[:4]
     with serve(shop.app) as url:
-        resource = ShopifyResource(base_url=url, access_token=TOKEN, page_size=1)
-        assert len(list(resource.iter_orders())) == 4
-    log = [r for r in shop.requests() if r["path"].endswith("/orders.json")]
-    assert [r["status"] for r in log] == [200, 429, 200, 429, 200, 429, 200]
-    for throttled, retried in zip(log[1::2], log[2::2]):
-        assert retried["time"] - throttled["time"] >= 0.1 - 0.01  # Retry-After: 0.1
+        resource = ShopifyResource(base_url=url, access_token=TOKEN)
+        for n, v in enumerate(variants):
+            resource.set_inventory_levels([{"inventory_item_id": v.inventory_item_id, "location_id": shop.location_id,
+                                            "available": 10 + n}])
+    levels = {lv["inventory_item_id"]: lv["available"] for lv in shop.inventory_levels()}
+    assert [levels[v.inventory_item_id] for v in variants] == [10, 11, 12, 13]
+    assert shop.graphql.throttled, "the cost bucket never ran dry"
+    assert all(t["requested"] > t["available"] for t in shop.graphql.throttled)
 
 
 def test_create_fulfillment_is_idempotent_even_when_the_response_is_lost():
     shop = ShopifySandbox(access_token=TOKEN, webhook_secret="s")
     order = place(shop, quantities=(2, 1))
     first_line, second_line = (li["id"] for li in order["line_items"])
-    lossy = LoseResponses(shop.app, method="POST", path_contains="/fulfillments.json", count=1)
+    lossy = LoseResponses(shop.app, method="POST", path_contains="/graphql.json", count=1, body_contains="fulfillmentCreate")
     with serve(lossy) as url:
         resource = ShopifyResource(base_url=url, access_token=TOKEN, max_attempts=4)
         result = resource.create_fulfillment(order["id"], {first_line: 1}, "AB123456789GB", "Royal Mail")
@@ -160,7 +197,8 @@ def test_create_fulfillment_recovers_from_a_timeout_without_a_second_fulfilment(
     shop = ShopifySandbox(access_token=TOKEN, webhook_secret="s")
     order = place(shop, quantities=(3,))
     line = order["line_items"][0]["id"]
-    slow = LoseResponses(shop.app, method="POST", path_contains="/fulfillments.json", count=1, delay_s=1.0)
+    slow = LoseResponses(shop.app, method="POST", path_contains="/graphql.json", count=1, delay_s=1.0,
+                         body_contains="fulfillmentCreate")
     with serve(slow) as url:
         resource = ShopifyResource(base_url=url, access_token=TOKEN, timeout_s=0.3)
         result = resource.create_fulfillment(order["id"], {line: 1}, None)  # no tracking: a partial, matched in-call
@@ -190,7 +228,7 @@ def test_inventory_levels_are_set_absolutely_and_read_back():
 
 def test_ensure_sales_order_makes_exactly_one_order_under_faults():
     ns = netsuite_sandbox(faults=FaultConfig(error_rate=0.3, burst_429_rate=0.1, burst_429_length=2, retry_after_s=0.01))
-    lossy = LoseResponses(ns.app, method="POST", path_contains="/salesOrder", count=2)
+    lossy = LoseResponses(ns.app, method="PUT", path_contains="/salesOrder/eid:", count=2)  # the upsert
     with serve(lossy) as url:
         resource = netsuite_resource(url, max_attempts=10)
         so_id, created = resource.ensure_sales_order("5900000000001", so_body(ns))
@@ -205,16 +243,18 @@ def test_ensure_sales_order_makes_exactly_one_order_under_faults():
     assert any(s >= 500 for s in statuses), "the faults were not exercised"
 
 
-def test_ensure_sales_order_rechecks_after_a_timeout():
+def test_ensure_sales_order_survives_a_timeout_with_one_order():
     ns = netsuite_sandbox()
-    slow = LoseResponses(ns.app, method="POST", path_contains="/salesOrder", count=1, delay_s=1.0)
+    slow = LoseResponses(ns.app, method="PUT", path_contains="/salesOrder/eid:", count=1, delay_s=1.0)
     with serve(slow) as url:
         resource = netsuite_resource(url, timeout_s=0.3)
         so_id, created = resource.ensure_sales_order("EXT-1", so_body(ns))
         assert created
     assert [o["id"] for o in ns.sales_orders()] == [so_id]
-    posts = [r for r in ns.requests() if r["method"] == "POST"]
-    assert len(posts) == 1  # the lookup found the order: no second create was sent
+    # the upsert was resent after the timeout and updated the same record: still one order
+    puts = [r for r in ns.requests() if r["method"] == "PUT"]
+    assert len(puts) == 2 and not [r for r in ns.requests() if r["method"] == "POST"]
+    assert ns.sales_orders()[0]["externalId"] == "EXT-1"
 
 
 def test_item_fulfilment_waits_for_commit_and_is_idempotent_per_shipment():
@@ -306,3 +346,158 @@ def test_an_unreachable_netsuite_is_a_connector_error_after_the_retries():
     with pytest.raises(ConnectorError) as failed:
         NetSuiteResource(base_url="http://127.0.0.1:9", account_id=ACCOUNT, max_attempts=2, **CREDS).get_sales_order("1")
     assert failed.value.system == "netsuite" and "ConnectError" in str(failed.value)
+
+
+# ---------------------------------------------------------------------------- NetSuite OAuth 2.0 M2M
+
+
+def _key_pair(kind: str) -> tuple[str, str]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    key = ec.generate_private_key(ec.SECP256R1()) if kind == "ec" else rsa.generate_private_key(65537, 2048)
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return private, public
+
+
+M2M = {"m2m_client_id": "client-abc123", "m2m_certificate_id": "cert-7f3a"}
+
+
+@pytest.mark.parametrize("kind, algorithm", [("ec", "ES256"), ("rsa", "PS256")])
+def test_oauth2_m2m_gets_a_token_with_a_signed_assertion_and_renews_it_on_401(kind, algorithm):
+    private, public = _key_pair(kind)
+    ns = netsuite_sandbox(**M2M, m2m_public_key=public)
+    with serve(ns.app) as url:
+        resource = NetSuiteResource(base_url=url, account_id=ACCOUNT, auth_method="oauth2_m2m", client_id="client-abc123",
+                                    certificate_id="cert-7f3a", private_key=private.replace("\n", "\\n"))
+        resource.probe()
+        so_id, created = resource.ensure_sales_order("M2M-1", so_body(ns))
+        assert created and resource.get_sales_order(so_id)["externalId"] == "M2M-1"
+        assert ns.tokens_issued == 1  # one token for every call of its hour
+        auth = resource._http().auth
+        assert auth.algorithm == algorithm
+        import jwt
+        header = jwt.get_unverified_header(auth.assertion())
+        assert header == {"alg": algorithm, "kid": "cert-7f3a", "typ": "JWT"}
+        claims = jwt.decode(auth.assertion(), public, algorithms=[algorithm], audience=url + "/services/rest/auth/oauth2/v1/token")
+        assert claims["iss"] == "client-abc123" and claims["scope"] == "rest_webservices" and claims["exp"] - claims["iat"] <= 3600
+
+        resource.close()  # Dagster closes the client after each step: the token outlives it
+        resource.probe()
+        assert ns.tokens_issued == 1
+
+        ns.expire_access_tokens()  # the hour is over: NetSuite answers 401, the connector renews once
+        assert resource.ensure_sales_order("M2M-1", so_body(ns)) == (so_id, False)
+        assert ns.tokens_issued == 2
+        bearer_401 = [r for r in ns.requests() if r["status"] == 401]
+        assert len(bearer_401) == 1
+        resource.close()
+        # TBA still works on the same account (both methods are offered)
+        assert netsuite_resource(url).get_sales_order(so_id)["id"] == so_id
+
+
+def test_oauth2_m2m_refusals_are_auth_errors_naming_netsuites_code():
+    private, public = _key_pair("ec")
+    other, _ = _key_pair("ec")
+    ns = netsuite_sandbox(**M2M, m2m_public_key=public)
+    with serve(ns.app) as url:
+        def attempt(**overrides) -> NetSuiteError:
+            fields = {"client_id": "client-abc123", "certificate_id": "cert-7f3a", "private_key": private, **overrides}
+            with pytest.raises(NetSuiteError) as refused:
+                NetSuiteResource(base_url=url, account_id=ACCOUNT, auth_method="oauth2_m2m", **fields).probe()
+            return refused.value
+
+        wrong_key = attempt(private_key=other)
+        assert (wrong_key.status, wrong_key.code) == (401, "invalid_grant") and not wrong_key.refused
+        assert attempt(certificate_id="cert-unknown").code == "invalid_client"
+        assert attempt(client_id="someone-else").code == "invalid_client"
+        assert attempt(scope="restlets").code == "invalid_scope"
+        missing = attempt(certificate_id="")
+        assert "certificate_id" in str(missing)
+    assert ns.sales_orders() == []
+
+
+def test_ensure_sales_order_upserts_by_external_id_and_checks_it():
+    ns = netsuite_sandbox()
+    with serve(ns.app) as url:
+        resource = netsuite_resource(url)
+        so_id, created = resource.ensure_sales_order("5900000000009", so_body(ns))
+        assert created
+        puts = [r for r in ns.requests() if r["method"] == "PUT"]
+        assert [r["path"] for r in puts] == ["/services/rest/record/v1/salesOrder/eid:5900000000009"]
+        assert not [r for r in ns.requests() if r["method"] == "POST"]  # no create that could double
+        with pytest.raises(ValueError):
+            resource.ensure_sales_order("#1001 bad", so_body(ns))
+    assert [o["id"] for o in ns.sales_orders()] == [so_id]
+
+
+def test_probes_raise_the_connectors_own_error_when_the_system_is_unreachable():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"  # nothing listens there
+    with pytest.raises(ShopifyError):
+        ShopifyResource(base_url=url, access_token=TOKEN, max_elapsed_s=2.0).probe()
+    with pytest.raises(NetSuiteError):
+        netsuite_resource(url, max_elapsed_s=2.0).probe()
+    ns = netsuite_sandbox()
+    with serve(ns.app) as served:
+        assert netsuite_resource(served).probe() is None
+        with pytest.raises(NetSuiteError) as refused:
+            netsuite_resource(served, token_secret="wrong").probe()
+        assert refused.value.status == 401
+
+
+def test_refunds_read_over_graphql_classify_like_the_webhooks_shopify_sent():
+    """Reconciliation lands GraphQL reads in the webhook's shape: the refund flow must
+    read them the same way (kind, reasons, actions) as the refunds/create webhook."""
+    from clarus_pipelines.domain.refunds import classify_refund
+
+    shop = ShopifySandbox(access_token=TOKEN, webhook_secret="s")
+    shipped = place(shop, quantities=(2, 1))
+    first_line, second_line = (li["id"] for li in shipped["line_items"])
+    shop.create_fulfillment(shipped["id"], {first_line: 2}, tracking_number="AB123456789GB", company="Royal Mail")
+    webhooks = [
+        shop.refund_order(shipped["id"], line_items=[{"line_item_id": first_line, "quantity": 1, "restock_type": "return"}]),
+        shop.refund_order(shipped["id"], line_items=[{"line_item_id": second_line, "quantity": 1, "restock_type": "cancel"}],
+                          shipping_full=True),
+        shop.refund_order(shipped["id"], amount="2.50", note="goodwill"),
+    ]
+    with serve(shop.app) as url:
+        resource = ShopifyResource(base_url=url, access_token=TOKEN)
+        order = resource.get_order(shipped["id"])
+        read = resource.list_refunds(shipped["id"])
+        listed = next(o for o in resource.iter_orders() if o["id"] == shipped["id"])
+    stored = shop.order(shipped["id"])
+    assert [r["id"] for r in read] == [r["id"] for r in webhooks] == [r["id"] for r in listed["refunds"]]
+    for webhook, graphql in zip(webhooks, read):
+        want, got = classify_refund(webhook, order=stored), classify_refund(graphql, order=order)
+        assert (got.kind, got.reasons, got.actions) == (want.kind, want.reasons, want.actions)
+    assert {classify_refund(r, order=order).kind for r in read} >= {"RETURN", "CANCELLATION"}
+
+
+def test_bulk_order_backfill_reads_what_paging_reads_within_shopifys_bulk_rules():
+    shop = ShopifySandbox(access_token=TOKEN, webhook_secret="s")
+    orders = [place(shop, quantities=(2, 1)) for _ in range(5)]
+    first_line = orders[1]["line_items"][0]["id"]
+    shop.create_fulfillment(orders[1]["id"], {first_line: 2}, tracking_number="AB123456789GB", company="Royal Mail")
+    shop.refund_order(orders[1]["id"], line_items=[{"line_item_id": first_line, "quantity": 1, "restock_type": "return"}])
+    shop.cancel_order(orders[3]["id"])
+    with serve(shop.app) as url:
+        resource = ShopifyResource(base_url=url, access_token=TOKEN)
+        paged = list(resource.iter_orders())
+        bulk = list(resource.iter_orders_bulk())
+        assert bulk == paged and len(bulk) == 5
+        assert [o["id"] for o in resource.iter_orders_bulk(updated_at_min="2999-01-01T00:00:00Z")] == []
+        # the result file is fetched without the shop's token (a signed storage URL at Shopify)
+        assert shop.graphql.bulk_downloads and not any(d["with_access_token"] for d in shop.graphql.bulk_downloads)
+        # Shopify's bulk rules: at most five connections, nested at most two deep
+        deep = "{ orders { edges { node { id fulfillmentOrders { edges { node { id lineItems { edges { node { id } } } } } } } } } }"
+        with pytest.raises(ShopifyError, match="nested more than 2 levels"):
+            list(resource.run_bulk_query(deep))
+        with pytest.raises(ShopifyError, match="at least one connection"):
+            list(resource.run_bulk_query("{ shop { name } }"))

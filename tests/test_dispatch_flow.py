@@ -175,7 +175,8 @@ class World:
         return [r for r in self.netsuite_sb.requests() if r["method"] == "POST" and "!transform/itemFulfillment" in r["path"]]
 
     def fulfilment_posts(self):
-        return [r for r in self.shopify_sb.requests() if r["method"] == "POST" and r["path"].endswith("/fulfillments.json")]
+        """`fulfillmentCreate` calls Shopify answered (GraphQL answers 200; refusals are userErrors)."""
+        return self.shopify_sb.graphql_calls("fulfillmentCreate")
 
 
 @pytest.fixture
@@ -219,9 +220,10 @@ def test_dispatch_before_the_erp_commits_waits_then_completes_in_order(world, pa
     # the order of calls as the sandboxes received them: NetSuite status, transform, then Shopify
     [transform] = world.transform_posts()
     [fulfil] = world.fulfilment_posts()
-    assert transform["status"] == 204 and fulfil["status"] == 201
+    assert transform["status"] == 204 and fulfil["status"] == 200
     assert transform["time"] < fulfil["time"]
-    shopify_reads_after = [r for r in world.shopify_sb.requests() if r["path"].endswith(f"/fulfillments/{shop_f}.json")]
+    shopify_reads_after = [r for r in world.shopify_sb.graphql_calls("fulfillment")
+                           if r["body"]["variables"]["id"] == f"gid://shopify/Fulfillment/{shop_f}"]
     assert shopify_reads_after and shopify_reads_after[0]["time"] > fulfil["time"]  # read back to confirm
 
     # NetSuite fulfilled exactly the shipment, from the sales order
@@ -232,16 +234,18 @@ def test_dispatch_before_the_erp_commits_waits_then_completes_in_order(world, pa
     fixture_line_keys = {k.lower() for line in so_fixture["item"]["items"] for k in line}
     assert {k.lower() for line in transform["body"]["item"]["items"] for k in line} <= fixture_line_keys | {"itemreceive"}
 
-    # Shopify got a fulfilment request in the shape of its published createV2 example
-    create_v2 = payloads.json("fulfillment_create_v2_request")["fulfillment"]
-    sent = fulfil["body"]["fulfillment"]
-    assert set(sent) <= set(create_v2)
-    assert set(sent["tracking_info"]) <= set(create_v2["tracking_info"])
-    assert sent["tracking_info"]["company"] == "Royal Mail" and sent["tracking_info"]["number"] == world.shipments(order["order_id"])[0][4]
-    for group in sent["line_items_by_fulfillment_order"]:
-        assert set(group) == set(create_v2["line_items_by_fulfillment_order"][0])
-        for item in group["fulfillment_order_line_items"]:
-            assert set(item) == set(create_v2["line_items_by_fulfillment_order"][0]["fulfillment_order_line_items"][0])
+    # Shopify got fulfillmentCreate (not the deprecated V2) with a FulfillmentInput its schema accepts
+    from clarus_pipelines.sandbox.shopify_graphql import schema_problems
+    assert schema_problems(fulfil["body"]["query"]) == []
+    sent = fulfil["body"]["variables"]["fulfillment"]
+    assert set(sent) <= {"lineItemsByFulfillmentOrder", "notifyCustomer", "originAddress", "trackingInfo"}
+    assert set(sent["trackingInfo"]) <= {"company", "number", "numbers", "url", "urls"}
+    assert sent["trackingInfo"]["company"] == "Royal Mail" and sent["trackingInfo"]["number"] == world.shipments(order["order_id"])[0][4]
+    for group in sent["lineItemsByFulfillmentOrder"]:
+        assert set(group) == {"fulfillmentOrderId", "fulfillmentOrderLineItems"}
+        assert group["fulfillmentOrderId"].startswith("gid://shopify/FulfillmentOrder/")
+        for item in group["fulfillmentOrderLineItems"]:
+            assert set(item) == {"id", "quantity"}
     [fulfilment] = world.shopify_sb.fulfillments(int(order["order_id"]))
     assert sorted(li["quantity"] for li in fulfilment["line_items"]) == [1, 2]
     assert fulfilment["tracking_url"].startswith("https://www.royalmail.com/")
@@ -470,8 +474,8 @@ def test_tracking_added_in_clarus_after_the_fulfilment_reaches_shopify(tmp_path)
         assert fulfilment["tracking_company"] == "Royal Mail"
         assert w.events(order["order_id"])[-2:] == ["TRACKING_UPDATED", "TRACKING_POSTED"]
         assert w.run_dispatch()[1] == Counter()  # nothing left to do
-        updates = [r for r in w.shopify_sb.requests() if r["path"].endswith("/update_tracking.json")]
-        assert len(updates) == 1 and updates[0]["body"]["fulfillment"]["tracking_info"]["number"] == "RB123456785GB"
+        updates = w.shopify_sb.graphql_calls("fulfillmentTrackingInfoUpdate")
+        assert len(updates) == 1 and updates[0]["body"]["variables"]["tracking"]["number"] == "RB123456785GB"
     finally:
         w.close()
 

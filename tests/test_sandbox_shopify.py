@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -206,7 +207,7 @@ def test_webhooks_are_signed_and_carry_shopify_headers():
         digest = base64.b64encode(hmac.new(SECRET.encode(), delivery["raw"], hashlib.sha256).digest()).decode()
         assert hmac.compare_digest(headers["x-shopify-hmac-sha256"], digest)
         assert headers["x-shopify-shop-domain"] == "sandbox.myshopify.com"
-        assert headers["x-shopify-api-version"] == "2025-07"
+        assert headers["x-shopify-api-version"] == "2026-10"  # the API version the app is pinned to
         assert headers["x-shopify-webhook-id"] and headers["x-shopify-event-id"] and headers["x-shopify-triggered-at"]
     assert len({d["headers"]["x-shopify-webhook-id"] for d in received}) == len(received)
     edit = received[1]["body"]["order_edit"]
@@ -297,3 +298,142 @@ def test_products_carry_the_catalogue_variants_and_inspection_api_resets():
         assert httpx.get(f"{base}/_sandbox/requests").json()["requests"][0]["path"].endswith("/products.json")
         assert httpx.post(f"{base}/_sandbox/reset").status_code == 200
         assert sandbox.orders() == [] and sandbox.requests() == []
+
+
+# ---------------------------------------------------------------------------- GraphQL Admin API
+
+
+GRAPHQL = "/admin/api/2026-10/graphql.json"
+SET = """mutation Set($input: InventorySetQuantitiesInput!, $key: String!) {
+  inventorySetQuantities(input: $input) @idempotent(key: $key) { userErrors { field message code } } }"""
+
+
+def _graphql(client: httpx.Client, query: str, variables: dict | None = None) -> dict:
+    response = client.post(GRAPHQL, json={"query": query, "variables": variables or {}})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _set_input(shop: ShopifySandbox, item_id: int, quantity: int, **extra) -> dict:
+    return {"name": "available", "reason": "correction", "quantities": [
+        {"inventoryItemId": f"gid://shopify/InventoryItem/{item_id}", "locationId": f"gid://shopify/Location/{shop.location_id}",
+         "quantity": quantity, **extra}]}
+
+
+def test_graphql_documents_are_validated_against_shopifys_published_schema():
+    from clarus_pipelines.connectors.shopify import DOCUMENTS
+    from clarus_pipelines.sandbox.shopify_graphql import schema_problems
+
+    assert DOCUMENTS and {name: schema_problems(doc) for name, doc in DOCUMENTS.items()} == {n: [] for n in DOCUMENTS}
+    shop = ShopifySandbox(access_token=TOKEN, webhook_secret=SECRET)
+    served = serve_in_thread(shop.app)
+    try:
+        with httpx.Client(base_url=served.url, headers={"X-Shopify-Access-Token": TOKEN}) as client:
+            # REST-era names Shopify's GraphQL API does not have are refused before anything runs
+            unknown = _graphql(client, "{ orders(first: 1) { nodes { id financialStatus } } }")
+            assert "data" not in unknown and "financialStatus" in unknown["errors"][0]["message"]
+            legacy = _graphql(client, """mutation { inventorySetQuantities(input: {name: "available", reason: "correction",
+                ignoreCompareQuantity: true, quantities: []}) @idempotent(key: "k") { userErrors { message } } }""")
+            assert "ignoreCompareQuantity" in legacy["errors"][0]["message"]
+            # connections need first or last, as on Shopify
+            unsized = _graphql(client, "{ orders { nodes { id } } }")
+            assert "first or last" in unsized["errors"][0]["message"]
+            ok = _graphql(client, "{ shop { name myshopifyDomain } }")
+            assert ok["data"]["shop"]["myshopifyDomain"] == "sandbox.myshopify.com"
+            assert ok["extensions"]["cost"]["throttleStatus"]["maximumAvailable"] > 0
+            assert client.post(GRAPHQL, json={"query": "{ shop { name } }"},
+                               headers={"X-Shopify-Access-Token": "wrong"}).status_code == 401
+    finally:
+        served.stop()
+
+
+def test_inventory_set_needs_an_idempotency_key_and_change_from_quantity():
+    shop = ShopifySandbox(access_token=TOKEN, webhook_secret=SECRET)
+    item = shop.catalog.clean_variants()[0].inventory_item_id
+    before = next(lv["available"] for lv in shop.inventory_levels() if lv["inventory_item_id"] == item)
+    served = serve_in_thread(shop.app)
+    try:
+        with httpx.Client(base_url=served.url, headers={"X-Shopify-Access-Token": TOKEN}) as client:
+            no_key = _graphql(client, SET.replace(" @idempotent(key: $key)", "").replace(", $key: String!", ""),
+                              {"input": _set_input(shop, item, 5, changeFromQuantity=None)})
+            assert "@idempotent" in no_key["errors"][0]["message"]
+            missing = _graphql(client, SET, {"key": "k1", "input": _set_input(shop, item, 5)})
+            assert missing["data"]["inventorySetQuantities"]["userErrors"][0]["field"][-1] == "changeFromQuantity"
+            stale = _graphql(client, SET, {"key": "k2", "input": _set_input(shop, item, 5, changeFromQuantity=before + 1)})
+            assert stale["data"]["inventorySetQuantities"]["userErrors"][0]["code"] == "CHANGE_FROM_QUANTITY_STALE"
+            assert next(lv["available"] for lv in shop.inventory_levels() if lv["inventory_item_id"] == item) == before
+
+            checked = _graphql(client, SET, {"key": "k3", "input": _set_input(shop, item, 5, changeFromQuantity=before)})
+            assert checked["data"]["inventorySetQuantities"]["userErrors"] == []
+            shop._inventory[(item, shop.location_id)]["available"] = 9  # a sale in between
+            replay = _graphql(client, SET, {"key": "k3", "input": _set_input(shop, item, 5, changeFromQuantity=before)})
+            assert replay["data"]["inventorySetQuantities"]["userErrors"] == []  # the first answer, not applied again
+            assert next(lv["available"] for lv in shop.inventory_levels() if lv["inventory_item_id"] == item) == 9
+            reused = _graphql(client, SET, {"key": "k3", "input": _set_input(shop, item, 7, changeFromQuantity=None)})
+            assert reused["data"]["inventorySetQuantities"]["userErrors"][0]["code"] == "IDEMPOTENCY_KEY_PARAMETER_MISMATCH"
+    finally:
+        served.stop()
+
+
+def test_webhook_subscriptions_are_created_listed_and_deleted_over_graphql():
+    from clarus_pipelines.connectors.shopify import ShopifyResource
+
+    shop = ShopifySandbox(access_token=TOKEN, webhook_secret=SECRET)
+    served = serve_in_thread(shop.app)
+    try:
+        resource = ShopifyResource(base_url=served.url, access_token=TOKEN)
+        made = resource.create_webhook_subscription("orders/create", "https://hooks.example.com/shopify")
+        assert made["topic"] == "orders/create"
+        assert resource.list_webhook_subscriptions() == [made]
+        from clarus_pipelines.connectors.shopify import ShopifyError as ConnectorShopifyError
+        with pytest.raises(ConnectorShopifyError) as taken:
+            resource.create_webhook_subscription("orders/create", "https://hooks.example.com/shopify")
+        assert taken.value.status == 422
+        resource.delete_webhook_subscription(made["id"])
+        assert resource.list_webhook_subscriptions() == []
+        resource.close()
+    finally:
+        served.stop()
+
+
+def test_shopify_webhooks_sync_makes_subscriptions_match_and_dry_run_changes_nothing():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from clarus_pipelines.connectors.shopify import ShopifyResource
+    from clarus_pipelines.shopify_webhooks import CONSUMED_TOPICS, plan_sync
+
+    shop = ShopifySandbox(access_token=TOKEN, webhook_secret=SECRET)
+    served = serve_in_thread(shop.app)
+    try:
+        resource = ShopifyResource(base_url=served.url, access_token=TOKEN)
+        ours = "https://hooks.example.com/webhooks/shopify"
+        stale = resource.create_webhook_subscription("products/update", ours)  # a topic we no longer read
+        foreign = resource.create_webhook_subscription("orders/create", "https://other-app.example.com/hook")
+        kept = resource.create_webhook_subscription("orders/create", ours)
+        plan = plan_sync(resource.list_webhook_subscriptions(), ours)
+        assert plan.create == [t for t in CONSUMED_TOPICS if t != "orders/create"]
+        assert [s["id"] for s in plan.delete] == [stale["id"]]
+
+        cli = [str(Path(sys.executable).parent / "clarus-pipelines"), "shopify-webhooks", "sync",
+               "--receiver-url", "https://hooks.example.com/"]
+        env = {**os.environ, "SHOPIFY_BASE_URL": served.url, "SHOPIFY_ACCESS_TOKEN": TOKEN}
+        dry = subprocess.run(cli + ["--dry-run"], capture_output=True, text=True, env=env, check=True)
+        assert json.loads(dry.stdout)["create"] == plan.create and json.loads(dry.stdout)["created"] == []
+        assert len(resource.list_webhook_subscriptions()) == 3  # nothing changed
+
+        done = json.loads(subprocess.run(cli, capture_output=True, text=True, env=env, check=True).stdout)
+        assert len(done["created"]) == len(plan.create) and done["deleted"] == [stale["id"]]
+        subs = resource.list_webhook_subscriptions()
+        assert sorted(s["topic"] for s in subs if s["uri"] == ours) == sorted(CONSUMED_TOPICS)
+        assert foreign in subs and kept in subs
+        again = json.loads(subprocess.run(cli, capture_output=True, text=True, env=env, check=True).stdout)
+        assert again["create"] == [] and again["delete"] == []  # idempotent
+        # every call went through Shopify's schema: webhookSubscriptionCreate with `uri`, not callbackUrl
+        creates = shop.graphql_calls("webhookSubscriptionCreate")
+        assert creates and all("callbackUrl" not in json.dumps(c["body"]["variables"]) for c in creates)
+        resource.close()
+    finally:
+        served.stop()

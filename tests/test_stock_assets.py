@@ -14,7 +14,7 @@ import yaml
 import assets.stock as stock_assets
 import sensors.stock as stock_sensors
 from clarus_pipelines.connectors.clarus import ClarusResource
-from clarus_pipelines.connectors.shopify import ShopifyResource
+from clarus_pipelines.connectors.shopify import ShopifyResource, legacy_id
 from clarus_pipelines.domain.skus import clean_sku
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 from clarus_pipelines.sandbox.catalog_data import SHOPIFY_LOCATION_ID, build_catalog
@@ -45,7 +45,7 @@ class Stack:
     """Both sandboxes, the resources pointing at them, and the Dagster definitions."""
 
     def __init__(self, tmp_path: Path, clarus, clarus_url: str, shopify: ShopifySandbox, shopify_url: str, stock_policy: dict,
-                 location_ids: list[int] | None = None):
+                 location_ids: list[int] | None = None, inventory_batch_size: int = 250):
         self.clarus, self.shopify = clarus, shopify
         raw = yaml.safe_load(SANDBOX_POLICIES.read_text())
         raw["stock"] = {**raw["stock"], **stock_policy}
@@ -61,7 +61,7 @@ class Stack:
             "clarus": ClarusResource(base_url=clarus_url, subdomain="sandbox", client_id=client_id,
                                      client_secret=client_secret, min_interval_s=0.0, timeout_s=5.0),
             "shopify": ShopifyResource(base_url=shopify_url, access_token=os.environ["SHOPIFY_ACCESS_TOKEN"],
-                                       timeout_s=5.0, max_elapsed_s=60.0),
+                                       timeout_s=5.0, max_elapsed_s=60.0, inventory_batch_size=inventory_batch_size),
         }
         self.defs = dg.Definitions.merge(stock_assets.defs, stock_sensors.defs, dg.Definitions(resources=self.resources))
         self.instance = dg.DagsterInstance.ephemeral()
@@ -89,7 +89,12 @@ class Stack:
             con.execute(sql, params or [])
 
     def set_calls(self, since: int = 0) -> list[dict]:
-        return [r for r in self.shopify.requests(since) if r["path"].endswith("/inventory_levels/set.json")]
+        """One entry per quantity in each `inventorySetQuantities` request Shopify received."""
+        return [{"status": r["status"], "key": r["body"]["variables"]["key"],
+                 "body": {"location_id": legacy_id(q["locationId"]), "inventory_item_id": legacy_id(q["inventoryItemId"]),
+                          "available": q["quantity"]}}
+                for r in self.shopify.graphql_calls("inventorySetQuantities", since)
+                for q in r["body"]["variables"]["input"]["quantities"]]
 
     def shopify_levels(self) -> dict[str, int]:
         return {str(level["inventory_item_id"]): level["available"] for level in self.shopify.inventory_levels()}
@@ -122,16 +127,17 @@ def seed_clarus(clarus) -> dict[str, int]:
 def make_stack(tmp_path):
     stacks = []
 
-    def make(*, bucket_size: int = 400, leak_rate: float = 200.0, faults: FaultConfig = FaultConfig(),
-             location_ids: list[int] | None = None, **stock_policy) -> Stack:
+    def make(*, points: float = 2000.0, restore_rate: float = 100.0, faults: FaultConfig = FaultConfig(),
+             location_ids: list[int] | None = None, inventory_batch_size: int = 250, **stock_policy) -> Stack:
         clarus_cm = served_clarus(seed=SEED)
         clarus, clarus_url = clarus_cm.__enter__()
         shopify = ShopifySandbox(seed=SEED, access_token=os.environ["SHOPIFY_ACCESS_TOKEN"], webhook_secret="test-secret",
-                                 bucket_size=bucket_size, leak_rate_per_s=leak_rate, faults=faults)
+                                 graphql_points=points, graphql_restore_rate=restore_rate, faults=faults)
         served = serve_in_thread(shopify.app)
         stacks.append((clarus_cm, served))
         stack = Stack(tmp_path, clarus, clarus_url, shopify, served.url,
-                      {"default_buffer": 2, "buffers": {"000123": 0}, "mismatch_tolerance": 1, **stock_policy}, location_ids)
+                      {"default_buffer": 2, "buffers": {"000123": 0}, "mismatch_tolerance": 1, **stock_policy}, location_ids,
+                      inventory_batch_size)
         stack.seeded = seed_clarus(clarus)
         return stack
 
@@ -295,13 +301,15 @@ def test_buffers_and_unsent_orders_are_deducted(make_stack):
     assert stack.shopify_levels()[item] == 0
 
 
-def test_429_and_5xx_are_retried_and_every_set_lands_once(make_stack):
-    stack = make_stack(bucket_size=3, leak_rate=25.0, faults=FaultConfig(error_rate=0.06))
+def test_throttling_and_5xx_are_retried_and_every_set_lands_once(make_stack):
+    # GraphQL: throttling is by query cost (THROTTLED answers), not HTTP 429 per call
+    stack = make_stack(points=250, restore_rate=100.0, inventory_batch_size=1,  # one item per call: many calls
+                       faults=FaultConfig(error_rate=0.1, retry_after_s=0.05))
     stack.run()
     sets = stack.set_calls()
-    assert any(r["status"] == 429 for r in stack.shopify.requests()), "the small bucket should have answered 429"
+    assert stack.shopify.graphql.throttled, "the small cost bucket should have answered THROTTLED"
     assert any(r["status"] >= 500 for r in sets), "injected server errors should have hit some sets"
-    items = [r["body"]["inventory_item_id"] for r in sets if r["status"] == 200]
+    items = [c["inventory_item_id"] for c in stack.shopify.graphql.applied_changes]
     assert len(items) == len(set(items))  # each item applied once: a 429 or 5xx is not applied, its retry is
     levels = stack.shopify_levels()
     for variant in CATALOG.variants:

@@ -1,14 +1,25 @@
 """NetSuite SuiteTalk REST connector: sales orders, fulfilments, returns and their receipts, credits, items.
 
 `NetSuiteResource` is a Dagster resource; every method also works on a plain instance.
-Every request is signed with OAuth 1.0a token-based authentication (HMAC-SHA256, realm
-= account id) by oauthlib, freshly per attempt (NetSuite refuses a reused nonce), and
-goes through `send_with_retries`: 429 (including CONCURRENCY_LIMIT_EXCEEDED, NetSuite's
-account-wide concurrency governance), 5xx and timeouts back off with jitter.
+Two ways to authenticate, chosen by `auth_method`:
+
+- `oauth2_m2m` (OAuth 2.0 client credentials, what NetSuite 2027.1 requires of new
+  integrations): a JWT client assertion (header `typ=JWT`, `alg` PS256 for an RSA key or
+  ES256 for an EC key, `kid` = the certificate id; claims `iss` = client id, `scope`,
+  `aud` = the token URL, `iat`, `exp` five minutes on) signed by PyJWT with the private
+  key of the certificate uploaded to NetSuite, exchanged at
+  `/services/rest/auth/oauth2/v1/token` for a 60-minute bearer token. The token is kept
+  until two minutes before it expires, and renewed at once when NetSuite answers 401.
+- `tba` (OAuth 1.0a token-based authentication, HMAC-SHA256, realm = account id), signed
+  by oauthlib freshly per attempt (NetSuite refuses a reused nonce).
+
+Every call goes through `send_with_retries`: 429 (including CONCURRENCY_LIMIT_EXCEEDED,
+NetSuite's account-wide concurrency governance), 5xx and timeouts back off with jitter.
 
 Creates are idempotent through NetSuite's external ids, which it keeps unique per record
-type: `ensure_sales_order` looks the order up by `externalId` first, sends the create
-once, and after an ambiguous failure looks again before resending; the item fulfilment,
+type: `ensure_sales_order` looks the order up by `externalId` first and otherwise
+upserts it with `PUT salesOrder/eid:{externalId}` (NetSuite's documented idempotent
+create: a resend updates the same record, never makes a second); the item fulfilment,
 return authorisation, item receipt (returned goods received) and credit memo creates
 carry our own reference (shipment id, refund id) as their `externalId` the same way. An
 error answer raises `NetSuiteError` with NetSuite's `o:errorCode` and detail.
@@ -17,11 +28,18 @@ error answer raises `NetSuiteError` with NetSuite's `o:errorCode` and detail.
 from __future__ import annotations
 
 import logging
+import re
+import threading
+import time
 from collections.abc import Generator, Iterable, Iterator, Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from oauthlib.oauth1 import Client as OAuth1Client
 from oauthlib.oauth1.rfc5849 import SIGNATURE_HMAC_SHA256
 from pydantic import Field
@@ -34,6 +52,10 @@ log = logging.getLogger(__name__)
 
 SYSTEM = "netsuite"
 RECORD_PATH = "/services/rest/record/v1"
+TOKEN_PATH = "/services/rest/auth/oauth2/v1/token"
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+M2M_ALGORITHMS = ("PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
+EXTERNAL_ID = re.compile(r"^[A-Za-z0-9_-]+$")  # what NetSuite accepts in an eid: URL
 # approved: Pending Fulfillment, Partially Fulfilled, Pending Billing/Partially Fulfilled, Pending Billing, Billed
 COMMITTED_STATUSES = frozenset({"B", "D", "E", "F", "G"})
 CLOSED_STATUSES = frozenset({"C", "H"})  # Cancelled, Closed: no line can change any more
@@ -49,6 +71,19 @@ class NetSuiteError(ConnectorError):
         self.code = code
         self.detail = detail
         self.path = path
+
+
+AUTH_CREDENTIALS = {
+    "tba": ("consumer_key", "consumer_secret", "token_id", "token_secret"),
+    "oauth2_m2m": ("client_id", "certificate_id", "private_key"),
+}
+
+
+def missing_credentials(auth_method: str, values: Mapping[str, Any]) -> list[str]:
+    """The credentials `auth_method` needs that `values` lacks (names as in AUTH_CREDENTIALS)."""
+    if auth_method not in AUTH_CREDENTIALS:
+        return [f"a known auth method (tba or oauth2_m2m, not {auth_method!r})"]
+    return [name for name in AUTH_CREDENTIALS[auth_method] if not values.get(name)]
 
 
 class NetSuiteTBA(httpx.Auth):
@@ -67,6 +102,96 @@ class NetSuiteTBA(httpx.Auth):
         yield request
 
 
+def load_private_key(pem: str) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+    """The certificate's private key from PEM text (literal `\\n` accepted, as env files hold it)."""
+    text = pem.strip().replace("\\n", "\n")
+    key = serialization.load_pem_private_key(text.encode("ascii"), password=None)
+    if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
+        raise ValueError("the NetSuite certificate key must be RSA (PS256) or EC (ES256)")
+    return key
+
+
+_TOKENS: dict[tuple[str, str, str], tuple[str, float]] = {}  # (token URL, client, certificate) -> (token, renew at)
+_TOKENS_LOCK = threading.Lock()
+
+
+class NetSuiteM2M(httpx.Auth):
+    """OAuth 2.0 client credentials with a JWT client assertion; the bearer token is cached
+    (per process, per integration) until shortly before it expires and renewed once when
+    NetSuite answers 401."""
+
+    requires_response_body = True
+
+    def __init__(self, token_url: str, client_id: str, certificate_id: str, private_key: str, *,
+                 scope: str = "rest_webservices", algorithm: str | None = None, renew_before_s: float = 120.0):
+        self.token_url, self.client_id, self.certificate_id, self.scope = token_url, client_id, certificate_id, scope
+        self._key = load_private_key(private_key)
+        default = "ES256" if isinstance(self._key, ec.EllipticCurvePrivateKey) else "PS256"
+        self.algorithm = algorithm or default
+        if self.algorithm not in M2M_ALGORITHMS:
+            raise ValueError(f"NetSuite accepts {', '.join(M2M_ALGORITHMS)} for the client assertion, not {self.algorithm}")
+        self.renew_before_s = renew_before_s
+        # the token outlives this client: Dagster closes the client after each step
+        self._cache_key = (token_url, client_id, certificate_id)
+        self.tokens_fetched = 0
+
+    def assertion(self) -> str:
+        now = int(time.time())
+        claims = {"iss": self.client_id, "scope": self.scope, "aud": self.token_url, "iat": now, "exp": now + 300}
+        return jwt.encode(claims, self._key, algorithm=self.algorithm, headers={"kid": self.certificate_id, "typ": "JWT"})
+
+    def _token_request(self) -> httpx.Request:
+        return httpx.Request("POST", self.token_url, data={
+            "grant_type": "client_credentials", "client_assertion_type": JWT_BEARER, "client_assertion": self.assertion(),
+        })
+
+    def _cached(self) -> str | None:
+        with _TOKENS_LOCK:
+            token, expires_at = _TOKENS.get(self._cache_key, (None, 0.0))
+            return token if token and time.monotonic() < expires_at else None
+
+    def _drop(self, token: str) -> None:
+        with _TOKENS_LOCK:
+            if _TOKENS.get(self._cache_key, (None, 0.0))[0] == token:
+                del _TOKENS[self._cache_key]
+
+    def _keep(self, response: httpx.Response) -> str | None:
+        """The new token; None when the endpoint failed transiently (the caller retries that
+        response); raises NetSuiteError when NetSuite refused the credentials."""
+        if response.status_code in (429,) or response.status_code >= 500:
+            return None
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        if response.status_code != 200 or not body.get("access_token"):
+            code, detail = body.get("error") or "INVALID_LOGIN", body.get("error_description")
+            raise NetSuiteError(f"OAuth 2.0 token request refused: HTTP {response.status_code} {code} {detail or ''}".strip(),
+                                status=401, code=code, detail=detail, body=body)
+        lifetime = float(body.get("expires_in") or 3600)
+        token = str(body["access_token"])
+        with _TOKENS_LOCK:
+            _TOKENS[self._cache_key] = (token, time.monotonic() + max(0.0, lifetime - self.renew_before_s))
+            self.tokens_fetched += 1
+        return token
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        token = self._cached()
+        if token is None:
+            token = self._keep((yield self._token_request()))
+            if token is None:
+                return  # the token endpoint's 429/5xx goes back to send_with_retries
+        request.headers["Authorization"] = f"Bearer {token}"
+        response = yield request
+        if response.status_code == 401:  # revoked or expired early: renew once
+            self._drop(token)
+            token = self._keep((yield self._token_request()))
+            if token is None:
+                return
+            request.headers["Authorization"] = f"Bearer {token}"
+            yield request
+
+
 def _error(response: httpx.Response, what: str) -> NetSuiteError:
     code = detail = path = None
     body: Any
@@ -75,6 +200,8 @@ def _error(response: httpx.Response, what: str) -> NetSuiteError:
         details = body.get("o:errorDetails") or []
         if details:
             code, detail, path = details[0].get("o:errorCode"), details[0].get("detail"), details[0].get("o:errorPath")
+        elif body.get("error"):  # the OAuth 2.0 token endpoint's shape
+            code, detail = body.get("error"), body.get("error_description")
     except ValueError:
         body = response.text[:1000]
     return NetSuiteError(f"{what}: HTTP {response.status_code} {code or ''} {detail or ''}".strip(),
@@ -125,14 +252,22 @@ def transform_lines(record: Mapping[str, Any], specs: Iterable[Mapping[str, Any]
 
 
 class NetSuiteResource(HttpConnector):
-    """NetSuite REST record API client for one account (token-based authentication)."""
+    """NetSuite REST record API client for one account (OAuth 2.0 M2M or token-based authentication)."""
 
     base_url: str = Field(description="REST root, e.g. https://1234567.suitetalk.api.netsuite.com (no path).")
     account_id: str = Field(description="Account id as used in the OAuth realm, e.g. 1234567 or 1234567_SB1.")
-    consumer_key: str = Field(description="Integration record consumer key.")
-    consumer_secret: str = Field(description="Integration record consumer secret (wire it with dg.EnvVar).")
-    token_id: str = Field(description="Access token id.")
-    token_secret: str = Field(description="Access token secret (wire it with dg.EnvVar).")
+    auth_method: Literal["tba", "oauth2_m2m"] = Field(
+        default="tba", description="tba (OAuth 1.0a tokens) or oauth2_m2m (OAuth 2.0 client credentials, JWT assertion).")
+    consumer_key: str = Field(default="", description="TBA: integration record consumer key.")
+    consumer_secret: str = Field(default="", description="TBA: integration record consumer secret (wire it with dg.EnvVar).")
+    token_id: str = Field(default="", description="TBA: access token id.")
+    token_secret: str = Field(default="", description="TBA: access token secret (wire it with dg.EnvVar).")
+    client_id: str = Field(default="", description="M2M: the integration record's client id.")
+    certificate_id: str = Field(default="", description="M2M: the id NetSuite gave the uploaded certificate (JWT kid).")
+    private_key: str = Field(default="", description="M2M: the certificate's private key, PEM (wire it with dg.EnvVar).")
+    private_key_file: str = Field(default="", description="M2M: a file holding that key, when private_key is empty.")
+    scope: str = Field(default="rest_webservices", description="M2M: comma-separated NetSuite scopes.")
+    jwt_algorithm: str = Field(default="", description="M2M: PS256/384/512 or ES256/384/512; empty = from the key type.")
     timeout_s: float = Field(default=60.0, description="Per-request timeout in seconds (NetSuite is slow).")
     max_attempts: int = Field(default=6, description="Attempts per call for transient failures.")
     max_elapsed_s: float = Field(default=180.0, description="Give up retrying a call after this long.")
@@ -140,7 +275,34 @@ class NetSuiteResource(HttpConnector):
     # ------------------------------------------------------------------ plumbing
 
     def _client_options(self) -> dict[str, Any]:
-        return {"auth": NetSuiteTBA(self.account_id, self.consumer_key, self.consumer_secret, self.token_id, self.token_secret)}
+        return {"auth": self._auth()}
+
+    def _auth(self) -> httpx.Auth:
+        private_key = self.private_key
+        if not private_key and self.private_key_file:
+            private_key = Path(self.private_key_file).read_text()
+        missing = missing_credentials(self.auth_method, {
+            "consumer_key": self.consumer_key, "consumer_secret": self.consumer_secret, "token_id": self.token_id,
+            "token_secret": self.token_secret, "client_id": self.client_id, "certificate_id": self.certificate_id,
+            "private_key": private_key})
+        if missing:
+            raise NetSuiteError(f"{self.auth_method} needs {', '.join(missing)}", status=401, code="INVALID_LOGIN", detail=None)
+        if self.auth_method == "oauth2_m2m":
+            return NetSuiteM2M(self.base_url.rstrip("/") + TOKEN_PATH, self.client_id, self.certificate_id, private_key,
+                               scope=self.scope, algorithm=self.jwt_algorithm or None)
+        return NetSuiteTBA(self.account_id, self.consumer_key, self.consumer_secret, self.token_id, self.token_secret)
+
+    def probe(self) -> None:
+        """A cheap authenticated read (one item id); raises `NetSuiteError` on failure."""
+        try:
+            response = self._send("GET", "/inventoryItem", params={"limit": 1},
+                                  policy=RetryPolicy(attempts=2, max_elapsed_s=15.0))
+        except NetSuiteError:
+            raise
+        except ConnectorError as exc:  # transport failure or 5xx after retries
+            raise NetSuiteError(f"probe: {exc}", status=exc.status, code=None, detail=None, body=exc.body) from exc
+        if response.status_code >= 400:
+            raise _error(response, "probe")
 
     def _policy(self) -> RetryPolicy:
         return RetryPolicy(attempts=self.max_attempts, max_elapsed_s=self.max_elapsed_s)
@@ -194,12 +356,6 @@ class NetSuiteResource(HttpConnector):
                            {"fields": "externalId"})
         return str(record["id"]) if record else None
 
-    def probe(self) -> None:
-        """A cheap authenticated read for live health (one sales order id); raises NetSuiteError."""
-        response = self._send("GET", "/salesOrder", params={"limit": 1}, policy=RetryPolicy(attempts=2, max_elapsed_s=10.0))
-        if response.status_code >= 400:
-            raise _error(response, "probe (salesOrder list)")
-
     # ------------------------------------------------------------------ sales orders
 
     def get_sales_order(self, so_id: str) -> dict[str, Any] | None:
@@ -211,10 +367,31 @@ class NetSuiteResource(HttpConnector):
                          {"expandSubResources": "true"})
 
     def ensure_sales_order(self, external_id: str, body: Mapping[str, Any]) -> tuple[str, bool]:
-        """Create the sales order unless one with `external_id` exists: (internal id, created)."""
-        payload = {**body, "externalId": external_id}
-        return self._create_once("/salesOrder", payload, record_type="salesOrder", external_id=external_id,
-                                 what=f"create salesOrder {external_id}")
+        """Create the sales order unless one with `external_id` exists: (internal id, created).
+
+        An order already there is left as it is. Otherwise `PUT salesOrder/eid:{externalId}`
+        (NetSuite's upsert) creates it; a resend after a lost answer updates that same
+        record with the same body, so there is never a second order and no need to know
+        how NetSuite words a duplicate.
+        """
+        if not EXTERNAL_ID.match(external_id):
+            raise ValueError(f"NetSuite external ids are letters, digits, _ and -; got {external_id!r}")
+        what = f"create salesOrder {external_id}"
+        existing = self._id_by_external_id("salesOrder", external_id)
+        if existing is not None:
+            return existing, False
+        payload = {k: v for k, v in body.items() if k != "externalId"}
+        response = self._send("PUT", f"/salesOrder/eid:{external_id}", json=payload)
+        if response.status_code >= 400:
+            raise _error(response, what)
+        location = response.headers.get("Location")
+        if location:
+            return location.rstrip("/").rsplit("/", 1)[-1], True
+        found = self._id_by_external_id("salesOrder", external_id)
+        if found is None:
+            raise NetSuiteError(f"{what}: upsert answered {response.status_code} but the order is not there",
+                                status=response.status_code, code=None, detail=None)
+        return found, True
 
     def order_status(self, so_id: str) -> str | None:
         record = self._get(f"/salesOrder/{quote(str(so_id), safe='')}", f"salesOrder {so_id}", {"fields": "orderStatus"})

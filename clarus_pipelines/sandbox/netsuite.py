@@ -32,9 +32,17 @@ Fulfillment), `commit_delay_s` after creation, whatever status the request asked
 `tick(now)` applies that, so tests are deterministic; `delay_commit_for(ref, s)` makes
 one order slow (the "dispatch before the ERP has the order" race).
 
-Every call needs OAuth 1.0a token-based authentication (HMAC-SHA256, `realm` = account
-id), verified with oauthlib (bad signature, unknown token or a replayed nonce -> 401
-INVALID_LOGIN). More than `concurrency_limit` requests in flight for the account ->
+Every call needs either OAuth 1.0a token-based authentication (HMAC-SHA256, `realm` =
+account id), verified with oauthlib (bad signature, unknown token or a replayed nonce ->
+401 INVALID_LOGIN), or an OAuth 2.0 bearer token from the client-credentials (M2M) token
+endpoint `POST /services/rest/auth/oauth2/v1/token`: the form carries
+`grant_type=client_credentials`, `client_assertion_type=...:jwt-bearer` and a JWT
+`client_assertion` whose header names the uploaded certificate (`kid`) and a PS256-512 or
+ES256-512 `alg`; the sandbox verifies the signature with that certificate's public key
+(PyJWT) and the claims (`iss` = client id, `aud` = the token URL, `scope` including
+`rest_webservices`, `exp` at most 60 minutes after `iat`), and answers a bearer token
+valid `access_token_ttl_s` (3600 s, no refresh token). `PUT salesOrder/eid:{externalId}`
+is NetSuite's upsert: it creates the order, or on an existing one updates its body fields. More than `concurrency_limit` requests in flight for the account ->
 429 CONCURRENCY_LIMIT_EXCEEDED. `/_sandbox/` serves the records, the request log,
 `tick` and `reset`, and is never faulted or authenticated.
 
@@ -59,8 +67,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import parse_qs, quote, unquote
 
+import jwt
+from cryptography.hazmat.primitives import serialization
 from oauthlib.oauth1 import RequestValidator, ResourceEndpoint
 from oauthlib.oauth1.rfc5849 import SIGNATURE_HMAC_SHA256
 from starlette.applications import Starlette
@@ -83,6 +93,9 @@ from clarus_pipelines.sandbox.request_log import RequestLog, RequestLogMiddlewar
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/services/rest/record/v1"
+TOKEN_PATH = "/services/rest/auth/oauth2/v1/token"
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+M2M_ALGORITHMS = ("PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
 COMMITTED_STATUSES = frozenset({"B", "D", "E", "F", "G"})
 ORDER_STATUS_NAMES = {
     "A": "Pending Approval", "B": "Pending Fulfillment", "C": "Cancelled", "D": "Partially Fulfilled",
@@ -264,6 +277,10 @@ class NetSuiteSandbox:
         webhook_secret: str | None = None,
         webhook_sender: WebhookSender | None = None,
         clock: Callable[[], float] = time.time,
+        m2m_client_id: str | None = None,
+        m2m_certificate_id: str | None = None,
+        m2m_public_key: str | None = None,
+        access_token_ttl_s: float = 3600.0,
     ):
         if not all((consumer_key, consumer_secret, token_id, token_secret)):
             raise ValueError("the NetSuite sandbox needs a consumer key and secret and a token id and secret")
@@ -291,6 +308,13 @@ class NetSuiteSandbox:
         self._gate.set()
         self._lock = threading.RLock()
         self._oauth = ResourceEndpoint(_TokenValidator(self))
+        # OAuth 2.0 M2M: the integration's client id and the certificate the brand uploaded
+        self.m2m_client_id, self.m2m_certificate_id = m2m_client_id, m2m_certificate_id
+        self._m2m_public_key = (serialization.load_pem_public_key(m2m_public_key.replace("\\n", "\n").encode())
+                                if m2m_public_key else None)
+        self.access_token_ttl_s = access_token_ttl_s
+        self._access_tokens: dict[str, float] = {}  # bearer token -> expiry (self.clock time)
+        self.tokens_issued = 0
         self._reset_state()
         router = Starlette(routes=self._routes())
         self.app = RequestLogMiddleware(
@@ -806,7 +830,8 @@ class NetSuiteSandbox:
     def _routes(self) -> list[Route]:
         return [
             Route(API_PREFIX + "/{record}", self._api(self._collection), methods=["GET", "POST"]),
-            Route(API_PREFIX + "/{record}/{key}", self._api(self._instance), methods=["GET", "PATCH", "DELETE"]),
+            Route(API_PREFIX + "/{record}/{key}", self._api(self._instance), methods=["GET", "PATCH", "PUT", "DELETE"]),
+            Route(TOKEN_PATH, self._token_endpoint, methods=["POST"]),
             Route(API_PREFIX + "/{record}/{key}/!transform/{target}", self._api(self._transform), methods=["POST"]),
             Route("/_sandbox/health", self._sb_health),
             Route("/_sandbox/records/{record}", self._sb_records),
@@ -824,8 +849,60 @@ class NetSuiteSandbox:
         host = request.headers.get("host") or f"{request.url.hostname}:{request.url.port}"
         return f"{request.url.scheme}://{host}{path}" + (f"?{query}" if query else "")
 
+    def expire_access_tokens(self) -> None:
+        """Every OAuth 2.0 token issued so far stops working (as at the end of its hour)."""
+        with self._lock:
+            self._access_tokens.clear()
+
+    def _token_error(self, status: int, error: str, description: str) -> JSONResponse:
+        return JSONResponse({"error": error, "error_description": description}, status_code=status)
+
+    async def _token_endpoint(self, request: Request) -> Response:
+        """OAuth 2.0 client credentials with a JWT assertion, checked as NetSuite documents it."""
+        form = {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
+        if form.get("grant_type") != "client_credentials":
+            return self._token_error(400, "unsupported_grant_type", "grant_type must be client_credentials")
+        if form.get("client_assertion_type") != JWT_BEARER or not form.get("client_assertion"):
+            return self._token_error(400, "invalid_request", "a jwt-bearer client_assertion is required")
+        if self._m2m_public_key is None:
+            return self._token_error(401, "invalid_client", "no OAuth 2.0 client credentials mapping on this account")
+        assertion = str(form["client_assertion"])
+        try:
+            header = jwt.get_unverified_header(assertion)
+        except jwt.PyJWTError as exc:
+            return self._token_error(400, "invalid_request", f"client_assertion is not a JWT: {exc}")
+        if str(header.get("typ", "")).upper() != "JWT" or header.get("alg") not in M2M_ALGORITHMS:
+            return self._token_error(400, "invalid_request", "JWT header needs typ JWT and alg PS256/384/512 or ES256/384/512")
+        if header.get("kid") != self.m2m_certificate_id:
+            return self._token_error(401, "invalid_client", "unknown certificate id (kid)")
+        token_url = f"{request.url.scheme}://{request.headers.get('host', 'localhost')}{TOKEN_PATH}"
+        try:
+            claims = jwt.decode(assertion, self._m2m_public_key, algorithms=[header["alg"]], audience=token_url,
+                                options={"require": ["iss", "aud", "iat", "exp", "scope"]}, leeway=5)
+        except jwt.PyJWTError as exc:
+            return self._token_error(401, "invalid_grant", f"client_assertion rejected: {exc}")
+        if claims["iss"] != self.m2m_client_id:
+            return self._token_error(401, "invalid_client", "iss is not this integration's client id")
+        if "rest_webservices" not in [s.strip() for s in str(claims["scope"]).split(",")]:
+            return self._token_error(400, "invalid_scope", "scope must include rest_webservices")
+        if float(claims["exp"]) - float(claims["iat"]) > 3600:
+            return self._token_error(400, "invalid_grant", "exp must be at most 60 minutes after iat")
+        token = uuid.uuid4().hex + uuid.uuid4().hex
+        with self._lock:
+            self._access_tokens[token] = self.clock() + self.access_token_ttl_s
+            self.tokens_issued += 1
+        return JSONResponse({"access_token": token, "expires_in": str(int(self.access_token_ttl_s)), "token_type": "bearer"})
+
+    def _bearer_valid(self, token: str) -> bool:
+        with self._lock:
+            expiry = self._access_tokens.get(token)
+            return expiry is not None and self.clock() < expiry
+
     def _authenticated(self, request: Request) -> bool:
-        if not request.headers.get("authorization", "").lower().startswith("oauth "):
+        authorization = request.headers.get("authorization", "")
+        if authorization.lower().startswith("bearer "):
+            return self._bearer_valid(authorization[7:].strip())
+        if not authorization.lower().startswith("oauth "):
             return False
         try:
             valid, _ = self._oauth.validate_protected_resource_request(
@@ -847,7 +924,7 @@ class NetSuiteSandbox:
             if kind is None:
                 return netsuite_error(404, "INVALID_RCRD_TYPE", f"Record type '{request.path_params['record']}' does not exist.")
             body: Any = None
-            if request.method in ("POST", "PATCH"):
+            if request.method in ("POST", "PATCH", "PUT"):
                 raw = await request.body()
                 try:
                     body = json.loads(raw) if raw else {}
@@ -918,7 +995,29 @@ class NetSuiteSandbox:
             "totalResults": len(ids),
         })
 
+    def _upsert(self, kind: str, key: str, body: Mapping[str, Any], base: str) -> Response:
+        """`PUT {record}/eid:{externalId}`: create, or update the body fields of the existing record."""
+        key = unquote(key)
+        if not key.lower().startswith("eid:"):
+            raise NetSuiteRecordError(405, "METHOD_NOT_ALLOWED", "PUT (upsert) needs an external id key: eid:{externalId}.")
+        external_id = key[4:]
+        if not external_id or not all(c.isalnum() or c in "_-" for c in external_id):
+            raise NetSuiteRecordError(400, "INVALID_ID", "An external id may contain letters, digits, _ and - only.")
+        if kind != "salesOrder":
+            raise NetSuiteRecordError(405, "METHOD_NOT_ALLOWED", f"The sandbox does not upsert {kind} records.")
+        given = _canon(body).get("externalId")
+        if given is not None and str(given) != external_id:
+            raise NetSuiteRecordError(400, "INVALID_CONTENT", "externalId in the body differs from the one in the URL.", "externalId")
+        existing = self._external[kind].get(external_id)
+        if existing is None:
+            return self._created(kind, self._create_sales_order({**body, "externalId": external_id}), base)
+        record = self._records[kind][existing]
+        self._patch_sales_order(record, {k: v for k, v in body.items() if k.lower() not in ("item", "orderstatus")})
+        return self._created(kind, record, base)
+
     def _instance(self, request: Request, kind: str, body: Any, base: str) -> Response:
+        if request.method == "PUT":
+            return self._upsert(kind, request.path_params["key"], body, base)
         record = self._find(kind, request.path_params["key"])
         if request.method == "GET":
             expand = request.query_params.get("expandSubResources", "false").lower() == "true"

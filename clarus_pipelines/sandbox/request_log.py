@@ -86,10 +86,28 @@ class RequestLogMiddleware:
         chunks: list[bytes] = []
         status: list[int] = []
 
+        # Read the body before the app runs, so a request answered without reading it (an
+        # injected fault) is still logged with its body: GraphQL calls differ only there.
+        more = scope["method"] in ("POST", "PUT", "PATCH")
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        replayed = False
+
         async def logging_receive() -> Message:
+            nonlocal replayed
+            if chunks and not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            if chunks:
+                return await receive()  # after the body: wait for a disconnect, as Starlette does
             message = await receive()
             if message["type"] == "http.request":
                 chunks.append(message.get("body", b""))
+                replayed = True
             return message
 
         async def logging_send(message: Message) -> None:

@@ -50,6 +50,10 @@ class SandboxSecrets:
     netsuite_token_id: str = field(repr=False)
     netsuite_token_secret: str = field(repr=False)
     netsuite_webhook_secret: str | None = field(default=None, repr=False)  # optional: NetSuite webhooks off without it
+    # optional: NetSuite OAuth 2.0 M2M (the sandbox derives the "uploaded certificate" from the key)
+    netsuite_client_id: str | None = field(default=None, repr=False)
+    netsuite_certificate_id: str | None = field(default=None, repr=False)
+    netsuite_private_key: str | None = field(default=None, repr=False)
 
     @staticmethod
     def env_name(field_name: str) -> str:
@@ -73,6 +77,27 @@ class SandboxSecrets:
                 "generates them in <home>/secrets.env)"
             )
         return cls(**values)  # type: ignore[arg-type]
+
+
+def generate_m2m_credentials() -> dict[str, str]:
+    """Sandbox NetSuite OAuth 2.0 M2M credentials: client id, certificate id and an EC P-256
+    private key (PEM with `\\n` escapes, one line as env files hold it)."""
+    import secrets as random_secrets
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return {"NETSUITE_CLIENT_ID": random_secrets.token_hex(32), "NETSUITE_CERTIFICATE_ID": random_secrets.token_urlsafe(24),
+            "NETSUITE_PRIVATE_KEY": pem.decode("ascii").strip().replace("\n", "\\n")}
+
+
+def _public_key_pem(private_pem: str) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(private_pem.replace("\\n", "\n").encode("ascii"), password=None)
+    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
 @dataclass
@@ -175,6 +200,9 @@ def start_sandbox(
         consumer_key=secrets.netsuite_consumer_key, consumer_secret=secrets.netsuite_consumer_secret,
         token_id=secrets.netsuite_token_id, token_secret=secrets.netsuite_token_secret,
         commit_delay_s=netsuite_commit_delay_s,
+        **({"m2m_client_id": secrets.netsuite_client_id, "m2m_certificate_id": secrets.netsuite_certificate_id,
+            "m2m_public_key": _public_key_pem(secrets.netsuite_private_key)}
+           if secrets.netsuite_client_id and secrets.netsuite_certificate_id and secrets.netsuite_private_key else {}),
         webhook_url=f"{receiver}/webhooks/netsuite" if netsuite_webhooks else None,
         webhook_secret=secrets.netsuite_webhook_secret if netsuite_webhooks else None,
     )

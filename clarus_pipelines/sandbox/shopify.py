@@ -1,21 +1,28 @@
-"""A local Shopify store: the Admin REST API subset the pipelines use, and signed webhooks.
+"""A local Shopify store: the GraphQL Admin API the pipelines use, the legacy REST subset, and signed webhooks.
 
-Shapes follow Shopify's published REST payloads for API 2025-07 (see
-`shared/fixtures/shopify/`): orders with line items, shipping lines, fulfilments and
-refunds; FulfillmentOrder-based fulfilment (`POST fulfillments.json` with
-`line_items_by_fulfillment_order` and `tracking_info`); inventory levels; products with
-variants; locations. Behaviour worth testing against is real too:
+The pipelines talk to `POST /admin/api/<version>/graphql.json` only (`shopify_graphql.py`):
+every document is validated against Shopify's published Admin GraphQL schema (2026-10),
+throttled by calculated query cost, and mutations Shopify marks idempotent need their
+`@idempotent(key:)`. The REST routes stay for the sandbox's own tests and for tools that
+still read REST; their shapes follow Shopify's published REST payloads for API 2025-07
+(see `shared/fixtures/shopify/`), which are also the webhook payloads Shopify sends:
+orders with line items, shipping lines, fulfilments and refunds; FulfillmentOrder-based
+fulfilment; inventory levels; products with variants; locations. Behaviour worth testing
+against is real too:
 
 - `X-Shopify-Access-Token` is required (401 otherwise);
-- the REST leaky bucket (default 40 calls, leaking 2 per second) answers 429 with
+- REST: the leaky bucket (default 40 calls, leaking 2 per second) answers 429 with
   `Retry-After` when full and reports `X-Shopify-Shop-Api-Call-Limit` on every call;
-- list endpoints page with cursors in the `Link` header (`page_info`), and a request
-  with `page_info` may only add `limit` and `fields`;
-- a fulfilment for quantities that are already fulfilled is refused with 422;
+  list endpoints page with cursors in the `Link` header (`page_info`);
+- GraphQL: a cost bucket (`graphql_points`, refilled at `graphql_restore_rate`/s) answers
+  `THROTTLED` and reports `extensions.cost.throttleStatus`; connections page with cursors;
+- a fulfilment for quantities that are already fulfilled is refused (422 / `userErrors`);
 - webhooks (orders/create, orders/updated, orders/edited, orders/cancelled,
   refunds/create) are signed with `X-Shopify-Hmac-Sha256` (base64 HMAC-SHA256 of the raw
   body) and carry `X-Shopify-Webhook-Id` (kept on duplicate deliveries), topic, shop
-  domain, API version, triggered-at and event id headers.
+  domain, API version, triggered-at and event id headers. They go to `webhook_url`;
+  subscriptions made with `webhookSubscriptionCreate` are recorded (and listed, deleted)
+  but do not redirect deliveries.
 
 Orders are placed, edited, cancelled and refunded in-process (`create_order`,
 `edit_order`, `update_shipping_address`, `cancel_order`, `refund_order`), which is what
@@ -51,6 +58,7 @@ from starlette.routing import Route
 from clarus_pipelines.sandbox.catalog_data import SHOPIFY_LOCATION_ID, Catalog, CatalogItem, build_catalog
 from clarus_pipelines.sandbox.faults import FaultConfig, FaultMiddleware, WebhookSender
 from clarus_pipelines.sandbox.request_log import RequestLog, RequestLogMiddleware
+from clarus_pipelines.sandbox.shopify_graphql import CostBucket, ShopifyGraphQL, root_fields
 
 log = logging.getLogger(__name__)
 
@@ -237,11 +245,13 @@ class ShopifySandbox:
         webhook_secret: str,
         webhook_url: str | None = None,
         webhook_sender: WebhookSender | None = None,
-        api_version: str = "2025-07",
+        api_version: str = "2026-10",
         shop_domain: str = "sandbox.myshopify.com",
         catalog: Catalog | None = None,
         bucket_size: int = 40,
         leak_rate_per_s: float = 2.0,
+        graphql_points: float = 2000.0,
+        graphql_restore_rate: float = 100.0,
         location_id: int = SHOPIFY_LOCATION_ID,
         currency: str = "GBP",
         clock: Callable[[], datetime] | None = None,
@@ -267,6 +277,7 @@ class ShopifySandbox:
         self.bucket = LeakyBucket(bucket_size, leak_rate_per_s, monotonic)
         self.request_log = RequestLog()
         self._lock = threading.RLock()
+        self.graphql = ShopifyGraphQL(self, bucket=CostBucket(graphql_points, graphql_restore_rate, monotonic))
         self._reset_state()
         router = Starlette(routes=self._routes())
         self.app = RequestLogMiddleware(FaultMiddleware(router, faults, seed=seed, system="shopify"), self.request_log)
@@ -301,6 +312,7 @@ class ShopifySandbox:
         }
         self.webhooks: list[dict[str, Any]] = []
         self.bucket.reset()
+        self.graphql.reset()
 
     def reset(self) -> None:
         """Back to the seeded catalogue and stock, with no orders, requests or webhooks."""
@@ -1256,11 +1268,18 @@ class ShopifySandbox:
     def requests(self, since: int = 0) -> list[dict[str, Any]]:
         return [r.to_dict() for r in self.request_log.entries(since=since)]
 
+    def graphql_calls(self, root_field: str, since: int = 0) -> list[dict[str, Any]]:
+        """Logged GraphQL requests whose operation selects `root_field` (e.g. `fulfillmentCreate`)."""
+        return [r for r in self.requests(since) if r["path"].endswith("/graphql.json") and isinstance(r["body"], dict)
+                and root_field in root_fields(str(r["body"].get("query") or ""))]
+
     # ------------------------------------------------------------------ HTTP plumbing
 
     def _routes(self) -> list[Route]:
         api = "/admin/api/{version}"
         return [
+            Route(f"{api}/graphql.json", self._graphql_endpoint, methods=["POST"]),
+            Route("/bulk-results/{number:int}.jsonl", self._bulk_result),
             Route(f"{api}/orders.json", self._admin(self._list_orders)),
             Route(f"{api}/orders/count.json", self._admin(self._count_orders)),
             Route(f"{api}/orders/{{order_id:int}}.json", self._admin(self._get_order)),
@@ -1320,6 +1339,30 @@ class ShopifySandbox:
             return JSONResponse(body, status_code=status, headers={**headers, **extra})
 
         return endpoint
+
+    async def _graphql_endpoint(self, request: Request) -> Response:
+        """The GraphQL Admin API: schema-validated, throttled by query cost (not by call count)."""
+        given = request.headers.get("x-shopify-access-token", "")
+        if not hmac.compare_digest(given.encode("utf-8"), self.access_token.encode("utf-8")):
+            return JSONResponse(_UNAUTHORIZED, status_code=401)
+        headers = {"X-Shopify-API-Version": self.api_version, "X-Request-Id": str(uuid.uuid4())}
+        try:
+            body = json.loads(await request.body() or b"null")
+        except ValueError:
+            return JSONResponse({"errors": "Bad Request: the body is not valid JSON"}, status_code=400, headers=headers)
+        with self._lock:
+            self.graphql.base_url = f"{request.url.scheme}://{request.headers.get('host', 'localhost')}"
+            status, answer = self.graphql.handle(body)
+        return JSONResponse(answer, status_code=status, headers=headers)
+
+    async def _bulk_result(self, request: Request) -> Response:
+        """A finished bulk operation's JSONL (a signed storage URL at Shopify: no access token)."""
+        self.graphql.bulk_downloads.append({"number": request.path_params["number"],
+                                            "with_access_token": "x-shopify-access-token" in request.headers})
+        body = self.graphql.bulk_results.get(request.path_params["number"])
+        if body is None:
+            return JSONResponse(_NOT_FOUND, status_code=404)
+        return Response(body, media_type="application/jsonl")
 
     def _limit(self, request: Request, default: int = 50) -> int | None:
         raw = request.query_params.get("limit")
