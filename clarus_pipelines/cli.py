@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Re-submit landed or quarantined webhooks through the receiver path (idempotent).",
     ),
     "check-config": (
-        "clarus_pipelines.config_cli",
+        "clarus_pipelines.commands.check_config",
         "Validate the environment settings and the policies YAML; name the offending key on error.",
     ),
     "runbook": (

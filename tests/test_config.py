@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clarus_pipelines.config_cli import REQUIRED_SECRETS
+from clarus_pipelines.commands.check_config import REQUIRED_SECRETS
 from clarus_pipelines.resources import PoliciesResource
 from clarus_pipelines.settings import SANDBOX_POLICIES, ConfigError, Settings, load_policies
 
