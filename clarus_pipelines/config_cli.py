@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
         type=Path,
-        help="policies YAML to check (default: $CLARUS_PIPELINES_CONFIG or the shipped config/sandbox.yaml)",
+        help="policies YAML to check (default: $CLARUS_PIPELINES_CONFIG; not set is an error)",
     )
     parser.add_argument(
         "--require-secrets",
@@ -57,8 +57,8 @@ def run(args: argparse.Namespace) -> int:
         for err in exc.errors():
             print(f"environment: {'.'.join(map(str, err['loc']))}: {err['msg']}", file=sys.stderr)
         return 1
-    path = args.config or settings.policies_file
     try:
+        path = args.config or settings.require_policies_file()
         policies = load_policies(path)
     except ConfigError as exc:
         print(f"invalid config: {exc}", file=sys.stderr)

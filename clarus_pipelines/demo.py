@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from clarus_pipelines.settings import REPO_ROOT
+from clarus_pipelines.settings import POLICIES_ENV, SANDBOX_POLICIES, package_file
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ def demo_environment(args: argparse.Namespace, home: Path) -> dict[str, str]:
         NETSUITE_BASE_URL=f"http://{host}:{args.netsuite_port}",
         PYTHONUNBUFFERED="1",
     )
+    env.setdefault(POLICIES_ENV, str(SANDBOX_POLICIES))  # the demo runs on the sandbox tenant unless told otherwise
     return env
 
 
@@ -137,13 +138,13 @@ def build_services(args: argparse.Namespace, home: Path) -> list[Service]:
         ),
         Service(
             "dagster",
-            [str(bin_dir / "dagster"), "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", host, "-p", str(args.dagster_port)],
+            [str(bin_dir / "dagster"), "dev", "-m", "clarus_pipelines.definitions", "-h", host, "-p", str(args.dagster_port)],
             f"http://{host}:{args.dagster_port}/server_info", f"http://{host}:{args.dagster_port}",
         ),
         Service(
             "dashboard",
             [
-                sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "dashboards" / "app.py"),
+                sys.executable, "-m", "streamlit", "run", str(package_file("clarus_pipelines.dashboards", "app.py")),
                 "--server.headless", "true", "--server.address", host, "--server.port", str(args.dashboard_port),
                 "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
                 "--client.showErrorDetails", "false",
@@ -236,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
             service.log_path = home / "logs" / f"{service.name}.log"
             log_file = open(service.log_path, "ab")
             service.process = subprocess.Popen(
-                service.argv, env=env, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                service.argv, env=env, cwd=home, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
             )
             log_file.close()
         deadline = time.monotonic() + 180

@@ -13,7 +13,7 @@ from datetime import timedelta
 
 import dagster as dg
 
-from assets.ingest import intake_checks_job
+from clarus_pipelines.assets.ingest import intake_checks_job
 from clarus_pipelines.domain.stock import prune_snapshots
 from clarus_pipelines.exception_queue import utcnow
 from clarus_pipelines.receiver.events import prune_state

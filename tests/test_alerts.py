@@ -312,7 +312,7 @@ def test_burst_of_alerts_goes_out_as_one_message(store, http):
 
 
 def test_alerts_sensor_reports_in_words_and_keeps_a_json_cursor(store, http, tmp_path):
-    from sensors.alerts import alerts_sensor
+    from clarus_pipelines.sensors.alerts import alerts_sensor
 
     config = tmp_path / "policies.yaml"
     base = load_policies(SANDBOX_POLICIES).model_dump(mode="json")

@@ -395,8 +395,8 @@ def test_failures_are_retried_with_backoff_and_recorded(world):
 
 def test_dagster_assets_checks_and_stuck_sensor_over_the_sandbox(tmp_path):
     """The production wiring: the dispatch job (asset + checks) and the stuck-state sensor."""
-    from assets.dispatch import defs as dispatch_defs
-    from sensors.stuck_states import stuck_states_sensor
+    from clarus_pipelines.assets.dispatch import defs as dispatch_defs
+    from clarus_pipelines.sensors.stuck_states import stuck_states_sensor
 
     w = World(tmp_path, clarus_kwargs={"missing_tracking_rate": 1.0})
     try:

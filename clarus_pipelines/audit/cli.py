@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = Settings()
     try:
-        policies = load_policies(args.config or settings.policies_file)
+        policies = load_policies(args.config or settings.require_policies_file())
     except ConfigError as exc:
         print(f"invalid config: {exc}", file=sys.stderr)
         return 2
