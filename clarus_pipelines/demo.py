@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 
+from clarus_pipelines.logs import log_format_from_env
 from clarus_pipelines.settings import POLICIES_ENV, SANDBOX_POLICIES, package_file
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,15 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def write_workspace(home: Path) -> Path:
+    """The repo's workspace.yaml (location `clarus_pipelines`), written into the home so the demo
+    also runs from an installed wheel, with no source tree."""
+    path = home / "workspace.yaml"
+    path.write_text("load_from:\n  - python_module:\n      module_name: clarus_pipelines.definitions\n"
+                    "      location_name: clarus_pipelines\n")
+    return path
+
+
 def build_services(args: argparse.Namespace, home: Path) -> list[Service]:
     bin_dir = Path(sys.executable).parent
     cli = [str(bin_dir / "clarus-pipelines")]
@@ -125,7 +135,7 @@ def build_services(args: argparse.Namespace, home: Path) -> list[Service]:
         Service(
             "receiver",
             cli + ["receiver", "--host", host, "--port", str(args.receiver_port), "--landing-dir", str(home / "landing")],
-            f"{receiver_url}/healthz", receiver_url,
+            f"{receiver_url}/readyz", receiver_url,
         ),
         Service(
             "sandbox",
@@ -138,7 +148,8 @@ def build_services(args: argparse.Namespace, home: Path) -> list[Service]:
         ),
         Service(
             "dagster",
-            [str(bin_dir / "dagster"), "dev", "-m", "clarus_pipelines.definitions", "-h", host, "-p", str(args.dagster_port)],
+            [str(bin_dir / "dagster"), "dev", "-w", str(write_workspace(home)), "-h", host, "-p", str(args.dagster_port)]
+            + (["--log-format", "json"] if log_format_from_env() == "json" else []),
             f"http://{host}:{args.dagster_port}/server_info", f"http://{host}:{args.dagster_port}",
         ),
         Service(

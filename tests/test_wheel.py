@@ -107,6 +107,13 @@ def test_the_installed_wheel_checks_config_validates_definitions_and_serves_webh
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1 and "CLARUS_PIPELINES_CONFIG is not set" in refused.stderr
 
+    # the runbook is a source-tree document: an install must not write it into site-packages
+    nowhere = subprocess.run([bin_dir / "clarus-pipelines", "runbook"], env=clean_env(root), cwd=work,
+                             capture_output=True, text=True, timeout=120)
+    assert nowhere.returncode == 2 and "--output" in nowhere.stderr
+    run([bin_dir / "clarus-pipelines", "runbook", "--output", work / "runbook.md"], env=clean_env(root), cwd=work)
+    assert "## " in (work / "runbook.md").read_text()
+
     checked = run([bin_dir / "clarus-pipelines", "check-config", "--config", policies], env=clean_env(root), cwd=work)
     assert json.loads(checked.stdout)["ok"] is True
 

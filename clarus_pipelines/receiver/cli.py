@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -157,8 +158,9 @@ def run(args: argparse.Namespace) -> int:
                               max_connections=args.max_connections, shutdown_timeout_s=args.shutdown_timeout)
     log.info("receiver on http://%s:%d landing in %s (%d worker(s))", args.host, args.port, landing_dir, args.workers)
     if args.workers > 1:
+        metrics_dir, own_dir = None, False
         if args.metrics_port is not None:  # workers write their counts to files; this process serves the sum
-            prepare_multiprocess_dir()
+            metrics_dir, own_dir = prepare_multiprocess_dir()
             serve_metrics(args.metrics_host, args.metrics_port, multiprocess_mode=True)
             log.info("receiver metrics on http://%s:%d/metrics", args.metrics_host, args.metrics_port)
         # Worker processes build the app themselves from the environment.
@@ -166,7 +168,11 @@ def run(args: argparse.Namespace) -> int:
         os.environ[MAX_BODY_ENV] = str(args.max_body_bytes)
         os.environ[BODY_TIMEOUT_ENV] = str(args.body_timeout)
         os.environ[HEADER_TIMEOUT_ENV] = str(args.header_timeout)
-        uvicorn.run("clarus_pipelines.receiver.app:create_app_from_env", factory=True, workers=args.workers, **options)
+        try:
+            uvicorn.run("clarus_pipelines.receiver.app:create_app_from_env", factory=True, workers=args.workers, **options)
+        finally:
+            if own_dir and metrics_dir is not None:
+                shutil.rmtree(metrics_dir, ignore_errors=True)
     else:
         app = create_app(landing_dir, settings=settings, max_body_bytes=args.max_body_bytes, body_timeout_s=args.body_timeout)
         if args.metrics_port is not None:

@@ -60,18 +60,19 @@ class ReceiverMetrics:
         self.latency.labels(source).observe(seconds)
 
 
-def prepare_multiprocess_dir() -> Path:
-    """A fresh directory for the workers' metric files (set before the workers start)."""
+def prepare_multiprocess_dir() -> tuple[Path, bool]:
+    """A fresh directory for the workers' metric files (set before the workers start), and
+    whether it is our own temporary one (to remove when the receiver stops)."""
     existing = os.environ.get(MULTIPROC_ENV)
     if existing:
         path = Path(existing)
         path.mkdir(parents=True, exist_ok=True)
         for stale in path.glob("*.db"):  # counts of an earlier run must not be added to this one
             stale.unlink(missing_ok=True)
-        return path
+        return path, False
     path = Path(tempfile.mkdtemp(prefix="clarus-receiver-metrics-"))
     os.environ[MULTIPROC_ENV] = str(path)
-    return path
+    return path, True
 
 
 def serve_metrics(host: str, port: int, registry: CollectorRegistry | None = None, *, multiprocess_mode: bool = False):
