@@ -28,7 +28,7 @@ from clarus_pipelines.exception_queue import utcnow
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 
 SUITES = load_suites()
-if not SUITES:  # an install without the repo's quality/ folder: say so instead of silently checking nothing
+if not SUITES:  # an install that lost the package's quality/suites/: say so instead of silently checking nothing
     raise RuntimeError(f"no data-quality suites found in {SUITES_DIR}")
 SAMPLE_ROWS = 10
 

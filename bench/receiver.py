@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from clarus_pipelines.receiver import auth  # noqa: E402
+from clarus_pipelines.settings import SANDBOX_POLICIES  # noqa: E402
 
 SECRET = "bench-shopify-webhook-secret"
 FIXTURE = REPO / "tests" / "fixtures" / "shopify" / "orders" / "order_python_api.json"  # our sample, in the python_api shape
@@ -192,7 +193,8 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-receiver-") as tmp:
         landing = Path(tmp) / "landing"
-        env = {**os.environ, "SHOPIFY_WEBHOOK_SECRET": SECRET, "CLARUS_PIPELINES_HOME": tmp, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "SHOPIFY_WEBHOOK_SECRET": SECRET, "CLARUS_PIPELINES_HOME": tmp, "PYTHONUNBUFFERED": "1",
+               "CLARUS_PIPELINES_CONFIG": os.environ.get("CLARUS_PIPELINES_CONFIG") or str(SANDBOX_POLICIES)}
         body_size = len(Poster(json.loads(FIXTURE.read_text())["order"], "x").next_request())
         print(f"loopback, {args.concurrency} connections, {args.rounds} alternating round(s) of {args.warmup:g}s warm-up + "
               f"{args.duration:g}s measured per server; request {body_size} bytes; {os.cpu_count()} CPUs", flush=True)

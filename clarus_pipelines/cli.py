@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> (module, one-line help)
@@ -102,11 +103,27 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"clarus-pipelines {name}", description=text)
     module.add_arguments(parser)
-    args = parser.parse_args(rest)
-    from clarus_pipelines.logs import configure_logging
+    from clarus_pipelines.logs import LOG_FORMAT_ENV, LOG_FORMATS, configure_logging, log_format_from_env
 
-    configure_logging()
-    return int(module.run(args) or 0)
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default=None,
+                        help=f"log lines as text or JSON objects (default ${LOG_FORMAT_ENV} or text); "
+                        "personal data is masked in both")
+    args = parser.parse_args(rest)
+    if args.log_format:
+        os.environ[LOG_FORMAT_ENV] = args.log_format  # child processes (demo, receiver workers) log alike
+    try:
+        log_format = log_format_from_env()
+    except ValueError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(log_format=log_format)
+    from clarus_pipelines.settings import ConfigError
+
+    try:
+        return int(module.run(args) or 0)
+    except ConfigError as exc:  # e.g. no policies file: a message naming the setting, not a traceback
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

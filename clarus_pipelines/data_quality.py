@@ -33,12 +33,12 @@ from typing import Any
 import duckdb
 
 from clarus_pipelines.logs import mask_pii
-from clarus_pipelines.settings import REPO_ROOT
 from clarus_pipelines.policies import Policies
+from clarus_pipelines.settings import package_file
 
 log = logging.getLogger(__name__)
 
-SUITES_DIR = REPO_ROOT / "quality" / "suites"
+SUITES_DIR = package_file("clarus_pipelines.quality", "suites")  # the repo's quality/suites/, shipped in the wheel
 OUR_KEYS = ("name", "description", "asset", "query", "id_columns", "expectations")
 
 

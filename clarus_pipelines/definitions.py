@@ -9,15 +9,15 @@ from clarus_pipelines.connectors.shopify import ShopifyResource
 from clarus_pipelines.resources import LandingZoneResource, PoliciesResource, StateStoreResource
 from clarus_pipelines.settings import Settings
 
-from assets import (
+from clarus_pipelines.assets import (
     audit, data_quality, dispatch, ingest, item_master, monitoring, orders, outside_fulfilments, reconciliation, refunds,
     stock,
 )
-from sensors import alerts as alert_sensors
-from sensors import maintenance, probes, stuck_states, webhooks
-from sensors import item_master as item_master_sensors
-from sensors import orders as order_sensors
-from sensors import stock as stock_sensors
+from clarus_pipelines.sensors import alerts as alert_sensors
+from clarus_pipelines.sensors import maintenance, probes, stuck_states, webhooks
+from clarus_pipelines.sensors import item_master as item_master_sensors
+from clarus_pipelines.sensors import orders as order_sensors
+from clarus_pipelines.sensors import stock as stock_sensors
 
 # Each domain module exports its own `defs`; add a module here to add a domain.
 DOMAINS: list[dg.Definitions] = [
@@ -35,7 +35,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
     settings = settings or Settings()
     return {
         "state": StateStoreResource(path=str(settings.state_db_path.resolve())),
-        "policies": PoliciesResource(path=str(settings.policies_file.resolve())),
+        "policies": PoliciesResource(path=str(settings.require_policies_file().resolve())),
         "landing": LandingZoneResource(path=str(settings.landing_path.resolve())),
         "clarus": ClarusResource(
             base_url=settings.clarus_base_url,

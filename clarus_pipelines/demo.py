@@ -25,7 +25,8 @@ from pathlib import Path
 
 import httpx
 
-from clarus_pipelines.settings import REPO_ROOT
+from clarus_pipelines.logs import log_format_from_env
+from clarus_pipelines.settings import POLICIES_ENV, SANDBOX_POLICIES, package_file
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ def demo_environment(args: argparse.Namespace, home: Path) -> dict[str, str]:
         NETSUITE_AUTH_METHOD=getattr(args, "netsuite_auth", "oauth2_m2m"),
         PYTHONUNBUFFERED="1",
     )
+    env.setdefault(POLICIES_ENV, str(SANDBOX_POLICIES))  # the demo runs on the sandbox tenant unless told otherwise
     return env
 
 
@@ -124,6 +126,15 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def write_workspace(home: Path) -> Path:
+    """The repo's workspace.yaml (location `clarus_pipelines`), written into the home so the demo
+    also runs from an installed wheel, with no source tree."""
+    path = home / "workspace.yaml"
+    path.write_text("load_from:\n  - python_module:\n      module_name: clarus_pipelines.definitions\n"
+                    "      location_name: clarus_pipelines\n")
+    return path
+
+
 def build_services(args: argparse.Namespace, home: Path) -> list[Service]:
     bin_dir = Path(sys.executable).parent
     cli = [str(bin_dir / "clarus-pipelines")]
@@ -133,7 +144,7 @@ def build_services(args: argparse.Namespace, home: Path) -> list[Service]:
         Service(
             "receiver",
             cli + ["receiver", "--host", host, "--port", str(args.receiver_port), "--landing-dir", str(home / "landing")],
-            f"{receiver_url}/healthz", receiver_url,
+            f"{receiver_url}/readyz", receiver_url,
         ),
         Service(
             "sandbox",
@@ -146,13 +157,14 @@ def build_services(args: argparse.Namespace, home: Path) -> list[Service]:
         ),
         Service(
             "dagster",
-            [str(bin_dir / "dagster"), "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", host, "-p", str(args.dagster_port)],
+            [str(bin_dir / "dagster"), "dev", "-w", str(write_workspace(home)), "-h", host, "-p", str(args.dagster_port)]
+            + (["--log-format", "json"] if log_format_from_env() == "json" else []),
             f"http://{host}:{args.dagster_port}/server_info", f"http://{host}:{args.dagster_port}",
         ),
         Service(
             "dashboard",
             [
-                sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "dashboards" / "app.py"),
+                sys.executable, "-m", "streamlit", "run", str(package_file("clarus_pipelines.dashboards", "app.py")),
                 "--server.headless", "true", "--server.address", host, "--server.port", str(args.dashboard_port),
                 "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
                 "--client.showErrorDetails", "false",
@@ -245,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
             service.log_path = home / "logs" / f"{service.name}.log"
             log_file = open(service.log_path, "ab")
             service.process = subprocess.Popen(
-                service.argv, env=env, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                service.argv, env=env, cwd=home, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
             )
             log_file.close()
         deadline = time.monotonic() + 180

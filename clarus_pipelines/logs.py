@@ -3,14 +3,25 @@
 Names, emails, phone numbers and addresses never reach a log line: `mask_pii` redacts
 them in payloads before they are logged, and `PiiFilter` catches emails and phone
 numbers that slip into a message anyway.
+
+Two formats: text for people (the default) and JSON, one object per line, for a log
+collector (`CLARUS_PIPELINES_LOG_FORMAT=json` or `clarus-pipelines --log-format json`).
+The JSON formatter masks every field again (extras and tracebacks included).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
-from typing import Any
+from typing import Any, Literal
+
+from pythonjsonlogger.json import JsonFormatter
+
+LOG_FORMAT_ENV = "CLARUS_PIPELINES_LOG_FORMAT"
+LogFormat = Literal["text", "json"]
+LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
 
 PII_KEYS = frozenset(
     {
@@ -60,10 +71,40 @@ class PiiFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: int = logging.INFO) -> None:
-    """Log to stderr (stdout is kept for machine-readable output)."""
+class MaskedJsonFormatter(JsonFormatter):
+    """One JSON object per line: time, level, logger, message, plus any `extra=` fields and
+    the traceback, each passed through `mask_pii` (the logger's name is not personal data)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s",
+                         rename_fields={"asctime": "time", "levelname": "level", "name": "logger"})
+
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        logger = log_data.pop("logger", None)
+        masked = mask_pii(log_data)
+        return {"logger": logger, **masked} if logger is not None else masked
+
+
+def log_format_from_env() -> LogFormat:
+    """`CLARUS_PIPELINES_LOG_FORMAT` (text or json); anything else is refused, never guessed."""
+    value = (os.environ.get(LOG_FORMAT_ENV) or "text").strip().lower()
+    if value not in LOG_FORMATS:
+        raise ValueError(f"{LOG_FORMAT_ENV}={value!r}: use one of {', '.join(LOG_FORMATS)}")
+    return value  # type: ignore[return-value]
+
+
+def make_formatter(log_format: LogFormat) -> logging.Formatter:
+    if log_format == "json":
+        return MaskedJsonFormatter()
+    return logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def configure_logging(level: int = logging.INFO, log_format: LogFormat | None = None) -> None:
+    """Log to stderr (stdout is kept for machine-readable output), as text or JSON lines.
+
+    `log_format` defaults to `CLARUS_PIPELINES_LOG_FORMAT` (text when unset)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(make_formatter(log_format or log_format_from_env()))
     handler.addFilter(PiiFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -228,6 +228,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     path: Path = args.output
+    if path == DEFAULT_OUTPUT and not (REPO_ROOT / "pyproject.toml").is_file():
+        # an installed wheel: the default would write into site-packages
+        print("no source tree here (an installed package): pass --output PATH", file=sys.stderr)
+        return 2
     if args.check:
         diff = differences(path)
         print(json.dumps({"ok": not diff, "path": str(path), "up_to_date": not diff}))

@@ -9,6 +9,7 @@ exception owners). `load_policies` validates the file and names the offending ke
 from __future__ import annotations
 
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -19,8 +20,21 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from clarus_pipelines.catalogue import CATALOGUE
 from clarus_pipelines.policies import Policies
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SANDBOX_POLICIES = REPO_ROOT / "config" / "sandbox.yaml"
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the source tree; meaningless in a wheel install
+
+
+def package_file(package: str, *parts: str) -> Path:
+    """A data file shipped inside the installed package (source tree, editable install or wheel alike).
+
+    Read with `importlib.resources`; wheels are installed unpacked, so the result is a real path
+    that child processes (the sandbox, Streamlit) can be given."""
+    return Path(str(resources.files(package).joinpath(*parts)))
+
+
+# The shipped example policies: the sandbox tenant. Only `demo`, `simulate` and `sandbox` fall
+# back to it; everything else needs CLARUS_PIPELINES_CONFIG (see `Settings.require_policies_file`).
+SANDBOX_POLICIES = package_file("clarus_pipelines.config", "sandbox.yaml")
+POLICIES_ENV = "CLARUS_PIPELINES_CONFIG"
 
 # API versions (see docs/api-versions.md): the Shopify Admin API version we pin, and the
 # oldest version we declare still supported by Shopify (each stable version lives at least
@@ -37,7 +51,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
 
     home: Path = Field(default=Path(".demo"), validation_alias="CLARUS_PIPELINES_HOME")
-    policies_file: Path = Field(default=SANDBOX_POLICIES, validation_alias="CLARUS_PIPELINES_CONFIG")
+    policies_file: Path | None = Field(default=None, validation_alias=POLICIES_ENV)
     state_db: Path | None = Field(default=None, validation_alias="CLARUS_PIPELINES_STATE_DB")
     landing_dir: Path | None = Field(default=None, validation_alias="CLARUS_PIPELINES_LANDING_DIR")
 
@@ -109,6 +123,15 @@ class Settings(BaseSettings):
     @property
     def landing_path(self) -> Path:
         return self.landing_dir or self.home / "landing"
+
+    def require_policies_file(self) -> Path:
+        """The policies file; not set is a configuration error, never a silent sandbox default
+        (a deployment that forgot it would otherwise run on the sandbox tenant)."""
+        if self.policies_file is None:
+            raise ConfigError(f"{POLICIES_ENV} is not set: point it at your policies YAML "
+                              f"(the shipped example is {SANDBOX_POLICIES.name}; `clarus-pipelines demo` and "
+                              "`simulate` use it by themselves)")
+        return self.policies_file
 
 
 # ---------------------------------------------------------------------------- policies
@@ -205,7 +228,7 @@ def get_settings() -> Settings:
 
 def get_policies(settings: Settings | None = None) -> Policies:
     """Policies of the current settings, re-read when the file changes."""
-    return policies_at((settings or get_settings()).policies_file)
+    return policies_at((settings or get_settings()).require_policies_file())
 
 
 def policies_at(path: Path | str) -> Policies:

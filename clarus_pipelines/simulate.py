@@ -50,6 +50,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from clarus_pipelines.settings import POLICIES_ENV, SANDBOX_POLICIES
+
 log = logging.getLogger(__name__)
 
 SECRET_NAMES = (
@@ -317,7 +319,9 @@ def simulate(
     try:
         # everything under the rehearsal's home, whatever state or landing folder the shell points at
         paths = {"CLARUS_PIPELINES_HOME": str(home), "CLARUS_PIPELINES_STATE_DB": str(home / "state.duckdb"),
-                 "CLARUS_PIPELINES_LANDING_DIR": str(home / "landing")}
+                 "CLARUS_PIPELINES_LANDING_DIR": str(home / "landing"),
+                 # a rehearsal runs on the sandbox tenant unless told otherwise
+                 POLICIES_ENV: os.environ.get(POLICIES_ENV) or str(SANDBOX_POLICIES)}
         with _environment({**creds, **paths}):
             return _simulate(home, orders=orders, seed=seed, faults=faults, timeout_s=timeout_s, quiet_s=quiet_s,
                              batch=batch or max(50, orders // 4))
@@ -344,7 +348,7 @@ def _simulate(home: Path, *, orders: int, seed: int, faults: str, timeout_s: flo
                    settings=settings),
         name="receiver",
     )
-    sandbox = SandboxProcess(seed=seed, receiver_url=receiver.url, policies_path=settings.policies_file)
+    sandbox = SandboxProcess(seed=seed, receiver_url=receiver.url, policies_path=settings.require_policies_file())
     try:
         urls = sandbox.call("urls")
         with _environment({"CLARUS_BASE_URL": urls["clarus"], "SHOPIFY_BASE_URL": urls["shopify"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboards import auth, queries
+from clarus_pipelines.dashboards import auth, queries
 
 st.set_page_config(page_title="Clarus pipelines health", page_icon=":material/local_shipping:", layout="wide")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets.item_master import item_master_job
+from clarus_pipelines.assets.item_master import item_master_job
 from clarus_pipelines.exception_queue import utcnow
 from clarus_pipelines.resources import StateStoreResource
 

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 import dagster as dg
 
-from assets.ingest import intake_checks_job
+from clarus_pipelines.assets.ingest import intake_checks_job
 from clarus_pipelines.domain.retention import prune_records
 from clarus_pipelines.domain.stock import prune_snapshots
 from clarus_pipelines.exception_queue import utcnow

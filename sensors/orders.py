@@ -26,7 +26,7 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
-from assets.orders import (
+from clarus_pipelines.assets.orders import (
     CONSUMER,
     OrdersConfig,
     intake_batch,

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 
 import dagster as dg
 
-from assets.stock import STOCK_PARTITIONS, snapshot_freshness_checks, stock_refresh_job, stock_sync_job
+from clarus_pipelines.assets.stock import STOCK_PARTITIONS, snapshot_freshness_checks, stock_refresh_job, stock_sync_job
 from clarus_pipelines.resources import StateStoreResource
 
 STOCK_TOPICS = ("stock_balance/updated", "stock/updated")

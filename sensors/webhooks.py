@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 
 import dagster as dg
 
-from assets.ingest import STALL_LOOKBACK, ingest_landings_job, webhook_rejections_job
+from clarus_pipelines.assets.ingest import STALL_LOOKBACK, ingest_landings_job, webhook_rejections_job
 from clarus_pipelines.exception_queue import utcnow
 from clarus_pipelines.receiver.events import REJECTION_WINDOW, STALL_AFTER, unprocessed_landings
 from clarus_pipelines.catalogue import SOURCE_NAMES, SOURCES

@@ -24,6 +24,10 @@ TEST_SECRETS = {
 def pytest_configure(config):
     for key, value in TEST_SECRETS.items():
         os.environ.setdefault(key, value)
+    # Nothing defaults to the sandbox tenant any more (issue 14): the tests choose it explicitly.
+    from clarus_pipelines.settings import POLICIES_ENV, SANDBOX_POLICIES
+
+    os.environ.setdefault(POLICIES_ENV, str(SANDBOX_POLICIES))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -314,7 +314,7 @@ def test_burst_of_alerts_goes_out_as_one_message(store, http):
 
 def test_alerts_job_reports_in_words_in_its_run_log(store, http, tmp_path):
     """Moved from the alerts sensor (issue 13/16): sending is now a scheduled job with a run log."""
-    from sensors.alerts import defs as alert_defs
+    from clarus_pipelines.sensors.alerts import defs as alert_defs
 
     config = tmp_path / "policies.yaml"
     base = load_policies(SANDBOX_POLICIES).model_dump(mode="json")
@@ -339,7 +339,7 @@ def test_alerts_job_reports_in_words_in_its_run_log(store, http, tmp_path):
 
 
 def test_alerts_job_retries_while_a_channel_fails_then_leaves_it_to_connector_failing(store, http, tmp_path, monkeypatch):
-    import sensors.alerts as alert_job
+    import clarus_pipelines.sensors.alerts as alert_job
 
     monkeypatch.setattr(alert_job, "RETRY_WAIT_S", 0)
     config = tmp_path / "policies.yaml"

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from sandbox_helpers import WebhookRecorder
 
-from assets.item_master import sync_item_master
-from assets.orders import intake_landed_orders, refresh_carriers, send_ready_orders
+from clarus_pipelines.assets.item_master import sync_item_master
+from clarus_pipelines.assets.orders import intake_landed_orders, refresh_carriers, send_ready_orders
 from clarus_pipelines import cli
 from clarus_pipelines.audit import findings as rules
 from clarus_pipelines.audit import run_audit
@@ -406,7 +406,7 @@ def test_a_clean_sandbox_has_no_blockers_and_exits_zero(clean_world: World, monk
 def test_the_dagster_asset_shows_the_report_and_its_trend(failing_world: World) -> None:
     import dagster as dg
 
-    from assets.audit import audit_schedule, integration_audit
+    from clarus_pipelines.assets.audit import audit_schedule, integration_audit
     from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 
     resources = {"state": StateStoreResource(path=str(failing_world.state)),
@@ -436,7 +436,7 @@ def audit_page(monkeypatch):
     from streamlit import config as st_config
     from streamlit.testing.v1 import AppTest
 
-    from dashboards import auth
+    from clarus_pipelines.dashboards import auth
 
     monkeypatch.delenv(auth.PASSWORD_ENV, raising=False)
     before = st_config.get_option("server.address")

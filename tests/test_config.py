@@ -61,8 +61,9 @@ def test_check_config_ok_prints_summary():
 
 
 def test_check_config_require_secrets_names_missing(monkeypatch):
+    # a bare environment has no CLARUS_PIPELINES_CONFIG (issue 14: no sandbox default), so --config names it
     env = {"PATH": "/usr/bin:/bin", "SHOPIFY_WEBHOOK_SECRET": "s"}
-    result = subprocess.run(CLI + ["check-config", "--require-secrets"], capture_output=True, text=True, env=env)
+    result = subprocess.run(CLI + ["check-config", "--require-secrets", "--config", str(SANDBOX_POLICIES)], capture_output=True, text=True, env=env)
     assert result.returncode == 1
     assert "CLARUS_CLIENT_SECRET: not set" in result.stderr
     assert "SHOPIFY_WEBHOOK_SECRET: not set" not in result.stderr
@@ -72,13 +73,13 @@ def test_check_config_require_secrets_refuses_weak_webhook_secrets():
     strong = "k3J9x-Qw7Lp2Zr5Tb8Nm"
     env = {"PATH": "/usr/bin:/bin", **{name: strong for name in REQUIRED_SECRETS},
            "SHOPIFY_WEBHOOK_SECRET": "s", "NETSUITE_WEBHOOK_SECRET": "a" * 40}
-    result = subprocess.run(CLI + ["check-config", "--require-secrets"], capture_output=True, text=True, env=env)
+    result = subprocess.run(CLI + ["check-config", "--require-secrets", "--config", str(SANDBOX_POLICIES)], capture_output=True, text=True, env=env)
     assert result.returncode == 1
     summary = json.loads(result.stdout)
     assert summary["weak_secrets"] == ["SHOPIFY_WEBHOOK_SECRET", "NETSUITE_WEBHOOK_SECRET"] and not summary["ok"]
     assert "SHOPIFY_WEBHOOK_SECRET: too weak" in result.stderr and "NETSUITE_WEBHOOK_SECRET: too weak" in result.stderr
     assert "CLARUS_WEBHOOK_TOKEN" not in result.stderr and "aaaa" not in result.stderr  # never the value
-    ok = subprocess.run(CLI + ["check-config", "--require-secrets"], capture_output=True, text=True,
+    ok = subprocess.run(CLI + ["check-config", "--require-secrets", "--config", str(SANDBOX_POLICIES)], capture_output=True, text=True,
                         env={**env, "SHOPIFY_WEBHOOK_SECRET": strong, "NETSUITE_WEBHOOK_SECRET": strong})
     assert ok.returncode == 0 and json.loads(ok.stdout)["ok"] is True
 
@@ -147,7 +148,7 @@ def test_policies_resource_parses_once_per_version_of_the_file(tmp_path):
 
 
 def test_web_orders_are_booked_to_the_tenants_netsuite_customer_unless_a_run_says_otherwise():
-    from assets.orders import OrdersConfig
+    from clarus_pipelines.assets.orders import OrdersConfig
 
     policies = load_policies(SANDBOX_POLICIES)
     assert policies.tenant.netsuite_customer_id == "110"  # the sandbox's web customer
@@ -171,3 +172,40 @@ def test_check_config_names_what_the_chosen_netsuite_auth_method_lacks():
     bad = subprocess.run(CLI + ["check-config"], capture_output=True, text=True,
                          env={"PATH": "/usr/bin:/bin", "NETSUITE_AUTH_METHOD": "oauth3"})
     assert bad.returncode == 1 and "NETSUITE_AUTH_METHOD" in bad.stderr
+
+
+def test_no_policies_file_is_an_error_not_the_sandbox_tenant(monkeypatch, tmp_path):
+    """Issue 14: a deployment that forgets CLARUS_PIPELINES_CONFIG must not run on the sandbox tenant."""
+    monkeypatch.delenv("CLARUS_PIPELINES_CONFIG", raising=False)
+    settings = Settings()
+    assert settings.policies_file is None
+    with pytest.raises(ConfigError, match="CLARUS_PIPELINES_CONFIG is not set"):
+        settings.require_policies_file()
+    from clarus_pipelines.settings import get_policies
+
+    with pytest.raises(ConfigError, match="CLARUS_PIPELINES_CONFIG is not set"):
+        get_policies(settings)
+    env = {k: v for k, v in os.environ.items() if k != "CLARUS_PIPELINES_CONFIG"}
+    checked = subprocess.run(CLI + ["check-config"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert checked.returncode == 1 and "CLARUS_PIPELINES_CONFIG is not set" in checked.stderr
+    served = subprocess.run(CLI + ["receiver", "--port", "0"], capture_output=True, text=True, env=env, cwd=tmp_path,
+                            timeout=60)
+    assert served.returncode == 2 and "configuration error: CLARUS_PIPELINES_CONFIG is not set" in served.stderr
+
+
+def test_a_policies_file_without_a_tenant_is_refused(tmp_path):
+    data = yaml.safe_load(SANDBOX_POLICIES.read_text())
+    del data["tenant"]
+    path = tmp_path / "no_tenant.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="tenant: Field required"):
+        load_policies(path)
+
+
+def test_shipped_data_files_are_read_from_inside_the_package():
+    """Policies example, quality suites and the sandbox's spec resolve through importlib.resources."""
+    from clarus_pipelines.data_quality import SUITES_DIR, load_suites
+    from clarus_pipelines.sandbox.openapi import SUBSET_PATH
+
+    assert SANDBOX_POLICIES.is_file() and SANDBOX_POLICIES.parent.name == "config"
+    assert load_suites(SUITES_DIR) and SUBSET_PATH.is_file()

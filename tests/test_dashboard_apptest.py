@@ -18,8 +18,8 @@ from clarus_pipelines import catalogue, exception_queue
 from clarus_pipelines.domain import health
 from clarus_pipelines.domain import reconciliation as finance
 from clarus_pipelines.state.store import StateStore
-from dashboards import auth, queries
-from dashboards.app_pages import common
+from clarus_pipelines.dashboards import auth, queries
+from clarus_pipelines.dashboards.app_pages import common
 
 pytestmark = pytest.mark.timeout(120)
 

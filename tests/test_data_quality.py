@@ -170,7 +170,7 @@ def test_clean_rows_pass_then_each_kind_of_bad_row_fails_its_suite(store, polici
 
 
 def test_dagster_check_step_reports_each_suite_with_failing_rows(store, policies, tmp_path):
-    from assets.data_quality import data_quality_job, defs as quality_defs
+    from clarus_pipelines.assets.data_quality import data_quality_job, defs as quality_defs
 
     seed_bad(store)
     defs = dg.Definitions.merge(quality_defs, dg.Definitions(resources={

@@ -399,8 +399,8 @@ def test_failures_are_retried_with_backoff_and_recorded(world):
 
 def test_dagster_assets_checks_and_stuck_sensor_over_the_sandbox(tmp_path):
     """The production wiring: the dispatch job (asset + checks) and the stuck-state sensor."""
-    from assets.dispatch import defs as dispatch_defs
-    from sensors.stuck_states import stuck_states_sensor
+    from clarus_pipelines.assets.dispatch import defs as dispatch_defs
+    from clarus_pipelines.sensors.stuck_states import stuck_states_sensor
 
     w = World(tmp_path, clarus_kwargs={"missing_tracking_rate": 1.0})
     try:
@@ -519,7 +519,7 @@ def test_tracking_invalid_for_a_malformed_and_a_reused_number_raised_then_cleare
     """The packer keys a number with a typo on one parcel and reuses one label on two orders:
     TRACKING_INVALID is raised on each shipment by the dispatch job's checks, and clears
     itself once the warehouse corrects the numbers in Clarus."""
-    from assets.dispatch import defs as dispatch_defs
+    from clarus_pipelines.assets.dispatch import defs as dispatch_defs
 
     w = World(tmp_path)
     try:

@@ -134,7 +134,7 @@ def test_summary_is_json_and_snapshots_are_kept(store):
 
 
 def test_health_snapshot_asset(store):
-    from assets.monitoring import health_snapshot
+    from clarus_pipelines.assets.monitoring import health_snapshot
 
     result = dg.materialize([health_snapshot], resources={"state": StateStoreResource(path=str(store.path)),
                                                           "policies": PoliciesResource(path=str(SANDBOX_POLICIES))})
@@ -164,7 +164,7 @@ def test_a_system_whose_writes_keep_failing_is_a_connector_failure(tmp_path):
 
 
 def test_health_snapshot_raises_and_clears_connector_failing(tmp_path):
-    from assets.monitoring import health_snapshot
+    from clarus_pipelines.assets.monitoring import health_snapshot
 
     store = StateStore(tmp_path / "state.duckdb")
     now = utcnow()

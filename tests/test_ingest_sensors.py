@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 import pytest
 
-from assets.ingest import defs as ingest_defs
-from assets.ingest import landed_events, landings_not_stalled, webhook_rejections
+from clarus_pipelines.assets.ingest import defs as ingest_defs
+from clarus_pipelines.assets.ingest import landed_events, landings_not_stalled, webhook_rejections
 from clarus_pipelines.exception_queue import open_exceptions, utcnow
 from clarus_pipelines.receiver import auth
 from clarus_pipelines.receiver.app import Intake, WebhookSecrets
@@ -17,9 +17,9 @@ from clarus_pipelines.state.event_log import advance_consumer, new_events
 from clarus_pipelines.receiver.landing import Envelope, LandingZone, landing_id_at
 from clarus_pipelines.resources import LandingZoneResource, PoliciesResource, StateStoreResource
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
-from sensors.maintenance import defs as maintenance_defs
-from sensors.webhooks import build_landing_sensor, webhook_rejections_sensor
-from sensors.webhooks import defs as sensor_defs
+from clarus_pipelines.sensors.maintenance import defs as maintenance_defs
+from clarus_pipelines.sensors.webhooks import build_landing_sensor, webhook_rejections_sensor
+from clarus_pipelines.sensors.webhooks import defs as sensor_defs
 from payloads import OURS, Payloads
 
 SECRETS = WebhookSecrets(shopify="ingest-shopify", clarus_token="ingest-clarus", netsuite="ingest-netsuite")
@@ -375,7 +375,7 @@ def reconcile(asset, resources, **extra) -> dg.ExecuteInProcessResult:
 
 
 def test_shopify_missed_webhooks_lands_and_counts_what_webhooks_missed(intake, resources, zone):
-    from assets.reconciliation import shopify_missed_webhooks
+    from clarus_pipelines.assets.reconciliation import shopify_missed_webhooks
     from clarus_pipelines.connectors.shopify import ShopifyResource
     from clarus_pipelines.sandbox.serving import serve_in_thread
     from clarus_pipelines.sandbox.shopify import ShopifySandbox
@@ -428,7 +428,7 @@ def test_shopify_missed_webhooks_lands_and_counts_what_webhooks_missed(intake, r
 def test_clarus_missed_webhooks_lands_dispatches_without_a_webhook(intake, resources, zone):
     from sandbox_helpers import clarus_credentials, served_clarus
 
-    from assets.reconciliation import clarus_missed_webhooks
+    from clarus_pipelines.assets.reconciliation import clarus_missed_webhooks
     from clarus_pipelines.connectors.clarus import ClarusResource
     from clarus_pipelines.connectors.clarus_model import build_goods_out_body
 

@@ -11,8 +11,8 @@ import dagster as dg
 import httpx
 import pytest
 
-from assets.ingest import landed_events
-from assets.orders import intake_landed_orders
+from clarus_pipelines.assets.ingest import landed_events
+from clarus_pipelines.assets.orders import intake_landed_orders
 from clarus_pipelines.exception_queue import open_exceptions
 from clarus_pipelines.receiver import auth, contract
 from clarus_pipelines.receiver.app import WebhookSecrets, create_app
@@ -315,7 +315,7 @@ def test_a_landing_left_behind_by_a_failed_run_is_requested_again(resources):
 
     from clarus_pipelines.exception_queue import utcnow
     from clarus_pipelines.receiver.landing import landing_id_at
-    from sensors.webhooks import stalled_landings_sensor
+    from clarus_pipelines.sensors.webhooks import stalled_landings_sensor
 
     zone = LandingZone(resources["landing"].path)
     old_id = landing_id_at(utcnow() - timedelta(minutes=30))

@@ -21,26 +21,31 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("clarus_pipelines", "assets", "sensors", "dashboards")
+# Source folder -> package in the wheel (pyproject's package-dir): the design card's top-level
+# folders are installed under clarus_pipelines.
+PACKAGE_DIRS = {"clarus_pipelines": "clarus_pipelines", "assets": "clarus_pipelines.assets",
+                "sensors": "clarus_pipelines.sensors", "dashboards": "clarus_pipelines.dashboards"}
+PACKAGES = tuple(PACKAGE_DIRS.values())
 
 TYPED_MODELS = {"clarus_pipelines.connectors.clarus_model"}  # Clarus's JSON:API bodies, as types
-OUTER_WIRING = ("assets", "sensors", "clarus_pipelines.definitions", "clarus_pipelines.resources")
+OUTER_WIRING = ("clarus_pipelines.assets", "clarus_pipelines.sensors", "clarus_pipelines.definitions",
+                "clarus_pipelines.resources")
 COMMAND_LINE = ("clarus_pipelines.cli", "clarus_pipelines.commands", "clarus_pipelines.demo", "clarus_pipelines.simulate",
-                "dashboards")
+                "clarus_pipelines.dashboards")
 
 
 def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(REPO).with_suffix("").parts)
-    if parts[-1] == "__init__":
+    folder, *parts = path.relative_to(REPO).with_suffix("").parts
+    if parts and parts[-1] == "__init__":
         parts.pop()
-    return ".".join(parts)
+    return ".".join([PACKAGE_DIRS[folder], *parts])
 
 
 @cache
 def modules() -> dict[str, Path]:
     found = {}
-    for package in PACKAGES:
-        for path in (REPO / package).rglob("*.py"):
+    for folder in PACKAGE_DIRS:
+        for path in (REPO / folder).rglob("*.py"):
             found[_module_name(path)] = path
     return found
 
@@ -65,7 +70,7 @@ def imports_of(module: str) -> frozenset[str]:
             names.add(target)
             names.update(f"{target}.{alias.name}" for alias in node.names)  # `from pkg import module`
     ours = set()
-    for name in names - set(PACKAGES):  # `from clarus_pipelines import catalogue` names the module, not the package
+    for name in names - {"clarus_pipelines"}:  # `from clarus_pipelines import catalogue` names the module, not the package
         while name and name not in modules():
             name = name.rpartition(".")[0]
         if name and name != module:

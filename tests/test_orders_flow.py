@@ -19,9 +19,9 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from assets import item_master as item_master_module
-from assets.item_master import barcode_findings, sync_item_master
-from assets.orders import intake_landed_orders, refresh_carriers, send_ready_orders
+from clarus_pipelines.assets import item_master as item_master_module
+from clarus_pipelines.assets.item_master import barcode_findings, sync_item_master
+from clarus_pipelines.assets.orders import intake_landed_orders, refresh_carriers, send_ready_orders
 from clarus_pipelines.connectors.clarus import ClarusResource
 from clarus_pipelines.connectors.netsuite import NetSuiteResource
 from clarus_pipelines.connectors.shopify import ShopifyResource
@@ -36,7 +36,7 @@ from clarus_pipelines.sandbox.server import SandboxSecrets, start_sandbox
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
 from clarus_pipelines.policies import ShipMethodRule
 from clarus_pipelines.state import StateStore
-from sensors.orders import apply_order_changes, recheck_held_orders
+from clarus_pipelines.sensors.orders import apply_order_changes, recheck_held_orders
 
 POLICIES = load_policies(SANDBOX_POLICIES)
 CUSTOMER = "110"  # the sandbox's web customer (NetSuite's published examples)
@@ -253,7 +253,7 @@ def test_item_master_sync_checks_and_exceptions(world, tmp_path):
 
 
 def test_duplicate_skus_after_cleaning_are_flagged(tmp_path):
-    from assets.item_master import build_item_master, duplicate_skus, netsuite_items_frame, store_netsuite_items
+    from clarus_pipelines.assets.item_master import build_item_master, duplicate_skus, netsuite_items_frame, store_netsuite_items
 
     store = StateStore(tmp_path / "dupes.duckdb")
     items = netsuite_items_frame(
@@ -328,7 +328,7 @@ def test_release_after_the_source_is_fixed_and_alert_when_held_too_long(h: Harne
     through(h, order, unmapped)
     assert h.order(order)["status"] == "HELD"
 
-    from sensors.orders import held_orders_recheck_sensor, orders_sensor
+    from clarus_pipelines.sensors.orders import held_orders_recheck_sensor, orders_sensor
 
     state = StateStoreResource(path=str(h.state_path))
     first = held_orders_recheck_sensor(dg.build_sensor_context(resources={"state": state}))
@@ -426,7 +426,7 @@ def test_netsuite_refusing_a_sales_order_is_erp_rejected_then_clears_once_fixed(
 
 
 def test_dagster_assets_run_the_flow(world, h: Harness):
-    from assets.orders import defs as orders_defs
+    from clarus_pipelines.assets.orders import defs as orders_defs
 
     a = h.skus(1)[0]
     order = h.place([(a, 3)])
@@ -647,7 +647,7 @@ def test_cancel_when_netsuite_already_cancelled_the_order_completes(h: Harness):
 
 def test_cancel_before_dispatch_cancels_goods_out_and_closes_erp_lines(world, h: Harness):
     """Through Dagster: the order-changes sensor asks for a run, the job applies the cancellation."""
-    from sensors.orders import order_changes_job, order_changes_sensor
+    from clarus_pipelines.sensors.orders import order_changes_job, order_changes_sensor
 
     a, b = h.skus(2)
     order = h.place([(a, 1), (b, 2)])
@@ -725,7 +725,7 @@ def test_refund_after_dispatch_is_not_an_edit(h: Harness):
 
 
 def test_item_master_bootstrap_runs_until_products_are_bound(tmp_path):
-    from sensors.item_master import item_master_bootstrap
+    from clarus_pipelines.sensors.item_master import item_master_bootstrap
 
     state = StateStoreResource(path=str(tmp_path / "state.duckdb"))
     first = item_master_bootstrap(dg.build_sensor_context(resources={"state": state}))

@@ -117,7 +117,7 @@ def test_without_the_clarus_read_only_the_shopify_side_is_judged(world):
 
 
 def test_dagster_asset_compares_with_clarus_and_reports_a_failed_read(world, tmp_path, monkeypatch):
-    import assets.monitoring as monitoring
+    import clarus_pipelines.assets.monitoring as monitoring
 
     monkeypatch.setattr(monitoring, "utcnow", lambda: world["now"])
     store = world["store"]

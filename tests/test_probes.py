@@ -21,7 +21,7 @@ from clarus_pipelines.sandbox.serving import serve_in_thread
 from clarus_pipelines.sandbox.shopify import ShopifySandbox
 from clarus_pipelines.settings import SANDBOX_POLICIES
 from clarus_pipelines.state import StateStore
-from sensors.probes import defs as probe_defs
+from clarus_pipelines.sensors.probes import defs as probe_defs
 
 pytestmark = pytest.mark.timeout(120)
 

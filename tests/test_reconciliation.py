@@ -211,7 +211,7 @@ def test_partial_dispatch_becomes_a_mismatch_once_it_stops_moving(store):
 
 
 def test_dagster_asset_writes_the_partition_report_under_home(store, tmp_path):
-    from assets.monitoring import finance_reconciliation
+    from clarus_pipelines.assets.monitoring import finance_reconciliation
 
     store, _ = store
     result = dg.materialize(

@@ -637,7 +637,7 @@ def test_unclassified_refund_is_raised_for_finance_and_a_rule_settles_it(world, 
 
 
 def test_refunds_asset_and_checks_in_dagster(world):
-    from assets.refunds import RefundsConfig, defs
+    from clarus_pipelines.assets.refunds import RefundsConfig, defs
     from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 
     (a,) = world.items(1)

@@ -13,7 +13,7 @@ from clarus_pipelines.exception_queue import raise_exception, resolve, utcnow
 from clarus_pipelines.resources import LandingZoneResource, PoliciesResource, StateStoreResource
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
 from clarus_pipelines.state import StateStore
-from sensors.maintenance import defs as maintenance_defs
+from clarus_pipelines.sensors.maintenance import defs as maintenance_defs
 
 NOW = utcnow().replace(microsecond=0)
 SHORT = {"orders_days": 10, "order_events_days": 20, "shipments_days": 15, "exceptions_days": 5, "alerts_days": 3,

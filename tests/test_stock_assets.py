@@ -11,8 +11,8 @@ import dagster as dg
 import pytest
 import yaml
 
-import assets.stock as stock_assets
-import sensors.stock as stock_sensors
+import clarus_pipelines.assets.stock as stock_assets
+import clarus_pipelines.sensors.stock as stock_sensors
 from clarus_pipelines.connectors.clarus import ClarusResource
 from clarus_pipelines.connectors.shopify import ShopifyResource, legacy_id
 from clarus_pipelines.domain.skus import clean_sku
@@ -414,7 +414,7 @@ class _ClockInNowKeyHour(datetime):
 
 
 def test_stock_webhooks_refresh_only_the_affected_products(make_stack, monkeypatch):
-    import sensors.stock as stock_sensors
+    import clarus_pipelines.sensors.stock as stock_sensors
 
     monkeypatch.setattr(stock_sensors, "datetime", _ClockInNowKeyHour)
     stack = make_stack()

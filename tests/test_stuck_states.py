@@ -11,7 +11,7 @@ from clarus_pipelines.domain.stuck_states import STUCK_CODES, stuck_findings
 from clarus_pipelines.exception_queue import raise_exception, utcnow
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
-from sensors.stuck_states import stuck_states_sensor
+from clarus_pipelines.sensors.stuck_states import stuck_states_sensor
 
 TIMINGS = load_policies(SANDBOX_POLICIES).timings  # ack 15 min, ERP wait 60 min, tracking post 60 min
 

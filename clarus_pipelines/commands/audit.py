@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = Settings()
     try:
-        policies = load_policies(args.config or settings.policies_file)
+        policies = load_policies(args.config or settings.require_policies_file())
     except ConfigError as exc:
         if args.format == "json" and not args.out:
             return fail("audit", f"invalid config: {exc}")

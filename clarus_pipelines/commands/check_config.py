@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
         type=Path,
-        help="policies YAML to check (default: $CLARUS_PIPELINES_CONFIG or the shipped config/sandbox.yaml)",
+        help="policies YAML to check (default: $CLARUS_PIPELINES_CONFIG; not set is an error)",
     )
     parser.add_argument(
         "--require-secrets",
@@ -58,9 +58,10 @@ def run(args: argparse.Namespace) -> int:
         return fail("check-config", "environment: " + "; ".join(problems), code=1, indent=None)
     path = args.config or settings.policies_file
     try:
+        path = args.config or settings.require_policies_file()
         policies = load_policies(path)
     except ConfigError as exc:
-        return fail("check-config", f"invalid config: {exc}", code=1, indent=None, config=str(path))
+        return fail("check-config", f"invalid config: {exc}", code=1, indent=None, config=str(path) if path else None)
     missing: list[str] = []
     weak: list[str] = []
     netsuite_missing = settings.netsuite_missing_credentials()

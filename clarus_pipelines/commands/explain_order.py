@@ -72,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = get_settings()
     try:
-        policies = load_policies(settings.policies_file)
+        policies = load_policies(settings.require_policies_file())
         order = _load_order(args.order, settings)
         products, carriers = _state_tables(settings)
         now = datetime.fromisoformat(args.at) if args.at else datetime.now(timezone.utc)

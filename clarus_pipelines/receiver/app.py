@@ -8,7 +8,11 @@ answering. `create_app` wraps it in a Starlette app:
     POST /webhooks/shopify          X-Shopify-Hmac-Sha256 over the raw body
     POST /webhooks/clarus/{token}   secret URL token + X-ClarusWMS-* tenant headers
     POST /webhooks/netsuite         X-NetSuite-Signature (see docs/webhooks.md)
-    GET  /healthz                   liveness only (no counters)
+    GET  /healthz                   liveness: the process answers (no counters)
+    GET  /readyz                    readiness: the landing zone takes a write (503 if not)
+
+Counters and latency go to Prometheus (`receiver.metrics`) on a separate, loopback-bound
+port, never on this one.
 
 What needs no body is checked before the body is read (`Intake.precheck`: the Clarus URL
 token and tenant headers, the presence of signature headers, NetSuite's timestamp); the
@@ -27,7 +31,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
@@ -43,8 +49,9 @@ from starlette.routing import Route
 
 from clarus_pipelines.receiver import auth, contract, topics
 from clarus_pipelines.receiver.landing import Envelope, LandingZone
-from clarus_pipelines.settings import Settings, get_policies
 from clarus_pipelines.policies import TenantPolicy
+from clarus_pipelines.receiver.metrics import ReceiverMetrics
+from clarus_pipelines.settings import Settings, get_policies
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +122,10 @@ class Intake:
         *,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         netsuite_tolerance_s: float = auth.NETSUITE_TOLERANCE_S,
+        metrics: ReceiverMetrics | None = None,
     ):
         self.zone = zone
+        self.metrics = metrics or ReceiverMetrics()
         self.secrets = secrets
         self.tenant = tenant
         self.max_body_bytes = max_body_bytes
@@ -127,6 +136,7 @@ class Intake:
     def count(self, source: str, result: str) -> None:
         with self._counts_lock:
             self._counts[f"{source}.{result}"] += 1
+        self.metrics.record(source, result)
 
     def counters(self) -> dict[str, int]:
         with self._counts_lock:
@@ -309,6 +319,13 @@ def create_app(
     intake = Intake(zone, secrets, tenant, max_body_bytes=max_body_bytes)
 
     async def handle(request: Request, source: str, token: str | None = None) -> Response:
+        started = time.perf_counter()
+        try:
+            return await answer(request, source, token)
+        finally:
+            intake.metrics.observe_latency(source, time.perf_counter() - started)
+
+    async def answer(request: Request, source: str, token: str | None) -> Response:
         try:
             refused = intake.precheck(source, request.headers, token)  # before a byte of the body is read
             if refused is not None:
@@ -345,15 +362,31 @@ def create_app(
     async def netsuite(request: Request) -> Response:
         return await handle(request, "netsuite")
 
+    sources = {s: secrets.configured(s) for s in ("shopify", "clarus", "netsuite")}
+
     async def healthz(request: Request) -> Response:
-        """Liveness only: is the landing zone writable, which sources are configured. Counters
-        are not shown to anyone who asks (see `clarus-pipelines intake-status`)."""
-        writable = os.access(zone.root, os.W_OK) and os.access(zone.tmp_dir, os.W_OK)
-        doc = {
-            "status": "ok" if writable else "landing zone not writable",
-            "sources": {s: secrets.configured(s) for s in ("shopify", "clarus", "netsuite")},
-        }
-        return JSONResponse(doc, status_code=200 if writable else 503)
+        """Liveness: the process and its event loop answer (restart it if not). Which sources
+        are configured, no counters (those are `/metrics` on the metrics port, and
+        `clarus-pipelines intake-status`)."""
+        return JSONResponse({"status": "ok", "sources": sources})
+
+    def landing_zone_takes_a_write() -> str | None:
+        """None when a file can be created, written and synced in the landing zone's `_tmp/`."""
+        try:
+            with tempfile.NamedTemporaryFile(dir=zone.tmp_dir, prefix=".readyz-") as probe:
+                probe.write(b"ready")
+                probe.flush()
+                os.fsync(probe.fileno())
+        except OSError as exc:
+            return f"landing zone not writable: {exc.strerror or exc}"
+        return None
+
+    async def readyz(request: Request) -> Response:
+        """Readiness: send traffic here only while an accepted webhook can be stored (the
+        landing zone takes a write). 503 with the reason otherwise."""
+        problem = await run_in_threadpool(landing_zone_takes_a_write)
+        doc = {"status": problem or "ready", "sources": sources}
+        return JSONResponse(doc, status_code=503 if problem else 200)
 
     async def sweep_interrupted() -> None:
         """While serving, finish what a killed worker left in `_tmp/` (not only at the next start)."""
@@ -378,6 +411,7 @@ def create_app(
             yield
         finally:
             sweeper.cancel()
+            log.info("receiver stopped")
 
     app = Starlette(
         routes=[
@@ -385,16 +419,22 @@ def create_app(
             Route("/webhooks/clarus/{token}", clarus, methods=["POST"]),
             Route("/webhooks/netsuite", netsuite, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
         ],
         lifespan=lifespan,
     )
     app.state.intake = intake
     app.state.zone = zone
+    app.state.metrics = intake.metrics
     return app
 
 
 def create_app_from_env() -> Starlette:
     """App factory for `uvicorn --factory` and multi-worker serving: everything from the environment."""
+    if not logging.getLogger().handlers:  # a spawned worker: same format and masking as its parent
+        from clarus_pipelines.logs import configure_logging
+
+        configure_logging()
     settings = Settings()
     max_body = int(os.environ.get(MAX_BODY_ENV, DEFAULT_MAX_BODY_BYTES))
     body_timeout = float(os.environ.get(BODY_TIMEOUT_ENV, DEFAULT_BODY_TIMEOUT_S))

@@ -1,4 +1,10 @@
-"""`clarus-pipelines receiver`: serve the webhook receiver with uvicorn."""
+"""`clarus-pipelines receiver`: serve the webhook receiver with uvicorn.
+
+Stops gracefully on SIGTERM or SIGINT: the listening socket closes at once (new connections
+are refused), every request in flight is finished and answered (its webhook stored) within
+`--shutdown-timeout`, then the process exits. Prometheus metrics are served on
+`--metrics-port`, bound to loopback by default (see `receiver.metrics`).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +23,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from clarus_pipelines.receiver.app import (
     BODY_TIMEOUT_ENV, DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, MAX_BODY_ENV, create_app,
 )
+from clarus_pipelines.receiver.metrics import prepare_multiprocess_dir, serve_metrics
 from clarus_pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,12 +50,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds a client has to send its body; slower gets 408 (default %(default)s)")
     parser.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS,
                         help="connections served at once; more get 503 (default %(default)s)")
+    parser.add_argument("--shutdown-timeout", type=float, default=DEFAULT_SHUTDOWN_TIMEOUT_S,
+                        help="on SIGTERM, seconds to finish the requests in flight before exiting (default "
+                        "%(default)s; keep it above --body-timeout and below the orchestrator's kill grace period)")
+    parser.add_argument("--metrics-port", type=int, default=_env_int(METRICS_PORT_ENV),
+                        help=f"serve Prometheus /metrics on this port (default ${METRICS_PORT_ENV}; unset = no metrics)")
+    parser.add_argument("--metrics-host", default="127.0.0.1",
+                        help="interface for /metrics (default 127.0.0.1: unauthenticated, so keep it off public "
+                        "interfaces; in a pod, bind the pod IP and let only Prometheus reach it)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else None
 
 
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 HEADER_TIMEOUT_ENV = "CLARUS_PIPELINES_RECEIVER_HEADER_TIMEOUT_S"
 DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_SHUTDOWN_TIMEOUT_S = 25.0  # above the body timeout; below Kubernetes' default 30 s grace period
+METRICS_PORT_ENV = "CLARUS_PIPELINES_RECEIVER_METRICS_PORT"
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -101,12 +124,14 @@ class GuardedH11Protocol(H11Protocol):
 
 
 def uvicorn_options(host: str, port: int, log_level: str = "info", *, header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
-                    max_connections: int = DEFAULT_MAX_CONNECTIONS) -> dict[str, Any]:
+                    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                    shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S) -> dict[str, Any]:
     """Server settings shared by the receiver and the benchmark's bare endpoint.
 
     Bounded under slow or idle clients: headers within `header_timeout_s`, at most 16 KiB
     of them, at most `max_connections` served at once (more get 503 and retry), idle
-    keep-alive connections closed after 5 s; the app bounds the body's size and time.
+    keep-alive connections closed after 5 s; the app bounds the body's size and time. On
+    SIGTERM uvicorn stops listening and waits up to `shutdown_timeout_s` for requests in flight.
     """
     GuardedH11Protocol.header_timeout_s = header_timeout_s
     return dict(
@@ -121,7 +146,7 @@ def uvicorn_options(host: str, port: int, log_level: str = "info", *, header_tim
         h11_max_incomplete_event_size=16 * 1024,
         limit_concurrency=max_connections,
         timeout_keep_alive=5,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=shutdown_timeout_s,
     )
 
 
@@ -130,16 +155,28 @@ def run(args: argparse.Namespace) -> int:
     landing_dir = (args.landing_dir or settings.landing_path).resolve()
     landing_dir.mkdir(parents=True, exist_ok=True)
     options = uvicorn_options(args.host, args.port, args.log_level, header_timeout_s=args.header_timeout,
-                              max_connections=args.max_connections)
+                              max_connections=args.max_connections, shutdown_timeout_s=args.shutdown_timeout)
     log.info("receiver on http://%s:%d landing in %s (%d worker(s))", args.host, args.port, landing_dir, args.workers)
     if args.workers > 1:
+        metrics_dir, own_dir = None, False
+        if args.metrics_port is not None:  # workers write their counts to files; this process serves the sum
+            metrics_dir, own_dir = prepare_multiprocess_dir()
+            serve_metrics(args.metrics_host, args.metrics_port, multiprocess_mode=True)
+            log.info("receiver metrics on http://%s:%d/metrics", args.metrics_host, args.metrics_port)
         # Worker processes build the app themselves from the environment.
         os.environ["CLARUS_PIPELINES_LANDING_DIR"] = str(landing_dir)
         os.environ[MAX_BODY_ENV] = str(args.max_body_bytes)
         os.environ[BODY_TIMEOUT_ENV] = str(args.body_timeout)
         os.environ[HEADER_TIMEOUT_ENV] = str(args.header_timeout)
-        uvicorn.run("clarus_pipelines.receiver.app:create_app_from_env", factory=True, workers=args.workers, **options)
+        try:
+            uvicorn.run("clarus_pipelines.receiver.app:create_app_from_env", factory=True, workers=args.workers, **options)
+        finally:
+            if own_dir and metrics_dir is not None:
+                shutil.rmtree(metrics_dir, ignore_errors=True)
     else:
         app = create_app(landing_dir, settings=settings, max_body_bytes=args.max_body_bytes, body_timeout_s=args.body_timeout)
+        if args.metrics_port is not None:
+            serve_metrics(args.metrics_host, args.metrics_port, app.state.metrics.registry)
+            log.info("receiver metrics on http://%s:%d/metrics", args.metrics_host, args.metrics_port)
         uvicorn.run(app, **options)
     return 0

@@ -14,6 +14,7 @@ import re
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from openapi_core.testing import MockRequest, MockResponse
 from openapi_core.validation.request.validators import V30RequestBodyValidator
 from openapi_core.validation.response.validators import V30ResponseDataValidator
 
-SUBSET_PATH = Path(__file__).with_name("clarus_openapi_subset.json")
+SUBSET_PATH = Path(str(resources.files("clarus_pipelines.sandbox").joinpath("clarus_openapi_subset.json")))
 HOST_URL = "https://clarus-api.com"  # the spec's server; only used to match paths
 
 _REQUIRED = re.compile(r"^'(.+)' is a required property$")

@@ -11,8 +11,8 @@ import pandas as pd
 import streamlit as st
 
 from clarus_pipelines.audit.render import to_html, to_json, to_markdown
-from dashboards import queries
-from dashboards.app_pages import common
+from clarus_pipelines.dashboards import queries
+from clarus_pipelines.dashboards.app_pages import common
 
 st.title("Integration audit")
 snapshot = common.snapshot_or_stop()

@@ -16,7 +16,7 @@ from clarus_pipelines.exception_queue import utcnow
 from clarus_pipelines.logs import PII_KEYS, mask_value
 from clarus_pipelines.catalogue import SOURCE_NAMES
 from clarus_pipelines.settings import ConfigError, get_policies
-from dashboards import auth, queries
+from clarus_pipelines.dashboards import auth, queries
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ import streamlit as st
 
 from clarus_pipelines import catalogue, runbook
 from clarus_pipelines.state.store import LockTimeout
-from dashboards import queries
-from dashboards.app_pages import common
+from clarus_pipelines.dashboards import queries
+from clarus_pipelines.dashboards.app_pages import common
 
 AGE_FILTERS = {"any age": 0, "older than 15 min": 15, "older than 1 h": 60, "older than 4 h": 240, "older than 1 day": 1440}
 STATUS_ICONS = {"open": ":red[open]", "acknowledged": ":orange[acknowledged]", "resolved": ":green[resolved]"}

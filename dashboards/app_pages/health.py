@@ -11,8 +11,8 @@ import streamlit as st
 
 from clarus_pipelines import catalogue
 from clarus_pipelines.domain import health
-from dashboards import queries
-from dashboards.app_pages import common
+from clarus_pipelines.dashboards import queries
+from clarus_pipelines.dashboards.app_pages import common
 
 SEVERITY_ORDER = ["critical", "high", "medium", "low"]
 SEVERITY_COLOURS = ["#7f1d1d", "#dc2626", "#f59e0b", "#94a3b8"]

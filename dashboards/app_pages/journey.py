@@ -6,8 +6,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboards import queries
-from dashboards.app_pages import common
+from clarus_pipelines.dashboards import queries
+from clarus_pipelines.dashboards.app_pages import common
 
 SYSTEM_ORDER = ["Shopify", "Pipeline", "NetSuite", "Clarus"]
 

@@ -12,9 +12,9 @@ import duckdb
 import pandas as pd
 import streamlit as st
 
+from clarus_pipelines.dashboards import queries
+from clarus_pipelines.dashboards.app_pages import common
 from clarus_pipelines.domain.reconciliation import excel_path
-from dashboards import queries
-from dashboards.app_pages import common
 
 REPORTS_SHOWN = 14  # days of stored reports listed with a download each
 MONEY_COLUMNS = ("order_total", "goods_ordered", "goods_discounts", "shipping", "tax_added", "other_charges",

@@ -9,8 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from clarus_pipelines.settings import ConfigError, get_policies
-from dashboards import queries
-from dashboards.app_pages import common
+from clarus_pipelines.dashboards import queries
+from clarus_pipelines.dashboards.app_pages import common
 
 STOCK_CODES = ("STOCK_MISMATCH", "STRANDED_STOCK")
 

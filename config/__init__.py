@@ -1,0 +1,1 @@
+"""The shipped example policies (`sandbox.yaml`), installed as `clarus_pipelines.config` package data."""

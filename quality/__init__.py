@@ -1,0 +1,1 @@
+"""Data-quality suites (`suites/*.json`), shipped as `clarus_pipelines.quality` package data."""
