@@ -20,6 +20,7 @@ import json
 import dagster as dg
 from pydantic import Field
 
+from assets.data_quality import DATA_QUALITY_CHECKS
 from clarus_pipelines.connectors.clarus import ClarusResource
 from clarus_pipelines.connectors.netsuite import NetSuiteResource
 from clarus_pipelines.domain import refund_flow as flow
@@ -114,7 +115,7 @@ def returns_received_in_time(state: StateStoreResource, policies: PoliciesResour
 
 refunds_job = dg.define_asset_job(
     "refunds_job",
-    selection=dg.AssetSelection.assets(refunds),
+    selection=dg.AssetSelection.assets(refunds) - DATA_QUALITY_CHECKS,
     description="Classify new Shopify refunds, run their follow-ups in Clarus and NetSuite, check returns came back.",
     tags={"flow": "refunds"},
 )

@@ -34,6 +34,7 @@ import duckdb
 import polars as pl
 from pydantic import Field
 
+from assets.data_quality import DATA_QUALITY_CHECKS
 from clarus_pipelines.connectors.clarus import ClarusResource
 from clarus_pipelines.connectors.shopify import ShopifyError, ShopifyResource
 from clarus_pipelines.domain import stock as domain
@@ -668,14 +669,22 @@ STOCK_ASSETS = [stock_snapshots, shopify_inventory_items, available_to_sell, sho
 
 stock_sync_job = dg.define_asset_job(
     "stock_sync",
-    selection=dg.AssetSelection.assets(*STOCK_ASSETS),
+    selection=dg.AssetSelection.assets(*STOCK_ASSETS) - DATA_QUALITY_CHECKS,
     description="Snapshot Clarus stock for the hour, compute available to sell, push the deltas to "
     "Shopify and read Shopify back (with the stock checks).",
 )
 
 stock_refresh_job = dg.define_asset_job(
     "stock_refresh",
-    selection=dg.AssetSelection.assets(stock_snapshots, available_to_sell, shopify_stock_push),
+    # only the checks the steps themselves report, and the blocking one that guards the push;
+    # the STRANDED_STOCK sweep, freshness and the GX suites run hourly with `stock_sync` / `data_quality`
+    selection=dg.AssetSelection.assets(stock_snapshots, available_to_sell, shopify_stock_push).without_checks()
+    | dg.AssetSelection.checks(
+        dg.AssetCheckKey(dg.AssetKey("stock_snapshots"), "balances_readable"),
+        dg.AssetCheckKey(dg.AssetKey("stock_snapshots"), "balance_keys_unique"),
+        available_to_sell_possible,
+        dg.AssetCheckKey(dg.AssetKey("shopify_stock_push"), "all_sets_accepted"),
+    ),
     description="Out-of-schedule refresh (stock webhooks): re-read some products' Clarus balances, "
     "recompute available to sell and push what changed, using the last Shopify variant read.",
 )

@@ -32,3 +32,27 @@ def test_workspace_yaml_targets_the_definitions_module():
     workspace = yaml.safe_load((REPO / "workspace.yaml").read_text())
     module = workspace["load_from"][0]["python_module"]["module_name"]
     assert module == "clarus_pipelines.definitions"
+
+
+def _checks_of(repo, job_name: str) -> set[str]:
+    return {key.name for key in repo.get_job(job_name).asset_layer.asset_graph.asset_check_keys}
+
+
+def test_data_quality_suites_run_only_in_their_own_job():
+    """The GX suites (tens of seconds a run) are off the event path: only `data_quality` runs them."""
+    from assets.data_quality import SUITES
+    from clarus_pipelines.definitions import defs
+
+    repo = defs.get_repository_def()
+    suites = {suite.check_name for suite in SUITES}
+    assert _checks_of(repo, "data_quality") == suites
+    for job in repo.get_all_jobs():
+        if job.name != "data_quality" and not job.name.startswith("__"):
+            assert not _checks_of(repo, job.name) & suites, f"{job.name} runs data-quality suites"
+    # the event path keeps only its own short blocking checks
+    assert _checks_of(repo, "orders_into_warehouse") == set()
+    assert _checks_of(repo, "ingest_landings") == set()
+    assert _checks_of(repo, "stock_refresh") == {
+        "balances_readable", "balance_keys_unique", "available_to_sell_possible", "all_sets_accepted"}
+    assert _checks_of(repo, "item_master_sync") == {
+        "item_master_skus_unique", "item_master_barcodes_valid", "variants_in_item_master", "variant_skus_keep_leading_zeros"}
