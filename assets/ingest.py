@@ -119,7 +119,7 @@ ingest_landings_job = dg.define_asset_job(
     "ingest_landings",
     selection=dg.AssetSelection.assets(landed_events).without_checks(),
     description="Parse a batch of landed webhooks into landed_events (started by the webhook sensors).",
-    tags={"intake": "landings"},
+    tags={"intake": "landings", "flow": "ingest"},
 )
 webhook_rejections_job = dg.define_asset_job(
     "count_webhook_rejections",

@@ -24,7 +24,6 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
-from assets.data_quality import DATA_QUALITY_CHECKS
 from clarus_pipelines.connectors.clarus import ClarusRejected, ClarusResource
 from clarus_pipelines.connectors.http import ConnectorError
 from clarus_pipelines.connectors.netsuite import NetSuiteResource
@@ -389,8 +388,11 @@ def variant_skus_keep_leading_zeros(state: StateStoreResource, policies: Policie
 item_master_job = dg.define_asset_job(
     "item_master_sync",
     # the item master's own SKU and barcode checks (short SQL that raises their exceptions), not the GX suites
-    selection=dg.AssetSelection.assets(netsuite_items, item_master, clarus_products, shopify_variants) - DATA_QUALITY_CHECKS,
+    selection=dg.AssetSelection.assets(netsuite_items, item_master, clarus_products, shopify_variants).without_checks()
+    | dg.AssetSelection.checks(item_master_skus_unique, item_master_barcodes_valid, variants_in_item_master,
+                               variant_skus_keep_leading_zeros),
     description="Read NetSuite items and Shopify variants, rebuild the item master, sync Clarus products, run the checks.",
+    tags={"flow": "item_master"},
 )
 item_master_schedule = dg.ScheduleDefinition(
     name="item_master_hourly", job=item_master_job, cron_schedule="20 * * * *",

@@ -429,6 +429,7 @@ orders_job = dg.define_asset_job(
     # no checks: the orders' data-quality suites run in the `data_quality` job, off the critical path
     selection=dg.AssetSelection.assets(shopify_orders, "netsuite_sales_orders", "clarus_goods_outs").without_checks(),
     description="Take in landed Shopify orders, hold or release them, and send the released ones to NetSuite and Clarus.",
+    tags={"flow": "orders"},  # one orders run at a time (the instance's tag concurrency limit)
 )
 
 defs = dg.Definitions(assets=[shopify_orders, orders_to_erp_and_wms], jobs=[orders_job])

@@ -34,7 +34,6 @@ import duckdb
 import polars as pl
 from pydantic import Field
 
-from assets.data_quality import DATA_QUALITY_CHECKS
 from clarus_pipelines.connectors.clarus import ClarusResource
 from clarus_pipelines.connectors.shopify import ShopifyError, ShopifyResource
 from clarus_pipelines.domain import stock as domain
@@ -667,11 +666,21 @@ def stock_mismatch(state: StateStoreResource, policies: PoliciesResource) -> dg.
 
 STOCK_ASSETS = [stock_snapshots, shopify_inventory_items, available_to_sell, shopify_stock_push, shopify_inventory_levels]
 
+# our own checks (the steps' in-line checks, the SQL sweeps, the freshness check); the GX suites
+# on these assets run in the `data_quality` job only
+STOCK_CHECKS = dg.AssetSelection.checks(
+    dg.AssetCheckKey(dg.AssetKey("stock_snapshots"), "balances_readable"),
+    dg.AssetCheckKey(dg.AssetKey("stock_snapshots"), "balance_keys_unique"),
+    dg.AssetCheckKey(dg.AssetKey("shopify_stock_push"), "all_sets_accepted"),
+    no_negative_or_impossible_stock, available_to_sell_possible, stranded_stock, stock_mismatch, *snapshot_freshness_checks,
+)
+
 stock_sync_job = dg.define_asset_job(
     "stock_sync",
-    selection=dg.AssetSelection.assets(*STOCK_ASSETS) - DATA_QUALITY_CHECKS,
+    selection=dg.AssetSelection.assets(*STOCK_ASSETS).without_checks() | STOCK_CHECKS,
     description="Snapshot Clarus stock for the hour, compute available to sell, push the deltas to "
     "Shopify and read Shopify back (with the stock checks).",
+    tags={"flow": "stock"},
 )
 
 stock_refresh_job = dg.define_asset_job(
@@ -687,6 +696,7 @@ stock_refresh_job = dg.define_asset_job(
     ),
     description="Out-of-schedule refresh (stock webhooks): re-read some products' Clarus balances, "
     "recompute available to sell and push what changed, using the last Shopify variant read.",
+    tags={"flow": "stock"},
 )
 
 defs = dg.Definitions(

@@ -56,3 +56,28 @@ def test_data_quality_suites_run_only_in_their_own_job():
         "balances_readable", "balance_keys_unique", "available_to_sell_possible", "all_sets_accepted"}
     assert _checks_of(repo, "item_master_sync") == {
         "item_master_skus_unique", "item_master_barcodes_valid", "variants_in_item_master", "variant_skus_keep_leading_zeros"}
+
+
+def test_the_instance_not_the_sensors_prevents_overlap(tmp_path):
+    """Pools and tag concurrency limits, configured in the demo's instance and in deploy/dagster.yaml."""
+    from clarus_pipelines.definitions import defs
+    from clarus_pipelines.demo import DAGSTER_CONCURRENCY_YAML, DEMO_DAGSTER_YAML
+
+    deployed = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())
+    assert deployed["concurrency"] == yaml.safe_load(DAGSTER_CONCURRENCY_YAML)["concurrency"]
+    (tmp_path / "dagster.yaml").write_text(DEMO_DAGSTER_YAML)
+    instance = dg.DagsterInstance.from_config(str(tmp_path))
+    assert instance.event_log_storage.get_concurrency_info("shopify_stock_push").limit == 1  # one push at a time
+    [limit] = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
+    assert limit == {"key": "flow", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+
+    repo = defs.get_repository_def()
+    flows = {job: repo.get_job(job).tags.get("flow") for job in (
+        "ingest_landings", "orders_into_warehouse", "held_orders_recheck_job", "order_changes_job", "dispatch",
+        "dispatch_sweep", "stock_sync", "stock_refresh", "item_master_sync", "refunds_job")}
+    assert all(flows.values()), flows
+    assert flows["orders_into_warehouse"] == flows["order_changes_job"] == flows["held_orders_recheck_job"] == "orders"
+    assert flows["stock_sync"] == flows["stock_refresh"] and flows["dispatch"] == flows["dispatch_sweep"]
+    # no sensor polls the run list to avoid overlap any more
+    for path in (*REPO.glob("sensors/*.py"), *REPO.glob("assets/*.py")):
+        assert "get_runs(" not in path.read_text(), path
