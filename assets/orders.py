@@ -63,6 +63,7 @@ class IntakeReport:
     cancelled: int = 0
     edits_pending: int = 0
     cancels_pending: int = 0
+    fulfilment_updates: int = 0  # fulfilled in Shopify, unchanged for the warehouse: not an edit
 
     def add(self, other: "IntakeReport") -> None:
         for name, value in asdict(other).items():
@@ -130,7 +131,10 @@ def intake_batch(con, policies: Policies, landed: pl.DataFrame, *, now: datetime
     """Apply one batch of order payloads (`landing_id`, `topic`, `received_at`, `payload`)."""
     parsed = parse_orders(landed["payload"], policies.sku_cleaning)
     ids = parsed.orders["order_id"].drop_nulls().unique().to_list()
-    plan = flow.plan_intake(landed, parsed, flow.order_states(con, ids))
+    fulfilled = parsed.orders.filter(pl.col("fulfillment_status").is_in(["fulfilled", "partial"]))["order_id"].drop_nulls()
+    states = flow.order_states(con, ids).join(
+        flow.warehouse_fingerprints(con, fulfilled.unique().to_list()), on="order_id", how="left")
+    plan = flow.plan_intake(landed, parsed, states)
     flow.store_payloads(con, plan.latest, plan.payloads, now=now)
     causes = dict(zip(plan.payloads["order_id"].to_list(), plan.payloads["topic"].to_list()))
     _, transitions = revalidate(con, policies, plan.validate_ids, now=now, cause=causes)
@@ -147,6 +151,7 @@ def intake_batch(con, policies: Policies, landed: pl.DataFrame, *, now: datetime
         landings=landed.height, applied=counts.get("applied", 0), stale=counts.get("stale", 0),
         duplicate=counts.get("duplicate", 0), unparseable=counts.get("unparseable", 0),
         cancelled=len(plan.cancel_now), edits_pending=len(plan.edit_pending), cancels_pending=len(plan.cancel_pending),
+        fulfilment_updates=len(plan.fulfilment_updates),
     )
     if not transitions.is_empty():
         report.held = _count(transitions, OrderStatus.HELD.value)

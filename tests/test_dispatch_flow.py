@@ -442,9 +442,10 @@ def test_a_netsuite_commit_webhook_wakes_the_dispatch_without_waiting_for_the_ba
 
 
 def test_dagster_assets_checks_and_stuck_sensor_over_the_sandbox(tmp_path):
-    """The production wiring: the dispatch job (asset + checks) and the stuck-state sensor."""
+    """The production wiring: the dispatch job (asset + checks) and the stuck-state sync job
+    (a sensor until issue 13 made it a scheduled job)."""
     from assets.dispatch import defs as dispatch_defs
-    from sensors.stuck_states import stuck_states_sensor
+    from sensors.stuck_states import stuck_states_sync
 
     w = World(tmp_path, clarus_kwargs={"missing_tracking_rate": 1.0})
     try:
@@ -473,11 +474,10 @@ def test_dagster_assets_checks_and_stuck_sensor_over_the_sandbox(tmp_path):
                 return sorted(con.execute("SELECT code, entity_id FROM exceptions WHERE status <> 'resolved'").fetchall())
 
         assert open_codes() == [("TRACKING_MISSING", shipment_id)]
-        # an hour and a half later the dispatch is still held: the sensor raises it
+        # an hour and a half later the dispatch is still held: the stuck-state sync raises it
         with w.store.write() as con:
             con.execute("UPDATE shipments SET first_seen_at = first_seen_at - INTERVAL 90 MINUTE")
-        with dg.build_sensor_context(resources=resources) as context:
-            stuck_states_sensor(context)
+        assert stuck_states_sync.execute_in_process(resources=resources, instance=instance).success
         assert open_codes() == [("DISPATCH_AWAITING_ERP", order["order_id"]), ("TRACKING_MISSING", shipment_id)]
 
         w.commit_erp()
@@ -485,8 +485,7 @@ def test_dagster_assets_checks_and_stuck_sensor_over_the_sandbox(tmp_path):
         sweep = defs.resolve_job_def("dispatch_sweep").execute_in_process(
             instance=instance, run_config={**run_config, "ops": {**run_config["ops"], "dispatch_reconciliation": {"config": {}}}})
         assert sweep.success
-        with dg.build_sensor_context(resources=resources) as context:
-            stuck_states_sensor(context)
+        assert stuck_states_sync.execute_in_process(resources=resources, instance=instance).success
         assert w.shipments(order["order_id"])[0][1] == DispatchState.CHANNEL_CONFIRMED
         assert open_codes() == []  # both cleared themselves
         [fulfilment] = w.shopify_sb.fulfillments(int(order["order_id"]))

@@ -707,6 +707,33 @@ def test_cancel_of_a_held_order_needs_no_remote_call(h: Harness):
     assert h.goods_outs(order) == [] and h.sales_orders(order) == []
 
 
+def test_a_fulfilled_orders_update_is_not_an_edit(h: Harness):
+    """Our own Shopify fulfilment comes back as orders/updated: stored, no order-changes work."""
+    a, b = h.skus(2)
+    order = h.place([(a, 1), (b, 2)])
+    through(h, order)
+    h.cl.advance(3600 + 10)  # dispatched
+    h.sh.create_fulfillment(order["id"], tracking_number="AA473124829GB", company="Royal Mail")
+    fulfilled = h.sh.order(order["id"])
+    assert fulfilled["fulfillment_status"] == "fulfilled"
+    h.land("orders/updated", fulfilled)
+    report = h.intake()
+    assert report.edits_pending == 0 and report.applied == 1 and report.fulfilment_updates == 1
+    stored = h.order(order)
+    assert stored["change_pending"] is None and stored["status"] == "ACKNOWLEDGED"
+    assert json.loads(stored["payload"])["fulfillment_status"] == "fulfilled"  # the newest version is kept
+    assert h.changes().pending == 0  # nothing for the order-changes step: no run
+    assert "EDIT_IGNORED" not in h.journey(order)
+    # an edit the warehouse must see, on a partly fulfilled order, still is one
+    partial = h.place([(a, 1), (b, 1)])
+    through(h, partial)
+    h.sh.create_fulfillment(partial["id"], {partial["line_items"][0]["id"]: 1})
+    moved = dict(h.sh.order(partial["id"]), shipping_address={**ADDRESS, "address1": "2 Other Street"})
+    assert moved["fulfillment_status"] == "partial"
+    h.land("orders/updated", moved)
+    assert h.intake().edits_pending == 1
+
+
 def test_refund_after_dispatch_is_not_an_edit(h: Harness):
     a = h.skus(1)[0]
     order = h.place([(a, 2)])

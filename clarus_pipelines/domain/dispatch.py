@@ -1017,7 +1017,7 @@ def advance_shipment(
                 return "raced"
         except (ConnectorError, DispatchBlocked) as exc:
             log.warning("shipment %s at %s: %s", shipment_id, shipment.state.value, exc)
-            # "blocked:" marks what a person must fix (the stuck-state sensor raises it at once);
+            # "blocked:" marks what a person must fix (the stuck-state sync raises it at once);
             # a connector error is retried quietly until the alert time has passed
             error = f"{BLOCKED}{exc}" if isinstance(exc, DispatchBlocked) else f"{type(exc).__name__}: {exc}"
             _record_failure(store, shipment, error, config, now)

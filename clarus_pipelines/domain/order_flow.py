@@ -137,7 +137,40 @@ def set_status(
     record_event(con, order_id, event_state or status.value, cause, system=system, details=details, now=now)
 
 
+def warehouse_fingerprint(payload: str | Mapping[str, Any] | None) -> str | None:
+    """What of a Shopify order the warehouse acts on: each line (id, variant, SKU, quantities),
+    the shipping address and the shipping lines. Two versions with the same fingerprint are the
+    same order to Clarus and NetSuite (a fulfilment or a tag changes the order, not the goods out)."""
+    if payload is None:
+        return None
+    try:
+        doc = json.loads(payload) if isinstance(payload, str) else payload
+    except ValueError:
+        return None
+    order = doc.get("order", doc) if isinstance(doc, Mapping) else None
+    if not isinstance(order, Mapping):
+        return None
+    lines = sorted(
+        (str(li.get("id")), str(li.get("variant_id")), str(li.get("sku")), li.get("quantity"), li.get("current_quantity"))
+        for li in order.get("line_items") or [] if isinstance(li, Mapping)
+    )
+    shipping = sorted(
+        (str(sl.get("code")), str(sl.get("title")), bool(sl.get("is_removed")))
+        for sl in order.get("shipping_lines") or [] if isinstance(sl, Mapping)
+    )
+    return payload_hash({"lines": lines, "shipping_address": order.get("shipping_address"), "shipping_lines": shipping})
+
+
 # ---------------------------------------------------------------------------- reading
+
+
+def warehouse_fingerprints(con: duckdb.DuckDBPyConnection, order_ids: Iterable[str]) -> pl.DataFrame:
+    """`warehouse_fingerprint` of each given order's stored Shopify body (order_id, prev_fingerprint)."""
+    rows = con.execute(
+        "SELECT order_id, payload::VARCHAR FROM orders WHERE order_id IN (SELECT unnest(?::VARCHAR[]))", [list(order_ids)]
+    ).fetchall()
+    return pl.DataFrame([(order_id, warehouse_fingerprint(body)) for order_id, body in rows],
+                        schema={"order_id": pl.Utf8, "prev_fingerprint": pl.Utf8}, orient="row")
 
 
 def order_states(con: duckdb.DuckDBPyConnection, order_ids: Iterable[str]) -> pl.DataFrame:
@@ -182,6 +215,7 @@ class IntakePlan:
     cancel_now: list[str]  # cancelled before anything reached another system
     cancel_pending: list[str]  # cancelled after reaching NetSuite or Clarus
     edit_pending: list[str]  # changed after reaching Clarus
+    fulfilment_updates: list[str]  # fulfilled in Shopify, nothing changed for the warehouse: stored, not an edit
     latest: ParsedOrders  # one payload per order (the newest)
     payloads: pl.DataFrame  # order_id, topic, payload, payload_hash of `latest`
 
@@ -190,13 +224,16 @@ def plan_intake(landed: pl.DataFrame, parsed: ParsedOrders, states: pl.DataFrame
     """Decide, for a batch of landed order payloads, what happens to each order.
 
     `landed` (`landing_id`, `topic`, `received_at`, `payload`) is row-aligned with
-    `parsed` (payload_index = row). `states` is `order_states` for the batch's orders.
+    `parsed` (payload_index = row). `states` is `order_states` for the batch's orders,
+    optionally with `prev_fingerprint` (`warehouse_fingerprints`): an order already in the
+    warehouse whose new version is fulfilled in Shopify and unchanged for the warehouse is
+    a fulfilment update (stored, not an edit: no order-changes run).
     """
     rows = (
         landed.with_row_index("payload_index")
         .with_columns(pl.col("payload_index").cast(pl.Int64))
         .join(
-            parsed.orders.select("payload_index", "order_id", "updated_at", "cancelled_at"),
+            parsed.orders.select("payload_index", "order_id", "updated_at", "cancelled_at", "fulfillment_status"),
             on="payload_index", how="left", maintain_order="left",
         )
         .with_columns(
@@ -217,6 +254,16 @@ def plan_intake(landed: pl.DataFrame, parsed: ParsedOrders, states: pl.DataFrame
     is_stale = pl.col("_prev_updated").is_not_null() & pl.col("_updated").is_not_null() & (pl.col("_updated") < pl.col("_prev_updated"))
     is_duplicate = pl.col("prev_hash").is_not_null() & (pl.col("prev_hash") == pl.col("payload_hash"))
     is_cancel = (pl.col("topic") == CANCEL_TOPIC) | pl.col("cancelled_at").is_not_null()
+    fulfilled = pl.col("fulfillment_status").is_in(["fulfilled", "partial"]).fill_null(False)
+    if "prev_fingerprint" in newest.columns:
+        candidates = newest.filter(fulfilled & pl.col("prev_fingerprint").is_not_null())
+        unchanged = [
+            order_id for order_id, payload, before in candidates.select("order_id", "payload", "prev_fingerprint").iter_rows()
+            if warehouse_fingerprint(payload) == before
+        ]
+    else:
+        unchanged = []
+    is_fulfilment_update = pl.col("order_id").is_in(unchanged)
     pre_wms = pl.col("prev_status").is_null() | pl.col("prev_status").is_in([s.value for s in PRE_WMS])
     reached_other_system = pl.col("netsuite_id").is_not_null() | pl.col("clarus_id").is_not_null()
     newest = newest.with_columns(
@@ -227,10 +274,12 @@ def plan_intake(landed: pl.DataFrame, parsed: ParsedOrders, states: pl.DataFrame
         .when(is_cancel).then(pl.lit("cancel_pending"))
         .when(pre_wms).then(pl.lit("validate"))
         .when(pl.col("prev_change") == "cancel").then(pl.lit("ignored"))
+        .when(is_fulfilment_update & pl.col("prev_change").is_null()).then(pl.lit("fulfilment_update"))
         .otherwise(pl.lit("edit_pending"))
         .alias("decision")
     )
-    winners = newest.filter(pl.col("decision").is_in(["cancel_now", "cancel_pending", "validate", "edit_pending"]))
+    winners = newest.filter(
+        pl.col("decision").is_in(["cancel_now", "cancel_pending", "validate", "edit_pending", "fulfilment_update"]))
     winner_index = set(winners["payload_index"].to_list())
     # Every other landing of an order is stale (an older version) or a duplicate (the same one).
     reference = newest.select(
@@ -266,6 +315,7 @@ def plan_intake(landed: pl.DataFrame, parsed: ParsedOrders, states: pl.DataFrame
         cancel_now=ids("cancel_now"),
         cancel_pending=ids("cancel_pending"),
         edit_pending=ids("edit_pending"),
+        fulfilment_updates=ids("fulfilment_update"),
         latest=parsed.take(winner_index),
         payloads=winners.select("order_id", "topic", "payload", "payload_hash"),
     )
