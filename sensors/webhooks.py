@@ -1,4 +1,9 @@
-"""One sensor per webhook source turning new landings into ingest runs, and one for refusals.
+"""One sensor turning new landings of every webhook source into ingest runs, and one for refusals.
+
+`webhook_landings` takes the Shopify, Clarus and NetSuite landings of a tick together: one
+ingest run per tick carries all that is due (up to `BATCH_SIZE` landings a run), instead of
+one small run per source. `build_landing_sensor(source)` builds a one-source sensor the same
+way (for tests and a deployment that wants to pace one source apart).
 
 Cursor: `{"after": "<newest landing id already requested>"}`. Landing ids are receive
 times assigned in the order files become visible, and `LandingZone.list_landings`
@@ -41,21 +46,26 @@ def _load_cursor(raw: str | None) -> dict:
     return doc if isinstance(doc, dict) else {}
 
 
-def plan_batches(zone: LandingZone, source: str, after: str | None, *, batch_size: int, max_runs: int) -> list[list[LandingRef]]:
+def plan_batches(zone: LandingZone, source: str | None, after: str | None, *, batch_size: int, max_runs: int) -> list[list[LandingRef]]:
     refs = zone.list_landings(source, after=after, limit=batch_size * max_runs)
     return [refs[i:i + batch_size] for i in range(0, len(refs), batch_size)]
 
 
+ALL_SOURCES = "webhook"  # the name and tag of the sensor over every source
+
+
 def build_landing_sensor(
-    source: str, *, batch_size: int = BATCH_SIZE, max_runs_per_tick: int = MAX_RUNS_PER_TICK, interval_s: int = 10
+    source: str | None = None, *, batch_size: int = BATCH_SIZE, max_runs_per_tick: int = MAX_RUNS_PER_TICK,
+    interval_s: int = 10,
 ) -> dg.SensorDefinition:
-    """The sensor that turns new `source` landings into `ingest_landings` runs."""
-    if source not in SOURCES:
+    """The sensor that turns new landings (of `source`, or of every source) into `ingest_landings` runs."""
+    if source is not None and source not in SOURCES:
         raise ValueError(f"unknown source {source!r}")
-    label = SOURCE_NAMES[source]
+    label = SOURCE_NAMES[source] if source else ALL_SOURCES
+    tag_source = source or ALL_SOURCES
 
     @dg.sensor(
-        name=f"{source}_landings",
+        name=f"{tag_source}_landings",
         job=ingest_landings_job,
         minimum_interval_seconds=interval_s,
         default_status=dg.DefaultSensorStatus.RUNNING,
@@ -69,9 +79,9 @@ def build_landing_sensor(
             return dg.SkipReason(f"no new {label} landings since {after or 'the landing zone was created'}")
         requests = [
             dg.RunRequest(
-                run_key=batch_run_key(source, batch),
+                run_key=batch_run_key(tag_source, batch),
                 run_config={"ops": {"landed_events": {"config": {"landings": [r.relpath for r in batch]}}}},
-                tags={"intake/source": source, "intake/first": batch[0].landing_id, "intake/last": batch[-1].landing_id,
+                tags={"intake/source": tag_source, "intake/first": batch[0].landing_id, "intake/last": batch[-1].landing_id,
                       "intake/count": str(len(batch))},
             )
             for batch in batches
@@ -83,7 +93,7 @@ def build_landing_sensor(
     return _sensor
 
 
-landing_sensors = [build_landing_sensor(source) for source in SOURCES]
+landing_sensors = [build_landing_sensor()]  # every source in one run per tick
 
 
 @dg.sensor(

@@ -156,15 +156,23 @@ def test_a_landing_committed_late_is_not_skipped(tick, intake, fixtures, resourc
     assert zone.read(relpath).webhook_id == "slow"
 
 
-def test_each_source_has_its_own_sensor(tick, intake, fixtures, resources):
-    shopify(intake, fixtures["order"], "s1")
+def test_one_sensor_takes_every_source_in_one_run_per_tick(tick, intake, fixtures, resources):
+    """Issue 13: the code location ingests all sources' landings of a tick in one run (it had
+    one sensor per source, so one order's webhooks made several small runs). A one-source
+    sensor still sees only its source."""
+    first = shopify(intake, fixtures["order"], "s1").landing_id
     clarus(intake, "1")
-    clarus(intake, "2")
-    names = {s.name for s in sensor_defs.sensors}
-    assert {"shopify_landings", "clarus_landings", "netsuite_landings"} <= names
+    last = clarus(intake, "2").landing_id
     by_name = {s.name: s for s in sensor_defs.sensors}
-    assert len(tick(by_name["clarus_landings"], resources).run_requests) == 1
-    skip = tick(by_name["netsuite_landings"], resources)
+    assert set(by_name) == {"webhook_landings", "webhook_rejection_log"}
+    result = tick(by_name["webhook_landings"], resources)
+    [request] = result.run_requests
+    landings = request.run_config["ops"]["landed_events"]["config"]["landings"]
+    assert [p.split("/", 1)[0] for p in landings] == ["shopify", "clarus", "clarus"]
+    assert request.tags["intake/first"] == first and request.tags["intake/last"] == last
+    assert json.loads(result.cursor) == {"after": last}
+    assert len(tick(build_landing_sensor("clarus"), resources).run_requests) == 1
+    skip = tick(build_landing_sensor("netsuite"), resources)
     assert skip.skip_message == "no new NetSuite landings since the landing zone was created"
 
 
