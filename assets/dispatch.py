@@ -123,6 +123,7 @@ def shipments(
         metadata={
             "events": dict(taken),
             "steps": dict(advanced),
+            "dagster/row_count": sum(by_state.values()),
             "by_state": by_state,
             "in_flight": sum(n for s, n in by_state.items() if s != FINAL.value),
             "unmatched_goods_outs": int(unmatched),

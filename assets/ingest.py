@@ -56,12 +56,13 @@ def landed_events(
     loaded = load_landings(zone, relpaths)
     with store.write() as con:
         report = store_events(con, loaded, run_id=context.run_id)
+        rows = con.execute("SELECT count(*) FROM landed_events").fetchone()[0]
     if loaded.missing:
         context.log.warning("%d landing(s) no longer in the zone (pruned?): %s", len(loaded.missing), loaded.missing[:5])
     if report.unknown_topics:
         context.log.warning("%d event(s) with a topic no flow handles were stored and flagged", report.unknown_topics)
     context.log.info("ingested %d event(s) from %d landing(s)", report.ingested, len(relpaths))
-    return dg.MaterializeResult(metadata={**report.as_metadata(), "landings": len(relpaths)})
+    return dg.MaterializeResult(metadata={**report.as_metadata(), "landings": len(relpaths), "dagster/row_count": rows})
 
 
 @dg.asset(

@@ -328,7 +328,8 @@ def netsuite_items(context: dg.AssetExecutionContext, state: StateStoreResource,
 @dg.asset(group_name=GROUP, deps=[netsuite_items], kinds={"duckdb"},
           description="The cleaned item master: one row per SKU, with its NetSuite item and Clarus product ids.")
 def item_master(context: dg.AssetExecutionContext, state: StateStoreResource) -> dg.MaterializeResult:
-    return dg.MaterializeResult(metadata=build_item_master(state.store()))
+    summary = build_item_master(state.store())
+    return dg.MaterializeResult(metadata={**summary, "dagster/row_count": summary["items"]})
 
 
 @dg.asset(group_name=GROUP, deps=[item_master], kinds={"clarus"},

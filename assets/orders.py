@@ -401,9 +401,12 @@ class OrdersConfig(NetSuiteCustomerConfig):
     description="Shopify orders as received, validated and mapped: held with every reason, or released.",
 )
 def shopify_orders(context: dg.AssetExecutionContext, state: StateStoreResource, policies: PoliciesResource) -> dg.MaterializeResult:
-    report = intake_landed_orders(state.store(), policies.load())
+    store = state.store()
+    report = intake_landed_orders(store, policies.load())
     context.log.info("orders intake: %s", report)
-    return dg.MaterializeResult(metadata=asdict(report))
+    with store.read() as con:
+        rows = con.execute("SELECT count(*) FROM orders").fetchone()[0]
+    return dg.MaterializeResult(metadata={**asdict(report), "dagster/row_count": rows})
 
 
 @dg.multi_asset(

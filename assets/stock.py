@@ -232,6 +232,7 @@ def stock_snapshots(
             "scope": "all" if scope_skus is None else "refresh",
             "refreshed_skus": dg.MetadataValue.json(scope_skus or []),
             "balances": rows.height,
+            "dagster/row_count": rows.height,
             "skus": rows["sku"].n_unique(),
             "warehouses": rows["warehouse_id"].n_unique(),
             "available_units": int(rows["available"].clip(lower_bound=0).sum() or 0),
@@ -377,6 +378,7 @@ def available_to_sell(
             con.unregister("_ats")
     return dg.MaterializeResult(
         metadata={
+            "dagster/row_count": ats.height,
             "skus": ats["sku"].n_unique(),
             "sellable_units": int(ats["quantity"].sum() or 0),
             "skus_at_zero": ats.filter(pl.col("quantity") == 0).height,

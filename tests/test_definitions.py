@@ -81,3 +81,4 @@ def test_the_instance_not_the_sensors_prevents_overlap(tmp_path):
     # no sensor polls the run list to avoid overlap any more
     for path in (*REPO.glob("sensors/*.py"), *REPO.glob("assets/*.py")):
         assert "get_runs(" not in path.read_text(), path
+

@@ -463,6 +463,7 @@ def test_dagster_assets_checks_and_stuck_sensor_over_the_sandbox(tmp_path):
 
         result = defs.resolve_job_def("dispatch").execute_in_process(instance=instance, run_config=run_config)
         assert result.success
+        assert result.asset_materializations_for_node("shipments")[0].metadata["dagster/row_count"].value == 1
         checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
         assert not checks["tracking_present"].passed and checks["tracking_present"].severity == dg.AssetCheckSeverity.WARN
         assert checks["tracking_format"].passed and checks["tracking_unique"].passed and checks["dispatched_within_ordered"].passed

@@ -190,6 +190,7 @@ def test_ingest_fills_landed_events_and_is_idempotent(intake, fixtures, resource
     assert result.success
     meta = result.asset_materializations_for_node("landed_events")[0].metadata
     assert meta["ingested"].value == 4 and meta["unknown_topics"].value == 1
+    assert meta["dagster/row_count"].value == 4  # the table's rows, as Dagster's UI shows them
 
     events = {r[0]: r[1:] for r in rows(resources, "SELECT landing_id, source, topic, entity_type, entity_id, parent_id,"
                                         " known_topic, via, payload->>'$.name' FROM landed_events")}
