@@ -524,10 +524,7 @@ def order_changes_sensor(context: dg.SensorEvaluationContext, state: StateStoreR
 def orders_sensor(context: dg.SensorEvaluationContext, state: StateStoreResource):
     with state.store().read() as con:
         events = new_events(con, CONSUMER, source="shopify", topics=flow.ORDER_TOPICS, limit=1)
-        sendable = con.execute(
-            "SELECT count(*) FROM orders WHERE status IN (SELECT unnest(?::VARCHAR[])) AND change_pending IS NULL",
-            [[s.value for s in flow.SENDABLE]],
-        ).fetchall()[0][0]
+        sendable = len(flow.due_for_sending(con))
     if not events and not sendable:
         return dg.SkipReason("no new order events and nothing waiting to be sent")
     bucket = utcnow().replace(second=0, microsecond=0)

@@ -6,6 +6,8 @@ Statuses (`orders.status`):
                   \\        \\          \\              \\
                    +--------+----------+--------------+--> CANCELLED
     SENT_TO_WMS -> WMS_REJECTED (Clarus answered 422; re-validated and re-sent on the next landing)
+    READY -> SENT_TO_WMS directly when NetSuite is unreachable; the sales order is then owed
+    (`OWE_ERP`) and created by a later send, recorded as a SENT_TO_ERP event, status unchanged.
 
 Edits and cancellations of an order Clarus already has are not applied at intake: they
 set `change_pending` ('edit' or 'cancel') and the order-changes step applies them.
@@ -46,6 +48,34 @@ class OrderStatus(StrEnum):
 PRE_WMS = (OrderStatus.RECEIVED, OrderStatus.HELD, OrderStatus.READY, OrderStatus.SENT_TO_ERP, OrderStatus.WMS_REJECTED)
 # Waiting for the send step.
 SENDABLE = (OrderStatus.READY, OrderStatus.SENT_TO_ERP, OrderStatus.SENT_TO_WMS)
+# In the warehouse (or on its way) while NetSuite was unreachable: the sales order is still owed.
+OWE_ERP = (OrderStatus.SENT_TO_WMS, OrderStatus.ACKNOWLEDGED)
+
+# Orders the send step has work for: a goods out or a sales order to create. The goods out does
+# not wait for NetSuite (Clarus decides fulfilment; the ERP gate is on the dispatch side), so
+# an order can be acknowledged by Clarus and still owe its sales order after a NetSuite outage.
+_DUE_FOR_SENDING = """
+    SELECT o.order_id FROM orders o
+    LEFT JOIN bindings b ON b.entity_type = 'order' AND b.our_id = o.order_id
+    WHERE o.change_pending IS NULL
+      AND (o.status IN (SELECT unnest(?::VARCHAR[]))
+           OR (o.status IN (SELECT unnest(?::VARCHAR[])) AND b.netsuite_id IS NULL))
+    ORDER BY o.received_at, o.order_id
+    LIMIT ?
+"""
+
+
+def open_exception_ids(con: duckdb.DuckDBPyConnection, code: str, order_ids: Sequence[str]) -> set[str]:
+    """Which of these orders have an open exception of `code`."""
+    return {r[0] for r in con.execute(
+        "SELECT entity_id FROM exceptions WHERE code = ? AND status <> 'resolved' AND entity_id IN (SELECT unnest(?::VARCHAR[]))",
+        [code, list(order_ids)]).fetchall()}
+
+
+def due_for_sending(con: duckdb.DuckDBPyConnection, limit: int = 2000) -> list[str]:
+    """Orders with a goods out or a NetSuite sales order still to create, oldest first."""
+    return [r[0] for r in con.execute(
+        _DUE_FOR_SENDING, [[s.value for s in SENDABLE], [s.value for s in OWE_ERP], limit]).fetchall()]
 
 ORDER_TOPICS = ("orders/create", "orders/updated", "orders/edited", "orders/paid", "orders/cancelled")
 CANCEL_TOPIC = "orders/cancelled"
