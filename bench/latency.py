@@ -193,6 +193,10 @@ def _report(home: Path, placed: set[str], since: datetime, queue: list, rate: fl
 
     with _state(home).read() as con:  # every order in this stack is one the bench placed
         figures = latency_figures(con)
+        dispatched = con.execute("SELECT count(DISTINCT order_id) FROM shipments").fetchone()[0]
+    # an order not even taken in yet is pending too
+    figures["to_wms"]["pending"] = len(placed) - figures["to_wms"]["count"]
+    figures["to_channel"]["orders_dispatched_by_clarus"] = dispatched
     records = _runs(home / "dagster_home", since)
     from_sensors = [r for r in records if "dagster/sensor_name" in r.dagster_run.tags]
     waits = [r.start_time - r.create_timestamp.timestamp() for r in records if r.start_time]

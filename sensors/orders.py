@@ -519,7 +519,7 @@ def order_changes_sensor(context: dg.SensorEvaluationContext, state: StateStoreR
     return dg.RunRequest(run_key=f"changes:{latest:%Y%m%dT%H%M%S.%f}:{waiting}:{bucket:%H%M}")
 
 
-@dg.sensor(job=orders_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
+@dg.sensor(job=orders_job, minimum_interval_seconds=10, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Start the orders job when new Shopify order events landed or released orders wait to be sent.")
 def orders_sensor(context: dg.SensorEvaluationContext, state: StateStoreResource):
     with state.store().read() as con:

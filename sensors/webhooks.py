@@ -5,7 +5,12 @@ ingest run per tick carries all that is due (up to `BATCH_SIZE` landings a run),
 one small run per source. `build_landing_sensor(source)` builds a one-source sensor the same
 way (for tests and a deployment that wants to pace one source apart).
 
-Cursor: `{"after": "<newest landing id already requested>"}`. Landing ids are receive
+A landing that arrives while the last requested ingest is still queued or running waits for
+it (its newest landing shows in `processed_landings`, or two minutes pass), then goes in
+the next run with everything else that arrived meanwhile: one ingest run at a time, each
+taking all that is due, instead of a queue of small runs.
+
+Cursor: `{"after": "<newest landing id already requested>", "waiting_for": ..., "requested_at": ...}`. Landing ids are receive
 times assigned in the order files become visible, and `LandingZone.list_landings`
 re-lists up to the newest id it saw, so a plain watermark never skips a landing, even
 one that was being written while the sensor listed.
@@ -18,14 +23,14 @@ batches and Dagster skips the keys it has already launched. Ingest is idempotent
 import hashlib
 import json
 import os
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
 from assets.ingest import ingest_landings_job, webhook_rejections_job
 from clarus_pipelines.receiver.events import REJECTION_WINDOW
 from clarus_pipelines.receiver.landing import SOURCE_NAMES, SOURCES, LandingRef, LandingZone
-from clarus_pipelines.resources import LandingZoneResource
+from clarus_pipelines.resources import LandingZoneResource, StateStoreResource
 
 BATCH_SIZE = int(os.environ.get("CLARUS_PIPELINES_INGEST_BATCH_SIZE", "500"))
 MAX_RUNS_PER_TICK = int(os.environ.get("CLARUS_PIPELINES_INGEST_MAX_RUNS_PER_TICK", "10"))
@@ -54,11 +59,29 @@ def plan_batches(zone: LandingZone, source: str | None, after: str | None, *, ba
 ALL_SOURCES = "webhook"  # the name and tag of the sensor over every source
 
 
+WAIT_FOR_INGEST = timedelta(minutes=2)  # a request not ingested by then is taken as lost, and asked again
+
+
+def previous_request_ingested(state: StateStoreResource, cursor: dict, now: datetime) -> bool:
+    """Whether the last ingest this sensor requested is done (its newest landing is processed),
+    or old enough to be given up on (a failed or lost run: its landings are asked for again by
+    the catch-up path and the stall check)."""
+    waiting_for, requested_at = cursor.get("waiting_for"), cursor.get("requested_at")
+    if not waiting_for or not requested_at or now - datetime.fromisoformat(requested_at) >= WAIT_FOR_INGEST:
+        return True
+    with state.store().read() as con:
+        return con.execute("SELECT count(*) FROM processed_landings WHERE landing_id = ?", [waiting_for]).fetchone()[0] > 0
+
+
 def build_landing_sensor(
     source: str | None = None, *, batch_size: int = BATCH_SIZE, max_runs_per_tick: int = MAX_RUNS_PER_TICK,
-    interval_s: int = 10,
+    interval_s: int = 10, wait_for_ingest: bool = True,
 ) -> dg.SensorDefinition:
-    """The sensor that turns new landings (of `source`, or of every source) into `ingest_landings` runs."""
+    """The sensor that turns new landings (of `source`, or of every source) into `ingest_landings` runs.
+
+    With `wait_for_ingest`, landings that arrive while the last requested ingest is queued or
+    running wait for it to finish and then go in one run together, so runs never pile up
+    behind a busy run queue (one run per flow at a time, each taking all that is due)."""
     if source is not None and source not in SOURCES:
         raise ValueError(f"unknown source {source!r}")
     label = SOURCE_NAMES[source] if source else ALL_SOURCES
@@ -71,12 +94,20 @@ def build_landing_sensor(
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"New {label} webhook landings -> ingest runs of up to {batch_size} landings each.",
     )
-    def _sensor(context: dg.SensorEvaluationContext, landing: LandingZoneResource) -> dg.SensorResult | dg.SkipReason:
+    def _sensor(
+        context: dg.SensorEvaluationContext, landing: LandingZoneResource, state: StateStoreResource
+    ) -> dg.SensorResult | dg.SkipReason:
         cursor = _load_cursor(context.cursor)
         after = cursor.get("after")
         batches = plan_batches(LandingZone(landing.root), source, after, batch_size=batch_size, max_runs=max_runs_per_tick)
         if not batches:
             return dg.SkipReason(f"no new {label} landings since {after or 'the landing zone was created'}")
+        now = datetime.now(timezone.utc)
+        if wait_for_ingest and not previous_request_ingested(state, cursor, now):
+            return dg.SkipReason(
+                f"{sum(map(len, batches))} new {label} landing(s) wait for the ingest requested at "
+                f"{cursor['requested_at'][11:19]} UTC (up to {cursor['waiting_for']}) to finish"
+            )
         requests = [
             dg.RunRequest(
                 run_key=batch_run_key(tag_source, batch),
@@ -88,7 +119,10 @@ def build_landing_sensor(
         ]
         newest = batches[-1][-1].landing_id
         context.log.info("%d %s landing(s) in %d run(s), up to %s", sum(map(len, batches)), label, len(requests), newest)
-        return dg.SensorResult(run_requests=requests, cursor=json.dumps({"after": newest}))
+        return dg.SensorResult(
+            run_requests=requests,
+            cursor=json.dumps({"after": newest, "waiting_for": newest, "requested_at": now.isoformat()}),
+        )
 
     return _sensor
 
