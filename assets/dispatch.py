@@ -278,7 +278,7 @@ def pending_dispatch_work(state: StateStoreResource) -> dict[str, int]:
 @dg.sensor(
     name="dispatch_work",
     job=dispatch_job,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=10,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Starts a dispatch run when Clarus dispatches landed, shipments are due their next step, or a "
     "NetSuite sales order webhook may have committed an order whose dispatch waits for it.",
