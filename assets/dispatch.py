@@ -28,6 +28,7 @@ from clarus_pipelines.domain.dispatch import (
     CHECK_WINDOW,
     CONSUMER,
     DISPATCH_TOPICS,
+    ERP_CONSUMER,
     FINAL,
     DispatchConfig,
     advance_all,
@@ -255,6 +256,7 @@ dispatch_sweep_schedule = dg.ScheduleDefinition(
 )
 
 DUE_REQUEST_EVERY = timedelta(seconds=60)  # shipments only due (no news): at most one request a minute
+WAIT_FOR_RUN = timedelta(minutes=2)  # a request whose events are not taken in by then is asked again
 
 
 def pending_dispatch_work(state: StateStoreResource) -> dict[str, int]:
@@ -271,8 +273,10 @@ def pending_dispatch_work(state: StateStoreResource) -> dict[str, int]:
         due = len(due_shipments(con, now))
         unmatched = con.execute("SELECT count(*) FROM dispatch_unmatched").fetchone()[0]
         erp_news = erp_news_for_waiting(con)
+        erp_taken = con.execute("SELECT last_seq FROM event_consumers WHERE consumer = ?", [ERP_CONSUMER]).fetchone()
     return {"new_events": int(events[0]), "newest_seq": int(events[1]), "due_shipments": int(due), "unmatched": int(unmatched),
-            "erp_news": len(erp_news), "erp_seq": max(erp_news.values(), default=0)}
+            "erp_news": len(erp_news), "erp_seq": max(erp_news.values(), default=0),
+            "taken_seq": int(row[0]) if row else 0, "erp_taken_seq": int(erp_taken[0]) if erp_taken else 0}
 
 
 @dg.sensor(
@@ -301,7 +305,10 @@ def dispatch_work_sensor(context: dg.SensorEvaluationContext, state: StateStoreR
     news = (work["new_events"] and work["newest_seq"] > cursor.get("newest_seq", 0)) or (
         work["erp_news"] and work["erp_seq"] > cursor.get("erp_seq", 0))
     last = datetime.fromisoformat(cursor["requested_at"]) if cursor.get("requested_at") else None
-    if not news and last is not None and now - last < DUE_REQUEST_EVERY:
+    # the last request's events not yet taken in: its run is queued or running and will take these too
+    previous_pending = last is not None and now - last < WAIT_FOR_RUN and (
+        cursor.get("newest_seq", 0) > work["taken_seq"] or cursor.get("erp_seq", 0) > work["erp_taken_seq"])
+    if previous_pending or (not news and last is not None and now - last < DUE_REQUEST_EVERY):
         return dg.SkipReason(f"Dispatch work already requested at {last:%H:%M:%S} UTC; pending: {work}")
     return dg.SensorResult(
         run_requests=[

@@ -409,8 +409,8 @@ def test_a_netsuite_commit_webhook_wakes_the_dispatch_without_waiting_for_the_ba
     try:
         resources = {"state": StateStoreResource(path=str(w.state_path))}
 
-        def sensor_tick():
-            with dg.build_sensor_context(resources=resources) as context:
+        def sensor_tick(cursor=None):
+            with dg.build_sensor_context(resources=resources, cursor=cursor) as context:
                 return dispatch_work_sensor(context)
 
         patient = DispatchConfig(erp_recheck_s=600.0, erp_recheck_max_s=600.0, workers=1)  # production-like back-off
@@ -433,6 +433,9 @@ def test_a_netsuite_commit_webhook_wakes_the_dispatch_without_waiting_for_the_ba
         request = sensor_tick()
         [run] = request.run_requests
         assert run.tags["dispatch/erp_news"] == "1"
+        # until that run takes the news in, the sensor does not queue another one behind it
+        again = sensor_tick(request.cursor)
+        assert isinstance(again, dg.SkipReason) and "already requested" in again.skip_message
         outcome = dispatch.advance_all(w.store, w.netsuite, w.shopify, config=patient)
         assert outcome == Counter({DispatchState.CHANNEL_CONFIRMED.value: 1}), outcome
         assert w.shipments(order["order_id"])[0][1] == DispatchState.CHANNEL_CONFIRMED
