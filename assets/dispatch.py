@@ -10,11 +10,13 @@
   quantity ordered (OVER_DISPATCHED).
 - `dispatch_work` sensor: starts a `dispatch` run when goods out events landed or a
   shipment is due for its next step (waiting for the ERP, or retrying after a failure),
-  unless one is already running. The `dispatch_sweep` schedule runs the sweep.
+  or a NetSuite sales order webhook (the commit it waits for) landed; runs tagged
+  `flow=dispatch` run one at a time by the instance's tag concurrency limit. The
+  `dispatch_sweep` schedule runs the sweep.
 """
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import dagster as dg
 from pydantic import Field
@@ -26,10 +28,12 @@ from clarus_pipelines.domain.dispatch import (
     CHECK_WINDOW,
     CONSUMER,
     DISPATCH_TOPICS,
+    ERP_CONSUMER,
     FINAL,
     DispatchConfig,
     advance_all,
     due_shipments,
+    erp_news_for_waiting,
     over_dispatch_findings,
     record_sweep,
     shipment_state_counts,
@@ -120,6 +124,7 @@ def shipments(
         metadata={
             "events": dict(taken),
             "steps": dict(advanced),
+            "dagster/row_count": sum(by_state.values()),
             "by_state": by_state,
             "in_flight": sum(n for s, n in by_state.items() if s != FINAL.value),
             "unmatched_goods_outs": int(unmatched),
@@ -250,13 +255,13 @@ dispatch_sweep_schedule = dg.ScheduleDefinition(
     description="Every 15 minutes: read Clarus shipments since the last sweep and record any dispatch no webhook brought.",
 )
 
-_ACTIVE = [
-    dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
-]
+DUE_REQUEST_EVERY = timedelta(seconds=60)  # shipments only due (no news): at most one request a minute
+WAIT_FOR_RUN = timedelta(minutes=2)  # a request whose events are not taken in by then is asked again
 
 
 def pending_dispatch_work(state: StateStoreResource) -> dict[str, int]:
-    """New goods out events not yet taken in, shipments due a step, parked goods outs."""
+    """New goods out events not yet taken in, shipments due a step, parked goods outs, and shipments
+    held for NetSuite whose sales order has news (a commit webhook wakes them before their back-off ends)."""
     now = utcnow()
     with state.store().read() as con:
         row = con.execute("SELECT last_seq FROM event_consumers WHERE consumer = ?", [CONSUMER]).fetchone()
@@ -267,31 +272,50 @@ def pending_dispatch_work(state: StateStoreResource) -> dict[str, int]:
         ).fetchone()
         due = len(due_shipments(con, now))
         unmatched = con.execute("SELECT count(*) FROM dispatch_unmatched").fetchone()[0]
-    return {"new_events": int(events[0]), "newest_seq": int(events[1]), "due_shipments": int(due), "unmatched": int(unmatched)}
+        erp_news = erp_news_for_waiting(con)
+        erp_taken = con.execute("SELECT last_seq FROM event_consumers WHERE consumer = ?", [ERP_CONSUMER]).fetchone()
+    return {"new_events": int(events[0]), "newest_seq": int(events[1]), "due_shipments": int(due), "unmatched": int(unmatched),
+            "erp_news": len(erp_news), "erp_seq": max(erp_news.values(), default=0),
+            "taken_seq": int(row[0]) if row else 0, "erp_taken_seq": int(erp_taken[0]) if erp_taken else 0}
 
 
 @dg.sensor(
     name="dispatch_work",
     job=dispatch_job,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=10,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Starts a dispatch run when Clarus dispatches landed or shipments are due their next step.",
+    description="Starts a dispatch run when Clarus dispatches landed, shipments are due their next step, or a "
+    "NetSuite sales order webhook may have committed an order whose dispatch waits for it.",
 )
 def dispatch_work_sensor(context: dg.SensorEvaluationContext, state: StateStoreResource) -> dg.SensorResult | dg.SkipReason:
+    """Cursor: what the last request covered (newest goods out event, newest NetSuite news, when).
+
+    Overlap is prevented by the instance (runs tagged flow=dispatch run one at a time), not here:
+    the sensor asks again only for work newer than its cursor, or, when shipments are merely due,
+    once a minute, so a slow run never collects a queue of identical requests behind it.
+    """
     work = pending_dispatch_work(state)
-    if not (work["new_events"] or work["due_shipments"]):
+    if not (work["new_events"] or work["due_shipments"] or work["erp_news"]):
         return dg.SkipReason(
             "No dispatch work: no new Clarus goods out events and no shipment due its next step"
             + (f" ({work['unmatched']} goods out(s) still waiting for their order)" if work["unmatched"] else "")
         )
-    if context.instance.get_runs(filters=dg.RunsFilter(job_name=dispatch_job.name, statuses=_ACTIVE), limit=1):
-        return dg.SkipReason(f"A dispatch run is in progress; pending: {work}")
+    cursor = json.loads(context.cursor) if context.cursor else {}
     now = utcnow()
+    news = (work["new_events"] and work["newest_seq"] > cursor.get("newest_seq", 0)) or (
+        work["erp_news"] and work["erp_seq"] > cursor.get("erp_seq", 0))
+    last = datetime.fromisoformat(cursor["requested_at"]) if cursor.get("requested_at") else None
+    # the last request's events not yet taken in: its run is queued or running and will take these too
+    previous_pending = last is not None and now - last < WAIT_FOR_RUN and (
+        cursor.get("newest_seq", 0) > work["taken_seq"] or cursor.get("erp_seq", 0) > work["erp_taken_seq"])
+    if previous_pending or (not news and last is not None and now - last < DUE_REQUEST_EVERY):
+        return dg.SkipReason(f"Dispatch work already requested at {last:%H:%M:%S} UTC; pending: {work}")
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(
-                run_key=f"dispatch:{work['newest_seq']}:{work['due_shipments']}:{now:%Y%m%dT%H%M%S}",
-                tags={"dispatch/new_events": str(work["new_events"]), "dispatch/due": str(work["due_shipments"])},
+                run_key=f"dispatch:{work['newest_seq']}:{work['erp_seq']}:{work['due_shipments']}:{now:%Y%m%dT%H%M%S}",
+                tags={"dispatch/new_events": str(work["new_events"]), "dispatch/due": str(work["due_shipments"]),
+                      "dispatch/erp_news": str(work["erp_news"])},
             )
         ],
         cursor=json.dumps({"requested_at": now.isoformat(), **work}, sort_keys=True),

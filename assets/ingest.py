@@ -57,12 +57,14 @@ def landed_events(
     if loaded.set_aside:
         context.log.warning("%d landing(s) set aside (LANDING_SET_ASIDE), the rest stored; first: %s: %s",
                             len(loaded.set_aside), loaded.set_aside[0].landing_id, loaded.set_aside[0].reason)
+    with store.read() as con:
+        rows = con.execute("SELECT count(*) FROM landed_events").fetchone()[0]
     if loaded.missing:
         context.log.warning("%d landing(s) no longer in the zone (pruned?): %s", len(loaded.missing), loaded.missing[:5])
     if report.unknown_topics:
         context.log.warning("%d event(s) with a topic no flow handles were stored and flagged", report.unknown_topics)
     context.log.info("ingested %d event(s) from %d landing(s)", report.ingested, len(relpaths))
-    return dg.MaterializeResult(metadata={**report.as_metadata(), "landings": len(relpaths)})
+    return dg.MaterializeResult(metadata={**report.as_metadata(), "landings": len(relpaths), "dagster/row_count": rows})
 
 
 @dg.asset(
@@ -120,7 +122,7 @@ ingest_landings_job = dg.define_asset_job(
     "ingest_landings",
     selection=dg.AssetSelection.assets(landed_events).without_checks(),
     description="Parse a batch of landed webhooks into landed_events (started by the webhook sensors).",
-    tags={"intake": "landings"},
+    tags={"intake": "landings", "flow": "ingest"},
 )
 webhook_rejections_job = dg.define_asset_job(
     "count_webhook_rejections",

@@ -328,7 +328,8 @@ def netsuite_items(context: dg.AssetExecutionContext, state: StateStoreResource,
 @dg.asset(group_name=GROUP, deps=[netsuite_items], kinds={"duckdb"},
           description="The cleaned item master: one row per SKU, with its NetSuite item and Clarus product ids.")
 def item_master(context: dg.AssetExecutionContext, state: StateStoreResource) -> dg.MaterializeResult:
-    return dg.MaterializeResult(metadata=build_item_master(state.store()))
+    summary = build_item_master(state.store())
+    return dg.MaterializeResult(metadata={**summary, "dagster/row_count": summary["items"]})
 
 
 @dg.asset(group_name=GROUP, deps=[item_master], kinds={"clarus"},
@@ -387,8 +388,12 @@ def variant_skus_keep_leading_zeros(state: StateStoreResource, policies: Policie
 
 item_master_job = dg.define_asset_job(
     "item_master_sync",
-    selection=dg.AssetSelection.assets(netsuite_items, item_master, clarus_products, shopify_variants),
+    # the item master's own SKU and barcode checks (short SQL that raises their exceptions), not the GX suites
+    selection=dg.AssetSelection.assets(netsuite_items, item_master, clarus_products, shopify_variants).without_checks()
+    | dg.AssetSelection.checks(item_master_skus_unique, item_master_barcodes_valid, variants_in_item_master,
+                               variant_skus_keep_leading_zeros),
     description="Read NetSuite items and Shopify variants, rebuild the item master, sync Clarus products, run the checks.",
+    tags={"flow": "item_master"},
 )
 item_master_schedule = dg.ScheduleDefinition(
     name="item_master_hourly", job=item_master_job, cron_schedule="20 * * * *",

@@ -7,7 +7,9 @@ Three assets, each a thin wrapper over a plain function that tests and the CLI c
   polars, keep the newest payload per order, hold or release, flag edits and
   cancellations of orders that already reached NetSuite or Clarus.
 - `netsuite_sales_orders` + `clarus_goods_outs` (`send_ready_orders`): for released
-  orders, create the NetSuite sales order and then the Clarus goods out. Idempotent: the
+  orders, create the NetSuite sales order and then the Clarus goods out; NetSuite being
+  unreachable does not hold the goods out (the sales order follows in a later run, and the
+  dispatch flow keeps the ERP gate; see docs/architecture.md). Idempotent: the
   bindings and `outbound_writes` say what was done, and the connectors' `ensure_*`
   look the record up by our reference before creating it, so a retry, a re-run or a
   duplicate webhook never makes a second one. A 422 from Clarus is WMS_REJECTED with
@@ -63,6 +65,7 @@ class IntakeReport:
     cancelled: int = 0
     edits_pending: int = 0
     cancels_pending: int = 0
+    fulfilment_updates: int = 0  # fulfilled in Shopify, unchanged for the warehouse: not an edit
 
     def add(self, other: "IntakeReport") -> None:
         for name, value in asdict(other).items():
@@ -130,7 +133,10 @@ def intake_batch(con, policies: Policies, landed: pl.DataFrame, *, now: datetime
     """Apply one batch of order payloads (`landing_id`, `topic`, `received_at`, `payload`)."""
     parsed = parse_orders(landed["payload"], policies.sku_cleaning)
     ids = parsed.orders["order_id"].drop_nulls().unique().to_list()
-    plan = flow.plan_intake(landed, parsed, flow.order_states(con, ids))
+    fulfilled = parsed.orders.filter(pl.col("fulfillment_status").is_in(["fulfilled", "partial"]))["order_id"].drop_nulls()
+    states = flow.order_states(con, ids).join(
+        flow.warehouse_fingerprints(con, fulfilled.unique().to_list()), on="order_id", how="left")
+    plan = flow.plan_intake(landed, parsed, states)
     flow.store_payloads(con, plan.latest, plan.payloads, now=now)
     causes = dict(zip(plan.payloads["order_id"].to_list(), plan.payloads["topic"].to_list()))
     _, transitions = revalidate(con, policies, plan.validate_ids, now=now, cause=causes)
@@ -147,6 +153,7 @@ def intake_batch(con, policies: Policies, landed: pl.DataFrame, *, now: datetime
         landings=landed.height, applied=counts.get("applied", 0), stale=counts.get("stale", 0),
         duplicate=counts.get("duplicate", 0), unparseable=counts.get("unparseable", 0),
         cancelled=len(plan.cancel_now), edits_pending=len(plan.edit_pending), cancels_pending=len(plan.cancel_pending),
+        fulfilment_updates=len(plan.fulfilment_updates),
     )
     if not transitions.is_empty():
         report.held = _count(transitions, OrderStatus.HELD.value)
@@ -212,8 +219,28 @@ def _prepare(con, policies: Policies, order_ids: list[str], now: datetime, custo
     for row in stored.iter_rows(named=True):
         bodies[row["order_id"]] = json.loads(row["body"])
         names.setdefault(row["order_id"], row["order_name"])
+    statuses = dict(con.execute(
+        "SELECT order_id, status FROM orders WHERE order_id IN (SELECT unnest(?::VARCHAR[]))", [order_ids]).fetchall())
+    # Orders the goods out reached while NetSuite was down: their sales order from the stored order.
+    owing = flow.frame(
+        con,
+        "SELECT o.order_id, o.order_name, o.payload::VARCHAR AS payload FROM orders o"
+        " LEFT JOIN bindings b ON b.entity_type = 'order' AND b.our_id = o.order_id"
+        " WHERE o.order_id IN (SELECT unnest(?::VARCHAR[])) AND o.status IN (SELECT unnest(?::VARCHAR[]))"
+        " AND b.netsuite_id IS NULL",
+        [order_ids, [s.value for s in flow.OWE_ERP]],
+    )
+    if not owing.is_empty():
+        late = validate_orders(parse_orders(owing["payload"], policies.sku_cleaning), products=flow.products_table(con),
+                               policies=policies, known_carriers=flow.carriers_table(con))
+        late_ready = OrderVerdicts(orders=late.orders.filter(pl.col("status") == "ready"), lines=late.lines, reasons=late.reasons)
+        if late_ready.orders.height:
+            sales_orders.update(sales_order_dicts(
+                build_sales_orders(late_ready, items=flow.netsuite_items_table(con), customer_id=customer_id)))
+        for row in owing.iter_rows(named=True):
+            names.setdefault(row["order_id"], row["order_name"])
     held = 0 if transitions.is_empty() else _count(transitions, OrderStatus.HELD.value)
-    return {"bodies": bodies, "sales_orders": sales_orders, "names": names, "held": held}
+    return {"bodies": bodies, "sales_orders": sales_orders, "names": names, "held": held, "statuses": statuses}
 
 
 def send_ready_orders(
@@ -226,16 +253,17 @@ def send_ready_orders(
     now: datetime | None = None,
     limit: int = 2000,
 ) -> SendReport:
-    """Create the NetSuite sales order, then the Clarus goods out, of every released order."""
+    """Create the NetSuite sales order, then the Clarus goods out, of every released order.
+
+    NetSuite unreachable (connection error, 5xx, 429) does not hold the goods out: Clarus gets
+    it in the same run and the sales order is created by a later run (`OWE_ERP`); the dispatch
+    flow keeps the ERP gate (no Shopify fulfilment before NetSuite's item fulfilment). NetSuite
+    refusing the order (ERP_REJECTED, a data problem a person must fix) still holds it.
+    """
     report = SendReport()
     now = now or utcnow()
     with store.read() as con:
-        pending = flow.frame(
-            con,
-            "SELECT order_id FROM orders WHERE status IN (SELECT unnest(?::VARCHAR[])) AND change_pending IS NULL"
-            " ORDER BY received_at, order_id LIMIT ?",
-            [[s.value for s in flow.SENDABLE], limit],
-        )["order_id"].to_list()
+        pending = flow.due_for_sending(con, limit)
     report.considered = len(pending)
     down: set[str] = set()
     for start in range(0, len(pending), SEND_CHUNK):
@@ -252,7 +280,7 @@ def _send_chunk(store, policies, order_ids, netsuite, clarus, customer_id, now, 
         prepared = _prepare(con, policies, order_ids, now, customer_id)
         report.held_on_recheck += prepared["held"]
         states = flow.order_states(con, order_ids).filter(
-            pl.col("prev_status").is_in([s.value for s in flow.SENDABLE]) & pl.col("prev_change").is_null()
+            pl.col("prev_status").is_in([s.value for s in (*flow.SENDABLE, *flow.OWE_ERP)]) & pl.col("prev_change").is_null()
         )
         need_erp = [
             r["order_id"] for r in states.iter_rows(named=True)
@@ -294,20 +322,25 @@ def _send_chunk(store, policies, order_ids, netsuite, clarus, customer_id, now, 
             clear_exception(con, "ERP_REJECTED", order_id, now=now)
             flow.finish_outbound(con, key, status="done", remote_id=ns_id, now=now)
             flow.bind(con, "order", order_id, netsuite_id=ns_id, shopify_id=order_id, now=now)
-            flow.set_status(
-                con, order_id, OrderStatus.SENT_TO_ERP,
-                f"NetSuite sales order {ns_id} {'created' if created else 'already existed (bound)'}",
-                system="netsuite", details={"netsuite_id": ns_id, "created": created}, now=now,
-            )
+            what = f"NetSuite sales order {ns_id} {'created' if created else 'already existed (bound)'}"
+            if prepared["statuses"].get(order_id) in (OrderStatus.READY, OrderStatus.SENT_TO_ERP):
+                flow.set_status(con, order_id, OrderStatus.SENT_TO_ERP, what, system="netsuite",
+                                details={"netsuite_id": ns_id, "created": created}, now=now)
+            else:  # the goods out went ahead while NetSuite was down: the status stays where Clarus has it
+                flow.record_event(con, order_id, OrderStatus.SENT_TO_ERP.value, what + " after the goods out",
+                                  system="netsuite", details={"netsuite_id": ns_id, "created": created}, now=now)
             report.erp_created += int(bool(created))
             report.erp_found += int(not created)
         # 3. local: which orders go to Clarus now; mark them SENT_TO_WMS before the call
         states = flow.order_states(con, order_ids)
+        refused = flow.open_exception_ids(con, "ERP_REJECTED", order_ids)
         need_wms = [
             r for r in states.iter_rows(named=True)
-            if r["prev_change"] is None and r["netsuite_id"] is not None and r["clarus_id"] is None
-            and r["prev_status"] in (OrderStatus.SENT_TO_ERP.value, OrderStatus.SENT_TO_WMS.value)
+            if r["prev_change"] is None and r["clarus_id"] is None
+            and r["prev_status"] in (OrderStatus.READY.value, OrderStatus.SENT_TO_ERP.value, OrderStatus.SENT_TO_WMS.value)
             and r["order_id"] in prepared["bodies"]
+            # NetSuite refused the order's data: a person fixes it before the goods move
+            and (r["netsuite_id"] is not None or r["order_id"] not in refused)
         ]
         if "clarus" in down:
             need_wms = []
@@ -396,9 +429,12 @@ class OrdersConfig(NetSuiteCustomerConfig):
     description="Shopify orders as received, validated and mapped: held with every reason, or released.",
 )
 def shopify_orders(context: dg.AssetExecutionContext, state: StateStoreResource, policies: PoliciesResource) -> dg.MaterializeResult:
-    report = intake_landed_orders(state.store(), policies.load())
+    store = state.store()
+    report = intake_landed_orders(store, policies.load())
     context.log.info("orders intake: %s", report)
-    return dg.MaterializeResult(metadata=asdict(report))
+    with store.read() as con:
+        rows = con.execute("SELECT count(*) FROM orders").fetchone()[0]
+    return dg.MaterializeResult(metadata={**asdict(report), "dagster/row_count": rows})
 
 
 @dg.multi_asset(
@@ -426,8 +462,10 @@ def orders_to_erp_and_wms(
 
 orders_job = dg.define_asset_job(
     "orders_into_warehouse",
-    selection=dg.AssetSelection.assets(shopify_orders, "netsuite_sales_orders", "clarus_goods_outs"),
+    # no checks: the orders' data-quality suites run in the `data_quality` job, off the critical path
+    selection=dg.AssetSelection.assets(shopify_orders, "netsuite_sales_orders", "clarus_goods_outs").without_checks(),
     description="Take in landed Shopify orders, hold or release them, and send the released ones to NetSuite and Clarus.",
+    tags={"flow": "orders"},  # one orders run at a time (the instance's tag concurrency limit)
 )
 
 defs = dg.Definitions(assets=[shopify_orders, orders_to_erp_and_wms], jobs=[orders_job])

@@ -299,6 +299,7 @@ def stock_snapshots(
             "scope": "all" if scope_skus is None else "refresh",
             "refreshed_skus": dg.MetadataValue.json(scope_skus or []),
             "balances": rows.height,
+            "dagster/row_count": rows.height,
             "skus": rows["sku"].n_unique(),
             "warehouses": rows["warehouse_id"].n_unique(),
             "available_units": int(rows["available"].clip(lower_bound=0).sum() or 0),
@@ -444,6 +445,7 @@ def available_to_sell(
             con.unregister("_ats")
     return dg.MaterializeResult(
         metadata={
+            "dagster/row_count": ats.height,
             "skus": ats["sku"].n_unique(),
             "sellable_units": int(ats["quantity"].sum() or 0),
             "skus_at_zero": ats.filter(pl.col("quantity") == 0).height,
@@ -733,18 +735,37 @@ def stock_mismatch(state: StateStoreResource, policies: PoliciesResource) -> dg.
 
 STOCK_ASSETS = [stock_snapshots, shopify_inventory_items, available_to_sell, shopify_stock_push, shopify_inventory_levels]
 
+# our own checks (the steps' in-line checks, the SQL sweeps, the freshness check); the GX suites
+# on these assets run in the `data_quality` job only
+STOCK_CHECKS = dg.AssetSelection.checks(
+    dg.AssetCheckKey(dg.AssetKey("stock_snapshots"), "balances_readable"),
+    dg.AssetCheckKey(dg.AssetKey("stock_snapshots"), "balance_keys_unique"),
+    dg.AssetCheckKey(dg.AssetKey("shopify_stock_push"), "all_sets_accepted"),
+    no_negative_or_impossible_stock, available_to_sell_possible, stranded_stock, stock_mismatch, *snapshot_freshness_checks,
+)
+
 stock_sync_job = dg.define_asset_job(
     "stock_sync",
-    selection=dg.AssetSelection.assets(*STOCK_ASSETS),
+    selection=dg.AssetSelection.assets(*STOCK_ASSETS).without_checks() | STOCK_CHECKS,
     description="Snapshot Clarus stock for the hour, compute available to sell, push the deltas to "
     "Shopify and read Shopify back (with the stock checks).",
+    tags={"flow": "stock"},
 )
 
 stock_refresh_job = dg.define_asset_job(
     "stock_refresh",
-    selection=dg.AssetSelection.assets(stock_snapshots, available_to_sell, shopify_stock_push),
+    # only the checks the steps themselves report, and the blocking one that guards the push;
+    # the STRANDED_STOCK sweep, freshness and the GX suites run hourly with `stock_sync` / `data_quality`
+    selection=dg.AssetSelection.assets(stock_snapshots, available_to_sell, shopify_stock_push).without_checks()
+    | dg.AssetSelection.checks(
+        dg.AssetCheckKey(dg.AssetKey("stock_snapshots"), "balances_readable"),
+        dg.AssetCheckKey(dg.AssetKey("stock_snapshots"), "balance_keys_unique"),
+        available_to_sell_possible,
+        dg.AssetCheckKey(dg.AssetKey("shopify_stock_push"), "all_sets_accepted"),
+    ),
     description="Out-of-schedule refresh (stock webhooks): re-read some products' Clarus balances, "
     "recompute available to sell and push what changed, using the last Shopify variant read.",
+    tags={"flow": "stock"},
 )
 
 defs = dg.Definitions(

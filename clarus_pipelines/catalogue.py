@@ -259,9 +259,41 @@ _TYPES = [
         "probe that succeeds clears it.",
         "Escalate to the vendor's support when their status page shows no incident.",
         15, "connector"),
+    ExceptionType(
+        "RUN_FAILED", "integration", "high", "A pipeline run failed",
+        "A Dagster run of one of the flows ended in failure (after its retries): the work it "
+        "carried waits for the next run. Nothing is lost (landings, intents and bindings are "
+        "durable), but a flow that keeps failing stops orders, dispatches or stock moving.",
+        "Open the run named in the details in the Dagster UI and read the failed step's error. "
+        "Fix the cause (credentials, a policies key, a bad record the step could not set aside); "
+        "the exception clears itself at the job's next successful run.",
+        "Escalate to the integration engineer's lead when the same job fails for longer than the SLA.",
+        30, "job"),
 ]
 
 CATALOGUE: dict[str, ExceptionType] = {t.code: t for t in _TYPES}
+
+# Who answers for each flow's assets (their Dagster owners): the owner of the exception that
+# flow raises most. A group not named here belongs to the integration engineer.
+FLOW_OWNER_CODES: dict[str, str] = {
+    "intake": "WEBHOOK_REJECTED",
+    "item_master": "SKU_NOT_IN_MASTER",
+    "orders": "ORDER_INCOMPLETE",
+    "dispatch": "NOT_DISPATCHED_BY_CUTOFF",
+    "stock": "STOCK_MISMATCH",
+    "refunds": "REFUND_UNCLASSIFIED",
+    "monitoring": "CONNECTOR_FAILING",
+}
+
+
+def flow_owner(group: str | None) -> Owner:
+    """The owner role of a flow (asset group)."""
+    return CATALOGUE[FLOW_OWNER_CODES.get(group or "", "RUN_FAILED")].owner
+
+
+def dagster_owner(role: Owner) -> str:
+    """An owner role as Dagster names a team owner."""
+    return f"team:{role}"
 
 
 def get(code: str) -> ExceptionType:

@@ -1,8 +1,11 @@
 """The Dagster code location: every domain's assets, checks, jobs, sensors and schedules,
 plus the resources they share. Secrets reach the resources through `dg.EnvVar`."""
 
+import warnings
+
 import dagster as dg
 
+from clarus_pipelines.catalogue import dagster_owner, flow_owner
 from clarus_pipelines.connectors.clarus import ClarusResource
 from clarus_pipelines.connectors.netsuite import NetSuiteResource
 from clarus_pipelines.connectors.shopify import ShopifyResource
@@ -14,7 +17,7 @@ from clarus_pipelines.assets import (
     stock,
 )
 from clarus_pipelines.sensors import alerts as alert_sensors
-from clarus_pipelines.sensors import maintenance, probes, stuck_states, webhooks
+from clarus_pipelines.sensors import maintenance, probes, run_failures, stuck_states, webhooks
 from clarus_pipelines.sensors import item_master as item_master_sensors
 from clarus_pipelines.sensors import orders as order_sensors
 from clarus_pipelines.sensors import stock as stock_sensors
@@ -26,7 +29,7 @@ DOMAINS: list[dg.Definitions] = [
     dispatch.defs, stuck_states.defs, outside_fulfilments.defs,
     stock.defs, stock_sensors.defs,
     refunds.defs,
-    monitoring.defs, data_quality.defs, alert_sensors.defs, probes.defs,
+    monitoring.defs, data_quality.defs, alert_sensors.defs, probes.defs, run_failures.defs,
     audit.defs,
 ]
 
@@ -79,9 +82,17 @@ def build_defs(settings: Settings | None = None) -> dg.Definitions:
     """The code location for these settings (tests build one per temporary home)."""
     # Steps run in the run's own process: every step serialises on the state file's single
     # writer anyway, and a child process per step costs seconds of start-up on a small box.
-    return dg.Definitions.merge(
+    merged = dg.Definitions.merge(
         *DOMAINS, dg.Definitions(resources=build_resources(settings), executor=dg.in_process_executor)
     )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=dg.PreviewWarning)  # map_asset_specs: stable in use since 1.9
+        return merged.map_asset_specs(func=with_owner)
+
+
+def with_owner(spec: dg.AssetSpec) -> dg.AssetSpec:
+    """Each asset is owned by its flow's owner role from the exception catalogue (`team:<role>`)."""
+    return spec.replace_attributes(owners=[dagster_owner(flow_owner(spec.group_name))])
 
 
 defs = build_defs()

@@ -95,13 +95,32 @@ def load_or_create_secrets(home: Path) -> dict[str, str]:
     return {k: values[k] for k in SECRET_NAMES}
 
 
+# Overlap is the instance's job, not the sensors': one run per flow at a time (runs tagged
+# `flow=<name>` queue behind each other), a few runs in all (DuckDB has one writer), and every
+# concurrency pool limited to one op at a time (`shopify_stock_push`: an hourly and a webhook
+# push never interleave). `deploy/dagster.yaml` carries the same `concurrency` block.
+DAGSTER_CONCURRENCY_YAML = """\
+concurrency:
+  runs:
+    max_concurrent_runs: 4
+    tag_concurrency_limits:
+      - key: flow
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
+  pools:
+    default_limit: 1
+"""
+DEMO_DAGSTER_YAML = "telemetry:\n  enabled: false\n" + DAGSTER_CONCURRENCY_YAML
+
+
 def demo_environment(args: argparse.Namespace, home: Path) -> dict[str, str]:
     env = dict(os.environ)
     for key, value in load_or_create_secrets(home).items():
         env.setdefault(key, value)  # an operator's own env wins
     dagster_home = home / "dagster_home"
     dagster_home.mkdir(parents=True, exist_ok=True)
-    (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    (dagster_home / "dagster.yaml").write_text(DEMO_DAGSTER_YAML)
     host = args.host
     env.update(
         CLARUS_PIPELINES_HOME=str(home),

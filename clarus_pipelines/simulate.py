@@ -25,8 +25,10 @@ fulfilments in Shopify; held by reason and exceptions by code (from our queue); 
 (an order missing from a system it should have reached, with no hold, cancellation or
 open exception explaining why), `duplicates` (a second record for one order or shipment
 in any system) and `ordering_violations` (a Shopify fulfilment created before the
-NetSuite item fulfilment of its shipment was posted). Logs go to stderr. Exit code 0
-when lost, duplicates and ordering violations are all 0.
+NetSuite item fulfilment of its shipment was posted); `latency`: the same figures as
+`bench/latency.py` (`p95_to_wms_s`, `p95_to_channel_s`, `runs_per_order` counting the runs
+sensors started, and p50/p95/max per interval), on the compressed clock. Logs go to stderr.
+Exit code 0 when lost, duplicates and ordering violations are all 0.
 """
 
 from __future__ import annotations
@@ -159,6 +161,7 @@ class Orchestrator:
     cursors: dict[str, str | None] = field(default_factory=dict)
     run_keys: set[str] = field(default_factory=set)
     runs: Counter = field(default_factory=Counter)
+    event_runs: Counter = field(default_factory=Counter)  # runs sensors asked for (the event path), by job
     failed: Counter = field(default_factory=Counter)
     skipped: Counter = field(default_factory=Counter)
     seconds: Counter = field(default_factory=Counter)  # time spent per job
@@ -210,6 +213,8 @@ class Orchestrator:
             ok = False
         with self.lock:
             self.runs[job_name] += 1
+            if origin.startswith("sensor:"):
+                self.event_runs[job_name] += 1
             self.seconds[job_name] += time.monotonic() - started
             if not ok:
                 self.failed[job_name] += 1
@@ -365,6 +370,7 @@ def _simulate(home: Path, *, orders: int, seed: int, faults: str, timeout_s: flo
                 timed_out = _drive(orchestrator, sandbox, orders=orders, batch=batch, timeout_s=timeout_s,
                                    quiet_s=quiet_s, started=started, state_path=settings.state_db_path)
             report = build_report(sandbox.call("records"), settings.state_db_path)
+        report["latency"] = latency_report(settings.state_db_path, orchestrator, report["orders_generated"])
         report["run"] = {
             "seed": seed, "faults": faults, "seconds": round(time.monotonic() - started, 1), "timed_out": timed_out,
             "runs": dict(sorted(orchestrator.runs.items())), "failed_runs": dict(sorted(orchestrator.failed.items())),
@@ -628,6 +634,23 @@ def _norm(number: Any) -> str | None:
     from clarus_pipelines.domain.tracking import normalise_tracking_number
 
     return normalise_tracking_number(number) if number not in (None, "") else None
+
+
+def latency_report(state_path: Path, orchestrator: Orchestrator, orders: int) -> dict[str, Any]:
+    """The event path's latency (see `clarus_pipelines.latency`) and the runs sensors started per
+    order. Time is compressed here and sensors tick back to back, so these are a rehearsal's
+    figures, not a benchmark's (`bench/latency.py` measures the real stack)."""
+    from clarus_pipelines.latency import latency_figures, runs_per_order
+    from clarus_pipelines.state import StateStore
+
+    with StateStore(state_path).read() as con:
+        figures = latency_figures(con)
+    event_runs = sum(orchestrator.event_runs.values())
+    return {
+        "p95_to_wms_s": figures["to_wms"]["p95_s"], "p95_to_channel_s": figures["to_channel"]["p95_s"],
+        "runs_per_order": runs_per_order(event_runs, orders), **figures,
+        "event_runs": dict(sorted(orchestrator.event_runs.items())),
+    }
 
 
 def build_report(records: Mapping[str, Any], state_path: Path) -> dict[str, Any]:

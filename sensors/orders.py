@@ -520,15 +520,12 @@ def order_changes_sensor(context: dg.SensorEvaluationContext, state: StateStoreR
     return dg.RunRequest(run_key=f"changes:{latest:%Y%m%dT%H%M%S.%f}:{waiting}:{bucket:%H%M}")
 
 
-@dg.sensor(job=orders_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
+@dg.sensor(job=orders_job, minimum_interval_seconds=10, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Start the orders job when new Shopify order events landed or released orders wait to be sent.")
 def orders_sensor(context: dg.SensorEvaluationContext, state: StateStoreResource):
     with state.store().read() as con:
         events = new_events(con, CONSUMER, source="shopify", topics=flow.ORDER_TOPICS, limit=1)
-        sendable = con.execute(
-            "SELECT count(*) FROM orders WHERE status IN (SELECT unnest(?::VARCHAR[])) AND change_pending IS NULL",
-            [[s.value for s in flow.SENDABLE]],
-        ).fetchall()[0][0]
+        sendable = len(flow.due_for_sending(con))
     if not events and not sendable:
         return dg.SkipReason("no new order events and nothing waiting to be sent")
     bucket = utcnow().replace(second=0, microsecond=0)

@@ -1,6 +1,16 @@
-"""One sensor per webhook source turning new landings into ingest runs, and one for refusals.
+"""One sensor turning new landings of every webhook source into ingest runs, and one for refusals.
 
-Cursor: `{"after": "<newest landing id already requested>"}`. Landing ids are receive
+`webhook_landings` takes the Shopify, Clarus and NetSuite landings of a tick together: one
+ingest run per tick carries all that is due (up to `BATCH_SIZE` landings a run), instead of
+one small run per source. `build_landing_sensor(source)` builds a one-source sensor the same
+way (for tests and a deployment that wants to pace one source apart).
+
+A landing that arrives while the last requested ingest is still queued or running waits for
+it (its newest landing shows in `processed_landings`, or two minutes pass), then goes in
+the next run with everything else that arrived meanwhile: one ingest run at a time, each
+taking all that is due, instead of a queue of small runs.
+
+Cursor: `{"after": "<newest landing id already requested>", "waiting_for": ..., "requested_at": ...}`. Landing ids are receive
 times assigned in the order files become visible, and `LandingZone.list_landings`
 re-lists up to the newest id it saw, so a plain watermark never skips a landing, even
 one that was being written while the sensor listed.
@@ -13,7 +23,7 @@ batches and Dagster skips the keys it has already launched. Ingest is idempotent
 import hashlib
 import json
 import os
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
@@ -43,49 +53,83 @@ def _load_cursor(raw: str | None) -> dict:
     return doc if isinstance(doc, dict) else {}
 
 
-def plan_batches(zone: LandingZone, source: str, after: str | None, *, batch_size: int, max_runs: int) -> list[list[LandingRef]]:
+def plan_batches(zone: LandingZone, source: str | None, after: str | None, *, batch_size: int, max_runs: int) -> list[list[LandingRef]]:
     refs = zone.list_landings(source, after=after, limit=batch_size * max_runs)
     return [refs[i:i + batch_size] for i in range(0, len(refs), batch_size)]
 
 
+ALL_SOURCES = "webhook"  # the name and tag of the sensor over every source
+
+
+WAIT_FOR_INGEST = timedelta(minutes=2)  # a request not ingested by then is taken as lost, and asked again
+
+
+def previous_request_ingested(state: StateStoreResource, cursor: dict, now: datetime) -> bool:
+    """Whether the last ingest this sensor requested is done (its newest landing is processed),
+    or old enough to be given up on (a failed or lost run: its landings are asked for again by
+    the catch-up path and the stall check)."""
+    waiting_for, requested_at = cursor.get("waiting_for"), cursor.get("requested_at")
+    if not waiting_for or not requested_at or now - datetime.fromisoformat(requested_at) >= WAIT_FOR_INGEST:
+        return True
+    with state.store().read() as con:
+        return con.execute("SELECT count(*) FROM processed_landings WHERE landing_id = ?", [waiting_for]).fetchone()[0] > 0
+
+
 def build_landing_sensor(
-    source: str, *, batch_size: int = BATCH_SIZE, max_runs_per_tick: int = MAX_RUNS_PER_TICK, interval_s: int = 10
+    source: str | None = None, *, batch_size: int = BATCH_SIZE, max_runs_per_tick: int = MAX_RUNS_PER_TICK,
+    interval_s: int = 10, wait_for_ingest: bool = True,
 ) -> dg.SensorDefinition:
-    """The sensor that turns new `source` landings into `ingest_landings` runs."""
-    if source not in SOURCES:
+    """The sensor that turns new landings (of `source`, or of every source) into `ingest_landings` runs.
+
+    With `wait_for_ingest`, landings that arrive while the last requested ingest is queued or
+    running wait for it to finish and then go in one run together, so runs never pile up
+    behind a busy run queue (one run per flow at a time, each taking all that is due)."""
+    if source is not None and source not in SOURCES:
         raise ValueError(f"unknown source {source!r}")
-    label = SOURCE_NAMES[source]
+    label = SOURCE_NAMES[source] if source else ALL_SOURCES
+    tag_source = source or ALL_SOURCES
 
     @dg.sensor(
-        name=f"{source}_landings",
+        name=f"{tag_source}_landings",
         job=ingest_landings_job,
         minimum_interval_seconds=interval_s,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"New {label} webhook landings -> ingest runs of up to {batch_size} landings each.",
     )
-    def _sensor(context: dg.SensorEvaluationContext, landing: LandingZoneResource) -> dg.SensorResult | dg.SkipReason:
+    def _sensor(
+        context: dg.SensorEvaluationContext, landing: LandingZoneResource, state: StateStoreResource
+    ) -> dg.SensorResult | dg.SkipReason:
         cursor = _load_cursor(context.cursor)
         after = cursor.get("after")
         batches = plan_batches(LandingZone(landing.root), source, after, batch_size=batch_size, max_runs=max_runs_per_tick)
         if not batches:
             return dg.SkipReason(f"no new {label} landings since {after or 'the landing zone was created'}")
+        now = datetime.now(timezone.utc)
+        if wait_for_ingest and not previous_request_ingested(state, cursor, now):
+            return dg.SkipReason(
+                f"{sum(map(len, batches))} new {label} landing(s) wait for the ingest requested at "
+                f"{cursor['requested_at'][11:19]} UTC (up to {cursor['waiting_for']}) to finish"
+            )
         requests = [
             dg.RunRequest(
-                run_key=batch_run_key(source, batch),
+                run_key=batch_run_key(tag_source, batch),
                 run_config={"ops": {"landed_events": {"config": {"landings": [r.relpath for r in batch]}}}},
-                tags={"intake/source": source, "intake/first": batch[0].landing_id, "intake/last": batch[-1].landing_id,
+                tags={"intake/source": tag_source, "intake/first": batch[0].landing_id, "intake/last": batch[-1].landing_id,
                       "intake/count": str(len(batch))},
             )
             for batch in batches
         ]
         newest = batches[-1][-1].landing_id
         context.log.info("%d %s landing(s) in %d run(s), up to %s", sum(map(len, batches)), label, len(requests), newest)
-        return dg.SensorResult(run_requests=requests, cursor=json.dumps({"after": newest}))
+        return dg.SensorResult(
+            run_requests=requests,
+            cursor=json.dumps({"after": newest, "waiting_for": newest, "requested_at": now.isoformat()}),
+        )
 
     return _sensor
 
 
-landing_sensors = [build_landing_sensor(source) for source in SOURCES]
+landing_sensors = [build_landing_sensor()]  # every source in one run per tick
 
 
 @dg.sensor(

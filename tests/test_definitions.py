@@ -24,7 +24,7 @@ def test_every_domain_contributes():
     for expected in ("landed_events", "item_master", "stock_snapshots", "integration_audit"):
         assert any(k.endswith(expected) for k in keys), f"{expected} missing from {sorted(keys)}"
     sensors = {s.name for s in repo.sensor_defs}
-    assert {"shopify_landings", "clarus_landings", "netsuite_landings"} <= sensors
+    assert "webhook_landings" in sensors  # every source's landings (one sensor per source until issue 13)
     assert repo.schedule_defs, "no schedules (reconciliation, retention, data quality)"
     assert "integration_audit_weekly" in {s.name for s in repo.schedule_defs}
 
@@ -33,3 +33,53 @@ def test_workspace_yaml_targets_the_definitions_module():
     workspace = yaml.safe_load((REPO / "workspace.yaml").read_text())
     module = workspace["load_from"][0]["python_module"]["module_name"]
     assert module == "clarus_pipelines.definitions"
+
+
+def _checks_of(repo, job_name: str) -> set[str]:
+    return {key.name for key in repo.get_job(job_name).asset_layer.asset_graph.asset_check_keys}
+
+
+def test_data_quality_suites_run_only_in_their_own_job():
+    """The GX suites (tens of seconds a run) are off the event path: only `data_quality` runs them."""
+    from clarus_pipelines.assets.data_quality import SUITES
+    from clarus_pipelines.definitions import defs
+
+    repo = defs.get_repository_def()
+    suites = {suite.check_name for suite in SUITES}
+    assert _checks_of(repo, "data_quality") == suites
+    for job in repo.get_all_jobs():
+        if job.name != "data_quality" and not job.name.startswith("__"):
+            assert not _checks_of(repo, job.name) & suites, f"{job.name} runs data-quality suites"
+    # the event path keeps only its own short blocking checks
+    assert _checks_of(repo, "orders_into_warehouse") == set()
+    assert _checks_of(repo, "ingest_landings") == set()
+    assert _checks_of(repo, "stock_refresh") == {
+        "balances_readable", "balance_keys_unique", "available_to_sell_possible", "all_sets_accepted"}
+    assert _checks_of(repo, "item_master_sync") == {
+        "item_master_skus_unique", "item_master_barcodes_valid", "variants_in_item_master", "variant_skus_keep_leading_zeros"}
+
+
+def test_the_instance_not_the_sensors_prevents_overlap(tmp_path):
+    """Pools and tag concurrency limits, configured in the demo's instance and in deploy/dagster.yaml."""
+    from clarus_pipelines.definitions import defs
+    from clarus_pipelines.demo import DAGSTER_CONCURRENCY_YAML, DEMO_DAGSTER_YAML
+
+    deployed = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())
+    assert deployed["concurrency"] == yaml.safe_load(DAGSTER_CONCURRENCY_YAML)["concurrency"]
+    (tmp_path / "dagster.yaml").write_text(DEMO_DAGSTER_YAML)
+    instance = dg.DagsterInstance.from_config(str(tmp_path))
+    assert instance.event_log_storage.get_concurrency_info("shopify_stock_push").limit == 1  # one push at a time
+    [limit] = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
+    assert limit == {"key": "flow", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+
+    repo = defs.get_repository_def()
+    flows = {job: repo.get_job(job).tags.get("flow") for job in (
+        "ingest_landings", "orders_into_warehouse", "held_orders_recheck_job", "order_changes_job", "dispatch",
+        "dispatch_sweep", "stock_sync", "stock_refresh", "item_master_sync", "refunds_job")}
+    assert all(flows.values()), flows
+    assert flows["orders_into_warehouse"] == flows["order_changes_job"] == flows["held_orders_recheck_job"] == "orders"
+    assert flows["stock_sync"] == flows["stock_refresh"] and flows["dispatch"] == flows["dispatch_sweep"]
+    # no sensor polls the run list to avoid overlap any more
+    for path in (*REPO.glob("sensors/*.py"), *REPO.glob("assets/*.py")):
+        assert "get_runs(" not in path.read_text(), path
+

@@ -32,6 +32,7 @@ from clarus_pipelines.receiver.landing import LandingZone
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 from clarus_pipelines.sandbox.catalog_data import NETSUITE_WEB_CUSTOMER_ID, build_catalog
 from clarus_pipelines.sandbox.clarus import ClarusSandbox
+from clarus_pipelines.sandbox.faults import WebhookSender
 from clarus_pipelines.sandbox.netsuite import NetSuiteSandbox
 from clarus_pipelines.sandbox.serving import serve_in_thread
 from clarus_pipelines.sandbox.shopify import ShopifySandbox
@@ -50,7 +51,7 @@ ADDRESS = {"first_name": "Ada", "last_name": "Byron", "name": "Ada Byron", "addr
 class World:
     """The three sandboxes, the receiver and the state database of one test."""
 
-    def __init__(self, tmp_path, *, clarus_kwargs=None):
+    def __init__(self, tmp_path, *, clarus_kwargs=None, netsuite_webhooks=False):
         env = os.environ
         self.catalog = build_catalog(0)
         self.ns_now = [time.time()]
@@ -63,13 +64,18 @@ class World:
             consumer_key=env["NETSUITE_CONSUMER_KEY"], consumer_secret=env["NETSUITE_CONSUMER_SECRET"],
             token_id=env["NETSUITE_TOKEN_ID"], token_secret=env["NETSUITE_TOKEN_SECRET"], commit_delay_s=3600,
             catalog=self.catalog, clock=lambda: self.ns_now[0],
+            webhook_secret=env["NETSUITE_WEBHOOK_SECRET"] if netsuite_webhooks else None,
+            webhook_sender=WebhookSender(system="netsuite") if netsuite_webhooks else None,
         )
         self.landing_dir = tmp_path / "landing"
-        receiver = create_app(self.landing_dir, secrets=WebhookSecrets(clarus_token=env["CLARUS_WEBHOOK_TOKEN"]),
+        receiver = create_app(self.landing_dir, secrets=WebhookSecrets(clarus_token=env["CLARUS_WEBHOOK_TOKEN"],
+                                                                     netsuite=env["NETSUITE_WEBHOOK_SECRET"]),
                               tenant=POLICIES.tenant, fsync=False)
         self.served = [serve_in_thread(app) for app in (self.clarus_sb.app, self.shopify_sb.app, self.netsuite_sb.app, receiver)]
         clarus_url, shopify_url, netsuite_url, receiver_url = (s.url for s in self.served)
         self.clarus_sb.webhook_url = f"{receiver_url}/webhooks/clarus/{env['CLARUS_WEBHOOK_TOKEN']}"
+        if netsuite_webhooks:
+            self.netsuite_sb.webhook_url = f"{receiver_url}/webhooks/netsuite"
         self.clarus = ClarusResource(base_url=clarus_url, subdomain="sandbox", client_id=env["CLARUS_CLIENT_ID"],
                                      client_secret=env["CLARUS_CLIENT_SECRET"], min_interval_s=0.0)
         self.shopify = ShopifyResource(base_url=shopify_url, access_token=env["SHOPIFY_ACCESS_TOKEN"])
@@ -84,6 +90,8 @@ class World:
         for client in (self.clarus, self.shopify, self.netsuite):
             client.close()
         self.clarus_sb.close()
+        if self.netsuite_sb.webhook_sender is not None:
+            self.netsuite_sb.webhook_sender.close()
         for served in self.served:
             served.stop()
 
@@ -151,9 +159,9 @@ class World:
         assert self.clarus_sb.webhook_sender.flush(20)
         return self.clarus_sb.goods_out(goods_out_id)
 
-    def ingest(self):
+    def ingest(self, source="clarus"):
         zone = LandingZone(self.landing_dir)
-        loaded = load_landings(zone, [r.relpath for r in zone.list_landings("clarus")])
+        loaded = load_landings(zone, [r.relpath for r in zone.list_landings(source)])
         with self.store.write() as con:
             return store_events(con, loaded)
 
@@ -397,10 +405,54 @@ def test_failures_are_retried_with_backoff_and_recorded(world):
     assert world.shipments(order["order_id"])[0][1] == DispatchState.CHANNEL_CONFIRMED
 
 
+def test_a_netsuite_commit_webhook_wakes_the_dispatch_without_waiting_for_the_back_off(tmp_path):
+    """The dispatch waits for NetSuite with a back-off of minutes; the commit's own webhook ends the wait."""
+    from clarus_pipelines.assets.dispatch import dispatch_work_sensor
+
+    w = World(tmp_path, netsuite_webhooks=True)
+    try:
+        resources = {"state": StateStoreResource(path=str(w.state_path))}
+
+        def sensor_tick(cursor=None):
+            with dg.build_sensor_context(resources=resources, cursor=cursor) as context:
+                return dispatch_work_sensor(context)
+
+        patient = DispatchConfig(erp_recheck_s=600.0, erp_recheck_max_s=600.0, workers=1)  # production-like back-off
+        [item] = w.items(1)
+        order = w.place_order([(item, 1)])  # the sales order exists, not committed
+        w.warehouse(order["goods_out_id"])
+        w.ingest()
+        assert w.netsuite_sb.webhook_sender.flush(20)
+        w.ingest("netsuite")  # the sales order's salesorder/create
+        dispatch.take_in_landings(w.store, RULES, POLICIES.sku_cleaning)
+        assert dispatch.advance_all(w.store, w.netsuite, w.shopify, config=patient) == Counter({"waiting_erp": 1})
+        assert dispatch.advance_all(w.store, w.netsuite, w.shopify, config=patient) == Counter()  # backing off
+        with w.store.read() as con:
+            assert con.execute("SELECT next_attempt_at FROM shipments").fetchone()[0] > utcnow() + timedelta(minutes=9)
+        assert isinstance(sensor_tick(), dg.SkipReason)  # nothing due for ten minutes
+
+        w.commit_erp()  # NetSuite commits the sales order and says so by webhook
+        assert w.netsuite_sb.webhook_sender.flush(20)
+        w.ingest("netsuite")
+        request = sensor_tick()
+        [run] = request.run_requests
+        assert run.tags["dispatch/erp_news"] == "1"
+        # until that run takes the news in, the sensor does not queue another one behind it
+        again = sensor_tick(request.cursor)
+        assert isinstance(again, dg.SkipReason) and "already requested" in again.skip_message
+        outcome = dispatch.advance_all(w.store, w.netsuite, w.shopify, config=patient)
+        assert outcome == Counter({DispatchState.CHANNEL_CONFIRMED.value: 1}), outcome
+        assert w.shipments(order["order_id"])[0][1] == DispatchState.CHANNEL_CONFIRMED
+        assert isinstance(sensor_tick(), dg.SkipReason)  # the news is used once
+    finally:
+        w.close()
+
+
 def test_dagster_assets_checks_and_stuck_sensor_over_the_sandbox(tmp_path):
-    """The production wiring: the dispatch job (asset + checks) and the stuck-state sensor."""
+    """The production wiring: the dispatch job (asset + checks) and the stuck-state sync job
+    (a sensor until issue 13 made it a scheduled job)."""
     from clarus_pipelines.assets.dispatch import defs as dispatch_defs
-    from clarus_pipelines.sensors.stuck_states import stuck_states_sensor
+    from clarus_pipelines.sensors.stuck_states import stuck_states_sync
 
     w = World(tmp_path, clarus_kwargs={"missing_tracking_rate": 1.0})
     try:
@@ -418,6 +470,7 @@ def test_dagster_assets_checks_and_stuck_sensor_over_the_sandbox(tmp_path):
 
         result = defs.resolve_job_def("dispatch").execute_in_process(instance=instance, run_config=run_config)
         assert result.success
+        assert result.asset_materializations_for_node("shipments")[0].metadata["dagster/row_count"].value == 1
         checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
         assert not checks["tracking_present"].passed and checks["tracking_present"].severity == dg.AssetCheckSeverity.WARN
         assert checks["tracking_format"].passed and checks["tracking_unique"].passed and checks["dispatched_within_ordered"].passed
@@ -429,11 +482,10 @@ def test_dagster_assets_checks_and_stuck_sensor_over_the_sandbox(tmp_path):
                 return sorted(con.execute("SELECT code, entity_id FROM exceptions WHERE status <> 'resolved'").fetchall())
 
         assert open_codes() == [("TRACKING_MISSING", shipment_id)]
-        # an hour and a half later the dispatch is still held: the sensor raises it
+        # an hour and a half later the dispatch is still held: the stuck-state sync raises it
         with w.store.write() as con:
             con.execute("UPDATE shipments SET first_seen_at = first_seen_at - INTERVAL 90 MINUTE")
-        with dg.build_sensor_context(resources=resources) as context:
-            stuck_states_sensor(context)
+        assert stuck_states_sync.execute_in_process(resources=resources, instance=instance).success
         assert open_codes() == [("DISPATCH_AWAITING_ERP", order["order_id"]), ("TRACKING_MISSING", shipment_id)]
 
         w.commit_erp()
@@ -441,8 +493,7 @@ def test_dagster_assets_checks_and_stuck_sensor_over_the_sandbox(tmp_path):
         sweep = defs.resolve_job_def("dispatch_sweep").execute_in_process(
             instance=instance, run_config={**run_config, "ops": {**run_config["ops"], "dispatch_reconciliation": {"config": {}}}})
         assert sweep.success
-        with dg.build_sensor_context(resources=resources) as context:
-            stuck_states_sensor(context)
+        assert stuck_states_sync.execute_in_process(resources=resources, instance=instance).success
         assert w.shipments(order["order_id"])[0][1] == DispatchState.CHANNEL_CONFIRMED
         assert open_codes() == []  # both cleared themselves
         [fulfilment] = w.shopify_sb.fulfillments(int(order["order_id"]))

@@ -86,7 +86,8 @@ def instance() -> dg.DagsterInstance:
 @pytest.fixture
 def tick(instance, resources):
     def evaluate(sensor, _resources=None, cursor=None):
-        with dg.build_sensor_context(cursor=cursor, instance=instance, resources={"landing": resources["landing"]}) as context:
+        with dg.build_sensor_context(cursor=cursor, instance=instance,
+                                     resources={"landing": resources["landing"], "state": resources["state"]}) as context:
             return sensor(context)
 
     return evaluate
@@ -108,7 +109,7 @@ def rows(resources, query: str, params=None):
 def test_sensor_batches_landings_and_advances_its_cursor(tick, intake, fixtures, resources):
     ids = [shopify(intake, fixtures["order"], f"w{i}").landing_id for i in range(5)]
     clarus(intake, "9001")
-    sensor = build_landing_sensor("shopify", batch_size=2)
+    sensor = build_landing_sensor("shopify", batch_size=2, wait_for_ingest=False)  # the gate: see the test below
 
     result = tick(sensor, resources)
     assert isinstance(result, dg.SensorResult)
@@ -116,7 +117,7 @@ def test_sensor_batches_landings_and_advances_its_cursor(tick, intake, fixtures,
     assert [len(b) for b in batches] == [2, 2, 1]
     assert [p.rsplit("/", 1)[1][:-5] for b in batches for p in b] == ids  # Shopify only, oldest first
     assert all(r.job_name in (None, "ingest_landings") and r.tags["intake/source"] == "shopify" for r in result.run_requests)
-    assert json.loads(result.cursor) == {"after": ids[-1]}
+    assert json.loads(result.cursor)["after"] == ids[-1]
 
     # a daemon restarted before saving the cursor asks for the very same runs
     again = tick(sensor, resources)
@@ -131,16 +132,16 @@ def test_sensor_batches_landings_and_advances_its_cursor(tick, intake, fixtures,
     later = tick(sensor, resources, cursor=result.cursor)
     assert [r.run_config["ops"]["landed_events"]["config"]["landings"][0].endswith(f"{newer}.json")
             for r in later.run_requests] == [True]
-    assert json.loads(later.cursor) == {"after": newer}
+    assert json.loads(later.cursor)["after"] == newer
 
 
 def test_sensor_limits_runs_per_tick_and_continues_next_tick(tick, intake, fixtures, resources):
     ids = [shopify(intake, fixtures["order"], f"w{i}").landing_id for i in range(7)]
-    sensor = build_landing_sensor("shopify", batch_size=2, max_runs_per_tick=2)
+    sensor = build_landing_sensor("shopify", batch_size=2, max_runs_per_tick=2, wait_for_ingest=False)
     first = tick(sensor, resources)
-    assert len(first.run_requests) == 2 and json.loads(first.cursor) == {"after": ids[3]}
+    assert len(first.run_requests) == 2 and json.loads(first.cursor)["after"] == ids[3]
     second = tick(sensor, resources, cursor=first.cursor)
-    assert len(second.run_requests) == 2 and json.loads(second.cursor) == {"after": ids[6]}
+    assert len(second.run_requests) == 2 and json.loads(second.cursor)["after"] == ids[6]
 
 
 def test_a_landing_committed_late_is_not_skipped(tick, intake, fixtures, resources, zone):
@@ -151,9 +152,9 @@ def test_a_landing_committed_late_is_not_skipped(tick, intake, fixtures, resourc
                               received_at=(datetime.utcnow() - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
     (zone.tmp_dir / "slow.tmp").write_bytes(received_early.to_json())
     fast = shopify(intake, fixtures["order"], "fast").landing_id
-    sensor = build_landing_sensor("shopify")
+    sensor = build_landing_sensor("shopify", wait_for_ingest=False)
     first = tick(sensor, resources)
-    assert json.loads(first.cursor) == {"after": fast}
+    assert json.loads(first.cursor)["after"] == fast
 
     assert zone.finish_interrupted(min_age_s=0) == 1  # e.g. at the receiver's next start
     second = tick(sensor, resources, cursor=first.cursor)
@@ -162,16 +163,47 @@ def test_a_landing_committed_late_is_not_skipped(tick, intake, fixtures, resourc
     assert zone.read(relpath).webhook_id == "slow"
 
 
-def test_each_source_has_its_own_sensor(tick, intake, fixtures, resources):
-    shopify(intake, fixtures["order"], "s1")
+def test_one_sensor_takes_every_source_in_one_run_per_tick(tick, intake, fixtures, resources):
+    """Issue 13: the code location ingests all sources' landings of a tick in one run (it had
+    one sensor per source, so one order's webhooks made several small runs). A one-source
+    sensor still sees only its source."""
+    first = shopify(intake, fixtures["order"], "s1").landing_id
     clarus(intake, "1")
-    clarus(intake, "2")
-    names = {s.name for s in sensor_defs.sensors}
-    assert {"shopify_landings", "clarus_landings", "netsuite_landings"} <= names
+    last = clarus(intake, "2").landing_id
     by_name = {s.name: s for s in sensor_defs.sensors}
-    assert len(tick(by_name["clarus_landings"], resources).run_requests) == 1
-    skip = tick(by_name["netsuite_landings"], resources)
+    assert set(by_name) == {"webhook_landings", "webhook_rejection_log"}
+    result = tick(by_name["webhook_landings"], resources)
+    [request] = result.run_requests
+    landings = request.run_config["ops"]["landed_events"]["config"]["landings"]
+    assert [p.split("/", 1)[0] for p in landings] == ["shopify", "clarus", "clarus"]
+    assert request.tags["intake/first"] == first and request.tags["intake/last"] == last
+    assert json.loads(result.cursor)["after"] == last
+    assert len(tick(build_landing_sensor("clarus"), resources).run_requests) == 1
+    skip = tick(build_landing_sensor("netsuite"), resources)
     assert skip.skip_message == "no new NetSuite landings since the landing zone was created"
+
+
+def test_landings_wait_for_the_running_ingest_then_go_in_one_run(tick, intake, fixtures, resources):
+    """Issue 13: while the last requested ingest is queued or running, new landings wait and then
+    all go in one run (no queue of small runs behind a busy run queue)."""
+    sensor = build_landing_sensor()
+    first = tick(sensor, resources)
+    assert isinstance(first, dg.SkipReason)
+    one = shopify(intake, fixtures["order"], "g1").landing_id
+    requested = tick(sensor, resources)
+    [request] = requested.run_requests
+    more = [clarus(intake, str(n)).landing_id for n in range(3)]
+    waiting = tick(sensor, resources, cursor=requested.cursor)
+    assert isinstance(waiting, dg.SkipReason) and "3 new webhook landing(s) wait for the ingest" in waiting.skip_message
+
+    assert ingest(resources, request.run_config["ops"]["landed_events"]["config"]["landings"]).success
+    assert request.tags["intake/last"] == one
+    [together] = tick(sensor, resources, cursor=requested.cursor).run_requests
+    assert [p.rsplit("/", 1)[1][:-5] for p in together.run_config["ops"]["landed_events"]["config"]["landings"]] == more
+
+    # a request never ingested (a lost run) is given up on after a while: asked again
+    stale = {**json.loads(requested.cursor), "requested_at": "2000-01-01T00:00:00+00:00", "waiting_for": "20000101T000000.000000Z"}
+    assert len(tick(sensor, resources, cursor=json.dumps(stale)).run_requests) == 1
 
 
 # ---------------------------------------------------------------------------- ingest
@@ -189,6 +221,7 @@ def test_ingest_fills_landed_events_and_is_idempotent(intake, payloads, resource
     assert result.success
     meta = result.asset_materializations_for_node("landed_events")[0].metadata
     assert meta["ingested"].value == 4 and meta["unknown_topics"].value == 1
+    assert meta["dagster/row_count"].value == 4  # the table's rows, as Dagster's UI shows them
 
     events = {r[0]: r[1:] for r in rows(resources, "SELECT landing_id, source, topic, entity_type, entity_id, parent_id,"
                                         " known_topic, via, payload->>'$.name' FROM landed_events")}

@@ -397,6 +397,68 @@ def test_wms_rejection_becomes_an_exception_with_clarus_code(h: Harness):
     assert len(h.goods_outs(order)) == 1 and len(h.sales_orders(order)) == 1
 
 
+def _set_netsuite_faults(handle, faults: FaultConfig) -> None:
+    layer = handle.netsuite.app
+    while layer is not None:
+        if isinstance(layer, FaultMiddleware):
+            layer.config = faults
+        layer = getattr(layer, "app", None)
+
+
+def test_a_netsuite_outage_does_not_stop_goods_outs_and_dispatch_keeps_the_erp_gate(h: Harness):
+    """Issue 13's decision: Clarus gets the goods out while NetSuite is down; the sales order
+    follows when NetSuite is back, and no Shopify fulfilment goes out before NetSuite's item
+    fulfilment."""
+    import clarus_pipelines.domain.dispatch as dispatch
+    from clarus_pipelines.domain.tracking import TrackingRules
+
+    a, b = h.skus(2)
+    orders = [h.place([(a, 1)]), h.place([(b, 2)])]
+    h.land_many([("orders/create", order, None, "webhook") for order in orders])
+    h.intake()
+    w = h.world
+    impatient = NetSuiteResource(**{**w.netsuite.model_dump(), "max_attempts": 2, "max_elapsed_s": 1.0})
+    _set_netsuite_faults(w.handle, FaultConfig(error_rate=1.0))  # NetSuite answers 5xx to everything
+    try:
+        report = send_ready_orders(h.store, POLICIES, netsuite=impatient, clarus=w.clarus, customer_id=CUSTOMER)
+        assert report.erp_failed >= 1 and report.skipped_systems == ["netsuite"]
+        assert report.wms_created == 2
+        for order in orders:  # picked, though NetSuite has no sales order yet
+            assert h.order(order)["status"] == "ACKNOWLEDGED" and len(h.goods_outs(order)) == 1
+            assert h.sales_orders(order) == []
+        assert h.exceptions("ERP_REJECTED") == []  # an outage is not a refusal
+
+        # Clarus dispatches while NetSuite is still down: the dispatch waits at the ERP gate
+        since = utcnow() - timedelta(minutes=5)
+        h.cl.advance(3600 + 10)
+        rules = TrackingRules.from_policies(POLICIES)
+        dispatch.record_sweep(h.store, list(w.clarus.iter_shipments(updated_since=since)), rules, POLICIES.sku_cleaning,
+                              window_start=since)
+        fast = dispatch.DispatchConfig(erp_recheck_s=0.0, retry_base_s=0.0, workers=1)
+        dispatch.advance_all(h.store, impatient, w.shopify, config=fast)
+        for order in orders:
+            assert h.sh.fulfillments(int(order["id"])) == []  # nothing told to the customer before NetSuite
+    finally:
+        _set_netsuite_faults(w.handle, FaultConfig())
+
+    report = send_ready_orders(h.store, POLICIES, netsuite=w.netsuite, clarus=w.clarus, customer_id=CUSTOMER)
+    assert report.erp_created == 2 and report.wms_created == 0
+    for order in orders:
+        assert len(h.sales_orders(order)) == 1 and len(h.goods_outs(order)) == 1  # one of each, no duplicate
+        assert h.order(order)["status"] == "ACKNOWLEDGED"  # the status stays where Clarus has it
+        journey = h.journey(order)
+        assert journey.index("SENT_TO_ERP") > journey.index("ACKNOWLEDGED")
+    h.ns.tick()  # NetSuite commits the new sales orders
+    dispatch.advance_all(h.store, w.netsuite, w.shopify, config=fast)
+    for order in orders:
+        with h.store.read() as con:
+            states = con.execute("SELECT state FROM shipments WHERE order_id = ?", [str(order["id"])]).fetchall()
+        assert states and all(state == "CHANNEL_CONFIRMED" for (state,) in states), states
+        [item_fulfilment] = [f for f in h.ns.item_fulfillments() if f["createdFrom"]["id"] == h.sales_orders(order)[0]["id"]]
+        [fulfilment] = h.sh.fulfillments(int(order["id"]))
+        assert item_fulfilment["id"] and fulfilment["tracking_number"]
+
+
 def test_netsuite_refusing_a_sales_order_is_erp_rejected_then_clears_once_fixed(h: Harness):
     from clarus_pipelines.domain.orphans import orphan_orders, unbound_candidates
 
@@ -706,6 +768,33 @@ def test_cancel_of_a_held_order_needs_no_remote_call(h: Harness):
     assert h.order(order)["status"] == "CANCELLED"
     assert h.exceptions("ORDER_INCOMPLETE") == []
     assert h.goods_outs(order) == [] and h.sales_orders(order) == []
+
+
+def test_a_fulfilled_orders_update_is_not_an_edit(h: Harness):
+    """Our own Shopify fulfilment comes back as orders/updated: stored, no order-changes work."""
+    a, b = h.skus(2)
+    order = h.place([(a, 1), (b, 2)])
+    through(h, order)
+    h.cl.advance(3600 + 10)  # dispatched
+    h.sh.create_fulfillment(order["id"], tracking_number="AA473124829GB", company="Royal Mail")
+    fulfilled = h.sh.order(order["id"])
+    assert fulfilled["fulfillment_status"] == "fulfilled"
+    h.land("orders/updated", fulfilled)
+    report = h.intake()
+    assert report.edits_pending == 0 and report.applied == 1 and report.fulfilment_updates == 1
+    stored = h.order(order)
+    assert stored["change_pending"] is None and stored["status"] == "ACKNOWLEDGED"
+    assert json.loads(stored["payload"])["fulfillment_status"] == "fulfilled"  # the newest version is kept
+    assert h.changes().pending == 0  # nothing for the order-changes step: no run
+    assert "EDIT_IGNORED" not in h.journey(order)
+    # an edit the warehouse must see, on a partly fulfilled order, still is one
+    partial = h.place([(a, 1), (b, 1)])
+    through(h, partial)
+    h.sh.create_fulfillment(partial["id"], {partial["line_items"][0]["id"]: 1})
+    moved = dict(h.sh.order(partial["id"]), shipping_address={**ADDRESS, "address1": "2 Other Street"})
+    assert moved["fulfillment_status"] == "partial"
+    h.land("orders/updated", moved)
+    assert h.intake().edits_pending == 1
 
 
 def test_refund_after_dispatch_is_not_an_edit(h: Harness):

@@ -58,7 +58,7 @@ def test_job_and_sensor_tick_on_postgres_instance(tmp_path, monkeypatch, pg_data
     from clarus_pipelines.definitions import build_defs, build_resources
 
     repo = build_defs().get_repository_def()
-    sensor = repo.get_sensor_def("shopify_landings")
+    sensor = repo.get_sensor_def("webhook_landings")  # every source (shopify_landings until issue 13)
     resources = build_resources()
 
     with dg.DagsterInstance.get() as instance:

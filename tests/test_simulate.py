@@ -109,6 +109,11 @@ def test_heavy_faults_rehearsal_loses_duplicates_and_misorders_nothing(tmp_path)
     assert report["netsuite"]["item_fulfilments"] >= 5 and report["shopify"]["fulfilments"] >= 5
     assert report["clarus"]["shipments"] >= report["shopify"]["fulfilments"]
     assert sum(report["run"]["runs"].values()) > 20  # (a run failing under heavy faults is retried by the next tick)
+    # few runs per order (issue 13): a tick's sensors batch what is due into one run per flow
+    latency = report["latency"]
+    assert latency["runs_per_order"] is not None and latency["runs_per_order"] <= 4, latency["event_runs"]
+    assert latency["to_wms"]["count"] >= 10 and latency["p95_to_wms_s"] is not None
+    assert latency["to_channel"]["count"] >= 5 and latency["p95_to_channel_s"] is not None
 
 
 @pytest.mark.timeout(900)

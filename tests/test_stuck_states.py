@@ -1,5 +1,8 @@
-"""The stuck-state sensor raises each stuck state from the state database and clears it
-when the order or shipment moves on. Times are seeded in the past; nothing sleeps."""
+"""The stuck-state sync (a scheduled job) raises each stuck state from the state database and
+clears it when the order or shipment moves on. Times are seeded in the past; nothing sleeps.
+
+Adapted when the sync moved from a sensor to a scheduled job (issue 13): what the sensor's
+skip reason and cursor said is now the op's output (and run log)."""
 
 import json
 from datetime import datetime, timedelta
@@ -11,7 +14,7 @@ from clarus_pipelines.domain.stuck_states import STUCK_CODES, stuck_findings
 from clarus_pipelines.exception_queue import raise_exception, utcnow
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
-from clarus_pipelines.sensors.stuck_states import stuck_states_sensor
+from clarus_pipelines.sensors.stuck_states import stuck_states_sync
 
 TIMINGS = load_policies(SANDBOX_POLICIES).timings  # ack 15 min, ERP wait 60 min, tracking post 60 min
 
@@ -28,11 +31,10 @@ def _store(resources):
     return resources["state"].store()
 
 
-def _evaluate(resources, cursor=None):
-    with dg.build_sensor_context(cursor=cursor, resources=resources) as context:
-        result = stuck_states_sensor(context)
-    assert isinstance(result, dg.SensorResult) and not result.run_requests
-    return result
+def _evaluate(resources):
+    result = stuck_states_sync.execute_in_process(resources=resources, instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    return result.output_for_node("sync_stuck_states_op")
 
 
 def _open(resources, code):
@@ -82,20 +84,19 @@ def test_order_not_acknowledged_raised_then_cleared(resources):
         _event(con, "2", "SENT_TO_WMS", now - timedelta(minutes=3))
     result = _evaluate(resources)
     assert _open(resources, "ORDER_NOT_ACKNOWLEDGED") == ["1"]
-    assert "Raised 1 ORDER_NOT_ACKNOWLEDGED" in result.skip_reason.skip_message
-    cursor = json.loads(result.cursor)
-    assert cursor["open"]["ORDER_NOT_ACKNOWLEDGED"] == 1 and cursor["last_change_at"]
+    assert "Raised 1 ORDER_NOT_ACKNOWLEDGED" in result["summary"]
+    assert result["open"]["ORDER_NOT_ACKNOWLEDGED"] == 1 and result["raised"] == {"ORDER_NOT_ACKNOWLEDGED": 1}
 
-    again = _evaluate(resources, result.cursor)
-    assert again.skip_reason.skip_message.startswith("No stuck state changed")
-    assert json.loads(again.cursor)["last_change_at"] == cursor["last_change_at"]
+    again = _evaluate(resources)
+    assert again["summary"].startswith("No stuck state changed")
+    assert again["raised"] == again["cleared"] == {}  # nothing changed since the last sync
 
     with _store(resources).write() as con:  # Clarus's id arrives: the order is acknowledged
         _bind(con, "1", "5001", now)
         con.execute("UPDATE orders SET status = 'ACKNOWLEDGED' WHERE order_id = '1'")
-    cleared = _evaluate(resources, again.cursor)
+    cleared = _evaluate(resources)
     assert _open(resources, "ORDER_NOT_ACKNOWLEDGED") == []
-    assert cleared.skip_reason.skip_message == "Cleared 1 ORDER_NOT_ACKNOWLEDGED. Open now: none."
+    assert cleared["summary"] == "Cleared 1 ORDER_NOT_ACKNOWLEDGED. Open now: none."
 
 
 def test_not_dispatched_by_cutoff_raised_then_cleared_by_a_dispatch(resources):
@@ -169,11 +170,20 @@ def test_dispatch_awaiting_erp_then_tracking_not_posted_then_clear(resources):
     ]
 
 
-def test_a_bad_cursor_is_survived_and_every_code_is_reported(resources):
-    result = _evaluate(resources, cursor="not json")
-    cursor = json.loads(result.cursor)
-    assert set(cursor["open"]) == set(STUCK_CODES)
-    assert result.skip_reason.skip_message == "No stuck state changed; open: none."
+def test_every_code_is_reported(resources):
+    result = _evaluate(resources)
+    assert set(result["open"]) == set(STUCK_CODES)
+    assert result["summary"] == "No stuck state changed; open: none."
+
+
+def test_the_sync_is_a_scheduled_job_with_retries():
+    from clarus_pipelines.sensors.stuck_states import defs, stuck_states_schedule
+
+    assert stuck_states_schedule.cron_schedule == "* * * * *" and stuck_states_schedule.job_name == "stuck_states_sync"
+    assert stuck_states_sync.tags["flow"] == "stuck_states"
+    op = stuck_states_sync.graph.node_defs[0]
+    assert op.retry_policy is not None and op.retry_policy.max_retries >= 1
+    assert not defs.sensors  # no state writes inside the daemon's sensor tick
 
 
 def test_thresholds_come_from_the_policies(resources):

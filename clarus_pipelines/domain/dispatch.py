@@ -1017,12 +1017,55 @@ def advance_shipment(
                 return "raced"
         except (ConnectorError, DispatchBlocked) as exc:
             log.warning("shipment %s at %s: %s", shipment_id, shipment.state.value, exc)
-            # "blocked:" marks what a person must fix (the stuck-state sensor raises it at once);
+            # "blocked:" marks what a person must fix (the stuck-state sync raises it at once);
             # a connector error is retried quietly until the alert time has passed
             error = f"{BLOCKED}{exc}" if isinstance(exc, DispatchBlocked) else f"{type(exc).__name__}: {exc}"
             _record_failure(store, shipment, error, config, now)
             return "failed"
     return "incomplete"
+
+
+ERP_CONSUMER = "dispatch_erp"  # our watermark over NetSuite sales order webhooks
+ERP_TOPICS = ("salesorder/create", "salesorder/update")
+
+_ERP_EVENTS_FOR_WAITING_SQL = """
+    SELECT s.shipment_id, max(e.seq) AS seq
+    FROM landed_events e
+    JOIN shipments s ON s.state = ? AND (s.order_id = e.parent_id OR s.netsuite_sales_order_id = e.entity_id)
+    WHERE e.source = 'netsuite' AND e.topic IN (SELECT unnest(?)) AND e.seq > ?
+    GROUP BY s.shipment_id
+"""
+
+
+def _erp_watermark(con: duckdb.DuckDBPyConnection) -> int:
+    row = con.execute("SELECT last_seq FROM event_consumers WHERE consumer = ?", [ERP_CONSUMER]).fetchone()
+    return int(row[0]) if row else 0
+
+
+def erp_news_for_waiting(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Shipments held for NetSuite whose sales order changed (a webhook landed) since we last looked,
+    with the newest such event's seq: the commit they wait for may have happened, so they should
+    not sit out their re-check back-off."""
+    return dict(con.execute(
+        _ERP_EVENTS_FOR_WAITING_SQL, [DispatchState.DISPATCHED_IN_WMS.value, list(ERP_TOPICS), _erp_watermark(con)]
+    ).fetchall())
+
+
+def wake_on_erp_news(con: duckdb.DuckDBPyConnection, now: datetime) -> int:
+    """Make every shipment with NetSuite news due at once (`next_attempt_at` cleared) and move the
+    watermark past the sales order webhooks read; returns how many shipments were woken."""
+    woken = list(erp_news_for_waiting(con))
+    if woken:
+        con.execute(
+            "UPDATE shipments SET next_attempt_at = NULL, updated_at = ? WHERE shipment_id IN (SELECT unnest(?)) AND state = ?",
+            [now, woken, DispatchState.DISPATCHED_IN_WMS.value],
+        )
+    newest = con.execute(
+        "SELECT max(seq) FROM landed_events WHERE source = 'netsuite' AND topic IN (SELECT unnest(?))", [list(ERP_TOPICS)]
+    ).fetchone()[0]
+    if newest is not None:
+        advance_consumer(con, ERP_CONSUMER, int(newest), now)
+    return len(woken)
 
 
 def due_shipments(con: duckdb.DuckDBPyConnection, now: datetime) -> list[tuple[str, str]]:
@@ -1078,6 +1121,10 @@ def advance_all(
 
 
 def _advance_all(store: StateStore, netsuite: NetSuitePort, shopify: ShopifyPort, *, config: DispatchConfig, clock: Clock) -> Counter:
+    with store.write() as con:  # a NetSuite commit webhook ends its shipments' ERP back-off now
+        woken = wake_on_erp_news(con, clock())
+    if woken:
+        log.info("%d shipment(s) held for NetSuite have sales order news: re-checking them now", woken)
     with store.read() as con:
         due = due_shipments(con, clock())
     by_order: dict[str, list[str]] = defaultdict(list)

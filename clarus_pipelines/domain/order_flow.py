@@ -6,6 +6,8 @@ Statuses (`orders.status`):
                   \\        \\          \\              \\
                    +--------+----------+--------------+--> CANCELLED
     SENT_TO_WMS -> WMS_REJECTED (Clarus answered 422; re-validated and re-sent on the next landing)
+    READY -> SENT_TO_WMS directly when NetSuite is unreachable; the sales order is then owed
+    (`OWE_ERP`) and created by a later send, recorded as a SENT_TO_ERP event, status unchanged.
 
 Edits and cancellations of an order Clarus already has are not applied at intake: they
 set `change_pending` ('edit' or 'cancel') and the order-changes step applies them.
@@ -46,6 +48,34 @@ class OrderStatus(StrEnum):
 PRE_WMS = (OrderStatus.RECEIVED, OrderStatus.HELD, OrderStatus.READY, OrderStatus.SENT_TO_ERP, OrderStatus.WMS_REJECTED)
 # Waiting for the send step.
 SENDABLE = (OrderStatus.READY, OrderStatus.SENT_TO_ERP, OrderStatus.SENT_TO_WMS)
+# In the warehouse (or on its way) while NetSuite was unreachable: the sales order is still owed.
+OWE_ERP = (OrderStatus.SENT_TO_WMS, OrderStatus.ACKNOWLEDGED)
+
+# Orders the send step has work for: a goods out or a sales order to create. The goods out does
+# not wait for NetSuite (Clarus decides fulfilment; the ERP gate is on the dispatch side), so
+# an order can be acknowledged by Clarus and still owe its sales order after a NetSuite outage.
+_DUE_FOR_SENDING = """
+    SELECT o.order_id FROM orders o
+    LEFT JOIN bindings b ON b.entity_type = 'order' AND b.our_id = o.order_id
+    WHERE o.change_pending IS NULL
+      AND (o.status IN (SELECT unnest(?::VARCHAR[]))
+           OR (o.status IN (SELECT unnest(?::VARCHAR[])) AND b.netsuite_id IS NULL))
+    ORDER BY o.received_at, o.order_id
+    LIMIT ?
+"""
+
+
+def open_exception_ids(con: duckdb.DuckDBPyConnection, code: str, order_ids: Sequence[str]) -> set[str]:
+    """Which of these orders have an open exception of `code`."""
+    return {r[0] for r in con.execute(
+        "SELECT entity_id FROM exceptions WHERE code = ? AND status <> 'resolved' AND entity_id IN (SELECT unnest(?::VARCHAR[]))",
+        [code, list(order_ids)]).fetchall()}
+
+
+def due_for_sending(con: duckdb.DuckDBPyConnection, limit: int = 2000) -> list[str]:
+    """Orders with a goods out or a NetSuite sales order still to create, oldest first."""
+    return [r[0] for r in con.execute(
+        _DUE_FOR_SENDING, [[s.value for s in SENDABLE], [s.value for s in OWE_ERP], limit]).fetchall()]
 
 ORDER_TOPICS = ("orders/create", "orders/updated", "orders/edited", "orders/paid", "orders/cancelled")
 CANCEL_TOPIC = "orders/cancelled"
@@ -137,7 +167,40 @@ def set_status(
     record_event(con, order_id, event_state or status.value, cause, system=system, details=details, now=now)
 
 
+def warehouse_fingerprint(payload: str | Mapping[str, Any] | None) -> str | None:
+    """What of a Shopify order the warehouse acts on: each line (id, variant, SKU, quantities),
+    the shipping address and the shipping lines. Two versions with the same fingerprint are the
+    same order to Clarus and NetSuite (a fulfilment or a tag changes the order, not the goods out)."""
+    if payload is None:
+        return None
+    try:
+        doc = json.loads(payload) if isinstance(payload, str) else payload
+    except ValueError:
+        return None
+    order = doc.get("order", doc) if isinstance(doc, Mapping) else None
+    if not isinstance(order, Mapping):
+        return None
+    lines = sorted(
+        (str(li.get("id")), str(li.get("variant_id")), str(li.get("sku")), li.get("quantity"), li.get("current_quantity"))
+        for li in order.get("line_items") or [] if isinstance(li, Mapping)
+    )
+    shipping = sorted(
+        (str(sl.get("code")), str(sl.get("title")), bool(sl.get("is_removed")))
+        for sl in order.get("shipping_lines") or [] if isinstance(sl, Mapping)
+    )
+    return payload_hash({"lines": lines, "shipping_address": order.get("shipping_address"), "shipping_lines": shipping})
+
+
 # ---------------------------------------------------------------------------- reading
+
+
+def warehouse_fingerprints(con: duckdb.DuckDBPyConnection, order_ids: Iterable[str]) -> pl.DataFrame:
+    """`warehouse_fingerprint` of each given order's stored Shopify body (order_id, prev_fingerprint)."""
+    rows = con.execute(
+        "SELECT order_id, payload::VARCHAR FROM orders WHERE order_id IN (SELECT unnest(?::VARCHAR[]))", [list(order_ids)]
+    ).fetchall()
+    return pl.DataFrame([(order_id, warehouse_fingerprint(body)) for order_id, body in rows],
+                        schema={"order_id": pl.Utf8, "prev_fingerprint": pl.Utf8}, orient="row")
 
 
 def order_states(con: duckdb.DuckDBPyConnection, order_ids: Iterable[str]) -> pl.DataFrame:
@@ -182,6 +245,7 @@ class IntakePlan:
     cancel_now: list[str]  # cancelled before anything reached another system
     cancel_pending: list[str]  # cancelled after reaching NetSuite or Clarus
     edit_pending: list[str]  # changed after reaching Clarus
+    fulfilment_updates: list[str]  # fulfilled in Shopify, nothing changed for the warehouse: stored, not an edit
     latest: ParsedOrders  # one payload per order (the newest)
     payloads: pl.DataFrame  # order_id, topic, payload, payload_hash of `latest`
 
@@ -190,13 +254,16 @@ def plan_intake(landed: pl.DataFrame, parsed: ParsedOrders, states: pl.DataFrame
     """Decide, for a batch of landed order payloads, what happens to each order.
 
     `landed` (`landing_id`, `topic`, `received_at`, `payload`) is row-aligned with
-    `parsed` (payload_index = row). `states` is `order_states` for the batch's orders.
+    `parsed` (payload_index = row). `states` is `order_states` for the batch's orders,
+    optionally with `prev_fingerprint` (`warehouse_fingerprints`): an order already in the
+    warehouse whose new version is fulfilled in Shopify and unchanged for the warehouse is
+    a fulfilment update (stored, not an edit: no order-changes run).
     """
     rows = (
         landed.with_row_index("payload_index")
         .with_columns(pl.col("payload_index").cast(pl.Int64))
         .join(
-            parsed.orders.select("payload_index", "order_id", "updated_at", "cancelled_at"),
+            parsed.orders.select("payload_index", "order_id", "updated_at", "cancelled_at", "fulfillment_status"),
             on="payload_index", how="left", maintain_order="left",
         )
         .with_columns(
@@ -220,6 +287,16 @@ def plan_intake(landed: pl.DataFrame, parsed: ParsedOrders, states: pl.DataFrame
     # says (`cancelled_at`), never the topic alone (an orders/cancelled body without it is
     # handled as an update).
     is_cancel = pl.col("cancelled_at").is_not_null()
+    fulfilled = pl.col("fulfillment_status").is_in(["fulfilled", "partial"]).fill_null(False)
+    if "prev_fingerprint" in newest.columns:
+        candidates = newest.filter(fulfilled & pl.col("prev_fingerprint").is_not_null())
+        unchanged = [
+            order_id for order_id, payload, before in candidates.select("order_id", "payload", "prev_fingerprint").iter_rows()
+            if warehouse_fingerprint(payload) == before
+        ]
+    else:
+        unchanged = []
+    is_fulfilment_update = pl.col("order_id").is_in(unchanged)
     pre_wms = pl.col("prev_status").is_null() | pl.col("prev_status").is_in([s.value for s in PRE_WMS])
     reached_other_system = pl.col("netsuite_id").is_not_null() | pl.col("clarus_id").is_not_null()
     newest = newest.with_columns(
@@ -230,10 +307,12 @@ def plan_intake(landed: pl.DataFrame, parsed: ParsedOrders, states: pl.DataFrame
         .when(is_cancel).then(pl.lit("cancel_pending"))
         .when(pre_wms).then(pl.lit("validate"))
         .when(pl.col("prev_change") == "cancel").then(pl.lit("ignored"))
+        .when(is_fulfilment_update & pl.col("prev_change").is_null()).then(pl.lit("fulfilment_update"))
         .otherwise(pl.lit("edit_pending"))
         .alias("decision")
     )
-    winners = newest.filter(pl.col("decision").is_in(["cancel_now", "cancel_pending", "validate", "edit_pending"]))
+    winners = newest.filter(
+        pl.col("decision").is_in(["cancel_now", "cancel_pending", "validate", "edit_pending", "fulfilment_update"]))
     winner_index = set(winners["payload_index"].to_list())
     # Every other landing of an order is stale (an older version) or a duplicate (the same one).
     reference = newest.select(
@@ -269,6 +348,7 @@ def plan_intake(landed: pl.DataFrame, parsed: ParsedOrders, states: pl.DataFrame
         cancel_now=ids("cancel_now"),
         cancel_pending=ids("cancel_pending"),
         edit_pending=ids("edit_pending"),
+        fulfilment_updates=ids("fulfilment_update"),
         latest=parsed.take(winner_index),
         payloads=winners.select("order_id", "topic", "payload", "payload_hash"),
     )
