@@ -171,7 +171,7 @@ def test_one_sensor_takes_every_source_in_one_run_per_tick(tick, intake, fixture
     clarus(intake, "1")
     last = clarus(intake, "2").landing_id
     by_name = {s.name: s for s in sensor_defs.sensors}
-    assert set(by_name) == {"webhook_landings", "webhook_rejection_log"}
+    assert set(by_name) == {"webhook_landings", "webhook_rejection_log", "stalled_landings"}
     result = tick(by_name["webhook_landings"], resources)
     [request] = result.run_requests
     landings = request.run_config["ops"]["landed_events"]["config"]["landings"]
