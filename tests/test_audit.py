@@ -376,12 +376,20 @@ def test_the_cli_exits_non_zero_with_blockers_and_keeps_the_trend(failing_world:
 
 def test_a_missing_subscription_and_a_wrong_receiver_are_blockers(failing_world: World) -> None:
     shop = failing_world.handle.shopify
-    shop.SUBSCRIBED_TOPICS = ("orders/create", "orders/updated")
+    with shop._lock:  # the shop's owner removes three of the five subscriptions in Shopify admin
+        shop.graphql._preset_subscriptions()
+        subscriptions = shop.graphql.webhook_subscriptions
+        kept = dict(subscriptions)
+        for number, sub in list(subscriptions.items()):
+            if sub["topic"] not in ("ORDERS_CREATE", "ORDERS_UPDATED"):
+                del subscriptions[number]
     try:
         report = run_audit(failing_world.store, POLICIES, now=utcnow(), since=utcnow() - timedelta(days=1),
                            receiver_url="https://receiver.example", keep=False, **failing_world.clients)
     finally:
-        del shop.SUBSCRIBED_TOPICS
+        with shop._lock:
+            subscriptions.clear()
+            subscriptions.update(kept)
     found = {f["check"]: f for f in report["findings"]}
     assert found["webhooks.topics_not_subscribed"]["examples"] == ["orders/edited", "orders/cancelled", "refunds/create"]
     assert failing_world.recorder.url in found["webhooks.topics_not_subscribed"]["effect"]

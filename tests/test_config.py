@@ -71,7 +71,8 @@ def test_check_config_require_secrets_names_missing(monkeypatch):
 
 def test_check_config_require_secrets_refuses_weak_webhook_secrets():
     strong = "k3J9x-Qw7Lp2Zr5Tb8Nm"
-    env = {"PATH": "/usr/bin:/bin", **{name: strong for name in REQUIRED_SECRETS},
+    tba = ("NETSUITE_CONSUMER_KEY", "NETSUITE_CONSUMER_SECRET", "NETSUITE_TOKEN_ID", "NETSUITE_TOKEN_SECRET")
+    env = {"PATH": "/usr/bin:/bin", **{name: strong for name in (*REQUIRED_SECRETS, *tba)},
            "SHOPIFY_WEBHOOK_SECRET": "s", "NETSUITE_WEBHOOK_SECRET": "a" * 40}
     result = subprocess.run(CLI + ["check-config", "--require-secrets", "--config", str(SANDBOX_POLICIES)], capture_output=True, text=True, env=env)
     assert result.returncode == 1
@@ -158,18 +159,18 @@ def test_web_orders_are_booked_to_the_tenants_netsuite_customer_unless_a_run_say
 
 def test_check_config_names_what_the_chosen_netsuite_auth_method_lacks():
     base = {"PATH": "/usr/bin:/bin", "NETSUITE_AUTH_METHOD": "oauth2_m2m", "NETSUITE_CLIENT_ID": "client-1"}
-    result = subprocess.run(CLI + ["check-config"], capture_output=True, text=True, env=base)
+    result = subprocess.run(CLI + ["check-config", "--config", str(SANDBOX_POLICIES)], capture_output=True, text=True, env=base)
     summary = json.loads(result.stdout)
     assert summary["netsuite_auth_method"] == "oauth2_m2m"
     assert summary["netsuite_auth_missing"] == ["NETSUITE_CERTIFICATE_ID", "NETSUITE_PRIVATE_KEY (or NETSUITE_PRIVATE_KEY_FILE)"]
     assert "oauth2_m2m still lacks NETSUITE_CERTIFICATE_ID" in result.stderr
-    strict = subprocess.run(CLI + ["check-config", "--require-secrets"], capture_output=True, text=True, env=base)
+    strict = subprocess.run(CLI + ["check-config", "--require-secrets", "--config", str(SANDBOX_POLICIES)], capture_output=True, text=True, env=base)
     assert strict.returncode == 1 and "NETSUITE_CERTIFICATE_ID: not set" in strict.stderr
     assert "NETSUITE_TOKEN_SECRET" not in strict.stderr  # TBA's credentials are not asked of an M2M install
-    tba = subprocess.run(CLI + ["check-config", "--require-secrets"], capture_output=True, text=True,
+    tba = subprocess.run(CLI + ["check-config", "--require-secrets", "--config", str(SANDBOX_POLICIES)], capture_output=True, text=True,
                          env={"PATH": "/usr/bin:/bin"})
     assert "NETSUITE_TOKEN_SECRET: not set" in tba.stderr and "NETSUITE_CERTIFICATE_ID" not in tba.stderr
-    bad = subprocess.run(CLI + ["check-config"], capture_output=True, text=True,
+    bad = subprocess.run(CLI + ["check-config", "--config", str(SANDBOX_POLICIES)], capture_output=True, text=True,
                          env={"PATH": "/usr/bin:/bin", "NETSUITE_AUTH_METHOD": "oauth3"})
     assert bad.returncode == 1 and "NETSUITE_AUTH_METHOD" in bad.stderr
 

@@ -22,6 +22,7 @@ from clarus_pipelines.receiver.app import WebhookSecrets, create_app
 from clarus_pipelines.receiver.landing import LandingZone
 from clarus_pipelines.sandbox.serving import serve_in_thread
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
+from payloads import OURS
 
 SECRET = "k3J9x-Qw7Lp2Zr5Tb8Nm-shopify"
 CLI = [sys.executable, "-m", "clarus_pipelines.cli"]
@@ -34,8 +35,8 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def order_body(fixtures_dir) -> bytes:
-    doc = json.loads((fixtures_dir / "shopify" / "shopify_python_api" / "order.json").read_text())
+def order_body() -> bytes:
+    doc = OURS.json("order_python_api")
     return json.dumps(doc["order"]).encode()
 
 

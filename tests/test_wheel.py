@@ -21,6 +21,7 @@ import pytest
 
 from clarus_pipelines.receiver import auth
 from clarus_pipelines.receiver.landing import LandingZone
+from payloads import OURS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -88,7 +89,7 @@ def test_the_wheel_puts_nothing_generic_at_the_top_of_site_packages(installed):
         assert data in names
 
 
-def test_the_installed_wheel_checks_config_validates_definitions_and_serves_webhooks(installed, fixtures_dir):
+def test_the_installed_wheel_checks_config_validates_definitions_and_serves_webhooks(installed):
     venv, root, _wheel = installed
     work = root / "elsewhere"
     work.mkdir(exist_ok=True)
@@ -138,7 +139,7 @@ def test_the_installed_wheel_checks_config_validates_definitions_and_serves_webh
                 pass
             assert time.monotonic() < deadline, log_path.read_text()[-3000:]
             time.sleep(0.1)
-        order = json.loads((fixtures_dir / "shopify" / "shopify_python_api" / "order.json").read_text())["order"]
+        order = OURS.order("order_python_api")
         body = json.dumps(order).encode()
         headers = auth.shopify_headers(body, SECRET, topic="orders/create", webhook_id="wh-wheel")
         answer = httpx.post(f"{url}/webhooks/shopify", content=body, headers=headers, timeout=10)

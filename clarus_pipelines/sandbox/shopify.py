@@ -1299,7 +1299,6 @@ class ShopifySandbox:
             Route(f"{api}/products/{{product_id:int}}/variants.json", self._admin(self._list_product_variants)),
             Route(f"{api}/variants/{{variant_id:int}}.json", self._admin(self._get_variant)),
             Route(f"{api}/locations.json", self._admin(self._list_locations)),
-            Route(f"{api}/webhooks.json", self._admin(self._list_webhook_subscriptions)),
             Route("/_sandbox/health", self._sb_health),
             Route("/_sandbox/orders", self._sb_orders, methods=["GET", "POST"]),
             Route("/_sandbox/orders/{order_id:int}/{action}", self._sb_order_action, methods=["POST"]),
@@ -1675,18 +1674,9 @@ class ShopifySandbox:
             "localized_country_name": "United Kingdom", "localized_province_name": None,
         }]}
 
-    # Topics the sandbox sends webhooks for, when it has a webhook URL: its subscriptions.
+    # Topics the sandbox sends webhooks for, when it has a webhook URL: the shop's subscriptions
+    # as its owner left them (served over GraphQL, `shopify_graphql.ShopifyGraphQL`).
     SUBSCRIBED_TOPICS = ("orders/create", "orders/updated", "orders/edited", "orders/cancelled", "refunds/create")
-
-    def _list_webhook_subscriptions(self, request: Request):
-        """`GET webhooks.json`: one subscription per topic sent, pointing at the webhook URL (none without one)."""
-        if not self.webhook_url:
-            return 200, {"webhooks": []}
-        return 200, {"webhooks": [{
-            "id": 1_100_000_000_001 + index, "address": self.webhook_url, "topic": topic, "format": "json",
-            "created_at": "2025-03-01T09:00:00+00:00", "updated_at": "2025-03-01T09:00:00+00:00",
-            "fields": [], "metafield_namespaces": [], "api_version": self.api_version,
-        } for index, topic in enumerate(self.SUBSCRIBED_TOPICS)]}
 
     # ------------------------------------------------------------------ /_sandbox/ handlers
 

@@ -316,6 +316,7 @@ class ShopifyGraphQL:
         self.bulk_downloads: list[dict[str, Any]] = []
         self.base_url = "http://localhost"  # set per request: where bulk results are downloaded
         self._subscription_ids = iter(range(1_100_000_000_001, 10**15))
+        self._preset_subscriptions_made = False
 
     def reset(self) -> None:
         self.bulk_operations.clear()
@@ -600,9 +601,20 @@ class ShopifyGraphQL:
                 raise GraphQLError(f"Unsupported search field {name!r} in the sandbox")
         return connection(variants, key=lambda v: v["legacyResourceId"], **page)
 
+    def _preset_subscriptions(self) -> None:
+        """The shop as its owner left it: one subscription per topic the sandbox sends, pointing at
+        its webhook URL (none without one). Made on first use, so a test may change the topics first."""
+        if self._preset_subscriptions_made:
+            return
+        self._preset_subscriptions_made = True
+        if self.shop.webhook_url:
+            for topic in self.shop.SUBSCRIBED_TOPICS:
+                self._webhook_create(topic.upper().replace("/", "_"), {"uri": self.shop.webhook_url})
+
     def _webhook_subscriptions(self, topics: list[str] | None = None, uri: str | None = None, format: str | None = None,
                                callbackUrl: str | None = None, query: str | None = None, sortKey: str | None = None,
                                **page: Any) -> dict[str, Any]:
+        self._preset_subscriptions()
         subs = [s for _, s in sorted(self.webhook_subscriptions.items())
                 if (not topics or s["topic"] in topics) and (uri is None or s["uri"] == uri)]
         return connection(subs, key=lambda s: s["legacyResourceId"], **page)
@@ -831,6 +843,7 @@ class ShopifyGraphQL:
         return {"bulkOperation": op, "userErrors": []}
 
     def _webhook_create(self, topic: str, webhookSubscription: Mapping[str, Any]) -> dict[str, Any]:
+        self._preset_subscriptions()
         uri = webhookSubscription.get("uri")
         if not uri:
             return {"webhookSubscription": None, "userErrors": [{"field": ["webhookSubscription", "uri"],
@@ -849,6 +862,7 @@ class ShopifyGraphQL:
         return {"webhookSubscription": sub, "userErrors": []}
 
     def _webhook_delete(self, id: str) -> dict[str, Any]:
+        self._preset_subscriptions()
         number = gid_number(id)
         if number not in self.webhook_subscriptions:
             return {"deletedWebhookSubscriptionId": None, "userErrors": [{"field": ["id"],
