@@ -1,6 +1,6 @@
 """Soak: a 1,000-order sale day with heavy faults, through `clarus-pipelines simulate`.
 
-The rehearsal CI keeps is 200 orders (tests/test_simulate.py); this is the full-size one.
+The rehearsal CI keeps is 200 orders (tests/e2e/test_simulate.py); this is the full-size one.
 It runs the same command, then prints the counts that matter and how long it took:
 
     .venv/bin/python bench/soak.py [--orders 1000] [--seed 7] [--faults heavy] [--timeout 2700]

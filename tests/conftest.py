@@ -30,13 +30,18 @@ def pytest_configure(config):
     os.environ.setdefault(POLICIES_ENV, str(SANDBOX_POLICIES))
 
 
+LANES = ("unit", "flows", "e2e")  # tests/<lane>/: pure rules; sandbox and materialize; HTTP, browser, PostgreSQL, rehearsals
+
+
 def pytest_collection_modifyitems(config, items):
-    """Without ../shared/fixtures the realpayloads lane is skipped, saying where it looked."""
-    if PUBLISHED.available:
-        return
-    skip = pytest.mark.skip(reason=SKIP_REASON)
+    """Each test carries its lane's marker (from its folder). Without ../shared/fixtures the
+    realpayloads lane is skipped, saying where it looked."""
+    skip = None if PUBLISHED.available else pytest.mark.skip(reason=SKIP_REASON)
     for item in items:
-        if "realpayloads" in item.keywords:
+        lane = item.path.parent.name
+        if lane in LANES:
+            item.add_marker(getattr(pytest.mark, lane))
+        if skip is not None and "realpayloads" in item.keywords:
             item.add_marker(skip)
 
 

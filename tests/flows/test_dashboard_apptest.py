@@ -23,7 +23,7 @@ from clarus_pipelines.dashboards.app_pages import common
 
 pytestmark = pytest.mark.timeout(120)
 
-APP = Path(__file__).resolve().parents[1] / "dashboards" / "app.py"
+APP = Path(__file__).resolve().parents[2] / "dashboards" / "app.py"
 PASSWORD = "s3cret shared phrase"
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_definitions_load_and_validate():

@@ -82,7 +82,7 @@ def test_without_the_published_payloads_the_lane_is_skipped_with_its_reason(tmp_
     nowhere = tmp_path / "no-shared" / "fixtures"
     env = {**os.environ, "CLARUS_PUBLISHED_FIXTURES": str(nowhere)}
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/test_tracking.py", "-k", "fixture_tracking", "-rs", "-q", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", "tests/unit/test_tracking.py", "-k", "fixture_tracking", "-rs", "-q", "-p", "no:cacheprovider"],
         capture_output=True, text=True, env=env, cwd=OURS.root.parents[1], timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr

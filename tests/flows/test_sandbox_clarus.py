@@ -26,7 +26,7 @@ from clarus_pipelines.sandbox.openapi import SUBSET_PATH, response_problems
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
 from sandbox_helpers import WebhookRecorder, clarus_credentials, served_clarus, wait_until
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FULL_SPEC = REPO.parent / "shared" / "clarus" / "clarus-api.json"
 ADDRESS = {"name": "Jane Doe", "address_1": "1 High Street", "postcode": "AB1 2CD", "country_code": "GB"}
 

@@ -17,7 +17,7 @@ from clarus_pipelines.receiver.landing import Envelope, LandingZone
 from clarus_pipelines.state import StateStore
 from payloads import OURS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PG = dict(host="127.0.0.1", port=5432, user="postgres")
 
 pytestmark = pytest.mark.postgres

@@ -206,7 +206,7 @@ def test_a_past_hour_is_rebuilt_from_the_transaction_history(make_stack):
     rebuilt = stack.query("SELECT on_hand, available, source FROM stock_snapshots WHERE sku = ?"
                           " AND strftime(snapshot_hour, '%Y-%m-%d-%H:00') = ?", [sku, hour_key(hour)])
     # the sandbox's stock was all booked in (adjustments) after that hour: on hand then was nothing,
-    # whatever Clarus holds now (see tests/test_stock_history.py for the arithmetic)
+    # whatever Clarus holds now (see tests/unit/test_stock_history.py for the arithmetic)
     assert on_hand_then > 0 and rebuilt == [(0, None, "rebuilt")]
     transactions = [r for r in stack.clarus.requests() if r["path"] == "/graphql" and "transactions" in json.dumps(r["body"])]
     assert transactions  # read through GraphQL ListTransactions

@@ -23,7 +23,7 @@ from dashboard_seed import SeedSummary, seed_state
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "dashboards" / "app.py"
 ARTIFACTS = REPO / "tests" / "artifacts"
 CHROMIUM = Path("/usr/bin/chromium")

@@ -452,7 +452,7 @@ def audit_page(monkeypatch):
 
     def open_page(state: Path):
         monkeypatch.setenv("CLARUS_PIPELINES_STATE_DB", str(state))
-        at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "dashboards" / "app.py"), default_timeout=30).run()
+        at = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "dashboards" / "app.py"), default_timeout=30).run()
         at.switch_page("app_pages/audit.py").run()
         assert not at.exception, [e.value for e in at.exception]
         return at

@@ -1,4 +1,4 @@
-"""The wheel's package list covers the source tree (fast check; the wheel itself is tests/test_wheel.py).
+"""The wheel's package list covers the source tree (fast check; the wheel itself is tests/e2e/test_wheel.py).
 
 pyproject.toml names every package because the repo's `assets/`, `sensors/`, `dashboards/`,
 `quality/` and `config/` are mapped under `clarus_pipelines` with `package-dir`, which
@@ -9,7 +9,7 @@ would be left out of the wheel: this test says which.
 import tomllib
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_every_python_folder_is_a_listed_package():

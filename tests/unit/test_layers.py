@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Source folder -> package in the wheel (pyproject's package-dir): the design card's top-level
 # folders are installed under clarus_pipelines.
 PACKAGE_DIRS = {"clarus_pipelines": "clarus_pipelines", "assets": "clarus_pipelines.assets",

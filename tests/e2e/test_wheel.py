@@ -25,7 +25,7 @@ from payloads import OURS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 UV = Path(sys.executable).parent / "uv"
 SECRET = "k3J9x-Qw7Lp2Zr5Tb8Nm-wheel"
 GENERIC_NAMES = {"assets", "sensors", "dashboards", "quality", "config", "tests", "docs"}

@@ -13,7 +13,7 @@ import pytest
 from clarus_pipelines import catalogue, runbook
 from clarus_pipelines.cli import main as cli_main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RUNBOOK = REPO / "docs" / "runbook.md"
 
 
