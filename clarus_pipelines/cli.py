@@ -100,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name, rest = argv[0], argv[1:]
     module_name, text = COMMANDS[name]
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        return _missing_extra(name, exc)
     parser = argparse.ArgumentParser(prog=f"clarus-pipelines {name}", description=text)
     module.add_arguments(parser)
     from clarus_pipelines.logs import LOG_FORMAT_ENV, LOG_FORMATS, configure_logging, log_format_from_env
@@ -124,6 +127,20 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:  # e.g. no policies file: a message naming the setting, not a traceback
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        return _missing_extra(name, exc)
+
+
+SANDBOX_ONLY = {"graphql", "openapi_core"}  # the `sandbox` extra (pyproject.toml)
+
+
+def _missing_extra(command: str, exc: ModuleNotFoundError) -> int:
+    """The sandbox's look-alikes need packages a production install leaves out: say which extra."""
+    if (exc.name or "").split(".")[0] not in SANDBOX_ONLY:
+        raise exc
+    print(f"clarus-pipelines {command}: needs the sandbox look-alikes, which are not installed: "
+          "pip install 'clarus-pipelines[sandbox]'", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

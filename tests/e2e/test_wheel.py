@@ -84,7 +84,8 @@ def test_the_wheel_puts_nothing_generic_at_the_top_of_site_packages(installed):
     assert not GENERIC_NAMES & {p.name for p in site.iterdir()}
     names = set(zipfile.ZipFile(wheel).namelist())
     for data in ("clarus_pipelines/config/sandbox.yaml", "clarus_pipelines/quality/suites/orders.json",
-                 "clarus_pipelines/sandbox/clarus_openapi_subset.json", "clarus_pipelines/state/migrations/001_initial.sql",
+                 "clarus_pipelines/sandbox/clarus_openapi_subset.json", "clarus_pipelines/sandbox/shopify_admin_2026-10.json.gz",
+                 "clarus_pipelines/state/migrations/001_initial.sql",
                  "clarus_pipelines/dashboards/app.py", "clarus_pipelines/assets/orders.py", "clarus_pipelines/sensors/orders.py"):
         assert data in names
 
@@ -117,6 +118,11 @@ def test_the_installed_wheel_checks_config_validates_definitions_and_serves_webh
 
     checked = run([bin_dir / "clarus-pipelines", "check-config", "--config", policies], env=clean_env(root), cwd=work)
     assert json.loads(checked.stdout)["ok"] is True
+
+    # a production install has no sandbox look-alikes (the `sandbox` extra): the command says so
+    no_sandbox = subprocess.run([bin_dir / "clarus-pipelines", "sandbox"], env=clean_env(root), cwd=work,
+                                capture_output=True, text=True, timeout=120)
+    assert no_sandbox.returncode == 2 and "pip install 'clarus-pipelines[sandbox]'" in no_sandbox.stderr
 
     env = clean_env(root, CLARUS_PIPELINES_CONFIG=str(policies))
     validated = run([bin_dir / "dagster", "definitions", "validate", "-m", "clarus_pipelines.definitions"],
