@@ -25,6 +25,7 @@ from typing import Any
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 
 from clarus_pipelines.domain.skus import clean_sku_expr, zero_stripped_key_expr
 from clarus_pipelines.settings import Policies, ShipMethodRule
@@ -125,19 +126,30 @@ def _duckdb_structure(dtype: pl.DataType) -> Any:
 _ORDER_JSON_STRUCTURE = json.dumps(_duckdb_structure(ORDER_JSON_DTYPE))
 
 
+def _arrow_batches(texts: pl.Series, rows: int = 4096) -> pa.Table:
+    """The texts as an Arrow table of even batches: one contiguous copy (a batch read file by file
+    arrives in thousands of one-row chunks, which DuckDB would scan one by one), then slices that
+    DuckDB's threads decode side by side."""
+    table = texts.rechunk().to_frame().to_arrow()
+    return pa.Table.from_batches(table.to_batches(max_chunksize=rows), schema=table.schema)
+
+
 def decode_order_json(texts: pl.Series) -> pl.Series:
     """Order JSON texts -> one `ORDER_JSON_DTYPE` struct per text (null for a null text).
 
-    DuckDB's JSON reader decodes a batch about twice as fast as polars' `json_decode`
-    (the largest cost of taking a sale's orders in). Numbers read into text fields keep
-    their digits ("5000000000000" stays exact). A batch DuckDB refuses (malformed JSON)
-    goes to polars' decoder, so it fails or succeeds exactly as it always did.
+    DuckDB's JSON reader decodes a batch two to three times as fast as polars' `json_decode`
+    (which was most of the cost of taking a sale's orders in), with the same result for
+    what Shopify sends: numbers read into text fields keep their digits ("5000000000000"
+    stays exact). Where they differ, DuckDB is the more forgiving: a whole float keeps its
+    ".0", and a field of the wrong JSON type reads as null (or its JSON text) so the order
+    is held for it, where polars failed the whole batch. A batch DuckDB refuses (malformed
+    JSON) goes to polars' decoder, so it fails or succeeds exactly as it always did.
     """
     texts = texts.cast(pl.Utf8).alias("payload")
     if texts.len():
         try:
             with duckdb.connect() as con:
-                con.register("payloads", texts.to_frame())
+                con.register("payloads", _arrow_batches(texts))
                 decoded = con.sql(
                     "SELECT from_json(payload, ?) AS raw FROM payloads", params=[_ORDER_JSON_STRUCTURE]
                 ).pl()["raw"]
