@@ -184,11 +184,12 @@ def whole_units(balances: pl.DataFrame) -> pl.DataFrame:
 
 
 # ------------------------------------------------------------------ keyed frames, fast
-# A large catalogue's stock run (a million SKUs x warehouses) must stay well under a second,
-# and what costs is hashing and sorting text keys. Our frames are kept in key order (Clarus
-# lists each warehouse's balances in SKU order; targets and pushes are sorted by item and
-# location), so these helpers first check the order in one pass and only fall back to a
-# polars sort or hash join when the rows are not already where they need to be.
+# A large catalogue's stock run (a million SKUs x warehouses) must stay well under a second
+# (issue 13), and what costs is hashing and sorting text keys. The frames these rules make
+# are in key order (ATS by SKU and location, targets and so the pushes recorded from them by
+# item and location), so the rules check the order in one pass, then pair rows by position;
+# rows not in order, or keys that do not line up, fall back to a polars sort or hash join.
+# tests/test_stock_equivalence.py holds the plain join-and-sort forms they must agree with.
 
 
 def _in_key_order(frame: pl.DataFrame, keys: Sequence[str], *, strict: bool = False) -> bool:
