@@ -130,7 +130,7 @@ def _arrow_batches(texts: pl.Series, rows: int = 4096) -> pa.Table:
     """The texts as an Arrow table of even batches: one contiguous copy (a batch read file by file
     arrives in thousands of one-row chunks, which DuckDB would scan one by one), then slices that
     DuckDB's threads decode side by side."""
-    table = texts.rechunk().to_frame().to_arrow()
+    table = texts.rechunk().to_frame().to_arrow(compat_level=pl.CompatLevel.newest())  # string views: no copy
     return pa.Table.from_batches(table.to_batches(max_chunksize=rows), schema=table.schema)
 
 
