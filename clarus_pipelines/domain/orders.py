@@ -23,7 +23,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import duckdb
 import polars as pl
+import pyarrow as pa
 
 from clarus_pipelines.domain.skus import clean_sku_expr, zero_stripped_key_expr
 from clarus_pipelines.policies import Policies, ShipMethodRule
@@ -111,6 +113,53 @@ _ORDER_FIELDS = {
 # Webhooks carry the bare order; REST reads wrap it in {"order": ...}. Decode both at once.
 ORDER_JSON_DTYPE = pl.Struct({**_ORDER_FIELDS, "order": pl.Struct(_ORDER_FIELDS)})
 
+
+def _duckdb_structure(dtype: pl.DataType) -> Any:
+    """The `from_json` structure for a polars dtype made of structs, lists, strings and booleans."""
+    if isinstance(dtype, pl.Struct):
+        return {field.name: _duckdb_structure(field.dtype) for field in dtype.fields}
+    if isinstance(dtype, pl.List):
+        return [_duckdb_structure(dtype.inner)]
+    return {pl.Utf8: "VARCHAR", pl.Boolean: "BOOLEAN"}[dtype]
+
+
+_ORDER_JSON_STRUCTURE = json.dumps(_duckdb_structure(ORDER_JSON_DTYPE))
+
+
+def _arrow_batches(texts: pl.Series, rows: int = 4096) -> pa.Table:
+    """The texts as an Arrow table of even batches: one contiguous copy (a batch read file by file
+    arrives in thousands of one-row chunks, which DuckDB would scan one by one), then slices that
+    DuckDB's threads decode side by side."""
+    table = texts.rechunk().to_frame().to_arrow(compat_level=pl.CompatLevel.newest())  # string views: no copy
+    return pa.Table.from_batches(table.to_batches(max_chunksize=rows), schema=table.schema)
+
+
+def decode_order_json(texts: pl.Series) -> pl.Series:
+    """Order JSON texts -> one `ORDER_JSON_DTYPE` struct per text (null for a null text).
+
+    DuckDB's JSON reader decodes a batch two to three times as fast as polars' `json_decode`
+    (which was most of the cost of taking a sale's orders in), with the same result for
+    what Shopify sends: numbers read into text fields keep their digits ("5000000000000"
+    stays exact). Where they differ, DuckDB is the more forgiving: a whole float keeps its
+    ".0", and a field of the wrong JSON type reads as null (or its JSON text) so the order
+    is held for it, where polars failed the whole batch. A batch DuckDB refuses (malformed
+    JSON) goes to polars' decoder, so it fails or succeeds exactly as it always did.
+    """
+    texts = texts.cast(pl.Utf8).alias("payload")
+    if texts.len():
+        try:
+            with duckdb.connect() as con:
+                con.register("payloads", _arrow_batches(texts))
+                decoded = con.sql(
+                    "SELECT from_json(payload, ?) AS raw FROM payloads", params=[_ORDER_JSON_STRUCTURE]
+                ).pl()["raw"]
+        except duckdb.Error:
+            pass
+        else:
+            if decoded.dtype == ORDER_JSON_DTYPE and decoded.len() == texts.len():
+                return decoded
+    return texts.str.json_decode(ORDER_JSON_DTYPE).alias("raw")
+
 ORDER_COLUMNS = (
     "payload_index", "order_id", "order_name", "email", "phone", "created_at", "updated_at", "processed_at", "cancelled_at",
     "cancel_reason", "financial_status", "fulfillment_status", "currency", "total_price", "note", "tags",
@@ -190,7 +239,7 @@ def parse_orders(payloads: pl.Series | Sequence[Any], sku_rule=None) -> ParsedOr
     """
     series = payloads if isinstance(payloads, pl.Series) else order_json_texts(payloads)
     series = series.cast(pl.Utf8).alias("payload")
-    decoded = series.str.json_decode(ORDER_JSON_DTYPE).alias("raw").to_frame().unnest("raw")
+    decoded = decode_order_json(series).alias("raw").to_frame().unnest("raw")
     bare = pl.struct([pl.col(name) for name in _ORDER_FIELDS])
     frame = decoded.select(
         pl.when(pl.col("order").is_not_null()).then(pl.col("order")).otherwise(bare).alias("o")

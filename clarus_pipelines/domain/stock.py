@@ -19,7 +19,7 @@ column is `pl.Utf8`; quantities are `pl.Int64`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import polars as pl
@@ -183,6 +183,56 @@ def whole_units(balances: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+# ------------------------------------------------------------------ keyed frames, fast
+# A large catalogue's stock run (a million SKUs x warehouses) must stay well under a second
+# (issue 13), and what costs is hashing and sorting text keys. The frames these rules make
+# are in key order (ATS by SKU and location, targets and so the pushes recorded from them by
+# item and location), so the rules check the order in one pass, then pair rows by position;
+# rows not in order, or keys that do not line up, fall back to a polars sort or hash join.
+# tests/test_stock_equivalence.py holds the plain join-and-sort forms they must agree with.
+
+
+def _in_key_order(frame: pl.DataFrame, keys: Sequence[str], *, strict: bool = False) -> bool:
+    """True when no key is null and the rows are sorted by `keys` (`strict`: no key repeats). One pass."""
+    if any(frame[key].null_count() for key in keys):
+        return False
+    if frame.height < 2:
+        return True
+    in_order: pl.Series | None = None
+    for key in reversed(keys):
+        here, after = frame[key].slice(0, frame.height - 1), frame[key].slice(1)
+        if in_order is None:
+            in_order = (after > here) if strict else (after >= here)
+        else:
+            in_order = (after > here) | ((after == here) & in_order)
+    return bool(in_order.all())
+
+
+def _same_rows(frame: pl.DataFrame, others: list[pl.DataFrame], keys: Sequence[str]) -> bool:
+    """`frame`'s keys are unique and in order, and every one of `others` has the same keys in the same rows
+    (so a left join would pair row i with row i)."""
+    return (
+        all(other.height == frame.height for other in others)
+        and all(other[key].equals(frame[key]) for other in others for key in keys)
+        and _in_key_order(frame, keys, strict=True)
+    )
+
+
+def _summed_per_key(frame: pl.DataFrame, key: str, value: str) -> pl.DataFrame:
+    """`value` summed per `key`, sorted by `key` (no work when the keys are already unique and in order)."""
+    if _in_key_order(frame, [key], strict=True):
+        return frame
+    if not _in_key_order(frame, [key]):
+        frame = frame.sort(key)
+    return frame.group_by(key, maintain_order=True).agg(pl.col(value).sum())
+
+
+def _in_turn(height: int, count: int) -> tuple[pl.Series, pl.Series]:
+    """Rows taken from `count` aligned parts of `height` rows in turn: (row within its part, part)."""
+    position = pl.int_range(0, height * count, eager=True)
+    return position // count, position % count
+
+
 def _buffers_frame(buffers: Mapping[str, int]) -> pl.DataFrame:
     return pl.DataFrame(
         {"sku": list(buffers), "buffer": list(buffers.values())}, schema={"sku": pl.Utf8, "buffer": pl.Int64}
@@ -198,7 +248,7 @@ def available_to_sell(
     default_buffer: int,
     account_ids: Iterable[str] | None = None,
 ) -> pl.DataFrame:
-    """What each Shopify location may sell of each SKU (`ATS_SCHEMA`).
+    """What each Shopify location may sell of each SKU (`ATS_SCHEMA`), sorted by SKU and location.
 
     `balances`: Clarus balances (`sku`, `warehouse_id`, `account_id`, `available`).
     `location_map`: `warehouse_id` -> `location_id`; warehouses not in it are not sold from.
@@ -209,35 +259,76 @@ def available_to_sell(
     """
     frame = balances.lazy().filter(pl.col("sku").is_not_null())
     if account_ids is not None:
-        frame = frame.filter(pl.col("account_id").is_in(pl.Series(list(account_ids), dtype=pl.Utf8)))
-    per_location = (
-        frame.join(
-            location_map.lazy().select(pl.col("warehouse_id").cast(pl.Utf8), pl.col("location_id").cast(pl.Utf8)),
-            on="warehouse_id",
-            how="inner",
-        )
-        .group_by("sku", "location_id")
-        .agg(pl.col("available").fill_null(0).floor().clip(lower_bound=0).sum().cast(pl.Int64).alias("clarus_available"))
+        frame = frame.filter(pl.col("account_id").is_in(pl.Series(list(account_ids), dtype=pl.Utf8).implode()))
+    rows = frame.select(
+        "sku", "warehouse_id", pl.col("available").fill_null(0).floor().clip(lower_bound=0).alias("units")
+    ).collect()
+    mapping = (
+        location_map.select(pl.col("warehouse_id").cast(pl.Utf8), pl.col("location_id").cast(pl.Utf8))
+        .filter(pl.col("warehouse_id").is_not_null())
+        .unique()
     )
+    # one part per location, in location order, each summed per SKU in SKU order
+    locations = mapping["location_id"].unique().sort()
+    parts = []
+    for location in locations:
+        warehouses = mapping.filter(pl.col("location_id").eq_missing(location))["warehouse_id"]
+        part = rows.filter(pl.col("warehouse_id").is_in(warehouses.implode())).select("sku", "units")
+        parts.append(_summed_per_key(part, "sku", "units"))
+    if not parts:
+        return pl.DataFrame(schema=ATS_SCHEMA)
     unsent_per_sku = (
         unsent.lazy()
         .select(pl.col("sku").cast(pl.Utf8), pl.col("quantity").cast(pl.Int64))
+        .filter(pl.col("sku").is_not_null())
         .group_by("sku")
         .agg(pl.col("quantity").sum().alias("unsent"))
+        .collect()
     )
-    result = (
-        per_location.join(_buffers_frame(buffers).lazy(), on="sku", how="left")
-        .join(unsent_per_sku, on="sku", how="left")
-        .with_columns(
-            pl.col("buffer").fill_null(default_buffer).cast(pl.Int64),
-            pl.col("unsent").fill_null(0).cast(pl.Int64),
+    skus = parts[0]["sku"]
+    if len(parts) == 1:
+        per_location = parts[0].with_columns(
+            pl.lit(locations[0], pl.Utf8).alias("location_id"),
+            *_deductions(skus, buffers, default_buffer, unsent_per_sku),
         )
-        .with_columns(
-            (pl.col("clarus_available") - pl.col("buffer") - pl.col("unsent")).clip(lower_bound=0).alias("quantity")
+    elif all(part["sku"].equals(skus) for part in parts[1:]):
+        # every location holds the same SKUs (the usual shape): each SKU's locations in turn
+        row, part = _in_turn(skus.len(), len(parts))
+        per_location = pl.DataFrame([
+            skus.gather(row),
+            pl.concat([p["units"] for p in parts]).gather(part * skus.len() + row),
+            locations.gather(part).alias("location_id"),
+            *(column.gather(row) for column in _deductions(skus, buffers, default_buffer, unsent_per_sku)),
+        ])
+    else:
+        per_location = pl.concat(
+            [p.with_columns(pl.lit(location, pl.Utf8).alias("location_id")) for p, location in zip(parts, locations)]
+        ).sort("sku", "location_id")
+        per_location = per_location.with_columns(
+            *_deductions(per_location["sku"], buffers, default_buffer, unsent_per_sku)
         )
-        .select(list(ATS_SCHEMA))
+    return per_location.select(
+        "sku",
+        "location_id",
+        pl.col("units").cast(pl.Int64).alias("clarus_available"),
+        "buffer",
+        "unsent",
+        (pl.col("units").cast(pl.Int64) - pl.col("buffer") - pl.col("unsent")).clip(lower_bound=0).alias("quantity"),
+    ).cast(ATS_SCHEMA)
+
+
+def _deductions(
+    skus: pl.Series, buffers: Mapping[str, int], default_buffer: int, unsent_per_sku: pl.DataFrame
+) -> list[pl.Series]:
+    """Per SKU of `skus`: its safety `buffer` and the `unsent` quantity on orders not yet in Clarus."""
+    buffer_table = _buffers_frame(buffers)
+    buffer = (
+        skus.replace_strict(buffer_table["sku"], buffer_table["buffer"], default=None, return_dtype=pl.Int64)
+        .fill_null(default_buffer)
+        .cast(pl.Int64)
     )
-    return result.collect().cast(ATS_SCHEMA).sort("sku", "location_id")
+    unsent = skus.replace_strict(unsent_per_sku["sku"], unsent_per_sku["unsent"], default=0, return_dtype=pl.Int64)
+    return [buffer.alias("buffer"), unsent.alias("unsent")]
 
 
 def variants_frame(records: Iterable[Mapping[str, Any]], rule: SkuCleaning) -> pl.DataFrame:
@@ -265,42 +356,113 @@ def push_targets(ats: pl.DataFrame, variants: pl.DataFrame, location_ids: Iterab
 
     A variant is managed when it has a SKU and an inventory item. Managed items whose SKU
     Clarus has no sellable stock of get 0: Clarus is master, and what it does not hold
-    cannot be sold. Variants sharing a SKU each get the SKU's quantity.
+    cannot be sold. Variants sharing a SKU each get the SKU's quantity. Sorted by
+    inventory item and location.
     """
-    locations = pl.DataFrame({"location_id": [str(x) for x in location_ids]}, schema={"location_id": pl.Utf8})
+    locations = sorted(str(x) for x in location_ids)
     items = (
         variants.lazy()
         .filter(pl.col("sku").is_not_null() & pl.col("inventory_item_id").is_not_null())
-        .select("inventory_item_id", "sku")
-        .unique()
-        .join(locations.lazy(), how="cross")
+        .select(pl.col("inventory_item_id").cast(pl.Utf8), pl.col("sku").cast(pl.Utf8))
+        .collect()
     )
+    one_sku_per_item = _in_key_order(items, ["inventory_item_id"], strict=True)
+    if not one_sku_per_item:
+        items = items.unique().sort("inventory_item_id", "sku")
+    if not locations or items.is_empty():
+        return pl.DataFrame(schema=TARGET_SCHEMA)
+    quantities = _quantities_by_location(ats, sorted(set(locations)))
+    if quantities is None:  # more than one row per SKU and location: let the join say what it means
+        return _push_targets_by_join(ats, items, locations)
+    if _in_key_order(items, ["sku"]):  # items listed in SKU order too: a merge join, no hashing
+        priced = (
+            items.lazy()
+            .with_columns(pl.col("sku").set_sorted())
+            .join(quantities.lazy().with_columns(pl.col("sku").set_sorted()), on="sku", how="left", maintain_order="left")
+            .collect()
+        )
+    else:
+        priced = items.join(quantities, on="sku", how="left", maintain_order="left")
+    if len(locations) == 1:
+        targets = priced.select(
+            "inventory_item_id", pl.lit(locations[0], pl.Utf8).alias("location_id"), "sku",
+            pl.col(f"quantity_{locations[0]}").alias("quantity"),
+        )
+    else:  # each item's locations in turn
+        row, part = _in_turn(priced.height, len(locations))
+        targets = pl.DataFrame({
+            "inventory_item_id": priced["inventory_item_id"].gather(row),
+            "location_id": pl.Series(locations, dtype=pl.Utf8).gather(part),
+            "sku": priced["sku"].gather(row),
+            "quantity": pl.concat([priced[f"quantity_{location}"] for location in locations]).gather(
+                part * priced.height + row
+            ),
+        })
+    targets = targets.with_columns(pl.col("quantity").fill_null(0).cast(pl.Int64))
+    if not one_sku_per_item:
+        targets = targets.sort(_KEY, maintain_order=True)
+    return targets.cast(TARGET_SCHEMA)
+
+
+def _quantities_by_location(ats: pl.DataFrame, locations: list[str]) -> pl.DataFrame | None:
+    """One row per SKU, one `quantity_<location>` column per location; None when a SKU repeats at a location."""
+    frame = ats.select(pl.col("sku").cast(pl.Utf8), pl.col("location_id").cast(pl.Utf8), pl.col("quantity"))
+    span = len(locations)
+    if frame.height and frame.height % span == 0 and not frame["location_id"].null_count():
+        # every SKU at exactly these locations, in order (the usual shape): read the columns by stride
+        skus = frame["sku"].gather_every(span)
+        wide = {"sku": skus}
+        for offset, location in enumerate(locations):
+            if not (frame["location_id"].gather_every(span, offset) == location).all():
+                break
+            if offset and not frame["sku"].gather_every(span, offset).equals(skus):
+                break
+            wide[f"quantity_{location}"] = frame["quantity"].gather_every(span, offset)
+        else:
+            if _in_key_order(skus.to_frame(), ["sku"], strict=True):
+                return pl.DataFrame(wide)
+    wide = None
+    for location in locations:
+        per_sku = frame.filter(pl.col("location_id") == location).select(
+            "sku", pl.col("quantity").alias(f"quantity_{location}")
+        )
+        if per_sku["sku"].is_duplicated().any():
+            return None
+        wide = per_sku if wide is None else wide.join(per_sku, on="sku", how="full", coalesce=True)
+    return wide
+
+
+def _push_targets_by_join(ats: pl.DataFrame, items: pl.DataFrame, locations: list[str]) -> pl.DataFrame:
+    """The general form of `push_targets` (every item at every location, left-joined to `ats`)."""
+    location_frame = pl.DataFrame({"location_id": locations}, schema={"location_id": pl.Utf8})
     return (
-        items.join(ats.lazy().select("sku", "location_id", "quantity"), on=["sku", "location_id"], how="left")
+        items.lazy()
+        .join(location_frame.lazy(), how="cross")
+        .join(ats.lazy().select("sku", "location_id", "quantity"), on=["sku", "location_id"], how="left")
         .with_columns(pl.col("quantity").fill_null(0).cast(pl.Int64))
         .select(list(TARGET_SCHEMA))
         .collect()
         .cast(TARGET_SCHEMA)
-        .sort(_KEY)
+        .sort(_KEY, maintain_order=True)
     )
 
 
-def _baseline(last_pushed: pl.LazyFrame, observed: pl.LazyFrame | None, tolerance: int) -> pl.LazyFrame:
+def _baseline(last_pushed: pl.DataFrame, observed: pl.DataFrame | None, tolerance: int) -> pl.DataFrame:
     """What Shopify is believed to show: the last set, unless a later read says otherwise."""
     base = last_pushed.select(*_KEY, pl.col("quantity").alias("last_set"), "pushed_at")
     if observed is None:
         return base.select(*_KEY, pl.col("last_set").alias("baseline"))
     seen = observed.select(*_KEY, pl.col("available").alias("seen"), "read_at")
+    return base.join(seen, on=_KEY, how="left", maintain_order="left").select(*_KEY, _drift_corrected(tolerance))
+
+
+def _drift_corrected(tolerance: int) -> pl.Expr:
     drifted = (
         pl.col("seen").is_not_null()
         & (pl.col("read_at") > pl.col("pushed_at"))
         & ((pl.col("seen") - pl.col("last_set")).abs() > tolerance)
     )
-    return (
-        base.join(seen, on=_KEY, how="left")
-        .with_columns(pl.when(drifted).then(pl.col("seen")).otherwise(pl.col("last_set")).alias("baseline"))
-        .select(*_KEY, "baseline")
-    )
+    return pl.when(drifted).then(pl.col("seen")).otherwise(pl.col("last_set")).alias("baseline")
 
 
 def stock_deltas(
@@ -316,20 +478,26 @@ def stock_deltas(
     When `observed` (a read of Shopify's levels) is newer than the last set and differs
     from it by more than `tolerance` (someone edited stock in Shopify), the observed
     quantity is the baseline, so the next push corrects the drift. Returns `DELTA_SCHEMA`
-    with `previous` = the baseline (null when never set).
+    with `previous` = the baseline (null when never set), sorted by item and location.
     """
-    baseline = _baseline(
-        last_pushed.lazy().cast(PUSHED_SCHEMA), observed.lazy().cast(LEVEL_SCHEMA) if observed is not None else None, tolerance
-    )
-    return (
-        targets.lazy()
-        .join(baseline, on=_KEY, how="left")
-        .filter(pl.col("baseline").is_null() | (pl.col("baseline") != pl.col("quantity")))
+    last = last_pushed.cast(PUSHED_SCHEMA)
+    seen = observed.cast(LEVEL_SCHEMA) if observed is not None else None
+    if _same_rows(targets, [last] if seen is None else [last, seen], _KEY):
+        # the usual run: one row per item and location in all of them, in the same order
+        joined = targets.hstack([last["quantity"].alias("last_set"), last["pushed_at"]])
+        if seen is None:
+            joined = joined.with_columns(pl.col("last_set").alias("baseline"))
+        else:
+            joined = joined.hstack([seen["available"].alias("seen"), seen["read_at"]])
+            joined = joined.with_columns(_drift_corrected(tolerance))
+    else:
+        joined = targets.join(_baseline(last, seen, tolerance), on=_KEY, how="left", maintain_order="left")
+    deltas = (
+        joined.filter(pl.col("baseline").is_null() | (pl.col("baseline") != pl.col("quantity")))
         .select(*TARGET_SCHEMA, pl.col("baseline").alias("previous"))
-        .collect()
         .cast(DELTA_SCHEMA)
-        .sort(_KEY)
     )
+    return deltas if _in_key_order(deltas, _KEY) else deltas.sort(_KEY)
 
 
 def stock_mismatches(

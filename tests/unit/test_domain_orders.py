@@ -315,3 +315,37 @@ def test_shipping_address_change_compares_only_what_we_send():
     with_company = {**as_netsuite_keeps_it, "attention": "Analytical Engines Ltd"}
     assert shipping_address_change(with_company, wanted) == {"attention": "", **wanted}
     assert shipping_address_change(with_company, None) is None
+
+
+# ------------------------------------------------------------------------ decoding
+
+
+def test_fast_decoder_reads_orders_exactly_as_polars_did():
+    """`decode_order_json` (DuckDB's reader, issue 13) gives the frame polars' decoder gave:
+    published and generated orders, wrapped and bare, ids beyond 2**53, SKUs with leading
+    zeros, unicode, nulls and missing fields."""
+    from clarus_pipelines.domain.orders import ORDER_JSON_DTYPE, decode_order_json
+    from order_samples import REAL_ORDERS
+
+    payloads = [json.dumps(real_order(name, unwrap=False)) for name in REAL_ORDERS]
+    payloads += [json.dumps(make_order(n, lines=[("000123", 2), (None, 1), ("Çà-1", 3)])) for n in range(1, 40)]
+    payloads += [
+        json.dumps({"order": make_order(99, order_id=2**62 + 7)}),
+        json.dumps(make_order(98, address=None, shipping=None)),
+        '{"id": 123456789012345678901234567890, "line_items": [], "shipping_lines": null}',
+        '{"id": 1, "line_items": [{"id": 2, "sku": "000", "quantity": 2, "requires_shipping": false}]}',
+        "{}",
+        None,
+    ]
+    texts = pl.Series("payload", payloads, dtype=pl.Utf8)
+    decoded = decode_order_json(texts)
+    assert decoded.dtype == ORDER_JSON_DTYPE
+    assert decoded.to_list() == texts.str.json_decode(ORDER_JSON_DTYPE).to_list()
+    assert decoded[-4]["id"] == "123456789012345678901234567890"
+
+
+def test_a_malformed_batch_still_fails_as_before():
+    from clarus_pipelines.domain.orders import decode_order_json
+
+    with pytest.raises(pl.exceptions.ComputeError):
+        decode_order_json(pl.Series([json.dumps(make_order(1)), '{"id": 1,']))
