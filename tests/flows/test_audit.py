@@ -28,6 +28,7 @@ from clarus_pipelines.audit.render import render, to_html, to_markdown
 from clarus_pipelines.connectors.clarus import ClarusResource
 from clarus_pipelines.connectors.netsuite import NetSuiteResource
 from clarus_pipelines.connectors.shopify import ShopifyResource
+from clarus_pipelines.domain import outside_fulfilments as outside
 from clarus_pipelines.exception_queue import utcnow
 from clarus_pipelines.receiver.events import load_landings, store_events
 from clarus_pipelines.receiver.landing import Envelope, LandingZone
@@ -285,6 +286,26 @@ class World:
         intake_landed_orders(self.store, POLICIES)
         send_ready_orders(self.store, POLICIES, netsuite=self.clients["netsuite"], clarus=self.clients["clarus"],
                           customer_id=POLICIES.tenant.netsuite_customer_id)
+        self.fulfilled_by_hand = self._follow_up(traffic, zone)
+
+    def _follow_up(self, traffic: TrafficGenerator, zone: LandingZone) -> list[str]:
+        """The generator's follow-ups (a merchant fulfilling an order by hand in Shopify admin), their
+        `fulfillments/create` webhooks landed and the fulfilment watch run past its grace period."""
+        traffic.apply_followups(force=True)
+        assert self.handle.shopify.webhook_sender.flush(20)
+        hooks = [h for h in self.recorder.snapshot() if h["headers"].get("x-shopify-topic") == "fulfillments/create"]
+        if not hooks:
+            return []
+        relpaths = [zone.land(Envelope(source="shopify", topic="fulfillments/create", body=h["raw"], via="webhook",
+                                       dedupe_key=f"shopify:webhook:{h['headers']['x-shopify-webhook-id']}",
+                                       headers={"x-shopify-topic": "fulfillments/create"})).relpath for h in hooks]
+        with self.store.write() as con:
+            store_events(con, load_landings(zone, relpaths))
+        later = utcnow() + timedelta(minutes=POLICIES.outside_fulfilment.grace_minutes + 1)
+        outside.take_in_fulfilments(self.store)
+        outside.judge_fulfilments(self.store, POLICIES, now=later)
+        outside.act_on_outside_fulfilments(self.store, POLICIES, clarus=self.clients["clarus"], now=later)
+        return [str(h["body"]["order_id"]) for h in hooks]
 
     def env(self, monkeypatch) -> None:
         """Point the CLI's settings at this world."""
@@ -301,18 +322,12 @@ class World:
         self.recorder.__exit__(None, None, None)
 
 
-FAILURE_MIX = ["clean", "unmapped_shipping_line", "sku_leading_zeros_stripped", "sku_unknown", "clean"]
+FAILURE_MIX = ["clean", "unmapped_shipping_line", "sku_leading_zeros_stripped", "sku_unknown", "clean", "fulfilled_outside_wms"]
 
 
 @pytest.fixture(scope="module")
 def failing_world(tmp_path_factory):
     world = World(tmp_path_factory.mktemp("audit-failures"), FAILURE_MIX)
-    with world.store.write() as con:  # a fulfilment made outside Clarus, as the fulfilment watch records it
-        con.execute(
-            "INSERT INTO exceptions (code, entity_id, entity_type, owner, severity, status, message, details, first_seen,"
-            " last_seen, occurrences) VALUES ('FULFILLED_OUTSIDE_WMS', ?, 'order', 'ops', 'high', 'open',"
-            " 'Shopify fulfilment 5300000000099 was not made by Clarus', NULL, ?, ?, 1)",
-            [str(world.orders[0].order_id), utcnow(), utcnow()])
     yield world
     world.close()
 
@@ -348,9 +363,11 @@ def test_every_seeded_gap_appears_with_its_owner(failing_world: World) -> None:
     assert {c: f["owner"] for c, f in held.items()} == {
         "orders.held_too_long.SHIP_METHOD_UNMAPPED": "ops", "orders.held_too_long.SKU_UNKNOWN": "merchandising"}
     assert held["orders.held_too_long.SKU_UNKNOWN"]["count"] == 2
-    outside = found["orders.fulfilled_outside_wms"]
-    assert (outside["owner"], outside["severity"], outside["count"]) == ("ops", "blocker", 1)
-    assert report["go_live"] is False and report["timings"]["to_warehouse"]["orders"] == 2
+    by_hand = found["orders.fulfilled_outside_wms"]  # the generator's merchant fulfilled one order in Shopify admin
+    assert failing_world.fulfilled_by_hand == [str(by_case["fulfilled_outside_wms"].order_id)]
+    assert (by_hand["owner"], by_hand["severity"], by_hand["count"]) == ("ops", "blocker", 1)
+    # the three orders that reached Clarus: the two clean ones and the one fulfilled by hand afterwards
+    assert report["go_live"] is False and report["timings"]["to_warehouse"]["orders"] == 3
     assert all(f["effect"] and f["fix"] for f in report["findings"])
     assert "webhooks.topics_not_subscribed" not in found and "connections.failing" not in found
     assert report["webhooks"] == {"subscribed": sorted(rules.CONSUMED_SHOPIFY_TOPICS),
