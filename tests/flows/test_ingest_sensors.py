@@ -497,3 +497,36 @@ def test_clarus_missed_webhooks_lands_dispatches_without_a_webhook(intake, resou
             "missed_by_webhooks"].value == {"goods_out": 0}
         client.close()
     assert len(zone.list_landings("clarus")) == 3
+
+
+def test_a_backfill_sized_look_back_reads_shopify_with_one_bulk_operation(intake, resources, zone):
+    """Issue 15: a reconciliation run over days (a backfill after an outage) reads the orders through
+    a bulk operation, not page by page, and lands what webhooks missed exactly as paging would."""
+    from clarus_pipelines.assets.reconciliation import shopify_missed_webhooks
+    from clarus_pipelines.connectors.shopify import ShopifyResource
+    from clarus_pipelines.sandbox.serving import serve_in_thread
+    from clarus_pipelines.sandbox.shopify import ShopifySandbox
+
+    clock = {"now": datetime.now(timezone.utc) - timedelta(days=2)}
+
+    def next_moment() -> datetime:
+        clock["now"] += timedelta(seconds=2)
+        return clock["now"]
+
+    sandbox = ShopifySandbox(seed=5, access_token="bulk-token", webhook_secret=SECRETS.shopify, clock=next_moment)
+    address = {"first_name": "Bo", "last_name": "Ng", "address1": "2 Low St", "city": "Hull", "zip": "HU1 1AA",
+               "country_code": "GB"}
+    sku = sandbox.catalog.variants[0].shopify_sku
+    with serve_in_thread(sandbox.app) as served:
+        shop = ShopifyResource(base_url=served.url, access_token="bulk-token")
+        placed = [sandbox.create_order(line_items=[{"sku": sku, "quantity": n}], shipping_address=address) for n in (1, 2, 3)]
+        result = dg.materialize(
+            [shopify_missed_webhooks], resources={**resources, "shopify": shop}, instance=shared_instance(),
+            run_config={"ops": {"shopify_missed_webhooks": {"config": {"grace_minutes": -5, "lookback_minutes": 3 * 24 * 60}}}})
+        meta = result.asset_materializations_for_node("shopify_missed_webhooks")[0].metadata
+        assert meta["read"].value == "bulk operation"
+        assert meta["missed_by_webhooks"].value == {"order": 3, "refund": 0}
+        assert len(sandbox.graphql.bulk_operations) == 1  # one bulk query, not a page per 50 orders
+        landed = {json.loads(e.body)["id"] for e in (zone.read(r) for r in zone.list_landings()) if e.via == "reconciliation"}
+        assert landed == {o["id"] for o in placed}
+        shop.close()
