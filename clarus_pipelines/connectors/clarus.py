@@ -17,7 +17,6 @@ selections below); REST bodies take integer ids, converted here.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
@@ -32,6 +31,7 @@ from clarus_pipelines.connectors.clarus_model import (
     build_product_body,
     clarus_datetime,
 )
+from clarus_pipelines.connectors.writes import write_once
 from clarus_pipelines.connectors.http import ConnectorError, HttpConnector, RetryPolicy, send_with_retries
 
 log = logging.getLogger(__name__)
@@ -133,23 +133,6 @@ def _rejection(response: httpx.Response) -> ClarusRejected:
     return ClarusRejected(first.get("code"), message, errors, status=response.status_code)
 
 
-def _not_processed(exc: ConnectorError) -> bool:
-    """True when the failed request certainly did not reach Clarus's logic (safe to resend)."""
-    cause = exc.__cause__
-    if exc.status == 429:
-        return True
-    return isinstance(cause, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
-
-
-def _retry_after(exc: ConnectorError) -> float | None:
-    response = getattr(exc.__cause__, "response", None)
-    value = response.headers.get("Retry-After") if response is not None else None
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None
-
-
 class ClarusResource(HttpConnector):
     """Clarus WMS API client for one tenant (subdomain)."""
 
@@ -222,13 +205,6 @@ class ClarusResource(HttpConnector):
             raise ConnectorError(SYSTEM, f"{what}: HTTP {response.status_code}", response.status_code, response.text[:1000])
         return response.json() if response.content else {}
 
-    def _backoff(self, attempt: int, exc: ConnectorError | None = None) -> float:
-        asked = _retry_after(exc) if exc is not None else None
-        if asked is not None:
-            return min(asked, 30.0)
-        policy = self._policy()
-        return min(policy.initial_s * 2 ** (attempt - 1), policy.max_backoff_s) + random.uniform(0, policy.jitter_s)
-
     def _write_with_recovery(
         self,
         method: str,
@@ -240,24 +216,12 @@ class ClarusResource(HttpConnector):
     ) -> tuple[httpx.Response | None, Any]:
         """Send a non-idempotent write; after an ambiguous failure call `recover()`.
 
-        `recover` looks at Clarus to decide whether the write landed: it returns a truthy
-        outcome to stop (the write is done), or None to resend. Returns (response, None)
+        `recover` looks at Clarus to decide whether the write landed: it returns the record
+        to stop (the write is done), or None to resend (`writes.write_once`). Returns (response, None)
         when Clarus answered, or (None, outcome) when recovery found the write applied.
         """
-        deadline = time.monotonic() + self.max_elapsed_s
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                return self._request(method, path, retry=False, json=body), None
-            except ConnectorError as exc:
-                if not _not_processed(exc):
-                    log.warning("clarus %s: %s; checking whether it landed before retrying", what, exc)
-                    outcome = recover()
-                    if outcome:
-                        return None, outcome
-                if attempt >= self.max_attempts or time.monotonic() >= deadline:
-                    raise
-                time.sleep(self._backoff(attempt, exc))
-        raise AssertionError("unreachable")
+        return write_once(lambda: self._request(method, path, retry=False, json=body), recover,
+                          system=SYSTEM, what=what, policy=self._policy())
 
     # ------------------------------------------------------------------ GraphQL
 
@@ -475,22 +439,9 @@ class ClarusResource(HttpConnector):
                 state["body"] = {**state["body"], "data": {**state["body"]["data"], "attributes": {**attrs, "lines_changes": remaining}}}
             return None  # resend whatever is still needed (the header part is idempotent)
 
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                response = self._request("PATCH", path, retry=False, json=state["body"])
-                return self._check(response, f"update goods out {goods_out_id}")
-            except ClarusRejected:
-                raise
-            except ConnectorError as exc:
-                if exc.status is not None and exc.status < 500 and exc.status != 429:
-                    raise
-                if attempt >= self.max_attempts:
-                    raise
-                if not _not_processed(exc):
-                    log.warning("clarus update goods out %s: %s; re-reading before retrying", goods_out_id, exc)
-                    recover()
-                time.sleep(self._backoff(attempt, exc))
-        raise AssertionError("unreachable")
+        response, _ = write_once(lambda: self._request("PATCH", path, retry=False, json=state["body"]), recover,
+                                 system=SYSTEM, what=f"update goods out {goods_out_id}", policy=self._policy())
+        return self._check(response, f"update goods out {goods_out_id}")
 
     def cancel_goods_out(self, goods_out_id: str | int) -> dict:
         """Cancel a goods out; returns its record. Idempotent: already CANCELLED is fine.

@@ -48,15 +48,27 @@ class RetryPolicy:
     max_retry_after_s: float = 30.0
 
 
-def retry_after_seconds(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
+def retry_after_seconds(response: httpx.Response | None) -> float | None:
+    """What `Retry-After` asks for, in seconds: a number, or an HTTP date (RFC 9110). None when absent or unreadable."""
+    value = response.headers.get("Retry-After") if response is not None else None
     if not value:
         return None
     try:
         return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
         parsed = email.utils.parsedate_to_datetime(value)
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def _response_of(exc: BaseException | None) -> httpx.Response | None:
+    """The HTTP answer behind a failure: a retryable status, or the one a `ConnectorError` was raised from."""
+    if isinstance(exc, RetryableStatus):
+        return exc.response
+    return getattr(getattr(exc, "__cause__", None), "response", None)
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -74,11 +86,22 @@ class RetryAfterWait:
 
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, RetryableStatus):
-            asked = retry_after_seconds(exc.response)
-            if asked is not None:
-                return min(asked, self.policy.max_retry_after_s)
+        asked = retry_after_seconds(_response_of(exc))
+        if asked is not None:
+            return min(asked, self.policy.max_retry_after_s)
         return self.backoff(state)
+
+
+def retrying(policy: RetryPolicy, retry_on, *, before_sleep=None) -> Retrying:
+    """The one retry engine of the connectors (tenacity): attempts and time from `policy`,
+    waits from `RetryAfterWait`, the last error re-raised."""
+    return Retrying(
+        retry=retry_if_exception(retry_on),
+        wait=RetryAfterWait(policy),
+        stop=stop_after_attempt(policy.attempts) | stop_after_delay(policy.max_elapsed_s),
+        reraise=True,
+        before_sleep=before_sleep,
+    )
 
 
 def send_with_retries(
@@ -91,17 +114,10 @@ def send_with_retries(
     **kwargs: Any,
 ) -> httpx.Response:
     """Send a request, retrying transient failures; returns the final non-retryable response."""
-    retrying = Retrying(
-        retry=retry_if_exception(_is_retryable),
-        wait=RetryAfterWait(policy),
-        stop=stop_after_attempt(policy.attempts) | stop_after_delay(policy.max_elapsed_s),
-        reraise=True,
-        before_sleep=lambda s: log.warning(
-            "%s %s %s failed (%s); retry %d", system, method, url, s.outcome.exception(), s.attempt_number
-        ),
-    )
+    attempts = retrying(policy, _is_retryable, before_sleep=lambda s: log.warning(
+        "%s %s %s failed (%s); retry %d", system, method, url, s.outcome.exception(), s.attempt_number))
     try:
-        for attempt in retrying:
+        for attempt in attempts:
             with attempt:
                 response = client.request(method, url, **kwargs)
                 if response.status_code in RETRYABLE_STATUS:
