@@ -21,6 +21,8 @@ from datetime import datetime, timedelta
 import dagster as dg
 from pydantic import Field
 
+from clarus_pipelines.assets.exception_checks import exception_check
+
 from clarus_pipelines.connectors.clarus import ClarusResource
 from clarus_pipelines.connectors.netsuite import NetSuiteResource
 from clarus_pipelines.connectors.shopify import ShopifyResource
@@ -42,11 +44,10 @@ from clarus_pipelines.domain.dispatch import (
     tracking_findings,
 )
 from clarus_pipelines.domain.tracking import TrackingRules
-from clarus_pipelines.exception_queue import Finding, sync_exceptions, utcnow
+from clarus_pipelines.exception_queue import sync_exceptions, utcnow
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 
 GROUP = "dispatch"
-SAMPLE = 10  # findings listed in a check's metadata
 
 
 class SweepConfig(dg.Config):
@@ -135,78 +136,35 @@ def shipments(
 # --------------------------------------------------------------------------- checks
 
 
-def _sample(findings: list[Finding]) -> str:
-    return "\n".join(f"{f.entity_id}: {f.message}" for f in findings[:SAMPLE])
+TRACKING_CHECKS = [
+    dg.AssetCheckSpec("tracking_present", asset="shipments",
+                      description="Every shipment dispatched in the last 30 days has a tracking number (TRACKING_MISSING)."),
+    dg.AssetCheckSpec("tracking_format", asset="shipments",
+                      description="Every tracking number fits its carrier's format and check digit (TRACKING_INVALID)."),
+    dg.AssetCheckSpec("tracking_unique", asset="shipments",
+                      description="No tracking number is on two different orders (TRACKING_INVALID)."),
+]
 
 
-def _sync_tracking(state: StateStoreResource, policies: PoliciesResource):
-    """Recompute every tracking finding and sync TRACKING_MISSING and TRACKING_INVALID."""
+@dg.multi_asset_check(specs=TRACKING_CHECKS, description="The three tracking checks, from one sync of the tracking findings.")
+def tracking_checks(state: StateStoreResource, policies: PoliciesResource):
+    """Recompute every tracking finding once, sync TRACKING_MISSING and TRACKING_INVALID, and
+    report present / format / unique from that one pass."""
     policy = policies.load()
     now = utcnow()
     with state.store().write() as con:
         found = tracking_findings(con, TrackingRules.from_policies(policy), now)
         missing = sync_exceptions(con, "TRACKING_MISSING", found.missing, scope=found.scope, policies=policy, now=now)
         invalid = sync_exceptions(con, "TRACKING_INVALID", found.invalid(), scope=found.scope, policies=policy, now=now)
-    return found, missing, invalid
-
-
-def _outcome_counts(outcome: dict[str, str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for action in outcome.values():
-        counts[action] = counts.get(action, 0) + 1
-    return counts
-
-
-@dg.asset_check(
-    asset=shipments,
-    description="Every shipment dispatched in the last 30 days has a tracking number (TRACKING_MISSING).",
-)
-def tracking_present(state: StateStoreResource, policies: PoliciesResource) -> dg.AssetCheckResult:
-    found, missing, _ = _sync_tracking(state, policies)
-    return dg.AssetCheckResult(
-        passed=not found.missing,
-        severity=dg.AssetCheckSeverity.WARN,
-        description=f"{len(found.missing)} of {len(found.scope)} shipment(s) without tracking" if found.missing else None,
-        metadata={
-            "shipments_checked": len(found.scope), "without_tracking": len(found.missing),
-            "sample": _sample(found.missing), "exceptions": _outcome_counts(missing),
-        },
-    )
-
-
-@dg.asset_check(
-    asset=shipments,
-    description="Every tracking number fits its carrier's format and check digit (TRACKING_INVALID).",
-)
-def tracking_format(state: StateStoreResource, policies: PoliciesResource) -> dg.AssetCheckResult:
-    found, _, invalid = _sync_tracking(state, policies)
-    return dg.AssetCheckResult(
-        passed=not found.malformed,
-        severity=dg.AssetCheckSeverity.WARN,
-        description=f"{len(found.malformed)} malformed tracking number(s)" if found.malformed else None,
-        metadata={
-            "shipments_checked": len(found.scope), "malformed": len(found.malformed),
-            "sample": _sample(found.malformed), "exceptions": _outcome_counts(invalid),
-        },
-    )
-
-
-@dg.asset_check(
-    asset=shipments,
-    description="No tracking number is on two different orders (TRACKING_INVALID).",
-)
-def tracking_unique(state: StateStoreResource, policies: PoliciesResource) -> dg.AssetCheckResult:
-    found, _, invalid = _sync_tracking(state, policies)
+    checked = len(found.scope)
+    yield exception_check(found.missing, missing, check_name="tracking_present", asset_key=shipments.key,
+                          what=f"of {checked} shipment(s) without tracking", shipments_checked=checked)
+    yield exception_check(found.malformed, invalid, check_name="tracking_format", asset_key=shipments.key,
+                          what="malformed tracking number(s)", shipments_checked=checked)
     numbers = sorted({f.details["tracking_number"] for f in found.reused})
-    return dg.AssetCheckResult(
-        passed=not found.reused,
-        severity=dg.AssetCheckSeverity.WARN,
-        description=f"{len(numbers)} tracking number(s) on more than one order" if numbers else None,
-        metadata={
-            "shipments_checked": len(found.scope), "shared_numbers": len(numbers), "shipments_affected": len(found.reused),
-            "sample": _sample(found.reused), "exceptions": _outcome_counts(invalid),
-        },
-    )
+    yield exception_check(found.reused, invalid, check_name="tracking_unique", asset_key=shipments.key,
+                          what="shipment(s) sharing a tracking number with another order", shipments_checked=checked,
+                          shared_numbers=len(numbers))
 
 
 @dg.asset_check(
@@ -219,18 +177,11 @@ def dispatched_within_ordered(state: StateStoreResource, policies: PoliciesResou
     with state.store().write() as con:
         scope, findings = over_dispatch_findings(con, now, CHECK_WINDOW)
         outcome = sync_exceptions(con, "OVER_DISPATCHED", findings, scope=scope, policies=policy, now=now)
-    return dg.AssetCheckResult(
-        passed=not findings,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description=f"{len(findings)} order(s) dispatched above the ordered quantity" if findings else None,
-        metadata={
-            "orders_checked": len(scope), "over_dispatched": len(findings), "sample": _sample(findings),
-            "exceptions": _outcome_counts(outcome),
-        },
-    )
+    return exception_check(findings, outcome, severity=dg.AssetCheckSeverity.ERROR,
+                           what="order(s) dispatched above the ordered quantity", orders_checked=len(scope))
 
 
-DISPATCH_CHECKS = [tracking_present, tracking_format, tracking_unique, dispatched_within_ordered]
+DISPATCH_CHECKS = [tracking_checks, dispatched_within_ordered]
 # Our checks only: other suites that target `shipments` run on their own schedules, not on every dispatch run.
 _CHECKS = dg.AssetSelection.checks(*DISPATCH_CHECKS)
 

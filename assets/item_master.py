@@ -24,6 +24,7 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
+from clarus_pipelines.assets.exception_checks import exception_check
 from clarus_pipelines.connectors.clarus import ClarusRejected, ClarusResource
 from clarus_pipelines.domain.ports import ConnectorError
 from clarus_pipelines.connectors.netsuite import NetSuiteResource
@@ -304,15 +305,6 @@ def variant_findings(con) -> tuple[list[Finding], list[Finding]]:
     return not_in_master, zeros_lost
 
 
-def _check_result(code: str | None, findings: list, outcome: Mapping[str, str] | None, *, severity=dg.AssetCheckSeverity.WARN) -> dg.AssetCheckResult:
-    sample = [f.message for f in findings[:20]]
-    metadata: dict[str, Any] = {"count": len(findings), "sample": dg.MetadataValue.json(sample)}
-    if code:
-        metadata["exception_code"] = code
-        metadata["auto_resolved"] = sum(1 for v in (outcome or {}).values() if v == "auto_resolved")
-    return dg.AssetCheckResult(passed=not findings, severity=severity, metadata=metadata)
-
-
 # ----------------------------------------------------------------------------- Dagster
 
 
@@ -365,7 +357,7 @@ def item_master_barcodes_valid(state: StateStoreResource, policies: PoliciesReso
     with state.store().write() as con:
         findings = barcode_findings(con)
         outcome = sync_exceptions(con, "BARCODE_INVALID", findings, policies=policies.load())
-    return _check_result("BARCODE_INVALID", findings, outcome)
+    return exception_check(findings, outcome, what="Clarus product(s) with an invalid barcode (BARCODE_INVALID)")
 
 
 @dg.asset_check(asset=shopify_variants, additional_deps=[item_master],
@@ -374,7 +366,7 @@ def variants_in_item_master(state: StateStoreResource, policies: PoliciesResourc
     with state.store().write() as con:
         findings, _ = variant_findings(con)
         outcome = sync_exceptions(con, "SKU_NOT_IN_MASTER", findings, policies=policies.load())
-    return _check_result("SKU_NOT_IN_MASTER", findings, outcome)
+    return exception_check(findings, outcome, what="Shopify SKU(s) not in the item master (SKU_NOT_IN_MASTER)")
 
 
 @dg.asset_check(asset=shopify_variants, additional_deps=[item_master],
@@ -383,7 +375,8 @@ def variant_skus_keep_leading_zeros(state: StateStoreResource, policies: Policie
     with state.store().write() as con:
         _, findings = variant_findings(con)
         outcome = sync_exceptions(con, "SKU_LEADING_ZEROS_LOST", findings, policies=policies.load())
-    return _check_result("SKU_LEADING_ZEROS_LOST", findings, outcome, severity=dg.AssetCheckSeverity.ERROR)
+    return exception_check(findings, outcome, severity=dg.AssetCheckSeverity.ERROR,
+                           what="SKU(s) that match the master only with their leading zeros (SKU_LEADING_ZEROS_LOST)")
 
 
 item_master_job = dg.define_asset_job(

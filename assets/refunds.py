@@ -20,14 +20,15 @@ import json
 import dagster as dg
 from pydantic import Field
 
+from clarus_pipelines.assets.exception_checks import exception_check
+
 from clarus_pipelines.connectors.clarus import ClarusResource
 from clarus_pipelines.connectors.netsuite import NetSuiteResource
 from clarus_pipelines.domain import refund_flow as flow
-from clarus_pipelines.exception_queue import Finding, utcnow
+from clarus_pipelines.exception_queue import utcnow
 from clarus_pipelines.resources import NetSuiteCustomerConfig, PoliciesResource, StateStoreResource
 
 GROUP = "refunds"
-SAMPLE = 10
 
 
 class RefundsConfig(NetSuiteCustomerConfig):
@@ -64,17 +65,6 @@ def refunds(
     })
 
 
-def _sample(findings: list[Finding]) -> str:
-    return "\n".join(f"{f.entity_id}: {f.message}" for f in findings[:SAMPLE])
-
-
-def _counts(outcome: dict[str, str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for action in outcome.values():
-        counts[action] = counts.get(action, 0) + 1
-    return counts
-
-
 @dg.asset_check(
     asset=refunds,
     description="Every refund fits exactly one of return, cancellation, goodwill, shipping-only, exchange (REFUND_UNCLASSIFIED).",
@@ -84,12 +74,7 @@ def refunds_classified(state: StateStoreResource, policies: PoliciesResource) ->
     outcome = flow.sync_refund_exceptions(store, policies.load(), codes=("REFUND_UNCLASSIFIED",))["REFUND_UNCLASSIFIED"]
     with store.read() as con:
         findings = flow.unclassified_findings(con)
-    return dg.AssetCheckResult(
-        passed=not findings,
-        severity=dg.AssetCheckSeverity.WARN,
-        description=f"{len(findings)} refund(s) for finance to post by hand" if findings else None,
-        metadata={"unclassified": len(findings), "sample": _sample(findings), "exceptions": _counts(outcome)},
-    )
+    return exception_check(findings, outcome, what="refund(s) for finance to post by hand", unclassified=len(findings))
 
 
 @dg.asset_check(
@@ -104,12 +89,7 @@ def returns_received_in_time(state: StateStoreResource, policies: PoliciesResour
         findings = flow.return_not_received_findings(con, now)
         awaiting = con.execute(
             "SELECT count(*) FROM refunds WHERE kind IN ('RETURN', 'EXCHANGE') AND return_received_at IS NULL").fetchone()[0]
-    return dg.AssetCheckResult(
-        passed=not findings,
-        severity=dg.AssetCheckSeverity.WARN,
-        description=f"{len(findings)} return(s) overdue" if findings else None,
-        metadata={"awaiting": int(awaiting), "overdue": len(findings), "sample": _sample(findings), "exceptions": _counts(outcome)},
-    )
+    return exception_check(findings, outcome, what="return(s) overdue", awaiting=int(awaiting), overdue=len(findings))
 
 
 refunds_job = dg.define_asset_job(

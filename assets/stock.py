@@ -30,7 +30,6 @@ first Shopify location in `tenant.shopify_location_ids`.
 
 import json
 import warnings
-from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -39,6 +38,7 @@ import duckdb
 import polars as pl
 from pydantic import Field
 
+from clarus_pipelines.assets.exception_checks import outcome_counts
 from clarus_pipelines.connectors.clarus import ClarusResource
 from clarus_pipelines.connectors.shopify import ShopifyError, ShopifyResource
 from clarus_pipelines.domain import stock as domain
@@ -513,17 +513,10 @@ def stranded_stock(state: StateStoreResource, policies: PoliciesResource) -> dg.
             "stranded_units": int(found["quantity"].sum() or 0),
             "stranded_value_known": float(found["value"].sum() or 0.0),
             "skus_without_value": found["value"].null_count(),
-            "exceptions": dg.MetadataValue.json(_count_outcomes(outcome)),
+            "exceptions": dg.MetadataValue.json(outcome_counts(outcome)),
             "sample": _sample(found),
         },
     )
-
-
-def _count_outcomes(outcome: Mapping[str, str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for value in outcome.values():
-        counts[value] = counts.get(value, 0) + 1
-    return counts
 
 
 # ------------------------------------------------------------------------------ push
@@ -725,7 +718,7 @@ def stock_mismatch(state: StateStoreResource, policies: PoliciesResource) -> dg.
             "mismatched_skus": found["sku"].n_unique(),
             "tolerance": policy.stock.mismatch_tolerance,
             "by_reason": dg.MetadataValue.json(dict(found.group_by("reason").len().iter_rows()) if found.height else {}),
-            "exceptions": dg.MetadataValue.json(_count_outcomes(outcome)),
+            "exceptions": dg.MetadataValue.json(outcome_counts(outcome)),
             "sample": _sample(found),
         },
     )
