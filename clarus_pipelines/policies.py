@@ -18,6 +18,15 @@ Owner = Literal["ops", "finance", "cx", "merchandising", "integration"]
 Severity = Literal["low", "medium", "high", "critical"]
 
 
+def regular_expression(value: str, what: str = "") -> str:
+    """`value` if it compiles as a regular expression, else a ValueError saying why."""
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"{what + ' is ' if what else ''}not a valid regular expression: {exc}") from exc
+    return value
+
+
 # ------------------------------------------------------------------------ refund rules
 
 RuleField = Literal[
@@ -57,11 +66,7 @@ class RefundRule(BaseModel):
     @field_validator("pattern")
     @classmethod
     def _compiles(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"not a valid regular expression: {exc}") from exc
-        return value
+        return regular_expression(value)
 
     @property
     def label(self) -> str:
@@ -141,11 +146,7 @@ class SkuCleaning(_Strict):
     @field_validator("remove_pattern")
     @classmethod
     def _compiles(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"not a valid regular expression: {exc}") from exc
-        return value
+        return regular_expression(value)
 
 
 class ShipMethodRule(_Strict):
@@ -276,8 +277,5 @@ class Policies(_Strict):
     @classmethod
     def _patterns_compile(cls, value: dict[str, str]) -> dict[str, str]:
         for carrier, pattern in value.items():
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"pattern for {carrier!r} is not a valid regular expression: {exc}") from exc
+            regular_expression(pattern, f"pattern for {carrier!r}")
         return value
