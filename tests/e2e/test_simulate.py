@@ -99,28 +99,19 @@ def rehearse(tmp_path, *, orders: int, seed: int, timeout_s: int) -> dict:
     return report
 
 
-@pytest.mark.timeout(300)
-def test_heavy_faults_rehearsal_loses_duplicates_and_misorders_nothing(tmp_path):
-    """The whole integration, through the CLI, with heavy faults (errors, timeouts, 429s,
-    duplicated, reordered and lost webhooks). Takes about a minute and a half."""
-    report = rehearse(tmp_path, orders=20, seed=11, timeout_s=240)
-    # the flows really ran: orders reached both systems and dispatches came back through them
-    assert report["netsuite"]["sales_orders"] >= 10 and report["clarus"]["goods_outs"] >= 10
-    assert report["netsuite"]["item_fulfilments"] >= 5 and report["shopify"]["fulfilments"] >= 5
+@pytest.mark.timeout(900)
+def test_a_two_hundred_order_sale_day_with_heavy_faults(tmp_path):
+    """The whole integration, through the CLI, on a sale day big enough to matter: 200 orders
+    under heavy faults (errors, timeouts, 429s, duplicated, reordered and lost webhooks) lose,
+    duplicate and misorder nothing. The 1,000-order soak of the same command is `bench/soak.py`."""
+    report = rehearse(tmp_path, orders=200, seed=7, timeout_s=780)
+    # most of the sale reached both systems and came back dispatched; the rest is held or explained
+    assert report["netsuite"]["sales_orders"] >= 140 and report["clarus"]["goods_outs"] >= 140
+    assert report["netsuite"]["item_fulfilments"] >= 60 and report["shopify"]["fulfilments"] >= 60
     assert report["clarus"]["shipments"] >= report["shopify"]["fulfilments"]
     assert sum(report["run"]["runs"].values()) > 20  # (a run failing under heavy faults is retried by the next tick)
     # few runs per order (issue 13): a tick's sensors batch what is due into one run per flow
     latency = report["latency"]
     assert latency["runs_per_order"] is not None and latency["runs_per_order"] <= 4, latency["event_runs"]
-    assert latency["to_wms"]["count"] >= 10 and latency["p95_to_wms_s"] is not None
-    assert latency["to_channel"]["count"] >= 5 and latency["p95_to_channel_s"] is not None
-
-
-@pytest.mark.timeout(900)
-def test_a_two_hundred_order_sale_day_with_heavy_faults(tmp_path):
-    """A sale day big enough to matter: 200 orders under heavy faults lose, duplicate and
-    misorder nothing. The 1,000-order soak of the same command is `bench/soak.py`."""
-    report = rehearse(tmp_path, orders=200, seed=7, timeout_s=780)
-    # most of the sale reached both systems and came back dispatched; the rest is held or explained
-    assert report["netsuite"]["sales_orders"] >= 140 and report["clarus"]["goods_outs"] >= 140
-    assert report["netsuite"]["item_fulfilments"] >= 60 and report["shopify"]["fulfilments"] >= 60
+    assert latency["to_wms"]["count"] >= 140 and latency["p95_to_wms_s"] is not None
+    assert latency["to_channel"]["count"] >= 60 and latency["p95_to_channel_s"] is not None
