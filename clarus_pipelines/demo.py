@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -252,6 +253,25 @@ def _stop(services: list[Service]) -> None:
                 pass
 
 
+WORLD = ("state.duckdb", "state.duckdb.lock", "state.duckdb.queue", "landing", "dagster_home", "reports", "logs")
+
+
+def fresh_world(home: Path) -> None:
+    """The sandbox starts a new world (products, orders, ids) every time, so the state of the last
+    demo would bind our records to ids the new sandbox never issued. Move it to `previous/` (one
+    run kept, for a look), keeping the credentials."""
+    old = [home / name for name in WORLD if (home / name).exists()]
+    if not old:
+        return
+    previous = home / "previous"
+    shutil.rmtree(previous, ignore_errors=True)
+    previous.mkdir()
+    for path in old:
+        path.rename(previous / path.name)
+    (home / "logs").mkdir()
+    log.info("demo: a fresh sandbox world; the last run's state, landings and logs are in %s", previous)
+
+
 def run(args: argparse.Namespace) -> int:
     home = args.home.resolve()
     home.mkdir(parents=True, exist_ok=True)
@@ -262,6 +282,7 @@ def run(args: argparse.Namespace) -> int:
     if busy:
         print(f"port(s) {busy} on {args.host} are in use: is a demo already running? Stop it or pass other --*-port options.", file=sys.stderr)
         return 2
+    fresh_world(home)
     env = demo_environment(args, home)
     stopping = False
 
