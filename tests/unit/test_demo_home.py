@@ -28,3 +28,19 @@ def test_a_new_demo_moves_the_last_runs_state_aside_and_keeps_the_credentials(tm
 def test_a_first_demo_has_nothing_to_move(tmp_path):
     fresh_world(tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_generated_secrets_read_back_and_a_shell_can_source_them(tmp_path):
+    import subprocess
+
+    from clarus_pipelines.demo import SECRET_NAMES, load_or_create_secrets
+
+    first = load_or_create_secrets(tmp_path)
+    assert set(first) == set(SECRET_NAMES) and "\\n" in first["NETSUITE_PRIVATE_KEY"]
+    assert load_or_create_secrets(tmp_path) == first  # kept, byte for byte, across runs
+
+    shell = subprocess.run(
+        ["bash", "-c", 'set -a; . "$1"; printf %s "$NETSUITE_PRIVATE_KEY"', "_", str(tmp_path / "secrets.env")],
+        capture_output=True, text=True, check=True,
+    )
+    assert shell.stdout == first["NETSUITE_PRIVATE_KEY"] and shell.stderr == ""
