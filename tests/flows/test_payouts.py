@@ -199,3 +199,30 @@ def test_the_days_finance_report_lists_the_payouts_and_keeps_their_exceptions(wo
     assert run.as_metadata()["payouts_mismatched"] == 1
     # the order reconciliation syncs orders only: the payout's exception stays open
     assert [e for e, (t, _) in world.open_mismatches().items() if t == "payout"] == [f"payout:{payout_rows[0]['payout_id']}"]
+
+
+def test_the_dashboards_reconciliation_page_shows_the_payouts(world, monkeypatch):
+    from pathlib import Path
+
+    from streamlit import config as st_config
+    from streamlit.testing.v1 import AppTest
+
+    from clarus_pipelines.dashboards import auth
+
+    world.shop.payments.inject("fee", order_id=world.orders[2]["id"], amount="0.30")
+    world.materialize()
+    monkeypatch.delenv(auth.PASSWORD_ENV, raising=False)
+    monkeypatch.setenv("CLARUS_PIPELINES_STATE_DB", str(world.store.path))
+    before = st_config.get_option("server.address")
+    st_config.set_option("server.address", "127.0.0.1")
+    try:
+        at = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "dashboards" / "app.py"), default_timeout=60).run()
+        at.switch_page("app_pages/reconciliation.py").run()
+    finally:
+        st_config.set_option("server.address", before)
+    assert not at.exception, [e.value for e in at.exception]
+    assert next(m.value for m in at.metric if m.label == "Payouts not reconciling") == "1"
+    [payouts] = [f.value for f in at.dataframe if "payout_status" in f.value.columns]
+    assert payouts["status"].tolist() == ["mismatch"] and payouts["difference"].tolist() == [pytest.approx(-0.30)]
+    [lines] = [f.value for f in at.dataframe if {"kind", "expected_fee"} <= set(f.value.columns)]
+    assert lines["order_name"].tolist() == [world.orders[2]["name"]] and "fee" in lines["problems"].iloc[0]
