@@ -26,7 +26,6 @@ ten minutes before), each for today plus, just after midnight UTC, the final run
 """
 
 from datetime import datetime, time, timedelta, timezone
-from decimal import Decimal
 
 import dagster as dg
 from pydantic import Field
@@ -179,12 +178,6 @@ def finance_reconciliation(
 # ----------------------------------------------------------------------------- payouts
 
 
-class PayoutConfig(dg.Config):
-    fee_percent: str = Field(default="2.0", description="Shopify Payments fee per charge, percent (the shop's plan).")
-    fee_fixed: str = Field(default="0.25", description="Fixed Shopify Payments fee per charge, in the payout currency.")
-    refund_fee: str = Field(default="0.00", description="Fee on a refund (Shopify keeps the charge's fee: 0).")
-
-
 @dg.asset(
     group_name=GROUP,
     kinds={"shopify", "duckdb"},
@@ -196,15 +189,15 @@ class PayoutConfig(dg.Config):
     "orders (charges, fees) and refunds; raises RECONCILIATION_MISMATCH per payout that does not reconcile.",
 )
 def shopify_payouts(
-    context: dg.AssetExecutionContext, config: PayoutConfig, shopify: ShopifyResource, state: StateStoreResource,
-    policies: PoliciesResource,
+    context: dg.AssetExecutionContext, shopify: ShopifyResource, state: StateStoreResource, policies: PoliciesResource,
 ) -> dg.MaterializeResult:
     day = datetime.fromisoformat(context.partition_key).date()
     start = datetime.combine(day, time(), tzinfo=timezone.utc)
     read = list(shopify.iter_payouts(start, start + timedelta(days=1)))
     transactions = [t for p in read for t in shopify.iter_balance_transactions(p["payout_id"])]
-    fees = payouts.FeeSchedule(Decimal(config.fee_percent), Decimal(config.fee_fixed), Decimal(config.refund_fee))
-    run = payouts.run_payout_reconciliation(state.store(), day, read, transactions, fees=fees, policies=policies.load())
+    policy = policies.load()
+    fees = payouts.FeeSchedule.of(policy.payments)
+    run = payouts.run_payout_reconciliation(state.store(), day, read, transactions, fees=fees, policies=policy)
     meta = run.as_metadata()
     context.log.info("payouts %s: %d payout(s), %d transaction(s), %d payout(s) not reconciling",
                      day, meta["payouts"], meta["transactions"], meta["mismatched_payouts"])

@@ -7,7 +7,8 @@ hold, in the payout's currency and to the cent (`Decimal`, never floats):
 
 - a **charge** (CHARGE) against the order it paid for: the amount must be the order total
   (an order paid in several charges: their sum), the fee what the fee schedule says
-  (`FeeSchedule`, rounded half-up to the cent, a cent of rounding tolerated);
+  (`FeeSchedule`, from the policies' `payments`; rounded half-up to the cent, a cent of
+  rounding tolerated);
 - a **refund** (REFUND) against our refund record, found by the refund's order transaction id
   (else by order and amount): the amount must be minus the money we refunded, the fee the
   schedule's refund fee (Shopify keeps its charge fee, so 0 by default);
@@ -44,7 +45,7 @@ import duckdb
 import polars as pl
 
 from clarus_pipelines.exception_queue import Finding, sync_exceptions, utcnow
-from clarus_pipelines.policies import Policies
+from clarus_pipelines.policies import PaymentsPolicy, Policies
 from clarus_pipelines.state import StateStore
 
 CODE = "RECONCILIATION_MISMATCH"
@@ -88,6 +89,11 @@ class FeeSchedule:
     percent: Decimal = Decimal("2.0")
     fixed: Decimal = Decimal("0.25")
     refund_fee: Decimal = ZERO
+
+    @classmethod
+    def of(cls, policy: PaymentsPolicy) -> "FeeSchedule":
+        """The schedule in the policies file (`payments`)."""
+        return cls(policy.fee_percent, policy.fee_fixed, policy.refund_fee)
 
     def charge_fee(self, amount: Decimal) -> Decimal:
         return cents(amount * self.percent / 100 + self.fixed) if amount > 0 else ZERO

@@ -159,3 +159,15 @@ def test_each_payout_is_matched_on_its_own():
     result = run(txs, [a, b], payouts=[payout(txs), payout(txs, pid="P2")])
     assert [f.entity_id for f in result.findings] == ["payout:P2"]
     assert result.mismatched_payouts == ["P2"] and result.payout_ids == ["P1", "P2"]
+
+
+def test_the_fee_schedule_comes_from_the_policies_file():
+    import pytest
+    from pydantic import ValidationError
+
+    from clarus_pipelines.policies import PaymentsPolicy
+
+    plan = FeeSchedule.of(PaymentsPolicy(fee_percent="1.5", fee_fixed="0.20"))
+    assert plan.charge_fee(Decimal("100.00")) == Decimal("1.70") and plan.refund_fee == Decimal("0")
+    with pytest.raises(ValidationError):
+        PaymentsPolicy(fee_percent="-1")
