@@ -27,8 +27,9 @@ mismatch saying so), never converted. A payout with any mismatch is one
 RECONCILIATION_MISMATCH (entity `payout:<payout id>`, owner finance); it clears when the
 payout reconciles on a later run. `run_payout_reconciliation` stores the day's payouts,
 transactions and match rows (delete-then-insert per payout day, so a backfill writes the
-same rows) and syncs those exceptions; the daily finance report carries the day's payout
-rows (`report_rows`).
+same rows) and syncs those exceptions, then matches again, from what is stored, the payouts of
+the last two weeks whose mismatch is still open (a charge that reached a later payout clears
+the earlier one); the daily finance report carries the day's payout rows (`report_rows`).
 """
 
 from __future__ import annotations
@@ -394,6 +395,7 @@ class PayoutRun:
     day: date
     match: PayoutMatch
     outcome: dict[str, str] = field(default_factory=dict)
+    rechecked: dict[date, dict[str, str]] = field(default_factory=dict)  # other payout days matched again
 
     def as_metadata(self) -> dict[str, Any]:
         payouts = [r for r in self.match.rows if r["line_no"] == 0]
@@ -406,6 +408,7 @@ class PayoutRun:
             "review": sum(1 for r in lines if r["status"] == "review"),
             "raised": sum(1 for a in self.outcome.values() if a in ("raised", "reopened")),
             "cleared": sum(1 for a in self.outcome.values() if a == "auto_resolved"),
+            "days_rechecked": len(self.rechecked),
         }
 
 
@@ -419,10 +422,36 @@ def run_payout_reconciliation(
     policies: Policies | None = None,
     now: datetime | None = None,
     tolerance: Decimal = CENT,
+    recheck_days: int = 14,
 ) -> PayoutRun:
     """Store the payouts issued on `day` and their transactions (replacing the day), match them
-    against our records, store the match rows and sync RECONCILIATION_MISMATCH for those payouts."""
+    against our records, store the match rows and sync RECONCILIATION_MISMATCH for those payouts.
+
+    Then every other payout day of the last `recheck_days` with a payout mismatch still open is
+    matched again from what is stored: a charge that reached a later payout, or a refund we
+    recorded since, clears the earlier payout's exception without re-reading Shopify."""
     now = now or utcnow()
+    run = _match_and_store(store, day, payouts, transactions, fees=fees, policies=policies, now=now,
+                           tolerance=tolerance, replace=True)
+    with store.read() as con:
+        days = sorted({date.fromisoformat(r[0]) for r in con.execute(
+            "SELECT DISTINCT json_extract_string(details, '$.payout_date') FROM exceptions WHERE code = ?"
+            " AND entity_type = 'payout' AND status <> 'resolved'", [CODE]).fetchall() if r[0]})
+    for other in days:
+        if other == day or other < day - timedelta(days=recheck_days):
+            continue
+        with store.read() as con:
+            stored_payouts, stored_transactions = stored_day(con, other)
+        again = _match_and_store(store, other, stored_payouts, stored_transactions, fees=fees, policies=policies,
+                                 now=now, tolerance=tolerance, replace=False)
+        run.outcome.update(again.outcome)
+        run.rechecked[other] = again.outcome
+    return run
+
+
+def _match_and_store(store: StateStore, day: date, payouts: Sequence[Mapping[str, Any]],
+                     transactions: Sequence[Mapping[str, Any]], *, fees: FeeSchedule, policies: Policies | None,
+                     now: datetime, tolerance: Decimal, replace: bool) -> PayoutRun:
     spans: list[tuple[datetime, datetime]] = []
     for p in payouts:
         dates = [t["transaction_date"] for t in transactions if str(t["payout_id"]) == str(p["payout_id"])]
@@ -434,7 +463,10 @@ def run_payout_reconciliation(
     match = match_payouts(payouts, transactions, orders, refunds, charged_elsewhere=charged,
                           refunded_elsewhere=refunded, fees=fees, tolerance=tolerance)
     with store.write() as con:
-        store_day(con, day, payouts, transactions, match, now)
+        if replace:
+            store_day(con, day, payouts, transactions, match, now)
+        else:
+            store_matches(con, day, match, now)
         stale = [r[0] for r in con.execute(
             "SELECT entity_id FROM exceptions WHERE code = ? AND entity_type = 'payout' AND status <> 'resolved'"
             " AND json_extract_string(details, '$.payout_date') = ?", [CODE, day.isoformat()]).fetchall()]
@@ -446,6 +478,35 @@ def run_payout_reconciliation(
             con.execute("UPDATE exceptions SET entity_type = 'payout' WHERE code = ? AND entity_id IN (SELECT unnest(?))",
                         [CODE, [f.entity_id for f in match.findings]])
     return PayoutRun(day, match, outcome)
+
+
+def stored_day(con: duckdb.DuckDBPyConnection, day: date) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The payouts and balance transactions stored for a payout day, in the shapes `match_payouts` takes."""
+    con.complete()
+
+    def rows(query: str) -> list[dict[str, Any]]:
+        cur = con.execute(query, [day])
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    return (
+        rows("SELECT payout_id, payout_gid, issued_at, status, transaction_type, currency, net FROM shopify_payouts"
+             " WHERE payout_date = ? ORDER BY issued_at, payout_id"),
+        rows("SELECT transaction_id, payout_id, type, source_type, source_id, source_order_transaction_id, order_id,"
+             " order_name, transaction_date, currency, amount, fee, net, test FROM shopify_balance_transactions"
+             " WHERE payout_date = ? ORDER BY transaction_date, transaction_id"),
+    )
+
+
+def store_matches(con: duckdb.DuckDBPyConnection, day: date, match: PayoutMatch, now: datetime) -> None:
+    """Replace the day's match rows only (a re-check from stored payouts)."""
+    con.execute("DELETE FROM payout_matches WHERE payout_date = ?", [day])
+    if match.rows:
+        con.executemany(
+            f"INSERT INTO payout_matches (payout_date, {', '.join(MATCH_COLUMNS)}, matched_at)"
+            f" VALUES (?, {', '.join('?' for _ in MATCH_COLUMNS)}, ?)",
+            [[day, *(r.get(c) for c in MATCH_COLUMNS), now] for r in match.rows],
+        )
 
 
 def store_day(con: duckdb.DuckDBPyConnection, day: date, payouts: Sequence[Mapping[str, Any]],
@@ -477,12 +538,7 @@ def store_day(con: duckdb.DuckDBPyConnection, day: date, payouts: Sequence[Mappi
               None if t.get("order_id") is None else str(t["order_id"]), t.get("order_name"), t["transaction_date"],
               t["currency"], money(t["amount"]), money(t["fee"]), money(t["net"]), t.get("test"), now] for t in rows],
         )
-    if match.rows:
-        con.executemany(
-            f"INSERT INTO payout_matches (payout_date, {', '.join(MATCH_COLUMNS)}, matched_at)"
-            f" VALUES (?, {', '.join('?' for _ in MATCH_COLUMNS)}, ?)",
-            [[day, *(r.get(c) for c in MATCH_COLUMNS), now] for r in match.rows],
-        )
+    store_matches(con, day, match, now)
 
 
 def report_rows(con: duckdb.DuckDBPyConnection, day: date) -> list[dict[str, Any]]:

@@ -226,3 +226,37 @@ def test_the_dashboards_reconciliation_page_shows_the_payouts(world, monkeypatch
     assert payouts["status"].tolist() == ["mismatch"] and payouts["difference"].tolist() == [pytest.approx(-0.30)]
     [lines] = [f.value for f in at.dataframe if {"kind", "expected_fee"} <= set(f.value.columns)]
     assert lines["order_name"].tolist() == [world.orders[2]["name"]] and "fee" in lines["problems"].iloc[0]
+
+
+def test_a_charge_that_reached_a_later_payout_clears_the_earlier_payouts_mismatch(tmp_path):
+    """Re-checked from what is stored: the later day's run clears the earlier payout without re-reading it."""
+    from clarus_pipelines.domain.payouts import run_payout_reconciliation
+
+    store = StateStore(tmp_path / "state.duckdb")
+    day1, at = date(2026, 3, 2), datetime(2026, 3, 2, 10, 0)
+    with store.write() as con:
+        for number, minutes in ((1, 0), (2, 30), (3, 60)):
+            con.execute(
+                "INSERT INTO orders (order_id, order_name, status, financial_status, currency, total_price, payload,"
+                " created_at, received_at, updated_at) VALUES (?, ?, 'ACKNOWLEDGED', 'paid', 'GBP', 20.00, ?, ?, ?, ?)",
+                [str(number), f"#{number}", json.dumps({"payment_gateway_names": ["shopify_payments"]}),
+                 at + timedelta(minutes=minutes), at, at])
+
+    def bt(n: int, payout: str, when: datetime) -> dict:
+        return {"transaction_id": f"bt-{n}", "payout_id": payout, "type": "CHARGE", "source_type": "CHARGE",
+                "source_order_transaction_id": f"s-{n}", "order_id": str(n), "order_name": f"#{n}",
+                "transaction_date": when, "currency": "GBP", "amount": "20.00", "fee": "0.65", "net": "19.35"}
+
+    first = [bt(1, "P1", at), bt(3, "P1", at + timedelta(minutes=60))]  # #2's charge is not in P1
+    payout1 = {"payout_id": "P1", "payout_gid": "gid://shopify/ShopifyPaymentsPayout/1", "issued_at": datetime(2026, 3, 2, 23),
+               "status": "PAID", "currency": "GBP", "net": "38.70"}
+    run1 = run_payout_reconciliation(store, day1, [payout1], first, now=datetime(2026, 3, 3, 0, 5))
+    assert run1.outcome == {"payout:P1": "raised"}
+
+    late = [bt(2, "P2", at + timedelta(minutes=30))]
+    payout2 = {**payout1, "payout_id": "P2", "issued_at": datetime(2026, 3, 3, 23), "net": "19.35"}
+    run2 = run_payout_reconciliation(store, day1 + timedelta(days=1), [payout2], late, now=datetime(2026, 3, 4, 0, 5))
+    assert run2.outcome == {"payout:P1": "auto_resolved"} and list(run2.rechecked) == [day1]
+    with store.read() as con:
+        assert con.execute("SELECT status FROM payout_matches WHERE payout_id = 'P1' AND line_no = 0").fetchone() == ("ok",)
+        assert con.execute("SELECT count(*) FROM shopify_balance_transactions WHERE payout_id = 'P1'").fetchone() == (2,)
