@@ -9,6 +9,10 @@
   and refunds against returns received (`domain.reconciliation`); writes
   `$CLARUS_PIPELINES_HOME/reports/reconciliation-YYYY-MM-DD.csv` (path in the metadata)
   and syncs RECONCILIATION_MISMATCH.
+- `shopify_payouts` (daily partitions, UTC): the Shopify Payments payouts issued that day and
+  their balance transactions, matched against our orders and refunds (`domain.payouts`);
+  stored per payout day (a backfill replaces the day) and RECONCILIATION_MISMATCH raised per
+  payout (`payout:<id>`). The day's finance report lists its payouts.
 - `health_snapshot`: per flow and per connection health (`domain.health`) appended to
   `health_snapshots` (kept `retention.health_days`), overall status in the metadata; syncs
   CONNECTOR_FAILING for Shopify, Clarus and NetSuite (writes failing since the last
@@ -16,20 +20,21 @@
 - `alert_dispatch`: sends due alerts (`clarus_pipelines.alerts`); the `alerts` sensor does
   the same every minute, this asset is for schedules, manual runs and the asset graph.
 
-Schedules: `monitoring` every 15 minutes (orphans, health, alerts), and
-`finance_reconciliation` hourly for today's report plus, just after midnight UTC, the
-final run of yesterday's.
+Schedules: `monitoring` every 15 minutes (orphans, health, alerts), `shopify_payouts` hourly
+at :05 and `finance_reconciliation` hourly at :15 (so the report carries the payouts read
+ten minutes before), each for today plus, just after midnight UTC, the final run of yesterday.
 """
 
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta, timezone
 
 import dagster as dg
 from pydantic import Field
 
 from clarus_pipelines.alerts import CONNECTOR_CODE, AlertSender, dispatch_alerts
 from clarus_pipelines.connectors.clarus import ClarusResource
+from clarus_pipelines.connectors.shopify import ShopifyResource
 from clarus_pipelines.domain.ports import ConnectorError
-from clarus_pipelines.domain import health, orphans, reconciliation
+from clarus_pipelines.domain import health, orphans, payouts, reconciliation
 from clarus_pipelines.exception_queue import sync_exceptions, utcnow
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 from clarus_pipelines.settings import get_settings
@@ -157,7 +162,8 @@ def finance_reconciliation(
     mismatches = run.report.rows.filter(run.report.rows["status"] == "mismatch")
     check = dg.AssetCheckResult(
         check_name="day_reconciles", passed=meta["mismatches_in_report"] == 0, severity=dg.AssetCheckSeverity.WARN,
-        description=f"{meta['mismatches_in_report']} order(s) do not reconcile on {day}" if meta["mismatches_in_report"] else None,
+        description=f"{meta['mismatches_in_report']} order(s) or payout(s) do not reconcile on {day}"
+        if meta["mismatches_in_report"] else None,
         metadata={"path": dg.MetadataValue.path(str(run.path)), "mismatches": meta["mismatches_in_report"],
                   "partial": meta["partial"]},
     )
@@ -165,7 +171,45 @@ def finance_reconciliation(
         **{k: v for k, v in meta.items() if k != "path"},
         "path": dg.MetadataValue.path(str(run.path)),
         "mismatches": dg.MetadataValue.json(
-            mismatches.select("order_name", "section", "difference", "problems").head(SAMPLE).to_dicts()),
+            mismatches.select("order_name", "payout_id", "section", "difference", "problems").head(SAMPLE).to_dicts()),
+    })
+
+
+# ----------------------------------------------------------------------------- payouts
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"shopify", "duckdb"},
+    partitions_def=daily,
+    deps=["shopify_orders", "refunds"],
+    check_specs=[dg.AssetCheckSpec("payouts_reconcile", asset="shopify_payouts",
+                                   description="Every Shopify Payments payout issued that day matches our orders and refunds.")],
+    description="Shopify Payments payouts issued per UTC day and their balance transactions, matched against our "
+    "orders (charges, fees) and refunds; raises RECONCILIATION_MISMATCH per payout that does not reconcile.",
+)
+def shopify_payouts(
+    context: dg.AssetExecutionContext, shopify: ShopifyResource, state: StateStoreResource, policies: PoliciesResource,
+) -> dg.MaterializeResult:
+    day = datetime.fromisoformat(context.partition_key).date()
+    start = datetime.combine(day, time(), tzinfo=timezone.utc)
+    read = list(shopify.iter_payouts(start, start + timedelta(days=1)))
+    transactions = [t for p in read for t in shopify.iter_balance_transactions(p["payout_id"])]
+    policy = policies.load()
+    fees = payouts.FeeSchedule.of(policy.payments)
+    run = payouts.run_payout_reconciliation(state.store(), day, read, transactions, fees=fees, policies=policy)
+    meta = run.as_metadata()
+    context.log.info("payouts %s: %d payout(s), %d transaction(s), %d payout(s) not reconciling",
+                     day, meta["payouts"], meta["transactions"], meta["mismatched_payouts"])
+    check = dg.AssetCheckResult(
+        check_name="payouts_reconcile", passed=not meta["mismatched_payouts"], severity=dg.AssetCheckSeverity.WARN,
+        description=f"{meta['mismatched_payouts']} payout(s) issued on {day} do not reconcile"
+        if meta["mismatched_payouts"] else None,
+        metadata={"mismatched_payouts": meta["mismatched_payouts"], "payout_ids": dg.MetadataValue.json(
+            run.match.mismatched_payouts[:SAMPLE])},
+    )
+    return dg.MaterializeResult(check_results=[check], metadata={
+        **meta, "mismatches": dg.MetadataValue.json(_sample(run.match.findings)),
     })
 
 
@@ -261,6 +305,13 @@ reconciliation_job = dg.define_asset_job(
     description="Reconcile one UTC day and write its CSV report.",
 )
 
+payouts_job = dg.define_asset_job(
+    "reconcile_payouts",
+    selection=dg.AssetSelection.assets(shopify_payouts),
+    partitions_def=daily,
+    description="Read one UTC day's Shopify Payments payouts and match them against our records.",
+)
+
 monitoring_schedule = dg.ScheduleDefinition(
     name="monitoring",
     job=monitoring_job,
@@ -290,8 +341,28 @@ def reconciliation_schedule(context: dg.ScheduleEvaluationContext):
     ]
 
 
+def _days(moment: datetime) -> list:
+    """Today, and at midnight's hour also yesterday (its final run)."""
+    today = moment.date()
+    return [today - timedelta(days=1), today] if moment.hour == 0 else [today]
+
+
+@dg.schedule(
+    name="shopify_payouts",
+    job=payouts_job,
+    cron_schedule="5 * * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Hourly at :05: today's Shopify Payments payouts; at 00:05 also yesterday's, final.",
+)
+def payouts_schedule(context: dg.ScheduleEvaluationContext):
+    moment = context.scheduled_execution_time
+    return [dg.RunRequest(run_key=f"{day.isoformat()}@{moment:%Y%m%dT%H%M}", partition_key=day.isoformat())
+            for day in _days(moment)]
+
+
 defs = dg.Definitions(
-    assets=[orphan_orders, finance_reconciliation, health_snapshot, alert_dispatch],
-    jobs=[monitoring_job, reconciliation_job],
-    schedules=[monitoring_schedule, reconciliation_schedule],
+    assets=[orphan_orders, finance_reconciliation, shopify_payouts, health_snapshot, alert_dispatch],
+    jobs=[monitoring_job, reconciliation_job, payouts_job],
+    schedules=[monitoring_schedule, reconciliation_schedule, payouts_schedule],
 )

@@ -224,9 +224,16 @@ _TYPES = [
     ExceptionType(
         "RECONCILIATION_MISMATCH", "finance", "medium", "Shipped value does not reconcile",
         "The value shipped (quantities x prices, shipping, discounts) differs from the order "
-        "total, or refunds differ from returns received.",
-        "Open the day's reconciliation report and correct the NetSuite records.",
-        "Escalate to the integration engineer when the mismatch is systematic.",
+        "total, or refunds differ from returns received; or (entity `payout:<id>`) a Shopify "
+        "Payments payout does not match our records: a charge, refund or fee differs, a "
+        "transaction is missing on our side or at Shopify, or the payout's net is not what our "
+        "orders and refunds add up to.",
+        "Open the day's reconciliation report (rows of section `payout` and "
+        "`payout_transaction` name the payout and the transaction) and correct the NetSuite "
+        "records; for a payout, compare it with the Shopify admin (Finances > Payouts) and book "
+        "fees or adjustments by hand. The exception clears when the payout reconciles on a later run.",
+        "Escalate to the integration engineer when the mismatch is systematic (e.g. every fee "
+        "differs: the fee schedule in the `shopify_payouts` config no longer matches the shop's plan).",
         1440, "order"),
     ExceptionType(
         "WEBHOOK_REJECTED", "integration", "high", "Webhooks rejected at the door",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, time, timezone
+from decimal import Decimal
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -221,6 +222,16 @@ class RetentionPolicy(_Strict):
     health_days: int = Field(default=30, gt=0)         # health snapshots behind the dashboard's charts
 
 
+class PaymentsPolicy(_Strict):
+    """The shop's Shopify Payments fees (its plan), against which each payout's fees are checked:
+    `fee_percent` of a charge plus `fee_fixed` (payout currency), rounded half-up to the cent;
+    `refund_fee` on a refund (Shopify keeps the charge's fee, so 0)."""
+
+    fee_percent: Decimal = Field(default=Decimal("2.0"), ge=0, lt=100)
+    fee_fixed: Decimal = Field(default=Decimal("0.25"), ge=0)
+    refund_fee: Decimal = Field(default=Decimal("0.00"), ge=0)
+
+
 class OutsideFulfilmentPolicy(_Strict):
     """What follows a Shopify fulfilment the warehouse did not make (FULFILLED_OUTSIDE_WMS).
 
@@ -272,6 +283,7 @@ class Policies(_Strict):
     tracking_patterns: dict[str, str] = Field(default_factory=dict)
     outside_fulfilment: OutsideFulfilmentPolicy = OutsideFulfilmentPolicy()
     retention: RetentionPolicy = RetentionPolicy()
+    payments: PaymentsPolicy = PaymentsPolicy()
 
     @field_validator("tracking_patterns")
     @classmethod

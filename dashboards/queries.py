@@ -33,6 +33,7 @@ import streamlit as st
 from clarus_pipelines import alerts, data_quality, exception_queue
 from clarus_pipelines.state import alert_history
 from clarus_pipelines.domain import health
+from clarus_pipelines.domain import payouts
 from clarus_pipelines.domain import reconciliation as finance
 from clarus_pipelines.exception_queue import utcnow
 from clarus_pipelines.settings import Settings
@@ -585,6 +586,15 @@ def reconcile_touched(db: str, since: datetime, until: datetime, now: datetime) 
         return finance.reconcile(con, finance.orders_touched(con, since, until), now=now).rows.to_pandas()
 
     return _read(db, run)
+
+@_cached
+def payout_matches(db: str, since, until) -> pd.DataFrame:
+    """Shopify Payments payouts issued in [since, until] and their match rows (`payouts.payout_matches`)."""
+    rows = _read(db, payouts.payout_matches, since, until).to_pandas()
+    for column in (*payouts.MONEY,):
+        rows[column] = pd.to_numeric(rows[column], errors="coerce")
+    return rows
+
 
 @_cached
 def refunds_by_kind(db: str, since: datetime, until: datetime) -> pd.DataFrame:

@@ -215,6 +215,45 @@ def refund_from_graphql(node: Mapping[str, Any], order_id: int | None = None) ->
     }
 
 
+def _utc(value: str | None) -> datetime | None:
+    """A Shopify DateTime as a naive UTC datetime (how the state stores times)."""
+    if not value:
+        return None
+    moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
+
+
+def payout_from_graphql(node: Mapping[str, Any]) -> dict[str, Any]:
+    """A ShopifyPaymentsPayout as the payouts reconciliation reads it (amounts as text, times UTC)."""
+    net = node.get("net") or {}
+    return {
+        "payout_id": str(node.get("legacyResourceId") or legacy_id(node["id"])), "payout_gid": node["id"],
+        "issued_at": _utc(node.get("issuedAt")), "status": node.get("status"),
+        "transaction_type": node.get("transactionType"), "currency": net.get("currencyCode"),
+        "net": None if net.get("amount") is None else str(net["amount"]),
+        "summary": {k: {"amount": str(v.get("amount")), "currency": v.get("currencyCode")}
+                    for k, v in (node.get("summary") or {}).items() if isinstance(v, Mapping)},
+    }
+
+
+def balance_transaction_from_graphql(node: Mapping[str, Any], payout_id: str | None = None) -> dict[str, Any]:
+    """A ShopifyPaymentsBalanceTransaction: ids as text (BigInt may come as a number or a string)."""
+    amount = node.get("amount") or {}
+    order = node.get("associatedOrder") or {}
+    payout = node.get("associatedPayout") or {}
+    text = lambda v: None if v is None else str(v)  # noqa: E731
+    return {
+        "transaction_id": node["id"], "payout_id": payout_id or text(legacy_id(payout.get("id"))),
+        "payout_status": payout.get("status"), "type": node.get("type"), "source_type": node.get("sourceType"),
+        "source_id": text(node.get("sourceId")), "source_order_transaction_id": text(node.get("sourceOrderTransactionId")),
+        "order_id": text(legacy_id(order.get("id"))), "order_name": order.get("name"),
+        "transaction_date": _utc(node.get("transactionDate")), "currency": amount.get("currencyCode"),
+        "amount": text(amount.get("amount")), "fee": text((node.get("fee") or {}).get("amount")),
+        "net": text((node.get("net") or {}).get("amount")), "test": node.get("test"),
+        "adjustment_reason": node.get("adjustmentReason"),
+    }
+
+
 def _address_from_graphql(address: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if not address:
         return None
@@ -419,6 +458,32 @@ BULK_STATUS = """
 query BulkStatus($id: ID!) {
   bulkOperation(id: $id) { id status errorCode objectCount url partialDataUrl }
 }"""
+_MONEY_V2 = "amount currencyCode"
+_SUMMARY = " ".join(f"{name} {{ {_MONEY_V2} }}" for name in (
+    "chargesGross", "chargesFee", "refundsFeeGross", "refundsFee", "adjustmentsGross", "adjustmentsFee",
+    "reservedFundsGross", "reservedFundsFee", "retriedPayoutsGross", "retriedPayoutsFee"))
+PAYOUTS_QUERY = f"""
+query Payouts($first: Int!, $after: String, $query: String) {{
+  shopifyPaymentsAccount {{
+    payouts(first: $first, after: $after, query: $query, sortKey: ISSUED_AT) {{
+      nodes {{ id legacyResourceId issuedAt status transactionType net {{ {_MONEY_V2} }} summary {{ {_SUMMARY} }} }}
+      pageInfo {{ hasNextPage endCursor }}
+    }}
+  }}
+}}"""
+BALANCE_TRANSACTIONS_QUERY = f"""
+query BalanceTransactions($first: Int!, $after: String, $query: String) {{
+  shopifyPaymentsAccount {{
+    balanceTransactions(first: $first, after: $after, query: $query, sortKey: PROCESSED_AT) {{
+      nodes {{
+        id type sourceType sourceId sourceOrderTransactionId transactionDate test adjustmentReason
+        amount {{ {_MONEY_V2} }} fee {{ {_MONEY_V2} }} net {{ {_MONEY_V2} }}
+        associatedOrder {{ id name }} associatedPayout {{ id status }}
+      }}
+      pageInfo {{ hasNextPage endCursor }}
+    }}
+  }}
+}}"""
 # The bulk form of an order read: Shopify allows five connections nested two deep, so the
 # lines of fulfilments and refunds (connections inside lists) are read per order afterwards.
 BULK_ORDERS_QUERY = f"""{{
@@ -672,6 +737,24 @@ class ShopifyResource(HttpConnector):
                 full = self.execute(REFUNDS_QUERY, {"id": node["id"]}, what=f"refunds of {node['id']}").get("order")
                 node["refunds"] = (full or {}).get("refunds") or []
             yield order_from_graphql(node)
+
+    # ------------------------------------------------------------------ Shopify Payments
+
+    def iter_payouts(self, issued_from: datetime | str, issued_before: datetime | str) -> Iterator[dict[str, Any]]:
+        """Shopify Payments payouts issued in [issued_from, issued_before) (`payout_from_graphql`
+        shape); nothing when the shop does not use Shopify Payments."""
+        search = f"issued_at:>='{_iso(issued_from)}' issued_at:<'{_iso(issued_before)}'"
+        for node in self._pages(PAYOUTS_QUERY, {"query": search}, ["shopifyPaymentsAccount", "payouts"],
+                                what="list payouts", first=self.page_size):
+            yield payout_from_graphql(node)
+
+    def iter_balance_transactions(self, payout_id: int | str) -> Iterator[dict[str, Any]]:
+        """The balance transactions of one payout (`payments_transfer_id` is the payout's id)."""
+        search = f"payments_transfer_id:{legacy_id(payout_id) or payout_id}"
+        for node in self._pages(BALANCE_TRANSACTIONS_QUERY, {"query": search},
+                                ["shopifyPaymentsAccount", "balanceTransactions"],
+                                what=f"balance transactions of payout {payout_id}", first=self.page_size):
+            yield balance_transaction_from_graphql(node, str(legacy_id(payout_id) or payout_id))
 
     # ------------------------------------------------------------------ fulfilment
 

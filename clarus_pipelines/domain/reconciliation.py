@@ -52,6 +52,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
+from clarus_pipelines.domain import payouts
 from clarus_pipelines.exception_queue import Finding, sync_exceptions, utcnow
 from clarus_pipelines.policies import Policies
 from clarus_pipelines.state import StateStore
@@ -68,6 +69,10 @@ COLUMNS = [
     "charged_goods", "cancelled_goods", "expected_goods", "shipped_goods", "difference", "shipped_qty", "shipments",
     "first_dispatched_at", "last_dispatched_at", "refunded_goods", "refunded_qty", "received_qty", "received_value",
     "return_due_at", "return_received_at",
+    # Shopify Payments payouts (`domain.payouts`): section `payout` (one row per payout issued that day)
+    # and `payout_transaction` (each of its transactions that is not ok)
+    "payout_id", "transaction_id", "transaction_kind", "shopify_amount", "our_amount", "shopify_fee", "expected_fee",
+    "shopify_net", "expected_net",
 ]
 
 
@@ -77,7 +82,7 @@ COLUMNS = [
 MONEY_COLUMNS = frozenset({
     "order_total", "goods_ordered", "goods_discounts", "shipping", "tax_added", "other_charges", "non_shipping_goods",
     "charged_goods", "cancelled_goods", "expected_goods", "shipped_goods", "difference", "refunded_goods",
-    "received_value",
+    "received_value", "shopify_amount", "our_amount", "shopify_fee", "expected_fee", "shopify_net", "expected_net",
 })
 COUNT_COLUMNS = frozenset({"shipped_qty", "shipments", "refunded_qty", "received_qty"})
 
@@ -461,6 +466,19 @@ def read_report(path: Path | str) -> pl.DataFrame:
     return pl.read_csv(path, infer_schema=False)
 
 
+def with_payouts(report: Reconciliation, rows: list[dict[str, Any]], day: date, now: datetime) -> Reconciliation:
+    """The day's report with its Shopify Payments payout rows (`payouts.report_rows`) appended."""
+    if not rows:
+        return report
+    base = {"report_date": day.isoformat(), "as_of": now.isoformat(timespec="seconds")}
+    extra = [{**base, "section": "payout" if r["line_no"] == 0 else "payout_transaction", "transaction_kind": r["kind"],
+              **{k: r[k] for k in ("payout_id", "transaction_id", "order_id", "order_name", "refund_id", "currency",
+                                   "status", "problems", "difference", *payouts.MONEY)}} for r in rows]
+    frame = pl.DataFrame([{c: None if r.get(c) is None else str(r[c]) for c in COLUMNS} for r in extra],
+                         schema={c: pl.Utf8 for c in COLUMNS})
+    return Reconciliation(pl.concat([report.rows, frame]), report.findings, report.order_ids)
+
+
 @dataclass
 class ReconciliationRun:
     day: date
@@ -477,12 +495,24 @@ class ReconciliationRun:
             "path": str(self.path),
             "orders": dispatch.height,
             "returns": returns.height,
-            "mismatches_in_report": rows.filter(pl.col("status") == "mismatch")["order_id"].n_unique(),
+            "mismatches_in_report": mismatch_count(rows),
+            "payouts": rows.filter(pl.col("section") == "payout").height,
+            "payouts_mismatched": _payouts_mismatched(rows),
             "partial": dispatch.filter(pl.col("status") == "partial").height,
             "open_mismatches_window": self.window.mismatches,
             "raised": sum(1 for a in self.outcome.values() if a in ("raised", "reopened")),
             "cleared": sum(1 for a in self.outcome.values() if a == "auto_resolved"),
         }
+
+
+def _payouts_mismatched(rows: pl.DataFrame) -> int:
+    return rows.filter((pl.col("section") == "payout") & (pl.col("status") == "mismatch")).height
+
+
+def mismatch_count(rows: pl.DataFrame) -> int:
+    """Orders and payouts in a report that do not reconcile."""
+    orders = rows.filter(pl.col("section").is_in(["dispatch", "return"]) & (pl.col("status") == "mismatch"))
+    return orders["order_id"].n_unique() + _payouts_mismatched(rows)
 
 
 def _total(rows: pl.DataFrame, column: str) -> Decimal:
@@ -507,10 +537,11 @@ def run_reconciliation(
         day_orders = orders_touched(con, start, end)
         report = reconcile(con, day_orders, now=now, report_date=day, tolerance=tolerance)
         recent = orders_touched(con, now - lookback, now + timedelta(seconds=1))
-        still_open = [r[0] for r in con.execute(
-            "SELECT entity_id FROM exceptions WHERE code = ? AND status <> 'resolved'", [CODE]
+        still_open = [r[0] for r in con.execute(  # payouts' mismatches are synced by `domain.payouts`
+            "SELECT entity_id FROM exceptions WHERE code = ? AND status <> 'resolved' AND entity_type <> 'payout'", [CODE]
         ).fetchall()]
         window = reconcile(con, [*recent, *still_open, *day_orders], now=now, tolerance=tolerance)
+        report = with_payouts(report, payouts.report_rows(con, day), day, now)
     path = write_report(report.rows, report_path(reports_dir, day))
     with store.write() as con:
         outcome = sync_exceptions(con, CODE, window.findings, scope=window.order_ids, policies=policies, now=now)
@@ -520,7 +551,7 @@ def run_reconciliation(
             " shipped_value, expected_value, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [day, now, str(path), rows.filter(pl.col("section") == "dispatch").height,
              rows.filter(pl.col("section") == "return").height,
-             rows.filter(pl.col("status") == "mismatch")["order_id"].n_unique(),
+             mismatch_count(rows),
              _total(rows, "shipped_goods"), _total(rows, "expected_goods"), run_id],
         )
     return ReconciliationRun(day, path, report, window, outcome)

@@ -1268,6 +1268,11 @@ class ShopifySandbox:
     def requests(self, since: int = 0) -> list[dict[str, Any]]:
         return [r.to_dict() for r in self.request_log.entries(since=since)]
 
+    @property
+    def payments(self) -> Any:
+        """The Shopify Payments account (payouts, balance transactions; `inject` a discrepancy)."""
+        return self.graphql.payments
+
     def graphql_calls(self, root_field: str, since: int = 0) -> list[dict[str, Any]]:
         """Logged GraphQL requests whose operation selects `root_field` (e.g. `fulfillmentCreate`)."""
         return [r for r in self.requests(since) if r["path"].endswith("/graphql.json") and isinstance(r["body"], dict)

@@ -57,6 +57,8 @@ from graphql import (
 from graphql.language import StringValueNode, VariableNode
 from graphql.utilities import value_from_ast_untyped
 
+from clarus_pipelines.sandbox.shopify_payments import ShopifyPayments
+
 if TYPE_CHECKING:
     from clarus_pipelines.sandbox.shopify import ShopifySandbox
 
@@ -317,6 +319,7 @@ class ShopifyGraphQL:
         self.base_url = "http://localhost"  # set per request: where bulk results are downloaded
         self._subscription_ids = iter(range(1_100_000_000_001, 10**15))
         self._preset_subscriptions_made = False
+        self.payments = ShopifyPayments(shop)  # shopifyPaymentsAccount: payouts and balance transactions
 
     def reset(self) -> None:
         self.bulk_operations.clear()
@@ -324,6 +327,7 @@ class ShopifyGraphQL:
         self.idempotent_results.clear()
         self.throttled.clear()
         self.applied_changes.clear()
+        self.payments.reset()
         self.bucket.reset()
 
     # -------------------------------------------------------------- request
@@ -548,6 +552,7 @@ class ShopifyGraphQL:
             "currentBulkOperation": lambda type="QUERY": next(
                 (op for _, op in sorted(self.bulk_operations.items(), reverse=True) if op["type"] == type), None),
             "bulkOperation": lambda id: self.bulk_operations.get(gid_number(id) or 0),
+            "shopifyPaymentsAccount": self.payments.account,
         }
 
     @staticmethod

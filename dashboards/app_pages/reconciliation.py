@@ -19,12 +19,14 @@ from clarus_pipelines.domain.reconciliation import excel_path
 REPORTS_SHOWN = 14  # days of stored reports listed with a download each
 MONEY_COLUMNS = ("order_total", "goods_ordered", "goods_discounts", "shipping", "tax_added", "other_charges",
                  "charged_goods", "cancelled_goods", "expected_goods", "shipped_goods", "difference",
-                 "refunded_goods", "received_value")
+                 "refunded_goods", "received_value", "shopify_amount", "our_amount", "shopify_fee", "expected_fee",
+                 "shopify_net", "expected_net")
 MONEY = {c: st.column_config.NumberColumn(format="%.2f") for c in (*MONEY_COLUMNS, "amount", "shipped_value",
                                                                    "expected_value", "refunded_goods_not_back")}
 SHOWN = ["order_name", "section", "status", "problems", "currency", "order_total", "expected_goods", "shipped_goods",
          "difference", "other_charges", "shipped_qty", "refund_id", "refunded_goods", "received_value",
-         "last_dispatched_at"]
+         "last_dispatched_at", "payout_id", "transaction_kind", "shopify_amount", "our_amount", "shopify_fee",
+         "expected_fee", "shopify_net", "expected_net"]
 
 
 def numeric(rows: pd.DataFrame) -> pd.DataFrame:
@@ -167,6 +169,39 @@ else:
                      help="Returns refunded whose goods-in receipt has not arrived in Clarus yet.")})
     st.caption("Returns count as back when Clarus confirmed the goods-in receipt; overdue ones are "
                "RETURN_NOT_RECEIVED exceptions below.")
+
+# ------------------------------------------------------------------ Shopify Payments payouts
+st.subheader("Shopify Payments payouts")
+st.caption("Each payout issued in this period, matched against our orders (charges and their fees) and refunds by "
+           "the `shopify_payouts` job; a payout that does not reconcile is a RECONCILIATION_MISMATCH `payout:<id>`.")
+try:
+    matched = queries.payout_matches(db, start, end)
+except duckdb.Error as exc:
+    st.warning(f"The payouts cannot be read from this state file ({type(exc).__name__}).")
+    matched = pd.DataFrame()
+if matched.empty:
+    st.info(f"No Shopify Payments payout read for {start} to {end}.")
+else:
+    matched = matched.copy()
+    matched["problems"] = [common.present_text(p, reveal) if isinstance(p, str) else p for p in matched["problems"]]
+    summary = matched[matched["line_no"] == 0]
+    bad = summary[summary["status"] == "mismatch"]
+    cols = st.columns(3)
+    cols[0].metric("Payouts", len(summary))
+    cols[1].metric("Payouts not reconciling", len(bad))
+    cols[2].metric("Items to book by hand", int((matched["status"] == "review").sum()),
+                   help="Adjustments, chargebacks and reserves Shopify paid out: no record of ours to match.")
+    payout_money = {c: st.column_config.NumberColumn(format="%.2f") for c in
+                    ("shopify_amount", "our_amount", "shopify_fee", "expected_fee", "shopify_net", "expected_net",
+                     "difference")}
+    st.dataframe(summary[["payout_date", "payout_id", "payout_status", "currency", "status", "shopify_net",
+                          "expected_net", "difference", "problems"]],
+                 hide_index=True, width="stretch", column_config=payout_money, key="payouts")
+    lines = matched[(matched["line_no"] > 0) & (matched["status"] != "ok")]
+    if not lines.empty:
+        st.dataframe(lines[["payout_id", "kind", "order_name", "refund_id", "status", "problems", "shopify_amount",
+                            "our_amount", "shopify_fee", "expected_fee", "difference"]],
+                     hide_index=True, width="stretch", column_config=payout_money, key="payout_lines")
 
 st.subheader("Open finance exceptions")
 finance = queries.exceptions(db, codes=("RECONCILIATION_MISMATCH", "RETURN_NOT_RECEIVED", "REFUND_UNCLASSIFIED"),
