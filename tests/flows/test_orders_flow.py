@@ -1,9 +1,10 @@
 """Item master and orders into the warehouse, against the three sandboxes over loopback HTTP.
 
-One sandbox trio (no faults) serves the module; the item master is synced into a base
-state file once and each test starts from a copy of it, with its own orders. The
-idempotency test starts its own trio with faults on. Assertions read the sandboxes' own
-records (how many goods outs and sales orders exist) as well as our state.
+One sandbox trio (the shared `World.trio` of tests/world.py, no faults) serves the module;
+the item master is synced into its state once and each test starts from a fork of it (a copy
+of the state, its own landing zone), with its own orders. The idempotency test switches
+faults on for its run. Assertions read the sandboxes' own records (how many goods outs and
+sales orders exist) as well as our state.
 """
 
 from __future__ import annotations
