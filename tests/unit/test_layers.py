@@ -166,3 +166,15 @@ def test_the_checker_sees_a_layer_reaching_up(rule, monkeypatch):
     monkeypatch.setattr(__import__(__name__), "imports_of", with_a_violation)
     with pytest.raises(AssertionError, match="clarus_pipelines.domain.orders imports clarus_pipelines.receiver.app"):
         rule()
+
+
+def test_the_checker_sees_argument_parsing_outside_the_command_programs(monkeypatch):
+    """The command-program rule is not vacuous: a library module parsing arguments is caught."""
+    real = _third_party
+
+    def with_argparse(module: str) -> set[str]:
+        return real(module) | {"argparse"} if module == "clarus_pipelines.runbook" else real(module)
+
+    monkeypatch.setattr(__import__(__name__), "_third_party", with_argparse)
+    with pytest.raises(AssertionError, match="clarus_pipelines.runbook"):
+        test_command_programs_live_with_the_cli()
