@@ -44,7 +44,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from clarus_pipelines import demo  # noqa: E402
+from clarus_pipelines.commands import demo  # noqa: E402
 from clarus_pipelines.sandbox.catalog_data import build_catalog  # noqa: E402
 
 MAX_MINUTES = 9.0

@@ -50,7 +50,7 @@ def serve_bare(host: str, port: int) -> None:
     from starlette.routing import Route
 
     from clarus_pipelines.receiver.app import DEFAULT_MAX_BODY_BYTES, read_body
-    from clarus_pipelines.receiver.cli import uvicorn_options
+    from clarus_pipelines.receiver.server import uvicorn_options
 
     async def bare(request):
         await read_body(request, DEFAULT_MAX_BODY_BYTES)

@@ -15,15 +15,15 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": (
-        "clarus_pipelines.demo",
+        "clarus_pipelines.commands.demo",
         "Run the whole stack on embedded defaults: sandbox, webhook receiver, Dagster webserver and daemon, dashboard, generated traffic.",
     ),
     "sandbox": (
-        "clarus_pipelines.sandbox.cli",
+        "clarus_pipelines.commands.sandbox",
         "Serve local Clarus, Shopify and NetSuite look-alikes (with traffic generator and fault injection).",
     ),
     "receiver": (
-        "clarus_pipelines.receiver.cli",
+        "clarus_pipelines.commands.receiver",
         "Serve the webhook receiver: verify, store durably, acknowledge.",
     ),
     "replay": (
@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Validate the environment settings and the policies YAML; name the offending key on error.",
     ),
     "runbook": (
-        "clarus_pipelines.runbook",
+        "clarus_pipelines.commands.runbook",
         "Write (or --check) docs/runbook.md from the exception catalogue.",
     ),
     "explain-order": (
@@ -52,11 +52,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "refunds, configuration); exit 1 when there are go-live blockers.",
     ),
     "shopify-webhooks": (
-        "clarus_pipelines.shopify_webhooks",
+        "clarus_pipelines.commands.shopify_webhooks",
         "sync: make the shop's webhook subscriptions match the topics we consume and the receiver's URL (--dry-run).",
     ),
     "simulate": (
-        "clarus_pipelines.simulate",
+        "clarus_pipelines.commands.simulate",
         "Rehearse a sale day: run the whole integration against the sandbox with faults and print what happened as JSON.",
     ),
     # --- intake that never stalls (issue 12) ---

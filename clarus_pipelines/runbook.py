@@ -2,17 +2,14 @@
 
 `render_runbook()` turns `clarus_pipelines.catalogue` into Markdown: how to work the
 exception queue, who owns what, then one entry per exception type grouped by owner.
-`clarus-pipelines runbook` writes it to docs/runbook.md; `--check` fails when the file
+`clarus-pipelines runbook` (commands/runbook.py) writes it to docs/runbook.md; `--check` fails when the file
 no longer matches the catalogue, so the two cannot drift apart. The dashboard shows the
 entry of the selected exception type with `render_type`.
 """
 
 from __future__ import annotations
 
-import argparse
 import difflib
-import json
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -210,41 +207,3 @@ def write_runbook(path: Path = DEFAULT_OUTPUT, catalogue: Mapping[str, Exception
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return True
-
-
-# ---------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--output", type=Path, default=DEFAULT_OUTPUT, metavar="PATH",
-        help=f"where the runbook goes (default: {DEFAULT_OUTPUT.relative_to(REPO_ROOT)} in the repository)",
-    )
-    parser.add_argument(
-        "--check", action="store_true",
-        help="write nothing; exit 1 with the differences when the file does not match the catalogue",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    path: Path = args.output
-    if path == DEFAULT_OUTPUT and not (REPO_ROOT / "pyproject.toml").is_file():
-        # an installed wheel: the default would write into site-packages
-        print("no source tree here (an installed package): pass --output PATH", file=sys.stderr)
-        return 2
-    if args.check:
-        diff = differences(path)
-        print(json.dumps({"ok": not diff, "path": str(path), "up_to_date": not diff}))
-        if not diff:
-            return 0
-        shown = diff[:80]
-        print("\n".join(shown + (["..."] if len(diff) > len(shown) else [])), file=sys.stderr)
-        print(
-            f"{path} is out of date with clarus_pipelines/catalogue.py; "
-            "run `clarus-pipelines runbook` to regenerate it.",
-            file=sys.stderr,
-        )
-        return 1
-    changed = write_runbook(path)
-    print(json.dumps({"ok": True, "path": str(path), "changed": changed, "exception_types": len(CATALOGUE)}))
-    return 0

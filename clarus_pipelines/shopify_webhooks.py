@@ -1,19 +1,17 @@
-"""`clarus-pipelines shopify-webhooks sync`: make the shop's webhook subscriptions match what we consume.
+"""The shop's webhook subscriptions we need: what to create and delete so they match what we consume.
 
 The topics are the ones the order and refund flows read (`order_flow.ORDER_TOPICS` and
 `refund_flow.REFUND_TOPIC`); every one must be delivered, as JSON, to the receiver's
 `/webhooks/shopify`. `plan_sync` is a plain function: subscriptions to create (a topic
 with none to our URL), and ours to delete (same URL, a topic we no longer consume, or a
 duplicate). Subscriptions to other URLs belong to other apps or people and are left
-alone. `--dry-run` prints the plan without changing anything; running it twice changes
+alone. `clarus-pipelines shopify-webhooks sync` (commands/shopify_webhooks.py) applies the
+plan; `--dry-run` prints the plan without changing anything; running it twice changes
 nothing the second time.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,45 +54,3 @@ def plan_sync(existing: Iterable[Mapping[str, Any]], uri: str, topics: Iterable[
             plan.delete.append(dict(sub))
     plan.create = [t for t in wanted if t not in covered]
     return plan
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["sync"], help="sync: make the shop's subscriptions match what we consume")
-    parser.add_argument("--receiver-url", required=True,
-                        help="the receiver's public base URL as Shopify reaches it, e.g. https://hooks.example.com")
-    parser.add_argument("--dry-run", action="store_true", help="print the difference, change nothing")
-
-
-def run(args: argparse.Namespace) -> int:
-    from clarus_pipelines.connectors.http import ConnectorError
-    from clarus_pipelines.connectors.shopify import ShopifyResource
-    from clarus_pipelines.settings import Settings
-
-    settings = Settings()
-    if settings.shopify_access_token is None:
-        print("environment: SHOPIFY_ACCESS_TOKEN: not set", file=sys.stderr)
-        return 1
-    shopify = ShopifyResource(base_url=settings.shopify_base_url, api_version=settings.shopify_api_version,
-                              access_token=settings.shopify_access_token.get_secret_value())
-    uri = receiver_webhook_url(args.receiver_url)
-    try:
-        plan = plan_sync(shopify.list_webhook_subscriptions(), uri)
-        created, deleted = [], []
-        if not args.dry_run:
-            for sub in plan.delete:
-                shopify.delete_webhook_subscription(sub["id"])
-                deleted.append(sub)
-            for topic in plan.create:
-                created.append(shopify.create_webhook_subscription(topic, uri))
-    except ConnectorError as exc:
-        print(f"shopify-webhooks: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        shopify.close()
-    print(json.dumps({
-        "uri": uri, "dry_run": bool(args.dry_run),
-        "create": plan.create, "delete": [{"id": s["id"], "topic": s["topic"]} for s in plan.delete],
-        "unchanged": [s["topic"] for s in plan.keep],
-        "created": [c["id"] for c in created], "deleted": [d["id"] for d in deleted],
-    }))
-    return 0

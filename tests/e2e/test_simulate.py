@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from clarus_pipelines.simulate import build_report, period_minutes
+from clarus_pipelines.commands.simulate import build_report, period_minutes
 from clarus_pipelines.state import StateStore
 
 CLI = str(Path(sys.executable).parent / "clarus-pipelines")

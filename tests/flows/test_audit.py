@@ -9,30 +9,25 @@ exit non-zero; a clean sandbox (clean orders only) has no blockers and exits 0.
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sandbox_helpers import WebhookRecorder
+from world import World
 
-from clarus_pipelines.assets.item_master import sync_item_master
-from clarus_pipelines.assets.orders import intake_landed_orders, refresh_carriers, send_ready_orders
+from clarus_pipelines.assets.orders import intake_landed_orders, send_ready_orders
 from clarus_pipelines import cli
 from clarus_pipelines.audit import findings as rules
 from clarus_pipelines.audit import run_audit
 from clarus_pipelines.audit.findings import AuditData, Finding, build_report, run_rules, secret_problem, trend
 from clarus_pipelines.audit.history import reports
 from clarus_pipelines.audit.render import render, to_html, to_markdown
-from clarus_pipelines.connectors.clarus import ClarusResource
-from clarus_pipelines.connectors.netsuite import NetSuiteResource
 from clarus_pipelines.connectors.shopify import ShopifyResource
 from clarus_pipelines.domain import outside_fulfilments as outside
 from clarus_pipelines.exception_queue import utcnow
 from clarus_pipelines.receiver.events import load_landings, store_events
-from clarus_pipelines.receiver.landing import Envelope, LandingZone
-from clarus_pipelines.sandbox.server import SandboxSecrets, start_sandbox
+from clarus_pipelines.receiver.landing import Envelope
 from clarus_pipelines.sandbox.traffic import TrafficGenerator, TrafficProfile
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
 from clarus_pipelines.policies import AlertChannel, OwnerPolicy
@@ -244,82 +239,52 @@ def test_renderers_escape_and_carry_every_finding() -> None:
 # ----------------------------------------------------------------------------- against the sandbox
 
 
-def _connectors(handle) -> dict:
-    s = SandboxSecrets.from_env()
-    return {
-        "clarus": ClarusResource(base_url=handle.clarus_url, subdomain="sandbox", client_id=s.clarus_client_id,
-                                 client_secret=s.clarus_client_secret, min_interval_s=0.0, max_elapsed_s=30.0),
-        "netsuite": NetSuiteResource(base_url=handle.netsuite_url, account_id="SANDBOX", consumer_key=s.netsuite_consumer_key,
-                                     consumer_secret=s.netsuite_consumer_secret, token_id=s.netsuite_token_id,
-                                     token_secret=s.netsuite_token_secret, max_elapsed_s=30.0),
-        "shopify": ShopifyResource(base_url=handle.shopify_url, access_token=s.shopify_access_token, max_elapsed_s=30.0),
-    }
+class AuditWorld(World):
+    """The shared sandbox trio (tests/world.py), webhooks to a recorder, with generated orders run
+    through the orders flow."""
 
+    orders: list = []
+    fulfilled_by_hand: list[str] = []
 
-class World:
-    """A sandbox trio (webhooks to a recorder), the item master synced into a state file, orders run through."""
-
-    def __init__(self, tmp: Path, cases: list[str]):
-        self.recorder = WebhookRecorder().__enter__()
-        self.handle = start_sandbox(secrets=SandboxSecrets.from_env(), seed=0, receiver_url=self.recorder.url,
-                                    clarus_dispatch_after_s=3600, netsuite_commit_delay_s=0)
-        self.handle.clarus.stop_ticker()
-        self.handle.clarus.out_of_stock_rate = 0.0
-        self.clients = _connectors(self.handle)
-        self.state = tmp / "state.duckdb"
-        self.store = StateStore(self.state)
-        sync_item_master(self.store, POLICIES, netsuite=self.clients["netsuite"], clarus=self.clients["clarus"],
-                         shopify=self.clients["shopify"])
-        refresh_carriers(self.store, self.clients["clarus"])
-        traffic = TrafficGenerator(self.handle.shopify, self.handle.netsuite, self.handle.clarus,
+    @classmethod
+    def with_traffic(cls, tmp: Path, cases: list[str]) -> "AuditWorld":
+        world = cls.trio(tmp, recorder=True)
+        traffic = TrafficGenerator(world.shopify_sb, world.netsuite_sb, world.clarus_sb,
                                    TrafficProfile.only(), seed=0, policies=POLICIES)
-        self.orders = [o for case in cases for o in traffic.generate_orders(1, case=case)]
-        zone = LandingZone(tmp / "landing", fsync=False)
-        relpaths = []
-        for order in self.orders:
-            payload = self.handle.shopify.order(order.order_id)
-            envelope = Envelope(source="shopify", topic="orders/create", body=json.dumps(payload).encode(), via="webhook",
-                                dedupe_key=f"shopify:webhook:{uuid.uuid4()}", headers={"x-shopify-topic": "orders/create"})
-            relpaths.append(zone.land(envelope).relpath)
-        with self.store.write() as con:
-            store_events(con, load_landings(zone, relpaths))
-        intake_landed_orders(self.store, POLICIES)
-        send_ready_orders(self.store, POLICIES, netsuite=self.clients["netsuite"], clarus=self.clients["clarus"],
+        world.orders = [o for case in cases for o in traffic.generate_orders(1, case=case)]
+        world.land_many([("orders/create", world.shopify_sb.order(order.order_id), None, "webhook") for order in world.orders])
+        intake_landed_orders(world.store, POLICIES)
+        send_ready_orders(world.store, POLICIES, netsuite=world.netsuite, clarus=world.clarus,
                           customer_id=POLICIES.tenant.netsuite_customer_id)
-        self.fulfilled_by_hand = self._follow_up(traffic, zone)
+        world.fulfilled_by_hand = world._follow_up(traffic)
+        return world
 
-    def _follow_up(self, traffic: TrafficGenerator, zone: LandingZone) -> list[str]:
+    def _follow_up(self, traffic: TrafficGenerator) -> list[str]:
         """The generator's follow-ups (a merchant fulfilling an order by hand in Shopify admin), their
         `fulfillments/create` webhooks landed and the fulfilment watch run past its grace period."""
         traffic.apply_followups(force=True)
-        assert self.handle.shopify.webhook_sender.flush(20)
+        assert self.shopify_sb.webhook_sender.flush(20)
         hooks = [h for h in self.recorder.snapshot() if h["headers"].get("x-shopify-topic") == "fulfillments/create"]
         if not hooks:
             return []
-        relpaths = [zone.land(Envelope(source="shopify", topic="fulfillments/create", body=h["raw"], via="webhook",
-                                       dedupe_key=f"shopify:webhook:{h['headers']['x-shopify-webhook-id']}",
-                                       headers={"x-shopify-topic": "fulfillments/create"})).relpath for h in hooks]
+        relpaths = [self.zone.land(Envelope(source="shopify", topic="fulfillments/create", body=h["raw"], via="webhook",
+                                            dedupe_key=f"shopify:webhook:{h['headers']['x-shopify-webhook-id']}",
+                                            headers={"x-shopify-topic": "fulfillments/create"})).relpath for h in hooks]
         with self.store.write() as con:
-            store_events(con, load_landings(zone, relpaths))
+            store_events(con, load_landings(self.zone, relpaths))
         later = utcnow() + timedelta(minutes=POLICIES.outside_fulfilment.grace_minutes + 1)
         outside.take_in_fulfilments(self.store)
         outside.judge_fulfilments(self.store, POLICIES, now=later)
-        outside.act_on_outside_fulfilments(self.store, POLICIES, clarus=self.clients["clarus"], now=later)
+        outside.act_on_outside_fulfilments(self.store, POLICIES, clarus=self.clarus, now=later)
         return [str(h["body"]["order_id"]) for h in hooks]
 
     def env(self, monkeypatch) -> None:
         """Point the CLI's settings at this world."""
-        monkeypatch.setenv("CLARUS_BASE_URL", self.handle.clarus_url)
-        monkeypatch.setenv("SHOPIFY_BASE_URL", self.handle.shopify_url)
-        monkeypatch.setenv("NETSUITE_BASE_URL", self.handle.netsuite_url)
-        monkeypatch.setenv("CLARUS_PIPELINES_STATE_DB", str(self.state))
+        monkeypatch.setenv("CLARUS_BASE_URL", self.urls["clarus"])
+        monkeypatch.setenv("SHOPIFY_BASE_URL", self.urls["shopify"])
+        monkeypatch.setenv("NETSUITE_BASE_URL", self.urls["netsuite"])
+        monkeypatch.setenv("CLARUS_PIPELINES_STATE_DB", str(self.state_path))
         monkeypatch.setenv("CLARUS_PIPELINES_CONFIG", str(SANDBOX_POLICIES))
-
-    def close(self) -> None:
-        for client in self.clients.values():
-            client.close()
-        self.handle.stop()
-        self.recorder.__exit__(None, None, None)
 
 
 FAILURE_MIX = ["clean", "unmapped_shipping_line", "sku_leading_zeros_stripped", "sku_unknown", "clean", "fulfilled_outside_wms"]
@@ -327,19 +292,19 @@ FAILURE_MIX = ["clean", "unmapped_shipping_line", "sku_leading_zeros_stripped", 
 
 @pytest.fixture(scope="module")
 def failing_world(tmp_path_factory):
-    world = World(tmp_path_factory.mktemp("audit-failures"), FAILURE_MIX)
+    world = AuditWorld.with_traffic(tmp_path_factory.mktemp("audit-failures"), FAILURE_MIX)
     yield world
     world.close()
 
 
 @pytest.fixture(scope="module")
 def clean_world(tmp_path_factory):
-    world = World(tmp_path_factory.mktemp("audit-clean"), ["clean"] * 4)
+    world = AuditWorld.with_traffic(tmp_path_factory.mktemp("audit-clean"), ["clean"] * 4)
     yield world
     world.close()
 
 
-def test_every_seeded_gap_appears_with_its_owner(failing_world: World) -> None:
+def test_every_seeded_gap_appears_with_its_owner(failing_world: AuditWorld) -> None:
     later = utcnow() + timedelta(minutes=POLICIES.timings.held_alert_minutes + 5)
     report = run_audit(failing_world.store, POLICIES, now=later, since=later - timedelta(days=30), keep=False,
                        **failing_world.clients)
@@ -375,7 +340,7 @@ def test_every_seeded_gap_appears_with_its_owner(failing_world: World) -> None:
     assert f"pointing at `{failing_world.recorder.url}/webhooks/shopify`" in to_markdown(report)
 
 
-def test_the_cli_exits_non_zero_with_blockers_and_keeps_the_trend(failing_world: World, monkeypatch, tmp_path) -> None:
+def test_the_cli_exits_non_zero_with_blockers_and_keeps_the_trend(failing_world: AuditWorld, monkeypatch, tmp_path) -> None:
     failing_world.env(monkeypatch)
     out = tmp_path / "audit.html"
     assert cli.main(["audit", "--since", "7d", "--format", "html", "--out", str(out)]) == 1
@@ -391,7 +356,7 @@ def test_the_cli_exits_non_zero_with_blockers_and_keeps_the_trend(failing_world:
     assert bad.value.code == 2
 
 
-def test_a_missing_subscription_and_a_wrong_receiver_are_blockers(failing_world: World) -> None:
+def test_a_missing_subscription_and_a_wrong_receiver_are_blockers(failing_world: AuditWorld) -> None:
     shop = failing_world.handle.shopify
     with shop._lock:  # the shop's owner removes three of the five subscriptions in Shopify admin
         shop.graphql._preset_subscriptions()
@@ -413,7 +378,7 @@ def test_a_missing_subscription_and_a_wrong_receiver_are_blockers(failing_world:
     assert found["webhooks.wrong_receiver"]["count"] == 2
 
 
-def test_a_clean_sandbox_has_no_blockers_and_exits_zero(clean_world: World, monkeypatch, tmp_path) -> None:
+def test_a_clean_sandbox_has_no_blockers_and_exits_zero(clean_world: AuditWorld, monkeypatch, tmp_path) -> None:
     now = utcnow() + timedelta(minutes=POLICIES.timings.held_alert_minutes + 5)
     report = run_audit(clean_world.store, POLICIES, now=now, since=now - timedelta(days=30), keep=False,
                        **clean_world.clients)
@@ -428,14 +393,12 @@ def test_a_clean_sandbox_has_no_blockers_and_exits_zero(clean_world: World, monk
     assert "Verdict: ready, with warnings" in (tmp_path / "audit.md").read_text()
 
 
-def test_the_dagster_asset_shows_the_report_and_its_trend(failing_world: World) -> None:
+def test_the_dagster_asset_shows_the_report_and_its_trend(failing_world: AuditWorld) -> None:
     import dagster as dg
 
     from clarus_pipelines.assets.audit import audit_schedule, integration_audit
-    from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 
-    resources = {"state": StateStoreResource(path=str(failing_world.state)),
-                 "policies": PoliciesResource(path=str(SANDBOX_POLICIES)), **failing_world.clients}
+    resources = failing_world.resources()
     first = dg.materialize([integration_audit], resources=resources)
     second = dg.materialize([integration_audit], resources=resources)
     assert first.success and second.success
@@ -511,7 +474,7 @@ def test_examples_never_carry_emails_or_phone_numbers() -> None:
     assert "ada@example.com" not in found.examples[0] and "7700 900123" not in found.examples[0]
 
 
-def test_a_system_refusing_our_credentials_is_a_blocker_and_its_checks_are_skipped(clean_world: World) -> None:
+def test_a_system_refusing_our_credentials_is_a_blocker_and_its_checks_are_skipped(clean_world: AuditWorld) -> None:
     wrong = ShopifyResource(base_url=clean_world.handle.shopify_url, access_token="not-the-shop-token", max_elapsed_s=5.0)
     try:
         report = run_audit(clean_world.store, POLICIES, now=utcnow(), since=utcnow() - timedelta(days=1), keep=False,

@@ -62,7 +62,7 @@ def test_data_quality_suites_run_only_in_their_own_job():
 def test_the_instance_not_the_sensors_prevents_overlap(tmp_path):
     """Pools and tag concurrency limits, configured in the demo's instance and in deploy/dagster.yaml."""
     from clarus_pipelines.definitions import defs
-    from clarus_pipelines.demo import DAGSTER_CONCURRENCY_YAML, DEMO_DAGSTER_YAML
+    from clarus_pipelines.commands.demo import DAGSTER_CONCURRENCY_YAML, DEMO_DAGSTER_YAML
 
     deployed = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())
     assert deployed["concurrency"] == yaml.safe_load(DAGSTER_CONCURRENCY_YAML)["concurrency"]

@@ -8,34 +8,19 @@ from the systems' own request logs and records.
 """
 
 import json
-import os
-import time
 from collections import Counter
 from datetime import timedelta
 
 import dagster as dg
 import httpx
 import pytest
+from world import World
 
 import clarus_pipelines.domain.dispatch as dispatch
-from clarus_pipelines.connectors.clarus import ClarusResource
-from clarus_pipelines.connectors.clarus_model import build_goods_out_body
-from clarus_pipelines.connectors.netsuite import NetSuiteResource
-from clarus_pipelines.connectors.shopify import ShopifyResource
 from clarus_pipelines.domain.dispatch import DispatchConfig, DispatchState
 from clarus_pipelines.domain.skus import clean_sku
 from clarus_pipelines.domain.tracking import TrackingRules
 from clarus_pipelines.exception_queue import utcnow
-from clarus_pipelines.receiver.app import WebhookSecrets, create_app
-from clarus_pipelines.receiver.events import load_landings, store_events
-from clarus_pipelines.receiver.landing import LandingZone
-from clarus_pipelines.resources import PoliciesResource, StateStoreResource
-from clarus_pipelines.sandbox.catalog_data import NETSUITE_WEB_CUSTOMER_ID, build_catalog
-from clarus_pipelines.sandbox.clarus import ClarusSandbox
-from clarus_pipelines.sandbox.faults import WebhookSender
-from clarus_pipelines.sandbox.netsuite import NetSuiteSandbox
-from clarus_pipelines.sandbox.serving import serve_in_thread
-from clarus_pipelines.sandbox.shopify import ShopifySandbox
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
 from clarus_pipelines.state import StateStore
 
@@ -44,126 +29,10 @@ pytestmark = pytest.mark.timeout(120)
 POLICIES = load_policies(SANDBOX_POLICIES)
 RULES = TrackingRules.from_policies(POLICIES)
 FAST = DispatchConfig(erp_recheck_s=0.0, retry_base_s=0.0, workers=2)  # re-check at once: the tests move time themselves
-ADDRESS = {"first_name": "Ada", "last_name": "Byron", "name": "Ada Byron", "address1": "1 Test Street", "city": "Leeds",
-           "zip": "LS1 4AP", "country": "United Kingdom", "country_code": "GB"}
 
 
-class World:
-    """The three sandboxes, the receiver and the state database of one test."""
-
-    def __init__(self, tmp_path, *, clarus_kwargs=None, netsuite_webhooks=False):
-        env = os.environ
-        self.catalog = build_catalog(0)
-        self.ns_now = [time.time()]
-        self.clarus_sb = ClarusSandbox(
-            client_id=env["CLARUS_CLIENT_ID"], client_secret=env["CLARUS_CLIENT_SECRET"], **(clarus_kwargs or {})
-        )
-        self.shopify_sb = ShopifySandbox(access_token=env["SHOPIFY_ACCESS_TOKEN"], webhook_secret=env["SHOPIFY_WEBHOOK_SECRET"],
-                                         catalog=self.catalog)
-        self.netsuite_sb = NetSuiteSandbox(
-            consumer_key=env["NETSUITE_CONSUMER_KEY"], consumer_secret=env["NETSUITE_CONSUMER_SECRET"],
-            token_id=env["NETSUITE_TOKEN_ID"], token_secret=env["NETSUITE_TOKEN_SECRET"], commit_delay_s=3600,
-            catalog=self.catalog, clock=lambda: self.ns_now[0],
-            webhook_secret=env["NETSUITE_WEBHOOK_SECRET"] if netsuite_webhooks else None,
-            webhook_sender=WebhookSender(system="netsuite") if netsuite_webhooks else None,
-        )
-        self.landing_dir = tmp_path / "landing"
-        receiver = create_app(self.landing_dir, secrets=WebhookSecrets(clarus_token=env["CLARUS_WEBHOOK_TOKEN"],
-                                                                     netsuite=env["NETSUITE_WEBHOOK_SECRET"]),
-                              tenant=POLICIES.tenant, fsync=False)
-        self.served = [serve_in_thread(app) for app in (self.clarus_sb.app, self.shopify_sb.app, self.netsuite_sb.app, receiver)]
-        clarus_url, shopify_url, netsuite_url, receiver_url = (s.url for s in self.served)
-        self.clarus_sb.webhook_url = f"{receiver_url}/webhooks/clarus/{env['CLARUS_WEBHOOK_TOKEN']}"
-        if netsuite_webhooks:
-            self.netsuite_sb.webhook_url = f"{receiver_url}/webhooks/netsuite"
-        self.clarus = ClarusResource(base_url=clarus_url, subdomain="sandbox", client_id=env["CLARUS_CLIENT_ID"],
-                                     client_secret=env["CLARUS_CLIENT_SECRET"], min_interval_s=0.0)
-        self.shopify = ShopifyResource(base_url=shopify_url, access_token=env["SHOPIFY_ACCESS_TOKEN"])
-        self.netsuite = NetSuiteResource(base_url=netsuite_url, account_id="SANDBOX", consumer_key=env["NETSUITE_CONSUMER_KEY"],
-                                         consumer_secret=env["NETSUITE_CONSUMER_SECRET"], token_id=env["NETSUITE_TOKEN_ID"],
-                                         token_secret=env["NETSUITE_TOKEN_SECRET"])
-        self.state_path = tmp_path / "state.duckdb"
-        self.store = StateStore(self.state_path)
-        self.products: dict[str, str] = {}
-
-    def close(self):
-        for client in (self.clarus, self.shopify, self.netsuite):
-            client.close()
-        self.clarus_sb.close()
-        if self.netsuite_sb.webhook_sender is not None:
-            self.netsuite_sb.webhook_sender.close()
-        for served in self.served:
-            served.stop()
-
-    # -------------------------------------------------------------- an order, as the orders flow leaves it
-
-    def items(self, n):
-        return [i for i in self.catalog.clean_variants() if i.quirk is None][:n]
-
-    def place_order(self, lines, *, stock=None, commit=False):
-        """lines: [(catalog item, quantity)]; stock: SKU -> Clarus available (default plenty)."""
-        order = self.shopify_sb.create_order(
-            line_items=[{"variant_id": item.variant_id, "quantity": qty} for item, qty in lines],
-            shipping_address=ADDRESS, shipping_lines=[{"code": "standard", "title": "Standard Shipping", "price": "3.95"}],
-            email="ada@example.com",
-        )
-        order_id, name = str(order["id"]), order["name"]
-        so_id, _ = self.netsuite.ensure_sales_order(order_id, {
-            "entity": {"id": NETSUITE_WEB_CUSTOMER_ID}, "otherrefnum": name, "orderStatus": "B",
-            "item": {"items": [{"item": {"id": item.internal_id}, "quantity": qty, "rate": float(item.price)} for item, qty in lines]},
-        })
-        if commit:
-            self.commit_erp()
-        order_lines = []
-        for (item, qty), line in zip(lines, order["line_items"]):
-            sku = clean_sku(item.sku, POLICIES.sku_cleaning)
-            if sku not in self.products:
-                available = (stock or {}).get(sku, 100)
-                self.products[sku] = str(self.clarus_sb.seed_product(sku, item.display_name, available=available)["id"])
-            elif stock and sku in stock:
-                self.clarus_sb.set_stock(sku, available=stock[sku])
-            order_lines.append((str(line["id"]), sku, item, qty))
-        carrier_id, service_id = self.clarus_sb.carrier_ids()[("ROYAL_MAIL", "TRACKED_48")]
-        body = build_goods_out_body(
-            reference=name, account_id=1, warehouse_id=1, expected_date_of_dispatch=utcnow(), external_system_reference1=order_id,
-            carrier_id=carrier_id, carrier_service_id=service_id,
-            lines=[{"product_id": self.products[sku], "quantity": qty, "external_system_reference1": line_id}
-                   for line_id, sku, _, qty in order_lines],
-            address={"name": "Ada Byron", "address_1": "1 Test Street", "postcode": "LS1 4AP", "country_code": "GB"},
-        )
-        goods_out_id, _ = self.clarus.ensure_goods_out(body)
-        now = utcnow()
-        with self.store.write() as con:
-            con.execute("INSERT INTO orders (order_id, order_name, status, received_at, updated_at) VALUES (?, ?, 'ACKNOWLEDGED', ?, ?)",
-                        [order_id, name, now, now])
-            con.executemany("INSERT INTO order_lines (order_id, line_id, sku, quantity) VALUES (?, ?, ?, ?)",
-                            [(order_id, line_id, sku, qty) for line_id, sku, _, qty in order_lines])
-            con.execute("INSERT INTO bindings (entity_type, our_id, clarus_id, netsuite_id, created_at, updated_at)"
-                        " VALUES ('order', ?, ?, ?, ?, ?)", [order_id, goods_out_id, so_id, now, now])
-            for _, sku, item, _ in order_lines:
-                con.execute("INSERT INTO items (sku, sku_raw, netsuite_item_id, clarus_product_id, updated_at) VALUES (?, ?, ?, ?, ?)"
-                            " ON CONFLICT DO NOTHING", [sku, item.sku, item.internal_id, self.products[sku], now])
-        return {"order_id": order_id, "name": name, "so_id": so_id, "goods_out_id": goods_out_id, "lines": order_lines}
-
-    def commit_erp(self):
-        self.ns_now[0] += 7200
-        self.netsuite_sb.tick()
-
-    # -------------------------------------------------------------- warehouse, intake, dispatch
-
-    def warehouse(self, goods_out_id, until=("COMPLETED",), max_steps=40):
-        for _ in range(max_steps):
-            self.clarus_sb.advance(300)
-            if self.clarus_sb.goods_out(goods_out_id)["goods_out_status"]["code"] in until:
-                break
-        assert self.clarus_sb.webhook_sender.flush(20)
-        return self.clarus_sb.goods_out(goods_out_id)
-
-    def ingest(self, source="clarus"):
-        zone = LandingZone(self.landing_dir)
-        loaded = load_landings(zone, [r.relpath for r in zone.list_landings(source)])
-        with self.store.write() as con:
-            return store_events(con, loaded)
+class DispatchWorld(World):
+    """The shared world (tests/world.py) with the dispatch flow's run and what it sent."""
 
     def run_dispatch(self):
         taken = dispatch.take_in_landings(self.store, RULES, POLICIES.sku_cleaning)
@@ -175,10 +44,6 @@ class World:
             return con.execute("SELECT shipment_id, state, netsuite_fulfilment_id, shopify_fulfilment_id, tracking_number"
                                " FROM shipments WHERE order_id = ? ORDER BY shipment_id", [order_id]).fetchall()
 
-    def events(self, order_id):
-        with self.store.read() as con:
-            return [r[0] for r in con.execute("SELECT state FROM order_events WHERE order_id = ? ORDER BY event_id", [order_id]).fetchall()]
-
     def transform_posts(self):
         return [r for r in self.netsuite_sb.requests() if r["method"] == "POST" and "!transform/itemFulfillment" in r["path"]]
 
@@ -187,11 +52,7 @@ class World:
         return self.shopify_sb.graphql_calls("fulfillmentCreate")
 
 
-@pytest.fixture
-def world(tmp_path):
-    w = World(tmp_path)
-    yield w
-    w.close()
+WORLD_CLASS = DispatchWorld  # the `world` fixture (tests/flows/conftest.py)
 
 
 def _ifs_of(world, so_id):
@@ -409,9 +270,9 @@ def test_a_netsuite_commit_webhook_wakes_the_dispatch_without_waiting_for_the_ba
     """The dispatch waits for NetSuite with a back-off of minutes; the commit's own webhook ends the wait."""
     from clarus_pipelines.assets.dispatch import dispatch_work_sensor
 
-    w = World(tmp_path, netsuite_webhooks=True)
+    w = DispatchWorld.local(tmp_path, netsuite_webhooks=True)
     try:
-        resources = {"state": StateStoreResource(path=str(w.state_path))}
+        resources = {"state": w.state_resource()}
 
         def sensor_tick(cursor=None):
             with dg.build_sensor_context(resources=resources, cursor=cursor) as context:
@@ -454,17 +315,14 @@ def test_dagster_assets_checks_and_stuck_sensor_over_the_sandbox(tmp_path):
     from clarus_pipelines.assets.dispatch import defs as dispatch_defs
     from clarus_pipelines.sensors.stuck_states import stuck_states_sync
 
-    w = World(tmp_path, clarus_kwargs={"missing_tracking_rate": 1.0})
+    w = DispatchWorld.local(tmp_path, clarus_kwargs={"missing_tracking_rate": 1.0})
     try:
         [item] = w.items(1)
         order = w.place_order([(item, 1)])  # not committed: the dispatch is held
         w.warehouse(order["goods_out_id"])
         w.ingest()
-        resources = {
-            "state": StateStoreResource(path=str(w.state_path)), "policies": PoliciesResource(path=str(SANDBOX_POLICIES)),
-            "clarus": w.clarus, "shopify": w.shopify, "netsuite": w.netsuite,
-        }
-        defs = dg.Definitions.merge(dispatch_defs, dg.Definitions(resources=resources))
+        resources = w.resources()
+        defs = w.definitions(dispatch_defs)
         instance = dg.DagsterInstance.ephemeral()
         run_config = {"ops": {"shipments": {"config": {"erp_recheck_s": 0.0, "retry_base_s": 0.0}}}}
 
@@ -503,7 +361,7 @@ def test_dagster_assets_checks_and_stuck_sensor_over_the_sandbox(tmp_path):
 
 
 def test_tracking_added_in_clarus_after_the_fulfilment_reaches_shopify(tmp_path):
-    w = World(tmp_path, clarus_kwargs={"missing_tracking_rate": 1.0})
+    w = DispatchWorld.local(tmp_path, clarus_kwargs={"missing_tracking_rate": 1.0})
     try:
         [item] = w.items(1)
         order = w.place_order([(item, 1)], commit=True)
@@ -572,7 +430,7 @@ def test_tracking_invalid_for_a_malformed_and_a_reused_number_raised_then_cleare
     itself once the warehouse corrects the numbers in Clarus."""
     from clarus_pipelines.assets.dispatch import defs as dispatch_defs
 
-    w = World(tmp_path)
+    w = DispatchWorld.local(tmp_path)
     try:
         a, b, c = (w.place_order([(item, 1)], commit=True) for item in w.items(3))
         w.clarus_sb.keyed_tracking[int(a["goods_out_id"])] = "AB12345GB"  # malformed Royal Mail S10
@@ -581,11 +439,8 @@ def test_tracking_invalid_for_a_malformed_and_a_reused_number_raised_then_cleare
         for order in (a, b, c):
             w.warehouse(order["goods_out_id"])
         w.ingest()
-        resources = {
-            "state": StateStoreResource(path=str(w.state_path)), "policies": PoliciesResource(path=str(SANDBOX_POLICIES)),
-            "clarus": w.clarus, "shopify": w.shopify, "netsuite": w.netsuite,
-        }
-        defs = dg.Definitions.merge(dispatch_defs, dg.Definitions(resources=resources))
+        resources = w.resources()
+        defs = w.definitions(dispatch_defs)
         instance = dg.DagsterInstance.ephemeral()
         run_config = {"ops": {"shipments": {"config": {"erp_recheck_s": 0.0, "retry_base_s": 0.0}}}}
         result = defs.resolve_job_def("dispatch").execute_in_process(instance=instance, run_config=run_config)

@@ -1,38 +1,30 @@
 """Item master and orders into the warehouse, against the three sandboxes over loopback HTTP.
 
-One sandbox trio (no faults) serves the module; the item master is synced into a base
-state file once and each test starts from a copy of it, with its own orders. The
-idempotency test starts its own trio with faults on. Assertions read the sandboxes' own
-records (how many goods outs and sales orders exist) as well as our state.
+One sandbox trio (the shared `World.trio` of tests/world.py, no faults) serves the module;
+the item master is synced into its state once and each test starts from a fork of it (a copy
+of the state, its own landing zone), with its own orders. The idempotency test switches
+faults on for its run. Assertions read the sandboxes' own records (how many goods outs and
+sales orders exist) as well as our state.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 import pytest
+from world import World
 
 from clarus_pipelines.assets import item_master as item_master_module
 from clarus_pipelines.assets.item_master import barcode_findings, sync_item_master
-from clarus_pipelines.assets.orders import intake_landed_orders, refresh_carriers, send_ready_orders
-from clarus_pipelines.connectors.clarus import ClarusResource
+from clarus_pipelines.assets.orders import intake_landed_orders, send_ready_orders
 from clarus_pipelines.connectors.netsuite import NetSuiteResource
-from clarus_pipelines.connectors.shopify import ShopifyResource
-from clarus_pipelines.domain.order_flow import order_journey
 from clarus_pipelines.domain.skus import clean_sku
 from clarus_pipelines.exception_queue import open_exceptions, sync_exceptions, utcnow
-from clarus_pipelines.receiver.events import load_landings, store_events
-from clarus_pipelines.receiver.landing import Envelope, LandingZone
-from clarus_pipelines.resources import PoliciesResource, StateStoreResource
+from clarus_pipelines.resources import StateStoreResource
 from clarus_pipelines.sandbox.faults import FaultConfig, FaultMiddleware
-from clarus_pipelines.sandbox.server import SandboxSecrets, start_sandbox
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
 from clarus_pipelines.policies import ShipMethodRule
 from clarus_pipelines.state import StateStore
@@ -48,76 +40,25 @@ ADDRESS = {
 STANDARD = [{"code": "standard", "title": "Standard Shipping", "price": "3.95"}]
 
 
-@dataclass
-class World:
-    handle: Any
-    clarus: ClarusResource
-    netsuite: NetSuiteResource
-    shopify: ShopifyResource
-    base_state: Path
-
-
-def connectors(handle) -> tuple[ClarusResource, NetSuiteResource, ShopifyResource]:
-    s = SandboxSecrets.from_env()
-    clarus = ClarusResource(base_url=handle.clarus_url, subdomain="sandbox", client_id=s.clarus_client_id,
-                            client_secret=s.clarus_client_secret, min_interval_s=0.0, max_elapsed_s=30.0)
-    netsuite = NetSuiteResource(base_url=handle.netsuite_url, account_id="SANDBOX", consumer_key=s.netsuite_consumer_key,
-                                consumer_secret=s.netsuite_consumer_secret, token_id=s.netsuite_token_id,
-                                token_secret=s.netsuite_token_secret, max_elapsed_s=30.0)
-    shopify = ShopifyResource(base_url=handle.shopify_url, access_token=s.shopify_access_token, max_elapsed_s=30.0)
-    return clarus, netsuite, shopify
-
-
-def set_faults(handle, faults: FaultConfig) -> None:
-    """Switch HTTP fault injection on every sandbox (the Clarus one has a method for it)."""
-    handle.clarus.set_faults(faults)
-    for sandbox in (handle.shopify, handle.netsuite):
-        layer = sandbox.app
-        while layer is not None:
-            if isinstance(layer, FaultMiddleware):
-                layer.config = faults
-            layer = getattr(layer, "app", None)
-
-
-def open_world(tmp_dir: Path, seed: int = 0) -> World:
-    handle = start_sandbox(secrets=SandboxSecrets.from_env(), seed=seed,
-                           clarus_dispatch_after_s=3600, netsuite_commit_delay_s=0)
-    handle.clarus.stop_ticker()  # the tests move the warehouse clock themselves
-    handle.clarus.out_of_stock_rate = 0.0  # plenty of stock: allocation never depends on test order
-    handle.clarus.initial_stock = (10_000, 10_000)
-    clarus, netsuite, shopify = connectors(handle)
-    base = tmp_dir / "state.duckdb"
-    sync_item_master(StateStore(base), POLICIES, netsuite=netsuite, clarus=clarus, shopify=shopify)
-    refresh_carriers(StateStore(base), clarus)
-    return World(handle, clarus, netsuite, shopify, base)
-
-
-def close_world(world: World) -> None:
-    for client in (world.clarus, world.netsuite, world.shopify):
-        client.close()
-    world.handle.stop()
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    w = open_world(tmp_path_factory.mktemp("orders-world"))
+    """One sandbox trio for the module, the item master synced into its state (tests/world.py)."""
+    w = World.trio(tmp_path_factory.mktemp("orders-world"), initial_stock=(10_000, 10_000))
     yield w
-    close_world(w)
+    w.close()
 
 
 class Harness:
-    """One test's view: its own state file (a copy of the synced base) and landing zone."""
+    """One test's view: its own state (a copy of the synced base) and landing zone, and the orders flow's steps."""
 
     def __init__(self, world: World, tmp_path: Path, policies=POLICIES):
         self.world = world
+        self.view = world.fork(tmp_path)
         self.policies = policies
-        self.state_path = tmp_path / "state.duckdb"
-        shutil.copyfile(world.base_state, self.state_path)
-        self.store = StateStore(self.state_path)
-        self.zone = LandingZone(tmp_path / "landing", fsync=False)
-        self.sh = world.handle.shopify
-        self.cl = world.handle.clarus
-        self.ns = world.handle.netsuite
+        self.state_path, self.store, self.zone = self.view.state_path, self.view.store, self.view.zone
+        self.sh = world.shopify_sb
+        self.cl = world.clarus_sb
+        self.ns = world.netsuite_sb
 
     def skus(self, n: int) -> list[str]:
         return [i.shopify_sku for i in self.sh.catalog.clean_variants() if i.quirk is None][:n]
@@ -127,17 +68,14 @@ class Harness:
                                     shipping_lines=shipping, email="ada@example.com")
 
     def land(self, topic: str, payload: dict, *, key: str | None = None, via: str = "webhook") -> None:
-        self.land_many([(topic, payload, key, via)])
+        self.view.land(topic, payload, key=key, via=via)
 
     def land_many(self, deliveries: list[tuple[str, dict, str | None, str]]) -> None:
         """Land webhooks through the real landing zone and ingest, in one state write."""
-        relpaths = []
-        for topic, payload, key, via in deliveries:
-            envelope = Envelope(source="shopify", topic=topic, body=json.dumps(payload).encode(), via=via,
-                                dedupe_key=key or f"shopify:webhook:{uuid.uuid4()}", headers={"x-shopify-topic": topic})
-            relpaths.append(self.zone.land(envelope).relpath)
-        with self.store.write() as con:
-            store_events(con, load_landings(self.zone, relpaths))
+        self.view.land_many(deliveries)
+
+    def state_resource(self) -> StateStoreResource:
+        return self.view.state_resource()
 
     def intake(self, policies=None, **kw):
         return intake_landed_orders(self.store, policies or self.policies, **kw)
@@ -150,19 +88,13 @@ class Harness:
         return apply_order_changes(self.store, policies or self.policies, clarus=self.world.clarus, netsuite=self.world.netsuite, **kw)
 
     def order(self, order: dict) -> dict:
-        with self.store.read() as con:
-            cur = con.execute("SELECT * FROM orders WHERE order_id = ?", [str(order["id"])])
-            names = [d[0] for d in cur.description]
-            rows = cur.fetchall()
-        return dict(zip(names, rows[0])) if rows else {}
+        return self.view.order_row(order["id"])
 
     def journey(self, order: dict) -> list[str]:
-        with self.store.read() as con:
-            return [e["state"] for e in order_journey(con, str(order["id"]))]
+        return self.view.journey(order["id"])
 
     def exceptions(self, code: str | None = None) -> list[dict]:
-        with self.store.read() as con:
-            return [e for e in open_exceptions(con) if code is None or e["code"] == code]
+        return self.view.exceptions(code)
 
     def goods_outs(self, order: dict) -> list[dict]:
         return [g for g in self.cl.goods_outs() if g["external_system_reference1"] == str(order["id"])]
@@ -194,14 +126,9 @@ def through(h: Harness, *orders: dict, topic: str = "orders/create") -> None:
 
 def test_item_master_sync_checks_and_exceptions(world, tmp_path):
     """Dagster job: NetSuite items -> item master -> Clarus products, and the four checks."""
-    state = tmp_path / "im.duckdb"
-    shutil.copyfile(world.base_state, state)  # products already synced once by the module set-up
+    view = world.fork(tmp_path)  # products already synced once by the module set-up
     writes_before = len(world.handle.clarus.requests(path_prefix="/api/products"))
-    resources = {
-        "state": StateStoreResource(path=str(state)), "policies": PoliciesResource(path=str(SANDBOX_POLICIES)),
-        "netsuite": world.netsuite, "clarus": world.clarus, "shopify": world.shopify,
-    }
-    defs = dg.Definitions.merge(item_master_module.defs, dg.Definitions(resources=resources))
+    defs = view.definitions(item_master_module.defs)
     result = defs.resolve_job_def("item_master_sync").execute_in_process(instance=dg.DagsterInstance.ephemeral())
     assert result.success
     checks = {e.asset_check_key.name: e for e in result.get_asset_check_evaluations()}
@@ -212,7 +139,7 @@ def test_item_master_sync_checks_and_exceptions(world, tmp_path):
     # Nothing changed since the last sync: nothing was sent to Clarus.
     assert world.handle.clarus.requests(path_prefix="/api/products")[writes_before:] == []
 
-    store = StateStore(state)
+    store = view.store
     catalog = world.handle.netsuite.catalog
     with store.read() as con:
         items = dict(con.execute("SELECT sku, clarus_product_id FROM items").fetchall())
@@ -330,7 +257,7 @@ def test_release_after_the_source_is_fixed_and_alert_when_held_too_long(h: Harne
 
     from clarus_pipelines.sensors.orders import held_orders_recheck_sensor, orders_sensor
 
-    state = StateStoreResource(path=str(h.state_path))
+    state = h.state_resource()
     first = held_orders_recheck_sensor(dg.build_sensor_context(resources={"state": state}))
     assert isinstance(first, dg.SensorResult) and len(first.run_requests) == 1
     # right after a re-check, nothing is due until the interval passes or the item master changes
@@ -493,11 +420,7 @@ def test_dagster_assets_run_the_flow(world, h: Harness):
     a = h.skus(1)[0]
     order = h.place([(a, 3)])
     h.land("orders/create", order)
-    resources = {
-        "state": StateStoreResource(path=str(h.state_path)), "policies": PoliciesResource(path=str(SANDBOX_POLICIES)),
-        "netsuite": world.netsuite, "clarus": world.clarus,
-    }
-    defs = dg.Definitions.merge(orders_defs, dg.Definitions(resources=resources))
+    defs = h.view.definitions(orders_defs)
     # no run config: the sales order is booked to the tenant's NetSuite customer from the policies
     result = defs.resolve_job_def("orders_into_warehouse").execute_in_process(instance=dg.DagsterInstance.ephemeral())
     assert result.success
@@ -518,7 +441,7 @@ def test_idempotent_under_faults_retries_and_reruns(h: Harness):
     deliveries += [("orders/create", orders[0], "shopify:webhook:dup", "webhook")] * 2  # a duplicate delivery
     h.land_many(deliveries)
     seen = len(h.cl.requests())
-    set_faults(h.world.handle, FaultConfig(error_rate=0.2, latency_ms=(0, 5), burst_429_rate=0.05,
+    h.world.set_faults(FaultConfig(error_rate=0.2, latency_ms=(0, 5), burst_429_rate=0.05,
                                            burst_429_length=2, retry_after_s=0.05))
     try:
         # Goods out creates that land in Clarus but whose answers are lost.
@@ -527,7 +450,7 @@ def test_idempotent_under_faults_retries_and_reruns(h: Harness):
             h.intake()
             h.send()
     finally:
-        set_faults(h.world.handle, FaultConfig())
+        h.world.set_faults(FaultConfig())
     for order in orders:
         assert h.order(order)["status"] == "ACKNOWLEDGED", h.journey(order)
         assert len(h.goods_outs(order)) == 1
@@ -557,8 +480,7 @@ def test_goods_out_created_by_a_lost_run_is_bound_not_duplicated(h: Harness):
 
 
 def _causes(h: Harness, order: dict) -> list[str]:
-    with h.store.read() as con:
-        return [e["cause"] for e in order_journey(con, str(order["id"]))]
+    return h.view.causes(order["id"])
 
 
 # ------------------------------------------------------------------------ edits
@@ -718,13 +640,12 @@ def test_cancel_before_dispatch_cancels_goods_out_and_closes_erp_lines(world, h:
     h.land("orders/cancelled", cancelled)
     assert h.intake().cancels_pending == 1
 
-    state = StateStoreResource(path=str(h.state_path))
+    state = h.state_resource()
     request = order_changes_sensor(dg.build_sensor_context(resources={"state": state}))
     assert isinstance(request, dg.RunRequest)
     result = order_changes_job.execute_in_process(
         instance=dg.DagsterInstance.ephemeral(),
-        resources={"state": state, "policies": PoliciesResource(path=str(SANDBOX_POLICIES)),
-                   "clarus": world.clarus, "netsuite": world.netsuite},
+        resources=h.view.resources(),
         run_config={"ops": {"send_ready_orders_op": {"config": {"netsuite_customer_id": CUSTOMER}}}},
     )
     assert result.success

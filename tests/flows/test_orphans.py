@@ -15,8 +15,8 @@ from clarus_pipelines.domain import orphans
 from clarus_pipelines.exception_queue import sync_exceptions, utcnow
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
-from clarus_pipelines.state import StateStore
 from sandbox_helpers import clarus_credentials, served_clarus
+from world import make_store
 
 ADDRESS = {"name": "Jane Doe", "address_1": "1 High Street", "postcode": "AB1 2CD", "country_code": "GB"}
 
@@ -48,7 +48,8 @@ def add_order(con, order_id: str, name: str, status: str, received: datetime, cl
 
 @pytest.fixture
 def world(tmp_path):
-    """Clarus sandbox with goods outs, and a state file with orders in every situation."""
+    """Clarus sandbox with goods outs, and a state file with orders in every situation (only Clarus is
+    needed, so not the shared three-sandbox world of tests/world.py; its state store is made the same way)."""
     with served_clarus(seed=3) as (sandbox, url):
         client = clarus_client(url)
         product = client.create_product({"code": "ORPH-1", "description": "Orphan test", "stock_unit_type_id": 1})
@@ -59,7 +60,7 @@ def world(tmp_path):
         client.cancel_goods_out(cancelled)
 
         now = utcnow() + timedelta(hours=3)  # everything in Clarus is past the 120-minute grace
-        store = StateStore(tmp_path / "state.duckdb")
+        store = make_store(tmp_path / "state.duckdb")
         with store.write() as con:
             add_order(con, "5870000003001", "#3001", "ACKNOWLEDGED", now - timedelta(hours=5), clarus_id=bound)
             add_order(con, "5870000003002", "#3002", "SENT_TO_WMS", now - timedelta(hours=5))

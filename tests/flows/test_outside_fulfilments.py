@@ -10,18 +10,13 @@ import pytest
 
 from clarus_pipelines.domain import outside_fulfilments as outside
 from clarus_pipelines.exception_queue import utcnow
-from test_refund_flow import POLICIES, World
+from world import POLICIES
 
 pytestmark = pytest.mark.timeout(120)
 
 LATER = timedelta(minutes=POLICIES.outside_fulfilment.grace_minutes + 1)
-
-
-@pytest.fixture
-def world(tmp_path):
-    w = World(tmp_path)
-    yield w
-    w.close()
+# The `world` fixture (tests/flows/conftest.py): Shopify's webhooks through the real receiver, as in the refund tests.
+WORLD_OPTIONS = {"shopify_webhooks": True, "order_payloads": True}
 
 
 def _run(world, policies=POLICIES, *, at=None):

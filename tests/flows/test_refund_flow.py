@@ -11,159 +11,26 @@ request logs and records), the refund's state and the order's history.
 from __future__ import annotations
 
 import json
-import os
-import time
-import uuid
 from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
-import httpx
 import pytest
 import yaml
+from world import World
 
-from clarus_pipelines.connectors.clarus import ClarusResource
-from clarus_pipelines.connectors.clarus_model import build_goods_out_body
-from clarus_pipelines.connectors.netsuite import NetSuiteResource
-from clarus_pipelines.connectors.shopify import ShopifyResource
 from clarus_pipelines.domain import refund_flow as flow
-from clarus_pipelines.domain.skus import clean_sku
 from clarus_pipelines.exception_queue import utcnow
-from clarus_pipelines.receiver.app import WebhookSecrets, create_app
-from clarus_pipelines.receiver.auth import shopify_signature
-from clarus_pipelines.receiver.events import load_landings, store_events
-from clarus_pipelines.receiver.landing import LandingZone
-from clarus_pipelines.sandbox.catalog_data import NETSUITE_WEB_CUSTOMER_ID, build_catalog
-from clarus_pipelines.sandbox.clarus import ClarusSandbox
-from clarus_pipelines.sandbox.netsuite import NetSuiteSandbox
-from clarus_pipelines.sandbox.serving import serve_in_thread
-from clarus_pipelines.sandbox.shopify import ShopifySandbox
+from clarus_pipelines.sandbox.catalog_data import NETSUITE_WEB_CUSTOMER_ID
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
-from clarus_pipelines.state import StateStore
 
 pytestmark = pytest.mark.timeout(120)
 
 POLICIES = load_policies(SANDBOX_POLICIES)
-ADDRESS = {"first_name": "Ada", "last_name": "Byron", "name": "Ada Byron", "address1": "1 Test Street", "city": "Leeds",
-           "zip": "LS1 4AP", "country": "United Kingdom", "country_code": "GB"}
 
 
-class World:
-    """The three sandboxes, the receiver and the state database of one test."""
-
-    def __init__(self, tmp_path):
-        env = os.environ
-        self.catalog = build_catalog(0)
-        self.ns_now = [time.time()]
-        self.clarus_sb = ClarusSandbox(client_id=env["CLARUS_CLIENT_ID"], client_secret=env["CLARUS_CLIENT_SECRET"])
-        self.netsuite_sb = NetSuiteSandbox(
-            consumer_key=env["NETSUITE_CONSUMER_KEY"], consumer_secret=env["NETSUITE_CONSUMER_SECRET"],
-            token_id=env["NETSUITE_TOKEN_ID"], token_secret=env["NETSUITE_TOKEN_SECRET"], commit_delay_s=3600,
-            catalog=self.catalog, clock=lambda: self.ns_now[0],
-        )
-        self.landing_dir = tmp_path / "landing"
-        receiver = create_app(self.landing_dir, secrets=WebhookSecrets(
-            shopify=env["SHOPIFY_WEBHOOK_SECRET"], clarus_token=env["CLARUS_WEBHOOK_TOKEN"]), tenant=POLICIES.tenant, fsync=False)
-        self.receiver = serve_in_thread(receiver)
-        self.shopify_sb = ShopifySandbox(access_token=env["SHOPIFY_ACCESS_TOKEN"], webhook_secret=env["SHOPIFY_WEBHOOK_SECRET"],
-                                         webhook_url=f"{self.receiver.url}/webhooks/shopify", catalog=self.catalog)
-        self.served = [serve_in_thread(app) for app in (self.clarus_sb.app, self.shopify_sb.app, self.netsuite_sb.app)]
-        clarus_url, shopify_url, netsuite_url = (s.url for s in self.served)
-        self.clarus_sb.webhook_url = f"{self.receiver.url}/webhooks/clarus/{env['CLARUS_WEBHOOK_TOKEN']}"
-        self.clarus = ClarusResource(base_url=clarus_url, subdomain="sandbox", client_id=env["CLARUS_CLIENT_ID"],
-                                     client_secret=env["CLARUS_CLIENT_SECRET"], min_interval_s=0.0)
-        self.shopify = ShopifyResource(base_url=shopify_url, access_token=env["SHOPIFY_ACCESS_TOKEN"])
-        self.netsuite = NetSuiteResource(base_url=netsuite_url, account_id="SANDBOX", consumer_key=env["NETSUITE_CONSUMER_KEY"],
-                                         consumer_secret=env["NETSUITE_CONSUMER_SECRET"], token_id=env["NETSUITE_TOKEN_ID"],
-                                         token_secret=env["NETSUITE_TOKEN_SECRET"])
-        self.urls = {"clarus": clarus_url, "shopify": shopify_url, "netsuite": netsuite_url}
-        self.store = StateStore(tmp_path / "state.duckdb")
-        self.products: dict[str, str] = {}
-        self.policies = POLICIES
-
-    def close(self):
-        for client in (self.clarus, self.shopify, self.netsuite):
-            client.close()
-        for sender in (self.shopify_sb.webhook_sender,):
-            if sender is not None:
-                sender.flush(10)
-        self.clarus_sb.close()
-        self.shopify_sb.close()
-        for served in [*self.served, self.receiver]:
-            served.stop()
-
-    # ------------------------------------------------------------------ an order, as the other flows leave it
-
-    def items(self, n):
-        return [i for i in self.catalog.clean_variants() if i.quirk is None][:n]
-
-    def place_order(self, lines, *, dispatched=False):
-        """lines: [(catalog item, quantity)]. Dispatched: Clarus COMPLETED, NetSuite fulfilled, Shopify fulfilled."""
-        order = self.shopify_sb.create_order(
-            line_items=[{"variant_id": item.variant_id, "quantity": qty} for item, qty in lines],
-            shipping_address=ADDRESS, shipping_lines=[{"code": "standard", "title": "Standard Shipping", "price": "3.95"}],
-            email="ada@example.com",
-        )
-        order_id, name = str(order["id"]), order["name"]
-        so_id, _ = self.netsuite.ensure_sales_order(order_id, {
-            "entity": {"id": NETSUITE_WEB_CUSTOMER_ID}, "otherrefnum": name, "orderStatus": "B",
-            "item": {"items": [{"item": {"id": item.internal_id}, "quantity": qty, "rate": float(item.price)} for item, qty in lines]},
-        })
-        order_lines = []
-        for (item, qty), line in zip(lines, order["line_items"]):
-            sku = clean_sku(item.sku, POLICIES.sku_cleaning)
-            if sku not in self.products:
-                self.products[sku] = str(self.clarus_sb.seed_product(sku, item.display_name, available=100)["id"])
-            order_lines.append((str(line["id"]), sku, item, qty))
-        carrier_id, service_id = self.clarus_sb.carrier_ids()[("ROYAL_MAIL", "TRACKED_48")]
-        body = build_goods_out_body(
-            reference=name, account_id=1, warehouse_id=1, expected_date_of_dispatch=utcnow(), external_system_reference1=order_id,
-            carrier_id=carrier_id, carrier_service_id=service_id,
-            lines=[{"product_id": self.products[sku], "quantity": qty, "external_system_reference1": line_id}
-                   for line_id, sku, _, qty in order_lines],
-            address={"name": "Ada Byron", "address_1": "1 Test Street", "postcode": "LS1 4AP", "country_code": "GB"},
-        )
-        goods_out_id, _ = self.clarus.ensure_goods_out(body)
-        status = self.clarus_sb.goods_out(goods_out_id)["goods_out_status"]["id"]
-        if dispatched:
-            for _ in range(40):
-                self.clarus_sb.advance(300)
-                if self.clarus_sb.goods_out(goods_out_id)["goods_out_status"]["code"] == "COMPLETED":
-                    break
-            status = 6
-            self.ns_now[0] += 7200
-            self.netsuite_sb.tick()
-            self.netsuite.transform_to_item_fulfilment(
-                so_id, [{"item_id": item.internal_id, "quantity": qty} for _, _, item, qty in order_lines], shipment_id=f"S-{order_id}")
-            self.shopify.create_fulfillment(order_id, {int(line_id): qty for line_id, _, _, qty in order_lines},
-                                            tracking_number="AB123456789GB", company="Royal Mail")
-        now = utcnow()
-        with self.store.write() as con:
-            con.execute(
-                "INSERT INTO orders (order_id, order_name, status, clarus_status, payload, received_at, updated_at)"
-                " VALUES (?, ?, 'ACKNOWLEDGED', ?, ?, ?, ?)",
-                [order_id, name, int(status), json.dumps(self.shopify_sb.order(int(order_id))), now, now])
-            con.executemany("INSERT INTO order_lines (order_id, line_id, sku, quantity) VALUES (?, ?, ?, ?)",
-                            [(order_id, line_id, sku, qty) for line_id, sku, _, qty in order_lines])
-            con.execute("INSERT INTO bindings (entity_type, our_id, clarus_id, netsuite_id, created_at, updated_at)"
-                        " VALUES ('order', ?, ?, ?, ?, ?)", [order_id, goods_out_id, so_id, now, now])
-            for _, sku, item, _ in order_lines:
-                con.execute("INSERT INTO items (sku, sku_raw, netsuite_item_id, clarus_product_id, updated_at) VALUES (?, ?, ?, ?, ?)"
-                            " ON CONFLICT DO NOTHING", [sku, item.sku, item.internal_id, self.products[sku], now])
-        return {"order_id": order_id, "name": name, "so_id": so_id, "goods_out_id": goods_out_id,
-                "lines": order_lines, "line_ids": [int(lid) for lid, _, _, _ in order_lines]}
-
-    # ------------------------------------------------------------------ webhooks in, flow run
-
-    def ingest(self):
-        if self.shopify_sb.webhook_sender is not None:
-            assert self.shopify_sb.webhook_sender.flush(20)
-        if self.clarus_sb.webhook_sender is not None:
-            assert self.clarus_sb.webhook_sender.flush(20)
-        zone = LandingZone(self.landing_dir)
-        loaded = load_landings(zone, [r.relpath for s in ("shopify", "clarus") for r in zone.list_landings(s)])
-        with self.store.write() as con:
-            return store_events(con, loaded)
+class RefundWorld(World):
+    """The shared world (tests/world.py) with the refund flow's run and what it sent."""
 
     def run(self, *, now=None, policies=None):
         policies = policies or self.policies
@@ -173,15 +40,6 @@ class World:
                                       customer_id=NETSUITE_WEB_CUSTOMER_ID, now=now)
         exceptions = flow.sync_refund_exceptions(self.store, policies, now=now)
         return intake, steps, exceptions
-
-    def post_shopify(self, topic, body, webhook_id=None):
-        raw = json.dumps(body).encode()
-        response = httpx.post(f"{self.receiver.url}/webhooks/shopify", content=raw, headers={
-            "Content-Type": "application/json", "X-Shopify-Topic": topic,
-            "X-Shopify-Hmac-Sha256": shopify_signature(raw, os.environ["SHOPIFY_WEBHOOK_SECRET"]),
-            "X-Shopify-Webhook-Id": webhook_id or str(uuid.uuid4()), "X-Shopify-Shop-Domain": "sandbox.myshopify.com",
-        })
-        assert response.status_code == 200, response.text
 
     # ------------------------------------------------------------------ what the systems received
 
@@ -203,22 +61,11 @@ class World:
             return {a: (s, d) for a, s, d in con.execute(
                 "SELECT action, status, detail FROM refund_steps WHERE refund_id = ? ORDER BY seq", [str(refund_id)]).fetchall()}
 
-    def history(self, order_id):
-        with self.store.read() as con:
-            return con.execute("SELECT system, state, cause, details::VARCHAR FROM order_events WHERE order_id = ?"
-                               " ORDER BY event_id", [order_id]).fetchall()
 
-    def exception(self, code, entity_id):
-        with self.store.read() as con:
-            return con.execute("SELECT status, resolved_by, message FROM exceptions WHERE code = ? AND entity_id = ?",
-                               [code, str(entity_id)]).fetchone()
-
-
-@pytest.fixture
-def world(tmp_path):
-    w = World(tmp_path)
-    yield w
-    w.close()
+# The `world` fixture (tests/flows/conftest.py): Shopify's webhooks go through the receiver; orders are
+# placed with their Shopify payload and Clarus status in the state, as the orders flow leaves them.
+WORLD_CLASS = RefundWorld
+WORLD_OPTIONS = {"shopify_webhooks": True, "order_payloads": True}
 
 
 def _path_count(requests, fragment):
@@ -638,19 +485,12 @@ def test_unclassified_refund_is_raised_for_finance_and_a_rule_settles_it(world, 
 
 def test_refunds_asset_and_checks_in_dagster(world):
     from clarus_pipelines.assets.refunds import RefundsConfig, defs
-    from clarus_pipelines.resources import PoliciesResource, StateStoreResource
-
     (a,) = world.items(1)
     order = world.place_order([(a, 1)], dispatched=True)
     world.shopify_sb.refund_order(int(order["order_id"]), line_items=[
         {"line_item_id": order["line_ids"][0], "quantity": 1, "restock_type": "return"}])
     world.ingest()
-    resources = {
-        "state": StateStoreResource(path=str(world.store.path)),
-        "policies": PoliciesResource(path=str(SANDBOX_POLICIES)),
-        "clarus": world.clarus, "netsuite": world.netsuite,
-    }
-    job = dg.Definitions.merge(defs, dg.Definitions(resources=resources)).resolve_job_def("refunds_job")
+    job = world.definitions(defs).resolve_job_def("refunds_job")
     result = job.execute_in_process(run_config=dg.RunConfig({"refunds": RefundsConfig(netsuite_customer_id=NETSUITE_WEB_CUSTOMER_ID)}))
     assert result.success
     materialization = result.asset_materializations_for_node("refunds")[0]

@@ -1,6 +1,6 @@
 """`demo` starts a fresh sandbox world each time: the last run's state must not follow it."""
 
-from clarus_pipelines.demo import fresh_world
+from clarus_pipelines.commands.demo import fresh_world
 
 
 def test_a_new_demo_moves_the_last_runs_state_aside_and_keeps_the_credentials(tmp_path):

@@ -9,7 +9,9 @@ Inner layers never reach outward. From the inside out:
 5. adapters (`connectors`, `receiver`, `alerts`, `sandbox`, `audit`, `data_quality`, `settings`, ...):
    talk to the world; never import Dagster wiring, the dashboard or the command line.
 6. Dagster wiring (`assets`, `sensors`, `definitions`, `resources`): thin, over everything below.
-7. the command line (`cli`, `commands`, `demo`, `simulate`) and the dashboard (`dashboards`).
+7. the command line (`cli` and the command programs in `commands/`, `demo` and `simulate` among them)
+   and the dashboard (`dashboards`). A command program (arguments parsed, results printed) lives in
+   `commands/` and nowhere else; what it uses lives in the layers below.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ PACKAGES = tuple(PACKAGE_DIRS.values())
 TYPED_MODELS = {"clarus_pipelines.connectors.clarus_model"}  # Clarus's JSON:API bodies, as types
 OUTER_WIRING = ("clarus_pipelines.assets", "clarus_pipelines.sensors", "clarus_pipelines.definitions",
                 "clarus_pipelines.resources")
-COMMAND_LINE = ("clarus_pipelines.cli", "clarus_pipelines.commands", "clarus_pipelines.demo", "clarus_pipelines.simulate",
-                "clarus_pipelines.dashboards")
+COMMAND_LINE = ("clarus_pipelines.cli", "clarus_pipelines.commands", "clarus_pipelines.dashboards")
+COMMAND_PROGRAMS = ("clarus_pipelines.cli", "clarus_pipelines.commands")
 
 
 def _module_name(path: Path) -> str:
@@ -142,6 +144,16 @@ def test_the_dagster_wiring_never_imports_the_command_line():
             for i in sorted(imports_of(m)) if _under(i, COMMAND_LINE)] == []
 
 
+def test_command_programs_live_with_the_cli():
+    """Arguments are parsed only in `cli.py` and `commands/`; every command `cli.COMMANDS` names is there."""
+    from clarus_pipelines.cli import COMMANDS
+
+    parsing = sorted(m for m in modules() if "argparse" in _third_party(m) and not _under(m, COMMAND_PROGRAMS))
+    assert parsing == [], "command programs belong in clarus_pipelines/commands/ (split out the library part)"
+    assert {name: target for name, (target, _) in COMMANDS.items() if not _under(target, ("clarus_pipelines.commands",))} == {}
+    assert all(target in modules() for target, _ in COMMANDS.values())
+
+
 @pytest.mark.parametrize("rule", [test_the_domain_imports_only_policies_state_and_typed_models])
 def test_the_checker_sees_a_layer_reaching_up(rule, monkeypatch):
     """The checker is not vacuous: a domain module importing the receiver is caught."""
@@ -154,3 +166,15 @@ def test_the_checker_sees_a_layer_reaching_up(rule, monkeypatch):
     monkeypatch.setattr(__import__(__name__), "imports_of", with_a_violation)
     with pytest.raises(AssertionError, match="clarus_pipelines.domain.orders imports clarus_pipelines.receiver.app"):
         rule()
+
+
+def test_the_checker_sees_argument_parsing_outside_the_command_programs(monkeypatch):
+    """The command-program rule is not vacuous: a library module parsing arguments is caught."""
+    real = _third_party
+
+    def with_argparse(module: str) -> set[str]:
+        return real(module) | {"argparse"} if module == "clarus_pipelines.runbook" else real(module)
+
+    monkeypatch.setattr(__import__(__name__), "_third_party", with_argparse)
+    with pytest.raises(AssertionError, match="clarus_pipelines.runbook"):
+        test_command_programs_live_with_the_cli()

@@ -400,7 +400,7 @@ class SandboxProcess:
         config = {"seed": seed, "receiver_url": receiver_url, "policies_path": str(policies_path),
                   "log_level": logging.getLogger().level}
         self._process = subprocess.Popen(
-            [sys.executable, "-c", "from clarus_pipelines.simulate import sandbox_child; sandbox_child()", json.dumps(config)],
+            [sys.executable, "-c", "from clarus_pipelines.commands.simulate import sandbox_child; sandbox_child()", json.dumps(config)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
         )
         ready = self._receive(timeout=120)
