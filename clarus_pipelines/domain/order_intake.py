@@ -50,7 +50,8 @@ class IntakeReport:
             setattr(self, name, getattr(self, name) + value)
 
 
-def _count(transitions: pl.DataFrame, status: str, prev: str | None = None) -> int:
+def count_transitions(transitions: pl.DataFrame, status: str, prev: str | None = None) -> int:
+    """How many orders moved to `status` (from `prev`, when given)."""
     rows = transitions.filter(pl.col("status") == status)
     if prev is not None:
         rows = rows.filter(pl.col("prev_status") == prev)
@@ -134,7 +135,7 @@ def intake_batch(con, policies: Policies, landed: pl.DataFrame, *, now: datetime
         fulfilment_updates=len(plan.fulfilment_updates),
     )
     if not transitions.is_empty():
-        report.held = _count(transitions, OrderStatus.HELD.value)
-        report.released = _count(transitions, OrderStatus.READY.value, OrderStatus.HELD.value)
-        report.ready = _count(transitions, OrderStatus.READY.value)
+        report.held = count_transitions(transitions, OrderStatus.HELD.value)
+        report.released = count_transitions(transitions, OrderStatus.READY.value, OrderStatus.HELD.value)
+        report.ready = count_transitions(transitions, OrderStatus.READY.value)
     return report

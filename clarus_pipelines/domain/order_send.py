@@ -28,7 +28,7 @@ from clarus_pipelines.domain import order_flow as flow
 from clarus_pipelines.domain.goods_out import body_dicts, build_goods_outs
 from clarus_pipelines.domain.netsuite_orders import build_sales_orders, sales_order_dicts
 from clarus_pipelines.domain.order_flow import OrderStatus
-from clarus_pipelines.domain.order_intake import _count, revalidate
+from clarus_pipelines.domain.order_intake import count_transitions, revalidate
 from clarus_pipelines.domain.orders import OrderVerdicts, parse_orders, validate_orders
 from clarus_pipelines.domain.ports import ConnectorError, Erp, Warehouse, refusal_text
 from clarus_pipelines.exception_queue import clear_exception, raise_exception, utcnow
@@ -117,7 +117,7 @@ def _prepare(con, policies: Policies, order_ids: list[str], now: datetime, custo
                 build_sales_orders(late_ready, items=flow.netsuite_items_table(con), customer_id=customer_id)))
         for row in owing.iter_rows(named=True):
             names.setdefault(row["order_id"], row["order_name"])
-    held = 0 if transitions.is_empty() else _count(transitions, OrderStatus.HELD.value)
+    held = 0 if transitions.is_empty() else count_transitions(transitions, OrderStatus.HELD.value)
     return {"bodies": bodies, "sales_orders": sales_orders, "names": names, "held": held, "statuses": statuses}
 
 
