@@ -46,6 +46,7 @@ from clarus_pipelines.domain.dispatch import (
 from clarus_pipelines.domain.tracking import TrackingRules
 from clarus_pipelines.exception_queue import sync_exceptions, utcnow
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource
+from clarus_pipelines.sensors.cursor import consumer_watermark, new_events_since
 
 GROUP = "dispatch"
 
@@ -215,19 +216,15 @@ def pending_dispatch_work(state: StateStoreResource) -> dict[str, int]:
     held for NetSuite whose sales order has news (a commit webhook wakes them before their back-off ends)."""
     now = utcnow()
     with state.store().read() as con:
-        row = con.execute("SELECT last_seq FROM event_consumers WHERE consumer = ?", [CONSUMER]).fetchone()
-        events = con.execute(
-            "SELECT count(*), coalesce(max(seq), 0) FROM landed_events WHERE seq > ? AND source = 'clarus'"
-            " AND topic IN (SELECT unnest(?))",
-            [row[0] if row else 0, list(DISPATCH_TOPICS)],
-        ).fetchone()
+        taken = consumer_watermark(con, CONSUMER)
+        events = new_events_since(con, {"clarus": DISPATCH_TOPICS}, after=taken)
         due = len(due_shipments(con, now))
         unmatched = con.execute("SELECT count(*) FROM dispatch_unmatched").fetchone()[0]
         erp_news = erp_news_for_waiting(con)
         erp_taken = con.execute("SELECT last_seq FROM event_consumers WHERE consumer = ?", [ERP_CONSUMER]).fetchone()
-    return {"new_events": int(events[0]), "newest_seq": int(events[1]), "due_shipments": int(due), "unmatched": int(unmatched),
+    return {"new_events": events.count, "newest_seq": int(events.last or 0), "due_shipments": int(due), "unmatched": int(unmatched),
             "erp_news": len(erp_news), "erp_seq": max(erp_news.values(), default=0),
-            "taken_seq": int(row[0]) if row else 0, "erp_taken_seq": int(erp_taken[0]) if erp_taken else 0}
+            "taken_seq": taken, "erp_taken_seq": int(erp_taken[0]) if erp_taken else 0}
 
 
 @dg.sensor(

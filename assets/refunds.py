@@ -27,6 +27,7 @@ from clarus_pipelines.connectors.netsuite import NetSuiteResource
 from clarus_pipelines.domain import refund_flow as flow
 from clarus_pipelines.exception_queue import utcnow
 from clarus_pipelines.resources import NetSuiteCustomerConfig, PoliciesResource, StateStoreResource
+from clarus_pipelines.sensors.cursor import new_events_since
 
 GROUP = "refunds"
 
@@ -110,13 +111,8 @@ refunds_schedule = dg.ScheduleDefinition(
 def pending_refund_work(state: StateStoreResource) -> dict[str, int]:
     """New refund / goods-in events not yet taken in."""
     with state.store().read() as con:
-        row = con.execute("SELECT last_seq FROM event_consumers WHERE consumer = ?", [flow.CONSUMER]).fetchone()
-        count, newest = con.execute(
-            "SELECT count(*), coalesce(max(seq), 0) FROM landed_events WHERE seq > ? AND ("
-            " (source = 'shopify' AND topic = ?) OR (source = 'clarus' AND topic IN (SELECT unnest(?::VARCHAR[]))))",
-            [row[0] if row else 0, flow.REFUND_TOPIC, list(flow.RECEIPT_TOPICS)],
-        ).fetchone()
-    return {"new_events": int(count), "newest_seq": int(newest)}
+        work = new_events_since(con, {"shopify": [flow.REFUND_TOPIC], "clarus": flow.RECEIPT_TOPICS}, consumer=flow.CONSUMER)
+    return {"new_events": work.count, "newest_seq": int(work.last or 0)}
 
 
 @dg.sensor(

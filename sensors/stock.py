@@ -12,7 +12,6 @@
 - `stock_freshness_sensor`: evaluates the snapshot freshness check when it can be overdue.
 """
 
-import json
 import warnings
 from datetime import datetime, timezone
 
@@ -20,6 +19,7 @@ import dagster as dg
 
 from clarus_pipelines.assets.stock import STOCK_PARTITIONS, snapshot_freshness_checks, stock_refresh_job, stock_sync_job
 from clarus_pipelines.resources import StateStoreResource
+from clarus_pipelines.sensors.cursor import new_work_since, read_cursor
 
 STOCK_TOPICS = ("stock_balance/updated", "stock/updated")
 MAX_EVENTS_PER_TICK = 5000
@@ -32,7 +32,7 @@ AFFECTED_PRODUCTS_SQL = """
                      WHERE c.clarus_product_id = coalesce(json_extract_string(e.payload, '$.data.product.id'),
                                                           json_extract_string(e.payload, '$.data.product_id')))) AS code
     FROM landed_events e
-    WHERE e.source = 'clarus' AND e.topic IN (SELECT unnest(?)) AND e.seq > ?
+    WHERE e.seq > ? AND e.source = 'clarus' AND e.topic IN (SELECT unnest(?))
     ORDER BY e.seq
     LIMIT ?
 """
@@ -51,11 +51,9 @@ def stock_hourly_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunReques
 
 
 def _cursor_seq(raw: str | None) -> int:
-    if not raw:
-        return 0
     try:
-        return int(json.loads(raw).get("seq", 0))
-    except (ValueError, AttributeError, TypeError):
+        return int(read_cursor(raw).get("seq", 0))
+    except (ValueError, TypeError):
         return 0
 
 
@@ -69,10 +67,10 @@ def _cursor_seq(raw: str | None) -> int:
 def stock_webhook_sensor(context: dg.SensorEvaluationContext, state: StateStoreResource) -> dg.SensorResult | dg.SkipReason:
     after = _cursor_seq(context.cursor)
     with state.store().read() as con:
-        rows = con.execute(AFFECTED_PRODUCTS_SQL, [list(STOCK_TOPICS), after, MAX_EVENTS_PER_TICK]).fetchall()
-    if not rows:
+        work = new_work_since(con, AFFECTED_PRODUCTS_SQL, after, [list(STOCK_TOPICS)], limit=MAX_EVENTS_PER_TICK)
+    if not work:
         return dg.SkipReason(f"no Clarus stock webhook after seq {after}")
-    first, last = rows[0][0], rows[-1][0]
+    rows, first, last = work.rows, work.first, work.last
     codes = sorted({code for _, code in rows if code})
     unknown = sum(1 for _, code in rows if not code)
     # a webhook naming no product we can identify: refresh everything rather than miss it
@@ -80,7 +78,7 @@ def stock_webhook_sensor(context: dg.SensorEvaluationContext, state: StateStoreR
     now = datetime.now(timezone.utc)
     key = STOCK_PARTITIONS.get_partition_key_for_timestamp(now.timestamp())
     request = dg.RunRequest(
-        run_key=f"stock-webhooks:{first}-{last}",
+        run_key=work.run_key("stock-webhooks"),
         partition_key=key,
         run_config={"ops": {"stock_snapshots": {"config": {"product_codes": product_codes}}}},
         tags={"stock/trigger": "webhook", "stock/events": str(len(rows))},
@@ -89,7 +87,7 @@ def stock_webhook_sensor(context: dg.SensorEvaluationContext, state: StateStoreR
         "%d stock webhook(s) (seq %d-%d): refreshing %s", len(rows), first, last,
         f"{len(product_codes)} product(s)" if product_codes else "every product",
     )
-    return dg.SensorResult(run_requests=[request], cursor=json.dumps({"seq": last}))
+    return dg.SensorResult(run_requests=[request], cursor=work.next_cursor("seq"))
 
 
 with warnings.catch_warnings():

@@ -33,6 +33,7 @@ from clarus_pipelines.receiver.events import REJECTION_WINDOW, STALL_AFTER, unpr
 from clarus_pipelines.catalogue import SOURCE_NAMES, SOURCES
 from clarus_pipelines.receiver.landing import LandingRef, LandingZone
 from clarus_pipelines.resources import LandingZoneResource, StateStoreResource
+from clarus_pipelines.sensors.cursor import read_cursor
 
 BATCH_SIZE = int(os.environ.get("CLARUS_PIPELINES_INGEST_BATCH_SIZE", "500"))
 MAX_RUNS_PER_TICK = int(os.environ.get("CLARUS_PIPELINES_INGEST_MAX_RUNS_PER_TICK", "10"))
@@ -43,14 +44,7 @@ def batch_run_key(source: str, refs: list[LandingRef]) -> str:
     return f"{source}:{refs[0].landing_id}:{len(refs)}:{digest}"
 
 
-def _load_cursor(raw: str | None) -> dict:
-    if not raw:
-        return {}
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        return {}
-    return doc if isinstance(doc, dict) else {}
+_load_cursor = read_cursor  # the landing sensors' cursor (see sensors.cursor)
 
 
 def plan_batches(zone: LandingZone, source: str | None, after: str | None, *, batch_size: int, max_runs: int) -> list[list[LandingRef]]:

@@ -37,10 +37,43 @@ class GoodsOutStatus(IntEnum):
         except KeyError:
             raise ValueError(f"unknown Clarus goods out status code {code!r}") from None
 
+    @classmethod
+    def of(cls, goods_out: Mapping[str, Any] | None) -> "GoodsOutStatus | None":
+        """The status of a goods out record (webhook `data` or GraphQL node); None without one."""
+        if not goods_out:
+            return None
+        status = goods_out.get("goods_out_status")
+        code = status.get("code") if isinstance(status, Mapping) else status
+        return cls.from_code(str(code)) if code is not None else None
 
-EDITABLE_STATUSES = frozenset({GoodsOutStatus.DRAFT, GoodsOutStatus.PENDING})
+    @property
+    def is_dispatched(self) -> bool:
+        """Goods left the warehouse (all, COMPLETED, or some, PART): a cancel comes too late."""
+        return self in (GoodsOutStatus.COMPLETED, GoodsOutStatus.PART)
+
+    @property
+    def is_final(self) -> bool:
+        """Clarus is done with it: dispatched in full or cancelled."""
+        return self in (GoodsOutStatus.COMPLETED, GoodsOutStatus.CANCELLED)
+
+    @property
+    def is_cancellable(self) -> bool:
+        """Clarus still accepts a cancel (nothing dispatched, not cancelled already)."""
+        return not self.is_dispatched and self is not GoodsOutStatus.CANCELLED
+
+    @property
+    def is_editable(self) -> bool:
+        """Clarus still accepts line and address changes (DRAFT or PENDING)."""
+        return self in (GoodsOutStatus.DRAFT, GoodsOutStatus.PENDING)
+
+
+EDITABLE_STATUSES = frozenset(s for s in GoodsOutStatus if s.is_editable)
 """Statuses in which Clarus still accepts line and address changes."""
-FINAL_STATUSES = frozenset({GoodsOutStatus.COMPLETED, GoodsOutStatus.CANCELLED})
+FINAL_STATUSES = frozenset(s for s in GoodsOutStatus if s.is_final)
+DISPATCHED_STATUSES = frozenset(s for s in GoodsOutStatus if s.is_dispatched)
+"""Statuses after goods left the warehouse (a cancellation comes too late)."""
+FINAL_STATUS_IDS = sorted(int(s) for s in FINAL_STATUSES)
+"""`orders.clarus_status` values of a finished goods out (SQL parameter)."""
 OPEN_STATUSES = frozenset(GoodsOutStatus) - FINAL_STATUSES
 
 # Webhook ("automation") identity headers. Clarus does not sign webhooks.

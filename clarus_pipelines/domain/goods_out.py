@@ -11,23 +11,31 @@ order id in `external_system_reference1`.
 
 For an order that already exists in Clarus, `diff_lines` compares what was sent with the
 order as it is now and `lines_changes_for` turns the difference into ADD/UPDATE/DESTROY.
+
+`cancel_or_reduce` is the one place a goods out is cancelled or shortened (a Shopify
+cancellation seen by the order-changes step, a cancellation refund seen by the refund
+flow); it answers with a typed outcome: `Cancelled`, `Reduced`, `AlreadyDispatched`,
+`NotFound` or `Refused`. What counts as dispatched is `GoodsOutStatus.is_dispatched`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from typing import Any
 
 import polars as pl
 
 from clarus_pipelines.connectors.clarus_model import (
+    GoodsOutStatus,
     clarus_datetime,
     goods_out_line_add,
     goods_out_line_destroy,
     goods_out_line_update,
 )
 from clarus_pipelines.domain.orders import GB_FORMAT_COUNTRIES, OrderVerdicts
+from clarus_pipelines.domain.ports import ConnectorError, Warehouse, refusal_text
 from clarus_pipelines.policies import Policies
 
 CARRIERS_SCHEMA = {"carrier": pl.Utf8, "service": pl.Utf8, "carrier_id": pl.Int64, "carrier_service_id": pl.Int64}
@@ -320,3 +328,124 @@ def replacement_reference(order_name: str, attempt: int) -> str:
     if attempt < 1:
         raise ValueError("replacement attempts start at 1")
     return f"{order_name}-R{attempt}"
+
+
+# ------------------------------------------------------------------ cancel or reduce
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """The goods out is cancelled in Clarus (by this call, or `already` before it)."""
+
+    goods_out: Mapping[str, Any]
+    was: GoodsOutStatus | None
+    already: bool = False
+
+
+@dataclass(frozen=True)
+class Reduced:
+    """Lines shortened or removed; `changes` is (Shopify line id, was, now) per line.
+    No changes: the goods out already had the reduced quantities."""
+
+    goods_out: Mapping[str, Any]
+    was: GoodsOutStatus
+    changes: tuple[tuple[str, int, int], ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class AlreadyDispatched:
+    """Goods already left the warehouse (`meanwhile`: between our read and the cancel)."""
+
+    goods_out: Mapping[str, Any]
+    status: GoodsOutStatus
+    meanwhile: bool = False
+
+
+@dataclass(frozen=True)
+class NotFound:
+    """Clarus has no such goods out."""
+
+    goods_out_id: str | None
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Clarus will not take the change: `error` is its refusal (a retry will not pass), or
+    None when the goods out is past the statuses that accept line changes."""
+
+    goods_out: Mapping[str, Any]
+    status: GoodsOutStatus
+    reason: str
+    error: ConnectorError | None = None
+
+
+GoodsOutChange = Cancelled | Reduced | AlreadyDispatched | NotFound | Refused
+
+
+def clarus_quantities(goods_out: Mapping[str, Any]) -> dict[str, int]:
+    """Shopify line id (each line's external_system_reference1) -> units Clarus has."""
+    return {str(ln.get("external_system_reference1")): int(round(float(ln.get("order_quantity") or 0)))
+            for ln in goods_out.get("lines") or []}
+
+
+def cancel_or_reduce(
+    warehouse: Warehouse,
+    goods_out_id: str | None,
+    *,
+    goods_out: Mapping[str, Any] | None = None,
+    reduce_to: Callable[[dict[str, int]], Mapping[str, int]] | None = None,
+) -> GoodsOutChange:
+    """Cancel a goods out, or, with `reduce_to` (current quantities per Shopify line ->
+    the quantities wanted), shorten its lines; a reduction that leaves nothing cancels.
+
+    `goods_out` is the record when already read. Connection failures propagate (retried
+    by the caller's next run); a refusal is `Refused`. Cancelling re-reads the goods out
+    after a refusal, so a dispatch that raced the cancel is `AlreadyDispatched`.
+    """
+    if goods_out is None:
+        goods_out = warehouse.get_goods_out(goods_out_id) if goods_out_id else None
+    if goods_out is None:
+        return NotFound(goods_out_id)
+    goods_out_id = str(goods_out["id"])
+    status = GoodsOutStatus.of(goods_out)
+    if status is GoodsOutStatus.CANCELLED:
+        return Cancelled(goods_out, status, already=True)
+    if status is GoodsOutStatus.COMPLETED:
+        return AlreadyDispatched(goods_out, status)
+    if reduce_to is not None:
+        current = clarus_quantities(goods_out)
+        targets = {line: min(int(q), current[line]) for line, q in reduce_to(dict(current)).items() if line in current}
+        if any(q > 0 for q in {**current, **targets}.values()):
+            return _reduce(warehouse, goods_out, status, current, targets)
+    if status.is_dispatched:
+        return AlreadyDispatched(goods_out, status)
+    try:
+        done = warehouse.cancel_goods_out(goods_out_id)
+    except ConnectorError as exc:
+        if not exc.refused:
+            raise
+        again = warehouse.get_goods_out(goods_out_id)
+        now_status = GoodsOutStatus.of(again)
+        if again is not None and now_status is not None and now_status.is_dispatched:
+            return AlreadyDispatched(again, now_status, meanwhile=True)
+        return Refused(goods_out, status, refusal_text(exc), exc)
+    return Cancelled(done or goods_out, status)
+
+
+def _reduce(warehouse: Warehouse, goods_out: Mapping[str, Any], status: GoodsOutStatus,
+            current: dict[str, int], targets: Mapping[str, int]) -> GoodsOutChange:
+    lines = {str(ln.get("external_system_reference1")): ln for ln in goods_out.get("lines") or []}
+    shorter = tuple((line, current[line], target) for line, target in targets.items() if current[line] > target)
+    if not shorter:
+        return Reduced(goods_out, status)
+    if not status.is_editable:
+        return Refused(goods_out, status, f"the warehouse is already working on it ({status.name})")
+    changes = [goods_out_line_destroy(lines[line]["id"]) if target == 0
+               else goods_out_line_update(lines[line]["id"], order_quantity=target) for line, _, target in shorter]
+    try:
+        warehouse.update_goods_out(goods_out["id"], {"data": {"type": "goods_outs", "attributes": {"lines_changes": changes}}})
+    except ConnectorError as exc:
+        if not exc.refused:
+            raise
+        return Refused(goods_out, status, refusal_text(exc), exc)
+    return Reduced(goods_out, status, shorter)

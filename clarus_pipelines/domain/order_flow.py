@@ -11,8 +11,11 @@ Statuses (`orders.status`):
 
 Edits and cancellations of an order Clarus already has are not applied at intake: they
 set `change_pending` ('edit' or 'cancel') and the order-changes step applies them.
-Every transition is an `order_events` row with time and cause. Functions here take an
-open connection inside `StateStore.write()` and never call other systems.
+Every transition is an `order_events` row with time and cause, and is checked against
+`TRANSITIONS` first (`IllegalTransition` otherwise): this module is the only writer of
+`orders` rows. Functions here take an open connection inside `StateStore.write()` and
+never call other systems; the steps that call them (intake, send, re-check, apply
+changes) live in `order_intake`, `order_send` and `order_changes`.
 """
 
 from __future__ import annotations
@@ -42,6 +45,43 @@ class OrderStatus(StrEnum):
     ACKNOWLEDGED = "ACKNOWLEDGED"
     WMS_REJECTED = "WMS_REJECTED"
     CANCELLED = "CANCELLED"
+
+
+_S = OrderStatus
+# Every move an order may make (a status may also stay where it is, with a new event).
+TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
+    _S.RECEIVED: frozenset({_S.HELD, _S.READY, _S.SENT_TO_ERP, _S.CANCELLED}),
+    _S.HELD: frozenset({_S.READY, _S.SENT_TO_ERP, _S.CANCELLED}),
+    _S.READY: frozenset({_S.HELD, _S.SENT_TO_ERP, _S.SENT_TO_WMS, _S.CANCELLED}),
+    _S.SENT_TO_ERP: frozenset({_S.HELD, _S.READY, _S.SENT_TO_WMS, _S.CANCELLED}),
+    _S.SENT_TO_WMS: frozenset({_S.ACKNOWLEDGED, _S.WMS_REJECTED, _S.CANCELLED}),
+    # an acknowledged order edited by replacement goes back to SENT_TO_WMS under its new reference
+    _S.ACKNOWLEDGED: frozenset({_S.SENT_TO_WMS, _S.CANCELLED}),
+    _S.WMS_REJECTED: frozenset({_S.HELD, _S.READY, _S.SENT_TO_ERP, _S.SENT_TO_WMS, _S.CANCELLED}),
+    _S.CANCELLED: frozenset(),
+}
+
+
+class IllegalTransition(ValueError):
+    """An order asked to move where its state machine does not go (a bug, never data)."""
+
+    def __init__(self, order_id: str, current: str | None, wanted: str):
+        super().__init__(f"order {order_id}: {current or 'unknown'} -> {wanted} is not a legal transition")
+        self.order_id, self.current, self.wanted = order_id, current, wanted
+
+
+def can_move(current: OrderStatus | str | None, wanted: OrderStatus | str) -> bool:
+    """Whether an order in `current` may move to `wanted` (staying put is allowed, except
+    for an order we do not have)."""
+    if current is None:
+        return False
+    current, wanted = OrderStatus(current), OrderStatus(wanted)
+    return current is wanted or wanted in TRANSITIONS[current]
+
+
+def check_transition(order_id: str, current: OrderStatus | str | None, wanted: OrderStatus | str) -> None:
+    if not can_move(current, wanted):
+        raise IllegalTransition(order_id, None if current is None else str(current), str(wanted))
 
 
 # Not yet in the warehouse: intake may re-validate these and replace their lines.
@@ -155,8 +195,12 @@ def set_status(
     event_state: str | None = None,
     now: datetime | None = None,
 ) -> None:
-    """Move one order to `status` and record the transition."""
+    """Move one order to `status` and record the transition; `IllegalTransition` when the
+    state machine does not allow it (nothing written)."""
     now = now or utcnow()
+    con.complete()
+    current = con.execute("SELECT status FROM orders WHERE order_id = ?", [order_id]).fetchone()
+    check_transition(order_id, current[0] if current else None, status)
     con.execute(
         "UPDATE orders SET status = ?, updated_at = ?,"
         " held_since = CASE WHEN ? = 'HELD' THEN coalesce(held_since, ?) ELSE NULL END WHERE order_id = ?",
@@ -455,6 +499,8 @@ def apply_verdicts(
     )
     if decided.is_empty():
         return pl.DataFrame(schema={"order_id": pl.Utf8, "prev_status": pl.Utf8, "status": pl.Utf8, "hold_codes": pl.List(pl.Utf8)})
+    for order_id, before, after in decided.select("order_id", "prev_status", "new_status").iter_rows():
+        check_transition(order_id, before, after)
     con.register("_verdicts_batch", decided.select("order_id", "new_status", "hold_codes"))
     touched = decided["order_id"].to_list()
     try:
@@ -562,6 +608,37 @@ def cancel_before_warehouse(con: duckdb.DuckDBPyConnection, order_ids: Sequence[
         )
         for code in HOLD_CODES:
             clear_exception(con, code, order_id, now=now)
+
+
+# --------------------------------------------------------------- what Clarus was sent
+
+
+def record_sent_body(con: duckdb.DuckDBPyConnection, order_id: str, body: Mapping[str, Any], *,
+                     replacement_count: int | None = None) -> None:
+    """Remember the goods out body sent (or about to be sent) to Clarus, and its reference.
+    A replacement also stores which attempt it is ("#1001-R1" is attempt 1)."""
+    reference = body["data"]["attributes"]["reference"]
+    con.execute(
+        "UPDATE orders SET sent_body = ?::JSON, clarus_reference = ?,"
+        " replacement_count = coalesce(?, replacement_count) WHERE order_id = ?",
+        [json.dumps(body), reference, replacement_count, order_id],
+    )
+
+
+def forget_sent_body(con: duckdb.DuckDBPyConnection, order_id: str) -> None:
+    """Clarus refused the body: the next send builds it afresh."""
+    con.execute("UPDATE orders SET sent_body = NULL WHERE order_id = ?", [order_id])
+
+
+def clear_change_pending(con: duckdb.DuckDBPyConnection, order_id: str, *, now: datetime,
+                         clarus_status: int | None = None) -> None:
+    """The order-changes step is done with this order's edit or cancellation; keep the
+    goods out status it read (a `GoodsOutStatus` number) when known."""
+    con.execute(
+        "UPDATE orders SET change_pending = NULL, change_cause = NULL, updated_at = ?,"
+        " clarus_status = coalesce(?, clarus_status) WHERE order_id = ?",
+        [now, None if clarus_status is None else int(clarus_status), order_id],
+    )
 
 
 # ---------------------------------------------------------------------- bindings etc.

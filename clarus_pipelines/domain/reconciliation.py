@@ -52,6 +52,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
+from clarus_pipelines.connectors.clarus_model import GoodsOutStatus
 from clarus_pipelines.domain import payouts
 from clarus_pipelines.exception_queue import Finding, sync_exceptions, utcnow
 from clarus_pipelines.policies import Policies
@@ -60,7 +61,7 @@ from clarus_pipelines.state import StateStore
 CODE = "RECONCILIATION_MISMATCH"
 CENT = Decimal("0.01")
 ZERO = Decimal("0")
-COMPLETED = 6  # Clarus goods out status: dispatched in full
+COMPLETED = GoodsOutStatus.COMPLETED  # dispatched in full
 RETURN_KINDS = ("RETURN", "EXCHANGE")
 
 COLUMNS = [

@@ -38,11 +38,15 @@ from typing import Any
 
 import duckdb
 
-from clarus_pipelines.connectors.clarus_model import (
-    EDITABLE_STATUSES,
-    GoodsOutStatus,
-    goods_out_line_destroy,
-    goods_out_line_update,
+from clarus_pipelines.connectors.clarus_model import GoodsOutStatus
+from clarus_pipelines.domain.goods_out import (
+    AlreadyDispatched,
+    Cancelled,
+    NotFound,
+    Reduced,
+    Refused,
+    cancel_or_reduce,
+    clarus_quantities,
 )
 from clarus_pipelines.domain.ports import ConnectorError
 from clarus_pipelines.domain.netsuite_orders import allocate_to_lines
@@ -898,53 +902,44 @@ def _dispatched_exception(item: Work, why: str) -> Outcome:
 
 
 def _cancel_or_reduce(item: Work, *, clarus, **_) -> Outcome:
-    goods_out = clarus.get_goods_out(item.goods_out_id)
-    if goods_out is None:
-        return Outcome("blocked", f"Clarus goods out {item.goods_out_id} not found")
-    status = GoodsOutStatus.from_code(goods_out["goods_out_status"]["code"])
-    if status == GoodsOutStatus.CANCELLED:
-        return Outcome("done", f"goods out {goods_out['reference']} already cancelled in Clarus", item.goods_out_id)
-    if status == GoodsOutStatus.COMPLETED:
-        return _dispatched_exception(item, f"already dispatched goods out {goods_out['reference']}")
-    clarus_lines = {str(ln.get("external_system_reference1")): ln for ln in goods_out.get("lines") or []}
-    current = {line_id: int(float(ln["order_quantity"])) for line_id, ln in clarus_lines.items()}
-    targets = _targets(item, current)
-    left = {**current, **targets}
-    whole = any(s["action"] == R.CLARUS_CANCEL_GOODS_OUT for s in item.steps) or not any(q > 0 for q in left.values())
-    if whole:
-        try:
-            clarus.cancel_goods_out(item.goods_out_id)
-        except ConnectorError as exc:
-            if exc.status != 422:  # 422: Clarus refused, most likely because it dispatched meanwhile
-                raise
-            again = clarus.get_goods_out(item.goods_out_id)
-            if again and again["goods_out_status"]["code"] == GoodsOutStatus.COMPLETED.name:
-                return _dispatched_exception(item, f"dispatched goods out {goods_out['reference']} meanwhile")
-            raise
-        detail = f"goods out {goods_out['reference']} cancelled in Clarus (was {status.name})"
-        return Outcome("done", detail, item.goods_out_id,
-                       event=("GOODS_OUT_CANCELLED", "clarus", f"{detail} for Shopify refund {item.refund['refund_id']}"))
-    changes = []
-    for line_id, target in targets.items():
-        line = clarus_lines.get(line_id)
-        if line is None or current[line_id] <= target:
-            continue
-        changes.append(goods_out_line_destroy(line["id"]) if target == 0
-                       else goods_out_line_update(line["id"], order_quantity=target))
-    if not changes:
-        return Outcome("done", f"goods out {goods_out['reference']} already has the reduced quantities", item.goods_out_id)
-    described = ", ".join(f"line {lid} {current[lid]} -> {t}" for lid, t in targets.items() if current.get(lid, 0) > t)
-    if status not in EDITABLE_STATUSES:
-        message = (f"order {item.label}: Shopify refund {item.refund['refund_id']} cancels {described}, but the "
-                   f"warehouse is already working on goods out {goods_out['reference']} ({status.name}): short it by hand")
-        return Outcome("exception", f"goods out is {status.name}: ORDER_EDIT_NEEDS_REVIEW raised",
-                       event=("ORDER_EDIT_NEEDS_REVIEW", "clarus", message),
-                       exception=("ORDER_EDIT_NEEDS_REVIEW", item.refund["order_id"], message,
-                                  {"order_name": item.label, "refund_id": item.refund["refund_id"], "changes": described}))
-    clarus.update_goods_out(item.goods_out_id, {"data": {"type": "goods_outs", "attributes": {"lines_changes": changes}}})
-    detail = f"goods out {goods_out['reference']} reduced in Clarus: {described}"
-    return Outcome("done", detail, item.goods_out_id,
-                   event=("GOODS_OUT_REDUCED", "clarus", f"{detail} for Shopify refund {item.refund['refund_id']}"))
+    whole = any(s["action"] == R.CLARUS_CANCEL_GOODS_OUT for s in item.steps)
+    result = cancel_or_reduce(clarus, item.goods_out_id, reduce_to=None if whole else (lambda current: _targets(item, current)))
+    refund_id = item.refund["refund_id"]
+    match result:
+        case NotFound():
+            return Outcome("blocked", f"Clarus goods out {item.goods_out_id} not found")
+        case Cancelled(goods_out=goods_out, already=True):
+            return Outcome("done", f"goods out {goods_out['reference']} already cancelled in Clarus", item.goods_out_id)
+        case Cancelled(goods_out=goods_out, was=was):
+            detail = f"goods out {goods_out['reference']} cancelled in Clarus (was {was.name})"
+            return Outcome("done", detail, item.goods_out_id,
+                           event=("GOODS_OUT_CANCELLED", "clarus", f"{detail} for Shopify refund {refund_id}"))
+        case AlreadyDispatched(goods_out=goods_out, meanwhile=meanwhile):
+            why = "dispatched goods out {} meanwhile" if meanwhile else "already dispatched goods out {}"
+            return _dispatched_exception(item, why.format(goods_out["reference"]))
+        case Reduced(goods_out=goods_out, changes=()):
+            return Outcome("done", f"goods out {goods_out['reference']} already has the reduced quantities", item.goods_out_id)
+        case Reduced(goods_out=goods_out, changes=changes):
+            detail = f"goods out {goods_out['reference']} reduced in Clarus: {_described(changes)}"
+            return Outcome("done", detail, item.goods_out_id,
+                           event=("GOODS_OUT_REDUCED", "clarus", f"{detail} for Shopify refund {refund_id}"))
+        case Refused(error=error) if error is not None:
+            return _connector_failure(error, "clarus", R.CLARUS_CANCEL_GOODS_OUT if whole else R.CLARUS_REDUCE_GOODS_OUT)
+        case Refused(goods_out=goods_out, status=status):
+            current = clarus_quantities(goods_out)
+            described = _described(tuple((lid, current[lid], t) for lid, t in _targets(item, current).items()
+                                         if current.get(lid, 0) > t))
+            message = (f"order {item.label}: Shopify refund {refund_id} cancels {described}, but the "
+                       f"warehouse is already working on goods out {goods_out['reference']} ({status.name}): short it by hand")
+            return Outcome("exception", f"goods out is {status.name}: ORDER_EDIT_NEEDS_REVIEW raised",
+                           event=("ORDER_EDIT_NEEDS_REVIEW", "clarus", message),
+                           exception=("ORDER_EDIT_NEEDS_REVIEW", item.refund["order_id"], message,
+                                      {"order_name": item.label, "refund_id": refund_id, "changes": described}))
+    raise AssertionError(f"unhandled goods out change {result!r}")
+
+
+def _described(changes: Sequence[tuple[str, int, int]]) -> str:
+    return ", ".join(f"line {line} {was} -> {now}" for line, was, now in changes)
 
 
 # --- cancellations: NetSuite sales order lines

@@ -49,6 +49,7 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any, Literal
 
+from clarus_pipelines.connectors.clarus_model import GoodsOutStatus
 from clarus_pipelines.domain.skus import clean_sku
 from clarus_pipelines.policies import DEFAULT_REFUND_RULES, RefundRule, RefundRules, SkuCleaning
 
@@ -86,13 +87,10 @@ EXPLICIT_RESTOCK_KINDS: dict[str, frozenset[str]] = {
     "cancel": frozenset({"CANCELLATION"}),
 }
 
-CLARUS_STATUS_NAMES = {
-    1: "DRAFT", 2: "PENDING", 3: "PICK", 4: "PART", 5: "ALLOCATED",
-    6: "COMPLETED", 7: "PART_ALLOCATED", 8: "CANCELLED",
-}
-_CLARUS_NOT_DISPATCHED = {1, 2, 3, 5, 7, 8}
-_CLARUS_DISPATCHED = 6
-_CLARUS_PART_DISPATCHED = 4
+CLARUS_STATUS_NAMES = {int(s): s.name for s in GoodsOutStatus}
+_CLARUS_NOT_DISPATCHED = {int(s) for s in GoodsOutStatus if not s.is_dispatched}
+_CLARUS_DISPATCHED = int(GoodsOutStatus.COMPLETED)
+_CLARUS_PART_DISPATCHED = int(GoodsOutStatus.PART)
 
 _CENT = Decimal("0.01")
 

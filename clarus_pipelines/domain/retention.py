@@ -13,11 +13,13 @@ from datetime import datetime, timedelta
 
 import duckdb
 
+from clarus_pipelines.connectors.clarus_model import FINAL_STATUS_IDS
 from clarus_pipelines.state.alert_history import prune_alert_history
 from clarus_pipelines.policies import Policies
 
-# An order is finished when it was cancelled, or Clarus completed or cancelled its goods out.
-_FINISHED_ORDER = "(o.status = 'CANCELLED' OR o.clarus_status IN (6, 8))"
+# An order is finished when it was cancelled, or Clarus completed or cancelled its goods out
+# (its `clarus_status` one of FINAL_STATUS_IDS, passed as a parameter).
+_FINISHED_ORDER = "(o.status = 'CANCELLED' OR o.clarus_status IN (SELECT unnest(?::INTEGER[])))"
 _OPEN_EXCEPTION = "SELECT 1 FROM exceptions e WHERE e.status <> 'resolved' AND e.entity_id = {}"
 
 
@@ -44,7 +46,7 @@ def prune_records(con: duckdb.DuckDBPyConnection, policies: Policies, now: datet
         f" AND NOT EXISTS ({_OPEN_EXCEPTION.format('o.order_id')})"
         " AND NOT EXISTS (SELECT 1 FROM refunds r WHERE r.order_id = o.order_id"
         "   AND r.state NOT IN ('DONE', 'RETURN_RECEIVED'))",
-        [cut["orders"]],
+        [cut["orders"], FINAL_STATUS_IDS],
     ).fetchall()]
     for table, column in (("order_lines", "order_id"), ("order_holds", "order_id")):
         removed[table] = _delete(con, f"DELETE FROM {table} WHERE {column} IN (SELECT unnest(?::VARCHAR[]))", [old_orders])

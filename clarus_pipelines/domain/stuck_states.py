@@ -30,6 +30,7 @@ from typing import Any
 
 import duckdb
 
+from clarus_pipelines.connectors.clarus_model import FINAL_STATUS_IDS
 from clarus_pipelines.domain.dispatch import BLOCKED, DispatchState, parse_timestamp
 from clarus_pipelines.domain.goods_out import expected_dispatch
 from clarus_pipelines.exception_queue import Finding
@@ -91,9 +92,10 @@ def not_dispatched_by_cutoff(
         "   AND e.state = 'ACKNOWLEDGED'), b.updated_at) AS accepted_at"
         " FROM orders o"
         " JOIN bindings b ON b.entity_type = 'order' AND b.our_id = o.order_id AND b.clarus_id IS NOT NULL"
-        " WHERE o.status = 'ACKNOWLEDGED' AND coalesce(o.clarus_status, 0) NOT IN (6, 8)"
+        " WHERE o.status = 'ACKNOWLEDGED' AND coalesce(o.clarus_status, 0) NOT IN (SELECT unnest(?::INTEGER[]))"
         "   AND NOT EXISTS (SELECT 1 FROM shipments s WHERE s.order_id = o.order_id)"
-        " ORDER BY accepted_at"
+        " ORDER BY accepted_at",
+        [FINAL_STATUS_IDS],
     ).fetchall()
     findings = []
     for order_id, name, sent_body, goods_out_id, accepted_at in rows:

@@ -15,12 +15,13 @@ from clarus_pipelines import catalogue, runbook
 from clarus_pipelines.exception_queue import utcnow
 from clarus_pipelines.logs import PII_KEYS, mask_value
 from clarus_pipelines.catalogue import SOURCE_NAMES
+from clarus_pipelines.connectors.clarus_model import GoodsOutStatus
 from clarus_pipelines.settings import ConfigError, get_policies
 from clarus_pipelines.dashboards import auth, queries
 
 log = logging.getLogger(__name__)
 
-CLARUS_STATUS = {1: "DRAFT", 2: "PENDING", 3: "PICK", 4: "PART", 5: "ALLOCATED", 6: "COMPLETED", 7: "PART_ALLOCATED", 8: "CANCELLED"}
+CLARUS_STATUS = {int(s): s.name for s in GoodsOutStatus}
 SYSTEM_LABELS = {**SOURCE_NAMES, "pipeline": "Pipeline"}
 
 def snapshot_or_stop() -> queries.Snapshot:
