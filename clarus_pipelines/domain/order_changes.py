@@ -227,7 +227,10 @@ def apply_order_changes(store: StateStore, policies: Policies, *, clarus: Wareho
 
     # intent first: what this run is about to change in Clarus and NetSuite, per order and version
     with store.write() as con:
-        flow.begin_outbound(con, {k: v for row in rows.iter_rows(named=True) for k, v in change_keys(row).items()}, now=now)
+        intents = {k: v for row in rows.iter_rows(named=True) for k, v in change_keys(row).items()}
+        for key in intents:  # an intent of an older version, left pending by a run that died, is over
+            flow.supersede_outbound(con, key.rsplit(":", 1)[0] + ":", key, now=now)
+        flow.begin_outbound(con, intents, now=now)
     results: list[tuple[dict, dict]] = []
     failures: list[tuple[dict, str]] = []
     for row in rows.iter_rows(named=True):
