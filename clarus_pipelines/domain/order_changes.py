@@ -171,12 +171,20 @@ def _edit(row: dict, verdicts, new_body: dict | None, policies: Policies, clarus
     result.update(erp)
     if erp.get("erp_error"):
         return {**result, "outcome": "review", "error": erp["erp_error"]}
+    if policies.order_edit_policy != "amend_lines":  # cancel and re-create under a replacement reference
+        match cancel_or_reduce(clarus, goods_out["id"], goods_out=goods_out):
+            case Cancelled():
+                return {**result, "outcome": "replace"}
+            case AlreadyDispatched(goods_out=current, status=now_status):
+                return {**result, "goods_out": current, "status": now_status, "outcome": "review",
+                        "error": f"dispatched meanwhile ({now_status.name})"}
+            case Refused(reason=reason):
+                return {**result, "outcome": "review", "error": reason}
+            case _:  # NotFound: gone from Clarus between our read and the cancel
+                return {**result, "outcome": "review", "error": f"goods out {goods_out['id']} not found in Clarus"}
     try:
-        if policies.order_edit_policy == "amend_lines":
-            clarus.update_goods_out(goods_out["id"], amendment_body(sent_body or new_body, new_body, changes))
-            return {**result, "outcome": "amended", "changes": len(changes)}
-        clarus.cancel_goods_out(goods_out["id"])
-        return {**result, "outcome": "replace"}
+        clarus.update_goods_out(goods_out["id"], amendment_body(sent_body or new_body, new_body, changes))
+        return {**result, "outcome": "amended", "changes": len(changes)}
     except ConnectorError as exc:  # e.g. the warehouse started work between our read and the write
         if not exc.refused:
             raise
@@ -219,7 +227,10 @@ def apply_order_changes(store: StateStore, policies: Policies, *, clarus: Wareho
 
     # intent first: what this run is about to change in Clarus and NetSuite, per order and version
     with store.write() as con:
-        flow.begin_outbound(con, {k: v for row in rows.iter_rows(named=True) for k, v in change_keys(row).items()}, now=now)
+        intents = {k: v for row in rows.iter_rows(named=True) for k, v in change_keys(row).items()}
+        for key in intents:  # an intent of an older version, left pending by a run that died, is over
+            flow.supersede_outbound(con, key.rsplit(":", 1)[0] + ":", key, now=now)
+        flow.begin_outbound(con, intents, now=now)
     results: list[tuple[dict, dict]] = []
     failures: list[tuple[dict, str]] = []
     for row in rows.iter_rows(named=True):

@@ -692,6 +692,18 @@ def begin_outbound(con: duckdb.DuckDBPyConnection, keys: Mapping[str, tuple[str,
     )
 
 
+def supersede_outbound(con: duckdb.DuckDBPyConnection, prefix: str, keep: str, *, now: datetime) -> int:
+    """Intents under `prefix` still pending from an earlier version (a run died before their
+    call) are failed as superseded; `keep` is the current one. Returns how many."""
+    con.complete()
+    stale = [r[0] for r in con.execute(
+        "SELECT idempotency_key FROM outbound_writes WHERE status = 'pending' AND starts_with(idempotency_key, ?)"
+        " AND idempotency_key <> ?", [prefix, keep]).fetchall()]
+    for key in stale:
+        finish_outbound(con, key, status="failed", error="superseded by a newer version of the order", now=now)
+    return len(stale)
+
+
 def finish_outbound(
     con: duckdb.DuckDBPyConnection, key: str, *, status: str, remote_id: str | None = None,
     error: str | None = None, now: datetime | None = None,

@@ -90,3 +90,14 @@ def test_the_orders_row_writers_live_in_the_state_machine_module():
         if "sandbox" not in p.parts and "UPDATE orders " in p.read_text(encoding="utf-8")
     )
     assert writers == ["clarus_pipelines/domain/order_flow.py"]
+
+
+def test_an_intent_of_an_older_order_version_is_superseded_not_left_pending(store):
+    old, new = "clarus:goods_out_edit:1:aaa", "clarus:goods_out_edit:1:bbb"
+    with store.write() as con:
+        flow.begin_outbound(con, {old: ("clarus", "edit_goods_out"), "clarus:goods_out_edit:2:aaa": ("clarus", "edit_goods_out")},
+                            now=NOW)
+        assert flow.supersede_outbound(con, "clarus:goods_out_edit:1:", new, now=NOW) == 1
+        flow.begin_outbound(con, {new: ("clarus", "edit_goods_out")}, now=NOW)
+        rows = dict(con.execute("SELECT idempotency_key, status FROM outbound_writes").fetchall())
+    assert rows == {old: "failed", new: "pending", "clarus:goods_out_edit:2:aaa": "pending"}
