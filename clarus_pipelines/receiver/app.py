@@ -11,6 +11,11 @@ answering. `create_app` wraps it in a Starlette app:
     GET  /healthz                   liveness: the process answers (no counters)
     GET  /readyz                    readiness: the landing zone takes a write (503 if not)
 
+Where accepted webhooks go: the landing zone (one fsynced file each), or with
+`CLARUS_PIPELINES_STATE_URL=postgresql://...` the PostgreSQL webhook inbox
+(`receiver.inbox`: one committed row each, no local disk, no file lock), so any number of
+receivers can run side by side.
+
 Counters and latency go to Prometheus (`receiver.metrics`) on a separate, loopback-bound
 port, never on this one.
 
@@ -48,6 +53,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from clarus_pipelines.receiver import auth, contract, topics
+from clarus_pipelines.receiver.inbox import Inbox, is_postgres_url
 from clarus_pipelines.receiver.landing import Envelope, LandingZone
 from clarus_pipelines.policies import TenantPolicy
 from clarus_pipelines.receiver.metrics import ReceiverMetrics
@@ -116,7 +122,7 @@ class Intake:
 
     def __init__(
         self,
-        zone: LandingZone,
+        zone: LandingZone | Inbox,
         secrets: WebhookSecrets,
         tenant: TenantPolicy | None,
         *,
@@ -309,13 +315,22 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     fsync: bool = True,
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+    state_url: str | None = None,
 ) -> Starlette:
-    """The receiver app. Secrets and the Clarus tenant default to the environment's settings."""
+    """The receiver app. Secrets and the Clarus tenant default to the environment's settings.
+
+    With a postgresql:// `state_url` (default: the settings' `CLARUS_PIPELINES_STATE_URL`)
+    webhooks go to the PostgreSQL inbox and `landing_dir` is not used."""
     settings = settings or Settings()
     secrets = secrets or WebhookSecrets.from_settings(settings)
     if tenant is None:
         tenant = get_policies(settings).tenant
-    zone = LandingZone(landing_dir, fsync=fsync)
+    state_url = state_url if state_url is not None else settings.inbox_url
+    zone: LandingZone | Inbox
+    if is_postgres_url(state_url):
+        zone = Inbox(state_url)  # type: ignore[arg-type]
+    else:
+        zone = LandingZone(landing_dir, fsync=fsync)
     intake = Intake(zone, secrets, tenant, max_body_bytes=max_body_bytes)
 
     async def handle(request: Request, source: str, token: str | None = None) -> Response:
@@ -371,7 +386,10 @@ def create_app(
         return JSONResponse({"status": "ok", "sources": sources})
 
     def landing_zone_takes_a_write() -> str | None:
-        """None when a file can be created, written and synced in the landing zone's `_tmp/`."""
+        """None when a file can be created, written and synced in the landing zone's `_tmp/`
+        (in PostgreSQL mode: when the inbox table takes a write)."""
+        if isinstance(zone, Inbox):
+            return zone.check_writable()
         try:
             with tempfile.NamedTemporaryFile(dir=zone.tmp_dir, prefix=".readyz-") as probe:
                 probe.write(b"ready")
@@ -402,6 +420,18 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
+        if isinstance(zone, Inbox):
+            try:
+                await run_in_threadpool(zone.ensure_schema)
+            except OSError as exc:  # /readyz says 503 until PostgreSQL answers; posts get 503 meanwhile
+                log.error("webhook inbox not ready: %s", exc.strerror or exc)
+            log.info("receiver storing webhooks in %s", zone.root)
+            try:
+                yield
+            finally:
+                await run_in_threadpool(zone.close)
+                log.info("receiver stopped")
+            return
         finished = await run_in_threadpool(zone.finish_interrupted)
         if finished:
             log.warning("finished %d landing(s) interrupted by an earlier stop", finished)
@@ -438,4 +468,5 @@ def create_app_from_env() -> Starlette:
     settings = Settings()
     max_body = int(os.environ.get(MAX_BODY_ENV, DEFAULT_MAX_BODY_BYTES))
     body_timeout = float(os.environ.get(BODY_TIMEOUT_ENV, DEFAULT_BODY_TIMEOUT_S))
-    return create_app(settings.landing_path, settings=settings, max_body_bytes=max_body, body_timeout_s=body_timeout)
+    return create_app(settings.landing_path, settings=settings, max_body_bytes=max_body, body_timeout_s=body_timeout,
+                      state_url=settings.inbox_url or "")
