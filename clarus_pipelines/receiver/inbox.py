@@ -41,7 +41,7 @@ import psycopg2.extensions
 import psycopg2.pool
 
 from clarus_pipelines.receiver.landing import (
-    Envelope, LandingPathError, LandingRef, LandResult, Rejection, format_landing_id, topic_dir,
+    Envelope, LandingPathError, LandingRef, LandResult, PruneReport, Rejection, format_landing_id, topic_dir,
 )
 
 log = logging.getLogger(__name__)
@@ -361,6 +361,23 @@ class Inbox:
             via=doc["via"], webhook_id=doc["webhook_id"], known_topic=bool(doc["known_topic"]),
             replay_of=doc["replay_of"], quarantine_reason=doc["quarantine_reason"],
         )
+
+    # ------------------------------------------------------------------ upkeep
+    def prune(self, older_than: datetime) -> PruneReport:
+        """Delete inbox rows (landings and quarantined bodies) and refusals received before `older_than` (UTC)."""
+        if older_than.tzinfo is not None:
+            older_than = older_than.astimezone(timezone.utc).replace(tzinfo=None)
+        report = PruneReport(cutoff=older_than.isoformat())
+        self.ensure_schema()
+        with self.connection() as conn, conn.cursor() as cur:
+            cur.execute("DELETE FROM webhook_inbox WHERE received_at < %s RETURNING quarantined", [older_than])
+            removed = [row[0] for row in cur.fetchall()]
+            cur.execute("DELETE FROM webhook_inbox_rejections WHERE refused_at < %s", [older_than])
+            report.rejection_logs_removed = cur.rowcount
+        report.landings_removed = sum(1 for q in removed if not q)
+        report.markers_removed = report.landings_removed  # the dedupe key goes with its row
+        report.quarantine_days_removed = sum(1 for q in removed if q)
+        return report
 
     # ------------------------------------------------------------------ rejections
     def read_rejections(self, offsets: Mapping[str, int]) -> tuple[list[Rejection], dict[str, int]]:

@@ -288,3 +288,70 @@ def test_two_receivers_one_sigkilled_mid_burst_store_every_acknowledged_webhook_
         events = Counter(r[0] for r in con.execute("SELECT webhook_id FROM landed_events").fetchall())
     assert events == stored
     inbox.close()
+
+
+# ---------------------------------------------------------------------------- sensor and asset in PostgreSQL mode
+
+
+def test_sensor_reads_the_inbox_by_seq_cursor_and_ingest_takes_each_once(tmp_path, pg_url, order_template):
+    import dagster as dg
+
+    from clarus_pipelines.assets.ingest import landed_events, webhook_rejections
+    from clarus_pipelines.receiver.app import Intake
+    from clarus_pipelines.resources import LandingZoneResource, PoliciesResource, StateStoreResource
+    from clarus_pipelines.sensors.webhooks import build_landing_sensor, webhook_rejections_sensor
+
+    landing_dir = tmp_path / "landing-unused"
+    resources = {
+        "landing": LandingZoneResource(path=str(landing_dir), state_url=pg_url),
+        "state": StateStoreResource(path=str(tmp_path / "state.duckdb")),
+        "policies": PoliciesResource(path=str(SANDBOX_POLICIES)),
+    }
+    intake = Intake(Inbox(pg_url), SECRETS, TENANT)
+    accepted = []
+    for n in range(5):
+        _, body, headers = signed(order_template, 100 + n, "sensor")
+        accepted.append(intake.accept("shopify", body, headers))
+    bad = b"not json"
+    assert intake.accept("shopify", bad, auth.shopify_headers(bad, SECRET, topic="orders/create", webhook_id="bad")).status_code == 400
+    assert all(o.result == "landed" for o in accepted)
+    instance = dg.DagsterInstance.ephemeral()
+    sensor = build_landing_sensor(batch_size=2, wait_for_ingest=False)
+
+    def tick(the_sensor, cursor=None):
+        with dg.build_sensor_context(cursor=cursor, instance=instance, resources=resources) as context:
+            return the_sensor(context)
+
+    result = tick(sensor)
+    batches = [r.run_config["ops"]["landed_events"]["config"]["landings"] for r in result.run_requests]
+    assert [len(b) for b in batches] == [2, 2, 1]
+    refs = [ref for b in batches for ref in b]
+    assert all(ref.startswith("inbox:") for ref in refs)  # the quarantined body is not among them
+    cursor = json.loads(result.cursor)
+    assert cursor["after_seq"] == int(refs[-1].split(":")[1])
+    assert isinstance(tick(sensor, result.cursor), dg.SkipReason)
+
+    for batch in batches + batches[:1]:  # the first batch twice: ingest stays idempotent
+        run = dg.materialize([landed_events], resources=resources, instance=instance,
+                             run_config={"ops": {"landed_events": {"config": {"landings": batch}}}})
+        assert run.success
+    with resources["state"].store().read() as con:
+        stored = con.execute("SELECT landing_id FROM landed_events ORDER BY seq").fetchall()
+    assert [r[0] for r in stored] == [o.landing_id for o in accepted]
+
+    _, body, headers = signed(order_template, 200, "sensor")
+    late = intake.accept("shopify", body, headers)
+    later = tick(sensor, result.cursor)
+    assert [r.run_config["ops"]["landed_events"]["config"]["landings"] for r in later.run_requests] == \
+        [[f"inbox:{json.loads(later.cursor)['after_seq']}"]]
+    assert late.result == "landed"
+
+    # refusals at the door are counted from the inbox too
+    wrong = {**headers, "X-Shopify-Hmac-Sha256": "d3Jvbmc="}
+    for _ in range(3):
+        assert intake.accept("shopify", body, wrong).status_code == 401
+    assert tick(webhook_rejections_sensor).run_requests
+    counted = dg.materialize([webhook_rejections], resources=resources, instance=instance)
+    meta = counted.asset_materializations_for_node("webhook_rejections")[0].metadata
+    assert meta["new_rejections"].value == 3
+    assert not landing_dir.exists()
