@@ -38,7 +38,6 @@ from typing import Any
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
-import psycopg2.pool
 
 from clarus_pipelines.receiver.landing import (
     Envelope, LandingPathError, LandingRef, LandResult, PruneReport, Rejection, format_landing_id, topic_dir,
@@ -49,7 +48,7 @@ log = logging.getLogger(__name__)
 INBOX_LOCK = 0x636C_6172_7573_0016  # advisory lock key: inserters share it, a reader's horizon takes it alone
 INBOX_PREFIX = "inbox:"  # a landing reference in PostgreSQL mode: "inbox:<seq>"
 REJECTIONS_LOG = "inbox"  # the name under which ingest keeps its rejection offset (the last seq counted)
-DEFAULT_POOL_SIZE = 8
+DEFAULT_POOL_SIZE = 16  # connections per receiver process: concurrent commits share WAL flushes
 MIGRATION = "016_webhook_inbox.sql"
 _SCHEMA_LOCK = 0x636C_6172_7573_0000  # serialises schema creation across processes
 
@@ -102,9 +101,13 @@ class Inbox:
         self.url = url
         self.pool_size = pool_size
         self.connect_timeout_s = connect_timeout_s
-        self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
-        self._slots = threading.BoundedSemaphore(pool_size)  # psycopg2's pool refuses rather than waits
+        # A small lazy pool: connections are opened on demand up to `pool_size` and kept open
+        # (psycopg2's own pools close every connection above `minconn` when it is returned,
+        # or open all of them up front, and refuse rather than wait when all are taken).
+        self._idle: list[psycopg2.extensions.connection] = []
+        self._slots = threading.BoundedSemaphore(pool_size)
         self._pool_lock = threading.Lock()
+        self._closed = False
         self._schema_ready = False
         self._last_micros = 0
         self._id_lock = threading.Lock()
@@ -116,38 +119,52 @@ class Inbox:
         dsn = psycopg2.extensions.parse_dsn(self.url)
         return f"postgresql://{dsn.get('host', '')}:{dsn.get('port', '5432')}/{dsn.get('dbname', '')} (webhook_inbox)"
 
-    def _get_pool(self) -> psycopg2.pool.ThreadedConnectionPool:
+    def _checkout(self) -> psycopg2.extensions.connection:
+        """An idle pooled connection, or a new one (the caller holds a slot)."""
         with self._pool_lock:
-            if self._pool is None:
-                self._pool = psycopg2.pool.ThreadedConnectionPool(
-                    0, self.pool_size, self.url, connect_timeout=self.connect_timeout_s,
-                    # durable on commit whatever the server default; a transaction left open by a frozen
-                    # client is ended by the server (it would hold readers' horizon up)
-                    options="-c synchronous_commit=on -c idle_in_transaction_session_timeout=30000",
-                    application_name="clarus-pipelines-inbox",
-                )
-            return self._pool
+            while self._idle:
+                conn = self._idle.pop()
+                if not conn.closed:
+                    return conn
+        return psycopg2.connect(
+            self.url, connect_timeout=self.connect_timeout_s, application_name="clarus-pipelines-inbox",
+            # durable on commit whatever the server default; a transaction left open by a frozen
+            # client is ended by the server (it would hold readers' horizon up)
+            options="-c synchronous_commit=on -c idle_in_transaction_session_timeout=30000",
+        )
+
+    def _checkin(self, conn: psycopg2.extensions.connection, broken: bool) -> None:
+        if broken or conn.closed or self._closed:
+            with contextlib.suppress(psycopg2.Error):
+                conn.close()
+            return
+        with self._pool_lock:
+            self._idle.append(conn)
 
     @contextlib.contextmanager
-    def connection(self) -> Iterator[psycopg2.extensions.connection]:
-        """A pooled connection in a transaction: committed on success, rolled back on error.
-        A connection that failed is closed, never handed out again. PostgreSQL errors are
-        raised as `InboxError` (an OSError: the receiver answers 503)."""
+    def connection(self, *, autocommit: bool = False) -> Iterator[psycopg2.extensions.connection]:
+        """A pooled connection in a transaction: committed on success, rolled back on error
+        (with `autocommit`, each query string is its own transaction, committed when it
+        returns: one round trip for a write). A connection that failed is closed, never
+        handed out again. PostgreSQL errors are raised as `InboxError` (an OSError: the
+        receiver answers 503)."""
         if not self._slots.acquire(timeout=30):
             raise InboxError("no inbox connection free within 30s")
         broken = False
         conn = None
         try:
             try:
-                pool = self._get_pool()
-                conn = pool.getconn()
+                conn = self._checkout()
             except psycopg2.Error as exc:
                 raise InboxError(f"PostgreSQL inbox unreachable: {str(exc).strip()[:200]}") from exc
             try:
+                if conn.autocommit != autocommit:
+                    conn.autocommit = autocommit
                 yield conn
-                conn.commit()
+                if not autocommit:
+                    conn.commit()
             except psycopg2.Error as exc:
-                broken = conn.closed != 0 or isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
+                broken = bool(conn.closed) or isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
                 with contextlib.suppress(psycopg2.Error):
                     if not conn.closed:
                         conn.rollback()
@@ -158,16 +175,18 @@ class Inbox:
                         conn.rollback()
                 raise
         finally:
-            if conn is not None and self._pool is not None:
-                with contextlib.suppress(psycopg2.Error):
-                    self._pool.putconn(conn, close=broken or conn.closed != 0)
+            if conn is not None:
+                self._checkin(conn, broken)
             self._slots.release()
 
     def close(self) -> None:
+        """Close the idle connections (and any returned later)."""
         with self._pool_lock:
-            if self._pool is not None:
-                self._pool.closeall()
-                self._pool = None
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(psycopg2.Error):
+                conn.close()
 
     def ensure_schema(self) -> None:
         """Create the inbox tables if missing (migration 016; idempotent, one process at a time)."""
@@ -210,8 +229,10 @@ class Inbox:
                       envelope.via, envelope.replay_of, headers, psycopg2.Binary(envelope.body), quarantined,
                       envelope.quarantine_reason]
             try:
-                with self.connection() as conn, conn.cursor() as cur:
-                    # one round trip: the shared lock first (see the module docstring), then the row
+                with self.connection(autocommit=True) as conn, conn.cursor() as cur:
+                    # One round trip: PostgreSQL runs the query string as one transaction (the
+                    # shared lock first, see the module docstring, then the row) and answers
+                    # only after its commit is flushed.
                     cur.execute(
                         "SELECT pg_advisory_xact_lock_shared(%s);"
                         " INSERT INTO webhook_inbox (landing_id, source, topic, known_topic, dedupe_key, webhook_id,"
@@ -262,7 +283,7 @@ class Inbox:
         moment = (at or datetime.now(timezone.utc))
         if moment.tzinfo is not None:
             moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
-        with self.connection() as conn, conn.cursor() as cur:
+        with self.connection(autocommit=True) as conn, conn.cursor() as cur:
             cur.execute("INSERT INTO webhook_inbox_rejections (refused_at, source, reason) VALUES (%s, %s, %s)",
                         [moment, source, reason[:80]])
 
