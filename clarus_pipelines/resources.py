@@ -10,9 +10,9 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from clarus_pipelines.receiver.inbox import Inbox, is_postgres_url, shared_inbox
+from clarus_pipelines.receiver.inbox import Inbox, shared_inbox
 from clarus_pipelines.receiver.landing import LandingZone
-from clarus_pipelines.settings import policies_at
+from clarus_pipelines.settings import is_postgres_url, policies_at
 from clarus_pipelines.policies import Policies
 from clarus_pipelines.state import StateStore
 

@@ -130,7 +130,7 @@ class Settings(BaseSettings):
     def inbox_url(self) -> str | None:
         """The PostgreSQL URL webhooks are stored under instead of landing files, or None (file mode)."""
         url = (self.state_url or "").strip()
-        return url if url.split(":", 1)[0] in ("postgresql", "postgres") else None
+        return url if is_postgres_url(url) else None
 
     def require_policies_file(self) -> Path:
         """The policies file; not set is a configuration error, never a silent sandbox default
@@ -140,6 +140,11 @@ class Settings(BaseSettings):
                               f"(the shipped example is {SANDBOX_POLICIES.name}; `clarus-pipelines demo` and "
                               "`simulate` use it by themselves)")
         return self.policies_file
+
+
+def is_postgres_url(url: str | None) -> bool:
+    """Whether `url` names a PostgreSQL database (postgresql://... or postgres://...)."""
+    return bool(url) and url.split(":", 1)[0] in ("postgresql", "postgres")  # type: ignore[union-attr]
 
 
 # ---------------------------------------------------------------------------- policies

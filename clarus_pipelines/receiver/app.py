@@ -44,7 +44,7 @@ from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -53,11 +53,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from clarus_pipelines.receiver import auth, contract, topics
-from clarus_pipelines.receiver.inbox import Inbox, is_postgres_url
 from clarus_pipelines.receiver.landing import Envelope, LandingZone
 from clarus_pipelines.policies import TenantPolicy
 from clarus_pipelines.receiver.metrics import ReceiverMetrics
-from clarus_pipelines.settings import Settings, get_policies
+from clarus_pipelines.settings import Settings, get_policies, is_postgres_url
+
+if TYPE_CHECKING:  # imported when used: a file-mode worker starts without the PostgreSQL driver
+    from clarus_pipelines.receiver.inbox import Inbox
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +124,7 @@ class Intake:
 
     def __init__(
         self,
-        zone: LandingZone | Inbox,
+        zone: "LandingZone | Inbox",
         secrets: WebhookSecrets,
         tenant: TenantPolicy | None,
         *,
@@ -327,7 +329,10 @@ def create_app(
         tenant = get_policies(settings).tenant
     state_url = state_url if state_url is not None else settings.inbox_url
     zone: LandingZone | Inbox
-    if is_postgres_url(state_url):
+    in_postgres = is_postgres_url(state_url)
+    if in_postgres:
+        from clarus_pipelines.receiver.inbox import Inbox
+
         zone = Inbox(state_url)  # type: ignore[arg-type]
     else:
         zone = LandingZone(landing_dir, fsync=fsync)
@@ -388,8 +393,8 @@ def create_app(
     def landing_zone_takes_a_write() -> str | None:
         """None when a file can be created, written and synced in the landing zone's `_tmp/`
         (in PostgreSQL mode: when the inbox table takes a write)."""
-        if isinstance(zone, Inbox):
-            return zone.check_writable()
+        if in_postgres:
+            return zone.check_writable()  # type: ignore[union-attr]
         try:
             with tempfile.NamedTemporaryFile(dir=zone.tmp_dir, prefix=".readyz-") as probe:
                 probe.write(b"ready")
@@ -420,16 +425,16 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
-        if isinstance(zone, Inbox):
+        if in_postgres:
             try:
-                await run_in_threadpool(zone.ensure_schema)
+                await run_in_threadpool(zone.ensure_schema)  # type: ignore[union-attr]
             except OSError as exc:  # /readyz says 503 until PostgreSQL answers; posts get 503 meanwhile
                 log.error("webhook inbox not ready: %s", exc.strerror or exc)
             log.info("receiver storing webhooks in %s", zone.root)
             try:
                 yield
             finally:
-                await run_in_threadpool(zone.close)
+                await run_in_threadpool(zone.close)  # type: ignore[union-attr]
                 log.info("receiver stopped")
             return
         finished = await run_in_threadpool(zone.finish_interrupted)

@@ -23,9 +23,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from clarus_pipelines.receiver.app import (
     BODY_TIMEOUT_ENV, DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, MAX_BODY_ENV, create_app,
 )
-from clarus_pipelines.receiver.inbox import is_postgres_url
 from clarus_pipelines.receiver.metrics import prepare_multiprocess_dir, serve_metrics
-from clarus_pipelines.settings import Settings
+from clarus_pipelines.settings import Settings, is_postgres_url
 
 log = logging.getLogger(__name__)
 

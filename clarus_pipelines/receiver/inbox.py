@@ -39,6 +39,7 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 
+from clarus_pipelines.settings import is_postgres_url
 from clarus_pipelines.receiver.landing import (
     Envelope, LandingPathError, LandingRef, LandResult, PruneReport, Rejection, format_landing_id, topic_dir,
 )
@@ -62,10 +63,6 @@ class InboxError(OSError):
 
     def __init__(self, message: str):
         super().__init__(errno.EIO, message)
-
-
-def is_postgres_url(url: str | None) -> bool:
-    return bool(url) and url.split(":", 1)[0] in ("postgresql", "postgres")
 
 
 def inbox_ref(seq: int) -> str:

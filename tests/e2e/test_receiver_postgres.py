@@ -26,7 +26,7 @@ import pytest
 
 from clarus_pipelines.receiver import auth
 from clarus_pipelines.receiver.app import WebhookSecrets, create_app
-from clarus_pipelines.receiver.events import ingest_landings
+from clarus_pipelines.receiver.events import ingest_landings, intake_status
 from clarus_pipelines.receiver.inbox import INBOX_LOCK, Inbox
 from clarus_pipelines.sandbox.serving import serve_in_thread
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
@@ -287,6 +287,8 @@ def test_two_receivers_one_sigkilled_mid_burst_store_every_acknowledged_webhook_
     with store.read() as con:
         events = Counter(r[0] for r in con.execute("SELECT webhook_id FROM landed_events").fetchall())
     assert events == stored
+    status = intake_status(inbox, store)["shopify"]  # what `clarus-pipelines intake-status` prints
+    assert (status["acknowledged"], status["ingested"], status["unread"]) == (len(rows), len(rows), 0)
     inbox.close()
 
 
