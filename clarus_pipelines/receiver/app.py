@@ -256,6 +256,8 @@ class Intake:
         try:
             result = self.zone.land(envelope)
         except OSError as exc:
+            if getattr(exc, "row_refused", False):  # the inbox cannot hold these values: the body's fault, kept aside
+                return self._refuse_body(source, body, kept, via, replay_of, str(exc.strerror)[:200], quarantine_malformed)
             log.error("%s webhook not stored: %s", source, exc)
             return self._finish(Outcome(503, "error", source, topic, reason=f"landing zone: {exc.strerror}"))
         return self._finish(Outcome(200, result.status, source, topic, result.landing_id, known_topic=known))

@@ -65,6 +65,13 @@ class InboxError(OSError):
         super().__init__(errno.EIO, message)
 
 
+class InboxRowRefused(InboxError):
+    """PostgreSQL cannot hold this delivery's values (a NUL character in a text field, say):
+    the receiver quarantines it with the reason rather than have the sender retry forever."""
+
+    row_refused = True
+
+
 def inbox_ref(seq: int) -> str:
     return f"{INBOX_PREFIX}{seq}"
 
@@ -165,7 +172,8 @@ class Inbox:
                 with contextlib.suppress(psycopg2.Error):
                     if not conn.closed:
                         conn.rollback()
-                raise InboxError(f"PostgreSQL inbox: {type(exc).__name__}: {str(exc).strip()[:200]}") from exc
+                error = InboxRowRefused if isinstance(exc, psycopg2.DataError) else InboxError
+                raise error(f"PostgreSQL inbox: {type(exc).__name__}: {str(exc).strip()[:200]}") from exc
             except BaseException:
                 with contextlib.suppress(psycopg2.Error):
                     if not conn.closed:
@@ -252,6 +260,8 @@ class Inbox:
                 if isinstance(cause, psycopg2.errors.UniqueViolation) and "landing_id" in str(cause):
                     continue  # two receivers drew the same microsecond: draw again
                 raise
+            except ValueError as exc:  # psycopg2 refuses the value before sending it (a NUL character)
+                raise InboxRowRefused(f"PostgreSQL cannot store this delivery: {exc}"[:200]) from exc
         raise InboxError("could not store the webhook after 5 attempts")
 
     def land(self, envelope: Envelope) -> LandResult:

@@ -82,6 +82,7 @@ def pg_receiver(tmp_path, pg_url):
     served = serve_in_thread(app)
     with httpx.Client(base_url=served.url, timeout=10) as client:
         client.inbox = app.state.zone
+        client.intake = app.state.intake
         yield client
     served.stop()
     assert not landing_dir.exists(), "PostgreSQL mode must not write to local disk"
@@ -145,6 +146,13 @@ def test_fuzz_of_bad_bodies_quarantines_and_never_answers_5xx(pg_receiver, pg_ur
     # quarantined rows are never handed to ingest
     handed = {r.relpath for r in pg_receiver.inbox.refs_after_seq(0)}
     assert handed.isdisjoint({f"inbox:{q[0]}" for q in quarantined})
+    # a value PostgreSQL cannot hold (NUL in the webhook id; HTTP cannot carry it, a replay or a
+    # direct caller can) is quarantined with the reason, not answered 503 for ever
+    body = json.dumps(OURS.order("order_python_api")).encode()
+    outcome = pg_receiver.intake.accept("shopify", body, auth.shopify_headers(body, SECRET, topic="orders/create",
+                                                                              webhook_id="nul\x00id"))
+    assert (outcome.status_code, outcome.result) == (400, "malformed") and "NUL" in outcome.reason
+    assert len(inbox_rows(pg_url, "quarantined")) == len(quarantined) + 1
     # and a good webhook after the fuzz is still accepted
     _, body, headers = signed(OURS.order("order_python_api"), 99, "after-fuzz")
     assert pg_receiver.post("/webhooks/shopify", content=body, headers=headers).json()["status"] == "landed"
