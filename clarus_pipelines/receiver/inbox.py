@@ -259,6 +259,12 @@ class Inbox:
                 cause = exc.__cause__
                 if isinstance(cause, psycopg2.errors.UniqueViolation) and "landing_id" in str(cause):
                     continue  # two receivers drew the same microsecond: draw again
+                if not quarantined and _attempt == 0 and isinstance(cause, (psycopg2.OperationalError,
+                                                                            psycopg2.InterfaceError)):
+                    # a pooled connection the server dropped (restart, failover): once more on a
+                    # new one; if the lost answer hid a commit, the retry answers duplicate
+                    log.warning("inbox connection lost (%s); retrying once", type(cause).__name__)
+                    continue
                 raise
             except ValueError as exc:  # psycopg2 refuses the value before sending it (a NUL character)
                 raise InboxRowRefused(f"PostgreSQL cannot store this delivery: {exc}"[:200]) from exc

@@ -365,3 +365,21 @@ def test_sensor_reads_the_inbox_by_seq_cursor_and_ingest_takes_each_once(tmp_pat
     meta = counted.asset_materializations_for_node("webhook_rejections")[0].metadata
     assert meta["new_rejections"].value == 3
     assert not landing_dir.exists()
+
+
+def test_a_pooled_connection_the_server_dropped_costs_no_503(pg_url, order_template):
+    """After a PostgreSQL restart the pool's idle connections are dead: the next webhook is
+    stored on a new connection rather than refused."""
+    from clarus_pipelines.receiver.landing import Envelope
+
+    inbox = Inbox(pg_url, pool_size=1)
+    _, body, headers = signed(order_template, 300, "drop")
+    assert inbox.land(Envelope(source="shopify", topic="orders/create", body=body, dedupe_key="d1")).status == "landed"
+    with psycopg2.connect(dbname="postgres", **PG) as admin, admin.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s"
+                    " AND application_name = 'clarus-pipelines-inbox'", [pg_url.rsplit("/", 1)[1]])
+        assert cur.fetchall()
+    again = inbox.land(Envelope(source="shopify", topic="orders/create", body=body, dedupe_key="d2"))
+    assert again.status == "landed"
+    assert {row[4] for row in inbox_rows(pg_url)} == {"d1", "d2"}
+    inbox.close()
