@@ -1,6 +1,7 @@
 """Webhook intake assets: landed webhooks into `landed_events`, refusals into exceptions.
 
-- `landed_events`: the landing files a sensor batch names (run config `landings`), parsed
+- `landed_events`: the landing files (or, in PostgreSQL mode, `inbox:<seq>` rows of the
+  webhook inbox) a sensor batch names (run config `landings`), parsed
   into the DuckDB table the order, dispatch and refund flows read. Idempotent: a landing
   already in `processed_landings`, or a second landing of the same event, adds nothing.
   Run by hand with no `landings` it catches up on whatever recent landings were missed.
@@ -17,7 +18,6 @@ import dagster as dg
 
 from clarus_pipelines.exception_queue import utcnow
 from clarus_pipelines.receiver.events import STALL_AFTER, ingest_landings, ingest_rejections, unprocessed_landings
-from clarus_pipelines.receiver.landing import LandingZone
 from clarus_pipelines.resources import LandingZoneResource, PoliciesResource, StateStoreResource
 
 STALL_LOOKBACK = timedelta(hours=24)
@@ -31,7 +31,7 @@ landing_zone = dg.AssetSpec(
 
 
 class IngestConfig(dg.Config):
-    landings: list[str] = []  # landing paths relative to the zone; set by the sensors
+    landings: list[str] = []  # landing paths relative to the zone, or "inbox:<seq>"; set by the sensors
     catch_up_hours: int = 48  # with no landings given: look this far back for unprocessed ones
     catch_up_limit: int = 5000
 
@@ -46,7 +46,7 @@ class IngestConfig(dg.Config):
 def landed_events(
     context: dg.AssetExecutionContext, config: IngestConfig, state: StateStoreResource, landing: LandingZoneResource
 ) -> dg.MaterializeResult:
-    zone = LandingZone(landing.root)
+    zone = landing.source()
     store = state.store()
     relpaths = list(config.landings)
     if not relpaths:
@@ -77,7 +77,7 @@ def landed_events(
 def webhook_rejections(
     context: dg.AssetExecutionContext, state: StateStoreResource, landing: LandingZoneResource, policies: PoliciesResource
 ) -> dg.MaterializeResult:
-    zone = LandingZone(landing.root)
+    zone = landing.source()
     with state.store().write() as con:
         report = ingest_rejections(con, zone, policies=policies.load())
     for source, total in report.repeating_sources.items():
@@ -95,7 +95,7 @@ def webhook_rejections(
 )
 def landings_not_stalled(state: StateStoreResource, landing: LandingZoneResource) -> dg.AssetCheckResult:
     now = utcnow()
-    stalled = unprocessed_landings(LandingZone(landing.root), state.store(), now - STALL_LOOKBACK, now - STALL_AFTER)
+    stalled = unprocessed_landings(landing.source(), state.store(), now - STALL_LOOKBACK, now - STALL_AFTER)
     return dg.AssetCheckResult(
         passed=not stalled,
         metadata={"stalled": len(stalled), "oldest": stalled[0] if stalled else ""},

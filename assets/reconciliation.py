@@ -18,7 +18,6 @@ from clarus_pipelines.connectors.shopify import ShopifyResource
 from clarus_pipelines.exception_queue import utcnow
 from clarus_pipelines.receiver.events import load_landings, unprocessed_landings
 from clarus_pipelines.state.event_log import entity_versions, record_reconciliation
-from clarus_pipelines.receiver.landing import LandingZone
 from clarus_pipelines.receiver.reconcile import Missed, land_missed, merge_known, plan_clarus, plan_shopify
 from clarus_pipelines.resources import LandingZoneResource, StateStoreResource
 
@@ -31,7 +30,7 @@ class ReconciliationConfig(dg.Config):
     bulk_after_minutes: int = 24 * 60
 
 
-def _known(zone: LandingZone, store, since: datetime, source: str, entity_ids: dict[str, list[str]]):
+def _known(zone, store, since: datetime, source: str, entity_ids: dict[str, list[str]]):
     """What already arrived for these entities: ingested events plus landings still waiting for ingest."""
     waiting = load_landings(zone, unprocessed_landings(zone, store, since - timedelta(minutes=30))).rows
     with store.read() as con:
@@ -91,7 +90,7 @@ def shopify_missed_webhooks(
     read = shopify.iter_orders_bulk if bulk else shopify.iter_orders
     orders = list(read(updated_at_min=window_start))
     context.log.info("read %d Shopify order(s) changed since %s%s", len(orders), window_start, " (bulk operation)" if bulk else "")
-    zone, store = LandingZone(landing.root), state.store()
+    zone, store = landing.source(), state.store()
     ids = {
         "order": [str(o["id"]) for o in orders],
         "refund": [str(r["id"]) for o in orders for r in o.get("refunds") or []],
@@ -126,7 +125,7 @@ def clarus_missed_webhooks(
     now = utcnow()
     window_start = now - timedelta(minutes=config.lookback_minutes)
     goods_outs = list(clarus.iter_goods_outs(updated_since=window_start, status=["COMPLETED", "PART", "CANCELLED"]))
-    zone, store = LandingZone(landing.root), state.store()
+    zone, store = landing.source(), state.store()
     known = _known(zone, store, window_start, "clarus", {"goods_out": [str(g["id"]) for g in goods_outs]})
     missed, checked = plan_clarus(goods_outs, known, settled_before=now - timedelta(minutes=config.grace_minutes))
     landed = land_missed(zone, missed)

@@ -1,18 +1,23 @@
 """Benchmark the webhook receiver against a bare endpoint of the same server stack.
 
-Starts two real servers on loopback, each in its own process:
-- ours: `clarus-pipelines receiver` (verify HMAC, parse, dedupe, write + fsync + rename +
-  fsync the folder, then 200), landing into a temporary folder;
+Starts real servers on loopback, each in its own process:
+- ours, landing files: `clarus-pipelines receiver` (verify HMAC, parse, dedupe, write,
+  flush, rename, flush the folder, then 200) into a temporary folder, once with the group
+  `syncfs` flush and once with an fsync per file (`--sync`);
+- ours, PostgreSQL (with `--state-url postgresql://...`): the same receiver inserting into
+  the webhook inbox, committed (synchronous_commit on) before the 200;
 - ceiling: the same Starlette + uvicorn settings and the same bounded body read, with a
   handler that stores nothing and answers 200 at once.
 
 Each is driven for a bounded time by `--concurrency` keep-alive connections posting
 signed Shopify orders (a real fixture payload, a new webhook id per post), in alternating
 rounds so that other load on the machine affects both alike. Prints
-sustained accepted webhooks per second and p50/p99 latency for both, checks that every
-accepted webhook is a file in the landing zone, and ends with `ratio: X` (ours / ceiling).
+sustained accepted webhooks per second and p50/p99 latency for each, checks that every
+accepted webhook is stored, prints each store's ratio to the ceiling, and ends with
+`ratio: X` (file landing with the default flush / ceiling).
 
     .venv/bin/python bench/receiver.py [--duration 3] [--rounds 2] [--concurrency 32] [--workers 1]
+        [--sync syncfs|fsync|both] [--state-url postgresql://postgres@127.0.0.1:5432/scratch]
 """
 
 from __future__ import annotations
@@ -175,6 +180,14 @@ def report(name: str, result: Result) -> float:
 # ---------------------------------------------------------------------------- main
 
 
+def count_inbox_rows(state_url: str, prefix: str) -> int:
+    import psycopg2
+
+    with psycopg2.connect(state_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM webhook_inbox WHERE webhook_id LIKE %s", [prefix + "%"])
+        return cur.fetchone()[0]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=3.0, help="measured seconds per server and round (default 3)")
@@ -182,6 +195,12 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first (default 1)")
     parser.add_argument("--concurrency", type=int, default=32, help="keep-alive connections (default 32)")
     parser.add_argument("--workers", type=int, default=1, help="receiver worker processes (default 1)")
+    parser.add_argument("--state-url", default=None,
+                        help="also measure a receiver storing into the PostgreSQL webhook inbox at this postgresql:// "
+                        "URL (use a scratch database: the bench's rows stay there)")
+    parser.add_argument("--sync", choices=["syncfs", "fsync", "both"], default="both",
+                        help="file landing's flush: syncfs (group commit), fsync (per file), or both side by side "
+                        "(default both)")
     parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -191,30 +210,44 @@ def main() -> int:
     if not FIXTURE.exists():
         raise SystemExit(f"fixture not found: {FIXTURE}")
 
-    with tempfile.TemporaryDirectory(prefix="bench-receiver-") as tmp:
-        landing = Path(tmp) / "landing"
+    # where the benchmark's landing zones go: beside the repository (a real disk), never a tmpfs /tmp
+    with tempfile.TemporaryDirectory(prefix="bench-receiver-", dir=os.environ.get("BENCH_TMPDIR")) as tmp:
         env = {**os.environ, "SHOPIFY_WEBHOOK_SECRET": SECRET, "CLARUS_PIPELINES_HOME": tmp, "PYTHONUNBUFFERED": "1",
                "CLARUS_PIPELINES_CONFIG": os.environ.get("CLARUS_PIPELINES_CONFIG") or str(SANDBOX_POLICIES)}
+        env.pop("CLARUS_PIPELINES_STATE_URL", None)
         body_size = len(Poster(json.loads(FIXTURE.read_text())["order"], "x").next_request())
         print(f"loopback, {args.concurrency} connections, {args.rounds} alternating round(s) of {args.warmup:g}s warm-up + "
-              f"{args.duration:g}s measured per server; request {body_size} bytes; {os.cpu_count()} CPUs", flush=True)
-        ports = {"receiver": free_port(), "ceiling": free_port()}
-        argv = {
-            "receiver": [sys.executable, "-m", "clarus_pipelines.cli", "receiver", "--host", "127.0.0.1", "--port",
-                         str(ports["receiver"]), "--landing-dir", str(landing), "--workers", str(args.workers),
-                         "--log-level", "warning"],
-            "ceiling": [sys.executable, str(Path(__file__).resolve()), "--serve-bare", "--port", str(ports["ceiling"])],
-        }
-        procs = {name: subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                 for name, cmd in argv.items()}
+              f"{args.duration:g}s measured per server; request {body_size} bytes; {os.cpu_count()} CPUs; "
+              f"load average {os.getloadavg()[0]:.1f}", flush=True)
+
+        def receiver(extra: list[str]) -> list[str]:
+            return [sys.executable, "-m", "clarus_pipelines.cli", "receiver", "--host", "127.0.0.1", "--port", "{port}",
+                    "--workers", str(args.workers), "--log-level", "warning", *extra]
+
+        servers: dict[str, tuple[list[str], dict, str]] = {}  # name -> argv, env, label
+        modes = ["syncfs", "fsync"] if args.sync == "both" else [args.sync]
+        for mode in modes:
+            landing = Path(tmp) / f"landing-{mode}"
+            servers[f"file-{mode}"] = (receiver(["--landing-dir", str(landing)]),
+                                       {**env, "CLARUS_PIPELINES_LANDING_SYNC": mode},
+                                       f"file landing, {'group syncfs' if mode == 'syncfs' else 'fsync per file'}")
+        if args.state_url:
+            servers["postgres"] = (receiver(["--state-url", args.state_url]), env, "PostgreSQL inbox insert")
+        servers["ceiling"] = ([sys.executable, str(Path(__file__).resolve()), "--serve-bare", "--port", "{port}"], env,
+                              "ceiling (bare endpoint, stores none)")
+        ports = {name: free_port() for name in servers}
+        procs = {name: subprocess.Popen([a.replace("{port}", str(ports[name])) for a in argv], env=server_env, cwd=REPO,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for name, (argv, server_env, _) in servers.items()}
         results = {name: Result() for name in procs}
+        run_tag = f"{int(time.time())}"
         try:
             for name, proc in procs.items():
                 wait_healthy(ports[name], proc)
-            # alternate the two so that load from elsewhere on the machine hits both alike
+            # alternate the servers so that load from elsewhere on the machine hits all alike
             for round_no in range(args.rounds):
-                for name in ("receiver", "ceiling"):
-                    part = run_load(ports[name], f"{name}-{round_no}", args)
+                for name in servers:
+                    part = run_load(ports[name], f"{name}-{run_tag}-{round_no}", args)
                     total = results[name]
                     total.latencies += part.latencies
                     total.accepted += part.accepted
@@ -228,13 +261,23 @@ def main() -> int:
                     proc.wait(15)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-        ours = report(f"receiver (verify+fsync, {args.workers} worker)", results["receiver"])
-        ceiling = report("ceiling (bare endpoint, stores none)", results["ceiling"])
-        stored = sum(1 for _ in (landing / "shopify").rglob("*.json"))
-        # warm-up posts were stored too, so the zone holds at least every measured acceptance
-        print(f"landed files: {stored} (>= {results['receiver'].accepted} accepted while measured: "
-              f"{'ok' if stored >= results['receiver'].accepted else 'MISSING'})", flush=True)
-    print(f"ratio: {ours / ceiling if ceiling else 0.0:.3f}")
+        rates = {name: report(f"{label} ({args.workers} worker)" if name != "ceiling" else label, results[name])
+                 for name, (_, _, label) in servers.items()}
+        ceiling = rates["ceiling"]
+        # warm-up posts were stored too, so the store holds at least every measured acceptance
+        for name in servers:
+            if name.startswith("file-"):
+                stored = sum(1 for _ in (Path(tmp) / f"landing-{name[5:]}" / "shopify").rglob("*.json"))
+            elif name == "postgres":
+                stored = count_inbox_rows(args.state_url, f"{name}-{run_tag}-")
+            else:
+                continue
+            accepted = results[name].accepted
+            print(f"{name}: stored {stored} (>= {accepted} accepted while measured: "
+                  f"{'ok' if stored >= accepted else 'MISSING'}); ratio {rates[name] / ceiling if ceiling else 0.0:.3f}",
+                  flush=True)
+    main_name = "file-syncfs" if "file-syncfs" in rates else next(n for n in rates if n.startswith("file-"))
+    print(f"ratio: {rates[main_name] / ceiling if ceiling else 0.0:.3f}")
     return 0
 
 

@@ -39,7 +39,10 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
     return {
         "state": StateStoreResource(path=str(settings.state_db_path.resolve())),
         "policies": PoliciesResource(path=str(settings.require_policies_file().resolve())),
-        "landing": LandingZoneResource(path=str(settings.landing_path.resolve())),
+        "landing": LandingZoneResource(
+            path=str(settings.landing_path.resolve()),
+            state_url=dg.EnvVar("CLARUS_PIPELINES_STATE_URL") if settings.inbox_url else None,
+        ),
         "clarus": ClarusResource(
             base_url=settings.clarus_base_url,
             subdomain=settings.clarus_subdomain,

@@ -10,7 +10,9 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from clarus_pipelines.settings import policies_at
+from clarus_pipelines.receiver.inbox import Inbox, shared_inbox
+from clarus_pipelines.receiver.landing import LandingZone
+from clarus_pipelines.settings import is_postgres_url, policies_at
 from clarus_pipelines.policies import Policies
 from clarus_pipelines.state import StateStore
 
@@ -47,10 +49,18 @@ class PoliciesResource(dg.ConfigurableResource):
 
 
 class LandingZoneResource(dg.ConfigurableResource):
-    """Folder where the webhook receiver lands each accepted webhook as one JSON file."""
+    """Where the webhook receiver keeps each accepted webhook: one JSON file in the folder
+    `path`, or with a postgresql:// `state_url` one row of the PostgreSQL webhook inbox."""
 
     path: str
+    state_url: str | None = None  # from CLARUS_PIPELINES_STATE_URL (an EnvVar: the password never shows)
 
     @property
     def root(self) -> Path:
         return Path(self.path)
+
+    def source(self) -> LandingZone | Inbox:
+        """The landings ingest reads: the PostgreSQL inbox when `state_url` is postgresql://, else the zone."""
+        if is_postgres_url(self.state_url):
+            return shared_inbox(self.state_url)  # type: ignore[arg-type]
+        return LandingZone(self.path)

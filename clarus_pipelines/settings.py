@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     policies_file: Path | None = Field(default=None, validation_alias=POLICIES_ENV)
     state_db: Path | None = Field(default=None, validation_alias="CLARUS_PIPELINES_STATE_DB")
     landing_dir: Path | None = Field(default=None, validation_alias="CLARUS_PIPELINES_LANDING_DIR")
+    # postgresql://... : the state, and the webhook inbox the receivers insert into (no landing files)
+    state_url: str | None = Field(default=None, validation_alias="CLARUS_PIPELINES_STATE_URL")
 
     clarus_base_url: str = Field(default="http://127.0.0.1:8701", validation_alias="CLARUS_BASE_URL")
     clarus_subdomain: str = Field(default="sandbox", validation_alias="CLARUS_SUBDOMAIN")
@@ -124,6 +126,12 @@ class Settings(BaseSettings):
     def landing_path(self) -> Path:
         return self.landing_dir or self.home / "landing"
 
+    @property
+    def inbox_url(self) -> str | None:
+        """The PostgreSQL URL webhooks are stored under instead of landing files, or None (file mode)."""
+        url = (self.state_url or "").strip()
+        return url if is_postgres_url(url) else None
+
     def require_policies_file(self) -> Path:
         """The policies file; not set is a configuration error, never a silent sandbox default
         (a deployment that forgot it would otherwise run on the sandbox tenant)."""
@@ -132,6 +140,11 @@ class Settings(BaseSettings):
                               f"(the shipped example is {SANDBOX_POLICIES.name}; `clarus-pipelines demo` and "
                               "`simulate` use it by themselves)")
         return self.policies_file
+
+
+def is_postgres_url(url: str | None) -> bool:
+    """Whether `url` names a PostgreSQL database (postgresql://... or postgres://...)."""
+    return bool(url) and url.split(":", 1)[0] in ("postgresql", "postgres")  # type: ignore[union-attr]
 
 
 # ---------------------------------------------------------------------------- policies

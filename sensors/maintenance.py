@@ -20,7 +20,6 @@ from clarus_pipelines.domain.retention import prune_records
 from clarus_pipelines.domain.stock import prune_snapshots
 from clarus_pipelines.exception_queue import utcnow
 from clarus_pipelines.receiver.events import prune_state
-from clarus_pipelines.receiver.landing import LandingZone
 from clarus_pipelines.resources import LandingZoneResource, PoliciesResource, StateStoreResource
 
 
@@ -30,7 +29,7 @@ def prune_landings(
 ) -> dict:
     days = policies.load().timings.landing_retention_days
     cutoff = utcnow() - timedelta(days=days)
-    report = LandingZone(landing.root).prune(cutoff)
+    report = landing.source().prune(cutoff)
     with state.store().write() as con:
         rows = prune_state(con, cutoff)
     summary = {"retention_days": days, **report.as_dict(), "state_rows_removed": rows}

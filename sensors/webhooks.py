@@ -10,6 +10,11 @@ it (its newest landing shows in `processed_landings`, or two minutes pass), then
 the next run with everything else that arrived meanwhile: one ingest run at a time, each
 taking all that is due, instead of a queue of small runs.
 
+In PostgreSQL mode (CLARUS_PIPELINES_STATE_URL=postgresql://...) landings are rows of the
+webhook inbox and the cursor is their sequence number, `{"after_seq": N, ...}`: the inbox
+hands out only rows no insert still in flight can precede (`Inbox.refs_after_seq`), so
+the cursor never skips a row committed late. Runs name them as `inbox:<seq>`.
+
 Cursor: `{"after": "<newest landing id already requested>", "waiting_for": ..., "requested_at": ...}`. Landing ids are receive
 times assigned in the order files become visible, and `LandingZone.list_landings`
 re-lists up to the newest id it saw, so a plain watermark never skips a landing, even
@@ -31,6 +36,7 @@ from clarus_pipelines.assets.ingest import STALL_LOOKBACK, ingest_landings_job, 
 from clarus_pipelines.exception_queue import utcnow
 from clarus_pipelines.receiver.events import REJECTION_WINDOW, STALL_AFTER, unprocessed_landings
 from clarus_pipelines.catalogue import SOURCE_NAMES, SOURCES
+from clarus_pipelines.receiver.inbox import Inbox, ref_seq
 from clarus_pipelines.receiver.landing import LandingRef, LandingZone
 from clarus_pipelines.resources import LandingZoneResource, StateStoreResource
 from clarus_pipelines.sensors.cursor import read_cursor
@@ -47,8 +53,13 @@ def batch_run_key(source: str, refs: list[LandingRef]) -> str:
 _load_cursor = read_cursor  # the landing sensors' cursor (see sensors.cursor)
 
 
-def plan_batches(zone: LandingZone, source: str | None, after: str | None, *, batch_size: int, max_runs: int) -> list[list[LandingRef]]:
-    refs = zone.list_landings(source, after=after, limit=batch_size * max_runs)
+def plan_batches(zone: LandingZone | Inbox, source: str | None, after: str | int | None, *, batch_size: int,
+                 max_runs: int) -> list[list[LandingRef]]:
+    """The next landings in runs of `batch_size`: after a landing id (files) or a seq (the PostgreSQL inbox)."""
+    if isinstance(zone, Inbox):
+        refs = zone.refs_after_seq(int(after or 0), source=source, limit=batch_size * max_runs)
+    else:
+        refs = zone.list_landings(source, after=after, limit=batch_size * max_runs)  # type: ignore[arg-type]
     return [refs[i:i + batch_size] for i in range(0, len(refs), batch_size)]
 
 
@@ -94,10 +105,13 @@ def build_landing_sensor(
         context: dg.SensorEvaluationContext, landing: LandingZoneResource, state: StateStoreResource
     ) -> dg.SensorResult | dg.SkipReason:
         cursor = _load_cursor(context.cursor)
-        after = cursor.get("after")
-        batches = plan_batches(LandingZone(landing.root), source, after, batch_size=batch_size, max_runs=max_runs_per_tick)
+        zone = landing.source()
+        inbox = isinstance(zone, Inbox)
+        after = cursor.get("after_seq", 0) if inbox else cursor.get("after")
+        batches = plan_batches(zone, source, after, batch_size=batch_size, max_runs=max_runs_per_tick)
         if not batches:
-            return dg.SkipReason(f"no new {label} landings since {after or 'the landing zone was created'}")
+            return dg.SkipReason(f"no new {label} landings since "
+                                 f"{(f'inbox seq {after}' if inbox else after) or 'the landing zone was created'}")
         now = datetime.now(timezone.utc)
         if wait_for_ingest and not previous_request_ingested(state, cursor, now):
             return dg.SkipReason(
@@ -115,9 +129,10 @@ def build_landing_sensor(
         ]
         newest = batches[-1][-1].landing_id
         context.log.info("%d %s landing(s) in %d run(s), up to %s", sum(map(len, batches)), label, len(requests), newest)
+        position = {"after_seq": ref_seq(batches[-1][-1].relpath)} if inbox else {"after": newest}
         return dg.SensorResult(
             run_requests=requests,
-            cursor=json.dumps({"after": newest, "waiting_for": newest, "requested_at": now.isoformat()}),
+            cursor=json.dumps({**position, "waiting_for": newest, "requested_at": now.isoformat()}),
         )
 
     return _sensor
@@ -138,7 +153,7 @@ def webhook_rejections_sensor(
     context: dg.SensorEvaluationContext, landing: LandingZoneResource
 ) -> dg.SensorResult | dg.SkipReason:
     cursor = _load_cursor(context.cursor)
-    sizes = LandingZone(landing.root).rejection_log_sizes()
+    sizes = landing.source().rejection_log_sizes()
     now = datetime.now(timezone.utc)
     fingerprint = hashlib.sha256(json.dumps(sizes, sort_keys=True).encode()).hexdigest()[:24]
     seen = cursor.get("sizes", {})
@@ -175,7 +190,7 @@ def stalled_landings_sensor(
     landing is left behind when that run failed: every landing neither stored nor set aside
     after STALL_AFTER is requested again (once per STALL_AFTER window, by its ids)."""
     now = utcnow()
-    stalled = unprocessed_landings(LandingZone(landing.root), state.store(), now - STALL_LOOKBACK, now - STALL_AFTER)
+    stalled = unprocessed_landings(landing.source(), state.store(), now - STALL_LOOKBACK, now - STALL_AFTER)
     if not stalled:
         return dg.SkipReason("no landing waits longer than its ingest deadline")
     window = int(now.timestamp() // STALL_AFTER.total_seconds())

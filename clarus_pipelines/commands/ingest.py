@@ -22,6 +22,7 @@ from pathlib import Path
 
 from clarus_pipelines.receiver.events import IngestReport, ingest_landings, intake_status, unread_landings
 from clarus_pipelines.receiver.landing import LandingZone
+from clarus_pipelines.receiver.inbox import Inbox
 from clarus_pipelines.settings import Settings, get_policies
 from clarus_pipelines.state import StateStore
 
@@ -35,9 +36,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="state DuckDB file (default $CLARUS_PIPELINES_STATE_DB or $CLARUS_PIPELINES_HOME/state.duckdb)")
 
 
-def open_intake(args: argparse.Namespace) -> tuple[Settings, LandingZone, StateStore]:
+def open_intake(args: argparse.Namespace) -> tuple[Settings, LandingZone | Inbox, StateStore]:
+    """The landings (the PostgreSQL inbox when CLARUS_PIPELINES_STATE_URL is postgresql:// and
+    no --landing-dir is given, else the landing zone) and the state."""
     settings = Settings()
-    zone = LandingZone(args.landing_dir or settings.landing_path)
+    zone: LandingZone | Inbox
+    if settings.inbox_url and args.landing_dir is None:
+        zone = Inbox(settings.inbox_url, pool_size=2)
+    else:
+        zone = LandingZone(args.landing_dir or settings.landing_path)
     store = StateStore(args.state or settings.state_db_path)
     return settings, zone, store
 

@@ -25,7 +25,7 @@ from clarus_pipelines.receiver.server import (
     DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_TIMEOUT_S, HEADER_TIMEOUT_ENV, METRICS_PORT_ENV,
     uvicorn_options,
 )
-from clarus_pipelines.settings import Settings
+from clarus_pipelines.settings import Settings, is_postgres_url
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--landing-dir", type=Path, default=None,
         help="where accepted webhooks land (default $CLARUS_PIPELINES_LANDING_DIR or $CLARUS_PIPELINES_HOME/landing)",
+    )
+    parser.add_argument(
+        "--state-url", default=None,
+        help="postgresql://... : store webhooks in the PostgreSQL inbox instead of landing files (no local disk, "
+        "any number of receivers side by side; default $CLARUS_PIPELINES_STATE_URL when it is a postgresql:// URL)",
     )
     parser.add_argument(
         "--workers", type=int, default=1,
@@ -69,11 +74,16 @@ def _env_int(name: str) -> int | None:
 
 def run(args: argparse.Namespace) -> int:
     settings = Settings()
+    state_url = getattr(args, "state_url", None) or settings.inbox_url or ""
+    if state_url and not is_postgres_url(state_url):
+        raise SystemExit(f"--state-url must be a postgresql:// URL, not {state_url.split(':', 1)[0]}:...")
     landing_dir = (args.landing_dir or settings.landing_path).resolve()
-    landing_dir.mkdir(parents=True, exist_ok=True)
+    if not state_url:
+        landing_dir.mkdir(parents=True, exist_ok=True)
     options = uvicorn_options(args.host, args.port, args.log_level, header_timeout_s=args.header_timeout,
                               max_connections=args.max_connections, shutdown_timeout_s=args.shutdown_timeout)
-    log.info("receiver on http://%s:%d landing in %s (%d worker(s))", args.host, args.port, landing_dir, args.workers)
+    where = "in the PostgreSQL webhook inbox" if state_url else f"landing in {landing_dir}"
+    log.info("receiver on http://%s:%d %s (%d worker(s))", args.host, args.port, where, args.workers)
     if args.workers > 1:
         metrics_dir, own_dir = None, False
         if args.metrics_port is not None:  # workers write their counts to files; this process serves the sum
@@ -82,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
             log.info("receiver metrics on http://%s:%d/metrics", args.metrics_host, args.metrics_port)
         # Worker processes build the app themselves from the environment.
         os.environ["CLARUS_PIPELINES_LANDING_DIR"] = str(landing_dir)
+        if state_url:
+            os.environ["CLARUS_PIPELINES_STATE_URL"] = state_url
         os.environ[MAX_BODY_ENV] = str(args.max_body_bytes)
         os.environ[BODY_TIMEOUT_ENV] = str(args.body_timeout)
         os.environ[HEADER_TIMEOUT_ENV] = str(args.header_timeout)
@@ -91,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
             if own_dir and metrics_dir is not None:
                 shutil.rmtree(metrics_dir, ignore_errors=True)
     else:
-        app = create_app(landing_dir, settings=settings, max_body_bytes=args.max_body_bytes, body_timeout_s=args.body_timeout)
+        app = create_app(landing_dir, settings=settings, max_body_bytes=args.max_body_bytes, body_timeout_s=args.body_timeout,
+                         state_url=state_url)
         if args.metrics_port is not None:
             serve_metrics(args.metrics_host, args.metrics_port, app.state.metrics.registry)
             log.info("receiver metrics on http://%s:%d/metrics", args.metrics_host, args.metrics_port)

@@ -11,6 +11,11 @@ answering. `create_app` wraps it in a Starlette app:
     GET  /healthz                   liveness: the process answers (no counters)
     GET  /readyz                    readiness: the landing zone takes a write (503 if not)
 
+Where accepted webhooks go: the landing zone (one fsynced file each), or with
+`CLARUS_PIPELINES_STATE_URL=postgresql://...` the PostgreSQL webhook inbox
+(`receiver.inbox`: one committed row each, no local disk, no file lock), so any number of
+receivers can run side by side.
+
 Counters and latency go to Prometheus (`receiver.metrics`) on a separate, loopback-bound
 port, never on this one.
 
@@ -39,7 +44,7 @@ from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -51,7 +56,10 @@ from clarus_pipelines.receiver import auth, contract, topics
 from clarus_pipelines.receiver.landing import Envelope, LandingZone
 from clarus_pipelines.policies import TenantPolicy
 from clarus_pipelines.receiver.metrics import ReceiverMetrics
-from clarus_pipelines.settings import Settings, get_policies
+from clarus_pipelines.settings import Settings, get_policies, is_postgres_url
+
+if TYPE_CHECKING:  # imported when used: a file-mode worker starts without the PostgreSQL driver
+    from clarus_pipelines.receiver.inbox import Inbox
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +124,7 @@ class Intake:
 
     def __init__(
         self,
-        zone: LandingZone,
+        zone: "LandingZone | Inbox",
         secrets: WebhookSecrets,
         tenant: TenantPolicy | None,
         *,
@@ -248,6 +256,8 @@ class Intake:
         try:
             result = self.zone.land(envelope)
         except OSError as exc:
+            if getattr(exc, "row_refused", False):  # the inbox cannot hold these values: the body's fault, kept aside
+                return self._refuse_body(source, body, kept, via, replay_of, str(exc.strerror)[:200], quarantine_malformed)
             log.error("%s webhook not stored: %s", source, exc)
             return self._finish(Outcome(503, "error", source, topic, reason=f"landing zone: {exc.strerror}"))
         return self._finish(Outcome(200, result.status, source, topic, result.landing_id, known_topic=known))
@@ -309,13 +319,25 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     fsync: bool = True,
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+    state_url: str | None = None,
 ) -> Starlette:
-    """The receiver app. Secrets and the Clarus tenant default to the environment's settings."""
+    """The receiver app. Secrets and the Clarus tenant default to the environment's settings.
+
+    With a postgresql:// `state_url` (default: the settings' `CLARUS_PIPELINES_STATE_URL`)
+    webhooks go to the PostgreSQL inbox and `landing_dir` is not used."""
     settings = settings or Settings()
     secrets = secrets or WebhookSecrets.from_settings(settings)
     if tenant is None:
         tenant = get_policies(settings).tenant
-    zone = LandingZone(landing_dir, fsync=fsync)
+    state_url = state_url if state_url is not None else settings.inbox_url
+    zone: LandingZone | Inbox
+    in_postgres = is_postgres_url(state_url)
+    if in_postgres:
+        from clarus_pipelines.receiver.inbox import Inbox
+
+        zone = Inbox(state_url)  # type: ignore[arg-type]
+    else:
+        zone = LandingZone(landing_dir, fsync=fsync)
     intake = Intake(zone, secrets, tenant, max_body_bytes=max_body_bytes)
 
     async def handle(request: Request, source: str, token: str | None = None) -> Response:
@@ -371,7 +393,10 @@ def create_app(
         return JSONResponse({"status": "ok", "sources": sources})
 
     def landing_zone_takes_a_write() -> str | None:
-        """None when a file can be created, written and synced in the landing zone's `_tmp/`."""
+        """None when a file can be created, written and synced in the landing zone's `_tmp/`
+        (in PostgreSQL mode: when the inbox table takes a write)."""
+        if in_postgres:
+            return zone.check_writable()  # type: ignore[union-attr]
         try:
             with tempfile.NamedTemporaryFile(dir=zone.tmp_dir, prefix=".readyz-") as probe:
                 probe.write(b"ready")
@@ -402,6 +427,18 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
+        if in_postgres:
+            try:
+                await run_in_threadpool(zone.ensure_schema)  # type: ignore[union-attr]
+            except OSError as exc:  # /readyz says 503 until PostgreSQL answers; posts get 503 meanwhile
+                log.error("webhook inbox not ready: %s", exc.strerror or exc)
+            log.info("receiver storing webhooks in %s", zone.root)
+            try:
+                yield
+            finally:
+                await run_in_threadpool(zone.close)  # type: ignore[union-attr]
+                log.info("receiver stopped")
+            return
         finished = await run_in_threadpool(zone.finish_interrupted)
         if finished:
             log.warning("finished %d landing(s) interrupted by an earlier stop", finished)
@@ -438,4 +475,5 @@ def create_app_from_env() -> Starlette:
     settings = Settings()
     max_body = int(os.environ.get(MAX_BODY_ENV, DEFAULT_MAX_BODY_BYTES))
     body_timeout = float(os.environ.get(BODY_TIMEOUT_ENV, DEFAULT_BODY_TIMEOUT_S))
-    return create_app(settings.landing_path, settings=settings, max_body_bytes=max_body, body_timeout_s=body_timeout)
+    return create_app(settings.landing_path, settings=settings, max_body_bytes=max_body, body_timeout_s=body_timeout,
+                      state_url=settings.inbox_url or "")

@@ -28,10 +28,16 @@ from clarus_pipelines.receiver import contract
 from clarus_pipelines.receiver.landing import (
     LandingPathError, LandingRef, LandingZone, Rejection, landing_id_at, landing_time,
 )
+from clarus_pipelines.receiver.inbox import Inbox
 from clarus_pipelines.receiver.topics import entity_of, parse_timestamp
 from clarus_pipelines.policies import Policies
 
 log = logging.getLogger(__name__)
+
+# Where ingest takes landings from: the landing zone's files (file mode, "<source>/<topic>/<day>/<id>.json")
+# or the PostgreSQL webhook inbox (CLARUS_PIPELINES_STATE_URL=postgresql://..., "inbox:<seq>"). Both
+# list landings by receive-time id (`list_landings`), read them, and keep the refusals at the door.
+LandingSource = LandingZone | Inbox
 
 REJECTION_WINDOW = timedelta(minutes=15)
 REJECTION_THRESHOLD = 3  # refusals of one source within the window that raise WEBHOOK_REJECTED
@@ -114,12 +120,14 @@ def event_row(landing_id: str, envelope) -> dict[str, Any]:
     }
 
 
-def load_landings(zone: LandingZone, relpaths: Iterable[str]) -> LoadedLandings:
-    """Read and parse landing files (outside any state transaction).
+def load_landings(zone: LandingSource, relpaths: Iterable[str]) -> LoadedLandings:
+    """Read and parse landing files, or inbox rows in PostgreSQL mode (outside any state transaction).
 
     A landing that cannot become a row is set aside on its own with its first cause;
     it never stops the others.
     """
+    if isinstance(zone, Inbox):
+        return _load_inbox(zone, relpaths)
     loaded = LoadedLandings()
     for relpath in relpaths:
         try:
@@ -139,6 +147,39 @@ def load_landings(zone: LandingZone, relpaths: Iterable[str]) -> LoadedLandings:
             continue
         try:
             loaded.rows.append(event_row(ref.landing_id, envelope))
+        except contract.BodyRefused as exc:
+            loaded.set_aside.append(_set_aside(ref, envelope.topic, exc.reason))
+        except Exception as exc:  # noqa: BLE001 - one bad landing must not stop the batch
+            loaded.set_aside.append(_set_aside(ref, envelope.topic, f"cannot parse: {type(exc).__name__}: {exc}"[:200]))
+    return loaded
+
+
+def _load_inbox(inbox: Inbox, refs: Iterable[str]) -> LoadedLandings:
+    """`load_landings` for "inbox:<seq>" references: one query for the batch, then the same
+    per-landing set-aside as for files."""
+    refs = list(refs)
+    loaded = LoadedLandings()
+    found, unreadable = inbox.read_many(refs)
+    for ref in unreadable:
+        log.error("%r does not name an inbox landing; skipped", ref)
+        loaded.unreadable.append(ref)
+    for key in refs:
+        if key in unreadable:
+            continue
+        if key not in found:
+            loaded.missing.append(key)
+            continue
+        landing_id, envelope = found[key]
+        if isinstance(envelope, Exception):
+            ref = LandingRef(landing_id, "", "", key)
+            loaded.set_aside.append(_set_aside(ref, "unknown", f"unreadable inbox row: {type(envelope).__name__}"))
+            continue
+        ref = LandingRef(landing_id, envelope.source, envelope.topic, key)
+        if envelope.quarantine_reason:  # refused at the door: never an event
+            loaded.set_aside.append(_set_aside(ref, envelope.topic, f"quarantined: {envelope.quarantine_reason}"[:200]))
+            continue
+        try:
+            loaded.rows.append(event_row(landing_id, envelope))
         except contract.BodyRefused as exc:
             loaded.set_aside.append(_set_aside(ref, envelope.topic, exc.reason))
         except Exception as exc:  # noqa: BLE001 - one bad landing must not stop the batch
@@ -264,7 +305,7 @@ def record_set_aside(con: duckdb.DuckDBPyConnection, set_aside: Sequence[SetAsid
     return len(set_aside)
 
 
-def ingest_landings(zone: LandingZone, store, relpaths: Sequence[str], *, run_id: str | None = None,
+def ingest_landings(zone: LandingSource, store, relpaths: Sequence[str], *, run_id: str | None = None,
                     policies: Policies | None = None) -> tuple[IngestReport, LoadedLandings]:
     """Take landings into the state store: the one path of the ingest asset and `clarus-pipelines ingest`.
 
@@ -300,7 +341,7 @@ def ingest_landings(zone: LandingZone, store, relpaths: Sequence[str], *, run_id
     return total, loaded
 
 
-def unprocessed_landings(zone: LandingZone, store, since: datetime, until: datetime | None = None,
+def unprocessed_landings(zone: LandingSource, store, since: datetime, until: datetime | None = None,
                          *, limit: int | None = None) -> list[str]:
     """Paths of landings received in [since, until) that no ingest has processed yet."""
     refs = zone.list_landings(after=landing_id_at(since), until=landing_id_at(until) if until else None)
@@ -325,12 +366,12 @@ STALL_AFTER = timedelta(minutes=10)  # a landing not ingested this long after ar
 _ALL_TIME = datetime(2000, 1, 1)
 
 
-def unread_landings(zone: LandingZone, store, *, since: datetime | None = None, limit: int | None = None) -> list[str]:
+def unread_landings(zone: LandingSource, store, *, since: datetime | None = None, limit: int | None = None) -> list[str]:
     """Every landing in the zone (received since `since`, default all) that ingest has neither stored nor set aside."""
     return unprocessed_landings(zone, store, since or _ALL_TIME, limit=limit)
 
 
-def intake_status(zone: LandingZone, store, *, now: datetime | None = None,
+def intake_status(zone: LandingSource, store, *, now: datetime | None = None,
                   stall_after: timedelta = STALL_AFTER) -> dict[str, dict[str, Any]]:
     """Per source: acknowledged (landed), ingested, set aside with reasons, refused at the door
     (quarantined), the oldest landing not yet read, and whether intake is stalled (a landing
