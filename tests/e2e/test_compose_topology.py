@@ -114,12 +114,14 @@ class Topology:
         for path in self.volumes.values():
             path.mkdir(parents=True)
         self.image = image_files()
+        self._mounts: dict[str, dict[str, Path]] = {}
 
     def port(self, service: str, port: int) -> int:
         return self.ports[(service, port)]
 
-    def rewrite(self, me: str, value: str) -> str:
-        """One string of service `me` (an argument, an env value, a config line) as it reads on loopback."""
+    def rewrite(self, me: str, value: str, *, env_value: bool = False, paths: bool = True) -> str:
+        """One string of service `me` (an argument, an env value, a config line) as it reads on loopback.
+        An environment value that is just a service's name is that service's host."""
         def pg(match: re.Match) -> str:
             return f"postgresql://postgres@127.0.0.1:5432/{self.databases[match.group(1)]}"
         value = re.sub(r"postgresql://[^@/\s]+@postgres:5432/(\w+)", pg, value)
@@ -132,7 +134,7 @@ class Topology:
                 return f"127.0.0.1:{self.ports[(host, port)]}"
             return match.group(0)
         value = re.sub(r"(?<![\w.-])(127\.0\.0\.1|localhost|0\.0\.0\.0|[a-z][a-z0-9-]*|):(\d{2,5})\b", host_port, value)
-        if value in self.services or value == "0.0.0.0":
+        if (env_value and value in self.services) or value == "0.0.0.0":
             return "127.0.0.1"
         if value.isdigit():
             port = int(value)
@@ -141,14 +143,16 @@ class Topology:
             owners = [name for (name, p) in self.ports if p == port]
             if len(owners) == 1:
                 return str(self.ports[(owners[0], port)])
-        for target, source in self.mounts(me).items():
+        for target, source in (self.mounts(me) if paths else {}).items():
             if value == target or value.startswith(target + "/"):
                 return str(source) + value[len(target):]
         return value
 
     def mounts(self, me: str) -> dict[str, Path]:
         """Container path -> local path: the service's volumes and binds, then the image's own files."""
-        found: dict[str, Path] = {}
+        if me in self._mounts:
+            return self._mounts[me]
+        found = self._mounts[me] = {}
         for volume in self.services[me].get("volumes", []):
             if isinstance(volume, dict):
                 source, target = volume["source"], volume["target"]
@@ -177,14 +181,15 @@ class Topology:
         lines = []
         for line in source.read_text().splitlines():
             line = re.sub(r"\bbind :(\d+)", lambda m: f"bind 127.0.0.1:{self.port(me, int(m.group(1)))}", line)
-            lines.append(" ".join(self.rewrite(me, word) for word in line.split(" ")))
+            lines.append(" ".join(self.rewrite(me, word, paths=False) for word in line.split(" ")))
         target.write_text("\n".join(lines) + "\n")
         return target
 
     def argv(self, me: str, command: list[str]) -> list[str]:
         args = [self.rewrite(me, str(arg)) for arg in command]
         local = BIN / args[0]
-        args[0] = str(local) if local.exists() else (shutil.which(args[0]) or args[0])
+        args[0] = str(local) if local.exists() else (shutil.which(args[0]) or shutil.which(args[0], path="/usr/sbin")
+                                                     or args[0])
         return args
 
     def environment(self, me: str, mode: str) -> dict[str, str]:
@@ -195,7 +200,7 @@ class Topology:
         environment = svc.get("environment", {}) or {}
         if isinstance(environment, list):
             environment = dict(item.split("=", 1) for item in environment)
-        env.update({k: self.rewrite(me, str(v)) for k, v in environment.items() if k != "<<"})
+        env.update({k: self.rewrite(me, str(v), env_value=True) for k, v in environment.items() if k != "<<"})
         if mode == "duckdb":
             env.pop("CLARUS_PIPELINES_STATE_URL", None)
         home = self.root / "services" / me / "home"
@@ -246,16 +251,18 @@ def state_url_supported() -> bool:
     return "CLARUS_PIPELINES_STATE_URL" in (REPO / "clarus_pipelines" / "settings.py").read_text()
 
 
-def wait_healthy(topology: Topology, name: str, proc: subprocess.Popen, env: dict, cwd: Path, log: Path,
-                 deadline: float) -> None:
+def is_healthy(topology: Topology, name: str, proc: subprocess.Popen, env: dict, cwd: Path, log: Path) -> bool:
+    """One run of the service's own compose healthcheck command."""
     check = topology.services[name]["healthcheck"]["test"]
     assert check[0] == "CMD", check
-    argv = topology.argv(name, check[1:])
-    while True:
-        assert proc.poll() is None, f"{name} exited ({proc.returncode}):\n{log.read_text()[-4000:]}"
-        if subprocess.run(argv, env=env, cwd=cwd, capture_output=True, timeout=60).returncode == 0:
-            return
-        assert time.monotonic() < deadline, f"{name} not healthy: {argv}\n{log.read_text()[-4000:]}"
+    assert proc.poll() is None, f"{name} exited ({proc.returncode}):\n{log.read_text()[-4000:]}"
+    return subprocess.run(topology.argv(name, check[1:]), env=env, cwd=cwd, capture_output=True, timeout=60).returncode == 0
+
+
+def wait_healthy(topology: Topology, name: str, proc: subprocess.Popen, env: dict, cwd: Path, log: Path,
+                 deadline: float) -> None:
+    while not is_healthy(topology, name, proc, env, cwd, log):
+        assert time.monotonic() < deadline, f"{name} not healthy:\n{log.read_text()[-4000:]}"
         time.sleep(1)
 
 
@@ -297,6 +304,8 @@ def test_compose_services_start_from_their_commands_and_orders_flow(tmp_path, da
     if mode == "postgresql" and not state_url_supported():
         pytest.skip("the PostgreSQL state store is not in this tree (settings do not read CLARUS_PIPELINES_STATE_URL); "
                     "TOPOLOGY_STATE_URL=duckdb runs the same topology on a shared DuckDB file")
+    if not shutil.which("haproxy") and not Path("/usr/sbin/haproxy").exists():
+        pytest.fail("haproxy is not installed: scripts/install_proxy.sh installs Debian's package (scripts/test runs it)")
     from clarus_pipelines.demo import load_or_create_secrets
 
     # deploy/.env and deploy/clarus.env as an operator writes them for a trial (`--profile sandbox`)
@@ -319,20 +328,28 @@ def test_compose_services_start_from_their_commands_and_orders_flow(tmp_path, da
     procs: dict[str, subprocess.Popen] = {}
     try:
         deadline = time.monotonic() + 240
-        envs, cwds = {}, {}
-        for name in order_of_start(compose["services"]):
-            if name == "postgres":
-                continue
-            svc = services[name]
-            for dep, cond in (svc.get("depends_on") or {}).items() if isinstance(svc.get("depends_on"), dict) else []:
-                if dep in procs and cond.get("condition") == "service_healthy":
-                    wait_healthy(topology, dep, procs[dep], envs[dep], cwds[dep], logs / f"{dep}.log", deadline)
-            envs[name] = topology.environment(name, mode)
-            cwds[name] = tmp_path / "services" / name / "cwd"
-            cwds[name].mkdir(parents=True, exist_ok=True)
-            log = logs / f"{name}.log"
-            procs[name] = subprocess.Popen(topology.argv(name, svc["command"]), env=envs[name], cwd=cwds[name],
-                                           stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        envs, cwds, healthy = {}, {}, set()
+        pending = [name for name in order_of_start(compose["services"]) if name != "postgres"]
+        while pending:  # start each service once the services it waits for (service_healthy) are healthy
+            for name in list(pending):
+                deps = services[name].get("depends_on") or {}
+                waits = [dep for dep, cond in deps.items() if dep in services
+                         and cond.get("condition") == "service_healthy"] if isinstance(deps, dict) else []
+                if not all(dep in healthy for dep in waits):
+                    continue
+                pending.remove(name)
+                envs[name] = topology.environment(name, mode)
+                cwds[name] = tmp_path / "services" / name / "cwd"
+                cwds[name].mkdir(parents=True, exist_ok=True)
+                log = logs / f"{name}.log"
+                procs[name] = subprocess.Popen(topology.argv(name, services[name]["command"]), env=envs[name],
+                                               cwd=cwds[name], stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                                               start_new_session=True)
+            for name in procs.keys() - healthy:
+                if is_healthy(topology, name, procs[name], envs[name], cwds[name], logs / f"{name}.log"):
+                    healthy.add(name)
+            assert time.monotonic() < deadline, f"not started: {pending}; not healthy: {sorted(procs.keys() - healthy)}"
+            time.sleep(1)
         for name in procs:
             wait_healthy(topology, name, procs[name], envs[name], cwds[name], logs / f"{name}.log", deadline)
 
