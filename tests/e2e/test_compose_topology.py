@@ -33,6 +33,7 @@ from pathlib import Path
 
 import httpx
 import psycopg2
+import psycopg2.sql
 import pytest
 import yaml
 
@@ -279,10 +280,11 @@ def wait_for(what: str, probe, deadline: float, logs: Path):
 def count_orders(mode: str, topology: Topology) -> int:
     if mode == "postgresql":
         with psycopg2.connect(dbname=topology.databases["clarus_state"], **PG) as conn, conn.cursor() as cur:
-            try:
-                cur.execute("SELECT count(*) FROM orders")
-            except psycopg2.errors.UndefinedTable:
+            cur.execute("SELECT table_schema FROM information_schema.tables WHERE table_name = 'orders'")
+            schemas = [row[0] for row in cur.fetchall()]
+            if len(schemas) != 1:  # migrations not applied yet
                 return 0
+            cur.execute(psycopg2.sql.SQL("SELECT count(*) FROM {}.orders").format(psycopg2.sql.Identifier(schemas[0])))
             return cur.fetchone()[0]
     from clarus_pipelines.state import StateStore
 
