@@ -18,6 +18,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "clarus_pipelines.commands.demo",
         "Run the whole stack on embedded defaults: sandbox, webhook receiver, Dagster webserver and daemon, dashboard, generated traffic.",
     ),
+    "dashboard": (
+        "clarus_pipelines.commands.dashboard",
+        "Serve the Streamlit health dashboard (what a deployment runs; `demo` starts it too).",
+    ),
     "sandbox": (
         "clarus_pipelines.commands.sandbox",
         "Serve local Clarus, Shopify and NetSuite look-alikes (with traffic generator and fault injection).",

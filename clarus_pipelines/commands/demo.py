@@ -27,8 +27,9 @@ from pathlib import Path
 import httpx
 from dotenv import dotenv_values
 
+from clarus_pipelines.commands.dashboard import streamlit_argv
 from clarus_pipelines.logs import log_format_from_env
-from clarus_pipelines.settings import POLICIES_ENV, SANDBOX_POLICIES, package_file
+from clarus_pipelines.settings import POLICIES_ENV, SANDBOX_POLICIES
 
 log = logging.getLogger(__name__)
 
@@ -183,12 +184,7 @@ def build_services(args: argparse.Namespace, home: Path) -> list[Service]:
         ),
         Service(
             "dashboard",
-            [
-                sys.executable, "-m", "streamlit", "run", str(package_file("clarus_pipelines.dashboards", "app.py")),
-                "--server.headless", "true", "--server.address", host, "--server.port", str(args.dashboard_port),
-                "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
-                "--client.showErrorDetails", "false",
-            ],
+            streamlit_argv(host, args.dashboard_port),
             f"http://{host}:{args.dashboard_port}/_stcore/health", f"http://{host}:{args.dashboard_port}",
         ),
     ]
