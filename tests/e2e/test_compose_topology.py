@@ -312,7 +312,7 @@ def test_compose_services_start_from_their_commands_and_orders_flow(tmp_path, da
                     "TOPOLOGY_STATE_URL=duckdb runs the same topology on a shared DuckDB file")
     if not shutil.which("haproxy") and not Path("/usr/sbin/haproxy").exists():
         pytest.fail("haproxy is not installed: scripts/install_proxy.sh installs Debian's package (scripts/test runs it)")
-    from clarus_pipelines.demo import load_or_create_secrets
+    from clarus_pipelines.commands.demo import load_or_create_secrets
 
     # deploy/.env and deploy/clarus.env as an operator writes them for a trial (`--profile sandbox`)
     dot_env = {"POSTGRES_PASSWORD": secrets.token_urlsafe(16), "CLARUS_POLICIES_FILE": str(SANDBOX_POLICIES),

@@ -33,7 +33,7 @@ def test_a_first_demo_has_nothing_to_move(tmp_path):
 def test_generated_secrets_read_back_and_a_shell_can_source_them(tmp_path):
     import subprocess
 
-    from clarus_pipelines.demo import SECRET_NAMES, load_or_create_secrets
+    from clarus_pipelines.commands.demo import SECRET_NAMES, load_or_create_secrets
 
     first = load_or_create_secrets(tmp_path)
     assert set(first) == set(SECRET_NAMES) and "\\n" in first["NETSUITE_PRIVATE_KEY"]

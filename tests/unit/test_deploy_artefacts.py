@@ -127,7 +127,7 @@ def test_the_instance_limits_are_the_same_in_compose_and_helm(helm):
     run_monitoring = helm["dagsterDaemon"]["runMonitoring"]
     assert run_monitoring["startTimeoutSeconds"] == instance["run_monitoring"]["start_timeout_seconds"]
     assert helm["dagsterDaemon"]["runRetries"]["maxRetries"] == instance["run_retries"]["max_retries"]
-    from clarus_pipelines.demo import DAGSTER_CONCURRENCY_YAML
+    from clarus_pipelines.commands.demo import DAGSTER_CONCURRENCY_YAML
 
     assert yaml.safe_load(DAGSTER_CONCURRENCY_YAML)["concurrency"] == instance["concurrency"]
 
@@ -180,6 +180,6 @@ def test_the_secrets_example_names_only_settings_the_code_reads():
     example = [line.split("=", 1)[0] for line in (DEPLOY / "clarus.env.example").read_text().splitlines()
                if "=" in line and not line.startswith("#")]
     assert example and set(example) <= known_names()
-    from clarus_pipelines.demo import SECRET_NAMES
+    from clarus_pipelines.commands.demo import SECRET_NAMES
 
     assert set(SECRET_NAMES) <= set(example)
