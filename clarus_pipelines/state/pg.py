@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 # One fixed advisory-lock key for "the state writer" (any 64-bit number nobody else uses).
 WRITER_LOCK_KEY = 0x434C_4152_5553  # "CLARUS"
+NAMED_LOCK_CLASS = 0x434C_4152  # first key of `try_lock(name)` locks (name hashed into the second)
 
 _PG_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg2://")
 
@@ -97,10 +98,28 @@ def _group_by_all(select: exp.Select) -> None:
     select.set("group", exp.Group(expressions=ordinals) if ordinals else None)
 
 
+def _order_by_all(select: exp.Select) -> None:
+    order = select.args.get("order")
+    if order is None or len(order.expressions) != 1:
+        return
+    [ordered] = order.expressions
+    if not (isinstance(ordered.this, exp.Var) and ordered.this.name.upper() == "ALL"):
+        return
+    order.set("expressions", [
+        exp.Ordered(this=exp.Literal.number(i), desc=ordered.args.get("desc"),
+                    nulls_first=ordered.args.get("nulls_first"))
+        for i in range(1, len(select.expressions) + 1)
+    ])
+
+
 def _fix(tree: exp.Expression, primary_key) -> exp.Expression:
     """DuckDB constructs sqlglot leaves as they are, rewritten into PostgreSQL equivalents."""
     for select in tree.find_all(exp.Select):
         _group_by_all(select)
+        _order_by_all(select)
+    for n, subquery in enumerate(tree.find_all(exp.Subquery)):
+        if not subquery.alias and isinstance(subquery.parent, (exp.From, exp.Join)):
+            subquery.set("alias", exp.TableAlias(this=exp.to_identifier(f"_subquery{n}")))
     if isinstance(tree, exp.Insert) and tree.args.get("alternative") in ("REPLACE", "IGNORE"):
         alternative = tree.args["alternative"]
         tree.set("alternative", None)
@@ -455,6 +474,9 @@ class PgConnection:
         self._registered.discard(name)
         return self
 
+    def complete(self) -> None:
+        """Results are fetched whole at execute: nothing is ever half-read."""
+
     def close(self) -> None:  # the store closes the connection
         pass
 
@@ -489,6 +511,18 @@ def _primary_keys(dsn: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
 
 
 # --------------------------------------------------------------------------- migrations
+# DuckDB functions the flows call that PostgreSQL lacks and sqlglot does not rewrite, defined
+# once per database (CREATE OR REPLACE, under the writer lock, before the migrations).
+COMPAT_FUNCTIONS = """
+CREATE OR REPLACE FUNCTION json_valid(body text) RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    PERFORM body::json;
+    RETURN true;
+EXCEPTION WHEN others THEN
+    RETURN false;
+END $$;
+"""
+
 def migrate_pg(raw, files: list[tuple[int, str, str]], overrides: dict[int, str]) -> list[str]:
     """Apply every migration not yet applied (each in its own transaction) under the writer lock."""
     done = []
@@ -502,6 +536,7 @@ def migrate_pg(raw, files: list[tuple[int, str, str]], overrides: dict[int, str]
             )
             cur.execute("SELECT version FROM schema_migrations")
             applied = {row[0] for row in cur.fetchall()}
+            cur.execute(COMPAT_FUNCTIONS)
         raw.commit()
         for version, name, sql in files:
             if version in applied:
@@ -594,6 +629,22 @@ class PgStateStore:
         raw = pg_connect(self.url)
         try:
             self._migrate(raw)
+        finally:
+            raw.close()
+
+    @contextlib.contextmanager
+    def try_lock(self, name: str) -> Iterator[bool]:
+        """A named lock between processes, not waited for: yields False when another holds it.
+
+        A session advisory lock on its own connection (two-int key space, apart from the
+        writer lock), released when the block ends or the process dies.
+        """
+        raw = pg_connect(self.url, autocommit=True)
+        try:
+            with raw.cursor() as cur:
+                cur.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", [NAMED_LOCK_CLASS, name])
+                held = cur.fetchone()[0]
+            yield held
         finally:
             raw.close()
 

@@ -137,6 +137,24 @@ class StateStore:
         with self.write():
             pass
 
+    @contextlib.contextmanager
+    def try_lock(self, name: str) -> Iterator[bool]:
+        """A named lock between processes, not waited for: yields False when another holds it.
+
+        A lock file beside the database (`<file>.<name>.lock`), released by the OS if the
+        process dies. Independent of the state lock: it keeps a multi-transaction pass apart.
+        """
+        fd = os.open(self.path.with_name(f"{self.path.name}.{name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
+
     def snapshot(self, target: Path | str | None = None) -> Path:
         """Copy the database under a shared lock and return the copy's path.
 

@@ -9,7 +9,6 @@ records (how many goods outs and sales orders exist) as well as our state.
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -36,6 +35,7 @@ from clarus_pipelines.sandbox.server import SandboxSecrets, start_sandbox
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
 from clarus_pipelines.policies import ShipMethodRule
 from clarus_pipelines.state import StateStore
+from pgstate import clone_state, state_base
 from clarus_pipelines.sensors.orders import apply_order_changes, recheck_held_orders
 
 POLICIES = load_policies(SANDBOX_POLICIES)
@@ -79,14 +79,14 @@ def set_faults(handle, faults: FaultConfig) -> None:
             layer = getattr(layer, "app", None)
 
 
-def open_world(tmp_dir: Path, seed: int = 0) -> World:
+def open_world(tmp_dir: Path, seed: int = 0, base: str | Path | None = None) -> World:
     handle = start_sandbox(secrets=SandboxSecrets.from_env(), seed=seed,
                            clarus_dispatch_after_s=3600, netsuite_commit_delay_s=0)
     handle.clarus.stop_ticker()  # the tests move the warehouse clock themselves
     handle.clarus.out_of_stock_rate = 0.0  # plenty of stock: allocation never depends on test order
     handle.clarus.initial_stock = (10_000, 10_000)
     clarus, netsuite, shopify = connectors(handle)
-    base = tmp_dir / "state.duckdb"
+    base = base or tmp_dir / "state.duckdb"
     sync_item_master(StateStore(base), POLICIES, netsuite=netsuite, clarus=clarus, shopify=shopify)
     refresh_carriers(StateStore(base), clarus)
     return World(handle, clarus, netsuite, shopify, base)
@@ -98,11 +98,13 @@ def close_world(world: World) -> None:
     world.handle.stop()
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    w = open_world(tmp_path_factory.mktemp("orders-world"))
-    yield w
-    close_world(w)
+@pytest.fixture(scope="module", params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
+def world(request, tmp_path_factory):
+    """The sandbox and the synced base state, once per state backend (DuckDB file, PostgreSQL)."""
+    with state_base(request.param, tmp_path_factory.mktemp("orders-world")) as base:
+        w = open_world(base.parent if isinstance(base, Path) else tmp_path_factory.mktemp("orders-world"), base=base)
+        yield w
+        close_world(w)
 
 
 class Harness:
@@ -111,8 +113,7 @@ class Harness:
     def __init__(self, world: World, tmp_path: Path, policies=POLICIES):
         self.world = world
         self.policies = policies
-        self.state_path = tmp_path / "state.duckdb"
-        shutil.copyfile(world.base_state, self.state_path)
+        self.state_path = clone_state(world.base_state, tmp_path / "state.duckdb")
         self.store = StateStore(self.state_path)
         self.zone = LandingZone(tmp_path / "landing", fsync=False)
         self.sh = world.handle.shopify
@@ -194,8 +195,7 @@ def through(h: Harness, *orders: dict, topic: str = "orders/create") -> None:
 
 def test_item_master_sync_checks_and_exceptions(world, tmp_path):
     """Dagster job: NetSuite items -> item master -> Clarus products, and the four checks."""
-    state = tmp_path / "im.duckdb"
-    shutil.copyfile(world.base_state, state)  # products already synced once by the module set-up
+    state = clone_state(world.base_state, tmp_path / "im.duckdb")  # products already synced once by the module set-up
     writes_before = len(world.handle.clarus.requests(path_prefix="/api/products"))
     resources = {
         "state": StateStoreResource(path=str(state)), "policies": PoliciesResource(path=str(SANDBOX_POLICIES)),
