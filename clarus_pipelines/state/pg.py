@@ -513,7 +513,7 @@ def _primary_keys(dsn: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
 # --------------------------------------------------------------------------- migrations
 # DuckDB functions the flows call that PostgreSQL lacks and sqlglot does not rewrite, defined
 # once per database (CREATE OR REPLACE, under the writer lock, before the migrations).
-COMPAT_FUNCTIONS = """
+COMPAT_FUNCTIONS = r"""
 CREATE OR REPLACE FUNCTION json_valid(body text) RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     PERFORM body::json;
@@ -521,6 +521,19 @@ BEGIN
 EXCEPTION WHEN others THEN
     RETURN false;
 END $$;
+
+-- A DuckDB JSONPath ('$.a.b[0]') as a PostgreSQL path array ({a,b,0}).
+CREATE OR REPLACE FUNCTION duckdb_json_path(path text) RETURNS text[] LANGUAGE sql IMMUTABLE AS $$
+    SELECT array_remove(regexp_split_to_array(
+        regexp_replace(regexp_replace(path, '^[$][.]?', ''), '\[(\d+)\]', '.\1', 'g'), '[.]'), '')
+$$;
+
+-- DuckDB's json_array_length(json, path): NULL when the path is missing, 0 when not an array.
+CREATE OR REPLACE FUNCTION json_array_length(body json, path text) RETURNS bigint LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN body #> duckdb_json_path(path) IS NULL THEN NULL
+                WHEN json_typeof(body #> duckdb_json_path(path)) = 'array' THEN json_array_length(body #> duckdb_json_path(path))
+                ELSE 0 END
+$$;
 """
 
 def migrate_pg(raw, files: list[tuple[int, str, str]], overrides: dict[int, str]) -> list[str]:

@@ -51,7 +51,7 @@ ADDRESS = {"first_name": "Ada", "last_name": "Byron", "name": "Ada Byron", "addr
 class World:
     """The three sandboxes, the receiver and the state database of one test."""
 
-    def __init__(self, tmp_path, *, clarus_kwargs=None, netsuite_webhooks=False):
+    def __init__(self, tmp_path, *, clarus_kwargs=None, netsuite_webhooks=False, state=None):
         env = os.environ
         self.catalog = build_catalog(0)
         self.ns_now = [time.time()]
@@ -82,7 +82,7 @@ class World:
         self.netsuite = NetSuiteResource(base_url=netsuite_url, account_id="SANDBOX", consumer_key=env["NETSUITE_CONSUMER_KEY"],
                                          consumer_secret=env["NETSUITE_CONSUMER_SECRET"], token_id=env["NETSUITE_TOKEN_ID"],
                                          token_secret=env["NETSUITE_TOKEN_SECRET"])
-        self.state_path = tmp_path / "state.duckdb"
+        self.state_path = state or tmp_path / "state.duckdb"  # a DuckDB file or a postgresql:// URL
         self.store = StateStore(self.state_path)
         self.products: dict[str, str] = {}
 
@@ -188,8 +188,8 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path):
-    w = World(tmp_path)
+def world(tmp_path, state_target):
+    w = World(tmp_path, state=state_target)  # once per state backend
     yield w
     w.close()
 

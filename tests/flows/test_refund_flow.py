@@ -51,7 +51,7 @@ ADDRESS = {"first_name": "Ada", "last_name": "Byron", "name": "Ada Byron", "addr
 class World:
     """The three sandboxes, the receiver and the state database of one test."""
 
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, state=None):
         env = os.environ
         self.catalog = build_catalog(0)
         self.ns_now = [time.time()]
@@ -77,7 +77,7 @@ class World:
                                          consumer_secret=env["NETSUITE_CONSUMER_SECRET"], token_id=env["NETSUITE_TOKEN_ID"],
                                          token_secret=env["NETSUITE_TOKEN_SECRET"])
         self.urls = {"clarus": clarus_url, "shopify": shopify_url, "netsuite": netsuite_url}
-        self.store = StateStore(tmp_path / "state.duckdb")
+        self.store = StateStore(state or tmp_path / "state.duckdb")  # a DuckDB file or a postgresql:// URL
         self.products: dict[str, str] = {}
         self.policies = POLICIES
 
@@ -215,8 +215,8 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path):
-    w = World(tmp_path)
+def world(tmp_path, state_target):
+    w = World(tmp_path, state=state_target)  # once per state backend
     yield w
     w.close()
 
