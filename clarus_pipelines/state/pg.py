@@ -112,8 +112,42 @@ def _order_by_all(select: exp.Select) -> None:
     ])
 
 
+def _first_of(node: exp.ArgMax | exp.ArgMin, where: exp.Expression | None) -> exp.Expression:
+    """arg_max(v, k) [FILTER (WHERE ...)] as (array_agg(v ORDER BY k DESC NULLS LAST) [FILTER ...])[1]."""
+    order = exp.Ordered(this=node.expression, desc=isinstance(node, exp.ArgMax), nulls_first=False)
+    agg: exp.Expression = exp.ArrayAgg(this=exp.Order(this=node.this, expressions=[order]))
+    if where is not None:
+        agg = exp.Filter(this=agg, expression=where)
+    return exp.Bracket(this=exp.Paren(this=agg), expressions=[exp.Literal.number(1)], offset=1)
+
+
+def _functions(node: exp.Expression) -> exp.Expression:
+    """DuckDB functions PostgreSQL lacks (or spells differently), as PostgreSQL expressions."""
+    if isinstance(node, exp.Explode) and isinstance(node.this, exp.GenerateSeries):
+        return node.this  # generate_series is already a set in PostgreSQL
+    if isinstance(node, exp.IgnoreNulls) and isinstance(node.this, exp.AnyValue):
+        return exp.Min(this=node.this.this)
+    if isinstance(node, exp.AnyValue):
+        return exp.Min(this=node.this)
+    if isinstance(node, exp.ArgMax | exp.ArgMin):
+        return _first_of(node, None)
+    if isinstance(node, exp.Filter) and isinstance(node.this, exp.ArgMax | exp.ArgMin):
+        return _first_of(node.this, node.expression)
+    if isinstance(node, exp.JSONObject):
+        args = []
+        for pair in node.expressions:
+            args += [pair.this, pair.expression]
+        return exp.Anonymous(this="json_build_object", expressions=args)
+    if isinstance(node, exp.Anonymous) and node.name.lower() in ("to_hours", "to_minutes", "to_seconds", "to_days"):
+        unit = node.name.lower()[3:-1]
+        return exp.Mul(this=exp.Paren(this=node.expressions[0]), expression=exp.Interval(
+            this=exp.Literal.string("1"), unit=exp.var(unit.upper())))
+    return node
+
+
 def _fix(tree: exp.Expression, primary_key) -> exp.Expression:
     """DuckDB constructs sqlglot leaves as they are, rewritten into PostgreSQL equivalents."""
+    tree = tree.transform(_functions)
     for select in tree.find_all(exp.Select):
         _group_by_all(select)
         _order_by_all(select)
@@ -644,6 +678,27 @@ class PgStateStore:
             self._migrate(raw)
         finally:
             raw.close()
+
+    @contextlib.contextmanager
+    def check_reader(self, tables: Sequence[str]) -> Iterator[Any]:
+        """An in-memory DuckDB holding `tables` as read in one PostgreSQL snapshot (through Arrow).
+
+        DuckDB stays the engine of the data checks (reconciliation, SKU and tracking
+        mismatches): they run their DuckDB SQL on this copy and never write PostgreSQL.
+        """
+        import duckdb
+
+        local = duckdb.connect()
+        try:
+            with self.read() as con:
+                for table in tables:
+                    frame = con.sql(f"SELECT * FROM {_quote_ident(table)}").arrow()
+                    local.register("_pulled", frame)
+                    local.execute(f"CREATE TABLE {_quote_ident(table)} AS SELECT * FROM _pulled")
+                    local.unregister("_pulled")
+            yield local
+        finally:
+            local.close()
 
     @contextlib.contextmanager
     def try_lock(self, name: str) -> Iterator[bool]:

@@ -24,7 +24,7 @@ import shutil
 import struct
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -136,6 +136,12 @@ class StateStore:
             return
         with self.write():
             pass
+
+    @contextlib.contextmanager
+    def check_reader(self, tables: Sequence[str]) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A DuckDB connection holding `tables` for the data checks to read (here: the state itself, read-only)."""
+        with self.read() as con:
+            yield con
 
     @contextlib.contextmanager
     def try_lock(self, name: str) -> Iterator[bool]:
