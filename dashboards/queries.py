@@ -40,7 +40,7 @@ from clarus_pipelines.domain import health
 from clarus_pipelines.domain import reconciliation as finance
 from clarus_pipelines.exception_queue import utcnow
 from clarus_pipelines.settings import Settings
-from clarus_pipelines.state.pg import is_postgres_url
+from clarus_pipelines.state.pg import is_postgres_url, masked_url
 from clarus_pipelines.state.store import LockTimeout, StateStore, open_state
 
 SNAPSHOT_MAX_AGE_S = 5.0  # how stale the copy the dashboard reads may get
@@ -68,9 +68,13 @@ class Snapshot:
     error: str | None = None  # set when the latest refresh failed and this older copy is served
 
 
-def state_path() -> Path:
-    """The pipelines' state file (CLARUS_PIPELINES_STATE_DB, or state.duckdb under CLARUS_PIPELINES_HOME)."""
-    return Settings().state_db_path.expanduser().resolve()
+def state_path() -> Path | str:
+    """The pipelines' state file (CLARUS_PIPELINES_STATE_DB, or state.duckdb under CLARUS_PIPELINES_HOME);
+    in PostgreSQL mode the database URL without its password (shown on the pages)."""
+    settings = Settings()
+    if settings.state_is_postgres:
+        return masked_url(settings.state_target)
+    return settings.state_db_path.expanduser().resolve()
 
 
 def state_target() -> str:

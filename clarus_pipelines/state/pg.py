@@ -52,6 +52,17 @@ def is_postgres_url(target: object) -> bool:
     return isinstance(target, str) and target.startswith(_PG_SCHEMES)
 
 
+def masked_url(url: str) -> str:
+    """The URL as logs and pages may show it: the password replaced by ***."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def _dsn(url: str) -> str:
     return url.replace("postgresql+psycopg2://", "postgresql://", 1)
 
