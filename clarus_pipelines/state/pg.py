@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from typing import Any
 
+import duckdb
 import polars as pl
 import psycopg2
 import psycopg2.errors
@@ -46,6 +47,32 @@ WRITER_LOCK_KEY = 0x434C_4152_5553  # "CLARUS"
 NAMED_LOCK_CLASS = 0x434C_4152  # first key of `try_lock(name)` locks (name hashed into the second)
 
 _PG_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg2://")
+
+
+class PgStateError(duckdb.Error):
+    """A PostgreSQL error raised to the flows as a `duckdb.Error` (what they catch to set a
+    record aside), named after psycopg2's class (UniqueViolation...), the original as its cause."""
+
+
+_ERROR_CLASSES: dict[str, type[PgStateError]] = {}
+
+
+def _translated(exc: psycopg2.Error) -> PgStateError:
+    name = type(exc).__name__
+    cls = _ERROR_CLASSES.get(name)
+    if cls is None:
+        cls = _ERROR_CLASSES[name] = type(name, (PgStateError,), {"__module__": __name__})
+    error = cls(str(exc).strip())
+    error.pgcode = exc.pgcode
+    return error
+
+
+@contextlib.contextmanager
+def _as_duckdb_errors() -> Iterator[None]:
+    try:
+        yield
+    except psycopg2.Error as exc:
+        raise _translated(exc) from exc
 
 
 def is_postgres_url(target: object) -> bool:
@@ -437,7 +464,7 @@ class PgConnection:
 
     def _run(self, sql: str, params: Sequence | None) -> PgResult:
         text, count = self._prepare(sql)
-        with self.raw.cursor() as cur:
+        with _as_duckdb_errors(), self.raw.cursor() as cur:
             cur.execute(text, _params(params, count))
             if cur.description is not None:
                 result = PgResult(cur.description, cur.fetchall(), cur.rowcount)
@@ -458,7 +485,7 @@ class PgConnection:
         text, count = self._prepare(sql)
         rows = [_params(p, count) for p in params]
         if rows:
-            with self.raw.cursor() as cur:
+            with _as_duckdb_errors(), self.raw.cursor() as cur:
                 psycopg2.extras.execute_batch(cur, text, rows, page_size=500)
         self._last = PgResult(None, [], -1)
         return self
@@ -501,7 +528,7 @@ class PgConnection:
         table = _as_arrow(frame)
         ident = _quote_ident(name)
         columns = ", ".join(f"{_quote_ident(f.name)} {_pg_type(f.type)}" for f in table.schema)
-        with self.raw.cursor() as cur:
+        with _as_duckdb_errors(), self.raw.cursor() as cur:
             cur.execute(f"DROP TABLE IF EXISTS pg_temp.{ident}")
             cur.execute(f"CREATE TEMP TABLE {ident} ({columns})")
             if table.num_rows:
@@ -514,7 +541,7 @@ class PgConnection:
         return self
 
     def unregister(self, name: str) -> PgConnection:
-        with self.raw.cursor() as cur:
+        with _as_duckdb_errors(), self.raw.cursor() as cur:
             cur.execute(f"DROP TABLE IF EXISTS pg_temp.{_quote_ident(name)}")
         self._registered.discard(name)
         return self
@@ -697,7 +724,6 @@ class PgStateStore:
         DuckDB stays the engine of the data checks (reconciliation, SKU and tracking
         mismatches): they run their DuckDB SQL on this copy and never write PostgreSQL.
         """
-        import duckdb
 
         local = duckdb.connect()
         try:

@@ -248,3 +248,15 @@ def test_migrations_in_duckdb_dialect_are_taken_as_they_come(monkeypatch):
 
 test_migrations_in_duckdb_dialect_are_taken_as_they_come = pytest.mark.postgres(
     test_migrations_in_duckdb_dialect_are_taken_as_they_come)
+
+
+def test_a_refused_statement_is_a_duckdb_error_on_both(state_target):
+    """Flows set a bad record aside by catching duckdb.Error: PostgreSQL's refusals are one too."""
+    store = StateStore(state_target)
+    with pytest.raises(duckdb.Error) as refused:
+        with store.write() as con:
+            con.execute("INSERT INTO items (sku, sku_raw, updated_at) VALUES ('A', 'a', now())")
+            con.execute("INSERT INTO items (sku, sku_raw, updated_at) VALUES ('A', 'a', now())")
+    assert "items" in str(refused.value) or "PRIMARY KEY" in str(refused.value) or "unique" in str(refused.value)
+    with store.read() as con:
+        assert con.execute("SELECT count(*) FROM items").fetchone()[0] == 0
