@@ -171,6 +171,11 @@ def _functions(node: exp.Expression) -> exp.Expression:
         return _first_of(node, None)
     if isinstance(node, exp.Filter) and isinstance(node.this, exp.ArgMax | exp.ArgMin):
         return _first_of(node.this, node.expression)
+    if isinstance(node, exp.TryCast):
+        to = node.args["to"]
+        guarded = exp.Anonymous(this="clarus_try_cast", expressions=[
+            exp.Cast(this=node.this, to=exp.DataType.build("text")), exp.Cast(this=exp.null(), to=to.copy())])
+        return exp.Cast(this=guarded, to=to.copy())
     if isinstance(node, exp.JSONObject):
         args = []
         for pair in node.expressions:
@@ -594,6 +599,16 @@ EXCEPTION WHEN others THEN
     RETURN false;
 END $$;
 
+-- DuckDB's TRY_CAST: NULL instead of an error (`clarus_try_cast(x::text, NULL::type)`).
+CREATE OR REPLACE FUNCTION clarus_try_cast(value text, target anyelement) RETURNS anyelement
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    EXECUTE format('SELECT %L::%s', value, pg_typeof(target)) INTO target;
+    RETURN target;
+EXCEPTION WHEN others THEN
+    RETURN NULL;
+END $$;
+
 -- A DuckDB JSONPath ('$.a.b[0]') as a PostgreSQL path array ({a,b,0}).
 CREATE OR REPLACE FUNCTION duckdb_json_path(path text) RETURNS text[] LANGUAGE sql IMMUTABLE AS $$
     SELECT array_remove(regexp_split_to_array(
@@ -647,6 +662,9 @@ def migrate_pg(raw, files: list[tuple[int, str, str]], overrides: dict[int, str]
     return done
 
 
+_MIGRATED: set[tuple[str, int]] = set()
+
+
 class PgStateStore:
     """Handle on the state in PostgreSQL: `write()`, `read()`, `ensure_schema()` as `StateStore`."""
 
@@ -665,7 +683,11 @@ class PgStateStore:
     def _migrate(self, raw) -> None:
         from clarus_pipelines.state.store import _migration_files, _pg_overrides
 
-        migrate_pg(raw, _migration_files(), _pg_overrides())
+        files = _migration_files()
+        done = (self.url, files[-1][0] if files else 0)
+        if done not in _MIGRATED:  # once per process and database (up to the newest file)
+            migrate_pg(raw, files, _pg_overrides())
+            _MIGRATED.add(done)
         self._migrated = True
 
     @contextlib.contextmanager

@@ -3,6 +3,7 @@ writer at a time, readers never failing on the lock; DuckDB snapshots for the da
 
 import multiprocessing as mp
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
@@ -260,3 +261,10 @@ def test_a_refused_statement_is_a_duckdb_error_on_both(state_target):
     assert "items" in str(refused.value) or "PRIMARY KEY" in str(refused.value) or "unique" in str(refused.value)
     with store.read() as con:
         assert con.execute("SELECT count(*) FROM items").fetchone()[0] == 0
+
+
+def test_try_cast_is_null_not_an_error_on_both(state_target):
+    with StateStore(state_target).read() as con:
+        assert con.execute("SELECT TRY_CAST(? AS DECIMAL(18, 2)), TRY_CAST(? AS DECIMAL(18, 2)), TRY_CAST(? AS BOOLEAN),"
+                           " TRY_CAST(? AS TIMESTAMPTZ) IS NULL", ["12.345", "twelve", "maybe", "not a time"]
+                           ).fetchone() == (Decimal("12.35"), None, None, True)
