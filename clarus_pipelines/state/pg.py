@@ -741,7 +741,8 @@ class PgStateStore:
 
     @contextlib.contextmanager
     def check_reader(self, tables: Sequence[str]) -> Iterator[Any]:
-        """An in-memory DuckDB holding `tables` as read in one PostgreSQL snapshot (through Arrow).
+        """An in-memory DuckDB holding `tables` as read in one PostgreSQL snapshot (through Arrow);
+        an entry `"orders(order_id, order_name)"` pulls only those columns.
 
         DuckDB stays the engine of the data checks (reconciliation, SKU and tracking
         mismatches): they run their DuckDB SQL on this copy and never write PostgreSQL.
@@ -750,8 +751,11 @@ class PgStateStore:
         local = duckdb.connect()
         try:
             with self.read() as con:
-                for table in tables:
-                    frame = con.sql(f"SELECT * FROM {_quote_ident(table)}").arrow()
+                for entry in tables:  # "table" or "table(col, col)": only the columns a check reads
+                    table, _, listed = entry.partition("(")
+                    table = table.strip()
+                    columns = ", ".join(_quote_ident(c.strip()) for c in listed.rstrip(")").split(",")) if listed else "*"
+                    frame = con.sql(f"SELECT {columns} FROM {_quote_ident(table)}").arrow()
                     local.register("_pulled", frame)
                     local.execute(f"CREATE TABLE {_quote_ident(table)} AS SELECT * FROM _pulled")
                     local.unregister("_pulled")

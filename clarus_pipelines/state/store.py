@@ -139,7 +139,8 @@ class StateStore:
 
     @contextlib.contextmanager
     def check_reader(self, tables: Sequence[str]) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A DuckDB connection holding `tables` for the data checks to read (here: the state itself, read-only)."""
+        """A DuckDB connection holding `tables` (`"name"` or `"name(col, ...)"`) for the data checks
+        to read: here the state itself, read-only; in PostgreSQL a DuckDB copy (`PgStateStore`)."""
         with self.read() as con:
             yield con
 

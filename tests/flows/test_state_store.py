@@ -268,3 +268,16 @@ def test_try_cast_is_null_not_an_error_on_both(state_target):
         assert con.execute("SELECT TRY_CAST(? AS DECIMAL(18, 2)), TRY_CAST(? AS DECIMAL(18, 2)), TRY_CAST(? AS BOOLEAN),"
                            " TRY_CAST(? AS TIMESTAMPTZ) IS NULL", ["12.345", "twelve", "maybe", "not a time"]
                            ).fetchone() == (Decimal("12.35"), None, None, True)
+
+
+def test_checks_read_a_duckdb_holding_the_tables_they_name(state_target):
+    """The data checks' engine is DuckDB on both backends; in PostgreSQL mode a copy through Arrow."""
+    store = StateStore(state_target)
+    with store.write() as con:
+        con.execute("INSERT INTO orders (order_id, order_name, status, hold_reasons, payload, total_price, received_at,"
+                    " updated_at) VALUES ('1', '#1', 'HELD', ['SKU_UNKNOWN'], '{\"a\": [1, 2]}', 12.50, now(), now())")
+    with store.check_reader(("orders", "order_lines(order_id, line_id)")) as con:
+        assert isinstance(con, duckdb.DuckDBPyConnection)
+        assert con.execute("SELECT order_name, hold_reasons, json_array_length(payload, '$.a'), total_price"
+                           " FROM orders").fetchall() == [("#1", ["SKU_UNKNOWN"], 2, Decimal("12.50"))]
+        assert con.execute("SELECT count(*) FROM order_lines").fetchone() == (0,)
