@@ -18,8 +18,6 @@ read is one REPEATABLE READ transaction (a consistent snapshot) that always ends
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import decimal
 import io
 import json
 import logging
