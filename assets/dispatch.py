@@ -153,8 +153,10 @@ def tracking_checks(state: StateStoreResource, policies: PoliciesResource):
     report present / format / unique from that one pass."""
     policy = policies.load()
     now = utcnow()
-    with state.store().write() as con:
+    store = state.store()
+    with store.check_reader(("shipments", "orders(order_id, order_name)")) as con:  # PostgreSQL: the check reads a DuckDB copy
         found = tracking_findings(con, TrackingRules.from_policies(policy), now)
+    with store.write() as con:
         missing = sync_exceptions(con, "TRACKING_MISSING", found.missing, scope=found.scope, policies=policy, now=now)
         invalid = sync_exceptions(con, "TRACKING_INVALID", found.invalid(), scope=found.scope, policies=policy, now=now)
     checked = len(found.scope)

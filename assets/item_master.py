@@ -263,6 +263,11 @@ def duplicate_skus(con) -> pl.DataFrame:
     )
 
 
+# What the SKU and barcode checks read (in PostgreSQL mode pulled into DuckDB through Arrow).
+BARCODE_CHECK_TABLES = ("item_master_source",)
+VARIANT_CHECK_TABLES = ("shopify_variants", "items")
+
+
 def barcode_findings(con) -> list[Finding]:
     items = frame(
         con,
@@ -354,8 +359,10 @@ def item_master_skus_unique(state: StateStoreResource) -> dg.AssetCheckResult:
 
 @dg.asset_check(asset=item_master, description="Every barcode has a valid GTIN-8/12/13/14 check digit (BARCODE_INVALID).")
 def item_master_barcodes_valid(state: StateStoreResource, policies: PoliciesResource) -> dg.AssetCheckResult:
-    with state.store().write() as con:
+    store = state.store()
+    with store.check_reader(BARCODE_CHECK_TABLES) as con:  # PostgreSQL: the check reads a DuckDB copy
         findings = barcode_findings(con)
+    with store.write() as con:
         outcome = sync_exceptions(con, "BARCODE_INVALID", findings, policies=policies.load())
     return exception_check(findings, outcome, what="Clarus product(s) with an invalid barcode (BARCODE_INVALID)")
 
@@ -363,8 +370,10 @@ def item_master_barcodes_valid(state: StateStoreResource, policies: PoliciesReso
 @dg.asset_check(asset=shopify_variants, additional_deps=[item_master],
                 description="Every Shopify variant's SKU is in the item master (SKU_NOT_IN_MASTER).")
 def variants_in_item_master(state: StateStoreResource, policies: PoliciesResource) -> dg.AssetCheckResult:
-    with state.store().write() as con:
+    store = state.store()
+    with store.check_reader(VARIANT_CHECK_TABLES) as con:  # PostgreSQL: the check reads a DuckDB copy
         findings, _ = variant_findings(con)
+    with store.write() as con:
         outcome = sync_exceptions(con, "SKU_NOT_IN_MASTER", findings, policies=policies.load())
     return exception_check(findings, outcome, what="Shopify SKU(s) not in the item master (SKU_NOT_IN_MASTER)")
 
@@ -372,8 +381,10 @@ def variants_in_item_master(state: StateStoreResource, policies: PoliciesResourc
 @dg.asset_check(asset=shopify_variants, additional_deps=[item_master],
                 description="No Shopify SKU matches the item master only once its leading zeros are restored (SKU_LEADING_ZEROS_LOST).")
 def variant_skus_keep_leading_zeros(state: StateStoreResource, policies: PoliciesResource) -> dg.AssetCheckResult:
-    with state.store().write() as con:
+    store = state.store()
+    with store.check_reader(VARIANT_CHECK_TABLES) as con:  # PostgreSQL: the check reads a DuckDB copy
         _, findings = variant_findings(con)
+    with store.write() as con:
         outcome = sync_exceptions(con, "SKU_LEADING_ZEROS_LOST", findings, policies=policies.load())
     return exception_check(findings, outcome, severity=dg.AssetCheckSeverity.ERROR,
                            what="SKU(s) that match the master only with their leading zeros (SKU_LEADING_ZEROS_LOST)")

@@ -37,7 +37,7 @@ DOMAINS: list[dg.Definitions] = [
 def build_resources(settings: Settings | None = None) -> dict[str, dg.ConfigurableResource]:
     settings = settings or Settings()
     return {
-        "state": StateStoreResource(path=str(settings.state_db_path.resolve())),
+        "state": StateStoreResource(path=settings.state_target),
         "policies": PoliciesResource(path=str(settings.require_policies_file().resolve())),
         "landing": LandingZoneResource(
             path=str(settings.landing_path.resolve()),

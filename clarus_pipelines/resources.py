@@ -14,7 +14,7 @@ from clarus_pipelines.receiver.inbox import Inbox, shared_inbox
 from clarus_pipelines.receiver.landing import LandingZone
 from clarus_pipelines.settings import is_postgres_url, policies_at
 from clarus_pipelines.policies import Policies
-from clarus_pipelines.state import StateStore
+from clarus_pipelines.state import PgStateStore, StateStore, open_state
 
 
 class NetSuiteCustomerConfig(dg.Config):
@@ -29,13 +29,13 @@ class NetSuiteCustomerConfig(dg.Config):
 
 
 class StateStoreResource(dg.ConfigurableResource):
-    """The integration state DuckDB file (one writer at a time, see `StateStore`)."""
+    """The integration state: a DuckDB file path or a postgresql:// URL (one writer at a time)."""
 
     path: str
     lock_timeout_s: float = 300.0
 
-    def store(self) -> StateStore:
-        return StateStore(self.path, lock_timeout_s=self.lock_timeout_s)
+    def store(self) -> StateStore | PgStateStore:
+        return open_state(self.path, lock_timeout_s=self.lock_timeout_s)
 
 
 class PoliciesResource(dg.ConfigurableResource):

@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     home: Path = Field(default=Path(".demo"), validation_alias="CLARUS_PIPELINES_HOME")
     policies_file: Path | None = Field(default=None, validation_alias=POLICIES_ENV)
     state_db: Path | None = Field(default=None, validation_alias="CLARUS_PIPELINES_STATE_DB")
+    # A DuckDB file (plain path or duckdb:///path; the demo, one host) or postgresql://... (production).
+    state_url: str | None = Field(default=None, validation_alias="CLARUS_PIPELINES_STATE_URL")
     landing_dir: Path | None = Field(default=None, validation_alias="CLARUS_PIPELINES_LANDING_DIR")
     # postgresql://... : the state, and the webhook inbox the receivers insert into (no landing files)
     state_url: str | None = Field(default=None, validation_alias="CLARUS_PIPELINES_STATE_URL")
@@ -120,7 +122,23 @@ class Settings(BaseSettings):
 
     @property
     def state_db_path(self) -> Path:
+        """The DuckDB state file (CLARUS_PIPELINES_STATE_DB, or a duckdb URL / path in CLARUS_PIPELINES_STATE_URL)."""
+        if self.state_url and not self.state_is_postgres:
+            from clarus_pipelines.state.store import duckdb_path
+
+            return duckdb_path(self.state_url)
         return self.state_db or self.home / "state.duckdb"
+
+    @property
+    def state_is_postgres(self) -> bool:
+        return bool(self.state_url) and self.state_url.startswith(("postgresql://", "postgres://"))
+
+    @property
+    def state_target(self) -> str:
+        """Where the state lives, as `open_state` takes it: the postgresql:// URL or the DuckDB file's path."""
+        if self.state_is_postgres:
+            return self.state_url
+        return str(self.state_db_path.expanduser().resolve())
 
     @property
     def landing_path(self) -> Path:

@@ -7,6 +7,10 @@ read-only. So a slow dashboard query can never hold up, or break, a pipeline wri
 Each query function is cached with `st.cache_data` for a few seconds, keyed on the
 snapshot file it read, so a new snapshot means fresh results.
 
+With the state in PostgreSQL (CLARUS_PIPELINES_STATE_URL=postgresql://...) nothing is
+copied: the "snapshot" is the database itself and every query is one ordinary read
+transaction (REPEATABLE READ, no lock), so writers are never held up either.
+
 The only write is a person acknowledging or resolving an exception: `record_decision`
 goes through `clarus_pipelines.exception_queue` inside a short `StateStore.write()`.
 """
@@ -37,7 +41,8 @@ from clarus_pipelines.domain import payouts
 from clarus_pipelines.domain import reconciliation as finance
 from clarus_pipelines.exception_queue import utcnow
 from clarus_pipelines.settings import Settings
-from clarus_pipelines.state.store import LockTimeout, StateStore
+from clarus_pipelines.state.pg import is_postgres_url, masked_url
+from clarus_pipelines.state.store import LockTimeout, StateStore, open_state
 
 SNAPSHOT_MAX_AGE_S = 5.0  # how stale the copy the dashboard reads may get
 QUERY_TTL_S = 10  # cache lifetime of one query result
@@ -64,9 +69,18 @@ class Snapshot:
     error: str | None = None  # set when the latest refresh failed and this older copy is served
 
 
-def state_path() -> Path:
-    """The pipelines' state file (CLARUS_PIPELINES_STATE_DB, or state.duckdb under CLARUS_PIPELINES_HOME)."""
-    return Settings().state_db_path.expanduser().resolve()
+def state_path() -> Path | str:
+    """The pipelines' state file (CLARUS_PIPELINES_STATE_DB, or state.duckdb under CLARUS_PIPELINES_HOME);
+    in PostgreSQL mode the database URL without its password (shown on the pages)."""
+    settings = Settings()
+    if settings.state_is_postgres:
+        return masked_url(settings.state_target)
+    return settings.state_db_path.expanduser().resolve()
+
+
+def state_target() -> str:
+    """Where the state lives: the DuckDB file's path or the postgresql:// URL."""
+    return Settings().state_target
 
 
 class _SnapshotKeeper:
@@ -125,11 +139,20 @@ def _keeper(source: str) -> _SnapshotKeeper:
 
 
 def current_snapshot(force: bool = False) -> Snapshot | None:
-    """The latest snapshot of the state file, refreshed when older than a few seconds; None if no state yet."""
+    """The latest snapshot of the state file, refreshed when older than a few seconds; None if no state yet.
+
+    In PostgreSQL there is no file to copy: the snapshot names the database, read live.
+    """
+    target = state_target()
+    if is_postgres_url(target):
+        return Snapshot(target, utcnow())
     return _keeper(str(state_path())).get(force=force)
 
 
 def _frame(db: str, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+    if is_postgres_url(db):
+        with open_state(db).read() as pg:
+            return pg.execute(sql, list(params)).df()
     con = duckdb.connect(db, read_only=True)
     try:
         return con.execute(sql, list(params)).df()
@@ -138,7 +161,11 @@ def _frame(db: str, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
 
 
 def _read(db: str, read: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run one of the pipelines' own read functions on a read-only connection to the snapshot."""
+    """Run one of the pipelines' own read functions on a read-only connection to the snapshot
+    (PostgreSQL: in one read transaction)."""
+    if is_postgres_url(db):
+        with open_state(db).read() as pg:
+            return read(pg, *args, **kwargs)
     con = duckdb.connect(db, read_only=True)
     try:
         return read(con, *args, **kwargs)
@@ -386,7 +413,7 @@ def record_decision(action: Decision, code: str, entity_id: str, actor: str, not
     actor = actor.strip()
     if not actor:
         raise ValueError("Enter your name: every acknowledgement and resolution records who made it.")
-    store = StateStore(state_path(), lock_timeout_s=WRITE_LOCK_TIMEOUT_S)
+    store = open_state(state_target(), lock_timeout_s=WRITE_LOCK_TIMEOUT_S)
     with store.write() as con:
         row = con.execute(
             "SELECT status, resolved_by FROM exceptions WHERE code = ? AND entity_id = ?", [code, entity_id]
@@ -585,6 +612,9 @@ def reconcile_touched(db: str, since: datetime, until: datetime, now: datetime) 
     def run(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
         return finance.reconcile(con, finance.orders_touched(con, since, until), now=now).rows.to_pandas()
 
+    if is_postgres_url(db):  # the check runs in DuckDB on the tables it reads
+        with open_state(db).check_reader(finance.CHECK_TABLES) as con:
+            return run(con)
     return _read(db, run)
 
 @_cached

@@ -62,3 +62,16 @@ def published() -> Payloads:
 def _isolated_home(tmp_path, monkeypatch):
     """Each test gets its own state home unless it sets one itself."""
     monkeypatch.setenv("CLARUS_PIPELINES_HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
+def state_target(request, tmp_path):
+    """Where a test's integration state lives, once per backend: a DuckDB file path, or the
+    URL of a fresh PostgreSQL database (dropped after the test)."""
+    if request.param == "duckdb":
+        yield str(tmp_path / "state.duckdb")
+        return
+    from pgstate import fresh_database
+
+    with fresh_database() as url:
+        yield url

@@ -13,8 +13,10 @@ Two ways to start it (both the same `World`):
   and our state the way the orders flow leaves it. Cheap: one per test (the `world` fixture in
   tests/flows/conftest.py; a module sets its options in `WORLD_OPTIONS`).
 
-The state store is made in one place, `make_store` (and copied in one place, `copy_state`), so the
-tests can run over another state backend by changing those two functions.
+The state store is made in one place, `make_store` (and copied in one place, `copy_state`). A world
+takes `state=`: a DuckDB file (the default, `<tmp>/state.duckdb`) or the URL of a PostgreSQL
+database (tests/pgstate.py); a module runs its tests on both backends with
+`STATE_BACKENDS = ("duckdb", "postgres")` (tests/flows/conftest.py).
 """
 
 from __future__ import annotations
@@ -53,15 +55,19 @@ ADDRESS = {"first_name": "Ada", "last_name": "Byron", "name": "Ada Byron", "addr
 STANDARD = [{"code": "standard", "title": "Standard Shipping", "price": "3.95"}]
 
 
-def make_store(path: Path) -> StateStore:
-    """The state store of a world (the one place a test world's store is made)."""
-    return StateStore(path)
+def make_store(target: Path | str) -> StateStore:
+    """The state store of a world (the one place a test world's store is made): a DuckDB file path
+    or a postgresql:// URL."""
+    return StateStore(target)
 
 
-def copy_state(source: StateStore, path: Path) -> StateStore:
-    """A copy of `source`'s state at `path`, as a new store (a test starting from a prepared state)."""
-    shutil.copyfile(source.path, path)
-    return make_store(path)
+def copy_state(source: Path | str, path: Path) -> tuple[Path | str, StateStore]:
+    """A copy of the state at `source` (the DuckDB file copied to `path`, or a PostgreSQL database
+    cloned from the source one) and its store: a test starting from a prepared state."""
+    from pgstate import clone_state
+
+    target = clone_state(source, path)
+    return target, make_store(target)
 
 
 def _env() -> Mapping[str, str]:
@@ -90,13 +96,13 @@ class World:
     parent: "World | None" = None
 
     def __init__(self, tmp: Path, *, clarus_sb, shopify_sb, netsuite_sb, urls: Mapping[str, str], connector_limits=None,
-                 policies=POLICIES, order_payloads: bool = False):
+                 policies=POLICIES, order_payloads: bool = False, state: Path | str | None = None):
         self.clarus_sb, self.shopify_sb, self.netsuite_sb = clarus_sb, shopify_sb, netsuite_sb
         self.urls = dict(urls)
         self.clarus, self.shopify, self.netsuite = make_connectors(self.urls, **(connector_limits or {}))
         self.policies = policies
         self.order_payloads = order_payloads  # place_order records the Shopify payload and Clarus status too
-        self.state_path = tmp / "state.duckdb"
+        self.state_path = state or tmp / "state.duckdb"  # a DuckDB file or a postgresql:// URL
         self.store = make_store(self.state_path)
         self.landing_dir = tmp / "landing"
         self.zone = LandingZone(self.landing_dir, fsync=False)
@@ -109,7 +115,7 @@ class World:
 
     @classmethod
     def trio(cls, tmp: Path, *, recorder: bool = False, initial_stock: tuple[int, int] | None = None,
-             seed: int = 0) -> "World":
+             seed: int = 0, state: Path | str | None = None) -> "World":
         """The sandboxes as `start_sandbox` serves them, the item master synced and the carriers read."""
         from clarus_pipelines.assets.item_master import sync_item_master
         from clarus_pipelines.assets.orders import refresh_carriers
@@ -124,7 +130,7 @@ class World:
         if initial_stock is not None:
             handle.clarus.initial_stock = initial_stock
         world = cls(tmp, clarus_sb=handle.clarus, shopify_sb=handle.shopify, netsuite_sb=handle.netsuite, urls=handle.urls(),
-                    connector_limits={"max_elapsed_s": 30.0})
+                    connector_limits={"max_elapsed_s": 30.0}, state=state)
         world.handle, world.recorder = handle, hooks
         world._closers = [handle.stop] + ([lambda: hooks.__exit__(None, None, None)] if hooks else [])
         sync_item_master(world.store, POLICIES, netsuite=world.netsuite, clarus=world.clarus, shopify=world.shopify)
@@ -133,7 +139,8 @@ class World:
 
     @classmethod
     def local(cls, tmp: Path, *, clarus_kwargs: Mapping[str, Any] | None = None, shopify_webhooks: bool = False,
-              netsuite_webhooks: bool = False, order_payloads: bool = False) -> "World":
+              netsuite_webhooks: bool = False, order_payloads: bool = False,
+              state: Path | str | None = None) -> "World":
         """Sandboxes built here around one catalogue; Clarus' webhooks (and optionally Shopify's and
         NetSuite's) go through the real receiver; NetSuite commits sales orders when `commit_erp` says."""
         from clarus_pipelines.receiver.app import WebhookSecrets, create_app
@@ -167,7 +174,7 @@ class World:
         if netsuite_webhooks:
             netsuite_sb.webhook_url = f"{receiver.url}/webhooks/netsuite"
         world = cls(tmp, clarus_sb=clarus_sb, shopify_sb=shopify_sb, netsuite_sb=netsuite_sb, urls=urls,
-                    order_payloads=order_payloads)
+                    order_payloads=order_payloads, state=state)
         world.catalog, world.ns_now, world.receiver, world._served = catalog, ns_now, receiver, [*served, receiver]
         return world
 
@@ -176,8 +183,7 @@ class World:
         (one test's view of a module's world; closing it stops nothing)."""
         view = copy.copy(self)
         view.parent = self
-        view.state_path = tmp / "state.duckdb"
-        view.store = copy_state(self.store, view.state_path)
+        view.state_path, view.store = copy_state(self.state_path, tmp / "state.duckdb")
         view.landing_dir = tmp / "landing"
         view.zone = LandingZone(view.landing_dir, fsync=False)
         view.products = dict(self.products)

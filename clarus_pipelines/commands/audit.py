@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     clients = connectors_from(settings)
     now = utcnow()
     try:
-        report = run_audit(StateStore(settings.state_db_path), policies, now=now, since=now - args.since,
+        report = run_audit(StateStore(settings.state_target), policies, now=now, since=now - args.since,
                            settings=settings, receiver_url=args.receiver_url, keep=not args.no_keep, **clients)
     finally:
         for client in clients.values():

@@ -33,7 +33,7 @@ def _state_tables(settings: Settings):
     from clarus_pipelines.domain.order_flow import carriers_table, products_table
     from clarus_pipelines.state import StateStore
 
-    store = StateStore(settings.state_db_path)
+    store = StateStore(settings.state_target)
     with store.read() as con:
         return products_table(con), carriers_table(con)
 

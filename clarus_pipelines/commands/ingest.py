@@ -32,8 +32,8 @@ BATCH_SIZE = 500
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--landing-dir", type=Path, default=None,
                         help="landing zone (default $CLARUS_PIPELINES_LANDING_DIR or $CLARUS_PIPELINES_HOME/landing)")
-    parser.add_argument("--state", type=Path, default=None,
-                        help="state DuckDB file (default $CLARUS_PIPELINES_STATE_DB or $CLARUS_PIPELINES_HOME/state.duckdb)")
+    parser.add_argument("--state", type=str, default=None,
+                        help="state: a DuckDB file or postgresql:// URL (default $CLARUS_PIPELINES_STATE_URL, $CLARUS_PIPELINES_STATE_DB or $CLARUS_PIPELINES_HOME/state.duckdb)")
 
 
 def open_intake(args: argparse.Namespace) -> tuple[Settings, LandingZone | Inbox, StateStore]:
@@ -45,7 +45,7 @@ def open_intake(args: argparse.Namespace) -> tuple[Settings, LandingZone | Inbox
         zone = Inbox(settings.inbox_url, pool_size=2)
     else:
         zone = LandingZone(args.landing_dir or settings.landing_path)
-    store = StateStore(args.state or settings.state_db_path)
+    store = StateStore(args.state or settings.state_target)
     return settings, zone, store
 
 

@@ -27,10 +27,8 @@ shipment. A goods out event arriving twice changes nothing.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
-import os
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -1085,20 +1083,12 @@ def advancing_lock(store: StateStore) -> Iterator[bool]:
     """One advancing pass at a time per state database (yields False when another holds it).
 
     Two runs moving the same shipment at once could both pass the "not yet fulfilled"
-    look-up and fulfil units of another shipment of the order. An advisory lock file
-    beside the database (released by the OS if the process dies) keeps passes apart.
+    look-up and fulfil units of another shipment of the order. The store's named lock
+    (a lock file beside a DuckDB file, an advisory lock in PostgreSQL; released if the
+    process dies) keeps passes apart.
     """
-    lock_path = store.path.with_name(store.path.name + ".dispatch.lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
+    with store.try_lock("dispatch") as held:
+        yield held
 
 
 def advance_all(

@@ -522,7 +522,7 @@ def apply_verdicts(
     try:
         con.execute(
             "DELETE FROM order_holds WHERE order_id IN (SELECT unnest(?::VARCHAR[]))"
-            " AND (order_id, code, message) NOT IN (SELECT (order_id, code, message) FROM _holds_batch)",
+            " AND (order_id, code, message) NOT IN (SELECT order_id, code, message FROM _holds_batch)",
             [touched],
         )
         con.execute(

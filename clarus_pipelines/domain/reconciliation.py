@@ -534,7 +534,7 @@ def run_reconciliation(
     """Reconcile one UTC day: write its CSV, sync RECONCILIATION_MISMATCH, record the report."""
     now = now or utcnow()
     start, end = _day_bounds(day)
-    with store.read() as con:
+    with store.check_reader(CHECK_TABLES) as con:  # PostgreSQL: a DuckDB copy of these tables
         day_orders = orders_touched(con, start, end)
         report = reconcile(con, day_orders, now=now, report_date=day, tolerance=tolerance)
         recent = orders_touched(con, now - lookback, now + timedelta(seconds=1))
@@ -556,6 +556,10 @@ def run_reconciliation(
              _total(rows, "shipped_goods"), _total(rows, "expected_goods"), run_id],
         )
     return ReconciliationRun(day, path, report, window, outcome)
+
+
+# What `run_reconciliation` reads (in PostgreSQL mode pulled into DuckDB for the computation).
+CHECK_TABLES = ("orders", "order_lines", "shipments", "shipment_lines", "refunds", "refund_lines", "exceptions")
 
 
 def reports(con: duckdb.DuckDBPyConnection, limit: int = 60) -> pl.DataFrame:

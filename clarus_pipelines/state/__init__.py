@@ -1,3 +1,4 @@
-from clarus_pipelines.state.store import LockTimeout, StateStore, migrate
+from clarus_pipelines.state.pg import PgStateStore, pg_connect
+from clarus_pipelines.state.store import LockTimeout, StateStore, migrate, open_state
 
-__all__ = ["LockTimeout", "StateStore", "migrate"]
+__all__ = ["LockTimeout", "PgStateStore", "StateStore", "migrate", "open_state", "pg_connect"]

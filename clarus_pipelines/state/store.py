@@ -24,11 +24,13 @@ import shutil
 import struct
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 
 import duckdb
+
+from clarus_pipelines.state.pg import PgStateStore, is_postgres_url
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +41,36 @@ class LockTimeout(TimeoutError):
     """The state file stayed locked by another process for longer than allowed."""
 
 
+def duckdb_path(target: Path | str) -> Path:
+    """The file of a DuckDB state target: a plain path or `duckdb:///path`."""
+    text = str(target)
+    if text.startswith("duckdb://"):
+        text = text[len("duckdb://"):]
+    return Path(text)
+
+
+def open_state(target: Path | str, lock_timeout_s: float = 120.0) -> StateStore | PgStateStore:
+    """The state store for `CLARUS_PIPELINES_STATE_URL`: a DuckDB file or `postgresql://...`."""
+    if is_postgres_url(str(target)):
+        return PgStateStore(str(target), lock_timeout_s=lock_timeout_s)
+    return StateStore(duckdb_path(target), lock_timeout_s=lock_timeout_s)
+
+
 class StateStore:
-    """Handle on the state DuckDB file. Cheap to create; holds no open connection."""
+    """Handle on the state DuckDB file. Cheap to create; holds no open connection.
+
+    Given a `postgresql://` URL instead of a path it returns a `PgStateStore` (same contract).
+    """
+
+    backend = "duckdb"
+
+    def __new__(cls, path: Path | str = "", lock_timeout_s: float = 120.0):
+        if cls is StateStore and is_postgres_url(str(path)):
+            return PgStateStore(str(path), lock_timeout_s=lock_timeout_s)
+        return super().__new__(cls)
 
     def __init__(self, path: Path | str, lock_timeout_s: float = 120.0):
-        self.path = Path(path)
+        self.path = duckdb_path(path)
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.lock_timeout_s = lock_timeout_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,6 +136,31 @@ class StateStore:
             return
         with self.write():
             pass
+
+    @contextlib.contextmanager
+    def check_reader(self, tables: Sequence[str]) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A DuckDB connection holding `tables` (`"name"` or `"name(col, ...)"`) for the data checks
+        to read: here the state itself, read-only; in PostgreSQL a DuckDB copy (`PgStateStore`)."""
+        with self.read() as con:
+            yield con
+
+    @contextlib.contextmanager
+    def try_lock(self, name: str) -> Iterator[bool]:
+        """A named lock between processes, not waited for: yields False when another holds it.
+
+        A lock file beside the database (`<file>.<name>.lock`), released by the OS if the
+        process dies. Independent of the state lock: it keeps a multi-transaction pass apart.
+        """
+        fd = os.open(self.path.with_name(f"{self.path.name}.{name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
 
     def snapshot(self, target: Path | str | None = None) -> Path:
         """Copy the database under a shared lock and return the copy's path.
@@ -205,6 +257,17 @@ def _migration_files() -> list[tuple[int, str, str]]:
             version = int(entry.name.split("_", 1)[0])
             found.append((version, entry.name, entry.read_text(encoding="utf-8")))
     return sorted(found)
+
+
+def _pg_overrides() -> dict[int, str]:
+    """PostgreSQL texts for migrations whose transpiled DuckDB text is wrong: `postgres/NNN_*.sql`."""
+    found: dict[int, str] = {}
+    folder = resources.files(MIGRATIONS_PACKAGE).joinpath("postgres")
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            if entry.name.endswith(".sql"):
+                found[int(entry.name.split("_", 1)[0])] = entry.read_text(encoding="utf-8")
+    return found
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -5,18 +5,44 @@ state); a test module sets its options in `WORLD_OPTIONS` (e.g. Shopify's webhoo
 a subclass with its flow's own helpers in `WORLD_CLASS`. A module
 that needs the costlier trio (`World.trio`, the item master synced) opens it once at module scope
 under its own fixture and gives each test `world.fork(tmp_path)`.
+
+State backends: a module that sets `STATE_BACKENDS = ("duckdb", "postgres")` runs each test that
+uses `world` (or `state_backend`) once per backend; PostgreSQL runs get a fresh database, dropped
+after the test, and the `postgres` marker. Other modules run on the DuckDB file only.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from pgstate import state_base
 from world import World
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "state_backend" not in metafunc.fixturenames:
+        return
+    backends = getattr(metafunc.module, "STATE_BACKENDS", ("duckdb",))
+    if tuple(backends) == ("duckdb",):
+        return
+    scope = getattr(metafunc.module, "STATE_BACKEND_SCOPE", "function")
+    metafunc.parametrize(
+        "state_backend",
+        [pytest.param(b, marks=pytest.mark.postgres) if b == "postgres" else b for b in backends],
+        indirect=True, scope=scope,
+    )
+
+
+@pytest.fixture(scope="module")
+def state_backend(request) -> str:
+    """'duckdb' or 'postgres' (see STATE_BACKENDS)."""
+    return getattr(request, "param", "duckdb")
+
+
 @pytest.fixture
-def world(request, tmp_path):
+def world(request, tmp_path, state_backend):
     kind = getattr(request.module, "WORLD_CLASS", World)
-    w = kind.local(tmp_path, **getattr(request.module, "WORLD_OPTIONS", {}))
-    yield w
-    w.close()
+    with state_base(state_backend, tmp_path) as state:  # a DuckDB file, or a fresh database dropped after
+        w = kind.local(tmp_path, state=state, **getattr(request.module, "WORLD_OPTIONS", {}))
+        yield w
+        w.close()

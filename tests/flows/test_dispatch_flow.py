@@ -53,6 +53,7 @@ class DispatchWorld(World):
 
 
 WORLD_CLASS = DispatchWorld  # the `world` fixture (tests/flows/conftest.py)
+STATE_BACKENDS = ("duckdb", "postgres")  # every test once per state backend
 
 
 def _ifs_of(world, so_id):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from pgstate import state_base
 from world import World
 
 from clarus_pipelines.assets import item_master as item_master_module
@@ -40,12 +41,18 @@ ADDRESS = {
 STANDARD = [{"code": "standard", "title": "Standard Shipping", "price": "3.95"}]
 
 
+STATE_BACKENDS = ("duckdb", "postgres")  # every test once per state backend (tests/flows/conftest.py)
+STATE_BACKEND_SCOPE = "module"
+
+
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """One sandbox trio for the module, the item master synced into its state (tests/world.py)."""
-    w = World.trio(tmp_path_factory.mktemp("orders-world"), initial_stock=(10_000, 10_000))
-    yield w
-    w.close()
+def world(tmp_path_factory, state_backend):
+    """One sandbox trio for the module and backend, the item master synced into its state (tests/world.py)."""
+    folder = tmp_path_factory.mktemp("orders-world")
+    with state_base(state_backend, folder) as state:
+        w = World.trio(folder, initial_stock=(10_000, 10_000), state=state)
+        yield w
+        w.close()
 
 
 class Harness:

@@ -66,6 +66,7 @@ class RefundWorld(World):
 # placed with their Shopify payload and Clarus status in the state, as the orders flow leaves them.
 WORLD_CLASS = RefundWorld
 WORLD_OPTIONS = {"shopify_webhooks": True, "order_payloads": True}
+STATE_BACKENDS = ("duckdb", "postgres")  # every test once per state backend
 
 
 def _path_count(requests, fragment):

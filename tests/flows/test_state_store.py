@@ -1,20 +1,22 @@
-"""The state store: migrations, one writer at a time, readers and snapshots never failing on the lock."""
+"""The state store contract, on both backends (a DuckDB file and PostgreSQL): migrations, one
+writer at a time, readers never failing on the lock; DuckDB snapshots for the dashboard."""
 
 import multiprocessing as mp
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
 import pytest
 
-from clarus_pipelines.state import LockTimeout, StateStore
+from clarus_pipelines.state import LockTimeout, PgStateStore, StateStore, open_state
 from clarus_pipelines.state.store import _migration_files
 
 
-def test_migrations_apply_once_in_order(tmp_path):
-    store = StateStore(tmp_path / "state.duckdb")
+def test_migrations_apply_once_in_order(state_target):
+    store = StateStore(state_target)
     store.ensure_schema()
-    again = StateStore(tmp_path / "state.duckdb")
+    again = StateStore(state_target)
     again.ensure_schema()
     with again.read() as con:
         applied = [r[0] for r in con.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()]
@@ -24,8 +26,8 @@ def test_migrations_apply_once_in_order(tmp_path):
             "stock_snapshots", "exceptions", "exception_events", "processed_landings", "outbound_writes"} <= tables
 
 
-def test_write_rolls_back_on_error(tmp_path):
-    store = StateStore(tmp_path / "state.duckdb")
+def test_write_rolls_back_on_error(state_target):
+    store = StateStore(state_target)
     with pytest.raises(RuntimeError):
         with store.write() as con:
             con.execute(
@@ -36,16 +38,16 @@ def test_write_rolls_back_on_error(tmp_path):
         assert con.execute("SELECT count(*) FROM bindings").fetchone()[0] == 0
 
 
-def test_skus_with_leading_zeros_stay_strings(tmp_path):
-    store = StateStore(tmp_path / "state.duckdb")
+def test_skus_with_leading_zeros_stay_strings(state_target):
+    store = StateStore(state_target)
     with store.write() as con:
         con.execute("INSERT INTO items (sku, sku_raw, updated_at) VALUES (?, ?, now())", ["000123", " 000123 "])
     with store.read() as con:
         assert con.execute("SELECT sku FROM items").fetchone()[0] == "000123"
 
 
-def test_writer_waits_for_lock_then_times_out_cleanly(tmp_path):
-    path = tmp_path / "state.duckdb"
+def test_writer_waits_for_lock_then_times_out_cleanly(state_target):
+    path = state_target
     StateStore(path).ensure_schema()
     holder = StateStore(path)
     impatient = StateStore(path, lock_timeout_s=0.3)
@@ -75,6 +77,8 @@ def _reader(path: str, worker: int, rounds: int, errors, snapshot_dir: str) -> N
         for i in range(rounds):
             with store.read() as con:
                 con.execute("SELECT count(*) FROM processed_landings").fetchone()
+            if isinstance(store, PgStateStore):
+                continue  # PostgreSQL: no file to copy, readers read through transactions
             copy = store.snapshot(Path(snapshot_dir) / f"r{worker}-{i}.duckdb")
             with duckdb.connect(str(copy), read_only=True) as con:
                 con.execute("SELECT count(*) FROM processed_landings").fetchone()
@@ -82,8 +86,8 @@ def _reader(path: str, worker: int, rounds: int, errors, snapshot_dir: str) -> N
         errors.put(f"reader {worker}: {exc!r}")
 
 
-def test_concurrent_writers_and_readers_in_separate_processes(tmp_path):
-    path = str(tmp_path / "state.duckdb")
+def test_concurrent_writers_and_readers_in_separate_processes(tmp_path, state_target):
+    path = state_target
     StateStore(path).ensure_schema()
     ctx = mp.get_context("spawn")
     errors = ctx.Queue()
@@ -160,3 +164,120 @@ def test_lock_serves_waiters_in_arrival_order_under_saturation(tmp_path):
     assert max(r[4] for r in readers) < 3.0, readers  # a snapshot waits for the queue ahead of it only
     with StateStore(path).read() as con:
         assert con.execute("SELECT count(*) FROM processed_landings").fetchone()[0] == sum(r[2] for r in writers)
+
+
+def test_open_state_picks_the_backend_from_the_target(tmp_path):
+    assert isinstance(open_state(tmp_path / "a.duckdb"), StateStore)
+    assert open_state(f"duckdb://{tmp_path}/b.duckdb").path == tmp_path / "b.duckdb"
+    assert isinstance(open_state("postgresql://postgres@127.0.0.1:5432/x"), PgStateStore)
+    assert isinstance(StateStore("postgresql://postgres@127.0.0.1:5432/x"), PgStateStore)
+
+
+def test_duckdb_dialect_runs_unchanged_on_both(state_target):
+    """What the flows rely on: `?` parameters, lists, registered frames (lists, NULL versus empty
+    text), INSERT OR REPLACE, GROUP BY ALL, JSON read back as text, DML answering its row count."""
+    import polars as pl
+
+    store = StateStore(state_target)
+    with store.write() as con:
+        con.executemany("INSERT INTO items (sku, sku_raw, updated_at) VALUES (?, ?, now())",
+                        [["000123", "000123"], ["A-1", "a-1"]])
+        frame = pl.DataFrame({"sku": ["000123", "B-2", None], "note": ["", None, "x"],
+                              "tags": [["p", "q"], [], None]})
+        con.register("_frame", frame)
+        got = con.sql("SELECT sku, note, tags FROM _frame ORDER BY sku NULLS LAST").pl()
+        con.unregister("_frame")
+        assert got.to_dicts() == [{"sku": "000123", "note": "", "tags": ["p", "q"]},
+                                  {"sku": "B-2", "note": None, "tags": []},
+                                  {"sku": None, "note": "x", "tags": None}]
+        assert con.execute("SELECT sku FROM items WHERE sku IN (SELECT unnest(?::VARCHAR[])) ORDER BY sku",
+                           [["000123", "A-1", "Z"]]).fetchall() == [("000123",), ("A-1",)]
+        assert con.execute("SELECT sku FROM items WHERE sku IN (SELECT unnest(?))", [[]]).fetchall() == []
+        con.execute("INSERT OR REPLACE INTO items (sku, sku_raw, description, updated_at) VALUES (?, ?, ?, now())",
+                    ["000123", " 000123", "50% off"])
+        assert con.execute("SELECT sku_raw, description FROM items WHERE sku LIKE '0%'").fetchall() == [
+            (" 000123", "50% off")]
+        assert con.execute("UPDATE items SET barcode = ? WHERE sku LIKE ?", ["1", "%"]).fetchone()[0] == 2
+        assert sorted(con.execute("SELECT left(sku, 1) AS first, count(*) FROM items GROUP BY ALL").fetchall()) == [
+            ("0", 1), ("A", 1)]
+        con.execute("INSERT INTO exceptions VALUES ('X', 'e1', 'order', 'ops', 'warning', 'open', 'm', ?::JSON,"
+                    " now(), now(), 1, NULL, NULL, NULL)", ['{"b": 1, "a": [1]}'])
+        details = con.execute("SELECT details, json_extract_string(details, '$.b') FROM exceptions").fetchone()
+        assert details[1] == "1" and isinstance(details[0], str)
+    with store.read() as con:
+        assert con.execute("SELECT count(*) FROM items").fetchone()[0] == 2
+
+
+def test_postgres_readers_take_no_lock_and_never_write():
+    from pgstate import fresh_database
+
+    with fresh_database() as url:
+        store = StateStore(url, lock_timeout_s=5)
+        store.ensure_schema()
+        with store.write() as con:  # the writer lock is held: a reader still reads
+            con.execute("INSERT INTO processed_landings VALUES ('a', 'shopify', 'orders/create', now(), NULL)")
+            with store.read() as reader:
+                assert reader.execute("SELECT count(*) FROM processed_landings").fetchone()[0] == 0
+        with store.read() as con:
+            con.execute("INSERT INTO processed_landings VALUES ('b', 'shopify', 'orders/create', now(), NULL)")
+        with store.read() as con:
+            assert [r[0] for r in con.execute("SELECT landing_id FROM processed_landings").fetchall()] == ["a"]
+
+
+test_postgres_readers_take_no_lock_and_never_write = pytest.mark.postgres(
+    test_postgres_readers_take_no_lock_and_never_write)
+
+
+def test_migrations_in_duckdb_dialect_are_taken_as_they_come(monkeypatch):
+    """A new NNN_*.sql written for DuckDB applies to PostgreSQL too (transpiled), recorded once."""
+    from clarus_pipelines.state import store as store_module
+    from pgstate import fresh_database
+
+    extra = (99, "099_extra.sql", "CREATE SEQUENCE extra_seq;\nCREATE TABLE extra (id BIGINT PRIMARY KEY DEFAULT"
+             " nextval('extra_seq'), tags VARCHAR[], body JSON, ratio DOUBLE, at TIMESTAMP NOT NULL);\n"
+             "ALTER TABLE extra ADD COLUMN n INTEGER DEFAULT 0;")
+    files = store_module._migration_files() + [extra]
+    monkeypatch.setattr(store_module, "_migration_files", lambda: files)
+    with fresh_database() as url:
+        store = StateStore(url)
+        with store.write() as con:
+            con.execute("INSERT INTO extra (tags, body, ratio, at) VALUES (?, ?, 0.5, now())", [["a"], '{"k": 1}'])
+        with StateStore(url).read() as con:
+            assert con.execute("SELECT id, tags, n FROM extra").fetchall() == [(1, ["a"], 0)]
+            assert con.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == 99
+
+
+test_migrations_in_duckdb_dialect_are_taken_as_they_come = pytest.mark.postgres(
+    test_migrations_in_duckdb_dialect_are_taken_as_they_come)
+
+
+def test_a_refused_statement_is_a_duckdb_error_on_both(state_target):
+    """Flows set a bad record aside by catching duckdb.Error: PostgreSQL's refusals are one too."""
+    store = StateStore(state_target)
+    with pytest.raises(duckdb.Error) as refused:
+        with store.write() as con:
+            con.execute("INSERT INTO items (sku, sku_raw, updated_at) VALUES ('A', 'a', now())")
+            con.execute("INSERT INTO items (sku, sku_raw, updated_at) VALUES ('A', 'a', now())")
+    assert "items" in str(refused.value) or "PRIMARY KEY" in str(refused.value) or "unique" in str(refused.value)
+    with store.read() as con:
+        assert con.execute("SELECT count(*) FROM items").fetchone()[0] == 0
+
+
+def test_try_cast_is_null_not_an_error_on_both(state_target):
+    with StateStore(state_target).read() as con:
+        assert con.execute("SELECT TRY_CAST(? AS DECIMAL(18, 2)), TRY_CAST(? AS DECIMAL(18, 2)), TRY_CAST(? AS BOOLEAN),"
+                           " TRY_CAST(? AS TIMESTAMPTZ) IS NULL", ["12.345", "twelve", "maybe", "not a time"]
+                           ).fetchone() == (Decimal("12.35"), None, None, True)
+
+
+def test_checks_read_a_duckdb_holding_the_tables_they_name(state_target):
+    """The data checks' engine is DuckDB on both backends; in PostgreSQL mode a copy through Arrow."""
+    store = StateStore(state_target)
+    with store.write() as con:
+        con.execute("INSERT INTO orders (order_id, order_name, status, hold_reasons, payload, total_price, received_at,"
+                    " updated_at) VALUES ('1', '#1', 'HELD', ['SKU_UNKNOWN'], '{\"a\": [1, 2]}', 12.50, now(), now())")
+    with store.check_reader(("orders", "order_lines(order_id, line_id)")) as con:
+        assert isinstance(con, duckdb.DuckDBPyConnection)
+        assert con.execute("SELECT order_name, hold_reasons, json_array_length(payload, '$.a'), total_price"
+                           " FROM orders").fetchall() == [("#1", ["SKU_UNKNOWN"], 2, Decimal("12.50"))]
+        assert con.execute("SELECT count(*) FROM order_lines").fetchone() == (0,)

@@ -210,3 +210,25 @@ def test_shipped_data_files_are_read_from_inside_the_package():
 
     assert SANDBOX_POLICIES.is_file() and SANDBOX_POLICIES.parent.name == "config"
     assert load_suites(SUITES_DIR) and SUBSET_PATH.is_file()
+
+
+def test_state_url_chooses_duckdb_or_postgresql(monkeypatch, tmp_path):
+    """CLARUS_PIPELINES_STATE_URL: a DuckDB file (path or duckdb:///path) or postgresql://; the
+    older CLARUS_PIPELINES_STATE_DB and the home default still name the DuckDB file."""
+    from clarus_pipelines.definitions import build_resources
+    from clarus_pipelines.state import PgStateStore, StateStore
+
+    monkeypatch.setenv("CLARUS_PIPELINES_HOME", str(tmp_path))
+    monkeypatch.delenv("CLARUS_PIPELINES_STATE_URL", raising=False)
+    monkeypatch.delenv("CLARUS_PIPELINES_STATE_DB", raising=False)
+    assert Settings().state_target == str((tmp_path / "state.duckdb").resolve())
+    monkeypatch.setenv("CLARUS_PIPELINES_STATE_DB", str(tmp_path / "old.duckdb"))
+    assert Settings().state_target == str(tmp_path / "old.duckdb")
+    monkeypatch.setenv("CLARUS_PIPELINES_STATE_URL", f"duckdb://{tmp_path}/new.duckdb")
+    assert Settings().state_db_path == tmp_path / "new.duckdb" and not Settings().state_is_postgres
+    url = "postgresql://clarus:secret@db.internal:5432/clarus_state"
+    monkeypatch.setenv("CLARUS_PIPELINES_STATE_URL", url)
+    assert Settings().state_is_postgres and Settings().state_target == url
+    state = build_resources(Settings())["state"]
+    assert isinstance(state.store(), PgStateStore) and state.store().url == url
+    assert isinstance(StateStore(tmp_path / "x.duckdb"), StateStore)
