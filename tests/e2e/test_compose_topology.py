@@ -10,10 +10,9 @@ PostgreSQL with fresh databases. Each service's own compose healthcheck command 
 is up. Then signed orders go through the proxy, reach both receivers, the state and the
 sandbox warehouse.
 
-State modes: by default both are tried. `postgresql` is the final design (compose's
-CLARUS_PIPELINES_STATE_URL); it is skipped while this tree's settings do not read that
-variable. `duckdb` drops CLARUS_PIPELINES_STATE_URL, so the services share the DuckDB file in
-the shared volume (what the tree supports today). TOPOLOGY_STATE_URL=duckdb|postgresql picks one.
+The state is where compose puts it: CLARUS_PIPELINES_STATE_URL, a PostgreSQL database. The
+receivers mount no shared volume (compose gives them none): each webhook is a committed row in
+PostgreSQL's webhook inbox, and the runs read it from there.
 """
 
 from __future__ import annotations
@@ -48,7 +47,7 @@ DEPLOY = REPO / "deploy"
 BIN = Path(sys.executable).parent
 PG = dict(host="127.0.0.1", port=5432, user="postgres")
 OURS_PREFIXES = ("CLARUS_", "SHOPIFY_", "NETSUITE_", "DAGSTER_", "PYTEST", "ALERT_", "POSTGRES_")
-MODES = [m for m in ("postgresql", "duckdb") if os.environ.get("TOPOLOGY_STATE_URL", m) == m]
+MODES = ["postgresql"]
 
 
 def free_port() -> int:
@@ -247,11 +246,6 @@ def databases():
         admin.close()
 
 
-def state_url_supported() -> bool:
-    """Whether this tree's settings read CLARUS_PIPELINES_STATE_URL (the PostgreSQL state store)."""
-    return "CLARUS_PIPELINES_STATE_URL" in (REPO / "clarus_pipelines" / "settings.py").read_text()
-
-
 def is_healthy(topology: Topology, name: str, proc: subprocess.Popen, env: dict, cwd: Path, log: Path) -> bool:
     """One run of the service's own compose healthcheck command."""
     check = topology.services[name]["healthcheck"]["test"]
@@ -290,16 +284,7 @@ def count_orders(mode: str, topology: Topology) -> int:
                 return 0
             cur.execute(psycopg2.sql.SQL("SELECT count(*) FROM {}.orders").format(psycopg2.sql.Identifier(schemas[0])))
             return cur.fetchone()[0]
-    from clarus_pipelines.state import StateStore
-
-    path = topology.volumes["clarus-data"] / "state.duckdb"
-    if not path.exists():
-        return 0
-    try:
-        with StateStore(path, lock_timeout_s=5).read() as con:
-            return con.execute("SELECT count(*) FROM orders").fetchone()[0]
-    except Exception:  # a run holds the writer lock or migrations are running: ask again
-        return 0
+    raise ValueError(mode)
 
 
 # ------------------------------------------------------------------ the test
@@ -307,9 +292,6 @@ def count_orders(mode: str, topology: Topology) -> int:
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("mode", MODES)
 def test_compose_services_start_from_their_commands_and_orders_flow(tmp_path, databases, mode):
-    if mode == "postgresql" and not state_url_supported():
-        pytest.skip("the PostgreSQL state store is not in this tree (settings do not read CLARUS_PIPELINES_STATE_URL); "
-                    "TOPOLOGY_STATE_URL=duckdb runs the same topology on a shared DuckDB file")
     if not shutil.which("haproxy") and not Path("/usr/sbin/haproxy").exists():
         pytest.fail("haproxy is not installed: scripts/install_proxy.sh installs Debian's package (scripts/test runs it)")
     from clarus_pipelines.commands.demo import load_or_create_secrets
@@ -373,6 +355,9 @@ def test_compose_services_start_from_their_commands_and_orders_flow(tmp_path, da
             metrics = httpx.get(f"http://127.0.0.1:{topology.port(receiver, 9700)}/metrics", timeout=10).text
             accepted = re.search(r'clarus_receiver_webhooks_accepted_total\{source="shopify"\} (\d+)', metrics)
             assert accepted and int(accepted.group(1)) >= 1, f"{receiver} took none of the webhooks"
+        with psycopg2.connect(dbname=topology.databases["clarus_state"], **PG) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM webhook_inbox WHERE source = 'shopify' AND webhook_id LIKE 'wh-topology-%'")
+            assert cur.fetchone()[0] == 6  # each acknowledged webhook committed to PostgreSQL once
 
         # the sandbox's generated orders (signed by the sandbox, sent to the proxy) reach the state and Clarus
         clarus = f"http://127.0.0.1:{topology.port('sandbox', 8701)}"
