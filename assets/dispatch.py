@@ -46,6 +46,7 @@ from clarus_pipelines.domain.dispatch import (
 from clarus_pipelines.domain.tracking import TrackingRules
 from clarus_pipelines.exception_queue import sync_exceptions, utcnow
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource
+from clarus_pipelines.sensors.event_path import event_path_active
 
 GROUP = "dispatch"
 
@@ -245,6 +246,8 @@ def dispatch_work_sensor(context: dg.SensorEvaluationContext, state: StateStoreR
     the sensor asks again only for work newer than its cursor, or, when shipments are merely due,
     once a minute, so a slow run never collects a queue of identical requests behind it.
     """
+    if event_path_active(context):  # the running event_path drain moves dispatches on itself
+        return dg.SkipReason("an event_path run is queued or running; it moves the dispatches on")
     work = pending_dispatch_work(state)
     if not (work["new_events"] or work["due_shipments"] or work["erp_news"]):
         return dg.SkipReason(

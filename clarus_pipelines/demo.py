@@ -112,7 +112,19 @@ concurrency:
   pools:
     default_limit: 1
 """
-DEMO_DAGSTER_YAML = "telemetry:\n  enabled: false\n" + DAGSTER_CONCURRENCY_YAML
+# The event path waits on the run queue and the sensors: the queue is read every second (not
+# every 5), and sensors are evaluated side by side, so a slow one never delays `event_path`.
+DAGSTER_DAEMON_YAML = """\
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    dequeue_interval_seconds: 1
+sensors:
+  use_threads: true
+  num_workers: 4
+"""
+DEMO_DAGSTER_YAML = "telemetry:\n  enabled: false\n" + DAGSTER_CONCURRENCY_YAML + DAGSTER_DAEMON_YAML
 
 
 def demo_environment(args: argparse.Namespace, home: Path) -> dict[str, str]:

@@ -58,6 +58,7 @@ from clarus_pipelines.domain.orders import HOLD_CODES, parse_orders, validate_or
 from clarus_pipelines.exception_queue import clear_exception, raise_exception, utcnow
 from clarus_pipelines.state.event_log import new_events
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource
+from clarus_pipelines.sensors.event_path import event_path_active
 from clarus_pipelines.settings import get_policies
 from clarus_pipelines.policies import Policies
 from clarus_pipelines.state import StateStore
@@ -523,6 +524,8 @@ def order_changes_sensor(context: dg.SensorEvaluationContext, state: StateStoreR
 @dg.sensor(job=orders_job, minimum_interval_seconds=10, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Start the orders job when new Shopify order events landed or released orders wait to be sent.")
 def orders_sensor(context: dg.SensorEvaluationContext, state: StateStoreResource):
+    if event_path_active(context):  # the running event_path drain takes the orders in (sensors/event_path.py)
+        return dg.SkipReason("an event_path run is queued or running; it takes new orders in")
     with state.store().read() as con:
         events = new_events(con, CONSUMER, source="shopify", topics=flow.ORDER_TOPICS, limit=1)
         sendable = len(flow.due_for_sending(con))
