@@ -6,6 +6,7 @@ import warnings
 import dagster as dg
 
 from clarus_pipelines.catalogue import dagster_owner, flow_owner
+from clarus_pipelines.logs import mask_our_records
 from clarus_pipelines.connectors.clarus import ClarusResource
 from clarus_pipelines.connectors.netsuite import NetSuiteResource
 from clarus_pipelines.connectors.shopify import ShopifyResource
@@ -95,4 +96,6 @@ def with_owner(spec: dg.AssetSpec) -> dg.AssetSpec:
     return spec.replace_attributes(owners=[dagster_owner(flow_owner(spec.group_name))])
 
 
+# Our loggers reach each run's event log (the instance's `python_logs`): masked there too.
+mask_our_records()
 defs = build_defs()

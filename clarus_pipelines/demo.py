@@ -124,7 +124,15 @@ sensors:
   use_threads: true
   num_workers: 4
 """
-DEMO_DAGSTER_YAML = "telemetry:\n  enabled: false\n" + DAGSTER_CONCURRENCY_YAML + DAGSTER_DAEMON_YAML
+# What our modules log during a run (domain rules, connectors' retries) shows in that run's
+# event log beside Dagster's own lines, personal data masked (`logs.mask_our_records`).
+DAGSTER_PYTHON_LOGS_YAML = """\
+python_logs:
+  managed_python_loggers:
+    - clarus_pipelines
+  python_log_level: INFO
+"""
+DEMO_DAGSTER_YAML = "telemetry:\n  enabled: false\n" + DAGSTER_CONCURRENCY_YAML + DAGSTER_DAEMON_YAML + DAGSTER_PYTHON_LOGS_YAML
 
 
 def demo_environment(args: argparse.Namespace, home: Path) -> dict[str, str]:
