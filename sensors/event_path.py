@@ -287,7 +287,8 @@ def drain_event_path(
     name=JOB_NAME,
     description="The event path in one run: landings -> orders -> NetSuite and Clarus -> dispatches -> Shopify, "
     "drained until idle (see sensors/event_path.py).",
-    tags={"flow": "orders", "dagster/max_runtime": "2400"},
+    # first out of the queue: housekeeping runs (alerts, stuck states, probes) wait behind it
+    tags={"flow": "orders", "dagster/max_runtime": "2400", "dagster/priority": "10"},
 )
 def event_path_job():
     drain_event_path()

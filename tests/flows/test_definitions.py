@@ -87,3 +87,15 @@ def test_the_instance_not_the_sensors_prevents_overlap(tmp_path):
     for path in (*REPO.glob("sensors/*.py"), *REPO.glob("assets/*.py")):
         assert "get_runs(" not in path.read_text(), path
 
+
+
+def test_one_freshness_mechanism_per_asset():
+    """An asset is watched for freshness by a freshness check or a FreshnessPolicy, never both
+    (two verdicts on one question); today that is the stock snapshots' last-update check."""
+    from clarus_pipelines.definitions import defs
+
+    graph = defs.get_repository_def().asset_graph
+    checked = {key.asset_key for key in graph.asset_check_keys if key.name == "freshness_check"}
+    assert dg.AssetKey("stock_snapshots") in checked
+    both = [key for key in checked if graph.get(key).freshness_policy is not None]
+    assert both == []
