@@ -12,7 +12,8 @@
   shipment is due for its next step (waiting for the ERP, or retrying after a failure),
   or a NetSuite sales order webhook (the commit it waits for) landed; runs tagged
   `flow=dispatch` run one at a time by the instance's tag concurrency limit. The
-  `dispatch_sweep` schedule runs the sweep.
+  `dispatch_sweep` schedule runs the sweep. While an `event_path` run is queued or running it
+  skips: that run takes goods outs in and moves shipments on itself (sensors/event_path.py).
 """
 
 import json
