@@ -112,17 +112,13 @@ concurrency:
   pools:
     default_limit: 1
 """
-# The event path waits on the run queue and the sensors: the queue is read every second (not
-# every 5), and sensors are evaluated side by side, so a slow one never delays `event_path`.
+# The event path waits on the run queue: it is read every second, not every 5.
 DAGSTER_DAEMON_YAML = """\
 run_coordinator:
   module: dagster.core.run_coordinator
   class: QueuedRunCoordinator
   config:
     dequeue_interval_seconds: 1
-sensors:
-  use_threads: true
-  num_workers: 4
 """
 # What our modules log during a run (domain rules, connectors' retries) shows in that run's
 # event log beside Dagster's own lines, personal data masked (`logs.mask_our_records`).

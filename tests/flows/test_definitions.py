@@ -66,8 +66,8 @@ def test_the_instance_not_the_sensors_prevents_overlap(tmp_path):
 
     deployed = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())
     assert deployed["concurrency"] == yaml.safe_load(DAGSTER_CONCURRENCY_YAML)["concurrency"]
-    daemon = yaml.safe_load(DAGSTER_DAEMON_YAML)  # the queue read every second, sensors side by side
-    assert deployed["run_coordinator"] == daemon["run_coordinator"] and deployed["sensors"] == daemon["sensors"]
+    daemon = yaml.safe_load(DAGSTER_DAEMON_YAML)  # the queue read every second
+    assert deployed["run_coordinator"] == daemon["run_coordinator"]
     (tmp_path / "dagster.yaml").write_text(DEMO_DAGSTER_YAML)
     instance = dg.DagsterInstance.from_config(str(tmp_path))
     assert instance.event_log_storage.get_concurrency_info("shopify_stock_push").limit == 1  # one push at a time
