@@ -75,7 +75,7 @@ class EventPathConfig(dg.Config):
     erp_recheck_max_s: float = Field(default=600.0, description="Longest wait between NetSuite re-checks.")
     retry_base_s: float = Field(default=30.0, description="Wait after a failed dispatch call (doubles each attempt).")
     retry_max_s: float = Field(default=1800.0, description="Longest wait between dispatch retries.")
-    workers: int = Field(default=8, description="Orders whose shipments are advanced in parallel (calls wait on the network).")
+    workers: int = Field(default=4, description="Orders whose shipments are advanced in parallel (NetSuite refuses more than 5 calls in flight).")
     netsuite_customer_id: str | None = Field(default=None, description="Book orders to this NetSuite customer instead of the tenant's.")
 
     def dispatch_config(self) -> DispatchConfig:
