@@ -23,9 +23,11 @@ Idempotency is the flows' own: ingest skips processed landings, the orders and d
 flows record intent before each outside call, and one dispatch advancing pass runs at a time.
 """
 
+import contextlib
 import threading
 import time
 from collections import Counter
+from concurrent import futures
 from dataclasses import asdict
 from datetime import timedelta
 
@@ -46,10 +48,12 @@ from clarus_pipelines.domain.dispatch import (
     CONSUMER as DISPATCH_CONSUMER,
     DISPATCH_TOPICS,
     DispatchConfig,
-    advance_all,
+    advance_shipment,
+    advancing_lock,
     due_shipments,
     erp_news_for_waiting,
     take_in_landings,
+    wake_on_erp_news,
 )
 from clarus_pipelines.domain.tracking import TrackingRules
 from clarus_pipelines.exception_queue import utcnow
@@ -113,6 +117,9 @@ class _Drain:
         self.counts: dict[str, Counter] = {k: Counter() for k in
                                            ("landed_events", "shopify_orders", "orders_sent", "shipments")}
         self.counts_lock = threading.Lock()
+        self.pool = futures.ThreadPoolExecutor(max_workers=max(1, config.workers), thread_name_prefix="event-path-dispatch")
+        self.in_flight: dict[str, futures.Future] = {}
+        self.advancing: contextlib.ExitStack | None = None
 
     def count(self, name: str, moved: dict) -> None:
         with self.counts_lock:
@@ -164,23 +171,68 @@ class _Drain:
         return done
 
     def dispatch(self) -> int:
+        """Take landed goods outs in, then hand every due order's shipments to the pool as soon as
+        they are due (not once a whole batch has finished): one order's shipments in sequence,
+        orders side by side, under the advancing lock this run holds while it drains."""
+        moved = self._collect()
         with self.store.read() as con:
             row = con.execute("SELECT last_seq FROM event_consumers WHERE consumer = ?", [DISPATCH_CONSUMER]).fetchone()
             events = con.execute(
                 "SELECT count(*) FROM landed_events WHERE seq > ? AND source = 'clarus' AND topic IN (SELECT unnest(?))",
                 [row[0] if row else 0, list(DISPATCH_TOPICS)]).fetchone()[0]
-            due = len(due_shipments(con, utcnow())) or len(erp_news_for_waiting(con))
-        if not (events or due):
-            return 0
-        done = 0
+            erp_news = bool(erp_news_for_waiting(con))
         if events:
             policy = self.policies.load()
             taken = take_in_landings(self.store, TrackingRules.from_policies(policy), policy.sku_cleaning)
             self.count("shipments", {f"events_{k}": v for k, v in taken.items()})
-            done += int(events)
-        steps = advance_all(self.store, self.netsuite, self.shopify, config=self.config.dispatch_config())
-        self.count("shipments", steps)
-        return done + sum(n for outcome, n in steps.items() if outcome not in ("deferred", "waiting_erp", "busy", "failed"))
+            moved += int(events)
+        if self.advancing is None:
+            stack = contextlib.ExitStack()
+            if not stack.enter_context(advancing_lock(self.store)):
+                stack.close()  # another run advances (a sweep): it takes the due shipments
+                return moved
+            self.advancing = stack
+        if erp_news:  # a NetSuite commit webhook ends its shipments' ERP back-off now
+            with self.store.write() as con:
+                wake_on_erp_news(con, utcnow())
+        with self.store.read() as con:
+            due = due_shipments(con, utcnow())
+        by_order: dict[str, list[str]] = {}
+        for order_id, shipment_id in due:
+            if order_id not in self.in_flight:
+                by_order.setdefault(order_id, []).append(shipment_id)
+        for order_id, shipment_ids in by_order.items():
+            self.in_flight[order_id] = self.pool.submit(self._advance_order, shipment_ids)
+        moved += len(by_order)
+        if self.in_flight and not moved:  # only work under way: wait for some of it, not a busy loop
+            futures.wait(list(self.in_flight.values()), timeout=self.config.poll_s, return_when=futures.FIRST_COMPLETED)
+            moved += self._collect()
+        return moved + (1 if self.in_flight else 0)  # work under way is not idle
+
+    def _advance_order(self, shipment_ids: list[str]) -> list[str]:
+        return [advance_shipment(self.store, s, self.netsuite, self.shopify, config=self.config.dispatch_config())
+                for s in shipment_ids]
+
+    def _collect(self) -> int:
+        """Outcomes of the orders whose shipments finished their turn; how many made progress."""
+        progressed = 0
+        for order_id, future in list(self.in_flight.items()):
+            if future.done():
+                del self.in_flight[order_id]
+                outcomes = future.result()  # an unexpected error fails the run (after the other lanes stop)
+                self.count("shipments", Counter(outcomes))
+                progressed += any(o not in ("deferred", "waiting_erp", "failed", "raced") for o in outcomes)
+        return progressed
+
+    def close(self) -> None:
+        """Let the shipments under way finish, count them, and release the advancing lock."""
+        self.pool.shutdown(wait=True)
+        try:
+            self._collect()
+        finally:
+            if self.advancing is not None:
+                self.advancing.close()
+                self.advancing = None
 
     def report(self) -> None:
         """A materialization per asset that moved since the last report, with what moved."""
@@ -234,11 +286,11 @@ class _Lanes:
             self.error = exc
             self.stop.set()
 
-    def idle_for(self) -> float:
-        """Seconds since the last work, once every lane has looked since then; else 0."""
+    def idle_for(self) -> float | None:
+        """Seconds since the last work, once every lane has looked since then; else None."""
         with self.lock:
             if any(q is None or q < self.last_work for q in self.quiet.values()):
-                return 0.0
+                return None
             return time.monotonic() - self.last_work
 
 
@@ -269,13 +321,15 @@ def drain_event_path(
                 if _other_orders_runs_waiting(context):
                     why = "another orders run is queued"
                     break
-            if lanes.idle_for() >= config.idle_s and all(lanes.passes[lane] for lane in lanes.LANES):
+            idle = lanes.idle_for()
+            if idle is not None and idle >= config.idle_s:
                 why = f"idle for {config.idle_s:g} s"
                 break
     finally:
         lanes.stop.set()
         for thread in threads:
             thread.join()
+        drain.close()
     drain.report()
     if lanes.error is not None:
         raise lanes.error
