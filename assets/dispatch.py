@@ -12,7 +12,8 @@
   shipment is due for its next step (waiting for the ERP, or retrying after a failure),
   or a NetSuite sales order webhook (the commit it waits for) landed; runs tagged
   `flow=dispatch` run one at a time by the instance's tag concurrency limit. The
-  `dispatch_sweep` schedule runs the sweep.
+  `dispatch_sweep` schedule runs the sweep. While an `event_path` run is queued or running it
+  skips: that run takes goods outs in and moves shipments on itself (sensors/event_path.py).
 """
 
 import json
@@ -47,6 +48,7 @@ from clarus_pipelines.domain.tracking import TrackingRules
 from clarus_pipelines.exception_queue import sync_exceptions, utcnow
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 from clarus_pipelines.sensors.cursor import consumer_watermark, new_events_since
+from clarus_pipelines.sensors.event_path import event_path_active
 
 GROUP = "dispatch"
 
@@ -244,6 +246,8 @@ def dispatch_work_sensor(context: dg.SensorEvaluationContext, state: StateStoreR
     the sensor asks again only for work newer than its cursor, or, when shipments are merely due,
     once a minute, so a slow run never collects a queue of identical requests behind it.
     """
+    if event_path_active(context):  # the running event_path drain moves dispatches on itself
+        return dg.SkipReason("an event_path run is queued or running; it moves the dispatches on")
     work = pending_dispatch_work(state)
     if not (work["new_events"] or work["due_shipments"] or work["erp_news"]):
         return dg.SkipReason(

@@ -237,7 +237,6 @@ def _rebuild_past_hour(context: dg.AssetExecutionContext, store, policy: Policie
     kinds={"duckdb"},
     description="Clarus stock balances per product, warehouse and account, one partition per hour "
     "(delete-then-insert: re-runs and backfills never duplicate).",
-    freshness_policy=dg.FreshnessPolicy.time_window(fail_window=SNAPSHOT_FRESHNESS),
     check_specs=[
         dg.AssetCheckSpec(
             "balances_readable",
@@ -348,8 +347,10 @@ def no_negative_or_impossible_stock(state: StateStoreResource) -> dg.AssetCheckR
 
 
 with warnings.catch_warnings():
-    # superseded by FreshnessPolicy (attached to the asset too) but still the way to get a
-    # freshness *check* with a result, metadata and a sensor that evaluates it when due
+    # One freshness mechanism per asset (docs/architecture.md): a last-update freshness *check*
+    # (a result with metadata, alerting like every other check, evaluated when due by its
+    # sensor), not a FreshnessPolicy beside it. Superseded in Dagster by FreshnessPolicy, which
+    # gives no check result yet.
     warnings.simplefilter("ignore", category=FutureWarning)
     snapshot_freshness_checks = dg.build_last_update_freshness_checks(
         assets=[stock_snapshots], lower_bound_delta=SNAPSHOT_FRESHNESS

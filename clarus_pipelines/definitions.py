@@ -6,6 +6,7 @@ import warnings
 import dagster as dg
 
 from clarus_pipelines.catalogue import dagster_owner, flow_owner
+from clarus_pipelines.logs import mask_our_records
 from clarus_pipelines.connectors.clarus import ClarusResource
 from clarus_pipelines.connectors.netsuite import NetSuiteResource
 from clarus_pipelines.connectors.shopify import ShopifyResource
@@ -17,7 +18,7 @@ from clarus_pipelines.assets import (
     stock,
 )
 from clarus_pipelines.sensors import alerts as alert_sensors
-from clarus_pipelines.sensors import maintenance, probes, run_failures, stuck_states, webhooks
+from clarus_pipelines.sensors import event_path, maintenance, probes, run_failures, stuck_states, webhooks
 from clarus_pipelines.sensors import item_master as item_master_sensors
 from clarus_pipelines.sensors import orders as order_sensors
 from clarus_pipelines.sensors import stock as stock_sensors
@@ -26,7 +27,7 @@ from clarus_pipelines.sensors import stock as stock_sensors
 DOMAINS: list[dg.Definitions] = [
     ingest.defs, webhooks.defs, reconciliation.defs, maintenance.defs,
     item_master.defs, item_master_sensors.defs, orders.defs, order_sensors.defs,
-    dispatch.defs, stuck_states.defs, outside_fulfilments.defs,
+    dispatch.defs, event_path.defs, stuck_states.defs, outside_fulfilments.defs,
     stock.defs, stock_sensors.defs,
     refunds.defs,
     monitoring.defs, data_quality.defs, alert_sensors.defs, probes.defs, run_failures.defs,
@@ -98,4 +99,6 @@ def with_owner(spec: dg.AssetSpec) -> dg.AssetSpec:
     return spec.replace_attributes(owners=[dagster_owner(flow_owner(spec.group_name))])
 
 
+# Our loggers reach each run's event log (the instance's `python_logs`): masked there too.
+mask_our_records()
 defs = build_defs()

@@ -3,9 +3,12 @@
 
 - to WMS: from the first landing of a Shopify order's webhook (our receive time) to the
   order's first ACKNOWLEDGED event (Clarus confirmed the goods out).
-- to channel: from the landing of the Clarus goods out event that reported a shipment (or,
-  for one only a sweep found, when we first saw it) to the shipment's CHANNEL_CONFIRMED
-  event (the Shopify fulfilment read back with its tracking).
+- to channel: from the landing of the Clarus goods out event that reported a shipment (the
+  last one carrying dispatched shipments before we recorded it; or, for one only a sweep
+  found, when we first saw it) to the shipment's CHANNEL_CONFIRMED event (the Shopify
+  fulfilment read back with its tracking). Until issue 13 the clock started at the goods
+  out's first `goods_out/updated` (allocation, picking), so it counted the warehouse's
+  picking time too.
 
 Both in seconds, p50 / p95 / max over the orders (shipments) that completed the interval;
 those still under way are counted as `pending` (held, cancelled and rejected orders are
@@ -35,16 +38,19 @@ TO_WMS_SQL = """
 """
 
 TO_CHANNEL_SQL = """
-    WITH reported AS (
-        SELECT entity_id AS goods_out_id, min(received_at) AS landed_at FROM landed_events
-        WHERE source = 'clarus' AND topic IN (SELECT unnest(?)) GROUP BY ALL
+    WITH carried AS (  -- landed goods out events that carried dispatched shipments (not mere status updates)
+        SELECT e.entity_id AS goods_out_id, e.received_at AS landed_at
+        FROM landed_events e JOIN dispatch_landings d USING (landing_id)
+        WHERE e.source = 'clarus' AND e.topic IN (SELECT unnest(?)) AND d.outcome <> 'no_shipments'
     ), confirmed AS (
         SELECT json_extract_string(details, '$.shipment_id') AS shipment_id, min(occurred_at) AS done_at
         FROM order_events WHERE state = 'CHANNEL_CONFIRMED' GROUP BY ALL
     )
-    SELECT epoch(c.done_at - least(coalesce(r.landed_at, s.first_seen_at), s.first_seen_at)) AS seconds
-    FROM shipments s LEFT JOIN reported r ON r.goods_out_id = s.clarus_goods_out_id
-    LEFT JOIN confirmed c USING (shipment_id)
+    SELECT epoch(c.done_at - coalesce(
+        (SELECT max(r.landed_at) FROM carried r
+         WHERE r.goods_out_id = s.clarus_goods_out_id AND r.landed_at <= s.first_seen_at),  -- the event that brought it
+        s.first_seen_at)) AS seconds
+    FROM shipments s LEFT JOIN confirmed c USING (shipment_id)
 """
 
 

@@ -71,6 +71,28 @@ class PiiFilter(logging.Filter):
         return True
 
 
+OUR_LOGGERS = "clarus_pipelines"  # every module's logger is a child (assets and sensors are packaged under it)
+
+
+def mask_our_records() -> None:
+    """Mask personal data in every record our loggers create, whichever handler takes it: the
+    run event log of Dagster (`python_logs.managed_python_loggers`) has no `PiiFilter` of ours."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "masks_pii", False):
+        return
+    pii = PiiFilter()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        name = record.name or ""  # Dagster makes records without a logger name
+        if name == OUR_LOGGERS or name.startswith(OUR_LOGGERS + "."):
+            pii.filter(record)
+        return record
+
+    factory.masks_pii = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
 class MaskedJsonFormatter(JsonFormatter):
     """One JSON object per line: time, level, logger, message, plus any `extra=` fields and
     the traceback, each passed through `mask_pii` (the logger's name is not personal data)."""

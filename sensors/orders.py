@@ -29,6 +29,7 @@ from clarus_pipelines.domain.order_recheck import RecheckReport, recheck_held_or
 from clarus_pipelines.exception_queue import utcnow
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 from clarus_pipelines.sensors.cursor import new_events_since, new_work_since, read_cursor
+from clarus_pipelines.sensors.event_path import event_path_active
 from clarus_pipelines.settings import get_policies
 
 __all__ = ["ChangesReport", "RecheckReport", "apply_order_changes", "recheck_held_orders"]  # callers that knew them here
@@ -135,6 +136,8 @@ def order_changes_sensor(context: dg.SensorEvaluationContext, state: StateStoreR
 @dg.sensor(job=orders_job, minimum_interval_seconds=10, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Start the orders job when new Shopify order events landed or released orders wait to be sent.")
 def orders_sensor(context: dg.SensorEvaluationContext, state: StateStoreResource):
+    if event_path_active(context):  # the running event_path drain takes the orders in (sensors/event_path.py)
+        return dg.SkipReason("an event_path run is queued or running; it takes new orders in")
     with state.store().read() as con:
         events = new_events_since(con, {"shopify": flow.ORDER_TOPICS}, consumer=CONSUMER)
         sendable = len(flow.due_for_sending(con))

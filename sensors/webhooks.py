@@ -40,6 +40,7 @@ from clarus_pipelines.receiver.inbox import Inbox, ref_seq
 from clarus_pipelines.receiver.landing import LandingRef, LandingZone
 from clarus_pipelines.resources import LandingZoneResource, StateStoreResource
 from clarus_pipelines.sensors.cursor import read_cursor
+from clarus_pipelines.sensors.event_path import event_path_active
 
 BATCH_SIZE = int(os.environ.get("CLARUS_PIPELINES_INGEST_BATCH_SIZE", "500"))
 MAX_RUNS_PER_TICK = int(os.environ.get("CLARUS_PIPELINES_INGEST_MAX_RUNS_PER_TICK", "10"))
@@ -104,6 +105,8 @@ def build_landing_sensor(
     def _sensor(
         context: dg.SensorEvaluationContext, landing: LandingZoneResource, state: StateStoreResource
     ) -> dg.SensorResult | dg.SkipReason:
+        if event_path_active(context):  # the running drain ingests every landing itself
+            return dg.SkipReason("an event_path run is queued or running; it ingests new landings")
         cursor = _load_cursor(context.cursor)
         zone = landing.source()
         inbox = isinstance(zone, Inbox)

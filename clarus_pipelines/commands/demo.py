@@ -113,7 +113,23 @@ concurrency:
   pools:
     default_limit: 1
 """
-DEMO_DAGSTER_YAML = "telemetry:\n  enabled: false\n" + DAGSTER_CONCURRENCY_YAML
+# The event path waits on the run queue: it is read every second, not every 5.
+DAGSTER_DAEMON_YAML = """\
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    dequeue_interval_seconds: 1
+"""
+# What our modules log during a run (domain rules, connectors' retries) shows in that run's
+# event log beside Dagster's own lines, personal data masked (`logs.mask_our_records`).
+DAGSTER_PYTHON_LOGS_YAML = """\
+python_logs:
+  managed_python_loggers:
+    - clarus_pipelines
+  python_log_level: INFO
+"""
+DEMO_DAGSTER_YAML = "telemetry:\n  enabled: false\n" + DAGSTER_CONCURRENCY_YAML + DAGSTER_DAEMON_YAML + DAGSTER_PYTHON_LOGS_YAML
 
 
 def demo_environment(args: argparse.Namespace, home: Path) -> dict[str, str]:

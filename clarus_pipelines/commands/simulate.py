@@ -69,6 +69,10 @@ SECRET_NAMES = (
 TIME_COMPRESSION = 15.0
 FINAL_ROUND_MINUTES = 15.0  # schedules at least this frequent run once more before the run ends
 RUN_WORKERS = 4  # runs executed side by side (the daemon runs them concurrently too)
+# Runs here finish before the next tick, so a drain that lives until idle adds nothing and would
+# stall the tick loop: the per-flow sensors (which yield to a running drain in production) carry
+# the event path, each of its runs in process.
+LONG_LIVED_SENSORS = frozenset({"event_path"})
 COMPRESSED_OP_CONFIG: dict[str, Any] = {
     "erp_recheck_s": 1.0, "erp_recheck_max_s": 3.0, "retry_base_s": 1.0, "retry_max_s": 5.0,
     "grace_minutes": 0,
@@ -249,6 +253,8 @@ class Orchestrator:
 
         planned = []
         for sensor in self.repo.sensor_defs:
+            if sensor.name in LONG_LIVED_SENSORS:
+                continue
             began = time.monotonic()
             with dg.build_sensor_context(
                 instance=self.instance, cursor=self.cursors.get(sensor.name), definitions=self.defs, resources=self.resources

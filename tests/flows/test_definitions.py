@@ -62,14 +62,17 @@ def test_data_quality_suites_run_only_in_their_own_job():
 def test_the_instance_not_the_sensors_prevents_overlap(tmp_path):
     """Pools and tag concurrency limits, configured in the demo's instance and in deploy/dagster.yaml."""
     from clarus_pipelines.definitions import defs
-    from clarus_pipelines.commands.demo import DAGSTER_CONCURRENCY_YAML, DEMO_DAGSTER_YAML
+    from clarus_pipelines.commands.demo import DAGSTER_CONCURRENCY_YAML, DAGSTER_DAEMON_YAML, DEMO_DAGSTER_YAML
 
     deployed = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())
     assert deployed["concurrency"] == yaml.safe_load(DAGSTER_CONCURRENCY_YAML)["concurrency"]
+    daemon = yaml.safe_load(DAGSTER_DAEMON_YAML)  # the queue read every second
+    assert deployed["run_coordinator"] == daemon["run_coordinator"]
     (tmp_path / "dagster.yaml").write_text(DEMO_DAGSTER_YAML)
     instance = dg.DagsterInstance.from_config(str(tmp_path))
     assert instance.event_log_storage.get_concurrency_info("shopify_stock_push").limit == 1  # one push at a time
     [limit] = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
+    assert instance.run_coordinator.dequeue_interval_seconds == 1
     assert limit == {"key": "flow", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
 
     repo = defs.get_repository_def()
@@ -79,7 +82,20 @@ def test_the_instance_not_the_sensors_prevents_overlap(tmp_path):
     assert all(flows.values()), flows
     assert flows["orders_into_warehouse"] == flows["order_changes_job"] == flows["held_orders_recheck_job"] == "orders"
     assert flows["stock_sync"] == flows["stock_refresh"] and flows["dispatch"] == flows["dispatch_sweep"]
+    assert repo.get_job("event_path").tags["flow"] == "orders"  # the drain never runs beside another orders run
     # no sensor polls the run list to avoid overlap any more
     for path in (*REPO.glob("sensors/*.py"), *REPO.glob("assets/*.py")):
         assert "get_runs(" not in path.read_text(), path
 
+
+
+def test_one_freshness_mechanism_per_asset():
+    """An asset is watched for freshness by a freshness check or a FreshnessPolicy, never both
+    (two verdicts on one question); today that is the stock snapshots' last-update check."""
+    from clarus_pipelines.definitions import defs
+
+    graph = defs.get_repository_def().asset_graph
+    checked = {key.asset_key for key in graph.asset_check_keys if key.name == "freshness_check"}
+    assert dg.AssetKey("stock_snapshots") in checked
+    both = [key for key in checked if graph.get(key).freshness_policy is not None]
+    assert both == []
