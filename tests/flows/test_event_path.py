@@ -9,7 +9,7 @@ from clarus_pipelines.receiver.landing import LandingZone
 from clarus_pipelines.resources import LandingZoneResource, PoliciesResource, StateStoreResource
 from clarus_pipelines.settings import SANDBOX_POLICIES
 
-from tests.flows.test_dispatch_flow import World
+from tests.flows.test_dispatch_flow import DispatchWorld as World  # the shared world (tests/world.py) with dispatch helpers
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,7 +30,7 @@ def _defs(w: World):
 def test_one_event_path_run_takes_a_landed_dispatch_through_to_shopify(tmp_path):
     """The Clarus dispatch webhook is only landed (not ingested): one drain ingests it, records
     the shipment, posts the NetSuite item fulfilment, then the Shopify fulfilment, and reads it back."""
-    w = World(tmp_path)
+    w = World.local(tmp_path)
     try:
         [item] = w.items(1)
         order = w.place_order([(item, 1)], commit=True)
@@ -62,7 +62,7 @@ def test_flow_sensors_yield_to_a_queued_or_running_event_path(tmp_path):
     from clarus_pipelines.sensors.orders import orders_sensor
     from clarus_pipelines.sensors.webhooks import build_landing_sensor
 
-    w = World(tmp_path)
+    w = World.local(tmp_path)
     try:
         [item] = w.items(1)
         order = w.place_order([(item, 1)], commit=True)
