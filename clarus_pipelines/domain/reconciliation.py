@@ -559,7 +559,8 @@ def run_reconciliation(
 
 
 # What `run_reconciliation` reads (in PostgreSQL mode pulled into DuckDB for the computation).
-CHECK_TABLES = ("orders", "order_lines", "shipments", "shipment_lines", "refunds", "refund_lines", "exceptions")
+CHECK_TABLES = ("orders", "order_lines", "shipments", "shipment_lines", "refunds", "refund_lines", "exceptions",
+                "payout_matches")  # the report's payout rows (`payouts.report_rows`)
 
 
 def reports(con: duckdb.DuckDBPyConnection, limit: int = 60) -> pl.DataFrame:
