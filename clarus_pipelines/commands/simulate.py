@@ -226,9 +226,17 @@ class Orchestrator:
         if not ok:
             log.warning("run of %s (from %s) failed", job_name, origin)
 
+    def _flow(self, item: tuple) -> str | None:
+        """The run's `flow` tag: the instance runs one run per flow value at a time."""
+        job_name, request, _ = item
+        tags = {**self.repo.get_job(job_name).tags, **dict(request.tags or {})}
+        return tags.get("flow")
+
     def launch(self, planned: list[tuple], *, parallel: bool = True) -> int:
         """Run a tick's requests side by side, as the daemon would, and wait for all of them.
 
+        Runs of one `flow` (tag) go one after the other, as the instance's tag concurrency
+        limit has them in production (`deploy/dagster.yaml`); other runs go side by side.
         Dagster's in-memory run storage is not safe for concurrent runs, so a run executed
         beside others records into an instance of its own; the flows keep their state in the
         state database, not in Dagster's run history.
@@ -239,12 +247,17 @@ class Orchestrator:
             return len(planned)
         import dagster as dg
 
-        def execute_alone(item: tuple) -> None:
-            with dg.DagsterInstance.ephemeral() as instance:
-                self._execute(*item, instance=instance)
+        lanes: dict[Any, list[tuple]] = {}
+        for index, item in enumerate(planned):
+            lanes.setdefault(self._flow(item) or index, []).append(item)
 
-        with ThreadPoolExecutor(max_workers=min(RUN_WORKERS, len(planned)), thread_name_prefix="run") as pool:
-            for future in [pool.submit(execute_alone, item) for item in planned]:
+        def execute_lane(items: list[tuple]) -> None:
+            for item in items:
+                with dg.DagsterInstance.ephemeral() as instance:
+                    self._execute(*item, instance=instance)
+
+        with ThreadPoolExecutor(max_workers=min(RUN_WORKERS, len(lanes)), thread_name_prefix="run") as pool:
+            for future in [pool.submit(execute_lane, items) for items in lanes.values()]:
                 future.result()
         return len(planned)
 
