@@ -88,6 +88,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop waiting for the integration to go quiet after this many seconds (default 1800)")
     parser.add_argument("--home", type=Path, default=None,
                         help="keep the state, landings and Dagster storage here (default: a temporary folder, removed)")
+    parser.add_argument("--state-url", default=None,
+                        help="run on this state: postgresql://... (the PostgreSQL state store and webhook inbox; the "
+                             "database must hold no orders yet) or a DuckDB file (default $CLARUS_PIPELINES_STATE_URL, "
+                             "else state.duckdb in --home)")
 
 
 def _stop_on_sigterm(signum, frame) -> None:
@@ -96,7 +100,8 @@ def _stop_on_sigterm(signum, frame) -> None:
 
 def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    report = simulate(orders=args.orders, seed=args.seed, faults=args.faults, timeout_s=args.timeout, home=args.home)
+    report = simulate(orders=args.orders, seed=args.seed, faults=args.faults, timeout_s=args.timeout, home=args.home,
+                      state_url=args.state_url)
     print(json.dumps(report, indent=2, sort_keys=False, default=str))
     return 0 if not (report["lost"] or report["duplicates"] or report["ordering_violations"]) else 1
 
@@ -225,9 +230,17 @@ class Orchestrator:
         if not ok:
             log.warning("run of %s (from %s) failed", job_name, origin)
 
+    def _flow(self, item: tuple) -> str | None:
+        """The run's `flow` tag: the instance runs one run per flow value at a time."""
+        job_name, request, _ = item
+        tags = {**self.repo.get_job(job_name).tags, **dict(request.tags or {})}
+        return tags.get("flow")
+
     def launch(self, planned: list[tuple], *, parallel: bool = True) -> int:
         """Run a tick's requests side by side, as the daemon would, and wait for all of them.
 
+        Runs of one `flow` (tag) go one after the other, as the instance's tag concurrency
+        limit has them in production (`deploy/dagster.yaml`); other runs go side by side.
         Dagster's in-memory run storage is not safe for concurrent runs, so a run executed
         beside others records into an instance of its own; the flows keep their state in the
         state database, not in Dagster's run history.
@@ -238,12 +251,17 @@ class Orchestrator:
             return len(planned)
         import dagster as dg
 
-        def execute_alone(item: tuple) -> None:
-            with dg.DagsterInstance.ephemeral() as instance:
-                self._execute(*item, instance=instance)
+        lanes: dict[Any, list[tuple]] = {}
+        for index, item in enumerate(planned):
+            lanes.setdefault(self._flow(item) or index, []).append(item)
 
-        with ThreadPoolExecutor(max_workers=min(RUN_WORKERS, len(planned)), thread_name_prefix="run") as pool:
-            for future in [pool.submit(execute_alone, item) for item in planned]:
+        def execute_lane(items: list[tuple]) -> None:
+            for item in items:
+                with dg.DagsterInstance.ephemeral() as instance:
+                    self._execute(*item, instance=instance)
+
+        with ThreadPoolExecutor(max_workers=min(RUN_WORKERS, len(lanes)), thread_name_prefix="run") as pool:
+            for future in [pool.submit(execute_lane, items) for items in lanes.values()]:
                 future.result()
         return len(planned)
 
@@ -319,10 +337,14 @@ def simulate(
     home: Path | None = None,
     quiet_s: float = 6.0,
     batch: int | None = None,
+    state_url: str | None = None,
 ) -> dict[str, Any]:
-    """Run the rehearsal and return the report (see the module docstring)."""
+    """Run the rehearsal and return the report (see the module docstring). `state_url`
+    (default `CLARUS_PIPELINES_STATE_URL`): postgresql://... runs the receiver, the runs and
+    the accounting on the PostgreSQL state store and webhook inbox; else a DuckDB file."""
     if orders < 1:
         raise ValueError("--orders must be at least 1")
+    state_url = (state_url if state_url is not None else os.environ.get("CLARUS_PIPELINES_STATE_URL") or "").strip()
     own_home = home is None
     home = Path(tempfile.mkdtemp(prefix="clarus-simulate-")) if own_home else Path(home)
     home.mkdir(parents=True, exist_ok=True)
@@ -330,6 +352,8 @@ def simulate(
     try:
         # everything under the rehearsal's home, whatever state or landing folder the shell points at
         paths = {"CLARUS_PIPELINES_HOME": str(home), "CLARUS_PIPELINES_STATE_DB": str(home / "state.duckdb"),
+                 # postgresql://... (store + inbox) or a DuckDB file; empty: state.duckdb in the home
+                 "CLARUS_PIPELINES_STATE_URL": state_url,
                  "CLARUS_PIPELINES_LANDING_DIR": str(home / "landing"),
                  # a rehearsal runs on the sandbox tenant unless told otherwise
                  POLICIES_ENV: os.environ.get(POLICIES_ENV) or str(SANDBOX_POLICIES)}
@@ -353,6 +377,8 @@ def _simulate(home: Path, *, orders: int, seed: int, faults: str, timeout_s: flo
     started = time.monotonic()
     settings = Settings()
     policies = get_policies(settings)
+    state = settings.state_target
+    _require_fresh_state(state)
     settings.landing_path.mkdir(parents=True, exist_ok=True)
     receiver = serve_in_thread(
         create_app(settings.landing_path, secrets=WebhookSecrets.from_settings(settings), tenant=policies.tenant,
@@ -374,11 +400,11 @@ def _simulate(home: Path, *, orders: int, seed: int, faults: str, timeout_s: flo
                 orchestrator.launch(orchestrator.tick_schedules(all_now=True), parallel=False)
                 sandbox.call("set_faults", faults)  # the sale starts with the catalogue synced
                 timed_out = _drive(orchestrator, sandbox, orders=orders, batch=batch, timeout_s=timeout_s,
-                                   quiet_s=quiet_s, started=started, state_path=settings.state_db_path)
-            report = build_report(sandbox.call("records"), settings.state_db_path)
-        report["latency"] = latency_report(settings.state_db_path, orchestrator, report["orders_generated"])
+                                   quiet_s=quiet_s, started=started, state_path=state)
+            report = build_report(sandbox.call("records"), state)
+        report["latency"] = latency_report(state, orchestrator, report["orders_generated"])
         report["run"] = {
-            "seed": seed, "faults": faults, "seconds": round(time.monotonic() - started, 1), "timed_out": timed_out,
+            "seed": seed, "faults": faults, "state": "postgresql" if settings.state_is_postgres else "duckdb", "seconds": round(time.monotonic() - started, 1), "timed_out": timed_out,
             "runs": dict(sorted(orchestrator.runs.items())), "failed_runs": dict(sorted(orchestrator.failed.items())),
             "run_seconds": {k: round(v, 1) for k, v in sorted(orchestrator.seconds.items())},
         }
@@ -386,6 +412,19 @@ def _simulate(home: Path, *, orders: int, seed: int, faults: str, timeout_s: flo
     finally:
         sandbox.stop()
         receiver.stop()
+
+
+def _require_fresh_state(state: Path | str) -> None:
+    """A rehearsal starts from an empty state: the sandbox numbers its orders afresh, so orders
+    left by an earlier run would be taken for this run's (and the accounting would count them)."""
+    from clarus_pipelines.state.pg import is_postgres_url, masked_url
+    from clarus_pipelines.state.store import open_state
+
+    with open_state(state).read() as con:
+        left = con.execute("SELECT count(*) FROM orders").fetchone()[0]
+    if left:
+        where = masked_url(str(state)) if is_postgres_url(str(state)) else str(state)
+        raise SystemExit(f"simulate: the state at {where} already holds {left} orders; give it a fresh database or file")
 
 
 # ------------------------------------------------------------------------ the sandbox process
@@ -577,11 +616,11 @@ def _senders_idle(sandbox) -> bool:
 # ------------------------------------------------------------------------ until quiet
 
 
-def _state_progress(state_path: Path) -> tuple:
+def _state_progress(state_path: Path | str) -> tuple:
     """Our side's progress counters (retries and periodic reads do not move them)."""
-    from clarus_pipelines.state import StateStore
+    from clarus_pipelines.state.store import open_state
 
-    with StateStore(state_path).read() as con:
+    with open_state(state_path).read() as con:
         return (
             tuple(con.execute("SELECT status, count(*) FROM orders GROUP BY ALL ORDER BY 1").fetchall()),
             tuple(con.execute("SELECT state, count(*) FROM shipments GROUP BY ALL ORDER BY 1").fetchall()),
@@ -592,7 +631,7 @@ def _state_progress(state_path: Path) -> tuple:
 
 
 def _drive(orchestrator: Orchestrator, sandbox: SandboxProcess, *, orders: int, batch: int, timeout_s: float,
-           quiet_s: float, started: float, state_path: Path) -> bool:
+           quiet_s: float, started: float, state_path: Path | str) -> bool:
     """Place the orders, then tick until the integration is quiet; True if it timed out."""
     placed = 0
     last_change = time.monotonic()
@@ -642,14 +681,14 @@ def _norm(number: Any) -> str | None:
     return normalise_tracking_number(number) if number not in (None, "") else None
 
 
-def latency_report(state_path: Path, orchestrator: Orchestrator, orders: int) -> dict[str, Any]:
+def latency_report(state_path: Path | str, orchestrator: Orchestrator, orders: int) -> dict[str, Any]:
     """The event path's latency (see `clarus_pipelines.latency`) and the runs sensors started per
     order. Time is compressed here and sensors tick back to back, so these are a rehearsal's
     figures, not a benchmark's (`bench/latency.py` measures the real stack)."""
     from clarus_pipelines.latency import latency_figures, runs_per_order
-    from clarus_pipelines.state import StateStore
+    from clarus_pipelines.state.store import open_state
 
-    with StateStore(state_path).read() as con:
+    with open_state(state_path).read() as con:
         figures = latency_figures(con)
     event_runs = sum(orchestrator.event_runs.values())
     return {
@@ -659,9 +698,10 @@ def latency_report(state_path: Path, orchestrator: Orchestrator, orders: int) ->
     }
 
 
-def build_report(records: Mapping[str, Any], state_path: Path) -> dict[str, Any]:
-    """Count what happened from the sandbox systems' own records (and our exception queue)."""
-    from clarus_pipelines.state import StateStore
+def build_report(records: Mapping[str, Any], state_path: Path | str) -> dict[str, Any]:
+    """Count what happened from the sandbox systems' own records (and our exception queue);
+    `state_path` is the DuckDB file or the postgresql:// URL of the state."""
+    from clarus_pipelines.state.store import open_state
 
     generated = {o["order_id"]: o for o in records["generated"]}
     shop_orders = {str(o["id"]): o for o in records["shopify_orders"]}
@@ -670,7 +710,7 @@ def build_report(records: Mapping[str, Any], state_path: Path) -> dict[str, Any]
     item_fulfilments = records["item_fulfilments"]
     fulfilments = records["fulfilments"]
 
-    with StateStore(state_path).read() as con:
+    with open_state(state_path).read() as con:
         held = dict(con.execute(
             "SELECT code, count(DISTINCT order_id) FROM order_holds JOIN orders USING (order_id)"
             " WHERE orders.status = 'HELD' GROUP BY code ORDER BY code").fetchall())

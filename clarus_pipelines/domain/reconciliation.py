@@ -560,7 +560,7 @@ def run_reconciliation(
 
 # What `run_reconciliation` reads (in PostgreSQL mode pulled into DuckDB for the computation).
 CHECK_TABLES = ("orders", "order_lines", "shipments", "shipment_lines", "refunds", "refund_lines", "exceptions",
-                "payout_matches")  # payout_matches: the day's payout rows in the report (domain.payouts)
+                "payout_matches")  # the report's payout rows (`payouts.report_rows`)
 
 
 def reports(con: duckdb.DuckDBPyConnection, limit: int = 60) -> pl.DataFrame:

@@ -61,7 +61,9 @@ def not_acknowledged(con: duckdb.DuckDBPyConnection, timings: Timings, now: date
         " LEFT JOIN order_events e ON e.order_id = o.order_id AND e.state = 'SENT_TO_WMS'"
         " LEFT JOIN bindings b ON b.entity_type = 'order' AND b.our_id = o.order_id"
         " WHERE o.status = 'SENT_TO_WMS' AND b.clarus_id IS NULL"
-        " GROUP BY o.order_id, o.order_name, o.updated_at HAVING sent_at <= ? ORDER BY sent_at",
+        # HAVING repeats the expression: PostgreSQL does not see select aliases there
+        " GROUP BY o.order_id, o.order_name, o.updated_at HAVING coalesce(max(e.occurred_at), o.updated_at) <= ?"
+        " ORDER BY sent_at",
         [threshold],
     ).fetchall()
     return [
@@ -114,15 +116,25 @@ def not_dispatched_by_cutoff(
 
 def awaiting_erp(con: duckdb.DuckDBPyConnection, timings: Timings, now: datetime) -> list[Finding]:
     threshold = now - timedelta(minutes=timings.erp_wait_alert_minutes)
-    rows = con.execute(
-        "SELECT s.order_id, any_value(o.order_name), min(s.first_seen_at) AS since,"
-        " list(struct_pack(shipment_id := s.shipment_id, state := s.state, waiting_for := coalesce(s.last_error, s.erp_wait_reason),"
-        "   sales_order_id := s.netsuite_sales_order_id) ORDER BY s.shipment_id)"
+    # one row per shipment, grouped per order here (plain SQL both state backends run)
+    shipment_rows = con.execute(
+        "SELECT s.order_id, o.order_name, s.first_seen_at, s.shipment_id, s.state,"
+        " coalesce(s.last_error, s.erp_wait_reason), s.netsuite_sales_order_id"
         " FROM shipments s LEFT JOIN orders o USING (order_id)"
         " WHERE s.state IN (?, ?) AND (s.first_seen_at <= ? OR starts_with(s.last_error, ?))"
-        " GROUP BY s.order_id ORDER BY since",
+        " ORDER BY s.order_id, s.shipment_id",
         [DispatchState.DISPATCHED_IN_WMS.value, DispatchState.ERP_ORDER_CONFIRMED.value, threshold, BLOCKED],
     ).fetchall()
+    by_order: dict[str, dict[str, Any]] = {}
+    for order_id, name, first_seen, shipment_id, state, waiting_for, sales_order_id in shipment_rows:
+        entry = by_order.setdefault(order_id, {"name": name, "since": first_seen, "shipments": []})
+        entry["name"] = entry["name"] or name
+        if entry["since"] is None or (first_seen is not None and first_seen < entry["since"]):
+            entry["since"] = first_seen  # the earliest first sighting, as min() would
+        entry["shipments"].append({"shipment_id": shipment_id, "state": state, "waiting_for": waiting_for,
+                                   "sales_order_id": sales_order_id})
+    rows = sorted(((order_id, e["name"], e["since"], e["shipments"]) for order_id, e in by_order.items()),
+                  key=lambda row: (row[2] is None, row[2] or datetime.min))
     findings = []
     for order_id, name, since, shipments in rows:
         reasons = sorted({s["waiting_for"] or "not yet checked" for s in shipments})
