@@ -13,6 +13,7 @@ from pathlib import Path
 
 from clarus_pipelines.commands.output import emit, fail
 from clarus_pipelines.receiver.app import Intake, WebhookSecrets
+from clarus_pipelines.receiver.inbox import Inbox
 from clarus_pipelines.receiver.landing import LandingZone
 from clarus_pipelines.receiver.replay import replay, select
 from clarus_pipelines.catalogue import SOURCES
@@ -29,7 +30,8 @@ def _parse_time(value: str) -> datetime:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--landing-dir", type=Path, default=None,
-                        help="landing zone (default $CLARUS_PIPELINES_LANDING_DIR or $CLARUS_PIPELINES_HOME/landing)")
+                        help="landing zone (default: the PostgreSQL webhook inbox when $CLARUS_PIPELINES_STATE_URL is "
+                        "postgresql://, else $CLARUS_PIPELINES_LANDING_DIR or $CLARUS_PIPELINES_HOME/landing)")
     parser.add_argument("--id", dest="ids", action="append", default=[], metavar="LANDING_ID",
                         help="a landing (or quarantine) id to replay; repeatable")
     parser.add_argument("--source", choices=SOURCES, help="only this source")
@@ -45,12 +47,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = Settings()
-    landing_dir = (args.landing_dir or settings.landing_path).resolve()
-    if not landing_dir.is_dir():
-        return fail("replay", f"no landing zone at {landing_dir}", indent=None)
     if not (args.ids or args.source or args.topic or args.since or args.until):
         return fail("replay", "say what to replay: --id, --source, --topic, --since or --until", indent=None)
-    zone = LandingZone(landing_dir)
+    zone: LandingZone | Inbox
+    if settings.inbox_url and args.landing_dir is None:  # PostgreSQL mode: the webhook inbox
+        zone = Inbox(settings.inbox_url, pool_size=1)
+    else:
+        landing_dir = (args.landing_dir or settings.landing_path).resolve()
+        if not landing_dir.is_dir():
+            return fail("replay", f"no landing zone at {landing_dir}", indent=None)
+        zone = LandingZone(landing_dir)
     secrets = WebhookSecrets.from_settings(settings)
     intake = Intake(zone, secrets, get_policies(settings).tenant)
     refs, unknown = select(zone, ids=args.ids, source=args.source, topic=args.topic, since=args.since,

@@ -349,6 +349,18 @@ class Inbox:
             refs = [r for r in refs if r.topic_dir == topic_dir(topic)]
         return refs[:limit] if limit is not None else refs
 
+    def find(self, landing_id: str, *, quarantined: bool = False) -> LandingRef | None:
+        """A landing (or quarantined body) by id alone: as `LandingZone.find`."""
+        self.ensure_schema()
+        with self.connection() as conn, conn.cursor() as cur:
+            cur.execute("SELECT seq, source, topic FROM webhook_inbox WHERE landing_id = %s AND quarantined = %s",
+                        [landing_id, quarantined])
+            row = cur.fetchone()
+        if row is None:
+            return None
+        seq, source, topic = row
+        return LandingRef(landing_id, source, "_quarantine" if quarantined else topic_dir(topic), inbox_ref(seq))
+
     def read_many(self, refs: Iterable[str]) -> tuple[dict[str, tuple[str, Envelope | Exception]], list[str]]:
         """The rows `refs` name: {ref: (landing_id, envelope or why it cannot be one)}, plus refs that are not inbox references."""
         seqs: dict[int, str] = {}

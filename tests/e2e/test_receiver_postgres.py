@@ -383,3 +383,27 @@ def test_a_pooled_connection_the_server_dropped_costs_no_503(pg_url, order_templ
     assert again.status == "landed"
     assert {row[4] for row in inbox_rows(pg_url)} == {"d1", "d2"}
     inbox.close()
+
+
+def test_replay_command_reads_the_inbox_in_postgresql_mode(pg_receiver, pg_url, order_template, monkeypatch, capsys):
+    """`clarus-pipelines replay` with a postgresql:// state URL re-submits inbox rows through the
+    receiver path: once per tag, by id or by source; an unknown id is reported, not guessed."""
+    from clarus_pipelines.cli import main
+
+    webhook_id, body, headers = signed(order_template, 7)
+    landing_id = pg_receiver.post("/webhooks/shopify", content=body, headers=headers).json()["landing_id"]
+    monkeypatch.setenv("CLARUS_PIPELINES_STATE_URL", pg_url)
+    monkeypatch.setenv("SHOPIFY_WEBHOOK_SECRET", SECRET)
+
+    def replay(*args: str) -> tuple[int, dict]:
+        code = main(["replay", *args])
+        return code, json.loads(capsys.readouterr().out)
+
+    code, first = replay("--id", landing_id)
+    assert code == 0 and first["counts"] == {"landed": 1}, first
+    [copy] = inbox_rows(pg_url, "replay_of IS NOT NULL")
+    assert bytes(copy[6]) == body and copy[5] == webhook_id  # the exact bytes, the same webhook
+    assert replay("--id", landing_id)[1]["counts"] == {"duplicate": 1}  # the same tag replays once
+    assert replay("--source", "shopify", "--tag", "2")[1]["counts"] == {"landed": 2}  # the original and the copy
+    code, missing = replay("--id", "20000101T000000.000000Z")
+    assert code == 1 and missing["not_found"] == ["20000101T000000.000000Z"]
