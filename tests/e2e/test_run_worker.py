@@ -96,18 +96,37 @@ def descendants(root_pid: int) -> dict[int, str]:
     return found
 
 
-class Watcher(threading.Thread):
-    """Records every process the code server (or the daemon) starts, with its working directory."""
+def in_directory(folder: str) -> dict[int, str]:
+    """pid -> cwd of every live process whose working directory is `folder`."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cwd = os.readlink(entry / "cwd")
+            except OSError:
+                continue
+            if cwd == folder:
+                found[int(entry.name)] = cwd
+    return found
 
-    def __init__(self, roots: dict[str, int]):
+
+class Watcher(threading.Thread):
+    """Records every process the code server (or the daemon) starts, with its working directory;
+    and, for the worker, every process in the worker's directory (a run process whose launching
+    parent has already exited is re-parented and no longer below the code server)."""
+
+    def __init__(self, roots: dict[str, int], folders: dict[str, str] | None = None):
         super().__init__(daemon=True)
         self.roots, self.seen = roots, {name: {} for name in roots}
+        self.folders = folders or {}
         self.stopping = threading.Event()
 
     def run(self) -> None:
         while not self.stopping.is_set():
-            for name, pid in self.roots.items():
+            for name, pid in list(self.roots.items()):
                 self.seen[name].update(descendants(pid))
+            for name, folder in self.folders.items():
+                self.seen[name].update(in_directory(folder))
             time.sleep(0.05)
 
 
@@ -158,7 +177,7 @@ def test_a_run_launched_by_the_daemon_executes_in_the_worker(tmp_path, pg_databa
             assert code_server.poll() is None, (worker / "code-server.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "code server not serving"
             time.sleep(1)
-        watcher = Watcher({"worker": code_server.pid})
+        watcher = Watcher({"worker": code_server.pid}, folders={"worker": str(worker)})
         watcher.start()
         webserver = start([BIN / "dagster-webserver", "-h", "127.0.0.1", "-p", web_port, "-w", workspace],
                           control_env, control, control / "webserver.log")

@@ -32,6 +32,7 @@ from clarus_pipelines.sandbox.traffic import TrafficGenerator, TrafficProfile
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
 from clarus_pipelines.policies import AlertChannel, OwnerPolicy
 from clarus_pipelines.state import StateStore
+from apptest import run_app
 
 POLICIES = load_policies(SANDBOX_POLICIES)
 NOW = datetime(2026, 12, 3, 12, 0)
@@ -422,7 +423,6 @@ def test_the_dagster_asset_shows_the_report_and_its_trend(failing_world: AuditWo
 def audit_page(monkeypatch):
     """Open the dashboard's audit page on a state file (loopback, no password)."""
     from streamlit import config as st_config
-    from streamlit.testing.v1 import AppTest
 
     from clarus_pipelines.dashboards import auth
 
@@ -432,7 +432,7 @@ def audit_page(monkeypatch):
 
     def open_page(state: Path):
         monkeypatch.setenv("CLARUS_PIPELINES_STATE_DB", str(state))
-        at = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "dashboards" / "app.py"), default_timeout=30).run()
+        at = run_app(str(Path(__file__).resolve().parents[2] / "dashboards" / "app.py"), default_timeout=30)
         at.switch_page("app_pages/audit.py").run()
         assert not at.exception, [e.value for e in at.exception]
         return at

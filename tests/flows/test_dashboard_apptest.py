@@ -20,6 +20,7 @@ from clarus_pipelines.domain import reconciliation as finance
 from clarus_pipelines.state.store import StateStore
 from clarus_pipelines.dashboards import auth, queries
 from clarus_pipelines.dashboards.app_pages import common
+from apptest import run_app
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -53,7 +54,7 @@ def open_app(server_address, monkeypatch):
 
     def start(state: Path, page: str | None = None) -> AppTest:
         monkeypatch.setenv("CLARUS_PIPELINES_STATE_DB", str(state))
-        at = AppTest.from_file(str(APP), default_timeout=30).run()
+        at = run_app(str(APP), default_timeout=30)
         if page:
             at.switch_page(f"app_pages/{page}.py").run()
         assert not at.exception, [e.value for e in at.exception]
@@ -377,7 +378,7 @@ def test_every_page_shows_an_empty_state_before_the_pipelines_ran(open_app, tmp_
 def test_a_password_protects_the_data_and_signing_in_allows_revealing_it(open_app, seeded, monkeypatch) -> None:
     monkeypatch.setenv(auth.PASSWORD_ENV, PASSWORD)
     monkeypatch.setenv("CLARUS_PIPELINES_STATE_DB", str(seeded.path))
-    at = AppTest.from_file(str(APP), default_timeout=30).run()
+    at = run_app(str(APP), default_timeout=30)
     assert not at.metric and not at.dataframe  # nothing but the sign-in form
     at.text_input[0].input("wrong").run()
     at.button[0].click().run()

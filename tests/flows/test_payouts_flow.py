@@ -19,6 +19,7 @@ from clarus_pipelines.sandbox.serving import serve_in_thread
 from clarus_pipelines.sandbox.shopify import ShopifySandbox
 from clarus_pipelines.settings import SANDBOX_POLICIES
 from clarus_pipelines.state import StateStore
+from apptest import run_app
 
 TOKEN = "payouts-token"
 ADDRESS = {"first_name": "Ada", "last_name": "Lovelace", "address1": "12 Station Road", "city": "Leeds", "zip": "LS1 4AP",
@@ -205,7 +206,6 @@ def test_the_dashboards_reconciliation_page_shows_the_payouts(world, monkeypatch
     from pathlib import Path
 
     from streamlit import config as st_config
-    from streamlit.testing.v1 import AppTest
 
     from clarus_pipelines.dashboards import auth
 
@@ -216,7 +216,7 @@ def test_the_dashboards_reconciliation_page_shows_the_payouts(world, monkeypatch
     before = st_config.get_option("server.address")
     st_config.set_option("server.address", "127.0.0.1")
     try:
-        at = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "dashboards" / "app.py"), default_timeout=60).run()
+        at = run_app(str(Path(__file__).resolve().parents[2] / "dashboards" / "app.py"), default_timeout=60)
         at.switch_page("app_pages/reconciliation.py").run()
     finally:
         st_config.set_option("server.address", before)
