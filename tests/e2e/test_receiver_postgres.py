@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from clarus_pipelines.sandbox.serving import serve_in_thread
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
 from clarus_pipelines.state import StateStore
 from payloads import OURS
+from pgstate import fresh_database
 
 pytestmark = pytest.mark.postgres
 
@@ -43,18 +43,9 @@ TENANT = load_policies(SANDBOX_POLICIES).tenant
 
 @pytest.fixture
 def pg_url():
-    name = f"clarus_pgintake_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg2.connect(dbname="postgres", **PG)
-    except psycopg2.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is not reachable on 127.0.0.1:5432 (scripts/ensure_postgres.sh starts it): {exc}")
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    """A fresh PostgreSQL database's URL, dropped after the test (tests/pgstate.py)."""
+    with fresh_database("clarus_pgintake") as url:
+        yield url
 
 
 def inbox_rows(url: str, where: str = "TRUE") -> list[tuple]:

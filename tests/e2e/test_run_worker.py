@@ -20,24 +20,22 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import dagster as dg
 import httpx
-import psycopg2
 import pytest
 
 from clarus_pipelines.receiver.landing import Envelope, LandingZone
 from clarus_pipelines.settings import SANDBOX_POLICIES
 from clarus_pipelines.state import StateStore
 from payloads import OURS
+from pgstate import fresh_database
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-PG = dict(host="127.0.0.1", port=5432, user="postgres")
 OURS_PREFIXES = ("CLARUS_", "SHOPIFY_", "NETSUITE_", "DAGSTER_", "PYTEST", "ALERT_")
 
 
@@ -49,18 +47,9 @@ def free_port() -> int:
 
 @pytest.fixture
 def pg_database():
-    name = f"clarus_deploy_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg2.connect(dbname="postgres", **PG)
-    except psycopg2.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is not reachable on 127.0.0.1:5432 (scripts/ensure_postgres.sh starts it): {exc}")
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    """A fresh PostgreSQL database's URL, dropped after the test (tests/pgstate.py)."""
+    with fresh_database("clarus_deploy") as url:
+        yield url
 
 
 def host_env(root: Path, **extra: str) -> dict[str, str]:
