@@ -1,12 +1,16 @@
 """Stock assets: Clarus is master; Shopify is told what can really be sold, as deltas.
 
-    stock_snapshots (hourly partitions) ─┐
-    shopify_inventory_items ─────────────┴─> available_to_sell ─> shopify_stock_push ─> shopify_inventory_levels
+    stock_snapshots (one partition per hour) ─┐
+    shopify_inventory_items ──────────────────┴─> available_to_sell ─> shopify_stock_push ─> shopify_inventory_levels
 
 - `stock_snapshots`: Clarus stock balances (available, allocated, on hold, on hand per
   product, warehouse and account) read through GraphQL with cursor paging. One partition
-  per hour; a partition write is delete-then-insert, so a re-run or a backfill never
-  duplicates rows. Partitions start at `stock.go_live`. Clarus serves current balances
+  per UTC hour; a partition write is delete-then-insert, so a re-run or a backfill never
+  duplicates rows. The partitions are dynamic (`stock_hours`, keys `%Y-%m-%d-%H:%M`):
+  one key for every hour from `stock.go_live` or the retention cutoff
+  (`stock.snapshot_retention_days`), whichever is later, to the current hour. The hourly
+  stock sensor adds them, retention deletes them with the hours' rows, so the partitions
+  Dagster shows are exactly the stored history. Clarus serves current balances
   only, so a past hour (a backfill) is rebuilt from Clarus's transaction history
   (`clarus_pipelines.domain.stock_history`): on hand then = on hand now minus the
   movements since; what was available, allocated or held then is unknown (NULL), and
@@ -30,7 +34,7 @@ first Shopify location in `tenant.shopify_location_ids`.
 
 import json
 import warnings
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import dagster as dg
@@ -53,16 +57,10 @@ from clarus_pipelines.policies import Policies, StockPolicy
 GROUP = "stock"
 
 
-def _go_live() -> datetime:
-    try:
-        return get_policies().stock.go_live
-    except (ConfigError, OSError) as exc:  # `check-config` names the problem; the code location must still load
-        dg.get_dagster_logger().warning("stock partitions start at the default go-live (policies unreadable: %s)", exc)
-        return StockPolicy().go_live
-
-
-STOCK_PARTITIONS = dg.HourlyPartitionsDefinition(start_date=_go_live().strftime("%Y-%m-%d-%H:%M"), end_offset=1,
-                                                 timezone="UTC")
+# One key per UTC hour ("%Y-%m-%d-%H:%M"), from go-live or the retention cutoff (whichever is
+# later) to the current hour: the hourly stock sensor adds them, retention deletes them, so the
+# partitions Dagster lists are exactly the hours whose history is kept (docs/architecture.md).
+STOCK_PARTITIONS = dg.DynamicPartitionsDefinition(name="stock_hours")
 PUSH_BATCH = 50  # sets per state write: an interrupted push loses at most one batch of records
 SAMPLE_ROWS = 20  # offending rows shown in check metadata
 BALANCE_KEY = ["clarus_product_id", "warehouse_id", "account_id"]
@@ -87,10 +85,6 @@ class StockSnapshotConfig(dg.Config):
 
 
 # ------------------------------------------------------------------------------ helpers
-
-
-def _naive_utc(moment: datetime) -> datetime:
-    return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
 
 
 def _frame(con: duckdb.DuckDBPyConnection, query: str, params: list[Any] | None = None) -> pl.DataFrame:
@@ -259,8 +253,14 @@ def stock_snapshots(
 ) -> dg.MaterializeResult:
     policy = policies.load()
     store = state.store()
-    hour = _naive_utc(context.partition_time_window.start)
-    hour_end = _naive_utc(context.partition_time_window.end)
+    try:
+        hour = domain.key_hour(context.partition_key)
+    except ValueError as exc:
+        raise dg.Failure(f"stock partition {context.partition_key!r} names no UTC hour: {exc}") from exc
+    if hour < policy.stock.go_live:
+        raise dg.Failure(f"stock for the hour {hour:%Y-%m-%d %H}:00 UTC is not rebuilt: it is before go-live "
+                         f"({policy.stock.go_live:%Y-%m-%d %H}:00 UTC), there is no history to rebuild it from")
+    hour_end = hour + domain.ONE_HOUR
     if hour_end <= utcnow():  # a past hour: Clarus's balances now are not that hour's
         return _rebuild_past_hour(context, store, policy, clarus, hour, hour_end)
     codes = sorted(set(config.product_codes))

@@ -5,19 +5,21 @@
   intake rows in the state store, and finishes any landing a killed receiver left half
   committed.
   The same job deletes hourly stock snapshots older than `stock.snapshot_retention_days`
-  (default 35; the newest hour always stays), and every other class of record past
+  (default 35; the newest hour always stays) and those hours' `stock_hours` partitions
+  (so Dagster no longer lists a pruned hour as materialized), and every other class of record past
   `retention.*` (finished orders, order history, shipments, resolved exceptions, alerts,
   health snapshots; see `clarus_pipelines.domain.retention`).
 - `intake_checks` (every 10 minutes): every landing ingested in time, no unknown topics.
 """
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import dagster as dg
 
 from clarus_pipelines.assets.ingest import intake_checks_job
+from clarus_pipelines.assets.stock import STOCK_PARTITIONS
 from clarus_pipelines.domain.retention import prune_records
-from clarus_pipelines.domain.stock import prune_snapshots
+from clarus_pipelines.domain.stock import expired_hour_keys, prune_snapshots
 from clarus_pipelines.exception_queue import utcnow
 from clarus_pipelines.receiver.events import prune_state
 from clarus_pipelines.resources import LandingZoneResource, PoliciesResource, StateStoreResource
@@ -38,42 +40,22 @@ def prune_landings(
     return summary
 
 
-def stale_stock_partitions(materialized: set[str], kept_hours: set[datetime], cutoff: datetime) -> list[str]:
-    """Hourly stock partitions Dagster shows as materialized whose rows retention removed."""
-    stale = []
-    for key in materialized:
-        hour = datetime.strptime(key, "%Y-%m-%d-%H:%M")
-        if hour < cutoff and hour not in kept_hours:
-            stale.append(key)
-    return sorted(stale)
-
-
-@dg.op(description="Delete hourly stock snapshots older than the stock snapshot retention, and wipe those "
-       "partitions in Dagster so partition status and the stored history agree.")
+@dg.op(description="Delete hourly stock snapshots older than the stock snapshot retention, and those hours' "
+       "partitions (`stock_hours`), so the partitions Dagster lists are exactly the stored history.")
 def prune_stock_snapshots(context: dg.OpExecutionContext, policies: PoliciesResource, state: StateStoreResource) -> dict:
     days = policies.load().stock.snapshot_retention_days
     cutoff = utcnow() - timedelta(days=days)
     with state.store().write() as con:
         removed = prune_snapshots(con, cutoff)
         kept = {r[0] for r in con.execute("SELECT DISTINCT snapshot_hour FROM stock_snapshots").fetchall()}
-    key = dg.AssetKey("stock_snapshots")
-    stale = stale_stock_partitions(context.instance.get_materialized_partitions(key), kept, cutoff)
-    wiped = marked = 0
-    if stale:
-        try:
-            context.instance.wipe_asset_partitions(key, stale)
-            wiped = len(stale)
-        except NotImplementedError:
-            # the open-source run storages cannot wipe single partitions: say on each one that its
-            # rows are gone (an observation on the partition), so nobody reads a pruned hour as data
-            for partition in stale:
-                context.instance.report_runless_asset_event(dg.AssetObservation(
-                    asset_key=key, partition=partition,
-                    metadata={"pruned_by_retention": True, "retention_days": days, "rows": 0},
-                    description=f"rows of this hour were deleted by retention ({days} days)"))
-            marked = len(stale)
+    # rows first, keys second: a run that stops between the two leaves a key without rows (deleted
+    # on the next run), never a listed partition whose rows the store no longer holds unnoticed
+    expired = expired_hour_keys(context.instance.get_dynamic_partitions(STOCK_PARTITIONS.name), cutoff, kept)
+    for key in expired:
+        context.instance.delete_dynamic_partition(STOCK_PARTITIONS.name, key)
     summary = {"retention_days": days, "cutoff": cutoff.isoformat(), "snapshot_rows_removed": removed,
-               "partitions_wiped": wiped, "partitions_marked_pruned": marked}
+               "partitions_deleted": len(expired), "oldest_partition_deleted": expired[0] if expired else None,
+               "newest_partition_deleted": expired[-1] if expired else None}
     context.log.info("stock snapshots: %s", summary)
     context.add_output_metadata(summary)
     return summary

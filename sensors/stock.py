@@ -1,29 +1,37 @@
-"""Stock runs: an hourly snapshot schedule, and out-of-schedule refreshes from Clarus stock webhooks.
+"""Stock runs: the hourly snapshot, and out-of-schedule refreshes from Clarus stock webhooks.
 
-- `stock_hourly_schedule`: at minute 5 of every hour, `stock_sync` for that hour's
-  partition (full snapshot, available to sell, push, read-back). The run key is the
-  partition, so a restarted daemon never takes an hour twice.
+- `stock_hourly_sensor`: from minute 5 of every hour, `stock_sync` for that hour's
+  partition (full snapshot, available to sell, push, read-back), once: cursor
+  `{"hour": <the last hour requested>}`, run key `stock-hourly:<hour>`, so a restarted
+  daemon never takes an hour twice. The stock partitions are dynamic (`stock_hours`): a
+  schedule cannot add partitions, this sensor adds every missing hour from go-live or the
+  retention cutoff (whichever is later) to the current one with its request, and the daily
+  retention job deletes the hours it prunes (`sensors.maintenance`).
 - `stock_webhook_sensor`: Clarus stock webhooks (balance updates after adjustments,
   receipts and picks; stock record updates such as holds), once ingested into
-  `landed_events`, trigger `stock_refresh` for the current hour: only the affected
-  products are re-read, then available to sell and the push (with the last variant
-  read). Cursor: `{"seq": <last landed_events.seq seen>}`; the run key names the seq
-  range, so a restarted daemon re-derives the same request and Dagster skips it.
+  `landed_events`, trigger `stock_refresh` for the current hour (adding that hour's
+  partition if the hourly sensor has not yet): only the affected products are re-read,
+  then available to sell and the push (with the last variant read). Cursor:
+  `{"seq": <last landed_events.seq seen>}`; the run key names the seq range, so a
+  restarted daemon re-derives the same request and Dagster skips it.
 - `stock_freshness_sensor`: evaluates the snapshot freshness check when it can be overdue.
 """
 
+import json
 import warnings
 from datetime import datetime, timezone
 
 import dagster as dg
 
 from clarus_pipelines.assets.stock import STOCK_PARTITIONS, snapshot_freshness_checks, stock_refresh_job, stock_sync_job
-from clarus_pipelines.resources import StateStoreResource
+from clarus_pipelines.domain.stock import hour_key, wanted_hour_keys
+from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 from clarus_pipelines.sensors.cursor import new_work_since, read_cursor
 
 STOCK_TOPICS = ("stock_balance/updated", "stock/updated")
 MAX_EVENTS_PER_TICK = 5000
 MAX_CODES_PER_REFRESH = 500  # beyond this a full read is cheaper than a long product filter
+SNAPSHOT_MINUTE = 5  # the hourly snapshot is taken from this minute of the hour on
 
 AFFECTED_PRODUCTS_SQL = """
     SELECT e.seq,
@@ -38,16 +46,37 @@ AFFECTED_PRODUCTS_SQL = """
 """
 
 
-@dg.schedule(
+def missing_hours(instance: dg.DagsterInstance, keys: list[str]) -> list[dg.AddDynamicPartitionsRequest]:
+    """The request adding those of `keys` that are not stock partitions yet (none when all are)."""
+    existing = set(instance.get_dynamic_partitions(STOCK_PARTITIONS.name))
+    missing = [key for key in keys if key not in existing]
+    return [STOCK_PARTITIONS.build_add_request(missing)] if missing else []
+
+
+@dg.sensor(
     job=stock_sync_job,
-    cron_schedule="5 * * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Hourly Clarus stock snapshot, then available to sell and the deltas to Shopify.",
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Hourly Clarus stock snapshot (from minute 5), then available to sell and the deltas to Shopify; "
+    "adds the hourly stock partitions retention keeps.",
 )
-def stock_hourly_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    key = STOCK_PARTITIONS.get_partition_key_for_timestamp(context.scheduled_execution_time.timestamp())
-    return dg.RunRequest(run_key=f"stock-hourly:{key}", partition_key=key, tags={"stock/trigger": "schedule"})
+def stock_hourly_sensor(context: dg.SensorEvaluationContext, policies: PoliciesResource) -> dg.SensorResult:
+    now = datetime.now(timezone.utc)
+    stock = policies.load().stock
+    wanted = wanted_hour_keys(stock.go_live, stock.snapshot_retention_days, now)
+    adds = missing_hours(context.instance, wanted)
+    key = hour_key(now)
+    if key not in wanted:
+        reason = f"before go-live ({stock.go_live:%Y-%m-%d %H}:00 UTC): no stock hour to snapshot"
+    elif read_cursor(context.cursor).get("hour") == key:
+        reason = f"the snapshot of {key} was requested already"
+    elif now.minute < SNAPSHOT_MINUTE:
+        reason = f"the snapshot of {key} is due at minute {SNAPSHOT_MINUTE}"
+    else:
+        request = dg.RunRequest(run_key=f"stock-hourly:{key}", partition_key=key, tags={"stock/trigger": "schedule"})
+        return dg.SensorResult(run_requests=[request], dynamic_partitions_requests=adds,
+                               cursor=json.dumps({"hour": key}))
+    return dg.SensorResult(skip_reason=dg.SkipReason(reason), dynamic_partitions_requests=adds)
 
 
 def _cursor_seq(raw: str | None) -> int:
@@ -75,8 +104,7 @@ def stock_webhook_sensor(context: dg.SensorEvaluationContext, state: StateStoreR
     unknown = sum(1 for _, code in rows if not code)
     # a webhook naming no product we can identify: refresh everything rather than miss it
     product_codes = [] if unknown or len(codes) > MAX_CODES_PER_REFRESH else codes
-    now = datetime.now(timezone.utc)
-    key = STOCK_PARTITIONS.get_partition_key_for_timestamp(now.timestamp())
+    key = hour_key(datetime.now(timezone.utc))
     request = dg.RunRequest(
         run_key=work.run_key("stock-webhooks"),
         partition_key=key,
@@ -87,7 +115,8 @@ def stock_webhook_sensor(context: dg.SensorEvaluationContext, state: StateStoreR
         "%d stock webhook(s) (seq %d-%d): refreshing %s", len(rows), first, last,
         f"{len(product_codes)} product(s)" if product_codes else "every product",
     )
-    return dg.SensorResult(run_requests=[request], cursor=work.next_cursor("seq"))
+    return dg.SensorResult(run_requests=[request], cursor=work.next_cursor("seq"),
+                           dynamic_partitions_requests=missing_hours(context.instance, [key]))
 
 
 with warnings.catch_warnings():
@@ -99,6 +128,5 @@ with warnings.catch_warnings():
     )
 
 defs = dg.Definitions(
-    schedules=[stock_hourly_schedule],
-    sensors=[stock_webhook_sensor, stock_freshness_sensor],
+    sensors=[stock_hourly_sensor, stock_webhook_sensor, stock_freshness_sensor],
 )

@@ -207,9 +207,25 @@ class Orchestrator:
             job_name = "__ASSET_JOB"
         return job_name, request, origin
 
+    def apply_partition_changes(self, changes) -> None:
+        """Add and delete dynamic partitions as a sensor asked (the daemon does this in production)."""
+        import dagster as dg
+
+        for change in changes or []:
+            if isinstance(change, dg.AddDynamicPartitionsRequest):
+                self.instance.add_dynamic_partitions(change.partitions_def_name, list(change.partition_keys))
+            elif isinstance(change, dg.DeleteDynamicPartitionsRequest):
+                for key in change.partition_keys:
+                    self.instance.delete_dynamic_partition(change.partitions_def_name, key)
+
     def _execute(self, job_name: str, request, origin: str, instance=None) -> None:
+        import dagster as dg
+
         job = self.repo.get_job(job_name)
         started = time.monotonic()
+        if instance is not None and request.partition_key and isinstance(job.partitions_def, dg.DynamicPartitionsDefinition):
+            # a run beside others records into an instance of its own: give it the run's partition
+            instance.add_dynamic_partitions(job.partitions_def.name, [request.partition_key])
         try:
             result = job.execute_in_process(
                 run_config=self._run_config(job, request.run_config), instance=instance or self.instance,
@@ -286,6 +302,7 @@ class Orchestrator:
             self.seconds[f"sensor:{sensor.name}"] += time.monotonic() - began
             if data.cursor is not None:
                 self.cursors[sensor.name] = data.cursor
+            self.apply_partition_changes(data.dynamic_partitions_requests)
             default_job = sensor.job_name if sensor.has_jobs and len(sensor.jobs) == 1 else None
             for request in data.run_requests or []:
                 item = self.plan(request, default_job, f"sensor:{sensor.name}")

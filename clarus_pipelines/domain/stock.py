@@ -14,12 +14,16 @@ column is `pl.Utf8`; quantities are `pl.Int64`.
 - `stock_mismatches`: Shopify differs from what we last set, or from what Clarus says it
   should show, beyond the tolerance.
 - `stranded_stock`: stock available in Clarus for SKUs that no Shopify variant maps to.
+- `wanted_hour_keys` / `expired_hour_keys`: the hourly stock partitions that should exist
+  (go-live or the retention cutoff, whichever is later, up to the current hour) and the ones
+  retention removes, so Dagster's partitions are exactly the stored history.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import polars as pl
@@ -604,3 +608,65 @@ def prune_snapshots(con, older_than) -> int:
         " AND snapshot_hour < (SELECT max(snapshot_hour) FROM stock_snapshots)",
         [older_than],
     ).fetchone()[0]
+
+
+# ------------------------------------------------------------------ snapshot hours (partition keys)
+
+HOUR_KEY_FORMAT = "%Y-%m-%d-%H:%M"  # UTC; the `stock_hours` partition keys and `stock_snapshots.snapshot_hour`
+ONE_HOUR = timedelta(hours=1)
+
+
+def _naive_utc_hour(moment: datetime) -> datetime:
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def hour_key(moment: datetime) -> str:
+    """The snapshot hour containing `moment` (naive = UTC), as a partition key."""
+    return _naive_utc_hour(moment).strftime(HOUR_KEY_FORMAT)
+
+
+def key_hour(key: str) -> datetime:
+    """The naive UTC hour a partition key names; ValueError for anything but a whole hour."""
+    hour = datetime.strptime(key, HOUR_KEY_FORMAT)
+    if hour.minute:
+        raise ValueError(f"stock partition key {key!r} is not a whole hour")
+    return hour
+
+
+def first_kept_hour(go_live: datetime, retention_days: int, now: datetime) -> datetime:
+    """The oldest hour retention keeps: the first whole hour at or after `now - retention_days`
+    (`prune_snapshots` deletes the hours before that cutoff), never before go-live."""
+    cutoff = (now.astimezone(timezone.utc).replace(tzinfo=None) if now.tzinfo else now) - timedelta(days=retention_days)
+    first = _naive_utc_hour(cutoff)
+    if first < cutoff:
+        first += ONE_HOUR
+    return max(first, _naive_utc_hour(go_live))
+
+
+def wanted_hour_keys(go_live: datetime, retention_days: int, now: datetime) -> list[str]:
+    """Every hour from the oldest one retention keeps (not before go-live) to the current hour,
+    oldest first: the stock partitions that should exist at `now`. Empty before go-live."""
+    hour, last = first_kept_hour(go_live, retention_days, now), _naive_utc_hour(now)
+    keys = []
+    while hour <= last:
+        keys.append(hour.strftime(HOUR_KEY_FORMAT))
+        hour += ONE_HOUR
+    return keys
+
+
+def expired_hour_keys(keys: Iterable[str], cutoff: datetime, kept_hours: Iterable[datetime]) -> list[str]:
+    """The partition keys retention removes: hours before `cutoff` (naive UTC) that no longer hold
+    snapshot rows (`kept_hours`; the newest hour stays whatever its age). Keys that name no hour
+    are left alone."""
+    kept = set(kept_hours)
+    expired = []
+    for key in keys:
+        try:
+            hour = key_hour(key)
+        except ValueError:
+            continue
+        if hour < cutoff and hour not in kept:
+            expired.append(key)
+    return sorted(expired)

@@ -8,6 +8,7 @@ from datetime import timedelta
 import dagster as dg
 import yaml
 
+from clarus_pipelines.assets.stock import STOCK_PARTITIONS
 from clarus_pipelines.domain.retention import prune_records
 from clarus_pipelines.exception_queue import raise_exception, resolve, utcnow
 from clarus_pipelines.resources import LandingZoneResource, PoliciesResource, StateStoreResource
@@ -20,10 +21,12 @@ SHORT = {"orders_days": 10, "order_events_days": 20, "shipments_days": 15, "exce
          "health_days": 2}
 
 
-def short_policies(tmp_path, *, landing_days=7):
+def short_policies(tmp_path, *, landing_days=7, stock_days=None):
     data = yaml.safe_load(SANDBOX_POLICIES.read_text())
     data["retention"] = dict(SHORT)
     data["timings"]["landing_retention_days"] = landing_days
+    if stock_days is not None:
+        data["stock"]["snapshot_retention_days"] = stock_days
     path = tmp_path / "policies.yaml"
     path.write_text(yaml.safe_dump(data))
     return path, load_policies(path)
@@ -135,20 +138,28 @@ def test_the_daily_retention_job_applies_the_configured_values(tmp_path):
 
 
 def test_pruned_stock_hours_are_no_longer_shown_as_materialized(tmp_path):
-    """Retention and partition status agree: an hour whose snapshot rows were pruned is wiped in Dagster."""
-    path, _ = short_policies(tmp_path)
+    """Retention and partition status agree: an hour whose snapshot rows were pruned is no longer
+    a stock partition, so Dagster shows it neither as materialized nor as missing."""
+    path, _ = short_policies(tmp_path, stock_days=3)
     store = StateStore(tmp_path / "state.duckdb")
     now = NOW.replace(minute=0, second=0)
-    hours = {"old": now - timedelta(days=40), "recent": now - timedelta(days=2), "newest": now}
+    hours = {"old": now - timedelta(days=5), "old_no_rows": now - timedelta(days=4), "edge": now - timedelta(days=3),
+             "recent": now - timedelta(days=2), "newest": now}
     keys = {name: hour.strftime("%Y-%m-%d-%H:%M") for name, hour in hours.items()}
-    instance = dg.DagsterInstance.ephemeral()
+    (tmp_path / "dagster").mkdir()
+    instance = dg.DagsterInstance.local_temp(str(tmp_path / "dagster"))
+    instance.add_dynamic_partitions("stock_hours", list(keys.values()))
     with store.write() as con:
-        for hour in hours.values():
-            con.execute("INSERT INTO stock_snapshots (snapshot_hour, taken_at, clarus_product_id, sku, warehouse_id,"
-                        " account_id, available, allocated, on_hold) VALUES (?, ?, '1', '000123', '1', '1', 5, 0, 0)",
-                        [hour, hour])
-    for key in keys.values():
-        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key="stock_snapshots", partition=key))
+        for name, hour in hours.items():
+            if name != "old_no_rows":
+                con.execute("INSERT INTO stock_snapshots (snapshot_hour, taken_at, clarus_product_id, sku, warehouse_id,"
+                            " account_id, available, allocated, on_hold) VALUES (?, ?, '1', '000123', '1', '1', 5, 0, 0)",
+                            [hour, hour])
+    for name, key in keys.items():
+        if name != "old_no_rows":
+            instance.report_runless_asset_event(dg.AssetMaterialization(asset_key="stock_snapshots", partition=key))
+    asset = dg.AssetKey("stock_snapshots")
+    assert materialized_hours(instance) == {keys["old"], keys["edge"], keys["recent"], keys["newest"]}
     resources = {
         "landing": LandingZoneResource(path=str(tmp_path / "landing")),
         "state": StateStoreResource(path=str(tmp_path / "state.duckdb")),
@@ -158,12 +169,23 @@ def test_pruned_stock_hours_are_no_longer_shown_as_materialized(tmp_path):
     result = merged.resolve_job_def("landing_retention_job").execute_in_process(instance=instance)
     assert result.success
     summary = result.output_for_node("prune_stock_snapshots")
-    assert summary["snapshot_rows_removed"] == 1
-    # open-source storages cannot wipe one partition: the pruned hour is marked on the partition itself
-    assert summary["partitions_wiped"] + summary["partitions_marked_pruned"] == 1
-    if summary["partitions_marked_pruned"]:
-        records = instance.fetch_observations(dg.AssetKey("stock_snapshots"), limit=10).records
-        marked = [r.event_log_entry.asset_observation for r in records]
-        assert [(o.partition, o.metadata["pruned_by_retention"].value) for o in marked] == [(keys["old"], True)]
-    else:
-        assert instance.get_materialized_partitions(dg.AssetKey("stock_snapshots")) == {keys["recent"], keys["newest"]}
+    assert summary["retention_days"] == 3
+    # the hour exactly 3 days old is older than the cutoff (a few seconds past the hour): it goes too
+    assert summary["snapshot_rows_removed"] == 2 and summary["partitions_deleted"] == 3
+    kept = {keys["recent"], keys["newest"]}
+    assert set(instance.get_dynamic_partitions("stock_hours")) == kept
+    assert materialized_hours(instance) == kept
+    assert instance.get_status_by_partition(asset, list(keys.values()), STOCK_PARTITIONS)[keys["old"]] is None
+    with store.read() as con:
+        assert {r[0] for r in con.execute("SELECT snapshot_hour FROM stock_snapshots").fetchall()} == {
+            hours["recent"], hours["newest"]}
+
+    again = merged.resolve_job_def("landing_retention_job").execute_in_process(instance=instance)
+    assert again.output_for_node("prune_stock_snapshots")["partitions_deleted"] == 0
+
+
+def materialized_hours(instance: dg.DagsterInstance) -> set[str]:
+    """The stock hours Dagster shows as materialized: its partition status over the partitions that exist."""
+    statuses = instance.get_status_by_partition(
+        dg.AssetKey("stock_snapshots"), instance.get_dynamic_partitions("stock_hours"), STOCK_PARTITIONS)
+    return {key for key, status in (statuses or {}).items() if status == dg.AssetPartitionStatus.MATERIALIZED}

@@ -21,8 +21,9 @@ from clarus_pipelines.sandbox.catalog_data import SHOPIFY_LOCATION_ID, build_cat
 from clarus_pipelines.sandbox.faults import FaultConfig
 from clarus_pipelines.sandbox.serving import serve_in_thread
 from clarus_pipelines.sandbox.shopify import ShopifySandbox
-from clarus_pipelines.settings import SANDBOX_POLICIES
+from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
 from clarus_pipelines.policies import SkuCleaning
+from clarus_pipelines.domain.stock import wanted_hour_keys
 from clarus_pipelines.state import StateStore
 from sandbox_helpers import clarus_credentials, served_clarus
 
@@ -54,7 +55,7 @@ class Stack:
     """Both sandboxes, the resources pointing at them, and the Dagster definitions."""
 
     def __init__(self, tmp_path: Path, clarus, clarus_url: str, shopify: ShopifySandbox, shopify_url: str, stock_policy: dict,
-                 location_ids: list[int] | None = None, inventory_batch_size: int = 250):
+                 location_ids: list[int] | None = None, inventory_batch_size: int = 250, sensors: bool = False):
         self.clarus, self.shopify = clarus, shopify
         raw = yaml.safe_load(SANDBOX_POLICIES.read_text())
         raw["stock"] = {**raw["stock"], **stock_policy}
@@ -73,9 +74,22 @@ class Stack:
                                        timeout_s=5.0, max_elapsed_s=60.0, inventory_batch_size=inventory_batch_size),
         }
         self.defs = dg.Definitions.merge(stock_assets.defs, stock_sensors.defs, dg.Definitions(resources=self.resources))
-        self.instance = dg.DagsterInstance.ephemeral()
+        if sensors:
+            # persistent (with an instance ref): a sensor's partitioned run request is checked against
+            # the dynamic partitions, which a sensor context over an ephemeral instance cannot load
+            (tmp_path / "dagster").mkdir(exist_ok=True)
+            self.instance = dg.DagsterInstance.local_temp(str(tmp_path / "dagster"))
+        else:
+            self.instance = dg.DagsterInstance.ephemeral()
+
+    def add_hours(self) -> None:
+        """The stock partitions the hourly sensor adds: every hour retention keeps, up to now."""
+        stock = load_policies(self.policies_path).stock
+        self.instance.add_dynamic_partitions(
+            "stock_hours", wanted_hour_keys(stock.go_live, stock.snapshot_retention_days, datetime.now(timezone.utc)))
 
     def run(self, job: str = "stock_sync", partition_key: str | None = None, run_config: dict | None = None) -> dg.ExecuteInProcessResult:
+        self.add_hours()
         result = self.defs.resolve_job_def(job).execute_in_process(
             partition_key=partition_key or NOW_KEY, run_config=run_config, instance=self.instance, raise_on_error=True
         )
@@ -83,6 +97,7 @@ class Stack:
         return result
 
     def run_selection(self, selection, partition_key: str | None = None) -> dg.ExecuteInProcessResult:
+        self.add_hours()
         job = dg.define_asset_job("adhoc", selection=selection)
         defs = dg.Definitions.merge(self.defs, dg.Definitions(jobs=[job]))
         return defs.resolve_job_def("adhoc").execute_in_process(
@@ -137,7 +152,8 @@ def make_stack(tmp_path):
     stacks = []
 
     def make(*, points: float = 2000.0, restore_rate: float = 100.0, faults: FaultConfig = FaultConfig(),
-             location_ids: list[int] | None = None, inventory_batch_size: int = 250, **stock_policy) -> Stack:
+             location_ids: list[int] | None = None, inventory_batch_size: int = 250, sensors: bool = False,
+             **stock_policy) -> Stack:
         clarus_cm = served_clarus(seed=SEED)
         clarus, clarus_url = clarus_cm.__enter__()
         shopify = ShopifySandbox(seed=SEED, access_token=os.environ["SHOPIFY_ACCESS_TOKEN"], webhook_secret="test-secret",
@@ -146,7 +162,7 @@ def make_stack(tmp_path):
         stacks.append((clarus_cm, served))
         stack = Stack(tmp_path, clarus, clarus_url, shopify, served.url,
                       {"default_buffer": 2, "buffers": {"000123": 0}, "mismatch_tolerance": 1, **stock_policy}, location_ids,
-                      inventory_batch_size)
+                      inventory_batch_size, sensors)
         stack.seeded = seed_clarus(clarus)
         return stack
 
@@ -234,8 +250,14 @@ def test_a_past_hour_the_history_cannot_explain_is_refused(make_stack):
     assert key not in stack.instance.get_materialized_partitions(dg.AssetKey("stock_snapshots"))
 
 
-def test_partitions_start_at_the_configured_go_live():
-    assert stock_assets.STOCK_PARTITIONS.get_first_partition_key() == "2026-01-01-00:00"
+def test_an_hour_retention_no_longer_keeps_is_no_partition(make_stack):
+    """Partitions exist from go-live or the retention cutoff on: an older hour cannot be backfilled."""
+    stack = make_stack(snapshot_retention_days=2)
+    too_old = hour_key(datetime.now(timezone.utc) - timedelta(days=2, hours=2))
+    with pytest.raises(dg.DagsterUnknownPartitionError):
+        stack.run_selection(dg.AssetSelection.assets(stock_assets.stock_snapshots), partition_key=too_old)
+    assert stack.query("SELECT count(*) FROM stock_snapshots")[0][0] == 0
+    assert too_old not in stack.instance.get_dynamic_partitions("stock_hours")
 
 
 def test_snapshot_freshness_check_fails_until_snapshots_are_taken(make_stack):
@@ -426,7 +448,7 @@ def test_stock_webhooks_refresh_only_the_affected_products(make_stack, monkeypat
     import clarus_pipelines.sensors.stock as stock_sensors
 
     monkeypatch.setattr(stock_sensors, "datetime", _ClockInNowKeyHour)
-    stack = make_stack()
+    stack = make_stack(sensors=True)
     stack.run()  # full snapshot of this hour
     sku = "TEE-ECR-L"
     stack.clarus.set_stock(sku, available=31)
@@ -435,12 +457,14 @@ def test_stock_webhooks_refresh_only_the_affected_products(make_stack, monkeypat
     land_stock_event(stack, "20250101T000000.000002Z", sku)
 
     sensor = stack.defs.resolve_sensor_def("stock_webhook_sensor")
-    with dg.build_sensor_context(instance=stack.instance, resources={"state": stack.resources["state"]}, definitions=stack.defs) as context:
+    with dg.build_sensor_context(instance=stack.instance, instance_ref=stack.instance.get_ref(),
+                                 resources={"state": stack.resources["state"]}, definitions=stack.defs) as context:
         result = sensor.evaluate_tick(context)
     [request] = result.run_requests
     assert request.run_config["ops"]["stock_snapshots"]["config"]["product_codes"] == [sku]
     assert request.partition_key == NOW_KEY
-    with dg.build_sensor_context(instance=stack.instance, cursor=result.cursor, resources={"state": stack.resources["state"]},
+    with dg.build_sensor_context(instance=stack.instance, instance_ref=stack.instance.get_ref(), cursor=result.cursor,
+                                 resources={"state": stack.resources["state"]},
                                  definitions=stack.defs) as context:
         assert sensor.evaluate_tick(context).run_requests == []
 
@@ -463,18 +487,76 @@ def test_webhook_refresh_takes_a_full_snapshot_when_the_hour_has_none(make_stack
     assert stack.query("SELECT count(*) FROM stock_snapshots")[0][0] == len(CATALOG.master) + EXTRA_PRODUCTS
 
 
-def test_a_webhook_naming_no_known_product_refreshes_everything(make_stack):
-    stack = make_stack()
+def test_a_webhook_naming_no_known_product_refreshes_everything(make_stack, monkeypatch):
+    monkeypatch.setattr(stock_sensors, "datetime", _ClockInNowKeyHour)
+    stack = make_stack(sensors=True)
     land_stock_event(stack, "20250101T000000.000003Z", None, product_id="424242")
     sensor = stack.defs.resolve_sensor_def("stock_webhook_sensor")
-    with dg.build_sensor_context(instance=stack.instance, resources={"state": stack.resources["state"]}, definitions=stack.defs) as context:
-        [request] = sensor.evaluate_tick(context).run_requests
+    with dg.build_sensor_context(instance=stack.instance, instance_ref=stack.instance.get_ref(),
+                                 resources={"state": stack.resources["state"]}, definitions=stack.defs) as context:
+        data = sensor.evaluate_tick(context)
+    [request] = data.run_requests
     assert request.run_config["ops"]["stock_snapshots"]["config"]["product_codes"] == []
+    # no hourly tick yet: the webhook sensor adds its hour's partition itself
+    assert [list(c.partition_keys) for c in data.dynamic_partitions_requests] == [[NOW_KEY]]
 
 
-def test_hourly_schedule_targets_the_current_hour():
-    moment = datetime(2026, 3, 1, 14, 5, tzinfo=timezone.utc)
-    with dg.build_schedule_context(scheduled_execution_time=moment) as context:
-        request = stock_sensors.stock_hourly_schedule(context)
-    assert request.partition_key == "2026-03-01-14:00"
-    assert request.run_key == "stock-hourly:2026-03-01-14:00"
+def clock_at(moment: datetime) -> type[datetime]:
+    class Clock(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return moment.astimezone(tz) if tz else moment.replace(tzinfo=None)
+
+    return Clock
+
+
+def tick_hourly(stack: Stack, cursor: str | None) -> dg.SensorResult:
+    """One tick of the hourly stock sensor; its partition requests applied as the daemon applies them."""
+    sensor = stack.defs.resolve_sensor_def("stock_hourly_sensor")
+    with dg.build_sensor_context(instance=stack.instance, instance_ref=stack.instance.get_ref(), cursor=cursor,
+                                 resources={"policies": stack.resources["policies"]}, definitions=stack.defs) as context:
+        data = sensor.evaluate_tick(context)
+    for change in data.dynamic_partitions_requests:
+        stack.instance.add_dynamic_partitions(change.partitions_def_name, list(change.partition_keys))
+    return data
+
+
+def test_hourly_sensor_adds_the_hours_and_requests_the_current_one_once(make_stack, monkeypatch):
+    stack = make_stack(sensors=True, snapshot_retention_days=3, go_live="2026-01-01T00:00:00")
+    monkeypatch.setattr(stock_sensors, "datetime", clock_at(datetime(2026, 3, 1, 14, 5, tzinfo=timezone.utc)))
+    first = tick_hourly(stack, None)
+    [request] = first.run_requests
+    assert request.partition_key == "2026-03-01-14:00" and request.run_key == "stock-hourly:2026-03-01-14:00"
+    assert request.tags["stock/trigger"] == "schedule"
+    hours = sorted(stack.instance.get_dynamic_partitions("stock_hours"))
+    # three days back from 14:05: the cutoff 2026-02-26 14:05 removes the 14:00 hour
+    assert hours[0] == "2026-02-26-15:00" and hours[-1] == "2026-03-01-14:00" and len(hours) == 72
+
+    again = tick_hourly(stack, first.cursor)  # the same hour: nothing more to ask
+    assert again.run_requests == [] and "requested already" in again.skip_message
+    assert again.dynamic_partitions_requests == []
+
+    # the next hour exists from its first minute; its snapshot is due at minute 5
+    monkeypatch.setattr(stock_sensors, "datetime", clock_at(datetime(2026, 3, 1, 15, 2, tzinfo=timezone.utc)))
+    early = tick_hourly(stack, first.cursor)
+    assert early.run_requests == [] and "minute 5" in early.skip_message
+    assert [list(c.partition_keys) for c in early.dynamic_partitions_requests] == [["2026-03-01-15:00"]]
+    monkeypatch.setattr(stock_sensors, "datetime", clock_at(datetime(2026, 3, 1, 15, 6, tzinfo=timezone.utc)))
+    [next_hour] = tick_hourly(stack, first.cursor).run_requests
+    assert next_hour.partition_key == "2026-03-01-15:00"
+
+
+def test_partitions_start_at_the_configured_go_live(make_stack, monkeypatch):
+    stack = make_stack(sensors=True, go_live="2026-03-01T10:00:00")
+    monkeypatch.setattr(stock_sensors, "datetime", clock_at(datetime(2026, 3, 1, 14, 5, tzinfo=timezone.utc)))
+    tick_hourly(stack, None)
+    assert sorted(stack.instance.get_dynamic_partitions("stock_hours")) == [
+        "2026-03-01-10:00", "2026-03-01-11:00", "2026-03-01-12:00", "2026-03-01-13:00", "2026-03-01-14:00"]
+
+
+def test_before_go_live_the_hourly_sensor_asks_for_nothing(make_stack, monkeypatch):
+    stack = make_stack(sensors=True, go_live="2026-03-02T00:00:00")
+    monkeypatch.setattr(stock_sensors, "datetime", clock_at(datetime(2026, 3, 1, 14, 5, tzinfo=timezone.utc)))
+    data = tick_hourly(stack, None)
+    assert data.run_requests == [] and "go-live" in data.skip_message
+    assert stack.instance.get_dynamic_partitions("stock_hours") == []
