@@ -200,9 +200,11 @@ class Orchestrator:
                 return None  # the daemon launches a run key once
             self.run_keys.add(key)
         job_name = request.job_name or default_job
-        if job_name is None:
+        if job_name in (None, "__ASSET_JOB"):
             if not request.asset_selection:
-                self.skipped[origin] += 1  # e.g. check-only freshness runs: not part of the flows
+                # e.g. check-only freshness runs (Dagster names them __ASSET_JOB with no asset
+                # selected, which would execute every asset here): not part of the flows
+                self.skipped[origin] += 1
                 return None
             job_name = "__ASSET_JOB"
         return job_name, request, origin
@@ -291,7 +293,8 @@ class Orchestrator:
                 continue
             began = time.monotonic()
             with dg.build_sensor_context(
-                instance=self.instance, cursor=self.cursors.get(sensor.name), definitions=self.defs, resources=self.resources
+                instance=self.instance, instance_ref=self.instance.get_ref() if self.instance.is_persistent else None,
+                cursor=self.cursors.get(sensor.name), definitions=self.defs, resources=self.resources,
             ) as context:
                 try:
                     data = sensor.evaluate_tick(context)
@@ -409,7 +412,10 @@ def _simulate(home: Path, *, orders: int, seed: int, faults: str, timeout_s: flo
                            "NETSUITE_BASE_URL": urls["netsuite"]}):
             resources = code_location.build_resources(Settings())
             defs = dg.Definitions.merge(*code_location.DOMAINS, dg.Definitions(resources=resources))
-            with dg.DagsterInstance.ephemeral() as instance:
+            # persistent, as the daemon's: a sensor context needs the instance's ref to check a
+            # partitioned run request against the dynamic partitions (the stock hours)
+            (home / "dagster").mkdir(exist_ok=True)
+            with dg.DagsterInstance.local_temp(str(home / "dagster")) as instance:
                 orchestrator = Orchestrator(defs, resources, instance)
                 log.info("simulate: %d orders, seed %d, faults %s; sandbox %s; receiver %s", orders, seed, faults,
                          urls, receiver.url)
