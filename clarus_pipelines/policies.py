@@ -173,7 +173,8 @@ class StockPolicy(_Strict):
     snapshot_retention_days: int = Field(default=35, gt=0)  # hourly history kept (the newest balances always stay)
     go_live: datetime = Field(
         default=datetime(2026, 1, 1),
-        description="UTC hour the integration went live: the first hourly stock partition (no history before it).")
+        description="UTC hour the integration went live: no stock partition (hour) before it; the stock "
+        "partitions start here or at the retention cutoff, whichever is later.")
 
     @field_validator("go_live")
     @classmethod
