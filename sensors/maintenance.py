@@ -48,8 +48,8 @@ def prune_stock_snapshots(context: dg.OpExecutionContext, policies: PoliciesReso
     with state.store().write() as con:
         removed = prune_snapshots(con, cutoff)
         kept = {r[0] for r in con.execute("SELECT DISTINCT snapshot_hour FROM stock_snapshots").fetchall()}
-    # rows first, keys second: a run that stops between the two leaves a key without rows (deleted
-    # on the next run), never a listed partition whose rows the store no longer holds unnoticed
+    # rows first, keys second; the keys come from what Dagster lists, not from the rows deleted, so
+    # keys left by a run that stopped in between (or hours that never had rows) go on the next run
     expired = expired_hour_keys(context.instance.get_dynamic_partitions(STOCK_PARTITIONS.name), cutoff, kept)
     for key in expired:
         context.instance.delete_dynamic_partition(STOCK_PARTITIONS.name, key)

@@ -260,6 +260,18 @@ def test_an_hour_retention_no_longer_keeps_is_no_partition(make_stack):
     assert too_old not in stack.instance.get_dynamic_partitions("stock_hours")
 
 
+def test_an_hour_before_go_live_is_refused_even_as_a_partition(make_stack):
+    now = datetime.now(timezone.utc)
+    stack = make_stack(go_live=(now - timedelta(hours=2)).strftime("%Y-%m-%dT%H:00:00"))
+    key = hour_key(now - timedelta(hours=5))
+    stack.instance.add_dynamic_partitions("stock_hours", [key])  # added by hand: no sensor adds it
+    result = stack.run_selection(dg.AssetSelection.assets(stock_assets.stock_snapshots), partition_key=key)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
+    assert "before go-live" in str(failure.event_specific_data)
+    assert stack.query("SELECT count(*) FROM stock_snapshots")[0][0] == 0
+
+
 def test_snapshot_freshness_check_fails_until_snapshots_are_taken(make_stack):
     stack = make_stack()
     checks = dg.AssetSelection.checks(*stock_assets.snapshot_freshness_checks)
