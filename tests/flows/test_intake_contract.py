@@ -45,6 +45,9 @@ def order_body(order_id: int, name: str = "#1001") -> bytes:
     (b'{"a": "\xff"}', "not valid UTF-8"),
     (b"[" * 2000 + b"]" * 2000, "nested deeper"),
     (b'{"a":' * 65 + b"1" + b"}" * 65, "nested deeper"),
+    (b'{"a":' + b"[" * 64 + b"]" * 64 + b"}", "nested deeper"),
+    (b'{"a": ["ok", {"b": "\\uDBFF"}]}', "lone UTF-16 surrogate"),
+    (b'{"a": "\\\\", "b": "\\udfff"}', "lone UTF-16 surrogate"),
     (b"[1, 2]", "must be an object"),
     (b'"text"', "must be an object"),
     (b'{"a": NaN}', "NaN is not allowed"),
@@ -59,6 +62,8 @@ def test_bodies_outside_the_contract_are_refused_with_a_reason(body, reason):
 def test_bodies_inside_the_contract_parse():
     assert contract.parse_body(b'{"a": "\\ud83d\\ude00", "b": "\\u0000", "n": 123456789012345678901234567890}')["a"] == "\U0001f600"
     assert contract.parse_body(b'{"a":' * 63 + b"1" + b"}" * 63)
+    assert contract.parse_body(b'{"a":' + b"[" * 63 + b"]" * 63 + b"}")
+    assert contract.parse_body(b'{"a": "\\\\ud83d", "b": "[[[[{{{{"}')["a"] == "\\ud83d"  # an escaped backslash, no escape
     for topic in ("orders/create", "goods_out/completed", "unknown", "carts/create"):
         assert contract.check_topic(topic) == topic
     for topic in ("_x/y", "%2e%2e", "../..", "Orders/Create", "orders", "a/b/c", "", "orders/create\n"):
