@@ -5,8 +5,10 @@ row of `webhook_inbox` (migration 016) holding what a landing file holds: landin
 source, topic, dedupe key, receive time, kept headers, the exact body, and for a body
 outside the contract the quarantine reason. The receiver answers 2xx only after the
 row's transaction committed with `synchronous_commit = on` (set on every connection),
-so an acknowledged webhook is in PostgreSQL's WAL on disk. PostgreSQL's group commit
-lets concurrent commits share one WAL flush.
+so an acknowledged webhook is in PostgreSQL's WAL on disk. The receiver commits in
+groups (`GroupCommit`): the requests that arrive while a commit is in flight go into the
+next transaction together, one statement and one WAL flush for all of them, and each is
+answered with its own result once that commit returned.
 
 Exactly once: `UNIQUE (source, dedupe_key)` and `INSERT ... ON CONFLICT DO NOTHING`. Of
 two receivers posting the same event at once, the second waits for the first's commit
@@ -24,6 +26,7 @@ take rows at or below the horizon, so "new since seq N" is complete and final.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import json
@@ -50,11 +53,25 @@ INBOX_LOCK = 0x636C_6172_7573_0016  # advisory lock key: inserters share it, a r
 INBOX_PREFIX = "inbox:"  # a landing reference in PostgreSQL mode: "inbox:<seq>"
 REJECTIONS_LOG = "inbox"  # the name under which ingest keeps its rejection offset (the last seq counted)
 DEFAULT_POOL_SIZE = 16  # connections per receiver process: concurrent commits share WAL flushes
+DEFAULT_MAX_BATCH = 256  # rows per group commit (a statement stays well under a few MB at the usual body sizes)
 MIGRATION = "016_webhook_inbox.sql"
 _SCHEMA_LOCK = 0x636C_6172_7573_0000  # serialises schema creation across processes
 
 _COLUMNS = ("seq", "landing_id", "source", "topic", "known_topic", "dedupe_key", "webhook_id", "received_at", "via",
             "replay_of", "headers", "body", "quarantine_reason")
+
+
+_INSERT_BATCH = (
+    "SELECT pg_advisory_xact_lock_shared(%s);"
+    " INSERT INTO webhook_inbox (landing_id, source, topic, known_topic, dedupe_key, webhook_id, received_at, via,"
+    " replay_of, headers, body)"
+    " SELECT * FROM unnest(%s::varchar[], %s::varchar[], %s::varchar[], %s::boolean[], %s::varchar[], %s::varchar[],"
+    " %s::timestamp[], %s::varchar[], %s::varchar[], %s::varchar[], %s::bytea[])"
+    " ON CONFLICT (source, dedupe_key) DO NOTHING RETURNING seq, landing_id"
+)
+_FIND_KEYS = ("SELECT i.source, i.dedupe_key, i.seq, i.landing_id FROM webhook_inbox i"
+              " JOIN unnest(%s::varchar[], %s::varchar[]) AS k(source, dedupe_key)"
+              " ON i.source = k.source AND i.dedupe_key = k.dedupe_key")
 
 
 class InboxError(OSError):
@@ -270,6 +287,60 @@ class Inbox:
                 raise InboxRowRefused(f"PostgreSQL cannot store this delivery: {exc}"[:200]) from exc
         raise InboxError("could not store the webhook after 5 attempts")
 
+    def land_many(self, envelopes: list[Envelope]) -> list[LandResult | InboxError]:
+        """Store many envelopes in one transaction (one statement, one commit); per envelope, its
+        result (landed, or duplicate with the first's landing id) or the error to answer it with.
+
+        Returns only after the commit is durable. If the batch fails as a whole (a row PostgreSQL
+        refuses, a landing-id clash with another receiver, a lost connection), every envelope is
+        stored on its own (`land`), so one bad row never fails the others."""
+        if not envelopes:
+            return []
+        try:
+            return self._insert_batch(envelopes)
+        except (InboxError, ValueError) as exc:
+            if len(envelopes) > 1:
+                log.info("inbox batch of %d failed (%s); storing each on its own", len(envelopes), type(exc).__name__)
+        results: list[LandResult | InboxError] = []
+        for envelope in envelopes:
+            try:
+                results.append(self.land(envelope))
+            except InboxError as exc:
+                results.append(exc)
+        return results
+
+    def _insert_batch(self, envelopes: list[Envelope]) -> list[LandResult | InboxError]:
+        self.ensure_schema()
+        ids = [self._new_landing_id() for _ in envelopes]
+        columns = list(zip(*((landing_id, e.source, e.topic, e.known_topic, e.dedupe_key, e.webhook_id, _received(e),
+                               e.via, e.replay_of,
+                               json.dumps(dict(e.headers), ensure_ascii=False, separators=(",", ":")),
+                               psycopg2.Binary(e.body))
+                              for landing_id, e in zip(ids, envelopes))))
+        with self.connection(autocommit=True) as conn, conn.cursor() as cur:
+            # one query string, one transaction (see `_insert`): the shared lock, then every row;
+            # a key already stored, or twice in this batch, is skipped and looked up below
+            cur.execute(_INSERT_BATCH, [INBOX_LOCK, *map(list, columns)])
+            stored = dict((landing_id, seq) for seq, landing_id in cur.fetchall())
+            results: list[LandResult | InboxError | None] = [
+                LandResult("landed", landing_id, inbox_ref(stored[landing_id])) if landing_id in stored else None
+                for landing_id in ids]
+            skipped = [i for i, r in enumerate(results) if r is None]
+            if skipped:
+                cur.execute(_FIND_KEYS, [[envelopes[i].source for i in skipped], [envelopes[i].dedupe_key for i in skipped]])
+                first = {(source, key): (seq, landing_id) for source, key, seq, landing_id in cur.fetchall()}
+                for i in skipped:
+                    found = first.get((envelopes[i].source, envelopes[i].dedupe_key))
+                    if found is not None:
+                        results[i] = LandResult("duplicate", found[1], inbox_ref(found[0]))
+        for i, result in enumerate(results):
+            if result is None:  # the first writer rolled back between our two statements: store it alone
+                try:
+                    results[i] = self.land(envelopes[i])
+                except InboxError as exc:
+                    results[i] = exc
+        return results  # type: ignore[return-value]
+
     def land(self, envelope: Envelope) -> LandResult:
         """Store `envelope` (committed, durable) unless its dedupe key is already in the inbox."""
         status, seq, landing_id = self._insert(envelope, quarantined=False)
@@ -445,6 +516,63 @@ class Inbox:
         with self.connection() as conn, conn.cursor() as cur:
             cur.execute("SELECT coalesce(max(seq), 0) FROM webhook_inbox_rejections")
             return {REJECTIONS_LOG: int(cur.fetchone()[0])}
+
+
+# ---------------------------------------------------------------------------- group commit in the receiver
+
+
+class GroupCommit:
+    """Group commit in the app: the receiver's requests share one transaction per batch.
+
+    `land` queues the envelope and waits. While no commit is in flight, the first caller
+    starts one; every envelope that arrives while it runs waits for the next, which takes
+    them all (up to `max_batch`) into one `Inbox.land_many`: one statement, one commit,
+    one thread hop. Each caller is answered with its own result (landed, or duplicate for
+    exactly the rows whose key was already stored), and only after the commit is durable.
+    """
+
+    def __init__(self, inbox: Inbox, *, max_batch: int = DEFAULT_MAX_BATCH):
+        self.inbox = inbox
+        self.max_batch = max_batch
+        self._pending: list[tuple[Envelope, asyncio.Future]] = []
+        self._flusher: asyncio.Task | None = None
+        self.commits = 0  # batches committed (tests and the benchmark)
+
+    async def land(self, envelope: Envelope) -> LandResult:
+        """Store `envelope` with whatever else is waiting; raises the `InboxError` to answer it with."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+        self._pending.append((envelope, future))
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        batch: list[tuple[Envelope, asyncio.Future]] = []
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+                try:
+                    results = await loop.run_in_executor(None, self.inbox.land_many, [e for e, _ in batch])
+                except Exception as exc:  # noqa: BLE001 - answered to every request of the batch (503, retried)
+                    results = [exc] * len(batch)
+                else:
+                    self.commits += 1
+                for (_, future), result in zip(batch, results):
+                    if future.done():  # its request was cancelled; the row may still be stored (a retry is a duplicate)
+                        continue
+                    if isinstance(result, BaseException):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+                batch = []
+        finally:
+            self._flusher = None
+            # only when this task is cancelled (the loop stops): nobody is left to answer these
+            left, self._pending = batch + self._pending, []
+            for _, future in left:
+                future.cancel()
 
 
 # ---------------------------------------------------------------------------- one inbox per URL and process
