@@ -423,7 +423,8 @@ def create_app(
 
     async def answer(request: Request, source: str, token: str | None) -> Response:
         try:
-            refused = intake.precheck(source, request.headers, token)  # before a byte of the body is read
+            headers = dict(request.headers.items())  # decoded once (ASGI names are lower case)
+            refused = intake.precheck(source, headers, token)  # before a byte of the body is read
             if refused is not None:
                 return _answer(refused, close=True)
             try:
@@ -442,7 +443,7 @@ def create_app(
             except ClientDisconnect:
                 intake.count(source, "disconnected")
                 return Response(status_code=400)
-            outcome = await intake.accept_async(source, body, request.headers, token=token)
+            outcome = await intake.accept_async(source, body, headers, token=token)
             return _answer(outcome)
         except Exception:  # our fault, never the body's: the sender retries
             intake.count(source, "error")
@@ -549,5 +550,9 @@ def create_app_from_env() -> Starlette:
     settings = Settings()
     max_body = int(os.environ.get(MAX_BODY_ENV, DEFAULT_MAX_BODY_BYTES))
     body_timeout = float(os.environ.get(BODY_TIMEOUT_ENV, DEFAULT_BODY_TIMEOUT_S))
-    return create_app(settings.landing_path, settings=settings, max_body_bytes=max_body, body_timeout_s=body_timeout,
-                      state_url=settings.inbox_url or "")
+    app = create_app(settings.landing_path, settings=settings, max_body_bytes=max_body, body_timeout_s=body_timeout,
+                     state_url=settings.inbox_url or "")
+    from clarus_pipelines.receiver.server import freeze_startup_heap
+
+    freeze_startup_heap()  # a worker process serves right after this
+    return app

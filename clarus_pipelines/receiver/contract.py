@@ -39,6 +39,9 @@ def _no_constants(name: str) -> Any:
     raise BodyRefused(f"JSON constant {name} is not allowed")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_no_constants)  # built once: json.loads with options builds one per call
+
+
 def _check_tree(value: Any, *, strings: bool = True) -> None:
     """Depth and (with `strings`) string checks without recursion (a deep body must not blow the stack)."""
     stack: list[tuple[Any, int]] = [(value, 1)]
@@ -83,7 +86,7 @@ def parse_body(body: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise BodyRefused(f"body is not valid UTF-8 (byte {exc.start})") from None
     try:
-        payload = json.loads(text, parse_constant=_no_constants)
+        payload = _DECODER.decode(text)
     except RecursionError:
         raise BodyRefused(f"JSON nested deeper than {MAX_DEPTH} levels") from None
     except BodyRefused:

@@ -128,8 +128,17 @@ def topic_dir(topic: str) -> str:
     return name or UNKNOWN_TOPIC
 
 
+_second_text: tuple[int, str] = (-1, "")  # (unix second, its "YYYY-mm-ddTHH:MM:SS"): formatted once a second
+
+
 def _utcnow_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """Now in UTC as "YYYY-mm-ddTHH:MM:SS.ffffffZ" (runs per webhook: strftime only once a second)."""
+    global _second_text
+    seconds, micros = divmod(time.time_ns() // 1000, 1_000_000)
+    cached = _second_text
+    if cached[0] != seconds:
+        cached = _second_text = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
+    return f"{cached[1]}.{micros:06d}Z"
 
 
 def dedupe_marker_name(source: str, dedupe_key: str) -> str:
