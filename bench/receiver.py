@@ -6,8 +6,8 @@ Starts real servers on loopback, each in its own process:
   `syncfs` flush and once with an fsync per file (`--sync`);
 - ours, PostgreSQL (with `--state-url postgresql://...`): the same receiver inserting into
   the webhook inbox, committed (synchronous_commit on) before the 200;
-- ceiling: the same Starlette + uvicorn settings and the same bounded body read, with a
-  handler that stores nothing and answers 200 at once.
+- ceiling: the same Starlette + uvicorn settings, worker count and bounded body read, with
+  a handler that stores nothing and answers 200 at once.
 
 Each is driven for a bounded time by `--concurrency` keep-alive connections posting
 signed Shopify orders (a real fixture payload, a new webhook id per post), in alternating
@@ -47,15 +47,13 @@ FIXTURE = REPO / "tests" / "fixtures" / "shopify" / "orders" / "order_python_api
 # ---------------------------------------------------------------------------- the bare endpoint
 
 
-def serve_bare(host: str, port: int) -> None:
-    """The ceiling: same framework, server settings and body read; no verification, no storage."""
-    import uvicorn
+def bare_app():
+    """The ceiling: same framework and body read; no verification, no storage."""
     from starlette.applications import Starlette
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
     from clarus_pipelines.receiver.app import DEFAULT_MAX_BODY_BYTES, read_body
-    from clarus_pipelines.receiver.server import uvicorn_options
 
     async def bare(request):
         await read_body(request, DEFAULT_MAX_BODY_BYTES)
@@ -64,8 +62,21 @@ def serve_bare(host: str, port: int) -> None:
     async def healthz(request):
         return JSONResponse({"status": "ok"})
 
-    app = Starlette(routes=[Route("/webhooks/shopify", bare, methods=["POST"]), Route("/healthz", healthz)])
-    uvicorn.run(app, **uvicorn_options(host, port, "warning"))
+    return Starlette(routes=[Route("/webhooks/shopify", bare, methods=["POST"]), Route("/healthz", healthz)])
+
+
+def serve_bare(host: str, port: int, workers: int = 1) -> None:
+    """Serve the ceiling with the receiver's server settings and as many worker processes as it has."""
+    import uvicorn
+
+    from clarus_pipelines.receiver.server import uvicorn_options
+
+    options = uvicorn_options(host, port, "warning")
+    if workers > 1:  # worker processes import the factory by name, as the receiver's do
+        uvicorn.run("receiver:bare_app", factory=True, workers=workers, app_dir=str(Path(__file__).resolve().parent),
+                    **options)
+    else:
+        uvicorn.run(bare_app(), **options)
 
 
 # ---------------------------------------------------------------------------- load
@@ -205,7 +216,7 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
-        serve_bare("127.0.0.1", args.port)
+        serve_bare("127.0.0.1", args.port, args.workers)
         return 0
     if not FIXTURE.exists():
         raise SystemExit(f"fixture not found: {FIXTURE}")
@@ -233,8 +244,9 @@ def main() -> int:
                                        f"file landing, {'group syncfs' if mode == 'syncfs' else 'fsync per file'}")
         if args.state_url:
             servers["postgres"] = (receiver(["--state-url", args.state_url]), env, "PostgreSQL inbox insert")
-        servers["ceiling"] = ([sys.executable, str(Path(__file__).resolve()), "--serve-bare", "--port", "{port}"], env,
-                              "ceiling (bare endpoint, stores none)")
+        servers["ceiling"] = ([sys.executable, str(Path(__file__).resolve()), "--serve-bare", "--port", "{port}",
+                               "--workers", str(args.workers)], env,
+                              f"ceiling (bare endpoint, stores none, {args.workers} worker)")
         ports = {name: free_port() for name in servers}
         procs = {name: subprocess.Popen([a.replace("{port}", str(ports[name])) for a in argv], env=server_env, cwd=REPO,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
