@@ -110,6 +110,8 @@ class Result:
     accepted: int = 0
     errors: int = 0
     elapsed: float = 0.0
+    cpu_s: float = 0.0  # the server's CPU time (all its processes) over the rounds, warm-up included
+    answered: int = 0  # every answer over the rounds, warm-up included
 
     def percentile(self, q: float) -> float:
         ordered = sorted(self.latencies)
@@ -161,6 +163,7 @@ async def drive(port: int, poster: Poster, *, concurrency: int, warmup: float, d
                 writer.write(request)
                 status = await read_response(reader)
                 done = time.perf_counter()
+                result.answered += 1
                 if sent >= measure_from:
                     result.latencies.append(done - sent)
                     if 200 <= status < 300:
@@ -179,6 +182,23 @@ def run_load(port: int, prefix: str, args: argparse.Namespace) -> Result:
     order = json.loads(FIXTURE.read_text())["order"]
     return asyncio.run(drive(port, Poster(order, prefix), concurrency=args.concurrency, warmup=args.warmup,
                              duration=args.duration))
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its descendants (Linux /proc; 0.0 elsewhere)."""
+    total = 0.0
+    todo = [pid]
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
 
 
 def report(name: str, result: Result) -> float:
@@ -259,7 +279,10 @@ def main() -> int:
             # alternate the servers so that load from elsewhere on the machine hits all alike
             for round_no in range(args.rounds):
                 for name in servers:
+                    cpu_before = tree_cpu_seconds(procs[name].pid)
                     part = run_load(ports[name], f"{name}-{run_tag}-{round_no}", args)
+                    results[name].cpu_s += tree_cpu_seconds(procs[name].pid) - cpu_before
+                    results[name].answered += part.answered
                     total = results[name]
                     total.latencies += part.latencies
                     total.accepted += part.accepted
@@ -288,6 +311,16 @@ def main() -> int:
             print(f"{name}: stored {stored} (>= {accepted} accepted while measured: "
                   f"{'ok' if stored >= accepted else 'MISSING'}); ratio {rates[name] / ceiling if ceiling else 0.0:.3f}",
                   flush=True)
+    # Throughput ratios depend on what else the machine runs (the load client shares its CPUs);
+    # the receiver's own CPU time per answered request does not, as much.
+    cpu_per_request = {name: results[name].cpu_s / results[name].answered * 1e6 if results[name].answered else 0.0
+                       for name in servers}
+    if cpu_per_request["ceiling"]:
+        print("server CPU per request (its processes only; a PostgreSQL server's own CPU not counted): "
+              + ", ".join(f"{name} {us:.0f} us" for name, us in cpu_per_request.items())
+              + "; ceiling/ours: " + ", ".join(f"{name} {cpu_per_request['ceiling'] / us:.3f}"
+                                               for name, us in cpu_per_request.items() if name != "ceiling" and us),
+              flush=True)
     main_name = "file-syncfs" if "file-syncfs" in rates else next(n for n in rates if n.startswith("file-"))
     print(f"ratio: {rates[main_name] / ceiling if ceiling else 0.0:.3f}")
     return 0
