@@ -61,6 +61,7 @@ _COLUMNS = ("seq", "landing_id", "source", "topic", "known_topic", "dedupe_key",
             "replay_of", "headers", "body", "quarantine_reason")
 
 
+_HEADERS_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # built once, not per row
 _INSERT_BATCH = (
     "SELECT pg_advisory_xact_lock_shared(%s);"
     " INSERT INTO webhook_inbox (landing_id, source, topic, known_topic, dedupe_key, webhook_id, received_at, via,"
@@ -259,7 +260,7 @@ class Inbox:
     def _insert(self, envelope: Envelope, *, quarantined: bool) -> tuple[str, int | None, str | None]:
         """Insert one row; returns (status, seq, landing_id) with status landed or duplicate."""
         self.ensure_schema()
-        headers = json.dumps(dict(envelope.headers), ensure_ascii=False, separators=(",", ":"))
+        headers = _HEADERS_JSON.encode(dict(envelope.headers))
         for _attempt in range(5):
             landing_id = self._new_landing_id()
             params = [INBOX_LOCK, landing_id, envelope.source, envelope.topic, envelope.known_topic,
@@ -330,7 +331,7 @@ class Inbox:
         ids = [self._new_landing_id() for _ in envelopes]
         columns = list(zip(*((landing_id, e.source, e.topic, e.known_topic, e.dedupe_key, e.webhook_id, _received(e),
                                e.via, e.replay_of,
-                               json.dumps(dict(e.headers), ensure_ascii=False, separators=(",", ":")),
+                               _HEADERS_JSON.encode(dict(e.headers)),
                                psycopg2.Binary(e.body))
                               for landing_id, e in zip(ids, envelopes))))
         with self.connection(autocommit=True) as conn, conn.cursor() as cur:

@@ -100,9 +100,16 @@ def syncfs(fd: int) -> None:
 # ---------------------------------------------------------------------------- ids and paths
 
 
+_id_second: tuple[int, str] = (-1, "")  # (unix second, its "YYYYmmddTHHMMSS"): formatted once a second
+
+
 def format_landing_id(micros: int) -> str:
+    global _id_second
     seconds, fraction = divmod(micros, 1_000_000)
-    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(seconds))}.{fraction:06d}Z"
+    cached = _id_second
+    if cached[0] != seconds:
+        cached = _id_second = (seconds, time.strftime("%Y%m%dT%H%M%S", time.gmtime(seconds)))
+    return f"{cached[1]}.{fraction:06d}Z"
 
 
 def landing_time(landing_id: str) -> datetime:
