@@ -14,8 +14,9 @@ answering. `create_app` wraps it in a Starlette app:
 Where accepted webhooks go: the landing zone (one fsynced file each), or with
 `CLARUS_PIPELINES_STATE_URL=postgresql://...` the PostgreSQL webhook inbox
 (`receiver.inbox`: one committed row each, no local disk, no file lock), so any number of
-receivers can run side by side. There the checks run on the event loop and concurrent
-requests share one commit (`Intake.accept_async`, `inbox.GroupCommit`).
+receivers can run side by side. In both (the landing zone with its default syncfs flush)
+the checks run on the event loop and concurrent requests share one commit
+(`Intake.accept_async`, `receiver.groupcommit`).
 
 Counters and latency go to Prometheus (`receiver.metrics`) on a separate, loopback-bound
 port, never on this one.
@@ -54,13 +55,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from clarus_pipelines.receiver import auth, contract, topics
+from clarus_pipelines.receiver.groupcommit import GroupCommit
 from clarus_pipelines.receiver.landing import Envelope, LandingZone, LandResult
 from clarus_pipelines.policies import TenantPolicy
 from clarus_pipelines.receiver.metrics import ReceiverMetrics
 from clarus_pipelines.settings import Settings, get_policies, is_postgres_url
 
 if TYPE_CHECKING:  # imported when used: a file-mode worker starts without the PostgreSQL driver
-    from clarus_pipelines.receiver.inbox import GroupCommit, Inbox
+    from clarus_pipelines.receiver.inbox import Inbox
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +144,7 @@ class Intake:
         self.netsuite_tolerance_s = netsuite_tolerance_s
         self._counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
-        self.group_commit: GroupCommit | None = None  # set by the app in PostgreSQL mode (see accept_async)
+        self.group_commit: GroupCommit | None = None  # set by the app (see accept_async)
 
     def count(self, source: str, result: str) -> None:
         with self._counts_lock:
@@ -405,13 +407,15 @@ def create_app(
     zone: LandingZone | Inbox
     in_postgres = is_postgres_url(state_url)
     if in_postgres:
-        from clarus_pipelines.receiver.inbox import GroupCommit, Inbox
+        from clarus_pipelines.receiver.inbox import Inbox
 
         zone = Inbox(state_url)  # type: ignore[arg-type]
     else:
         zone = LandingZone(landing_dir, fsync=fsync)
     intake = Intake(zone, secrets, tenant, max_body_bytes=max_body_bytes)
-    if in_postgres:
+    if in_postgres or zone.sync_mode == "syncfs":  # type: ignore[union-attr]
+        # concurrent requests share commits; with an fsync per file, threads of their own
+        # let the disk take the fsyncs at once
         intake.group_commit = GroupCommit(zone)  # type: ignore[arg-type]
 
     async def handle(request: Request, source: str, token: str | None = None) -> Response:

@@ -6,7 +6,7 @@ source, topic, dedupe key, receive time, kept headers, the exact body, and for a
 outside the contract the quarantine reason. The receiver answers 2xx only after the
 row's transaction committed with `synchronous_commit = on` (set on every connection),
 so an acknowledged webhook is in PostgreSQL's WAL on disk. The receiver commits in
-groups (`GroupCommit`): the requests that arrive while a commit is in flight go into the
+groups (`receiver.groupcommit`): the requests that arrive while a commit is in flight go into the
 next transaction together, one statement and one WAL flush for all of them, and each is
 answered with its own result once that commit returned.
 
@@ -26,7 +26,6 @@ take rows at or below the horizon, so "new since seq N" is complete and final.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import json
@@ -53,7 +52,6 @@ INBOX_LOCK = 0x636C_6172_7573_0016  # advisory lock key: inserters share it, a r
 INBOX_PREFIX = "inbox:"  # a landing reference in PostgreSQL mode: "inbox:<seq>"
 REJECTIONS_LOG = "inbox"  # the name under which ingest keeps its rejection offset (the last seq counted)
 DEFAULT_POOL_SIZE = 16  # connections per receiver process: concurrent commits share WAL flushes
-DEFAULT_MAX_BATCH = 256  # rows per group commit (a statement stays well under a few MB at the usual body sizes)
 MIGRATION = "016_webhook_inbox.sql"
 _SCHEMA_LOCK = 0x636C_6172_7573_0000  # serialises schema creation across processes
 
@@ -533,63 +531,6 @@ class Inbox:
         with self.connection() as conn, conn.cursor() as cur:
             cur.execute("SELECT coalesce(max(seq), 0) FROM webhook_inbox_rejections")
             return {REJECTIONS_LOG: int(cur.fetchone()[0])}
-
-
-# ---------------------------------------------------------------------------- group commit in the receiver
-
-
-class GroupCommit:
-    """Group commit in the app: the receiver's requests share one transaction per batch.
-
-    `land` queues the envelope and waits. While no commit is in flight, the first caller
-    starts one; every envelope that arrives while it runs waits for the next, which takes
-    them all (up to `max_batch`) into one `Inbox.land_many`: one statement, one commit,
-    one thread hop. Each caller is answered with its own result (landed, or duplicate for
-    exactly the rows whose key was already stored), and only after the commit is durable.
-    """
-
-    def __init__(self, inbox: Inbox, *, max_batch: int = DEFAULT_MAX_BATCH):
-        self.inbox = inbox
-        self.max_batch = max_batch
-        self._pending: list[tuple[Envelope, asyncio.Future]] = []
-        self._flusher: asyncio.Task | None = None
-        self.commits = 0  # batches committed (tests and the benchmark)
-
-    async def land(self, envelope: Envelope) -> LandResult:
-        """Store `envelope` with whatever else is waiting; raises the `InboxError` to answer it with."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future = loop.create_future()
-        self._pending.append((envelope, future))
-        if self._flusher is None:
-            self._flusher = loop.create_task(self._flush())
-        return await future
-
-    async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
-        batch: list[tuple[Envelope, asyncio.Future]] = []
-        try:
-            while self._pending:
-                batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
-                try:
-                    results = await loop.run_in_executor(None, self.inbox.land_many, [e for e, _ in batch])
-                except Exception as exc:  # noqa: BLE001 - answered to every request of the batch (503, retried)
-                    results = [exc] * len(batch)
-                else:
-                    self.commits += 1
-                for (_, future), result in zip(batch, results):
-                    if future.done():  # its request was cancelled; the row may still be stored (a retry is a duplicate)
-                        continue
-                    if isinstance(result, BaseException):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)
-                batch = []
-        finally:
-            self._flusher = None
-            # only when this task is cancelled (the loop stops): nobody is left to answer these
-            left, self._pending = batch + self._pending, []
-            for _, future in left:
-                future.cancel()
 
 
 # ---------------------------------------------------------------------------- one inbox per URL and process

@@ -19,7 +19,8 @@ import pytest
 
 from clarus_pipelines.receiver import auth
 from clarus_pipelines.receiver.app import WebhookSecrets, create_app
-from clarus_pipelines.receiver.inbox import GroupCommit, Inbox, InboxRowRefused
+from clarus_pipelines.receiver.groupcommit import GroupCommit
+from clarus_pipelines.receiver.inbox import Inbox, InboxRowRefused
 from clarus_pipelines.receiver.landing import Envelope
 from clarus_pipelines.sandbox.serving import serve_in_thread
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
