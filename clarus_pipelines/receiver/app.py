@@ -279,9 +279,12 @@ class Intake:
         topic = topics.header_topic(source, headers)
         kept = topics.kept_headers(source, headers)
         try:
-            payload = contract.parse_body(body)
-            if source == "clarus":
+            if source == "clarus":  # the topic and the dedupe key come from the body
+                payload = contract.parse_body(body)
                 topic = topics.clarus_topic(payload)
+            else:  # from the headers: the body is only checked
+                contract.check_body(body)
+                payload = None
             topic = contract.check_topic(topic or topics.UNKNOWN_TOPIC)
             dedupe_key, webhook_id = topics.dedupe_identity(source, topic, headers, payload, body)
         except contract.BodyRefused as exc:

@@ -18,6 +18,8 @@ import json
 import re
 from typing import Any
 
+import orjson
+
 MAX_DEPTH = 64
 UNKNOWN_TOPIC = "unknown"
 TOPIC_FORM = re.compile(r"[a-z][a-z0-9_]{0,62}/[a-z][a-z0-9_]{0,62}")
@@ -101,6 +103,27 @@ def parse_body(body: bytes) -> dict[str, Any]:
     if deep or strings:
         _check_tree(payload, strings=strings)
     return payload
+
+
+def check_body(body: bytes) -> None:
+    """`parse_body`'s verdict without keeping the value: the receiver needs no payload for a
+    source whose topic and dedupe key are in its headers.
+
+    orjson reads a body several times faster than json and accepts nothing json refuses
+    (it is stricter: numbers beyond a double, NaN); whatever it refuses, and any body
+    with a surrogate escape, goes to `parse_body`, which decides and names the reason. So
+    the bodies accepted and refused, and the reasons, are exactly `parse_body`'s."""
+    if not body.startswith(_BOM) and _SURROGATE_ESCAPE.search(body) is None:
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            if isinstance(payload, dict):
+                if body.count(b"{") + body.count(b"[") > MAX_DEPTH:
+                    _check_tree(payload, strings=False)
+                return
+    parse_body(body)
 
 
 def check_topic(topic: str) -> str:
