@@ -6,8 +6,8 @@ Starts real servers on loopback, each in its own process:
   `syncfs` flush and once with an fsync per file (`--sync`);
 - ours, PostgreSQL (with `--state-url postgresql://...`): the same receiver inserting into
   the webhook inbox, committed (synchronous_commit on) before the 200;
-- ceiling: the same Starlette + uvicorn settings and the same bounded body read, with a
-  handler that stores nothing and answers 200 at once.
+- ceiling: the same Starlette + uvicorn settings, worker count and bounded body read, with
+  a handler that stores nothing and answers 200 at once.
 
 Each is driven for a bounded time by `--concurrency` keep-alive connections posting
 signed Shopify orders (a real fixture payload, a new webhook id per post), in alternating
@@ -47,15 +47,13 @@ FIXTURE = REPO / "tests" / "fixtures" / "shopify" / "orders" / "order_python_api
 # ---------------------------------------------------------------------------- the bare endpoint
 
 
-def serve_bare(host: str, port: int) -> None:
-    """The ceiling: same framework, server settings and body read; no verification, no storage."""
-    import uvicorn
+def bare_app():
+    """The ceiling: same framework and body read; no verification, no storage."""
     from starlette.applications import Starlette
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
     from clarus_pipelines.receiver.app import DEFAULT_MAX_BODY_BYTES, read_body
-    from clarus_pipelines.receiver.server import uvicorn_options
 
     async def bare(request):
         await read_body(request, DEFAULT_MAX_BODY_BYTES)
@@ -64,8 +62,21 @@ def serve_bare(host: str, port: int) -> None:
     async def healthz(request):
         return JSONResponse({"status": "ok"})
 
-    app = Starlette(routes=[Route("/webhooks/shopify", bare, methods=["POST"]), Route("/healthz", healthz)])
-    uvicorn.run(app, **uvicorn_options(host, port, "warning"))
+    return Starlette(routes=[Route("/webhooks/shopify", bare, methods=["POST"]), Route("/healthz", healthz)])
+
+
+def serve_bare(host: str, port: int, workers: int = 1) -> None:
+    """Serve the ceiling with the receiver's server settings and as many worker processes as it has."""
+    import uvicorn
+
+    from clarus_pipelines.receiver.server import uvicorn_options
+
+    options = uvicorn_options(host, port, "warning")
+    if workers > 1:  # worker processes import the factory by name, as the receiver's do
+        uvicorn.run("receiver:bare_app", factory=True, workers=workers, app_dir=str(Path(__file__).resolve().parent),
+                    **options)
+    else:
+        uvicorn.run(bare_app(), **options)
 
 
 # ---------------------------------------------------------------------------- load
@@ -99,6 +110,8 @@ class Result:
     accepted: int = 0
     errors: int = 0
     elapsed: float = 0.0
+    cpu_s: float = 0.0  # the server's CPU time (all its processes) over the rounds, warm-up included
+    answered: int = 0  # every answer over the rounds, warm-up included
 
     def percentile(self, q: float) -> float:
         ordered = sorted(self.latencies)
@@ -150,6 +163,7 @@ async def drive(port: int, poster: Poster, *, concurrency: int, warmup: float, d
                 writer.write(request)
                 status = await read_response(reader)
                 done = time.perf_counter()
+                result.answered += 1
                 if sent >= measure_from:
                     result.latencies.append(done - sent)
                     if 200 <= status < 300:
@@ -168,6 +182,23 @@ def run_load(port: int, prefix: str, args: argparse.Namespace) -> Result:
     order = json.loads(FIXTURE.read_text())["order"]
     return asyncio.run(drive(port, Poster(order, prefix), concurrency=args.concurrency, warmup=args.warmup,
                              duration=args.duration))
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its descendants (Linux /proc; 0.0 elsewhere)."""
+    total = 0.0
+    todo = [pid]
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
 
 
 def report(name: str, result: Result) -> float:
@@ -205,7 +236,7 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
-        serve_bare("127.0.0.1", args.port)
+        serve_bare("127.0.0.1", args.port, args.workers)
         return 0
     if not FIXTURE.exists():
         raise SystemExit(f"fixture not found: {FIXTURE}")
@@ -233,8 +264,9 @@ def main() -> int:
                                        f"file landing, {'group syncfs' if mode == 'syncfs' else 'fsync per file'}")
         if args.state_url:
             servers["postgres"] = (receiver(["--state-url", args.state_url]), env, "PostgreSQL inbox insert")
-        servers["ceiling"] = ([sys.executable, str(Path(__file__).resolve()), "--serve-bare", "--port", "{port}"], env,
-                              "ceiling (bare endpoint, stores none)")
+        servers["ceiling"] = ([sys.executable, str(Path(__file__).resolve()), "--serve-bare", "--port", "{port}",
+                               "--workers", str(args.workers)], env,
+                              f"ceiling (bare endpoint, stores none, {args.workers} worker)")
         ports = {name: free_port() for name in servers}
         procs = {name: subprocess.Popen([a.replace("{port}", str(ports[name])) for a in argv], env=server_env, cwd=REPO,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -247,7 +279,10 @@ def main() -> int:
             # alternate the servers so that load from elsewhere on the machine hits all alike
             for round_no in range(args.rounds):
                 for name in servers:
+                    cpu_before = tree_cpu_seconds(procs[name].pid)
                     part = run_load(ports[name], f"{name}-{run_tag}-{round_no}", args)
+                    results[name].cpu_s += tree_cpu_seconds(procs[name].pid) - cpu_before
+                    results[name].answered += part.answered
                     total = results[name]
                     total.latencies += part.latencies
                     total.accepted += part.accepted
@@ -276,6 +311,16 @@ def main() -> int:
             print(f"{name}: stored {stored} (>= {accepted} accepted while measured: "
                   f"{'ok' if stored >= accepted else 'MISSING'}); ratio {rates[name] / ceiling if ceiling else 0.0:.3f}",
                   flush=True)
+    # Throughput ratios depend on what else the machine runs (the load client shares its CPUs);
+    # the receiver's own CPU time per answered request does not, as much.
+    cpu_per_request = {name: results[name].cpu_s / results[name].answered * 1e6 if results[name].answered else 0.0
+                       for name in servers}
+    if cpu_per_request["ceiling"]:
+        print("server CPU per request (its processes only; a PostgreSQL server's own CPU not counted): "
+              + ", ".join(f"{name} {us:.0f} us" for name, us in cpu_per_request.items())
+              + "; ceiling/ours: " + ", ".join(f"{name} {cpu_per_request['ceiling'] / us:.3f}"
+                                               for name, us in cpu_per_request.items() if name != "ceiling" and us),
+              flush=True)
     main_name = "file-syncfs" if "file-syncfs" in rates else next(n for n in rates if n.startswith("file-"))
     print(f"ratio: {rates[main_name] / ceiling if ceiling else 0.0:.3f}")
     return 0

@@ -23,7 +23,7 @@ from clarus_pipelines.receiver.app import (
 from clarus_pipelines.receiver.metrics import prepare_multiprocess_dir, serve_metrics
 from clarus_pipelines.receiver.server import (
     DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_TIMEOUT_S, HEADER_TIMEOUT_ENV, METRICS_PORT_ENV,
-    uvicorn_options,
+    freeze_startup_heap, uvicorn_options,
 )
 from clarus_pipelines.settings import Settings, is_postgres_url
 
@@ -108,5 +108,6 @@ def run(args: argparse.Namespace) -> int:
         if args.metrics_port is not None:
             serve_metrics(args.metrics_host, args.metrics_port, app.state.metrics.registry)
             log.info("receiver metrics on http://%s:%d/metrics", args.metrics_host, args.metrics_port)
+        freeze_startup_heap()
         uvicorn.run(app, **options)
     return 0

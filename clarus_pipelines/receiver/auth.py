@@ -54,6 +54,11 @@ ACCEPTED = AuthResult(True)
 
 
 def _header(headers: Mapping[str, str], *names: str) -> str | None:
+    """The first of `names` present, whatever the case of `headers`' names."""
+    for name in names:  # names are lower case, and so are the receiver's headers: no copy needed
+        value = headers.get(name)
+        if value is not None:
+            return value
     lowered = {k.lower(): v for k, v in headers.items()}
     for name in names:
         value = lowered.get(name.lower())

@@ -100,9 +100,16 @@ def syncfs(fd: int) -> None:
 # ---------------------------------------------------------------------------- ids and paths
 
 
+_id_second: tuple[int, str] = (-1, "")  # (unix second, its "YYYYmmddTHHMMSS"): formatted once a second
+
+
 def format_landing_id(micros: int) -> str:
+    global _id_second
     seconds, fraction = divmod(micros, 1_000_000)
-    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(seconds))}.{fraction:06d}Z"
+    cached = _id_second
+    if cached[0] != seconds:
+        cached = _id_second = (seconds, time.strftime("%Y%m%dT%H%M%S", time.gmtime(seconds)))
+    return f"{cached[1]}.{fraction:06d}Z"
 
 
 def landing_time(landing_id: str) -> datetime:
@@ -128,8 +135,17 @@ def topic_dir(topic: str) -> str:
     return name or UNKNOWN_TOPIC
 
 
+_second_text: tuple[int, str] = (-1, "")  # (unix second, its "YYYY-mm-ddTHH:MM:SS"): formatted once a second
+
+
 def _utcnow_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """Now in UTC as "YYYY-mm-ddTHH:MM:SS.ffffffZ" (runs per webhook: strftime only once a second)."""
+    global _second_text
+    seconds, micros = divmod(time.time_ns() // 1000, 1_000_000)
+    cached = _second_text
+    if cached[0] != seconds:
+        cached = _second_text = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
+    return f"{cached[1]}.{micros:06d}Z"
 
 
 def dedupe_marker_name(source: str, dedupe_key: str) -> str:
@@ -438,7 +454,7 @@ class LandingZone:
             self._fsync_dir(os.path.dirname(folder))
         self._known_dirs.add(path)
 
-    def _write_tmp(self, data: bytes) -> str:
+    def _write_tmp(self, data: bytes, *, durable: bool = True) -> str:
         tmp = f"{self._tmp}/{uuid.uuid4().hex}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
@@ -449,7 +465,7 @@ class LandingZone:
                 os.fsync(fd)
         finally:
             os.close(fd)
-        if self.sync_mode == "syncfs":
+        if durable and self.sync_mode == "syncfs":
             self._durable()  # the bytes are on disk before the file is renamed into place
         return tmp
 
@@ -529,6 +545,61 @@ class LandingZone:
             if result is None or not result.stored:  # a duplicate's copy, or a failed commit
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
+
+    def land_many(self, envelopes: list[Envelope]) -> list[LandResult | BaseException]:
+        """`land` for a batch in one thread, each flush shared: write every file, flush once,
+        claim and rename them all under one hold of the commit lock, flush once more. Per
+        envelope, its result (landed, recovered, or duplicate) or the error to answer it with;
+        a landing is only reported once the flush after its rename returned."""
+        results: list[LandResult | BaseException | None] = [None] * len(envelopes)
+        jobs: dict[int, _Commit] = {}
+        for i, envelope in enumerate(envelopes):
+            try:
+                known = self.is_duplicate(envelope.source, envelope.dedupe_key)
+                if known:
+                    results[i] = known
+                    continue
+                self._ensure_dir(os.path.dirname(self._marker_path(envelope.source, envelope.dedupe_key)))
+                tmp = self._write_tmp(envelope.to_json(), durable=False)
+                jobs[i] = _Commit(envelope.source, envelope.topic, envelope.dedupe_key, tmp)
+            except OSError as exc:
+                results[i] = exc
+        try:
+            if jobs and self.sync_mode == "syncfs":
+                self._durable()  # every file's bytes on disk before any is renamed into place
+            if jobs:
+                with self._commit_lock() as state:
+                    for job in jobs.values():
+                        try:
+                            self._commit_one(job, state)
+                        except Exception as exc:  # answered to its own request only
+                            job.error = exc
+            folders: set[str] = set()
+            for job in jobs.values():
+                if job.result is not None and job.result.stored:
+                    folders.add(os.path.dirname(f"{self._root}/{job.result.relpath}"))
+                    folders.add(os.path.dirname(self._marker_path(job.source, job.dedupe_key)))
+            if folders:
+                self._durable(tuple(sorted(folders)))
+        except OSError as exc:  # a failed flush or lock: nothing of this batch is acknowledged
+            for i, job in jobs.items():
+                if job.error is None:
+                    job.error = exc
+        for i, job in jobs.items():
+            if job.error is not None or job.result is None or not job.result.stored:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(job.tmp)  # a duplicate's copy, or a failed commit
+            if job.stale_tmp is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(job.stale_tmp)
+            if job.error is not None:
+                results[i] = job.error
+            else:
+                results[i] = job.result
+                if job.result is not None and job.result.status == "recovered":
+                    log.warning("landing %s took over %s event whose first write was interrupted",
+                                job.result.landing_id, job.source)
+        return results  # type: ignore[return-value]
 
     def _commit(self, source: str, topic: str, dedupe_key: str, tmp: str) -> LandResult:
         """Claim the event and rename `tmp` into place; then make it durable."""

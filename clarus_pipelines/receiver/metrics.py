@@ -47,17 +47,26 @@ class ReceiverMetrics:
                                  "Time from the request's headers to its answer.", ["source"],
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
 
+        self._children: dict[tuple[str, str], object] = {}  # (source, result) -> its labelled counter
+
     def record(self, source: str, result: str) -> None:
         """One answered delivery; `result` is the receiver's outcome name."""
-        if result in ACCEPTED:
-            self.accepted.labels(source).inc()
-        elif result == DUPLICATE:
-            self.duplicates.labels(source).inc()
-        else:
-            self.refused.labels(source, result).inc()
+        child = self._children.get((source, result))
+        if child is None:  # labels() takes a lock and builds a key: once per (source, result), not per webhook
+            if result in ACCEPTED:
+                child = self.accepted.labels(source)
+            elif result == DUPLICATE:
+                child = self.duplicates.labels(source)
+            else:
+                child = self.refused.labels(source, result)
+            self._children[(source, result)] = child
+        child.inc()  # type: ignore[attr-defined]
 
     def observe_latency(self, source: str, seconds: float) -> None:
-        self.latency.labels(source).observe(seconds)
+        child = self._children.get((source, "latency"))
+        if child is None:
+            child = self._children[(source, "latency")] = self.latency.labels(source)
+        child.observe(seconds)  # type: ignore[attr-defined]
 
 
 def prepare_multiprocess_dir() -> tuple[Path, bool]:

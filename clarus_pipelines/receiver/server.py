@@ -7,6 +7,7 @@ benchmark's bare endpoint; `GuardedH11Protocol` is module-level so worker proces
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from typing import Any
 
@@ -68,6 +69,14 @@ class GuardedH11Protocol(H11Protocol):
         self._header_deadline = None
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
             self.transport.close()
+
+
+def freeze_startup_heap() -> None:
+    """Move every object alive after start-up (modules, settings, the app) out of the garbage
+    collector's way, so each collection under load walks only what requests allocated.
+    Call once, in the serving process, right before it serves."""
+    gc.collect()
+    gc.freeze()
 
 
 def uvicorn_options(host: str, port: int, log_level: str = "info", *, header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,

@@ -66,10 +66,15 @@ KEPT_HEADERS: dict[str, tuple[str, ...]] = {
 
 def kept_headers(source: str, headers: Mapping[str, str]) -> dict[str, str]:
     wanted = KEPT_HEADERS[source]
-    return {k.lower(): v for k, v in headers.items() if k.lower() in wanted}
+    return {name: v for k, v in headers.items() if (name := k.lower()) in wanted}
 
 
 def _first_header(headers: Mapping[str, str], names: tuple[str, ...]) -> str | None:
+    """The first of `names` (lower case) with a non-blank value, whatever the case of `headers`' names."""
+    for name in names:  # the receiver's headers are already lower case: no copy needed
+        value = (headers.get(name) or "").strip()
+        if value:
+            return value
     lowered = {k.lower(): v for k, v in headers.items()}
     for name in names:
         value = (lowered.get(name) or "").strip()

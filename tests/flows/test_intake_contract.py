@@ -45,6 +45,9 @@ def order_body(order_id: int, name: str = "#1001") -> bytes:
     (b'{"a": "\xff"}', "not valid UTF-8"),
     (b"[" * 2000 + b"]" * 2000, "nested deeper"),
     (b'{"a":' * 65 + b"1" + b"}" * 65, "nested deeper"),
+    (b'{"a":' + b"[" * 64 + b"]" * 64 + b"}", "nested deeper"),
+    (b'{"a": ["ok", {"b": "\\uDBFF"}]}', "lone UTF-16 surrogate"),
+    (b'{"a": "\\\\", "b": "\\udfff"}', "lone UTF-16 surrogate"),
     (b"[1, 2]", "must be an object"),
     (b'"text"', "must be an object"),
     (b'{"a": NaN}', "NaN is not allowed"),
@@ -59,6 +62,8 @@ def test_bodies_outside_the_contract_are_refused_with_a_reason(body, reason):
 def test_bodies_inside_the_contract_parse():
     assert contract.parse_body(b'{"a": "\\ud83d\\ude00", "b": "\\u0000", "n": 123456789012345678901234567890}')["a"] == "\U0001f600"
     assert contract.parse_body(b'{"a":' * 63 + b"1" + b"}" * 63)
+    assert contract.parse_body(b'{"a":' + b"[" * 63 + b"]" * 63 + b"}")
+    assert contract.parse_body(b'{"a": "\\\\ud83d", "b": "[[[[{{{{"}')["a"] == "\\ud83d"  # an escaped backslash, no escape
     for topic in ("orders/create", "goods_out/completed", "unknown", "carts/create"):
         assert contract.check_topic(topic) == topic
     for topic in ("_x/y", "%2e%2e", "../..", "Orders/Create", "orders", "a/b/c", "", "orders/create\n"):
@@ -392,3 +397,21 @@ def test_a_batch_that_fails_anyway_is_stored_one_by_one_and_only_the_culprit_set
     with store.read() as con:
         assert con.execute("SELECT count(*) FROM processed_landings").fetchone()[0] == 3
         assert con.execute("SELECT count(*) FROM landed_events").fetchone()[0] == 2
+
+
+@pytest.mark.parametrize("body", [
+    b"\xef\xbb\xbf{}", b'{"a": "\\ud83d"}', b'{"a": "\\ud83d\\ude00"}', b'{"a": "\xff"}', b"[" * 2000 + b"]" * 2000,
+    b'{"a":' * 65 + b"1" + b"}" * 65, b'{"a":' * 63 + b"1" + b"}" * 63, b'{"a":' + b"[" * 64 + b"]" * 64 + b"}",
+    b"[1, 2]", b'"text"', b'{"a": NaN}', b'{"a": -Infinity}', b'{"a": 1e999}', b'{"a": 123456789012345678901234567890}',
+    b'{"a": 1', b'{"a": "x\x01y"}', b'{"a": "\\u0000"}', b'{"a": 1} x', b' {"a": [1, {"b": null}]} ', b"{}",
+    '{"a": 1}'.encode("utf-16"), b'{"a": "\\\\ud83d"}', b"", b"null",
+])
+def test_the_fast_body_check_gives_exactly_the_verdict_and_reason_of_the_full_parse(body):
+    def verdict(check):
+        try:
+            check(body)
+        except contract.BodyRefused as exc:
+            return exc.reason
+        return "accepted"
+
+    assert verdict(contract.check_body) == verdict(contract.parse_body)

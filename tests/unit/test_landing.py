@@ -264,3 +264,56 @@ def test_landing_id_time_helpers():
     lid = landing_id_at(moment)
     assert lid == "20250304T050607.890123Z"
     assert landing_time(lid) == moment
+
+
+# ---------------------------------------------------------------------------- one batch, shared flushes (group commit)
+
+
+def test_land_many_answers_each_envelope_with_its_own_result(tmp_path):
+    zone = LandingZone(tmp_path, sync="syncfs")
+    before = zone.land(envelope("stored-before"))
+    flushes = zone._group.flushes
+    batch = [envelope(f"b-{i}") for i in range(10)] + [envelope("b-3"), envelope("stored-before"), envelope("b-3")]
+    results = zone.land_many(batch)
+    assert [r.status for r in results] == ["landed"] * 10 + ["duplicate"] * 3
+    assert results[10].landing_id == results[12].landing_id == results[3].landing_id
+    assert results[11].landing_id == before.landing_id
+    assert zone._group.flushes - flushes == 2, "one flush before the renames, one after, for the whole batch"
+    landed = visible_landings(tmp_path)
+    assert len(landed) == 11 and not list(zone.tmp_dir.iterdir()), "no copy of a duplicate is left behind"
+    ids = [r.landing_id for r in results[:10]]
+    assert ids == sorted(ids) and len(set(ids)) == 10
+    for result, env in zip(results[:10], batch):
+        assert zone.read(result.relpath).body == env.body
+        assert zone.is_duplicate("shopify", env.dedupe_key).landing_id == result.landing_id
+
+
+def test_land_many_one_failing_envelope_never_fails_the_others(tmp_path, monkeypatch):
+    zone = LandingZone(tmp_path, sync="syncfs")
+    real_write = zone._write_tmp
+
+    def write(data: bytes, *, durable: bool = True) -> str:
+        if b"poison" in data:
+            raise OSError(28, "No space left on device")
+        return real_write(data, durable=durable)
+
+    monkeypatch.setattr(zone, "_write_tmp", write)
+    results = zone.land_many([envelope("ok-1"), envelope("bad", body=b'{"poison": 1}'), envelope("ok-2")])
+    assert [type(r).__name__ for r in results] == ["LandResult", "OSError", "LandResult"]
+    assert {zone.read(r.relpath).dedupe_key for r in (results[0], results[2])} == {"ok-1", "ok-2"}
+    assert zone.is_duplicate("shopify", "bad") is None, "the failed one can land when it is sent again"
+
+
+def test_land_many_reports_nothing_landed_when_the_final_flush_fails(tmp_path, monkeypatch):
+    zone = LandingZone(tmp_path, sync="syncfs")
+    calls = []
+
+    def flush(items):
+        calls.append(len(items))
+        if len(calls) == 2:  # the flush after the renames
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(zone._group, "_flush", flush)
+    results = zone.land_many([envelope("f-1"), envelope("f-2")])
+    assert all(isinstance(r, OSError) for r in results), "no answer before the renames are durable"
+    assert len(calls) == 2
