@@ -1,14 +1,14 @@
 """`clarus-pipelines simulate`: a sale-day rehearsal with heavy faults loses, duplicates and
 misorders nothing, and its report does catch each of those when they happen."""
 
-import json
-import os
 import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
 
 import pytest
+
+from rehearsal import assert_the_sale_went_through, rehearse
 
 from clarus_pipelines.commands.simulate import build_report, period_minutes
 from clarus_pipelines.state import StateStore
@@ -83,77 +83,16 @@ def test_schedule_periods():
     assert period_minutes("30 3 * * *") == 1440
 
 
-def rehearse(tmp_path, *, orders: int, seed: int, timeout_s: int, state_url: str | None = None) -> dict:
-    """Run `clarus-pipelines simulate` with heavy faults and check what every rehearsal must show."""
-    done = subprocess.run(
-        [CLI, "simulate", "--orders", str(orders), "--seed", str(seed), "--faults", "heavy", "--timeout", str(timeout_s),
-         "--home", str(tmp_path / "rehearsal"), *(["--state-url", state_url] if state_url else [])],
-        capture_output=True, text=True, timeout=timeout_s + 50, cwd=tmp_path,
-        # the DuckDB rehearsal stays on DuckDB whatever state the shell points at
-        env={k: v for k, v in os.environ.items() if k != "CLARUS_PIPELINES_STATE_URL"},
-    )
-    report = json.loads(done.stdout)  # stdout is exactly one JSON object; logs went to stderr
-    assert "simulate:" in done.stderr
-    assert not report["run"]["timed_out"], report["run"]
-    assert (report["lost"], report["duplicates"], report["ordering_violations"]) == (0, 0, 0), (
-        report["lost_orders"], report["duplicate_records"], report["ordering_violation_records"])
-    assert done.returncode == 0
-    assert report["orders_generated"] == orders and report["shopify"]["orders"] == orders
-    assert report["run"]["state"] == ("postgresql" if state_url else "duckdb")
-    return report
+DUCKDB_ORDERS = 80  # the embedded default; the 200-order sale day runs on PostgreSQL (test_simulate_postgres.py)
 
 
 @pytest.mark.timeout(900)
-def test_a_two_hundred_order_sale_day_with_heavy_faults(tmp_path):
-    """The whole integration, through the CLI, on a sale day big enough to matter: 200 orders
-    under heavy faults (errors, timeouts, 429s, duplicated, reordered and lost webhooks) lose,
-    duplicate and misorder nothing. The 1,000-order soak of the same command is `bench/soak.py`."""
-    report = rehearse(tmp_path, orders=200, seed=7, timeout_s=780)
-    # most of the sale reached both systems and came back dispatched; the rest is held or explained
-    assert report["netsuite"]["sales_orders"] >= 140 and report["clarus"]["goods_outs"] >= 140
-    assert report["netsuite"]["item_fulfilments"] >= 60 and report["shopify"]["fulfilments"] >= 60
-    assert report["clarus"]["shipments"] >= report["shopify"]["fulfilments"]
-    assert sum(report["run"]["runs"].values()) > 20  # (a run failing under heavy faults is retried by the next tick)
-    # few runs per order (issue 13): a tick's sensors batch what is due into one run per flow
-    latency = report["latency"]
-    assert latency["runs_per_order"] is not None and latency["runs_per_order"] <= 4, latency["event_runs"]
-    assert latency["to_wms"]["count"] >= 140 and latency["p95_to_wms_s"] is not None
-    assert latency["to_channel"]["count"] >= 60 and latency["p95_to_channel_s"] is not None
-
-
-PG_ORDERS = 80
-
-
-@pytest.mark.postgres
-@pytest.mark.timeout(900)
-def test_the_sale_day_on_postgresql_state(tmp_path):
-    """Issue 14: the same rehearsal with `--state-url postgresql://...`: the receiver stores every
-    webhook in the PostgreSQL inbox, the runs keep their state in PostgreSQL, and the report
-    counts from it; heavy faults still lose, duplicate and misorder nothing."""
-    from pgstate import fresh_database
-
-    from clarus_pipelines.state.pg import pg_connect
-
-    with fresh_database("clarus_simulate") as url:
-        report = rehearse(tmp_path, orders=PG_ORDERS, seed=7, timeout_s=780, state_url=url)
-        raw = pg_connect(url)
-        try:
-            with raw.cursor() as cur:
-                cur.execute("SELECT count(*) FROM webhook_inbox")
-                inbox = cur.fetchone()[0]
-                cur.execute("SELECT count(*) FROM orders")
-                orders = cur.fetchone()[0]
-        finally:
-            raw.close()
-    assert inbox > PG_ORDERS and orders >= PG_ORDERS * 0.9  # webhooks went to the inbox, orders to PostgreSQL
-    assert not (tmp_path / "rehearsal" / "state.duckdb").exists()  # and no DuckDB state was made beside it
-    assert report["netsuite"]["sales_orders"] >= PG_ORDERS * 0.7 and report["clarus"]["goods_outs"] >= PG_ORDERS * 0.7
-    assert report["netsuite"]["item_fulfilments"] >= PG_ORDERS * 0.3 and report["shopify"]["fulfilments"] >= PG_ORDERS * 0.3
-    assert report["clarus"]["shipments"] >= report["shopify"]["fulfilments"]
-    latency = report["latency"]
-    assert latency["runs_per_order"] is not None and latency["runs_per_order"] <= 4, latency["event_runs"]
-    assert latency["to_wms"]["count"] >= PG_ORDERS * 0.7 and latency["p95_to_wms_s"] is not None
-    assert latency["to_channel"]["count"] >= PG_ORDERS * 0.3 and latency["p95_to_channel_s"] is not None
+def test_a_sale_day_with_heavy_faults_on_the_embedded_duckdb_state(tmp_path):
+    """The whole integration, through the CLI, on the demo's embedded DuckDB state: a sale day under
+    heavy faults (errors, timeouts, 429s, duplicated, reordered and lost webhooks) loses, duplicates
+    and misorders nothing. The 1,000-order soak of the same command is `bench/soak.py`."""
+    report = rehearse(tmp_path, orders=DUCKDB_ORDERS, seed=11, timeout_s=780)
+    assert_the_sale_went_through(report, DUCKDB_ORDERS)
 
 
 def test_simulate_refuses_a_state_that_already_holds_orders(tmp_path):
