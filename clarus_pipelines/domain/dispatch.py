@@ -32,7 +32,7 @@ import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from typing import Any, Protocol
@@ -570,6 +570,9 @@ class Shipment:
     lines: tuple[ShipmentLine, ...]
     order_lines: tuple[tuple[str, str | None, int], ...]  # (line_id, sku, quantity) of the order
     netsuite_items: Mapping[str, str]  # sku -> NetSuite item internal id
+    # (status before, stored remote id) of the next remote write's intent, when the write that moved
+    # the shipment here recorded it (see `_moved`); None: the step records it itself
+    next_intent: tuple[str, str | None] | None = None
 
 
 _SHIPMENT_COLUMNS = (
@@ -769,10 +772,25 @@ def find_landed_fulfilment(
 # -- the steps
 
 
-def _moved(con: duckdb.DuckDBPyConnection, shipment: Shipment, moved: bool) -> Shipment | None:
-    """The shipment as the write that moved it left it (read in that write: no extra transaction), or
-    None when another run moved it first."""
-    return load_shipment(con, shipment.shipment_id) if moved else None
+def _moved(con: duckdb.DuckDBPyConnection, shipment: Shipment, moved: bool, now: datetime) -> Shipment | None:
+    """The shipment as the write that moved it left it, or None when another run moved it first.
+
+    Read in that write, which also records the intent of the shipment's next remote write (the
+    item fulfilment, the Shopify fulfilment): the next step makes its call without a transaction
+    of its own first, and the intent is still recorded before the call.
+    """
+    if not moved:
+        return None
+    after = load_shipment(con, shipment.shipment_id)
+    if after is None or after.netsuite_sales_order_id is None:
+        return after
+    if after.state == DispatchState.ERP_ORDER_CONFIRMED:
+        intent = _begin_outbound(con, item_fulfilment_key(after.shipment_id), "netsuite", "transform_item_fulfilment", now)
+    elif after.state == DispatchState.ITEM_FULFILMENT_POSTED:
+        intent = _begin_outbound(con, shopify_fulfilment_key(after.shipment_id), "shopify", "create_fulfillment", now)
+    else:
+        return after
+    return replace(after, next_intent=intent)
 
 
 def _confirm_erp(
@@ -791,7 +809,7 @@ def _confirm_erp(
                 con, shipment, DispatchState.ERP_ORDER_CONFIRMED, now, "NetSuite sales order committed",
                 {"sales_order_id": sales_order_id}, netsuite_sales_order_id=sales_order_id, erp_wait_reason=None,
                 erp_checked_at=now,
-            ))
+            ), now)
         reason = "no sales order in NetSuite yet" if sales_order_id is None else "sales order not committed yet"
         checks = shipment.attempts + 1
         held = con.execute(
@@ -822,8 +840,11 @@ def netsuite_lines(shipment: Shipment) -> list[dict[str, Any]]:
 
 def _post_item_fulfilment(store: StateStore, shipment: Shipment, netsuite: NetSuitePort, now: datetime) -> Shipment | None:
     key = item_fulfilment_key(shipment.shipment_id)
-    with store.write() as con:
-        status, remote_id = _begin_outbound(con, key, "netsuite", "transform_item_fulfilment", now)
+    if shipment.next_intent is not None:
+        status, remote_id = shipment.next_intent
+    else:
+        with store.write() as con:
+            status, remote_id = _begin_outbound(con, key, "netsuite", "transform_item_fulfilment", now)
     if status != "done" or remote_id is None:
         try:
             remote_id, _created = netsuite.transform_to_item_fulfilment(
@@ -845,14 +866,11 @@ def _post_item_fulfilment(store: StateStore, shipment: Shipment, netsuite: NetSu
 
 def _create_channel_fulfilment(store: StateStore, shipment: Shipment, shopify: ShopifyPort, now: datetime) -> Shipment | None:
     key = shopify_fulfilment_key(shipment.shipment_id)
-    with store.write() as con:
-        status, remote_id = _begin_outbound(con, key, "shopify", "create_fulfillment", now)
-        claimed = {
-            r[0] for r in con.execute(
-                "SELECT shopify_fulfilment_id FROM shipments WHERE order_id = ? AND shopify_fulfilment_id IS NOT NULL",
-                [shipment.order_id],
-            ).fetchall()
-        }
+    if shipment.next_intent is not None:
+        status, remote_id = shipment.next_intent
+    else:
+        with store.write() as con:
+            status, remote_id = _begin_outbound(con, key, "shopify", "create_fulfillment", now)
     if status == "done" and remote_id is not None:
         pass  # recorded as created; only the state change was lost
     else:
@@ -862,6 +880,13 @@ def _create_channel_fulfilment(store: StateStore, shipment: Shipment, shopify: S
         )
         landed = None
         if status != "new":  # an earlier attempt may have created it before we could record it
+            with store.read() as con:
+                claimed = {
+                    r[0] for r in con.execute(
+                        "SELECT shopify_fulfilment_id FROM shipments WHERE order_id = ? AND shopify_fulfilment_id IS NOT NULL",
+                        [shipment.order_id],
+                    ).fetchall()
+                }
             landed = find_landed_fulfilment(
                 shopify.list_fulfillments(shipment.order_id), quantities, shipment.tracking_number, claimed
             )
@@ -892,7 +917,7 @@ def _record_step_result(
     """Record a remote write's result and move the shipment on, in one write; the shipment as moved."""
     with store.write() as con:
         _finish_outbound(con, key, remote_id, now)
-        return _moved(con, shipment, _transition(con, shipment, to, now, cause, details, **columns))
+        return _moved(con, shipment, _transition(con, shipment, to, now, cause, details, **columns), now)
 
 
 def _tracking_numbers(fulfilment: Mapping[str, Any]) -> set[str]:
@@ -922,7 +947,7 @@ def _confirm_channel(store: StateStore, shipment: Shipment, shopify: ShopifyPort
         return _moved(con, shipment, _transition(
             con, shipment, DispatchState.CHANNEL_CONFIRMED, now, "Shopify fulfilment read back",
             {"fulfilment_id": shipment.shopify_fulfilment_id, "status": status or None},
-        ))
+        ), now)
 
 
 def tracking_update_pending(shipment: Shipment) -> bool:
@@ -953,7 +978,7 @@ def _send_tracking(store: StateStore, shipment: Shipment, shopify: ShopifyPort, 
                  "from": shipment.tracking_sent, "to": shipment.tracking_number},
                 now,
             )
-        return _moved(con, shipment, bool(updated))
+        return _moved(con, shipment, bool(updated), now)
 
 
 def _record_failure(store: StateStore, shipment: Shipment, error: str, config: DispatchConfig, now: datetime) -> None:
