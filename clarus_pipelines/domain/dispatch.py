@@ -582,21 +582,28 @@ _SHIPMENT_COLUMNS = (
 )
 
 
-def load_shipment(con: duckdb.DuckDBPyConnection, shipment_id: str) -> Shipment | None:
+def load_shipment(con: duckdb.DuckDBPyConnection, shipment_id: str, *, lines_of: Shipment | None = None) -> Shipment | None:
+    """The shipment's row and lines; `lines_of`: the same shipment read earlier in this pass, whose
+    lines, order lines and NetSuite item ids are kept (advancing changes only the row)."""
     row = con.execute(f"SELECT {_SHIPMENT_COLUMNS} FROM shipments WHERE shipment_id = ?", [shipment_id]).fetchone()
     if row is None:
         return None
-    lines = con.execute(
-        "SELECT sku, quantity, line_id FROM shipment_lines WHERE shipment_id = ? ORDER BY sku", [shipment_id]
-    ).fetchall()
-    order_lines = con.execute(
-        "SELECT line_id, sku, quantity FROM order_lines WHERE order_id = ? ORDER BY line_id", [row[1]]
-    ).fetchall()
-    items = con.execute(
-        "SELECT sku, netsuite_item_id FROM items WHERE netsuite_item_id IS NOT NULL"
-        " AND sku IN (SELECT sku FROM shipment_lines WHERE shipment_id = ?)",
-        [shipment_id],
-    ).fetchall()
+    if lines_of is not None:
+        lines = [(line.sku, line.quantity, line.line_id) for line in lines_of.lines]
+        order_lines = list(lines_of.order_lines)
+        items = list(lines_of.netsuite_items.items())
+    else:
+        lines = con.execute(
+            "SELECT sku, quantity, line_id FROM shipment_lines WHERE shipment_id = ? ORDER BY sku", [shipment_id]
+        ).fetchall()
+        order_lines = con.execute(
+            "SELECT line_id, sku, quantity FROM order_lines WHERE order_id = ? ORDER BY line_id", [row[1]]
+        ).fetchall()
+        items = con.execute(
+            "SELECT sku, netsuite_item_id FROM items WHERE netsuite_item_id IS NOT NULL"
+            " AND sku IN (SELECT sku FROM shipment_lines WHERE shipment_id = ?)",
+            [shipment_id],
+        ).fetchall()
     ns_so = row[8]
     if ns_so is None:
         bound = con.execute(
@@ -781,7 +788,7 @@ def _moved(con: duckdb.DuckDBPyConnection, shipment: Shipment, moved: bool, now:
     """
     if not moved:
         return None
-    after = load_shipment(con, shipment.shipment_id)
+    after = load_shipment(con, shipment.shipment_id, lines_of=shipment)
     if after is None or after.netsuite_sales_order_id is None:
         return after
     if after.state == DispatchState.ERP_ORDER_CONFIRMED:
