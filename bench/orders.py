@@ -4,7 +4,7 @@ Generates N realistic landed Shopify `orders/create` webhooks (default 100,000) 
 files in a temporary folder (the receiver's envelope format and layout), then times:
 
 1. the floor: DuckDB alone reading the same files with `read_json`;
-2. ours: reading them the same way, then parse (polars, explicit schema), validate
+2. ours: reading with DuckDB what the pipeline needs (the bodies), then parse (polars, explicit schema), validate
    (completeness, SKUs, ship methods) and map (Clarus goods out and NetSuite sales
    order bodies) for the whole batch.
 
@@ -125,6 +125,14 @@ READ_SQL = (
     " columns = {topic: 'VARCHAR', received_at: 'VARCHAR', body: 'VARCHAR'}, filename = true)"
 )
 
+# What the pipeline reads: the bodies only (parse takes nothing else), no file names. The envelope's
+# other declared columns stay in `columns`: DuckDB reads these objects about twice as fast with them
+# declared as with `body` alone (measured with DuckDB 2.0), and only `body` is materialized.
+BODY_SQL = (
+    "SELECT body FROM read_json(?, format = 'newline_delimited',"
+    " columns = {topic: 'VARCHAR', received_at: 'VARCHAR', body: 'VARCHAR'})"
+)
+
 
 def duckdb_read(pattern: str) -> tuple[float, int]:
     """DuckDB alone: read every file and its body (summing body lengths forces the read)."""
@@ -142,7 +150,7 @@ def pipeline(pattern: str, items, policies) -> tuple[dict[str, float], int, int,
     start = time.perf_counter()
     con = duckdb.connect()
     con.execute("SET threads TO 2")
-    landed = con.sql(READ_SQL, params=[pattern]).pl()
+    landed = con.sql(BODY_SQL, params=[pattern]).pl()
     con.close()
     timings["read"] = time.perf_counter() - start
 

@@ -268,6 +268,9 @@ class _Lanes:
     def __init__(self, drain: _Drain, poll_s: float):
         self.drain, self.poll_s = drain, poll_s
         self.stop = threading.Event()
+        # an idle lane sleeps until its poll is due or the ingest lane stored new events (or the drain
+        # stops): new orders and dispatches do not wait out a poll interval behind ingest
+        self.woken = {lane: threading.Event() for lane in self.LANES}
         self.lock = threading.Lock()
         self.last_work = time.monotonic()
         self.quiet: dict[str, float | None] = dict.fromkeys(self.LANES)
@@ -288,11 +291,21 @@ class _Lanes:
                         self.quiet[lane] = None
                     else:
                         self.quiet[lane] = began
+                if moved and lane == "ingest":
+                    for other in ("orders", "dispatch"):
+                        self.woken[other].set()
                 if not moved:
-                    self.stop.wait(self.poll_s)
+                    self.woken[lane].wait(self.poll_s)
+                    self.woken[lane].clear()
         except BaseException as exc:  # the run fails with it (after the other lanes stop)
             self.error = exc
-            self.stop.set()
+            self.halt()
+
+    def halt(self) -> None:
+        """Stop every lane after its current pass (an idle one at once)."""
+        self.stop.set()
+        for woken in self.woken.values():
+            woken.set()
 
     def idle_for(self) -> float | None:
         """Seconds since the last work, once every lane has looked since then; else None."""
@@ -334,7 +347,7 @@ def drain_event_path(
                 why = f"idle for {config.idle_s:g} s"
                 break
     finally:
-        lanes.stop.set()
+        lanes.halt()
         for thread in threads:
             thread.join()
         drain.close()

@@ -32,7 +32,7 @@ import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from typing import Any, Protocol
@@ -570,6 +570,9 @@ class Shipment:
     lines: tuple[ShipmentLine, ...]
     order_lines: tuple[tuple[str, str | None, int], ...]  # (line_id, sku, quantity) of the order
     netsuite_items: Mapping[str, str]  # sku -> NetSuite item internal id
+    # (status before, stored remote id) of the next remote write's intent, when the write that moved
+    # the shipment here recorded it (see `_moved`); None: the step records it itself
+    next_intent: tuple[str, str | None] | None = None
 
 
 _SHIPMENT_COLUMNS = (
@@ -579,21 +582,28 @@ _SHIPMENT_COLUMNS = (
 )
 
 
-def load_shipment(con: duckdb.DuckDBPyConnection, shipment_id: str) -> Shipment | None:
+def load_shipment(con: duckdb.DuckDBPyConnection, shipment_id: str, *, lines_of: Shipment | None = None) -> Shipment | None:
+    """The shipment's row and lines; `lines_of`: the same shipment read earlier in this pass, whose
+    lines, order lines and NetSuite item ids are kept (advancing changes only the row)."""
     row = con.execute(f"SELECT {_SHIPMENT_COLUMNS} FROM shipments WHERE shipment_id = ?", [shipment_id]).fetchone()
     if row is None:
         return None
-    lines = con.execute(
-        "SELECT sku, quantity, line_id FROM shipment_lines WHERE shipment_id = ? ORDER BY sku", [shipment_id]
-    ).fetchall()
-    order_lines = con.execute(
-        "SELECT line_id, sku, quantity FROM order_lines WHERE order_id = ? ORDER BY line_id", [row[1]]
-    ).fetchall()
-    items = con.execute(
-        "SELECT sku, netsuite_item_id FROM items WHERE netsuite_item_id IS NOT NULL"
-        " AND sku IN (SELECT sku FROM shipment_lines WHERE shipment_id = ?)",
-        [shipment_id],
-    ).fetchall()
+    if lines_of is not None:
+        lines = [(line.sku, line.quantity, line.line_id) for line in lines_of.lines]
+        order_lines = list(lines_of.order_lines)
+        items = list(lines_of.netsuite_items.items())
+    else:
+        lines = con.execute(
+            "SELECT sku, quantity, line_id FROM shipment_lines WHERE shipment_id = ? ORDER BY sku", [shipment_id]
+        ).fetchall()
+        order_lines = con.execute(
+            "SELECT line_id, sku, quantity FROM order_lines WHERE order_id = ? ORDER BY line_id", [row[1]]
+        ).fetchall()
+        items = con.execute(
+            "SELECT sku, netsuite_item_id FROM items WHERE netsuite_item_id IS NOT NULL"
+            " AND sku IN (SELECT sku FROM shipment_lines WHERE shipment_id = ?)",
+            [shipment_id],
+        ).fetchall()
     ns_so = row[8]
     if ns_so is None:
         bound = con.execute(
@@ -769,7 +779,32 @@ def find_landed_fulfilment(
 # -- the steps
 
 
-def _confirm_erp(store: StateStore, shipment: Shipment, netsuite: NetSuitePort, config: DispatchConfig, now: datetime) -> bool:
+def _moved(con: duckdb.DuckDBPyConnection, shipment: Shipment, moved: bool, now: datetime) -> Shipment | None:
+    """The shipment as the write that moved it left it, or None when another run moved it first.
+
+    Read in that write, which also records the intent of the shipment's next remote write (the
+    item fulfilment, the Shopify fulfilment): the next step makes its call without a transaction
+    of its own first, and the intent is still recorded before the call.
+    """
+    if not moved:
+        return None
+    after = load_shipment(con, shipment.shipment_id, lines_of=shipment)
+    if after is None or after.netsuite_sales_order_id is None:
+        return after
+    if after.state == DispatchState.ERP_ORDER_CONFIRMED:
+        intent = _begin_outbound(con, item_fulfilment_key(after.shipment_id), "netsuite", "transform_item_fulfilment", now)
+    elif after.state == DispatchState.ITEM_FULFILMENT_POSTED:
+        intent = _begin_outbound(con, shopify_fulfilment_key(after.shipment_id), "shopify", "create_fulfillment", now)
+    else:
+        return after
+    return replace(after, next_intent=intent)
+
+
+def _confirm_erp(
+    store: StateStore, shipment: Shipment, netsuite: NetSuitePort, config: DispatchConfig, now: datetime
+) -> Shipment | str | None:
+    """The shipment moved on when NetSuite committed its sales order; 'waiting_erp' when it has not
+    (the re-check is scheduled); None when another run moved it."""
     sales_order_id = shipment.netsuite_sales_order_id
     if sales_order_id is None:
         found = netsuite.get_sales_order_by_external_id(shipment.order_id)
@@ -777,27 +812,29 @@ def _confirm_erp(store: StateStore, shipment: Shipment, netsuite: NetSuitePort, 
     committed = bool(sales_order_id) and netsuite.is_committed(sales_order_id)
     with store.write() as con:
         if committed:
-            return _transition(
+            return _moved(con, shipment, _transition(
                 con, shipment, DispatchState.ERP_ORDER_CONFIRMED, now, "NetSuite sales order committed",
                 {"sales_order_id": sales_order_id}, netsuite_sales_order_id=sales_order_id, erp_wait_reason=None,
                 erp_checked_at=now,
-            )
+            ), now)
         reason = "no sales order in NetSuite yet" if sales_order_id is None else "sales order not committed yet"
         checks = shipment.attempts + 1
-        con.execute(
+        held = con.execute(
             "UPDATE shipments SET erp_checked_at = ?, erp_wait_reason = ?, netsuite_sales_order_id = ?, attempts = ?,"
-            " next_attempt_at = ?, updated_at = ? WHERE shipment_id = ? AND state = ?",
+            " next_attempt_at = ?, updated_at = ? WHERE shipment_id = ? AND state = ? RETURNING shipment_id",
             [
                 now, reason, sales_order_id, checks, now + config.erp_delay(checks), now, shipment.shipment_id,
                 DispatchState.DISPATCHED_IN_WMS.value,
             ],
-        )
+        ).fetchall()
+        if not held:
+            return None
         if reason != shipment.erp_wait_reason:
             add_order_event(
                 con, shipment.order_id, "pipeline", "DISPATCH_AWAITING_ERP", reason,
                 {"shipment_id": shipment.shipment_id, "sales_order_id": sales_order_id}, now,
             )
-    return False
+    return "waiting_erp"
 
 
 def netsuite_lines(shipment: Shipment) -> list[dict[str, Any]]:
@@ -808,10 +845,13 @@ def netsuite_lines(shipment: Shipment) -> list[dict[str, Any]]:
     return [{"item_id": shipment.netsuite_items[line.sku], "quantity": line.quantity} for line in shipment.lines]
 
 
-def _post_item_fulfilment(store: StateStore, shipment: Shipment, netsuite: NetSuitePort, now: datetime) -> bool:
+def _post_item_fulfilment(store: StateStore, shipment: Shipment, netsuite: NetSuitePort, now: datetime) -> Shipment | None:
     key = item_fulfilment_key(shipment.shipment_id)
-    with store.write() as con:
-        status, remote_id = _begin_outbound(con, key, "netsuite", "transform_item_fulfilment", now)
+    if shipment.next_intent is not None:
+        status, remote_id = shipment.next_intent
+    else:
+        with store.write() as con:
+            status, remote_id = _begin_outbound(con, key, "netsuite", "transform_item_fulfilment", now)
     if status != "done" or remote_id is None:
         try:
             remote_id, _created = netsuite.transform_to_item_fulfilment(
@@ -831,16 +871,13 @@ def _post_item_fulfilment(store: StateStore, shipment: Shipment, netsuite: NetSu
     )
 
 
-def _create_channel_fulfilment(store: StateStore, shipment: Shipment, shopify: ShopifyPort, now: datetime) -> bool:
+def _create_channel_fulfilment(store: StateStore, shipment: Shipment, shopify: ShopifyPort, now: datetime) -> Shipment | None:
     key = shopify_fulfilment_key(shipment.shipment_id)
-    with store.write() as con:
-        status, remote_id = _begin_outbound(con, key, "shopify", "create_fulfillment", now)
-        claimed = {
-            r[0] for r in con.execute(
-                "SELECT shopify_fulfilment_id FROM shipments WHERE order_id = ? AND shopify_fulfilment_id IS NOT NULL",
-                [shipment.order_id],
-            ).fetchall()
-        }
+    if shipment.next_intent is not None:
+        status, remote_id = shipment.next_intent
+    else:
+        with store.write() as con:
+            status, remote_id = _begin_outbound(con, key, "shopify", "create_fulfillment", now)
     if status == "done" and remote_id is not None:
         pass  # recorded as created; only the state change was lost
     else:
@@ -850,6 +887,13 @@ def _create_channel_fulfilment(store: StateStore, shipment: Shipment, shopify: S
         )
         landed = None
         if status != "new":  # an earlier attempt may have created it before we could record it
+            with store.read() as con:
+                claimed = {
+                    r[0] for r in con.execute(
+                        "SELECT shopify_fulfilment_id FROM shipments WHERE order_id = ? AND shopify_fulfilment_id IS NOT NULL",
+                        [shipment.order_id],
+                    ).fetchall()
+                }
             landed = find_landed_fulfilment(
                 shopify.list_fulfillments(shipment.order_id), quantities, shipment.tracking_number, claimed
             )
@@ -876,11 +920,11 @@ def _create_channel_fulfilment(store: StateStore, shipment: Shipment, shopify: S
 def _record_step_result(
     store: StateStore, shipment: Shipment, key: str, remote_id: str, to: DispatchState, now: datetime, cause: str,
     details: Mapping[str, Any], **columns: Any,
-) -> bool:
-    """Record a remote write's result and move the shipment on, in one write."""
+) -> Shipment | None:
+    """Record a remote write's result and move the shipment on, in one write; the shipment as moved."""
     with store.write() as con:
         _finish_outbound(con, key, remote_id, now)
-        return _transition(con, shipment, to, now, cause, details, **columns)
+        return _moved(con, shipment, _transition(con, shipment, to, now, cause, details, **columns), now)
 
 
 def _tracking_numbers(fulfilment: Mapping[str, Any]) -> set[str]:
@@ -893,7 +937,7 @@ def _tracking_numbers(fulfilment: Mapping[str, Any]) -> set[str]:
     return {n.replace(" ", "").upper() for n in numbers}
 
 
-def _confirm_channel(store: StateStore, shipment: Shipment, shopify: ShopifyPort, now: datetime) -> bool:
+def _confirm_channel(store: StateStore, shipment: Shipment, shopify: ShopifyPort, now: datetime) -> Shipment | None:
     fulfilment = shopify.get_fulfillment(shipment.order_id, shipment.shopify_fulfilment_id)
     if isinstance(fulfilment, Mapping) and isinstance(fulfilment.get("fulfillment"), Mapping):
         fulfilment = fulfilment["fulfillment"]
@@ -907,10 +951,10 @@ def _confirm_channel(store: StateStore, shipment: Shipment, shopify: ShopifyPort
             f"Shopify fulfilment {shipment.shopify_fulfilment_id} does not show tracking {shipment.tracking_number}"
         )
     with store.write() as con:
-        return _transition(
+        return _moved(con, shipment, _transition(
             con, shipment, DispatchState.CHANNEL_CONFIRMED, now, "Shopify fulfilment read back",
             {"fulfilment_id": shipment.shopify_fulfilment_id, "status": status or None},
-        )
+        ), now)
 
 
 def tracking_update_pending(shipment: Shipment) -> bool:
@@ -922,7 +966,7 @@ def tracking_update_pending(shipment: Shipment) -> bool:
     )
 
 
-def _send_tracking(store: StateStore, shipment: Shipment, shopify: ShopifyPort, now: datetime) -> bool:
+def _send_tracking(store: StateStore, shipment: Shipment, shopify: ShopifyPort, now: datetime) -> Shipment | None:
     """Put the shipment's current tracking number on its Shopify fulfilment (setting it is idempotent)."""
     shopify.update_tracking(
         shipment.shopify_fulfilment_id, shipment.tracking_number,
@@ -941,7 +985,7 @@ def _send_tracking(store: StateStore, shipment: Shipment, shopify: ShopifyPort, 
                  "from": shipment.tracking_sent, "to": shipment.tracking_number},
                 now,
             )
-    return bool(updated)
+        return _moved(con, shipment, bool(updated), now)
 
 
 def _record_failure(store: StateStore, shipment: Shipment, error: str, config: DispatchConfig, now: datetime) -> None:
@@ -963,6 +1007,17 @@ def _record_failure(store: StateStore, shipment: Shipment, error: str, config: D
 Clock = Callable[[], datetime]
 
 
+def _next_step(store: StateStore, shipment: Shipment, netsuite: NetSuitePort, shopify: ShopifyPort, now: datetime) -> Shipment | None:
+    """The step after the ERP confirmation for the shipment's state."""
+    if shipment.netsuite_sales_order_id is None:  # recorded at confirmation; its absence is a data error
+        raise DispatchBlocked("no NetSuite sales order id recorded")
+    if shipment.state == DispatchState.ERP_ORDER_CONFIRMED:
+        return _post_item_fulfilment(store, shipment, netsuite, now)
+    if shipment.state == DispatchState.ITEM_FULFILMENT_POSTED:
+        return _create_channel_fulfilment(store, shipment, shopify, now)
+    return _confirm_channel(store, shipment, shopify, now)
+
+
 def advance_shipment(
     store: StateStore,
     shipment_id: str,
@@ -980,11 +1035,12 @@ def advance_shipment(
     number Clarus gave or corrected after the Shopify fulfilment was created is sent to
     Shopify first.
     """
+    # Read once; each step's own write reads the shipment as it left it (one transaction per step).
+    with store.read() as con:
+        shipment = load_shipment(con, shipment_id)
+    if shipment is None:
+        return "missing"
     for _ in SEQUENCE:
-        with store.read() as con:
-            shipment = load_shipment(con, shipment_id)
-        if shipment is None:
-            return "missing"
         if shipment.state == FINAL and not tracking_update_pending(shipment):
             return FINAL.value
         now = clock()
@@ -993,26 +1049,16 @@ def advance_shipment(
         force = False
         try:
             if tracking_update_pending(shipment):
-                if not _send_tracking(store, shipment, shopify, now):
-                    return "raced"
-                continue
-            if shipment.state == DispatchState.DISPATCHED_IN_WMS:
-                if not _confirm_erp(store, shipment, netsuite, config, now):
-                    with store.read() as con:
-                        still = con.execute("SELECT state FROM shipments WHERE shipment_id = ?", [shipment_id]).fetchone()
-                    if still and still[0] == DispatchState.DISPATCHED_IN_WMS.value:
-                        return "waiting_erp"
-                    return "raced"
-                continue
-            if shipment.netsuite_sales_order_id is None:  # recorded at confirmation; its absence is a data error
-                raise DispatchBlocked("no NetSuite sales order id recorded")
-            step = {
-                DispatchState.ERP_ORDER_CONFIRMED: lambda: _post_item_fulfilment(store, shipment, netsuite, now),
-                DispatchState.ITEM_FULFILMENT_POSTED: lambda: _create_channel_fulfilment(store, shipment, shopify, now),
-                DispatchState.CHANNEL_FULFILLED: lambda: _confirm_channel(store, shipment, shopify, now),
-            }[shipment.state]
-            if not step():
+                moved = _send_tracking(store, shipment, shopify, now)
+            elif shipment.state == DispatchState.DISPATCHED_IN_WMS:
+                moved = _confirm_erp(store, shipment, netsuite, config, now)
+                if moved == "waiting_erp":
+                    return "waiting_erp"
+            else:
+                moved = _next_step(store, shipment, netsuite, shopify, now)
+            if moved is None:
                 return "raced"
+            shipment = moved
         except (ConnectorError, DispatchBlocked) as exc:
             log.warning("shipment %s at %s: %s", shipment_id, shipment.state.value, exc)
             # "blocked:" marks what a person must fix (the stuck-state sync raises it at once);

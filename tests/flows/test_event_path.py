@@ -89,3 +89,55 @@ def test_flow_sensors_yield_to_a_queued_or_running_event_path(tmp_path):
             assert not data.run_requests and data.cursor == first.cursor
     finally:
         w.close()
+
+
+def test_events_stored_by_the_ingest_lane_wake_the_idle_orders_and_dispatch_lanes():
+    """An idle lane does not sleep out its poll when ingest stored new events: with an hour's poll,
+    the orders and dispatch lanes still take a second pass once ingest has moved something."""
+    import threading
+
+    from clarus_pipelines.sensors.event_path import _Lanes
+
+    passes = {"ingest": 0, "orders": 0, "dispatch": 0}
+    ingest_may_move = threading.Event()
+
+    class Drain:
+        def ingest(self):
+            passes["ingest"] += 1
+            if ingest_may_move.is_set() and passes["ingest"] > 1:
+                ingest_may_move.clear()
+                return 1
+            return 0
+
+        def orders(self):
+            passes["orders"] += 1
+            return 0
+
+        def dispatch(self):
+            passes["dispatch"] += 1
+            return 0
+
+    lanes = _Lanes(Drain(), poll_s=3600.0)
+    threads = [threading.Thread(target=lanes._loop, args=(lane,), daemon=True) for lane in lanes.LANES]
+    for thread in threads:
+        thread.start()
+    pause = threading.Event()
+
+    def until(done) -> bool:
+        for _ in range(300):
+            if done():
+                return True
+            pause.wait(0.05)
+        return False
+
+    try:
+        assert until(lambda: min(passes.values()) >= 1)  # every lane had its first pass: all sleep for an hour
+        assert passes == {"ingest": 1, "orders": 1, "dispatch": 1}
+        ingest_may_move.set()
+        lanes.woken["ingest"].set()  # stands in for the ingest lane's own poll coming due
+        assert until(lambda: passes["orders"] >= 2 and passes["dispatch"] >= 2), passes
+    finally:
+        lanes.halt()
+        for thread in threads:
+            thread.join(10)
+    assert not any(thread.is_alive() for thread in threads)  # halt wakes the sleeping lanes at once

@@ -347,6 +347,26 @@ def test_graphql_documents_are_validated_against_shopifys_published_schema():
         served.stop()
 
 
+def test_a_cached_validation_never_lets_an_invalid_document_through():
+    """The sandbox validates a document's text once and reuses the verdict: a valid text answered from
+    the cache still runs, and an invalid one is refused every time, also after a valid one was cached."""
+    from clarus_pipelines.sandbox.shopify_graphql import checked_document
+
+    valid = "{ shop { name myshopifyDomain } }"
+    invalid = "{ shop { name financialStatus } }"  # one field Shopify's schema does not have
+    with served_shopify() as (_, client):
+        hits = checked_document.cache_info().hits
+        for _ in range(2):
+            assert _graphql(client, valid)["data"]["shop"]["myshopifyDomain"] == "sandbox.myshopify.com"
+        assert checked_document.cache_info().hits > hits  # the second one was judged from the cache
+        for _ in range(2):
+            refused = _graphql(client, invalid)
+            assert "data" not in refused and "financialStatus" in refused["errors"][0]["message"]
+        broken = _graphql(client, valid[:-1])  # does not parse
+        assert "data" not in broken and broken["errors"][0]["message"].startswith("Syntax Error")
+        assert _graphql(client, valid)["data"]["shop"]["name"]
+
+
 def test_inventory_set_needs_an_idempotency_key_and_change_from_quantity():
     shop = ShopifySandbox(access_token=TOKEN, webhook_secret=SECRET)
     item = shop.catalog.clean_variants()[0].inventory_item_id

@@ -106,6 +106,55 @@ def test_concurrent_writers_and_readers_in_separate_processes(tmp_path, state_ta
         assert con.execute("SELECT count(*) FROM processed_landings").fetchone()[0] == 75
 
 
+def test_threads_of_one_process_and_another_process_share_a_duckdb_file(tmp_path):
+    """Threads of this process (each transaction ATTACHes the file to the process's one in-memory
+    DuckDB; readers share the attachment) and a writer in another process: no write lost, no
+    reader fails, and the file is closed between transactions (the other process opens it)."""
+    import threading
+
+    path = tmp_path / "state.duckdb"
+    StateStore(path).ensure_schema()
+    (tmp_path / "via").symlink_to(tmp_path, target_is_directory=True)
+    ctx = mp.get_context("spawn")
+    errors = ctx.Queue()
+    other = ctx.Process(target=_writer, args=(str(path), 9, 20, errors))
+    other.start()
+    failures: list[str] = []
+    seen: list[int] = []
+    names = (path, tmp_path / "via" / "state.duckdb")
+
+    def write(worker: int) -> None:
+        try:
+            for i in range(20):
+                with StateStore(path).write() as con:
+                    con.execute("INSERT INTO processed_landings VALUES (?, 'shopify', 'orders/create', now(), NULL)",
+                                [f"t{worker}-{i}"])
+        except Exception as exc:
+            failures.append(f"writer thread {worker}: {exc!r}")
+
+    def read(worker: int) -> None:
+        try:
+            for _ in range(30):
+                with StateStore(names[worker % 2]).read() as con:  # the file by either of two names
+                    seen.append(con.execute("SELECT count(*) FROM processed_landings").fetchone()[0])
+        except Exception as exc:
+            failures.append(f"reader thread {worker}: {exc!r}")
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(3)]
+    threads += [threading.Thread(target=read, args=(r,)) for r in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=240)
+    other.join(timeout=240)
+    while not errors.empty():
+        failures.append(errors.get())
+    assert failures == [] and other.exitcode == 0
+    assert seen and max(seen) <= 80
+    with StateStore(path).read() as con:
+        assert con.execute("SELECT count(*) FROM processed_landings").fetchone()[0] == 80
+
+
 def _saturating_writer(path: str, worker: int, seconds: float, results) -> None:
     store = StateStore(path, lock_timeout_s=30)
     written, timeouts, longest = 0, 0, 0.0
