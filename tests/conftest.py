@@ -33,9 +33,10 @@ def pytest_configure(config):
 LANES = ("unit", "flows", "e2e")  # tests/<lane>/: pure rules; sandbox and materialize; HTTP, browser, PostgreSQL, rehearsals
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering by parametrized fixtures
 def pytest_collection_modifyitems(config, items):
     """Each test carries its lane's marker (from its folder). Without ../shared/fixtures the
-    realpayloads lane is skipped, saying where it looked."""
+    realpayloads lane is skipped, saying where it looked. Modules with `slow` tests go first."""
     skip = None if PUBLISHED.available else pytest.mark.skip(reason=SKIP_REASON)
     for item in items:
         lane = item.path.parent.name
@@ -43,6 +44,22 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(getattr(pytest.mark, lane))
         if skip is not None and "realpayloads" in item.keywords:
             item.add_marker(skip)
+    items[:] = heaviest_modules_first(items)
+
+
+def heaviest_modules_first(items: list) -> list:
+    """Modules holding `slow` tests first, the longest time bound (the rehearsals) first among
+    them; otherwise the collection order. The two workers (`-n 2 --dist loadscope`) take one
+    module at a time, so the long ones start at once instead of one of them starting last."""
+    def bound(item) -> float:
+        marker = item.get_closest_marker("timeout")
+        return float(marker.args[0]) if "slow" in item.keywords and marker and marker.args else 0.0
+
+    weight: dict = {}
+    for item in items:
+        if "slow" in item.keywords:
+            weight[item.path] = max(weight.get(item.path, 1.0), bound(item), 1.0)
+    return sorted(items, key=lambda item: -weight.get(item.path, 0.0))  # stable: ties keep their order
 
 
 @pytest.fixture(scope="session", params=[OURS, pytest.param(PUBLISHED, marks=pytest.mark.realpayloads)],

@@ -289,7 +289,7 @@ def count_orders(mode: str, topology: Topology) -> int:
 
 # ------------------------------------------------------------------ the test
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("mode", MODES)
 def test_compose_services_start_from_their_commands_and_orders_flow(tmp_path, databases, mode):
     if not shutil.which("haproxy") and not Path("/usr/sbin/haproxy").exists():

@@ -86,6 +86,7 @@ def test_schedule_periods():
 DUCKDB_ORDERS = 80  # the embedded default; the 200-order sale day runs on PostgreSQL (test_simulate_postgres.py)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_sale_day_with_heavy_faults_on_the_embedded_duckdb_state(tmp_path):
     """The whole integration, through the CLI, on the demo's embedded DuckDB state: a sale day under

@@ -12,6 +12,7 @@ SALE_DAY_ORDERS = 200
 
 
 @pytest.mark.postgres
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_two_hundred_order_sale_day_with_heavy_faults_on_postgresql_state(tmp_path):
     """`simulate --orders 200 --faults heavy --state-url postgresql://...`: the receiver stores every

@@ -86,6 +86,7 @@ def _reader(path: str, worker: int, rounds: int, errors, snapshot_dir: str) -> N
         errors.put(f"reader {worker}: {exc!r}")
 
 
+@pytest.mark.slow
 def test_concurrent_writers_and_readers_in_separate_processes(tmp_path, state_target):
     path = state_target
     StateStore(path).ensure_schema()
@@ -190,6 +191,7 @@ def _snapshot_reader(path: str, worker: int, seconds: float, results, snapshot_d
     results.put(("reader", worker, taken, timeouts, longest))
 
 
+@pytest.mark.slow
 def test_lock_serves_waiters_in_arrival_order_under_saturation(tmp_path):
     """3 writers that keep the lock busy and 2 dashboard snapshots, in separate processes: no
     timeouts, every snapshot within a few seconds, and every acknowledged write is there."""
