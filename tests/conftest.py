@@ -33,17 +33,19 @@ def pytest_configure(config):
 LANES = ("unit", "flows", "e2e")  # tests/<lane>/: pure rules; sandbox and materialize; HTTP, browser, PostgreSQL, rehearsals
 
 
+def pytest_itemcollected(item):
+    """Each test carries its lane's marker (from its folder), in time for `-m unit` to select by
+    it. Without ../shared/fixtures the realpayloads lane is skipped, saying where it looked."""
+    lane = item.path.parent.name
+    if lane in LANES:
+        item.add_marker(getattr(pytest.mark, lane))
+    if not PUBLISHED.available and "realpayloads" in item.keywords:
+        item.add_marker(pytest.mark.skip(reason=SKIP_REASON))
+
+
 @pytest.hookimpl(trylast=True)  # after pytest's own reordering by parametrized fixtures
 def pytest_collection_modifyitems(config, items):
-    """Each test carries its lane's marker (from its folder). Without ../shared/fixtures the
-    realpayloads lane is skipped, saying where it looked. Modules with `slow` tests go first."""
-    skip = None if PUBLISHED.available else pytest.mark.skip(reason=SKIP_REASON)
-    for item in items:
-        lane = item.path.parent.name
-        if lane in LANES:
-            item.add_marker(getattr(pytest.mark, lane))
-        if skip is not None and "realpayloads" in item.keywords:
-            item.add_marker(skip)
+    """Modules with `slow` tests go first."""
     items[:] = heaviest_modules_first(items)
 
 

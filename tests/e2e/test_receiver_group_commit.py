@@ -10,10 +10,8 @@ land. Every acknowledged webhook is a committed row when its answer goes out.
 
 import asyncio
 import json
-import threading
 from collections import Counter
 
-import httpx
 import psycopg2
 import pytest
 
@@ -24,6 +22,7 @@ from clarus_pipelines.receiver.inbox import Inbox, InboxRowRefused
 from clarus_pipelines.receiver.landing import Envelope
 from clarus_pipelines.sandbox.serving import serve_in_thread
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
+from bursts import post_burst
 from payloads import OURS
 from pgstate import fresh_database
 
@@ -145,26 +144,13 @@ def test_concurrent_http_posts_every_acknowledged_webhook_is_a_committed_row(tmp
     re-posts `duplicate` of it, and every 2xx's row is in the inbox when the burst is answered."""
     app = create_app(tmp_path / "unused", secrets=SECRETS, tenant=TENANT, state_url=pg_url)
     served = serve_in_thread(app)
-    answers: list[tuple[str, int, dict]] = []
-    lock = threading.Lock()
-    start = threading.Barrier(24)
 
-    def sender(worker: int) -> None:
-        with httpx.Client(base_url=served.url, timeout=30) as client:
-            start.wait()
-            for n in range(worker, 120, 24):
-                webhook_id = f"http-{n % 40}"
-                body, headers = order_post(n % 40, webhook_id)
-                response = client.post("/webhooks/shopify", content=body, headers=headers)
-                with lock:
-                    answers.append((webhook_id, response.status_code, response.json()))
+    def post(n: int) -> tuple[str, bytes, dict]:
+        webhook_id = f"http-{n % 40}"
+        return (webhook_id, *order_post(n % 40, webhook_id))
 
-    threads = [threading.Thread(target=sender, args=(w,)) for w in range(24)]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        answers = post_burst(served.url, senders=24, posts=120, make_post=post)
     finally:
         served.stop()
     assert len(answers) == 120 and {status for _, status, _ in answers} == {200}

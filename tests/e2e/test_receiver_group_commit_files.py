@@ -7,16 +7,14 @@ in the zone when its answer goes out.
 """
 
 import json
-import threading
 from collections import Counter
-
-import httpx
 
 from clarus_pipelines.receiver import auth
 from clarus_pipelines.receiver.app import WebhookSecrets, create_app
 from clarus_pipelines.receiver.landing import LandingZone
 from clarus_pipelines.sandbox.serving import serve_in_thread
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
+from bursts import post_burst
 from payloads import OURS
 
 SECRET = "group-commit-files-secret"
@@ -29,28 +27,15 @@ def test_concurrent_posts_each_event_lands_once_and_every_acknowledged_landing_i
     app = create_app(tmp_path / "landing", secrets=SECRETS, tenant=TENANT, state_url="")
     assert app.state.intake.group_commit is not None
     served = serve_in_thread(app)
-    answers: list[tuple[str, int, dict]] = []
-    lock = threading.Lock()
-    start = threading.Barrier(16)
     order = OURS.order("order_python_api")
 
-    def sender(worker: int) -> None:
-        with httpx.Client(base_url=served.url, timeout=30) as client:
-            start.wait()
-            for n in range(worker, 96, 16):
-                webhook_id = f"file-{n % 32}"
-                body = json.dumps({**order, "id": 8_000_000_000 + n % 32}).encode()
-                headers = auth.shopify_headers(body, SECRET, topic="orders/create", webhook_id=webhook_id)
-                response = client.post("/webhooks/shopify", content=body, headers=headers)
-                with lock:
-                    answers.append((webhook_id, response.status_code, response.json()))
+    def post(n: int) -> tuple[str, bytes, dict]:
+        webhook_id = f"file-{n % 32}"
+        body = json.dumps({**order, "id": 8_000_000_000 + n % 32}).encode()
+        return webhook_id, body, auth.shopify_headers(body, SECRET, topic="orders/create", webhook_id=webhook_id)
 
-    threads = [threading.Thread(target=sender, args=(w,)) for w in range(16)]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        answers = post_burst(served.url, senders=16, posts=96, make_post=post)
     finally:
         served.stop()
     assert len(answers) == 96 and {status for _, status, _ in answers} == {200}
