@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
@@ -184,7 +185,7 @@ class Intake:
         missing signature headers, a stale NetSuite timestamp. None when the body is worth reading."""
         if not self.secrets.configured(source):
             return self._finish(Outcome(503, "unconfigured", source, reason=f"no {source} webhook secret configured"))
-        headers = {k.lower(): v for k, v in headers.items()}
+        headers = topics.lower_case(headers)
         if source == "clarus":
             verdict = (auth.verify_clarus(token or "", headers, self.secrets.clarus_token or "", self.tenant)
                        if self.tenant is not None else auth.AuthResult(False, "no_tenant_policy"))
@@ -269,7 +270,7 @@ class Intake:
         or the refusal to settle. Writes nothing."""
         if len(body) > self.max_body_bytes:
             return Refusal(413, "too_large", source, f"body over {self.max_body_bytes} bytes")
-        headers = {k.lower(): v for k, v in headers.items()}
+        headers = topics.lower_case(headers)
         if not self.secrets.configured(source):
             return Refusal(503, "unconfigured", source, f"no {source} webhook secret configured")
         verdict = self._verify(source, body, headers, token, check_freshness)
@@ -382,9 +383,16 @@ def _too_large(limit: int) -> JSONResponse:
     return JSONResponse({"status": "too_large", "reason": f"body over {limit} bytes"}, status_code=413)
 
 
+class _Answer(JSONResponse):
+    """A JSON answer rendered by orjson (the same compact UTF-8 text, a few microseconds sooner)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
 def _answer(outcome: Outcome, *, close: bool = False) -> JSONResponse:
     """The HTTP answer; a refusal before the body was read closes the connection (the body is not drained)."""
-    return JSONResponse(outcome.body(), status_code=outcome.status_code, headers={"connection": "close"} if close else None)
+    return _Answer(outcome.body(), status_code=outcome.status_code, headers={"connection": "close"} if close else None)
 
 
 def create_app(
@@ -430,7 +438,7 @@ def create_app(
 
     async def answer(request: Request, source: str, token: str | None) -> Response:
         try:
-            headers = dict(request.headers.items())  # decoded once (ASGI names are lower case)
+            headers = topics.LowerCaseHeaders(request.headers.items())  # decoded once (ASGI names are lower case)
             refused = intake.precheck(source, headers, token)  # before a byte of the body is read
             if refused is not None:
                 return _answer(refused, close=True)

@@ -69,7 +69,7 @@ def _header(headers: Mapping[str, str], *names: str) -> str | None:
 
 def shopify_signature(body: bytes, secret: str) -> str:
     """The `X-Shopify-Hmac-Sha256` value Shopify computes for `body`."""
-    return base64.b64encode(hmac.new(secret.encode("utf-8"), body, hashlib.sha256).digest()).decode("ascii")
+    return base64.b64encode(hmac.digest(secret.encode("utf-8"), body, "sha256")).decode("ascii")
 
 
 def verify_shopify(body: bytes, headers: Mapping[str, str], secret: str) -> AuthResult:

@@ -64,9 +64,20 @@ KEPT_HEADERS: dict[str, tuple[str, ...]] = {
 }
 
 
+class LowerCaseHeaders(dict):
+    """Headers whose names are lower case already (ASGI gives them so): not copied again."""
+
+
+def lower_case(headers: Mapping[str, str]) -> LowerCaseHeaders:
+    """`headers` with lower-case names; the same object if it is `LowerCaseHeaders` already."""
+    if type(headers) is LowerCaseHeaders:
+        return headers
+    return LowerCaseHeaders((k.lower(), v) for k, v in headers.items())
+
+
 def kept_headers(source: str, headers: Mapping[str, str]) -> dict[str, str]:
     wanted = KEPT_HEADERS[source]
-    return {name: v for k, v in headers.items() if (name := k.lower()) in wanted}
+    return {k: v for k, v in lower_case(headers).items() if k in wanted}
 
 
 def _first_header(headers: Mapping[str, str], names: tuple[str, ...]) -> str | None:

@@ -5,6 +5,7 @@ Over real HTTP on loopback (the receiver served by uvicorn) and a real DuckDB st
 
 import json
 import random
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
@@ -415,3 +416,41 @@ def test_the_fast_body_check_gives_exactly_the_verdict_and_reason_of_the_full_pa
         return "accepted"
 
     assert verdict(contract.check_body) == verdict(contract.parse_body)
+
+
+def test_seeded_mutations_get_the_same_verdict_and_reason_from_the_fast_check_and_the_full_parse():
+    """The fast check (simdjson or orjson) and `parse_body` agree on bodies near the edges:
+    valid JSON objects mutated by inserting, deleting and replacing brackets, escapes, bad
+    UTF-8, control characters, constants and numbers beyond 64 bits."""
+    rnd = random.Random(20261203)
+    seeds = [json.dumps({"a": [1, 2.5, -3e10, "x\\y", None, True, {"b": "ü€😀"}], "c": {}}).encode(),
+             b'{"a":"\\u00e9\\n","b":[{},[]]}',
+             b'{"n": 18446744073709551615, "m": -9223372036854775808, "f": 1.7976931348623157e308}',
+             b'{"a":' * 60 + b"1" + b"}" * 60, b'[{"a": 1}]', b'"{}"', b'  {"a": [] }  ', b'{"a": 1}{"b": 2}', b"1"]
+    pieces = [b"{", b"}", b"[", b"]", b'"', b"\\", b",", b":", b" ", b"\t", b"\x00", b"\x01", b"\x7f", b"\xc3", b"\xa9",
+              b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xc0\xaf", b"NaN", b"Infinity", b"1e999", b"-0", b"01", b"1.",
+              b"\\u0000", b"\\ud800", b"\\udc00", b"\\u12", b"true", b"nul", b"99999999999999999999999"]
+
+    def verdict(check, body: bytes) -> str:
+        try:
+            check(body)
+        except contract.BodyRefused as exc:
+            return exc.reason
+        return "accepted"
+
+    verdicts = Counter()
+    for _ in range(20_000):
+        body = bytearray(rnd.choice(seeds))
+        for _ in range(rnd.randint(0, 4)):
+            at = rnd.randrange(len(body) + 1)
+            roll = rnd.random()
+            if roll < 0.4:
+                body[at:at] = rnd.choice(pieces)
+            elif roll < 0.7:
+                del body[at:at + rnd.randint(1, 3)]
+            else:
+                body[at:at + 1] = rnd.choice(pieces)
+        fast, full = verdict(contract.check_body, bytes(body)), verdict(contract.parse_body, bytes(body))
+        assert fast == full, bytes(body)
+        verdicts[fast == "accepted"] += 1
+    assert verdicts[True] > 500 and verdicts[False] > 5_000  # both sides of the contract were exercised
