@@ -2,6 +2,7 @@
 plus the resources they share. Secrets reach the resources through `dg.EnvVar`."""
 
 import warnings
+from typing import Any
 
 import dagster as dg
 
@@ -35,7 +36,7 @@ DOMAINS: list[dg.Definitions] = [
 ]
 
 
-def build_resources(settings: Settings | None = None) -> dict[str, dg.ConfigurableResource]:
+def build_resources(settings: Settings | None = None) -> dict[str, Any]:
     settings = settings or Settings()
     return {
         "state": StateStoreResource(path=settings.state_target),
@@ -56,6 +57,10 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
             access_token=dg.EnvVar("SHOPIFY_ACCESS_TOKEN"),
         ),
         "netsuite": netsuite_resource(settings),
+        # Steps hand each other nothing (every input is Nothing; the data is in the state store),
+        # so what a step returns is kept in memory, never written: Dagster's default would write it
+        # under the launching instance's DAGSTER_HOME, the control plane's disk, from the run worker.
+        "io_manager": dg.mem_io_manager,
     }
 
 

@@ -99,3 +99,34 @@ def test_one_freshness_mechanism_per_asset():
     assert dg.AssetKey("stock_snapshots") in checked
     both = [key for key in checked if graph.get(key).freshness_policy is not None]
     assert both == []
+
+
+def landing_retention_job() -> dg.JobDefinition:
+    from clarus_pipelines.definitions import defs
+
+    return defs.get_job_def("landing_retention_job")
+
+
+def test_steps_hand_each_other_nothing_so_no_run_writes_outputs_to_disk(tmp_path):
+    """Every step input is Nothing (the data lives in the state store), so what a step returns
+    can stay in memory: a run on a worker writes nothing under the launching instance's
+    DAGSTER_HOME (Dagster's default IO manager would, from whichever host runs it)."""
+    from clarus_pipelines.definitions import defs
+
+    repo = defs.get_repository_def()
+    valued_inputs = {(node.name, i.name) for job in repo.get_all_jobs() for node in job.graph.iterate_node_defs()
+                     for i in node.input_defs if not i.dagster_type.is_nothing}
+    assert not valued_inputs, f"steps that load another step's output need a storing IO manager: {valued_inputs}"
+
+    # a job whose ops return values, on a persistent instance configured as deploy/dagster.yaml
+    # (no compute logs): nothing lands in its storage
+    job = landing_retention_job()
+    assert any(not out.dagster_type.is_nothing for node in job.graph.iterate_node_defs() for out in node.output_defs)
+    (tmp_path / "home").mkdir()
+    no_compute_logs = {"module": "dagster._core.storage.noop_compute_log_manager", "class": "NoOpComputeLogManager"}
+    with dg.DagsterInstance.local_temp(str(tmp_path / "home"), overrides={"compute_logs": no_compute_logs}) as instance:
+        # as the daemon runs it (execute_in_process would swap in an in-memory IO manager itself)
+        with dg.execute_job(dg.reconstructable(landing_retention_job), instance) as result:
+            assert result.success, [e.message for e in result.all_events if e.is_failure]
+        storage = Path(instance.storage_directory())
+        assert not storage.exists() or not any(storage.rglob("*")), sorted(storage.rglob("*"))
