@@ -60,7 +60,7 @@ def heaviest_modules_first(items: list) -> list:
     weight: dict = {}
     for item in items:
         if "slow" in item.keywords:
-            weight[item.path] = max(weight.get(item.path, 1.0), bound(item), 1.0)
+            weight[item.path] = max(weight.get(item.path, 0.0), bound(item), 1.0)
     return sorted(items, key=lambda item: -weight.get(item.path, 0.0))  # stable: ties keep their order
 
 
