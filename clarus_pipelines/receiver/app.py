@@ -16,7 +16,8 @@ Where accepted webhooks go: the landing zone (one fsynced file each), or with
 (`receiver.inbox`: one committed row each, no local disk, no file lock), so any number of
 receivers can run side by side. In both (the landing zone with its default syncfs flush)
 the checks run on the event loop and concurrent requests share one commit
-(`Intake.accept_async`, `receiver.groupcommit`).
+(`Intake.accept_async`): the PostgreSQL inbox's commits are run back to back by a child
+process (`receiver.inbox_writer`), the landing zone's by a worker thread (`receiver.groupcommit`).
 
 Counters and latency go to Prometheus (`receiver.metrics`) on a separate, loopback-bound
 port, never on this one.
@@ -64,6 +65,7 @@ from clarus_pipelines.settings import Settings, get_policies, is_postgres_url
 
 if TYPE_CHECKING:  # imported when used: a file-mode worker starts without the PostgreSQL driver
     from clarus_pipelines.receiver.inbox import Inbox
+    from clarus_pipelines.receiver.inbox_writer import InboxWriter
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +147,7 @@ class Intake:
         self.netsuite_tolerance_s = netsuite_tolerance_s
         self._counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
-        self.group_commit: GroupCommit | None = None  # set by the app (see accept_async)
+        self.group_commit: GroupCommit | InboxWriter | None = None  # set by the app (see accept_async)
 
     def count(self, source: str, result: str) -> None:
         with self._counts_lock:
@@ -238,8 +240,9 @@ class Intake:
     async def accept_async(self, source: str, body: bytes, headers: Mapping[str, str], *,
                            token: str | None = None) -> Outcome:
         """`accept` for the HTTP handlers: the checks run on the event loop (in a thread for a
-        large body), and with a `group_commit` the row joins the next group commit, so a
-        request costs no thread hop of its own. The same answers and guarantees as `accept`."""
+        large body), and with a `group_commit` (the inbox writer, or the landing zone's group
+        commit) the row joins the next commit, so a request costs no thread hop of its own. The
+        same answers and guarantees as `accept`."""
         if len(body) > LOOP_CHECK_MAX_BYTES or self.group_commit is None:
             return await run_in_threadpool(self.accept, source, body, headers, token=token)
         verdict = self.check(source, body, headers, token=token)
@@ -424,7 +427,12 @@ def create_app(
     else:
         zone = LandingZone(landing_dir, fsync=fsync)
     intake = Intake(zone, secrets, tenant, max_body_bytes=max_body_bytes)
-    if in_postgres or zone.sync_mode == "syncfs":  # type: ignore[union-attr]
+    writer: InboxWriter | None = None
+    if in_postgres:  # concurrent requests share commits, run back to back by a child process
+        from clarus_pipelines.receiver.inbox_writer import InboxWriter
+
+        intake.group_commit = writer = InboxWriter(state_url)  # type: ignore[arg-type]
+    elif zone.sync_mode == "syncfs":  # type: ignore[union-attr]
         # concurrent requests share commits; with an fsync per file, threads of their own
         # let the disk take the fsyncs at once
         intake.group_commit = GroupCommit(zone)  # type: ignore[arg-type]
@@ -500,6 +508,8 @@ def create_app(
         """Readiness: send traffic here only while an accepted webhook can be stored (the
         landing zone takes a write). 503 with the reason otherwise."""
         problem = await run_in_threadpool(landing_zone_takes_a_write)
+        if writer is not None and problem is None:  # its child runs (a stopped one is started again)
+            problem = await writer.ready()
         doc = {"status": problem or "ready", "sources": sources}
         return JSONResponse(doc, status_code=503 if problem else 200)
 
@@ -522,10 +532,15 @@ def create_app(
                 await run_in_threadpool(zone.ensure_schema)  # type: ignore[union-attr]
             except OSError as exc:  # /readyz says 503 until PostgreSQL answers; posts get 503 meanwhile
                 log.error("webhook inbox not ready: %s", exc.strerror or exc)
+            try:
+                await writer.start()  # type: ignore[union-attr]
+            except OSError as exc:  # the first webhook tries again
+                log.error("inbox writer process not started: %s", exc.strerror or exc)
             log.info("receiver storing webhooks in %s", zone.root)
             try:
                 yield
             finally:
+                await writer.close()  # type: ignore[union-attr]
                 await run_in_threadpool(zone.close)  # type: ignore[union-attr]
                 log.info("receiver stopped")
             return

@@ -1,13 +1,13 @@
-"""Group commit in the receiver: concurrent requests share one durable commit.
+"""Group commit in the receiver's landing zone: concurrent requests share one durable flush.
 
-Without it every request takes a worker thread of its own and pays its own commit: a
-PostgreSQL transaction, or a flush of the landing zone. With it the event loop collects
-the envelopes that arrive while a commit is in flight and hands them to the store in one
-call (`land_many`: the PostgreSQL inbox inserts them in one statement and commits once;
-the landing zone writes them, flushes once, renames them under one hold of its lock and
-flushes once more). Used by `Intake.accept_async`; the guarantees are the store's: each
-answer only after its envelope is durable, duplicates answered as such, one failing
-envelope never failing the others.
+Without it every request takes a worker thread of its own and pays its own flush. With it
+the event loop collects the envelopes that arrive while a commit is in flight and hands
+them to the store in one call (`land_many`: the landing zone writes them, flushes once,
+renames them under one hold of its lock and flushes once more). Used by
+`Intake.accept_async` for file landing; the guarantees are the store's: each answer only
+after its envelope is durable, duplicates answered as such, one failing envelope never
+failing the others. (The PostgreSQL inbox's commits are run by a child process instead,
+`receiver.inbox_writer`, which takes the same `land_many` batches.)
 """
 
 from __future__ import annotations

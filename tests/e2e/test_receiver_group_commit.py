@@ -1,6 +1,7 @@
 """Group commit in the PostgreSQL receiver (issue 14 item 7): many requests, one transaction.
 
-Requests that arrive while a commit is in flight share the next one (`inbox.GroupCommit`).
+Requests that arrive while a commit is in flight share the next one (`Inbox.land_many`, run by
+`GroupCommit` here and by the receiver's inbox writer process over HTTP).
 Each request is still answered with its own result: `landed`, or `duplicate` naming the
 first delivery's landing id for exactly the rows whose key was already stored (by an
 earlier batch, by the same batch, or by another receiver). A batch that fails as a whole

@@ -32,6 +32,7 @@ from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
 from clarus_pipelines.state import StateStore
 from payloads import OURS
 from pgstate import fresh_database
+from processes import child_pids, exited
 
 pytestmark = pytest.mark.postgres
 
@@ -247,6 +248,8 @@ def test_two_receivers_one_sigkilled_mid_burst_store_every_acknowledged_webhook_
         t.start()
     try:
         assert enough.wait(90), "the receivers did not acknowledge enough webhooks"
+        writers = {proc: child_pids(proc.pid) for proc in (proc_a, proc_b)}
+        assert all(len(pids) == 1 for pids in writers.values()), "each receiver runs one inbox writer process"
         os.kill(proc_a.pid, signal.SIGKILL)  # mid-burst: posts to A are in flight right now
         proc_a.wait(10)
         time.sleep(0.5)  # B keeps taking posts after A is gone
@@ -256,6 +259,8 @@ def test_two_receivers_one_sigkilled_mid_burst_store_every_acknowledged_webhook_
             t.join(20)
         proc_b.send_signal(signal.SIGTERM)
         proc_b.wait(30)
+    for pids in writers.values():  # A's writer saw its socket close and finished; B stopped its own
+        assert all(exited(pid) for pid in pids), "an inbox writer process outlived its receiver"
     for home in homes:
         assert not (home / "landing").exists(), "no landing files in PostgreSQL mode"
 
