@@ -53,11 +53,10 @@ class Settings(BaseSettings):
     home: Path = Field(default=Path(".demo"), validation_alias="CLARUS_PIPELINES_HOME")
     policies_file: Path | None = Field(default=None, validation_alias=POLICIES_ENV)
     state_db: Path | None = Field(default=None, validation_alias="CLARUS_PIPELINES_STATE_DB")
-    # A DuckDB file (plain path or duckdb:///path; the demo, one host) or postgresql://... (production).
+    # A DuckDB file (plain path or duckdb:///path; the demo, one host) or postgresql://...
+    # (production: the state, and the webhook inbox the receivers insert into; no landing files).
     state_url: str | None = Field(default=None, validation_alias="CLARUS_PIPELINES_STATE_URL")
     landing_dir: Path | None = Field(default=None, validation_alias="CLARUS_PIPELINES_LANDING_DIR")
-    # postgresql://... : the state, and the webhook inbox the receivers insert into (no landing files)
-    state_url: str | None = Field(default=None, validation_alias="CLARUS_PIPELINES_STATE_URL")
 
     clarus_base_url: str = Field(default="http://127.0.0.1:8701", validation_alias="CLARUS_BASE_URL")
     clarus_subdomain: str = Field(default="sandbox", validation_alias="CLARUS_SUBDOMAIN")
