@@ -19,7 +19,7 @@ accepted webhook is stored, prints each store's ratio to the ceiling, and ends w
 landing with the default flush) over the ceiling.
 
     .venv/bin/python bench/receiver.py [--duration 3] [--rounds 2] [--concurrency 32] [--workers 1]
-        [--sync syncfs|fsync|both] [--state-url postgresql://postgres@127.0.0.1:5432/scratch]
+        [--sync syncfs|fsync|both|none] [--state-url postgresql://postgres@127.0.0.1:5432/scratch]
 """
 
 from __future__ import annotations
@@ -231,9 +231,10 @@ def main() -> int:
     parser.add_argument("--state-url", default=None,
                         help="also measure a receiver storing into the PostgreSQL webhook inbox at this postgresql:// "
                         "URL (use a scratch database: the bench's rows stay there)")
-    parser.add_argument("--sync", choices=["syncfs", "fsync", "both"], default="both",
-                        help="file landing's flush: syncfs (group commit), fsync (per file), or both side by side "
-                        "(default both)")
+    parser.add_argument("--sync", choices=["syncfs", "fsync", "both", "none"], default="both",
+                        help="file landing's flush: syncfs (group commit), fsync (per file), both side by side "
+                        "(default both), or none: no file landing rounds (with --state-url: the PostgreSQL inbox "
+                        "against the ceiling alone, undisturbed by syncfs flushing the whole file system)")
     parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -242,6 +243,8 @@ def main() -> int:
         return 0
     if not FIXTURE.exists():
         raise SystemExit(f"fixture not found: {FIXTURE}")
+    if args.sync == "none" and not args.state_url:
+        raise SystemExit("--sync none measures the PostgreSQL inbox alone: give --state-url")
 
     # where the benchmark's landing zones go: beside the repository (a real disk), never a tmpfs /tmp
     with tempfile.TemporaryDirectory(prefix="bench-receiver-", dir=os.environ.get("BENCH_TMPDIR")) as tmp:
@@ -258,7 +261,7 @@ def main() -> int:
                     "--workers", str(args.workers), "--log-level", "warning", *extra]
 
         servers: dict[str, tuple[list[str], dict, str]] = {}  # name -> argv, env, label
-        modes = ["syncfs", "fsync"] if args.sync == "both" else [args.sync]
+        modes = {"both": ["syncfs", "fsync"], "none": []}.get(args.sync, [args.sync])
         for mode in modes:
             landing = Path(tmp) / f"landing-{mode}"
             servers[f"file-{mode}"] = (receiver(["--landing-dir", str(landing)]),
