@@ -53,6 +53,20 @@ def _frame(obj: object) -> bytes:
     return len(data).to_bytes(_LENGTH, "big") + data
 
 
+def _take_frames(buffer: bytearray, limit: int | None = None) -> list[bytearray]:
+    """Remove the whole frames at the start of `buffer` (at most `limit`) and return their payloads."""
+    frames: list[bytearray] = []
+    start = 0
+    while (limit is None or len(frames) < limit) and len(buffer) - start >= _LENGTH:
+        end = start + _LENGTH + int.from_bytes(buffer[start:start + _LENGTH], "big")
+        if len(buffer) < end:
+            break
+        frames.append(buffer[start + _LENGTH:end])
+        start = end
+    del buffer[:start]
+    return frames
+
+
 def _fields(envelope: Envelope) -> tuple:
     e = envelope
     return (e.source, e.topic, e.body, e.dedupe_key, dict(e.headers), e.received_at, e.via, e.webhook_id,
@@ -111,15 +125,10 @@ class _ChildLink(asyncio.Protocol):
         return future
 
     def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        start = 0
-        while len(buffer) - start >= _LENGTH:
-            end = start + _LENGTH + int.from_bytes(buffer[start:start + _LENGTH], "big")
-            if len(buffer) < end:
-                break
+        self._buffer += data
+        for frame in _take_frames(self._buffer):  # one answer frame per batch the child committed
             self.batches += 1
-            for item in pickle.loads(buffer[start + _LENGTH:end]):
+            for item in pickle.loads(frame):
                 future, _sent = self.waiting.popleft()
                 if not future.done():  # its request was cancelled; the row may still be stored
                     result = _decode(item)
@@ -127,8 +136,6 @@ class _ChildLink(asyncio.Protocol):
                         future.set_exception(result)
                     else:
                         future.set_result(result)
-            start = end
-        del buffer[:start]
 
     def fail_waiting(self, reason: str) -> None:
         while self.waiting:
@@ -297,18 +304,6 @@ class _Frames:
         self.sock = sock
         self.buffer = bytearray()
 
-    def _split(self, limit: int) -> list[bytearray]:
-        frames: list[bytearray] = []
-        buffer, start = self.buffer, 0
-        while len(frames) < limit and len(buffer) - start >= _LENGTH:
-            end = start + _LENGTH + int.from_bytes(buffer[start:start + _LENGTH], "big")
-            if len(buffer) < end:
-                break
-            frames.append(buffer[start + _LENGTH:end])
-            start = end
-        del buffer[:start]
-        return frames
-
     def _drain(self) -> None:
         """Take whatever the receiver has sent so far, without waiting."""
         while True:
@@ -325,7 +320,7 @@ class _Frames:
         EOFError when the receiver closed the socket."""
         self._drain()
         while True:
-            frames = self._split(limit)
+            frames = _take_frames(self.buffer, limit)
             if frames:
                 return frames
             data = self.sock.recv(self.RECV_BYTES)
