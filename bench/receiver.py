@@ -252,11 +252,15 @@ def report(name: str, result: Result) -> float:
 
 
 def count_inbox_rows(state_url: str, prefix: str) -> int:
+    """The bench's rows in the inbox, which it then deletes: a table grown by earlier runs (more
+    index to walk, more to vacuum and checkpoint) would slow the next run's PostgreSQL rounds."""
     import psycopg2
 
     with psycopg2.connect(state_url) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM webhook_inbox WHERE webhook_id LIKE %s", [prefix + "%"])
-        return cur.fetchone()[0]
+        stored = cur.fetchone()[0]
+        cur.execute("DELETE FROM webhook_inbox WHERE webhook_id LIKE %s", [prefix + "%"])
+    return stored
 
 
 def main() -> int:
@@ -268,7 +272,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, help="receiver worker processes (default 1)")
     parser.add_argument("--state-url", default=None,
                         help="also measure a receiver storing into the PostgreSQL webhook inbox at this postgresql:// "
-                        "URL (use a scratch database: the bench's rows stay there)")
+                        "URL (use a scratch database; the bench deletes its rows once it has counted them)")
     parser.add_argument("--sync", choices=["syncfs", "fsync", "both", "none"], default="both",
                         help="file landing's flush: syncfs (group commit), fsync (per file), both side by side "
                         "(default both), or none: no file landing rounds (with --state-url: the PostgreSQL inbox "
