@@ -21,7 +21,7 @@ round), and ends with
 `ratio: X` for the production store (the PostgreSQL inbox when measured, else file
 landing with the default flush) over the ceiling.
 
-    .venv/bin/python bench/receiver.py [--duration 3] [--rounds 2] [--concurrency 32] [--workers 1]
+    .venv/bin/python bench/receiver.py [--duration 2] [--rounds 5] [--concurrency 32] [--workers 1]
         [--sync syncfs|fsync|both|none] [--state-url postgresql://postgres@127.0.0.1:5432/scratch]
         [--serialise-each]
 """
@@ -265,8 +265,9 @@ def count_inbox_rows(state_url: str, prefix: str) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=3.0, help="measured seconds per server and round (default 3)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per server (default 2)")
+    parser.add_argument("--duration", type=float, default=2.0, help="measured seconds per server and round (default 2)")
+    # the machine's speed drifts over seconds: many short alternating rounds let both servers see the same drift
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per server (default 5)")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first (default 1)")
     parser.add_argument("--concurrency", type=int, default=32, help="keep-alive connections (default 32)")
     parser.add_argument("--workers", type=int, default=1, help="receiver worker processes (default 1)")
