@@ -251,7 +251,7 @@ def report(name: str, result: Result) -> float:
 # ---------------------------------------------------------------------------- main
 
 
-def count_inbox_rows(state_url: str, prefix: str) -> int:
+def count_and_clear_inbox_rows(state_url: str, prefix: str) -> int:
     """The bench's rows in the inbox, which it then deletes: a table grown by earlier runs (more
     index to walk, more to vacuum and checkpoint) would slow the next run's PostgreSQL rounds."""
     import psycopg2
@@ -357,7 +357,7 @@ def main() -> int:
             if name.startswith("file-"):
                 stored = sum(1 for _ in (Path(tmp) / f"landing-{name[5:]}" / "shopify").rglob("*.json"))
             elif name == "postgres":
-                stored = count_inbox_rows(args.state_url, f"{name}-{run_tag}-")
+                stored = count_and_clear_inbox_rows(args.state_url, f"{name}-{run_tag}-")
             else:
                 continue
             accepted = results[name].accepted
