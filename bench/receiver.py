@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import hmac
 import json
 import os
 import socket
@@ -143,16 +141,11 @@ class Poster:
         self.order = order
         self.serialise_each = serialise_each  # the generator before the template: json.dumps per post
         text = json.dumps({**order, "id": self._ID, "name": self._NAME}).encode()
-        before_id, after_id = text.split(str(self._ID).encode(), 1)
-        self._head = before_id
-        if json.dumps(self._NAME).encode() in after_id:
-            self._middle, self._tail = after_id.split(json.dumps(self._NAME).encode(), 1)
-            self._name_first = False
-        else:  # the name comes before the id in the order's keys
-            self._name_first = True
-            self._head, self._middle = before_id.split(json.dumps(self._NAME).encode(), 1)
-            self._tail = after_id
-        self._key = SECRET.encode()
+        id_mark, name_mark = str(self._ID).encode(), json.dumps(self._NAME).encode()
+        first, second = sorted((id_mark, name_mark), key=text.index)  # in the order's key order
+        self._head, rest = text.split(first, 1)
+        self._middle, self._tail = rest.split(second, 1)
+        self._id_first = first == id_mark
         fixed = {k: v for k, v in auth.shopify_headers(b"", SECRET, topic="orders/create", webhook_id="").items()
                  if k not in ("X-Shopify-Hmac-Sha256", "X-Shopify-Webhook-Id")}  # those two change per post
         self._head_lines = "POST /webhooks/shopify HTTP/1.1\r\nHost: bench\r\n" + "".join(
@@ -162,13 +155,13 @@ class Poster:
         if self.serialise_each:
             return json.dumps({**self.order, "id": 9_000_000_000 + n, "name": f"#B{n}"}).encode()
         order_id, name = str(9_000_000_000 + n).encode(), f'"#B{n}"'.encode()
-        first, second = (name, order_id) if self._name_first else (order_id, name)
+        first, second = (order_id, name) if self._id_first else (name, order_id)
         return b"".join((self._head, first, self._middle, second, self._tail))
 
     def next_request(self) -> bytes:
         self.n += 1
         body = self.body(self.n)
-        signature = base64.b64encode(hmac.digest(self._key, body, "sha256")).decode()
+        signature = auth.shopify_signature(body, SECRET)
         return (f"{self._head_lines}X-Shopify-Hmac-Sha256: {signature}\r\nX-Shopify-Webhook-Id: {self.prefix}-{self.n}\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
