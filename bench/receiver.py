@@ -16,12 +16,13 @@ signature and webhook id per post, built from the order serialised once; `--seri
 serialises it anew per post, as before), in alternating rounds so that other load on the
 machine affects both alike. Prints
 sustained accepted webhooks per second and p50/p99 latency for each, checks that every
-accepted webhook is stored, prints each store's ratio to the ceiling (overall and round by
-round), and ends with
+accepted webhook is stored, prints each store's ratio to the ceiling (overall, and the
+median and spread of its round-by-round ratios), and ends with
 `ratio: X` for the production store (the PostgreSQL inbox when measured, else file
 landing with the default flush) over the ceiling.
 
-    .venv/bin/python bench/receiver.py [--duration 2] [--rounds 5] [--concurrency 32] [--workers 1]
+    .venv/bin/python bench/receiver.py [--duration 0.5] [--rounds 20] [--warmup 1] [--rewarm 0.25]
+        [--concurrency 32] [--workers 1]
         [--sync syncfs|fsync|both|none] [--state-url postgresql://postgres@127.0.0.1:5432/scratch]
         [--serialise-each]
 """
@@ -33,6 +34,7 @@ import asyncio
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -210,11 +212,19 @@ async def drive(port: int, poster: Poster, *, concurrency: int, warmup: float, d
     return result
 
 
-def run_load(port: int, prefix: str, args: argparse.Namespace) -> Result:
+def run_load(port: int, prefix: str, args: argparse.Namespace, *, first: bool) -> Result:
     order = json.loads(FIXTURE.read_text())["order"]
     poster = Poster(order, prefix, serialise_each=args.serialise_each)
-    return asyncio.run(drive(port, poster, concurrency=args.concurrency, warmup=args.warmup,
+    return asyncio.run(drive(port, poster, concurrency=args.concurrency, warmup=args.warmup if first else args.rewarm,
                              duration=args.duration))
+
+
+def spread(ratios: list[float]) -> str:
+    """Median, middle half and range of per-round ratios."""
+    if not ratios:
+        return "no rounds"
+    q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+    return f"median {median:.3f}, middle half {q1:.3f}-{q3:.3f}, range {min(ratios):.3f}-{max(ratios):.3f}"
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -258,10 +268,14 @@ def count_and_clear_inbox_rows(state_url: str, prefix: str) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=2.0, help="measured seconds per server and round (default 2)")
-    # the machine's speed drifts over seconds: many short alternating rounds let both servers see the same drift
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per server (default 5)")
-    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first (default 1)")
+    parser.add_argument("--duration", type=float, default=0.5, help="measured seconds per server and round (default 0.5)")
+    # this machine's speed changes from one second to the next (the bare endpoint's CPU per request
+    # has doubled between two 1 s rounds): many short alternating rounds let both servers sample it alike
+    parser.add_argument("--rounds", type=int, default=20, help="alternating rounds per server (default 20)")
+    parser.add_argument("--warmup", type=float, default=1.0,
+                        help="unmeasured seconds before a server's first round (default 1)")
+    parser.add_argument("--rewarm", type=float, default=0.25,
+                        help="unmeasured seconds before each later round, on its new connections (default 0.25)")
     parser.add_argument("--concurrency", type=int, default=32, help="keep-alive connections (default 32)")
     parser.add_argument("--workers", type=int, default=1, help="receiver worker processes (default 1)")
     parser.add_argument("--state-url", default=None,
@@ -291,8 +305,9 @@ def main() -> int:
                "CLARUS_PIPELINES_CONFIG": os.environ.get("CLARUS_PIPELINES_CONFIG") or str(SANDBOX_POLICIES)}
         env.pop("CLARUS_PIPELINES_STATE_URL", None)
         body_size = len(Poster(json.loads(FIXTURE.read_text())["order"], "x").next_request())
-        print(f"loopback, {args.concurrency} connections, {args.rounds} alternating round(s) of {args.warmup:g}s warm-up + "
-              f"{args.duration:g}s measured per server; request {body_size} bytes; {os.cpu_count()} CPUs; "
+        print(f"loopback, {args.concurrency} connections, {args.rounds} alternating round(s) of {args.duration:g}s measured "
+              f"per server ({args.warmup:g}s warm-up first, {args.rewarm:g}s before each later round); "
+              f"request {body_size} bytes; {os.cpu_count()} CPUs; "
               f"load average {os.getloadavg()[0]:.1f}", flush=True)
 
         def receiver(extra: list[str]) -> list[str]:
@@ -325,7 +340,7 @@ def main() -> int:
             for round_no in range(args.rounds):
                 for name in servers:
                     cpu_before = tree_cpu_seconds(procs[name].pid)
-                    part = run_load(ports[name], f"{name}-{run_tag}-{round_no}", args)
+                    part = run_load(ports[name], f"{name}-{run_tag}-{round_no}", args, first=round_no == 0)
                     results[name].cpu_s += tree_cpu_seconds(procs[name].pid) - cpu_before
                     results[name].answered += part.answered
                     total = results[name]
@@ -355,7 +370,7 @@ def main() -> int:
                 continue
             accepted = results[name].accepted
             # each round against the ceiling's round just after it: the spread other load causes
-            per_round = ", ".join(f"{ours / bare:.3f}" for ours, bare in zip(round_rates[name], round_rates["ceiling"]) if bare)
+            per_round = spread([ours / bare for ours, bare in zip(round_rates[name], round_rates["ceiling"]) if bare])
             print(f"{name}: stored {stored} (>= {accepted} accepted while measured: "
                   f"{'ok' if stored >= accepted else 'MISSING'}); ratio {rates[name] / ceiling if ceiling else 0.0:.3f}"
                   f" (by round: {per_round})", flush=True)
