@@ -597,10 +597,15 @@ EXCEPTION WHEN others THEN
     RETURN false;
 END $$;
 
--- DuckDB's TRY_CAST: NULL instead of an error (`clarus_try_cast(x::text, NULL::type)`).
+-- DuckDB's TRY_CAST: NULL instead of an error (`clarus_try_cast(x::text, NULL::type)`). As in
+-- DuckDB, a JSON array cast to an array type takes its elements ('["a","b"]' -> {a,b}); PostgreSQL's
+-- own cast reads only its '{a,b}' literal.
 CREATE OR REPLACE FUNCTION clarus_try_cast(value text, target anyelement) RETURNS anyelement
 LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
+    IF pg_typeof(target)::text LIKE '%[]' AND ltrim(value) LIKE '[%' THEN
+        value := (SELECT coalesce(array_agg(element), '{}') FROM json_array_elements_text(value::json) AS element)::text;
+    END IF;
     EXECUTE format('SELECT %L::%s', value, pg_typeof(target)) INTO target;
     RETURN target;
 EXCEPTION WHEN others THEN

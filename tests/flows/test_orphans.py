@@ -15,8 +15,11 @@ from clarus_pipelines.domain import orphans
 from clarus_pipelines.exception_queue import sync_exceptions, utcnow
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
+from pgstate import state_base
 from sandbox_helpers import clarus_credentials, served_clarus
 from world import make_store
+
+STATE_BACKENDS = ("duckdb", "postgres")  # every test once per state backend (tests/flows/conftest.py)
 
 ADDRESS = {"name": "Jane Doe", "address_1": "1 High Street", "postcode": "AB1 2CD", "country_code": "GB"}
 
@@ -47,10 +50,10 @@ def add_order(con, order_id: str, name: str, status: str, received: datetime, cl
 
 
 @pytest.fixture
-def world(tmp_path):
-    """Clarus sandbox with goods outs, and a state file with orders in every situation (only Clarus is
+def world(tmp_path, state_backend):
+    """Clarus sandbox with goods outs, and a state with orders in every situation (only Clarus is
     needed, so not the shared three-sandbox world of tests/world.py; its state store is made the same way)."""
-    with served_clarus(seed=3) as (sandbox, url):
+    with served_clarus(seed=3) as (sandbox, url), state_base(state_backend, tmp_path) as target:
         client = clarus_client(url)
         product = client.create_product({"code": "ORPH-1", "description": "Orphan test", "stock_unit_type_id": 1})
         bound = goods_out(client, product, "#3001", "5870000003001")
@@ -60,7 +63,7 @@ def world(tmp_path):
         client.cancel_goods_out(cancelled)
 
         now = utcnow() + timedelta(hours=3)  # everything in Clarus is past the 120-minute grace
-        store = make_store(tmp_path / "state.duckdb")
+        store = make_store(target)
         with store.write() as con:
             add_order(con, "5870000003001", "#3001", "ACKNOWLEDGED", now - timedelta(hours=5), clarus_id=bound)
             add_order(con, "5870000003002", "#3002", "SENT_TO_WMS", now - timedelta(hours=5))
@@ -71,7 +74,8 @@ def world(tmp_path):
             add_order(con, "5870000003006", "#3006", "READY", now - timedelta(days=2))
             con.execute("INSERT INTO order_events (order_id, occurred_at, system, state, cause)"
                         " VALUES ('5870000003006', ?, 'pipeline', 'RELEASED', 'postcode fixed')", [now - timedelta(minutes=20)])
-        yield {"client": client, "url": url, "store": store, "now": now, "stray": stray, "product": product}
+        yield {"client": client, "url": url, "store": store, "target": target, "now": now, "stray": stray,
+               "product": product}
         client.close()
 
 
@@ -125,7 +129,7 @@ def test_dagster_asset_compares_with_clarus_and_reports_a_failed_read(world, tmp
     config = tmp_path / "policies.yaml"
     base = load_policies(SANDBOX_POLICIES).model_dump(mode="json")
     config.write_text(yaml.safe_dump(base))
-    resources = {"state": StateStoreResource(path=str(store.path)), "policies": PoliciesResource(path=str(config))}
+    resources = {"state": StateStoreResource(path=str(world["target"])), "policies": PoliciesResource(path=str(config))}
 
     result = dg.materialize([monitoring.orphan_orders], resources={**resources, "clarus": clarus_client(world["url"])})
     metadata = result.asset_materializations_for_node("orphan_orders")[0].metadata

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.timeout(120)
 LATER = timedelta(minutes=POLICIES.outside_fulfilment.grace_minutes + 1)
 # The `world` fixture (tests/flows/conftest.py): Shopify's webhooks through the real receiver, as in the refund tests.
 WORLD_OPTIONS = {"shopify_webhooks": True, "order_payloads": True}
+STATE_BACKENDS = ("duckdb", "postgres")  # every test once per state backend
 
 
 def _run(world, policies=POLICIES, *, at=None):

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -20,6 +21,10 @@ from clarus_pipelines.sandbox.shopify import ShopifySandbox
 from clarus_pipelines.settings import SANDBOX_POLICIES
 from clarus_pipelines.state import StateStore
 from apptest import run_app
+from pgstate import state_base
+from world import make_store
+
+STATE_BACKENDS = ("duckdb", "postgres")  # every test that uses `world` once per state backend
 
 TOKEN = "payouts-token"
 ADDRESS = {"first_name": "Ada", "last_name": "Lovelace", "address1": "12 Station Road", "city": "Leeds", "zip": "LS1 4AP",
@@ -33,8 +38,9 @@ def _utc_naive(text: str) -> datetime:
 class Shop:
     """A served Shopify sandbox with a few paid orders and a partial refund, mirrored into our state."""
 
-    def __init__(self, shop: ShopifySandbox, url: str, store: StateStore):
-        self.shop, self.url, self.store = shop, url, store
+    def __init__(self, shop: ShopifySandbox, url: str, state: str | Path):
+        self.shop, self.url, self.state = shop, url, state  # a DuckDB file or a postgresql:// URL
+        self.store = make_store(state)
         self.orders: list[dict] = []
 
     def place(self, quantity: int = 1) -> dict:
@@ -71,7 +77,7 @@ class Shop:
 
     def resources(self) -> dict:
         return {"shopify": ShopifyResource(base_url=self.url, access_token=TOKEN, page_size=2),
-                "state": StateStoreResource(path=str(self.store.path)),
+                "state": StateStoreResource(path=str(self.state)),
                 "policies": PoliciesResource(path=str(SANDBOX_POLICIES))}
 
     def today(self) -> date:
@@ -92,20 +98,20 @@ class Shop:
 
 
 @contextmanager
-def served(tmp_path) -> Iterator[Shop]:
+def served(tmp_path, state_backend: str = "duckdb") -> Iterator[Shop]:
     shop = ShopifySandbox(access_token=TOKEN, webhook_secret="payouts-secret")
     server = serve_in_thread(shop.app)
     try:
-        world = Shop(shop, server.url, StateStore(tmp_path / "state.duckdb"))
-        yield world
+        with state_base(state_backend, tmp_path) as state:
+            yield Shop(shop, server.url, state)
     finally:
         server.stop()
         shop.close()
 
 
 @pytest.fixture
-def world(tmp_path) -> Iterator[Shop]:
-    with served(tmp_path) as w:
+def world(tmp_path, state_backend) -> Iterator[Shop]:
+    with served(tmp_path, state_backend) as w:
         first = w.place(2)
         w.place(1)
         w.place(3)
@@ -174,7 +180,7 @@ def test_dropped_and_unknown_charges_are_missing_on_either_side(world):
 def test_backfilling_a_day_twice_writes_the_same_rows(world):
     def snapshot():
         with world.store.read() as con:
-            return [con.execute(f"SELECT * EXCLUDE ({stamp}) FROM {table} ORDER BY ALL").fetchall()
+            return [sorted(con.sql(f"SELECT * FROM {table}").pl().drop(stamp).rows(), key=repr)
                     for table, stamp in (("shopify_payouts", "read_at"), ("shopify_balance_transactions", "read_at"),
                                          ("payout_matches", "matched_at"))]
 
@@ -212,7 +218,8 @@ def test_the_dashboards_reconciliation_page_shows_the_payouts(world, monkeypatch
     world.shop.payments.inject("fee", order_id=world.orders[2]["id"], amount="0.30")
     world.materialize()
     monkeypatch.delenv(auth.PASSWORD_ENV, raising=False)
-    monkeypatch.setenv("CLARUS_PIPELINES_STATE_DB", str(world.store.path))
+    state_env = "CLARUS_PIPELINES_STATE_URL" if str(world.state).startswith("postgresql://") else "CLARUS_PIPELINES_STATE_DB"
+    monkeypatch.setenv(state_env, str(world.state))
     before = st_config.get_option("server.address")
     st_config.set_option("server.address", "127.0.0.1")
     try:

@@ -1,6 +1,7 @@
 """The state store contract, on both backends (a DuckDB file and PostgreSQL): migrations, one
 writer at a time, readers never failing on the lock; DuckDB snapshots for the dashboard."""
 
+import json
 import multiprocessing as mp
 import time
 from decimal import Decimal
@@ -319,6 +320,22 @@ def test_try_cast_is_null_not_an_error_on_both(state_target):
         assert con.execute("SELECT TRY_CAST(? AS DECIMAL(18, 2)), TRY_CAST(? AS DECIMAL(18, 2)), TRY_CAST(? AS BOOLEAN),"
                            " TRY_CAST(? AS TIMESTAMPTZ) IS NULL", ["12.345", "twelve", "maybe", "not a time"]
                            ).fetchone() == (Decimal("12.35"), None, None, True)
+
+
+def test_a_json_array_cast_to_a_list_gives_its_elements_on_both(state_target):
+    """As the payouts match reads `payment_gateway_names` (PostgreSQL's own cast reads only '{a,b}')."""
+    store = StateStore(state_target)
+    with store.write() as con:
+        con.execute("INSERT INTO orders (order_id, order_name, status, payload, created_at, received_at, updated_at)"
+                    " VALUES ('1', '#1', 'READY', ?, now(), now(), now())",
+                    [json.dumps({"payment_gateway_names": ["manual", "shopify_payments"], "tags": "not a list"})])
+    with store.read() as con:
+        assert con.execute(
+            "SELECT TRY_CAST(json_extract(payload, '$.payment_gateway_names') AS VARCHAR[]),"
+            " list_contains(TRY_CAST(json_extract(payload, '$.payment_gateway_names') AS VARCHAR[]), ?),"
+            " list_contains(TRY_CAST(json_extract(payload, '$.payment_gateway_names') AS VARCHAR[]), ?),"
+            " TRY_CAST(json_extract(payload, '$.tags') AS VARCHAR[]) FROM orders", ["shopify_payments", "paypal"]
+        ).fetchone() == (["manual", "shopify_payments"], True, False, None)
 
 
 def test_checks_read_a_duckdb_holding_the_tables_they_name(state_target):
