@@ -6,7 +6,6 @@ outside the asset job record a materialization of `clarus_goods_outs`."""
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,8 @@ from clarus_pipelines.receiver.landing import Envelope, LandingZone
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 from clarus_pipelines.sandbox.server import SandboxSecrets, start_sandbox
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
-from clarus_pipelines.state import StateStore
+from pgstate import state_base
+from world import copy_state, make_store
 
 POLICIES = load_policies(SANDBOX_POLICIES)
 CUSTOMER = "110"
@@ -60,8 +60,12 @@ class Dying:
         return die
 
 
+STATE_BACKENDS = ("duckdb", "postgres")  # every test once per state backend (tests/flows/conftest.py)
+STATE_BACKEND_SCOPE = "module"  # one sandbox and synced base state per backend
+
+
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, state_backend):
     handle = start_sandbox(secrets=SandboxSecrets.from_env(), seed=0, clarus_dispatch_after_s=3600, netsuite_commit_delay_s=0)
     handle.clarus.stop_ticker()
     handle.clarus.out_of_stock_rate = 0.0
@@ -72,10 +76,10 @@ def world(tmp_path_factory):
                                 consumer_secret=s.netsuite_consumer_secret, token_id=s.netsuite_token_id,
                                 token_secret=s.netsuite_token_secret, max_elapsed_s=30.0)
     shopify = ShopifyResource(base_url=handle.shopify_url, access_token=s.shopify_access_token, max_elapsed_s=30.0)
-    base = tmp_path_factory.mktemp("intent") / "state.duckdb"
-    sync_item_master(StateStore(base), POLICIES, netsuite=netsuite, clarus=clarus, shopify=shopify)
-    refresh_carriers(StateStore(base), clarus)
-    yield {"handle": handle, "clarus": clarus, "netsuite": netsuite, "base": base}
+    with state_base(state_backend, tmp_path_factory.mktemp("intent")) as base:
+        sync_item_master(make_store(base), POLICIES, netsuite=netsuite, clarus=clarus, shopify=shopify)
+        refresh_carriers(make_store(base), clarus)
+        yield {"handle": handle, "clarus": clarus, "netsuite": netsuite, "base": base}
     for client in (clarus, netsuite, shopify):
         client.close()
     handle.stop()
@@ -84,9 +88,7 @@ def world(tmp_path_factory):
 class Shop:
     def __init__(self, world: dict, tmp_path: Path):
         self.world, self.handle = world, world["handle"]
-        self.path = tmp_path / "state.duckdb"
-        shutil.copyfile(world["base"], self.path)
-        self.store = StateStore(self.path)
+        self.path, self.store = copy_state(world["base"], tmp_path / "state.duckdb")  # a file or a database
         self.zone = LandingZone(tmp_path / "landing", fsync=False)
 
     def order(self) -> dict:
