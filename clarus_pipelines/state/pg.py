@@ -174,6 +174,12 @@ def _functions(node: exp.Expression) -> exp.Expression:
         guarded = exp.Anonymous(this="clarus_try_cast", expressions=[
             exp.Cast(this=node.this, to=exp.DataType.build("text")), exp.Cast(this=exp.null(), to=to.copy())])
         return exp.Cast(this=guarded, to=to.copy())
+    if (isinstance(node, exp.Window) and isinstance(node.this, exp.Count) and isinstance(node.this.this, exp.Distinct)
+            and len(node.this.this.expressions) == 1):
+        # PostgreSQL has no DISTINCT in a window aggregate: the frame's values as an array, counted distinct
+        window = node.copy()
+        window.set("this", exp.ArrayAgg(this=node.this.this.expressions[0].copy()))
+        return exp.Anonymous(this="clarus_count_distinct", expressions=[window])
     if isinstance(node, exp.JSONObject):
         args = []
         for pair in node.expressions:
@@ -449,10 +455,31 @@ def _quote_ident(name: str) -> str:
 class PgConnection:
     """DuckDB's connection API (the part the flows use) over one psycopg2 connection."""
 
-    def __init__(self, raw) -> None:
+    def __init__(self, raw, *, reader: bool = False) -> None:
         self.raw = raw
         self._last: PgResult | None = None
         self._registered: set[str] = set()
+        # a read goes on after a refused statement, as in DuckDB (PostgreSQL aborts the transaction):
+        # each statement is undone back to the savepoint taken before it (a reader writes nothing)
+        self._reader, self._marked = reader, False
+
+    def _mark(self, cur) -> None:
+        if self._reader:
+            cur.execute("SAVEPOINT clarus_read")
+            self._marked = True
+
+    @contextlib.contextmanager
+    def _statement(self) -> Iterator[Any]:
+        with _as_duckdb_errors(), self.raw.cursor() as cur:
+            if self._reader and not self._marked:
+                self._mark(cur)
+            try:
+                yield cur
+            except psycopg2.Error:
+                if self._marked:
+                    with contextlib.suppress(psycopg2.Error):  # the refusal is what is raised
+                        cur.execute("ROLLBACK TO SAVEPOINT clarus_read")
+                raise
 
     # the primary keys INSERT OR REPLACE conflicts on
     def _keys(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
@@ -467,7 +494,7 @@ class PgConnection:
 
     def _run(self, sql: str, params: Sequence | None) -> PgResult:
         text, count = self._prepare(sql)
-        with _as_duckdb_errors(), self.raw.cursor() as cur:
+        with self._statement() as cur:
             cur.execute(text, _params(params, count))
             if cur.description is not None:
                 result = PgResult(cur.description, cur.fetchall(), cur.rowcount)
@@ -488,7 +515,7 @@ class PgConnection:
         text, count = self._prepare(sql)
         rows = [_params(p, count) for p in params]
         if rows:
-            with _as_duckdb_errors(), self.raw.cursor() as cur:
+            with self._statement() as cur:
                 psycopg2.extras.execute_batch(cur, text, rows, page_size=500)
         self._last = PgResult(None, [], -1)
         return self
@@ -531,7 +558,7 @@ class PgConnection:
         table = _as_arrow(frame)
         ident = _quote_ident(name)
         columns = ", ".join(f"{_quote_ident(f.name)} {_pg_type(f.type)}" for f in table.schema)
-        with _as_duckdb_errors(), self.raw.cursor() as cur:
+        with self._statement() as cur:
             cur.execute(f"DROP TABLE IF EXISTS pg_temp.{ident}")
             cur.execute(f"CREATE TEMP TABLE {ident} ({columns})")
             if table.num_rows:
@@ -540,12 +567,14 @@ class PgConnection:
                                 pacsv.WriteOptions(include_header=False, quoting_style="needed"))
                 buffer.seek(0)
                 cur.copy_expert(f"COPY {ident} FROM STDIN WITH (FORMAT csv)", buffer)
+            self._mark(cur)  # a later refused statement keeps the table
         self._registered.add(name)
         return self
 
     def unregister(self, name: str) -> PgConnection:
-        with _as_duckdb_errors(), self.raw.cursor() as cur:
+        with self._statement() as cur:
             cur.execute(f"DROP TABLE IF EXISTS pg_temp.{_quote_ident(name)}")
+            self._mark(cur)
         self._registered.discard(name)
         return self
 
@@ -611,6 +640,12 @@ BEGIN
 EXCEPTION WHEN others THEN
     RETURN NULL;
 END $$;
+
+-- count(DISTINCT x) OVER (...), which PostgreSQL lacks, as clarus_count_distinct(array_agg(x) OVER (...)):
+-- the frame's distinct values, NULL not counted.
+CREATE OR REPLACE FUNCTION clarus_count_distinct(items anyarray) RETURNS bigint LANGUAGE sql IMMUTABLE AS $$
+    SELECT count(DISTINCT item) FROM unnest(items) AS item
+$$;
 
 -- A DuckDB JSONPath ('$.a.b[0]') as a PostgreSQL path array ({a,b,0}).
 CREATE OR REPLACE FUNCTION duckdb_json_path(path text) RETURNS text[] LANGUAGE sql IMMUTABLE AS $$
@@ -728,7 +763,7 @@ class PgStateStore:
         raw = pg_connect(self.url)
         try:
             raw.set_session(isolation_level="REPEATABLE READ")
-            yield PgConnection(raw)
+            yield PgConnection(raw, reader=True)
         finally:
             raw.rollback()
             raw.close()

@@ -8,6 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import duckdb
+import polars as pl
 import pytest
 
 from clarus_pipelines.state import LockTimeout, PgStateStore, StateStore, open_state
@@ -315,6 +316,22 @@ def test_a_refused_statement_is_a_duckdb_error_on_both(state_target):
         assert con.execute("SELECT count(*) FROM items").fetchone()[0] == 0
 
 
+def test_a_refused_statement_in_a_read_leaves_the_read_usable_on_both(state_target):
+    """The data-quality step reads every suite in one read and reports a suite whose query fails:
+    the suites after it still run (in PostgreSQL a failed statement aborts its transaction)."""
+    store = StateStore(state_target)
+    with store.write() as con:
+        con.execute("INSERT INTO items (sku, sku_raw, updated_at) VALUES ('A', 'a', now())")
+    with store.read() as con:
+        with pytest.raises(duckdb.Error):
+            con.execute("SELECT no_such_column FROM items")
+        assert con.execute("SELECT sku FROM items").fetchall() == [("A",)]
+        con.register("frame", pl.DataFrame({"sku": ["A"]}))
+        with pytest.raises(duckdb.Error):
+            con.sql("SELECT no_such_column FROM frame")
+        assert con.sql("SELECT count(*) FROM frame JOIN items USING (sku)").fetchall() == [(1,)]
+
+
 def test_try_cast_is_null_not_an_error_on_both(state_target):
     with StateStore(state_target).read() as con:
         assert con.execute("SELECT TRY_CAST(? AS DECIMAL(18, 2)), TRY_CAST(? AS DECIMAL(18, 2)), TRY_CAST(? AS BOOLEAN),"
@@ -336,6 +353,17 @@ def test_a_json_array_cast_to_a_list_gives_its_elements_on_both(state_target):
             " list_contains(TRY_CAST(json_extract(payload, '$.payment_gateway_names') AS VARCHAR[]), ?),"
             " TRY_CAST(json_extract(payload, '$.tags') AS VARCHAR[]) FROM orders", ["shopify_payments", "paypal"]
         ).fetchone() == (["manual", "shopify_payments"], True, False, None)
+
+
+def test_a_distinct_count_over_a_window_on_both(state_target):
+    """As the shipments quality suite counts the orders sharing a tracking number (PostgreSQL has no
+    DISTINCT in a window aggregate): NULLs not counted, an ORDER BY counts up to the row."""
+    with StateStore(state_target).read() as con:
+        rows = con.execute(
+            "SELECT k, n, count(DISTINCT v) OVER (PARTITION BY k), count(DISTINCT v) OVER (PARTITION BY k ORDER BY n)"
+            " FROM (VALUES ('a', 1, 'x'), ('a', 2, 'x'), ('a', 3, 'y'), ('a', 4, NULL), ('b', 1, NULL)) AS t(k, n, v)"
+            " ORDER BY k, n").fetchall()
+    assert rows == [("a", 1, 2, 1), ("a", 2, 2, 1), ("a", 3, 2, 2), ("a", 4, 2, 2), ("b", 1, 0, 0)]
 
 
 def test_checks_read_a_duckdb_holding_the_tables_they_name(state_target):

@@ -1,4 +1,5 @@
-"""Stock assets against the Clarus and Shopify sandboxes on loopback, with a real DuckDB state file."""
+"""Stock assets against the Clarus and Shopify sandboxes on loopback, with a real state (a DuckDB file or
+PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,11 @@ from clarus_pipelines.sandbox.shopify import ShopifySandbox
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
 from clarus_pipelines.policies import SkuCleaning
 from clarus_pipelines.domain.stock import wanted_hour_keys
-from clarus_pipelines.state import StateStore
+from pgstate import state_base
 from sandbox_helpers import clarus_credentials, served_clarus
+from world import make_store
+
+STATE_BACKENDS = ("duckdb", "postgres")  # every test that uses `make_stack` once per state backend
 
 SEED = 3
 CATALOG = build_catalog(SEED)
@@ -54,8 +58,9 @@ def _this_hour():
 class Stack:
     """Both sandboxes, the resources pointing at them, and the Dagster definitions."""
 
-    def __init__(self, tmp_path: Path, clarus, clarus_url: str, shopify: ShopifySandbox, shopify_url: str, stock_policy: dict,
-                 location_ids: list[int] | None = None, inventory_batch_size: int = 250, sensors: bool = False):
+    def __init__(self, tmp_path: Path, state: str | Path, clarus, clarus_url: str, shopify: ShopifySandbox, shopify_url: str,
+                 stock_policy: dict, location_ids: list[int] | None = None, inventory_batch_size: int = 250,
+                 sensors: bool = False):
         self.clarus, self.shopify = clarus, shopify
         raw = yaml.safe_load(SANDBOX_POLICIES.read_text())
         raw["stock"] = {**raw["stock"], **stock_policy}
@@ -63,10 +68,10 @@ class Stack:
             raw["tenant"]["shopify_location_ids"] = location_ids
         self.policies_path = tmp_path / "policies.yaml"
         self.policies_path.write_text(yaml.safe_dump(raw))
-        self.store = StateStore(tmp_path / "state.duckdb")
+        self.store = make_store(state)  # a DuckDB file or a postgresql:// URL
         client_id, client_secret = clarus_credentials()
         self.resources = {
-            "state": StateStoreResource(path=str(self.store.path)),
+            "state": StateStoreResource(path=str(state)),
             "policies": PoliciesResource(path=str(self.policies_path)),
             "clarus": ClarusResource(base_url=clarus_url, subdomain="sandbox", client_id=client_id,
                                      client_secret=client_secret, min_interval_s=0.0, timeout_s=5.0),
@@ -148,8 +153,10 @@ def seed_clarus(clarus) -> dict[str, int]:
 
 
 @pytest.fixture
-def make_stack(tmp_path):
+def make_stack(tmp_path, state_backend):
     stacks = []
+    state_cm = state_base(state_backend, tmp_path)
+    state = state_cm.__enter__()
 
     def make(*, points: float = 2000.0, restore_rate: float = 100.0, faults: FaultConfig = FaultConfig(),
              location_ids: list[int] | None = None, inventory_batch_size: int = 250, sensors: bool = False,
@@ -160,16 +167,19 @@ def make_stack(tmp_path):
                                  graphql_points=points, graphql_restore_rate=restore_rate, faults=faults)
         served = serve_in_thread(shopify.app)
         stacks.append((clarus_cm, served))
-        stack = Stack(tmp_path, clarus, clarus_url, shopify, served.url,
+        stack = Stack(tmp_path, state, clarus, clarus_url, shopify, served.url,
                       {"default_buffer": 2, "buffers": {"000123": 0}, "mismatch_tolerance": 1, **stock_policy}, location_ids,
                       inventory_batch_size, sensors)
         stack.seeded = seed_clarus(clarus)
         return stack
 
     yield make
-    for clarus_cm, served in stacks:
-        served.stop()
-        clarus_cm.__exit__(None, None, None)
+    try:
+        for clarus_cm, served in stacks:
+            served.stop()
+            clarus_cm.__exit__(None, None, None)
+    finally:
+        state_cm.__exit__(None, None, None)  # a fresh PostgreSQL database is dropped
 
 
 def expected_quantity(stack: Stack, sku: str, *, unsent: int = 0) -> int:
