@@ -1,6 +1,7 @@
 """Alerts against real local receivers: an HTTP server (Slack / webhook) and an SMTP server.
 
-Exceptions are raised through the real exception queue in a DuckDB file under tmp_path;
+Exceptions are raised through the real exception queue in a DuckDB file under tmp_path or a fresh
+PostgreSQL database (STATE_BACKENDS);
 times are passed explicitly so SLA and digest windows are deterministic.
 """
 
@@ -31,10 +32,13 @@ from clarus_pipelines.sandbox.serving import serve_in_thread
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
 from clarus_pipelines.policies import Policies
 from clarus_pipelines.state import StateStore
+from pgstate import state_base
+from world import make_store
 
 T0 = datetime(2026, 3, 2, 10, 5)
 FAST = RetryPolicy(attempts=3, max_elapsed_s=5.0, initial_s=0.01, max_backoff_s=0.02, jitter_s=0.0, max_retry_after_s=0.05)
 PII = "customer jane.doe@example.com rang from +44 7700 900123"
+STATE_BACKENDS = ("duckdb", "postgres")  # every test that uses the state once per state backend
 
 
 # --------------------------------------------------------------------------- receivers
@@ -109,8 +113,15 @@ def smtp():
 
 
 @pytest.fixture
-def store(tmp_path) -> StateStore:
-    return StateStore(tmp_path / "state.duckdb")
+def state(tmp_path, state_backend):
+    """The test's state: a DuckDB file, or a fresh PostgreSQL database (dropped after)."""
+    with state_base(state_backend, tmp_path) as target:
+        yield target
+
+
+@pytest.fixture
+def store(state) -> StateStore:
+    return make_store(state)
 
 
 def policies_with(owners: dict, **extra) -> Policies:
@@ -312,7 +323,7 @@ def test_burst_of_alerts_goes_out_as_one_message(store, http):
     assert message["kind"] == "digest" and len(message["alerts"]) == 7
 
 
-def test_alerts_job_reports_in_words_in_its_run_log(store, http, tmp_path):
+def test_alerts_job_reports_in_words_in_its_run_log(store, state, http, tmp_path):
     """Moved from the alerts sensor (issue 13/16): sending is now a scheduled job with a run log."""
     from clarus_pipelines.sensors.alerts import defs as alert_defs
 
@@ -322,7 +333,7 @@ def test_alerts_job_reports_in_words_in_its_run_log(store, http, tmp_path):
     config.write_text(yaml.safe_dump(base))
     policies = load_policies(config)
     raise_(store, "ORPHAN_ORDER", "1006", "order #1006 is in Shopify, not in Clarus", policies, exception_queue.utcnow())
-    resources = {"state": StateStoreResource(path=str(store.path)), "policies": PoliciesResource(path=str(config))}
+    resources = {"state": StateStoreResource(path=str(state)), "policies": PoliciesResource(path=str(config))}
     defs = dg.Definitions.merge(alert_defs, dg.Definitions(resources=resources))
     assert [s.name for s in defs.schedules] == ["alerts"]
     instance = dg.DagsterInstance.ephemeral()
@@ -338,7 +349,7 @@ def test_alerts_job_reports_in_words_in_its_run_log(store, http, tmp_path):
     assert len(http.to("/hook/ops")) == 1
 
 
-def test_alerts_job_retries_while_a_channel_fails_then_leaves_it_to_connector_failing(store, http, tmp_path, monkeypatch):
+def test_alerts_job_retries_while_a_channel_fails_then_leaves_it_to_connector_failing(store, state, http, tmp_path, monkeypatch):
     import clarus_pipelines.sensors.alerts as alert_job
 
     monkeypatch.setattr(alert_job, "RETRY_WAIT_S", 0)
@@ -349,7 +360,7 @@ def test_alerts_job_retries_while_a_channel_fails_then_leaves_it_to_connector_fa
     http.failing["/hook/ops"] = 503
     raise_(store, "ORPHAN_ORDER", "1008", "order #1008 is in Shopify, not in Clarus", load_policies(config),
            exception_queue.utcnow())
-    resources = {"state": StateStoreResource(path=str(store.path)), "policies": PoliciesResource(path=str(config))}
+    resources = {"state": StateStoreResource(path=str(state)), "policies": PoliciesResource(path=str(config))}
     defs = dg.Definitions.merge(alert_job.defs, dg.Definitions(resources=resources))
     result = defs.resolve_job_def("alerts_job").execute_in_process(instance=dg.DagsterInstance.ephemeral())
     assert result.success  # the alert waits as a pending delivery; CONNECTOR_FAILING tells the integrator

@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,15 +16,18 @@ from clarus_pipelines import cli
 from clarus_pipelines.sandbox.openapi import request_problems
 from clarus_pipelines.sandbox.serving import serve_in_thread
 from clarus_pipelines.sandbox.shopify import ShopifySandbox
-from clarus_pipelines.state import StateStore
 from order_samples import make_order, order_path
+from pgstate import state_base
+from world import make_store
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("clarus-pipelines")
+STATE_BACKENDS = ("duckdb", "postgres")  # every test that uses `home` once per state backend
 
 
 def seed_items(home: Path, products: dict[str, str]) -> None:
-    """The item master the flow would have built: cleaned SKU -> Clarus product id."""
-    with StateStore(home / "state.duckdb").write() as con:
+    """The item master the flow would have built: cleaned SKU -> Clarus product id (in the state the
+    command reads: the home's DuckDB file, or the PostgreSQL database of CLARUS_PIPELINES_STATE_URL)."""
+    with make_store(os.environ.get("CLARUS_PIPELINES_STATE_URL") or home / "state.duckdb").write() as con:
         if products:
             con.executemany(
                 "INSERT INTO items (sku, sku_raw, clarus_product_id, netsuite_item_id, updated_at) VALUES (?, ?, ?, ?, now())",
@@ -51,10 +55,13 @@ def _restore_logging():
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
+def home(tmp_path, monkeypatch, state_backend) -> Iterator[Path]:
     home = tmp_path / "home"
     monkeypatch.setenv("CLARUS_PIPELINES_HOME", str(home))
-    return home
+    with state_base(state_backend, home) as state:  # the home's DuckDB file, or a fresh database
+        if state_backend == "postgres":
+            monkeypatch.setenv("CLARUS_PIPELINES_STATE_URL", state)
+        yield home
 
 
 def test_console_script_explains_a_held_fixture_order(home, payloads):

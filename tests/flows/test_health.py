@@ -1,4 +1,4 @@
-"""Flow and connection health from a state file with known backlog, failures and lags."""
+"""Flow and connection health from a state with known backlog, failures and lags."""
 
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ from clarus_pipelines.exception_queue import raise_exception, utcnow
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 from clarus_pipelines.settings import SANDBOX_POLICIES
 from clarus_pipelines.state import StateStore
+from pgstate import state_base
+from world import make_store
+
+STATE_BACKENDS = ("duckdb", "postgres")  # every test once per state backend (tests/flows/conftest.py)
 
 NOW = datetime(2026, 3, 2, 12, 0)
 
@@ -38,8 +42,15 @@ def write(con, key: str, system: str, operation: str, status: str, attempts: int
 
 
 @pytest.fixture
-def store(tmp_path) -> StateStore:
-    store = StateStore(tmp_path / "state.duckdb")
+def state(tmp_path, state_backend):
+    """The test's state: a DuckDB file, or a fresh PostgreSQL database (dropped after)."""
+    with state_base(state_backend, tmp_path) as target:
+        yield target
+
+
+@pytest.fixture
+def store(state) -> StateStore:
+    store = make_store(state)
     with store.write() as con:
         # orders: two orders landed and reached Clarus 60 s and 180 s later; two more landed, not yet read
         for n, lag in ((1, 60), (2, 180)):
@@ -133,10 +144,10 @@ def test_summary_is_json_and_snapshots_are_kept(store):
     assert history.filter(history["name"] == "orders")["backlog"].to_list() == [2]
 
 
-def test_health_snapshot_asset(store):
+def test_health_snapshot_asset(store, state):
     from clarus_pipelines.assets.monitoring import health_snapshot
 
-    result = dg.materialize([health_snapshot], resources={"state": StateStoreResource(path=str(store.path)),
+    result = dg.materialize([health_snapshot], resources={"state": StateStoreResource(path=str(state)),
                                                           "policies": PoliciesResource(path=str(SANDBOX_POLICIES))})
     metadata = result.asset_materializations_for_node("health_snapshot")[0].metadata
     assert metadata["rows_stored"].value == len(health.FLOWS) + 4
@@ -144,8 +155,8 @@ def test_health_snapshot_asset(store):
     assert not check.passed and "netsuite" in check.description
 
 
-def test_a_system_whose_writes_keep_failing_is_a_connector_failure(tmp_path):
-    store = StateStore(tmp_path / "state.duckdb")
+def test_a_system_whose_writes_keep_failing_is_a_connector_failure(state):
+    store = make_store(state)
     with store.write() as con:
         # NetSuite: worked, then three writes of three orders failed (credentials revoked)
         write(con, "ns:ok", "netsuite", "create_sales_order", "done", 1, ago(minutes=50))
@@ -163,16 +174,16 @@ def test_a_system_whose_writes_keep_failing_is_a_connector_failure(tmp_path):
     assert "INVALID_LOGIN" in findings[0].message
 
 
-def test_health_snapshot_raises_and_clears_connector_failing(tmp_path):
+def test_health_snapshot_raises_and_clears_connector_failing(state):
     from clarus_pipelines.assets.monitoring import health_snapshot
 
-    store = StateStore(tmp_path / "state.duckdb")
+    store = make_store(state)
     now = utcnow()
     with store.write() as con:
         for n in range(3):
             write(con, f"ns:{n}", "netsuite", "create_sales_order", "failed", 6, now - timedelta(minutes=10 - n), error="503")
         raise_exception(con, "CONNECTOR_FAILING", "alerts:slack", "alert channel slack failing")  # not ours to clear
-    resources = {"state": StateStoreResource(path=str(store.path)), "policies": PoliciesResource(path=str(SANDBOX_POLICIES))}
+    resources = {"state": StateStoreResource(path=str(state)), "policies": PoliciesResource(path=str(SANDBOX_POLICIES))}
 
     def open_failing():
         with store.read() as con:

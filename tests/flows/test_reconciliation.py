@@ -1,4 +1,4 @@
-"""Finance reconciliation on a real DuckDB state file with known mismatches, and the daily CSV."""
+"""Finance reconciliation on a real state (DuckDB file or PostgreSQL) with known mismatches, and the daily CSV."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import dagster as dg
 import pytest
 
 from clarus_pipelines.domain.reconciliation import (
+    CHECK_TABLES,
     COLUMNS,
     excel_path,
     read_report,
@@ -21,6 +22,10 @@ from clarus_pipelines.domain.reconciliation import (
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 from clarus_pipelines.settings import SANDBOX_POLICIES
 from clarus_pipelines.state import StateStore
+from pgstate import state_base
+from world import make_store
+
+STATE_BACKENDS = ("duckdb", "postgres")  # every test that uses the state once per state backend
 
 DAY = date(2026, 3, 2)
 NOON = datetime(2026, 3, 2, 12, 0)
@@ -77,8 +82,15 @@ def add_refund(con, refund_id: str, order_id: str, kind: str, lines: list[tuple[
 
 
 @pytest.fixture
-def store(tmp_path) -> tuple[StateStore, dict[str, str]]:
-    store = StateStore(tmp_path / "state.duckdb")
+def state(tmp_path, state_backend):
+    """The test's state: a DuckDB file, or a fresh PostgreSQL database (dropped after)."""
+    with state_base(state_backend, tmp_path) as target:
+        yield target
+
+
+@pytest.fixture
+def store(state) -> tuple[StateStore, dict[str, str]]:
+    store = make_store(state)
     with store.write() as con:
         ids = {
             # 2 x A + 1 x B less 10% discount, shipped in full, one B returned and received: reconciles
@@ -202,7 +214,7 @@ def test_fixing_the_data_clears_the_exception_on_the_next_run(store, tmp_path):
 
 def test_partial_dispatch_becomes_a_mismatch_once_it_stops_moving(store):
     store, ids = store
-    with store.read() as con:
+    with store.check_reader(CHECK_TABLES) as con:  # as the product runs it (PostgreSQL: on a DuckDB copy)
         early = reconcile(con, [ids["partial"]], now=NOW)
         late = reconcile(con, [ids["partial"]], now=NOW + timedelta(days=3))
     assert early.findings == [] and early.rows["status"].to_list() == ["partial"]
@@ -210,13 +222,13 @@ def test_partial_dispatch_becomes_a_mismatch_once_it_stops_moving(store):
     assert "nothing dispatched since 2026-03-02 23:00" in finding.message
 
 
-def test_dagster_asset_writes_the_partition_report_under_home(store, tmp_path):
+def test_dagster_asset_writes_the_partition_report_under_home(store, state, tmp_path):
     from clarus_pipelines.assets.monitoring import finance_reconciliation
 
     store, _ = store
     result = dg.materialize(
         [finance_reconciliation], partition_key=DAY.isoformat(),
-        resources={"state": StateStoreResource(path=str(store.path)), "policies": PoliciesResource(path=str(SANDBOX_POLICIES))},
+        resources={"state": StateStoreResource(path=str(state)), "policies": PoliciesResource(path=str(SANDBOX_POLICIES))},
     )
     assert result.success
     [materialization] = result.asset_materializations_for_node("finance_reconciliation")
@@ -227,11 +239,11 @@ def test_dagster_asset_writes_the_partition_report_under_home(store, tmp_path):
     assert check.check_name == "day_reconciles" and not check.passed and check.metadata["mismatches"].value == 5
 
 
-def test_real_shopify_order_with_discount_and_tax_added_reconciles_when_shipped_in_full(tmp_path, payloads):
+def test_real_shopify_order_with_discount_and_tax_added_reconciles_when_shipped_in_full(state, payloads):
     order = payloads.json("order_rest_2025_07")
     want = payloads["reconcile"]
     order = order.get("order", order)
-    store = StateStore(tmp_path / "state.duckdb")
+    store = make_store(state)
     with store.write() as con:
         con.execute(
             "INSERT INTO orders (order_id, order_name, status, currency, total_price, payload, received_at, updated_at)"
@@ -246,7 +258,7 @@ def test_real_shopify_order_with_discount_and_tax_added_reconciles_when_shipped_
         for line in order["line_items"][:2]:
             con.execute("INSERT INTO shipment_lines (shipment_id, sku, quantity, line_id) VALUES ('S-REAL', ?, ?, ?)",
                         [line["sku"], line["quantity"], str(line["id"])])
-    with store.read() as con:
+    with store.check_reader(CHECK_TABLES) as con:  # as the product runs it (PostgreSQL: on a DuckDB copy)
         partly = reconcile(con, [str(order["id"])], now=NOW).rows.to_dicts()[0]
     assert (partly["status"], partly["tax_added"], partly["other_charges"]) == ("partial", want["tax_added"], want["other_charges"])
     assert (partly["goods_ordered"], partly["goods_discounts"], partly["expected_goods"]) == (
@@ -256,7 +268,7 @@ def test_real_shopify_order_with_discount_and_tax_added_reconciles_when_shipped_
         last = order["line_items"][2]
         con.execute("INSERT INTO shipment_lines (shipment_id, sku, quantity, line_id) VALUES ('S-REAL', ?, ?, ?)",
                     [last["sku"], last["quantity"], str(last["id"])])
-    with store.read() as con:
+    with store.check_reader(CHECK_TABLES) as con:
         result = reconcile(con, [str(order["id"])], now=NOW)
     row = result.rows.to_dicts()[0]
     assert (row["status"], row["shipped_goods"], row["difference"]) == ("ok", want["expected_goods"], "0.00") and result.findings == []

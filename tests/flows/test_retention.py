@@ -1,11 +1,12 @@
-"""Retention for every class of record, with non-default values, on a real DuckDB state file
-and through the daily Dagster retention job."""
+"""Retention for every class of record, with non-default values, on a real state (a DuckDB file or
+a PostgreSQL database) and through the daily Dagster retention job."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
 import dagster as dg
+import pytest
 import yaml
 
 from clarus_pipelines.assets.stock import STOCK_PARTITIONS
@@ -15,6 +16,10 @@ from clarus_pipelines.resources import LandingZoneResource, PoliciesResource, St
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
 from clarus_pipelines.state import StateStore
 from clarus_pipelines.sensors.maintenance import defs as maintenance_defs
+from pgstate import state_base
+from world import make_store
+
+STATE_BACKENDS = ("duckdb", "postgres")  # every test once per state backend (tests/flows/conftest.py)
 
 NOW = utcnow().replace(microsecond=0)
 SHORT = {"orders_days": 10, "order_events_days": 20, "shipments_days": 15, "exceptions_days": 5, "alerts_days": 3,
@@ -30,6 +35,13 @@ def short_policies(tmp_path, *, landing_days=7, stock_days=None):
     path = tmp_path / "policies.yaml"
     path.write_text(yaml.safe_dump(data))
     return path, load_policies(path)
+
+
+@pytest.fixture
+def state(tmp_path, state_backend):
+    """The test's state: a DuckDB file, or a fresh PostgreSQL database (dropped after)."""
+    with state_base(state_backend, tmp_path) as target:
+        yield target
 
 
 def days_ago(n):
@@ -86,9 +98,9 @@ def ids(con, sql):
     return sorted(r[0] for r in con.execute(sql).fetchall())
 
 
-def test_each_class_is_pruned_by_its_own_retention_and_open_work_stays(tmp_path):
+def test_each_class_is_pruned_by_its_own_retention_and_open_work_stays(tmp_path, state, state_backend):
     _, policies = short_policies(tmp_path)
-    store = StateStore(tmp_path / "state.duckdb")
+    store = make_store(state)
     seed(store, policies)
     with store.write() as con:
         removed = prune_records(con, policies, NOW)
@@ -109,21 +121,23 @@ def test_each_class_is_pruned_by_its_own_retention_and_open_work_stays(tmp_path)
     assert removed["alerts"] == 1 and removed["health_snapshots"] == 1
 
     # the defaults (400 / 180 / 90 / 30 days) keep all of it
-    store2 = StateStore(tmp_path / "state2.duckdb")
-    defaults = load_policies(SANDBOX_POLICIES)
-    seed(store2, defaults)
-    with store2.write() as con:
-        kept = prune_records(con, defaults, NOW)
+    (tmp_path / "defaults").mkdir()
+    with state_base(state_backend, tmp_path / "defaults") as state2:
+        store2 = make_store(state2)
+        defaults = load_policies(SANDBOX_POLICIES)
+        seed(store2, defaults)
+        with store2.write() as con:
+            kept = prune_records(con, defaults, NOW)
     assert kept["orders"] == kept["shipments"] == kept["exceptions"] == kept["order_landings"] == 0
 
 
-def test_the_daily_retention_job_applies_the_configured_values(tmp_path):
+def test_the_daily_retention_job_applies_the_configured_values(tmp_path, state):
     path, policies = short_policies(tmp_path, landing_days=7)
-    store = StateStore(tmp_path / "state.duckdb")
+    store = make_store(state)
     seed(store, policies)
     resources = {
         "landing": LandingZoneResource(path=str(tmp_path / "landing")),
-        "state": StateStoreResource(path=str(tmp_path / "state.duckdb")),
+        "state": StateStoreResource(path=str(state)),
         "policies": PoliciesResource(path=str(path)),
     }
     merged = dg.Definitions.merge(maintenance_defs, dg.Definitions(resources=resources))
@@ -137,11 +151,11 @@ def test_the_daily_retention_job_applies_the_configured_values(tmp_path):
         assert con.execute("SELECT count(*) FROM orders").fetchone()[0] == 3
 
 
-def test_pruned_stock_hours_are_no_longer_shown_as_materialized(tmp_path):
+def test_pruned_stock_hours_are_no_longer_shown_as_materialized(tmp_path, state):
     """Retention and partition status agree: an hour whose snapshot rows were pruned is no longer
     a stock partition, so Dagster shows it neither as materialized nor as missing."""
     path, _ = short_policies(tmp_path, stock_days=3)
-    store = StateStore(tmp_path / "state.duckdb")
+    store = make_store(state)
     now = NOW.replace(minute=0, second=0)
     hours = {"old": now - timedelta(days=5), "old_no_rows": now - timedelta(days=4), "edge": now - timedelta(days=3),
              "recent": now - timedelta(days=2), "newest": now}
@@ -162,7 +176,7 @@ def test_pruned_stock_hours_are_no_longer_shown_as_materialized(tmp_path):
     assert materialized_hours(instance) == {keys["old"], keys["edge"], keys["recent"], keys["newest"]}
     resources = {
         "landing": LandingZoneResource(path=str(tmp_path / "landing")),
-        "state": StateStoreResource(path=str(tmp_path / "state.duckdb")),
+        "state": StateStoreResource(path=str(state)),
         "policies": PoliciesResource(path=str(path)),
     }
     merged = dg.Definitions.merge(maintenance_defs, dg.Definitions(resources=resources))
