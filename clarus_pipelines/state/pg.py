@@ -460,7 +460,8 @@ class PgConnection:
         self._last: PgResult | None = None
         self._registered: set[str] = set()
         # a read goes on after a refused statement, as in DuckDB (PostgreSQL aborts the transaction):
-        # each statement is undone back to the savepoint taken before it (a reader writes nothing)
+        # a refusal rolls back to the savepoint taken at the read's first statement and after each
+        # registered or unregistered table, which undoes nothing else (a reader writes nothing)
         self._reader, self._marked = reader, False
 
     def _mark(self, cur) -> None:
