@@ -8,7 +8,9 @@ under its own fixture and gives each test `world.fork(tmp_path)`.
 
 State backends: a module that sets `STATE_BACKENDS = ("duckdb", "postgres")` runs each test that
 uses `world` (or `state_backend`) once per backend; PostgreSQL runs get a fresh database, dropped
-after the test, and the `postgres` marker. Other modules run on the DuckDB file only.
+after the test, and the `postgres` marker. Other modules run on the DuckDB file only. A test
+marked `@pytest.mark.state_backends("duckdb", "postgres")` runs on those whatever its module says
+(where running a costly module twice over would buy little).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from world import World
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "state_backend" not in metafunc.fixturenames:
         return
-    backends = getattr(metafunc.module, "STATE_BACKENDS", ("duckdb",))
+    chosen = metafunc.definition.get_closest_marker("state_backends")
+    backends = chosen.args if chosen else getattr(metafunc.module, "STATE_BACKENDS", ("duckdb",))
     if tuple(backends) == ("duckdb",):
         return
     scope = getattr(metafunc.module, "STATE_BACKEND_SCOPE", "function")

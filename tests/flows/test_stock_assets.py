@@ -29,7 +29,9 @@ from pgstate import state_base
 from sandbox_helpers import clarus_credentials, served_clarus
 from world import make_store
 
-STATE_BACKENDS = ("duckdb", "postgres")  # every test that uses `make_stack` once per state backend
+# The module runs on DuckDB; the tests marked BOTH run on PostgreSQL too (each test serves sandboxes
+# and 130+ balances: the whole module twice over would cost the suite about a minute for the same SQL)
+BOTH = pytest.mark.state_backends("duckdb", "postgres")
 
 SEED = 3
 CATALOG = build_catalog(SEED)
@@ -190,6 +192,7 @@ def expected_quantity(stack: Stack, sku: str, *, unsent: int = 0) -> int:
 # ------------------------------------------------------------------------ snapshots
 
 
+@BOTH
 def test_hourly_partitions_backfill_and_rerun_without_duplicates(make_stack):
     stack = make_stack()
     now = datetime.now(timezone.utc)
@@ -228,6 +231,7 @@ def test_hourly_partitions_backfill_and_rerun_without_duplicates(make_stack):
     assert materialized == set(past)
 
 
+@BOTH
 def test_a_past_hour_is_rebuilt_from_the_transaction_history(make_stack):
     """On hand at a past hour = on hand now minus the movements since, per Clarus's ListTransactions."""
     stack = make_stack()
@@ -322,6 +326,7 @@ def test_push_sends_only_what_changed(make_stack):
     assert stack.query("SELECT count(*) FROM stock_push_log WHERE inventory_item_id = ?", [item]) == [(2,)]
 
 
+@BOTH
 def test_buffers_and_unsent_orders_are_deducted(make_stack):
     stack = make_stack(buffers={"000123": 0, "TEE-BLK-M": 5})
     now = datetime.now(timezone.utc).replace(tzinfo=None)
@@ -382,6 +387,7 @@ def test_refused_sets_fail_the_check_and_are_not_recorded(make_stack):
 # ------------------------------------------------------------------ mismatch and stranded
 
 
+@BOTH
 def test_stock_mismatch_raised_then_corrected_and_cleared(make_stack):
     stack = make_stack()
     stack.run()
@@ -402,6 +408,7 @@ def test_stock_mismatch_raised_then_corrected_and_cleared(make_stack):
     assert stack.query("SELECT status, resolved_by FROM exceptions WHERE code = 'STOCK_MISMATCH'") == [("resolved", "auto")]
 
 
+@BOTH
 def test_stranded_stock_raised_with_quantity_then_cleared(make_stack):
     stack = make_stack()
     result = stack.run()
@@ -429,6 +436,7 @@ def test_stranded_stock_raised_with_quantity_then_cleared(make_stack):
     assert not check_result(result, "stranded_stock").passed
 
 
+@BOTH
 def test_negative_or_impossible_stock_is_flagged_without_blocking(make_stack):
     stack = make_stack()
     later = datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(days=1)  # newer than the snapshot about to run
@@ -466,6 +474,7 @@ class _ClockInNowKeyHour(datetime):
         return datetime.strptime(NOW_KEY, "%Y-%m-%d-%H:00").replace(tzinfo=timezone.utc) + timedelta(minutes=30)
 
 
+@BOTH
 def test_stock_webhooks_refresh_only_the_affected_products(make_stack, monkeypatch):
     import clarus_pipelines.sensors.stock as stock_sensors
 
