@@ -7,7 +7,7 @@ that needs the costlier trio (`World.trio`, the item master synced) opens it onc
 under its own fixture and gives each test `world.fork(tmp_path)`.
 
 State backends: a module that sets `STATE_BACKENDS = ("duckdb", "postgres")` runs each test that
-uses `world` (or `state_backend`) once per backend; PostgreSQL runs get a fresh database, dropped
+uses `world`, `state` or `state_backend` once per backend; PostgreSQL runs get a fresh database, dropped
 after the test, and the `postgres` marker. Other modules run on the DuckDB file only. A test
 marked `@pytest.mark.state_backends("duckdb", "postgres")` runs on those whatever its module says
 (where running a costly module twice over would buy little).
@@ -40,6 +40,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def state_backend(request) -> str:
     """'duckdb' or 'postgres' (see STATE_BACKENDS)."""
     return getattr(request, "param", "duckdb")
+
+
+@pytest.fixture
+def state(tmp_path, state_backend):
+    """The test's own state: a DuckDB file, or a fresh PostgreSQL database (dropped after)."""
+    with state_base(state_backend, tmp_path) as target:
+        yield target
 
 
 @pytest.fixture

@@ -32,7 +32,6 @@ from clarus_pipelines.sandbox.serving import serve_in_thread
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
 from clarus_pipelines.policies import Policies
 from clarus_pipelines.state import StateStore
-from pgstate import state_base
 from world import make_store
 
 T0 = datetime(2026, 3, 2, 10, 5)
@@ -110,13 +109,6 @@ def smtp():
         yield recorder
     finally:
         controller.stop()
-
-
-@pytest.fixture
-def state(tmp_path, state_backend):
-    """The test's state: a DuckDB file, or a fresh PostgreSQL database (dropped after)."""
-    with state_base(state_backend, tmp_path) as target:
-        yield target
 
 
 @pytest.fixture

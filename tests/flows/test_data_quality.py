@@ -19,7 +19,6 @@ from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 from clarus_pipelines.sandbox.clarus import generate_tracking_number
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
 from clarus_pipelines.state import StateStore
-from pgstate import state_base
 from world import make_store
 
 STATE_BACKENDS = ("duckdb", "postgres")  # every test that uses `store` once per state backend (tests/flows/conftest.py)
@@ -107,15 +106,8 @@ def seed_bad(store: StateStore) -> None:
 
 
 @pytest.fixture
-def target(tmp_path, state_backend):
-    """The state's DuckDB file or postgresql:// URL (a fresh database, dropped after)."""
-    with state_base(state_backend, tmp_path) as target:
-        yield target
-
-
-@pytest.fixture
-def store(target) -> StateStore:
-    store = make_store(target)
+def store(state) -> StateStore:
+    store = make_store(state)
     seed_clean(store)
     return store
 
@@ -180,12 +172,12 @@ def test_clean_rows_pass_then_each_kind_of_bad_row_fails_its_suite(store, polici
     assert sample_values(bad["refunds"], "never more received back", "refund_id") == {"R1"}
 
 
-def test_dagster_check_step_reports_each_suite_with_failing_rows(store, target, policies, tmp_path):
+def test_dagster_check_step_reports_each_suite_with_failing_rows(store, state, policies, tmp_path):
     from clarus_pipelines.assets.data_quality import data_quality_job, defs as quality_defs
 
     seed_bad(store)
     defs = dg.Definitions.merge(quality_defs, dg.Definitions(resources={
-        "state": StateStoreResource(path=str(target)), "policies": PoliciesResource(path=str(SANDBOX_POLICIES)),
+        "state": StateStoreResource(path=str(state)), "policies": PoliciesResource(path=str(SANDBOX_POLICIES)),
     }))
     result = defs.resolve_job_def(data_quality_job.name).execute_in_process()
     assert result.success  # failing checks do not fail the run; they are reported

@@ -13,7 +13,6 @@ from clarus_pipelines.exception_queue import raise_exception, utcnow
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 from clarus_pipelines.settings import SANDBOX_POLICIES
 from clarus_pipelines.state import StateStore
-from pgstate import state_base
 from world import make_store
 
 STATE_BACKENDS = ("duckdb", "postgres")  # every test once per state backend (tests/flows/conftest.py)
@@ -39,13 +38,6 @@ def write(con, key: str, system: str, operation: str, status: str, attempts: int
         "INSERT INTO outbound_writes (idempotency_key, system, operation, status, attempts, last_error, created_at, updated_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [key, system, operation, status, attempts, error, at, at],
     )
-
-
-@pytest.fixture
-def state(tmp_path, state_backend):
-    """The test's state: a DuckDB file, or a fresh PostgreSQL database (dropped after)."""
-    with state_base(state_backend, tmp_path) as target:
-        yield target
 
 
 @pytest.fixture

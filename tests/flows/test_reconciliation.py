@@ -22,7 +22,6 @@ from clarus_pipelines.domain.reconciliation import (
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 from clarus_pipelines.settings import SANDBOX_POLICIES
 from clarus_pipelines.state import StateStore
-from pgstate import state_base
 from world import make_store
 
 STATE_BACKENDS = ("duckdb", "postgres")  # every test that uses the state once per state backend
@@ -79,13 +78,6 @@ def add_refund(con, refund_id: str, order_id: str, kind: str, lines: list[tuple[
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [refund_id, line_id, sku, qty, kind != "CANCELLATION", kind, line_amount, received],
         )
-
-
-@pytest.fixture
-def state(tmp_path, state_backend):
-    """The test's state: a DuckDB file, or a fresh PostgreSQL database (dropped after)."""
-    with state_base(state_backend, tmp_path) as target:
-        yield target
 
 
 @pytest.fixture

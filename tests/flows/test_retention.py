@@ -37,13 +37,6 @@ def short_policies(tmp_path, *, landing_days=7, stock_days=None):
     return path, load_policies(path)
 
 
-@pytest.fixture
-def state(tmp_path, state_backend):
-    """The test's state: a DuckDB file, or a fresh PostgreSQL database (dropped after)."""
-    with state_base(state_backend, tmp_path) as target:
-        yield target
-
-
 def days_ago(n):
     return NOW - timedelta(days=n)
 
