@@ -472,8 +472,8 @@ class PgConnection:
     @contextlib.contextmanager
     def _statement(self) -> Iterator[Any]:
         with _as_duckdb_errors(), self.raw.cursor() as cur:
-            if self._reader and not self._marked:
-                self._mark(cur)
+            if not self._marked:
+                self._mark(cur)  # readers only
             try:
                 yield cur
             except psycopg2.Error:

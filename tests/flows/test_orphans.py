@@ -15,7 +15,6 @@ from clarus_pipelines.domain import orphans
 from clarus_pipelines.exception_queue import sync_exceptions, utcnow
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
-from pgstate import state_base
 from sandbox_helpers import clarus_credentials, served_clarus
 from world import make_store
 
@@ -50,10 +49,10 @@ def add_order(con, order_id: str, name: str, status: str, received: datetime, cl
 
 
 @pytest.fixture
-def world(tmp_path, state_backend):
+def world(state):
     """Clarus sandbox with goods outs, and a state with orders in every situation (only Clarus is
     needed, so not the shared three-sandbox world of tests/world.py; its state store is made the same way)."""
-    with served_clarus(seed=3) as (sandbox, url), state_base(state_backend, tmp_path) as target:
+    with served_clarus(seed=3) as (sandbox, url):
         client = clarus_client(url)
         product = client.create_product({"code": "ORPH-1", "description": "Orphan test", "stock_unit_type_id": 1})
         bound = goods_out(client, product, "#3001", "5870000003001")
@@ -63,7 +62,7 @@ def world(tmp_path, state_backend):
         client.cancel_goods_out(cancelled)
 
         now = utcnow() + timedelta(hours=3)  # everything in Clarus is past the 120-minute grace
-        store = make_store(target)
+        store = make_store(state)
         with store.write() as con:
             add_order(con, "5870000003001", "#3001", "ACKNOWLEDGED", now - timedelta(hours=5), clarus_id=bound)
             add_order(con, "5870000003002", "#3002", "SENT_TO_WMS", now - timedelta(hours=5))
@@ -74,7 +73,7 @@ def world(tmp_path, state_backend):
             add_order(con, "5870000003006", "#3006", "READY", now - timedelta(days=2))
             con.execute("INSERT INTO order_events (order_id, occurred_at, system, state, cause)"
                         " VALUES ('5870000003006', ?, 'pipeline', 'RELEASED', 'postcode fixed')", [now - timedelta(minutes=20)])
-        yield {"client": client, "url": url, "store": store, "target": target, "now": now, "stray": stray,
+        yield {"client": client, "url": url, "store": store, "target": state, "now": now, "stray": stray,
                "product": product}
         client.close()
 

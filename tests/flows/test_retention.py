@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 import dagster as dg
-import pytest
 import yaml
 
 from clarus_pipelines.assets.stock import STOCK_PARTITIONS

@@ -15,20 +15,18 @@ from clarus_pipelines.exception_queue import raise_exception, utcnow
 from clarus_pipelines.resources import PoliciesResource, StateStoreResource
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
 from clarus_pipelines.sensors.stuck_states import stuck_states_sync
-from pgstate import state_base
 
-STATE_BACKENDS = ("duckdb", "postgres")  # every test that uses `resources` once per state backend (tests/flows/conftest.py)
+STATE_BACKENDS = ("duckdb", "postgres")  # every test that uses `resources` (the `state` fixture) once per state backend (tests/flows/conftest.py)
 
 TIMINGS = load_policies(SANDBOX_POLICIES).timings  # ack 15 min, ERP wait 60 min, tracking post 60 min
 
 
 @pytest.fixture
-def resources(tmp_path, state_backend):
-    with state_base(state_backend, tmp_path) as target:  # a DuckDB file, or a fresh database dropped after
-        yield {
-            "state": StateStoreResource(path=str(target)),
-            "policies": PoliciesResource(path=str(SANDBOX_POLICIES)),
-        }
+def resources(state):
+    return {
+        "state": StateStoreResource(path=str(state)),  # a DuckDB file, or a fresh database dropped after
+        "policies": PoliciesResource(path=str(SANDBOX_POLICIES)),
+    }
 
 
 def _store(resources):
