@@ -2,6 +2,7 @@
 plus the resources they share. Secrets reach the resources through `dg.EnvVar`."""
 
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
@@ -36,8 +37,11 @@ DOMAINS: list[dg.Definitions] = [
 ]
 
 
-def build_resources(settings: Settings | None = None) -> dict[str, Any]:
+def build_resources(settings: Settings | None = None, *, connector_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The code location's resources; `connector_config` (timeout and retry fields of `HttpConnector`)
+    goes to all three connectors: `simulate` compresses them, everything else keeps their defaults."""
     settings = settings or Settings()
+    connector_config = dict(connector_config or {})
     return {
         "state": StateStoreResource(path=settings.state_target),
         "policies": PoliciesResource(path=str(settings.require_policies_file().resolve())),
@@ -50,13 +54,15 @@ def build_resources(settings: Settings | None = None) -> dict[str, Any]:
             subdomain=settings.clarus_subdomain,
             client_id=dg.EnvVar("CLARUS_CLIENT_ID"),
             client_secret=dg.EnvVar("CLARUS_CLIENT_SECRET"),
+            **connector_config,
         ),
         "shopify": ShopifyResource(
             base_url=settings.shopify_base_url,
             api_version=settings.shopify_api_version,
             access_token=dg.EnvVar("SHOPIFY_ACCESS_TOKEN"),
+            **connector_config,
         ),
-        "netsuite": netsuite_resource(settings),
+        "netsuite": netsuite_resource(settings, **connector_config),
         # Steps hand each other nothing (every input is Nothing; the data is in the state store),
         # so what a step returns is kept in memory, never written: Dagster's default would write it
         # under the launching instance's DAGSTER_HOME, the control plane's disk, from the run worker.
@@ -64,7 +70,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, Any]:
     }
 
 
-def netsuite_resource(settings: Settings) -> NetSuiteResource:
+def netsuite_resource(settings: Settings, **connector_config: Any) -> NetSuiteResource:
     """NetSuite with the credentials of the chosen auth method (only those are read)."""
     if settings.netsuite_auth_method == "oauth2_m2m":
         key_file = settings.netsuite_private_key is None and settings.netsuite_private_key_file is not None
@@ -76,6 +82,7 @@ def netsuite_resource(settings: Settings) -> NetSuiteResource:
             certificate_id=dg.EnvVar("NETSUITE_CERTIFICATE_ID"),
             **({"private_key_file": str(settings.netsuite_private_key_file)} if key_file
                else {"private_key": dg.EnvVar("NETSUITE_PRIVATE_KEY")}),
+            **connector_config,
         )
     return NetSuiteResource(
         base_url=settings.netsuite_base_url,
@@ -84,6 +91,7 @@ def netsuite_resource(settings: Settings) -> NetSuiteResource:
         consumer_secret=dg.EnvVar("NETSUITE_CONSUMER_SECRET"),
         token_id=dg.EnvVar("NETSUITE_TOKEN_ID"),
         token_secret=dg.EnvVar("NETSUITE_TOKEN_SECRET"),
+        **connector_config,
     )
 
 

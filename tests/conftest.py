@@ -6,6 +6,7 @@ import os
 import pytest
 
 from payloads import OURS, PUBLISHED, SKIP_REASON, Payloads
+from suite_schedule import heaviest_modules_first
 
 TEST_SECRETS = {
     "CLARUS_CLIENT_ID": "test-clarus-client",
@@ -47,21 +48,6 @@ def pytest_itemcollected(item):
 def pytest_collection_modifyitems(config, items):
     """Modules with `slow` tests go first."""
     items[:] = heaviest_modules_first(items)
-
-
-def heaviest_modules_first(items: list) -> list:
-    """Modules holding `slow` tests first, the longest time bound (the rehearsals) first among
-    them; otherwise the collection order. The two workers (`-n 2 --dist loadscope`) take one
-    module at a time, so the long ones start at once instead of one of them starting last."""
-    def bound(item) -> float:
-        marker = item.get_closest_marker("timeout")
-        return float(marker.args[0]) if "slow" in item.keywords and marker and marker.args else 0.0
-
-    weight: dict = {}
-    for item in items:
-        if "slow" in item.keywords:
-            weight[item.path] = max(weight.get(item.path, 0.0), bound(item), 1.0)
-    return sorted(items, key=lambda item: -weight.get(item.path, 0.0))  # stable: ties keep their order
 
 
 @pytest.fixture(scope="session", params=[OURS, pytest.param(PUBLISHED, marks=pytest.mark.realpayloads)],

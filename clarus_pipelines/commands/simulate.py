@@ -77,6 +77,13 @@ COMPRESSED_OP_CONFIG: dict[str, Any] = {
     "erp_recheck_s": 1.0, "erp_recheck_max_s": 3.0, "retry_base_s": 1.0, "retry_max_s": 5.0,
     "grace_minutes": 0,
 }
+# The connectors' pacing, compressed the same way: an injected 5xx is retried after 50 ms, not
+# production's 0.2 s doubling up to 8 s (still six attempts, still backing off), and a call the
+# sandbox leaves hanging (3 s under heavy faults) times out on our side after 1 s, a client
+# timeout as in production rather than a slow 504. Retry-After is honoured as ever.
+COMPRESSED_CONNECTOR_CONFIG: dict[str, Any] = {
+    "timeout_s": 1.0, "retry_initial_s": 0.05, "retry_max_backoff_s": 1.0, "retry_jitter_s": 0.05,
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -410,7 +417,7 @@ def _simulate(home: Path, *, orders: int, seed: int, faults: str, timeout_s: flo
         urls = sandbox.call("urls")
         with _environment({"CLARUS_BASE_URL": urls["clarus"], "SHOPIFY_BASE_URL": urls["shopify"],
                            "NETSUITE_BASE_URL": urls["netsuite"]}):
-            resources = code_location.build_resources(Settings())
+            resources = code_location.build_resources(Settings(), connector_config=COMPRESSED_CONNECTOR_CONFIG)
             defs = dg.Definitions.merge(*code_location.DOMAINS, dg.Definitions(resources=resources))
             # persistent, as the daemon's: a sensor context needs the instance's ref to check a
             # partitioned run request against the dynamic partitions (the stock hours)

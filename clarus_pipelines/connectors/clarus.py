@@ -150,9 +150,6 @@ class ClarusResource(HttpConnector):
     _last_call_at: float = PrivateAttr(default=0.0)
     _carrier_services: dict[tuple[str, str], tuple[str, str]] | None = PrivateAttr(default=None)
 
-    def _policy(self) -> RetryPolicy:
-        return RetryPolicy(attempts=self.max_attempts, max_elapsed_s=self.max_elapsed_s)
-
     def _throttle(self) -> None:
         with self._lock:
             wait = self._last_call_at + self.min_interval_s - time.monotonic()

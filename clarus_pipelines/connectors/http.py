@@ -11,12 +11,12 @@ import email.utils
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import dagster as dg
 import httpx
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 from clarus_pipelines.domain.ports import ConnectorError
 from tenacity import (
     RetryCallState,
@@ -137,6 +137,12 @@ class HttpConnector(dg.ConfigurableResource):
 
     base_url: str
     timeout_s: float = 30.0
+    max_attempts: int = Field(default=RetryPolicy.attempts, description="Attempts per call for transient failures.")
+    max_elapsed_s: float = Field(default=RetryPolicy.max_elapsed_s, description="Give up retrying a call after this long.")
+    retry_initial_s: float = Field(default=RetryPolicy.initial_s,
+                                   description="Back-off before the first retry, doubled for each retry after it.")
+    retry_max_backoff_s: float = Field(default=RetryPolicy.max_backoff_s, description="Longest back-off between two attempts.")
+    retry_jitter_s: float = Field(default=RetryPolicy.jitter_s, description="Random extra back-off, up to this much.")
 
     _client: httpx.Client | None = PrivateAttr(default=None)
     _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
@@ -144,6 +150,12 @@ class HttpConnector(dg.ConfigurableResource):
     def _client_options(self) -> dict[str, Any]:
         """Extra `httpx.Client` arguments (auth, headers) for this system."""
         return {}
+
+    def _policy(self, **overrides: Any) -> RetryPolicy:
+        """This connector's retry policy (attempts, time and back-off from its fields), `overrides` applied."""
+        policy = RetryPolicy(attempts=self.max_attempts, max_elapsed_s=self.max_elapsed_s, initial_s=self.retry_initial_s,
+                             max_backoff_s=self.retry_max_backoff_s, jitter_s=self.retry_jitter_s)
+        return replace(policy, **overrides)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         self.close()

@@ -296,16 +296,13 @@ class NetSuiteResource(HttpConnector):
         """A cheap authenticated read (one item id); raises `NetSuiteError` on failure."""
         try:
             response = self._send("GET", "/inventoryItem", params={"limit": 1},
-                                  policy=RetryPolicy(attempts=2, max_elapsed_s=15.0))
+                                  policy=self._policy(attempts=2, max_elapsed_s=15.0))
         except NetSuiteError:
             raise
         except ConnectorError as exc:  # transport failure or 5xx after retries
             raise NetSuiteError(f"probe: {exc}", status=exc.status, code=None, detail=None, body=exc.body) from exc
         if response.status_code >= 400:
             raise _error(response, "probe")
-
-    def _policy(self) -> RetryPolicy:
-        return RetryPolicy(attempts=self.max_attempts, max_elapsed_s=self.max_elapsed_s)
 
     def _send(self, method: str, path: str, *, policy: RetryPolicy | None = None, **kwargs: Any) -> httpx.Response:
         return send_with_retries(self._http(), method, RECORD_PATH + path, system=SYSTEM, policy=policy or self._policy(), **kwargs)

@@ -548,9 +548,6 @@ class ShopifyResource(HttpConnector):
     def _client_options(self) -> dict[str, Any]:
         return {"headers": {"X-Shopify-Access-Token": self.access_token, "Content-Type": "application/json"}}
 
-    def _policy(self) -> RetryPolicy:
-        return RetryPolicy(attempts=self.max_attempts, max_elapsed_s=self.max_elapsed_s)
-
     def _endpoint(self) -> str:
         return f"/admin/api/{self.api_version}/graphql.json"
 
@@ -636,7 +633,7 @@ class ShopifyResource(HttpConnector):
     def probe(self) -> None:
         """A cheap authenticated read (the shop's name); raises `ShopifyError` on failure."""
         try:
-            self.execute(SHOP_QUERY, what="probe", policy=RetryPolicy(attempts=2, max_elapsed_s=10.0))
+            self.execute(SHOP_QUERY, what="probe", policy=self._policy(attempts=2, max_elapsed_s=10.0))
         except ShopifyError:
             raise
         except ConnectorError as exc:  # transport failure or 5xx after retries
