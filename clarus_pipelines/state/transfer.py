@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clarus_pipelines.state.pg import PgConnection, PgStateStore, _quote_ident, is_postgres_url
+from clarus_pipelines.state.pg import WRITER_LOCK_KEY, PgConnection, PgStateStore, _quote_ident, is_postgres_url
 from clarus_pipelines.state.store import StateStore
 
 CHUNK_ROWS = 50_000  # rows read and sent per COPY: bounds memory on a large stock history
@@ -106,6 +106,8 @@ def copy_state(source: Path | str, target: str) -> CopyReport:
         raw = pg.connect()
         try:
             with raw.cursor() as cur:
+                # the state's writer lock, held to the commit: no flow (and no second copy) writes in between
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", [WRITER_LOCK_KEY])
                 pg_tables, pg_versions = _postgres_layout(cur)
                 if pg_versions != versions or set(pg_tables) != set(tables):
                     raise StateCopyRefused(

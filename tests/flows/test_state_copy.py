@@ -1,6 +1,7 @@
 """`clarus-pipelines state-copy`: a single-host DuckDB state moves into PostgreSQL whole, or not at all."""
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from decimal import Decimal
 
@@ -141,3 +142,23 @@ def test_without_a_postgresql_target_it_cannot_run(single_host, monkeypatch, cap
     assert code == 2 and "no PostgreSQL target" in answer["error"]
     code, answer = copy(capsys, "--from", str(single_host), "--to", str(single_host))
     assert code == 2 and "no PostgreSQL target" in answer["error"]
+
+
+def test_two_copies_at_once_store_the_state_once(single_host):
+    """The copy holds the state's writer lock from its emptiness check to its commit."""
+    with fresh_database() as url:
+        PgStateStore(url).ensure_schema()
+        with ThreadPoolExecutor(2) as pool:
+            outcomes = list(pool.map(lambda _: _attempt(single_host, url), range(2)))
+        assert sorted(o if isinstance(o, str) else "copied" for o in outcomes) == ["copied", "refused"]
+        with PgStateStore(url).read() as con, StateStore(single_host).read() as duck:
+            assert con.execute("SELECT count(*) FROM order_events").fetchone() == \
+                duck.execute("SELECT count(*) FROM order_events").fetchone()
+
+
+def _attempt(source, url):
+    try:
+        return transfer.copy_state(source, url)
+    except transfer.StateCopyRefused as exc:
+        assert "already holds rows" in str(exc)
+        return "refused"
