@@ -12,6 +12,9 @@ and Dagster's run storage:
 - runs per order (runs sensors started while the orders flowed, over orders placed);
 - run queue wait (created -> started, p50 / p95 / max) and the queue length over time.
 
+With `--state-url postgresql://...` the stack runs in PostgreSQL mode (state and webhook inbox
+in that database, which must hold no orders yet), as a production deployment does.
+
 With `--warm` the orders start only once the `event_path` drain run (started by the stack's
 first landings) is running: a sale hour on a stack that is already up, where the figures show
 the event path rather than process start-up on a busy box. The report carries the load average.
@@ -75,7 +78,7 @@ def _quantiles(values: list[float]) -> dict[str, float | None]:
 class Stack:
     """The demo's services (without the dashboard) on free loopback ports, under a temporary home."""
 
-    def __init__(self, home: Path, *, seed: int, faults: str):
+    def __init__(self, home: Path, *, seed: int, faults: str, state_url: str | None = None):
         self.home = home
         self.args = argparse.Namespace(
             home=home, host="127.0.0.1", receiver_port=_free_port(), clarus_port=_free_port(),
@@ -84,6 +87,8 @@ class Stack:
         )
         self.services = [s for s in demo.build_services(self.args, home) if s.name != "dashboard"]
         self.env = demo.demo_environment(self.args, home)
+        if state_url:
+            self.env["CLARUS_PIPELINES_STATE_URL"] = state_url
         self.shopify_url = f"http://127.0.0.1:{self.args.shopify_port}"
         self.clarus_url = f"http://127.0.0.1:{self.args.clarus_port}"
 
@@ -102,14 +107,17 @@ class Stack:
         demo._stop(self.services)
 
 
+STATE_URL: str | None = None  # --state-url: the stack's PostgreSQL state instead of its home's DuckDB file
+
+
 def _state(home: Path):
     from clarus_pipelines.state import StateStore
 
-    return StateStore(home / "state.duckdb", lock_timeout_s=30)
+    return StateStore(STATE_URL or home / "state.duckdb", lock_timeout_s=30)
 
 
 def _bound_products(home: Path) -> int:
-    if not (home / "state.duckdb").exists():
+    if not STATE_URL and not (home / "state.duckdb").exists():
         return 0
     try:
         with _state(home).read() as con:
@@ -152,12 +160,14 @@ def _draining(dagster_home: Path) -> bool:
 
 
 def run_bench(rate: float, minutes: float, *, max_minutes: float, seed: int, faults: str, keep: Path | None,
-              warm: bool = False) -> dict:
+              warm: bool = False, state_url: str | None = None) -> dict:
+    global STATE_URL
+    STATE_URL = state_url
     began = time.monotonic()
     deadline = began + min(max_minutes, MAX_MINUTES) * 60
     home = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="clarus-latency-"))
     home.mkdir(parents=True, exist_ok=True)
-    stack = Stack(home, seed=seed, faults=faults)
+    stack = Stack(home, seed=seed, faults=faults, state_url=state_url)
     catalogue = [v for v in build_catalog(seed).clean_variants() if v.quirk is None]
     placed: set[str] = set()
     queue: list[tuple[float, int]] = []
@@ -224,7 +234,7 @@ def _report(home: Path, placed: set[str], since: datetime, queue: list, rate: fl
     for r in from_sensors:
         by_job[r.dagster_run.job_name] = by_job.get(r.dagster_run.job_name, 0) + 1
     return {
-        "rate_per_s": rate, "minutes": minutes, "load_average": [round(x, 1) for x in os.getloadavg()], "orders_placed": len(placed), "seconds": round(seconds, 1),
+        "rate_per_s": rate, "minutes": minutes, "state": "postgresql" if STATE_URL else "duckdb", "load_average": [round(x, 1) for x in os.getloadavg()], "orders_placed": len(placed), "seconds": round(seconds, 1),
         **figures,
         "runs": {"total": len(records), "from_sensors": len(from_sensors), "by_job": dict(sorted(by_job.items())),
                  "failed": sum(1 for r in records if r.dagster_run.status.value == "FAILURE")},
@@ -245,11 +255,13 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, default=None, help="keep the stack's home (state, landings, logs) here")
     parser.add_argument("--warm", action="store_true",
                         help="place orders only once the event_path drain run has started (a warm stack, as in a sale hour)")
+    parser.add_argument("--state-url", default=None,
+                        help="run the stack on this PostgreSQL state (postgresql://...; it must hold no orders yet)")
     args = parser.parse_args()
     if args.rate <= 0 or args.minutes <= 0:
         parser.error("--rate and --minutes must be positive")
     report = run_bench(args.rate, args.minutes, max_minutes=args.max_minutes, seed=args.seed, faults=args.faults,
-                       keep=args.keep, warm=args.warm)
+                       keep=args.keep, warm=args.warm, state_url=args.state_url)
     print(json.dumps(report, indent=2, default=str))
     print(f"p95_to_wms_s: {report['to_wms']['p95_s']}")
     print(f"p95_to_channel_s: {report['to_channel']['p95_s']}")

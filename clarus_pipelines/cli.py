@@ -72,6 +72,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "clarus_pipelines.commands.intake_status",
         "Print per source as JSON: acknowledged, ingested, set aside with reasons, oldest unread landing, stalled.",
     ),
+    "state-copy": (
+        "clarus_pipelines.commands.state_copy",
+        "Move a single-host DuckDB state into an empty PostgreSQL state (everything the flows keep; sequences resume).",
+    ),
 }
 
 

@@ -180,6 +180,11 @@ def _functions(node: exp.Expression) -> exp.Expression:
         window = node.copy()
         window.set("this", exp.ArrayAgg(this=node.this.this.expressions[0].copy()))
         return exp.Anonymous(this="clarus_count_distinct", expressions=[window])
+    if isinstance(node, exp.JSONExtract | exp.JSONExtractScalar) and not isinstance(node.expression, exp.JSONPath):
+        # a path known only at run time (a parameter, a column): PostgreSQL's ->> would look it up
+        # as one key literally named '$.a.b' and give NULL, so it is read as DuckDB reads it
+        name = "clarus_json_extract_string" if isinstance(node, exp.JSONExtractScalar) else "clarus_json_extract"
+        return exp.Anonymous(this=name, expressions=[node.this, node.expression])
     if isinstance(node, exp.JSONObject):
         args = []
         for pair in node.expressions:
@@ -648,10 +653,25 @@ CREATE OR REPLACE FUNCTION clarus_count_distinct(items anyarray) RETURNS bigint 
     SELECT count(DISTINCT item) FROM unnest(items) AS item
 $$;
 
--- A DuckDB JSONPath ('$.a.b[0]') as a PostgreSQL path array ({a,b,0}).
+-- A DuckDB JSON path as a PostgreSQL path array, read as DuckDB reads it: a JSONPath
+-- ('$.a.b[0]' -> {a,b,0}), a JSON pointer ('/a/b/0' -> {a,b,0}, ~1 and ~0 unescaped), or else
+-- one key ('a.b' -> {a.b}).
 CREATE OR REPLACE FUNCTION duckdb_json_path(path text) RETURNS text[] LANGUAGE sql IMMUTABLE AS $$
-    SELECT array_remove(regexp_split_to_array(
-        regexp_replace(regexp_replace(path, '^[$][.]?', ''), '\[(\d+)\]', '.\1', 'g'), '[.]'), '')
+    SELECT CASE
+        WHEN path LIKE '$%' THEN array_remove(regexp_split_to_array(
+            regexp_replace(regexp_replace(path, '^[$][.]?', ''), '\[(\d+)\]', '.\1', 'g'), '[.]'), '')
+        WHEN path LIKE '/%' THEN ARRAY(
+            SELECT replace(replace(part, '~1', '/'), '~0', '~')
+            FROM unnest(regexp_split_to_array(substr(path, 2), '/')) WITH ORDINALITY AS p(part, n) ORDER BY n)
+        ELSE ARRAY[path] END
+$$;
+
+-- json_extract(body, path) and json_extract_string(body, path) with a path given at run time.
+CREATE OR REPLACE FUNCTION clarus_json_extract(body json, path text) RETURNS json LANGUAGE sql IMMUTABLE AS $$
+    SELECT body #> duckdb_json_path(path)
+$$;
+CREATE OR REPLACE FUNCTION clarus_json_extract_string(body json, path text) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT body #>> duckdb_json_path(path)
 $$;
 
 -- DuckDB's json_array_length(json, path): NULL when the path is missing, 0 when not an array.

@@ -32,7 +32,9 @@ from clarus_pipelines.sandbox.traffic import TrafficGenerator, TrafficProfile
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
 from clarus_pipelines.policies import AlertChannel, OwnerPolicy
 from clarus_pipelines.state import StateStore
+from clarus_pipelines.state.transfer import copy_state
 from apptest import run_app
+from pgstate import fresh_database
 
 POLICIES = load_policies(SANDBOX_POLICIES)
 NOW = datetime(2026, 12, 3, 12, 0)
@@ -339,6 +341,20 @@ def test_every_seeded_gap_appears_with_its_owner(failing_world: AuditWorld) -> N
     assert report["webhooks"] == {"subscribed": sorted(rules.CONSUMED_SHOPIFY_TOPICS),
                                   "receiver_urls": [failing_world.recorder.url + "/webhooks/shopify"]}
     assert f"pointing at `{failing_world.recorder.url}/webhooks/shopify`" in to_markdown(report)
+
+
+@pytest.mark.postgres
+def test_the_audit_of_the_same_state_in_postgresql_reads_the_same(failing_world: AuditWorld) -> None:
+    """The audit's state SQL is DuckDB's; in PostgreSQL mode it runs translated. The failing world's
+    state, moved to PostgreSQL with `state-copy`, must give the same report to the letter."""
+    later = utcnow() + timedelta(minutes=POLICIES.timings.held_alert_minutes + 5)
+    audit = dict(now=later, since=later - timedelta(days=30), keep=False, **failing_world.clients)
+    on_duckdb = run_audit(failing_world.store, POLICIES, **audit)
+    with fresh_database() as url:
+        copy_state(failing_world.state_path, url)
+        on_postgres = run_audit(StateStore(url), POLICIES, **audit)
+    assert on_duckdb["findings"] and on_duckdb["timings"]["to_warehouse"]["orders"] == 3
+    assert json.loads(json.dumps(on_postgres, default=str)) == json.loads(json.dumps(on_duckdb, default=str))
 
 
 def test_the_cli_exits_non_zero_with_blockers_and_keeps_the_trend(failing_world: AuditWorld, monkeypatch, tmp_path) -> None:

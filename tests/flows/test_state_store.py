@@ -355,6 +355,25 @@ def test_a_json_array_cast_to_a_list_gives_its_elements_on_both(state_target):
         ).fetchone() == (["manual", "shopify_payments"], True, False, None)
 
 
+def test_a_json_path_given_as_a_parameter_reads_as_in_duckdb_on_both(state_target):
+    """A JSONPath, a JSON pointer or a plain key passed at run time (PostgreSQL's own ->> would take
+    '$.a.b' as one key and silently give NULL)."""
+    store = StateStore(state_target)
+    with store.write() as con:
+        con.execute("INSERT INTO orders (order_id, order_name, status, payload, created_at, received_at, updated_at)"
+                    " VALUES ('1', '#1', 'READY', ?, now(), now(), now())",
+                    [json.dumps({"a": {"b": [5, {"c": "deep"}]}, "x.y": "dotted", "p/q": "slashed", "t~": "tilde"})])
+    paths = ["$.a.b[0]", "$.a.b[1].c", "/a/b/1/c", "x.y", "/p~1q", "/t~0", "$.missing", "a"]
+    with store.read() as con:
+        texts = [con.execute("SELECT json_extract_string(payload, ?) FROM orders", [path]).fetchone()[0]
+                 for path in paths]
+        values = [con.execute("SELECT json_extract(payload, ?) FROM orders", [path]).fetchone()[0]
+                  for path in ["$.a.b[1]", "/a/b/0", "$.missing"]]
+    assert texts[:-1] == ["5", "deep", "deep", "dotted", "slashed", "tilde", None]
+    assert json.loads(texts[-1]) == {"b": [5, {"c": "deep"}]}  # an object as its JSON text (spacing may differ)
+    assert [None if v is None else json.loads(v) for v in values] == [{"c": "deep"}, 5, None]
+
+
 def test_a_distinct_count_over_a_window_on_both(state_target):
     """As the shipments quality suite counts the orders sharing a tracking number (PostgreSQL has no
     DISTINCT in a window aggregate): NULLs not counted, an ORDER BY counts up to the row."""
