@@ -107,28 +107,26 @@ class Stack:
         demo._stop(self.services)
 
 
-STATE_URL: str | None = None  # --state-url: the stack's PostgreSQL state instead of its home's DuckDB file
-
-
-def _state(home: Path):
+def _state(target: Path | str):
+    """The stack's state: its home's DuckDB file, or the PostgreSQL URL given with --state-url."""
     from clarus_pipelines.state import StateStore
 
-    return StateStore(STATE_URL or home / "state.duckdb", lock_timeout_s=30)
+    return StateStore(target, lock_timeout_s=30)
 
 
-def _bound_products(home: Path) -> int:
-    if not STATE_URL and not (home / "state.duckdb").exists():
+def _bound_products(target: Path | str) -> int:
+    if isinstance(target, Path) and not target.exists():
         return 0
     try:
-        with _state(home).read() as con:
+        with _state(target).read() as con:
             return con.execute("SELECT count(*) FROM items WHERE clarus_product_id IS NOT NULL").fetchone()[0]
     except Exception:  # the schema is still being created
         return 0
 
 
-def _settled(home: Path, placed: set[str]) -> tuple[int, int]:
+def _settled(target: Path | str, placed: set[str]) -> tuple[int, int]:
     """(orders not yet acknowledged, shipments not yet confirmed) among the placed orders."""
-    with _state(home).read() as con:
+    with _state(target).read() as con:
         acknowledged = {r[0] for r in con.execute(
             "SELECT DISTINCT order_id FROM order_events WHERE state = 'ACKNOWLEDGED'").fetchall()}
         open_shipments = con.execute(
@@ -161,19 +159,18 @@ def _draining(dagster_home: Path) -> bool:
 
 def run_bench(rate: float, minutes: float, *, max_minutes: float, seed: int, faults: str, keep: Path | None,
               warm: bool = False, state_url: str | None = None) -> dict:
-    global STATE_URL
-    STATE_URL = state_url
     began = time.monotonic()
     deadline = began + min(max_minutes, MAX_MINUTES) * 60
     home = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="clarus-latency-"))
     home.mkdir(parents=True, exist_ok=True)
     stack = Stack(home, seed=seed, faults=faults, state_url=state_url)
+    target: Path | str = state_url or home / "state.duckdb"
     catalogue = [v for v in build_catalog(seed).clean_variants() if v.quirk is None]
     placed: set[str] = set()
     queue: list[tuple[float, int]] = []
     try:
         stack.start(deadline)
-        while _bound_products(home) == 0:  # orders before the item master would all be held SKU_UNKNOWN
+        while _bound_products(target) == 0:  # orders before the item master would all be held SKU_UNKNOWN
             if time.monotonic() > deadline:
                 raise RuntimeError("the item master never bound a product; see the dagster log")
             time.sleep(2)
@@ -206,22 +203,22 @@ def run_bench(rate: float, minutes: float, *, max_minutes: float, seed: int, fau
                 time.sleep(max(0.0, next_at - time.monotonic()))
         print(f"{len(placed)} orders placed; waiting for them to settle", file=sys.stderr)
         while time.monotonic() < deadline:
-            unacked, unconfirmed = _settled(home, placed)
+            unacked, unconfirmed = _settled(target, placed)
             queue.append((round(time.monotonic() - began), _queued(home / "dagster_home")))
             if not (unacked or unconfirmed):
                 break
             time.sleep(15)
-        return _report(home, placed, since, queue, rate, minutes, time.monotonic() - began)
+        return _report(home, target, placed, since, queue, rate, minutes, time.monotonic() - began)
     finally:
         stack.stop()
         if not keep:
             shutil.rmtree(home, ignore_errors=True)
 
 
-def _report(home: Path, placed: set[str], since: datetime, queue: list, rate: float, minutes: float, seconds: float) -> dict:
+def _report(home: Path, target: Path | str, placed: set[str], since: datetime, queue: list, rate: float, minutes: float, seconds: float) -> dict:
     from clarus_pipelines.latency import latency_figures, runs_per_order
 
-    with _state(home).read() as con:  # every order in this stack is one the bench placed
+    with _state(target).read() as con:  # every order in this stack is one the bench placed
         figures = latency_figures(con)
         dispatched = con.execute("SELECT count(DISTINCT order_id) FROM shipments").fetchone()[0]
     # an order not even taken in yet is pending too
@@ -234,7 +231,7 @@ def _report(home: Path, placed: set[str], since: datetime, queue: list, rate: fl
     for r in from_sensors:
         by_job[r.dagster_run.job_name] = by_job.get(r.dagster_run.job_name, 0) + 1
     return {
-        "rate_per_s": rate, "minutes": minutes, "state": "postgresql" if STATE_URL else "duckdb", "load_average": [round(x, 1) for x in os.getloadavg()], "orders_placed": len(placed), "seconds": round(seconds, 1),
+        "rate_per_s": rate, "minutes": minutes, "state": "duckdb" if isinstance(target, Path) else "postgresql", "load_average": [round(x, 1) for x in os.getloadavg()], "orders_placed": len(placed), "seconds": round(seconds, 1),
         **figures,
         "runs": {"total": len(records), "from_sensors": len(from_sensors), "by_job": dict(sorted(by_job.items())),
                  "failed": sum(1 for r in records if r.dagster_run.status.value == "FAILURE")},

@@ -142,7 +142,6 @@ class ClarusResource(HttpConnector):
     client_secret: str = Field(description="OAuth2 client secret (wire it with dg.EnvVar).")
     timeout_s: float = Field(default=30.0, description="Per-request timeout in seconds.")
     min_interval_s: float = Field(default=0.05, description="Minimum spacing between calls (Clarus documents no rate limit: be polite).")
-    max_attempts: int = Field(default=6, description="Attempts per call for transient failures.")
     max_elapsed_s: float = Field(default=120.0, description="Give up retrying a call after this long.")
 
     _token: str | None = PrivateAttr(default=None)

@@ -269,7 +269,6 @@ class NetSuiteResource(HttpConnector):
     scope: str = Field(default="rest_webservices", description="M2M: comma-separated NetSuite scopes.")
     jwt_algorithm: str = Field(default="", description="M2M: PS256/384/512 or ES256/384/512; empty = from the key type.")
     timeout_s: float = Field(default=60.0, description="Per-request timeout in seconds (NetSuite is slow).")
-    max_attempts: int = Field(default=6, description="Attempts per call for transient failures.")
     max_elapsed_s: float = Field(default=180.0, description="Give up retrying a call after this long.")
 
     # ------------------------------------------------------------------ plumbing

@@ -536,7 +536,6 @@ class ShopifyResource(HttpConnector):
     access_token: str = Field(description="Admin API access token (wire it with dg.EnvVar).")
     api_version: str = Field(default=API_VERSION, description="Admin API version in the URL (see docs/api-versions.md).")
     timeout_s: float = Field(default=30.0, description="Per-request timeout in seconds.")
-    max_attempts: int = Field(default=6, description="Attempts per call for transient failures.")
     max_elapsed_s: float = Field(default=120.0, description="Give up retrying (or waiting out throttling) after this long.")
     page_size: int = Field(default=50, description="Records per page for simple lists (Shopify allows up to 250).")
     inventory_batch_size: int = Field(default=INVENTORY_BATCH, ge=1, le=INVENTORY_BATCH,

@@ -25,7 +25,6 @@ from clarus_pipelines.sandbox.shopify import ShopifySandbox
 from clarus_pipelines.settings import SANDBOX_POLICIES, load_policies
 from clarus_pipelines.policies import SkuCleaning
 from clarus_pipelines.domain.stock import wanted_hour_keys
-from pgstate import state_base
 from sandbox_helpers import clarus_credentials, served_clarus
 from world import make_store
 
@@ -155,10 +154,8 @@ def seed_clarus(clarus) -> dict[str, int]:
 
 
 @pytest.fixture
-def make_stack(tmp_path, state_backend):
+def make_stack(tmp_path, state):
     stacks = []
-    state_cm = state_base(state_backend, tmp_path)
-    state = state_cm.__enter__()
 
     def make(*, points: float = 2000.0, restore_rate: float = 100.0, faults: FaultConfig = FaultConfig(),
              location_ids: list[int] | None = None, inventory_batch_size: int = 250, sensors: bool = False,
@@ -176,12 +173,9 @@ def make_stack(tmp_path, state_backend):
         return stack
 
     yield make
-    try:
-        for clarus_cm, served in stacks:
-            served.stop()
-            clarus_cm.__exit__(None, None, None)
-    finally:
-        state_cm.__exit__(None, None, None)  # a fresh PostgreSQL database is dropped
+    for clarus_cm, served in stacks:
+        served.stop()
+        clarus_cm.__exit__(None, None, None)
 
 
 def expected_quantity(stack: Stack, sku: str, *, unsent: int = 0) -> int:
